@@ -1,0 +1,1 @@
+"""Estimate prefill/decode surfaces, select engines under an SLA, write Dynamo artifacts."""

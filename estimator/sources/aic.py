@@ -1,0 +1,198 @@
+"""AI Configurator adapter: the only module that imports ``aiconfigurator_core``.
+
+Moving to the renamed successor (``aisimulate_core``, same ``EngineHandle`` methods) is a
+change of ``_SDK_MODULE`` below. Engines compile lazily, once per candidate.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from functools import cache
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from ..candidates import Candidate
+from ..errors import DataNotAvailable, SourceError, SpecError
+from .base import PerfSource, Stack, as_positive_array
+
+_SDK_MODULE = "aiconfigurator_core.sdk"
+_DIST = "aiconfigurator-core"
+
+# Backend quirks of the KV memory model (fraction of total for vLLM/SGLang, of free for TRT-LLM).
+MEMORY_FRACTION = {"vllm": ("of_total", 0.92), "sglang": ("of_total", 0.88), "trtllm": ("of_free", 0.9)}
+
+
+@cache
+def _sdk() -> Any:
+    logging.getLogger("aiconfigurator_core").setLevel(logging.ERROR)
+    return importlib.import_module(_SDK_MODULE)
+
+
+def aic_version() -> str:
+    return metadata.version(_DIST)
+
+
+def _errors() -> Any:
+    return importlib.import_module("aiconfigurator_core.sdk.errors")
+
+
+@cache
+def current_backend_version(system: str, backend: str) -> str:
+    """The literal data version AIC's ``current`` slot resolves to for (system, backend)."""
+    pdb = importlib.import_module("aiconfigurator_core.sdk.perf_database")
+    try:
+        return str(pdb.resolve_query_version(system, backend, "current"))
+    except Exception as exc:  # noqa: BLE001 - translate at the edge
+        raise SpecError("backend_version", f"AIC has no {backend} data for {system}: {exc}") from None
+
+
+def resolve_version(stack: Stack) -> str:
+    """Validate the requested version against AIC's slots; return the literal version."""
+    if stack.backend_version in (None, "", "current"):
+        return current_backend_version(stack.system, stack.backend)
+    pdb = importlib.import_module("aiconfigurator_core.sdk.perf_database")
+    try:
+        return str(pdb.resolve_query_version(stack.system, stack.backend, stack.backend_version))
+    except Exception as exc:  # noqa: BLE001
+        raise SpecError(
+            "backend_version",
+            f"{stack.backend_version!r} is not a queryable {stack.backend} version on {stack.system} "
+            f"(current: {current_backend_version(stack.system, stack.backend)}): {str(exc).splitlines()[0][:160]}",
+        ) from None
+
+
+class AicSource(PerfSource):
+    """Kernel-database estimates from AI Configurator (SILICON data, in-process)."""
+
+    name = "aic"
+
+    def __init__(self, stack: Stack):
+        super().__init__(stack)
+        self._handles: dict[Candidate, Any] = {}
+        self._kv: dict[Candidate, int] = {}
+
+    def _quant_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {}
+        if self.stack.gemm_quant:
+            kw["gemm_quant_mode"] = self.stack.gemm_quant
+        if self.stack.kvcache_quant:
+            kw["kvcache_quant_mode"] = self.stack.kvcache_quant
+        return kw
+
+    def _parallel_kwargs(self, c: Candidate) -> dict[str, int]:
+        return {
+            "tp_size": c.tp_size,
+            "pp_size": 1,
+            "attention_dp_size": c.attention_dp_size,
+            "moe_tp_size": c.moe_tp_size,
+            "moe_ep_size": c.moe_ep_size,
+        }
+
+    def engine(self, c: Candidate) -> Any:
+        """The compiled AIC engine for ``c`` (compiled on first use)."""
+        h = self._handles.get(c)
+        if h is None:
+            sdk = _sdk()
+            version = resolve_version(self.stack)
+            kwargs = {**self._parallel_kwargs(c), **self._quant_kwargs()}
+            try:
+                h = sdk.EngineHandle.compile(
+                    self.stack.model, self.stack.system, self.stack.backend, backend_version=version, **kwargs
+                )
+                h.predict_prefill_latency(1, 128, 0)  # missing kernel data surfaces on the first query
+            except Exception as exc:  # noqa: BLE001 - translate every SDK failure here
+                if _needs_bf16_attention(exc):
+                    try:  # the CLI's fix-up: no fp8 attention data -> bf16 attention
+                        h = sdk.EngineHandle.compile(
+                            self.stack.model, self.stack.system, self.stack.backend,
+                            backend_version=version, fmha_quant_mode="bfloat16", **kwargs,
+                        )  # fmt: skip
+                        h.predict_prefill_latency(1, 128, 0)
+                    except Exception as exc2:  # noqa: BLE001
+                        raise self._translate(c, exc2) from exc2
+                else:
+                    raise self._translate(c, exc) from exc
+            self._handles[c] = h
+        return h
+
+    def _translate(self, c: Candidate, exc: Exception) -> Exception:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+        errs = _errors()
+        missing = (errs.PerfDataNotAvailableError, errs.InterpolationDataNotAvailableError, NotImplementedError)
+        if isinstance(exc, missing) or "not available" in first.lower() or "unsupported" in first.lower():
+            return DataNotAvailable(f"AIC cannot estimate {c.name} of {self.stack.model} on "
+                                    f"{self.stack.system}/{self.stack.backend}: {first}")  # fmt: skip
+        return SourceError(f"AIC failed on {c.name}: {type(exc).__name__}: {first}")
+
+    def prefill_ttft_ms(self, candidate: Candidate, isl: Any) -> np.ndarray:
+        self.check_supported(candidate)
+        isl = as_positive_array("isl", isl)
+        h = self.engine(candidate)
+        try:
+            out = np.array([h.predict_prefill_latency(1, int(round(x)), 0) for x in isl], dtype=float)
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(candidate, exc) from exc
+        return _checked(out, candidate, "prefill")
+
+    def decode_itl_ms(self, candidate: Candidate, batch: Any, context: Any) -> np.ndarray:
+        self.check_supported(candidate)
+        b, ctx = np.broadcast_arrays(as_positive_array("batch", batch), as_positive_array("context", context))
+        per_rank = np.ceil(b / candidate.attention_dp_size).astype(int)
+        h = self.engine(candidate)
+        try:
+            out = np.array(
+                [h.predict_decode_latency(int(n), int(round(c)), 2) for n, c in zip(per_rank, ctx, strict=True)],
+                dtype=float,
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(candidate, exc) from exc
+        return _checked(out, candidate, "decode")
+
+    def kv_capacity_tokens(self, candidate: Candidate) -> int:
+        if candidate in self._kv:
+            return self._kv[candidate]
+        self.check_supported(candidate)
+        kind, fraction = MEMORY_FRACTION[self.stack.backend]
+        version = resolve_version(self.stack)
+        try:
+            est = _sdk().estimate_kv_cache(
+                self.stack.model, self.stack.system, self.stack.backend, version,
+                max_num_tokens=8192, max_batch_size=256,
+                memory_fraction_kind=kind, memory_fraction_value=fraction,
+                **self._parallel_kwargs(candidate), **self._quant_kwargs(),
+            )  # fmt: skip
+            per_rank = int(est["total_kv_size_tokens"])
+        except ValueError as exc:
+            text = str(exc).lower()
+            if "budget" in text or "negative" in text or "exceed" in text or "insufficient" in text:
+                per_rank = 0  # weights and activations leave no room for KV
+            else:
+                raise self._translate(candidate, exc) from exc
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(candidate, exc) from exc
+        tokens = max(0, per_rank) * candidate.attention_dp_size
+        self._kv[candidate] = tokens
+        return tokens
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            **super().provenance(),
+            "aiconfigurator_core": aic_version(),
+            "backend_version_resolved": resolve_version(self.stack),
+            "database_mode": "SILICON",
+        }
+
+
+def _needs_bf16_attention(exc: Exception) -> bool:
+    """AIC lacks fp8 attention data for some checkpoints (DeepSeek-V3): its CLI then uses bf16 attention."""
+    text = str(exc).lower()
+    return "fmha_quant: \"fp8\"" in text or ("fp8" in text and ("attention" in text or "mla" in text))
+
+
+def _checked(out: np.ndarray, c: Candidate, phase: str) -> np.ndarray:
+    if not np.all(np.isfinite(out)) or np.any(out <= 0):
+        raise DataNotAvailable(f"AIC returned a non-positive or non-finite {phase} latency for {c.name}")
+    return out

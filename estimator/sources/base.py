@@ -1,0 +1,104 @@
+"""The performance-source contract every estimator of engine speed implements.
+
+A source answers three questions for one serving stack (model, system, backend, quantisation)
+and one candidate engine (parallel mapping on n GPUs), vectorised over numpy arrays:
+
+- ``prefill_ttft_ms(candidate, isl)``: time to first token of one request at batch 1, ms;
+- ``decode_itl_ms(candidate, batch, context)``: one decode step with ``batch`` requests in the
+  engine (all attention-DP ranks together) at mean context ``context`` tokens, ms;
+- ``kv_capacity_tokens(candidate)``: KV-cache tokens the whole engine holds (0 if weights do not fit).
+
+Bands (``*_band``) give an uncertainty interval; an uncalibrated source returns its point value
+for both ends. Unsupported engines raise ``DataNotAvailable``, never NaN.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..candidates import Candidate
+from ..errors import DataNotAvailable, SourceError
+
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    """What is served: a model on a system with a backend and its version and quantisation."""
+
+    model: str
+    system: str
+    backend: str
+    backend_version: str | None = None
+    gemm_quant: str | None = None
+    kvcache_quant: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> Stack:
+        return cls(
+            model=spec.model,
+            system=spec.system,
+            backend=spec.backend.value if hasattr(spec.backend, "value") else str(spec.backend),
+            backend_version=spec.backend_version,
+            gemm_quant=spec.gemm_quant,
+            kvcache_quant=spec.kvcache_quant,
+        )
+
+
+def as_positive_array(name: str, values: Any) -> np.ndarray:
+    """1-D float array of finite values ≥ 1 (tokens, batch sizes)."""
+    arr = np.atleast_1d(np.asarray(values, dtype=float))
+    if arr.ndim != 1:
+        raise SourceError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < 1):
+        raise SourceError(f"{name} must hold finite values >= 1")
+    return arr
+
+
+class PerfSource(ABC):
+    """Base of AIC, roofline, regression and calibrated sources. Constructors only store arguments."""
+
+    name: ClassVar[str] = "base"
+    supports_moe: ClassVar[bool] = True
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+
+    # ---- the contract -------------------------------------------------------------------------
+    @abstractmethod
+    def prefill_ttft_ms(self, candidate: Candidate, isl: Any) -> np.ndarray:
+        """TTFT in ms of one request per ISL (array of shape (n,)), batch 1, no prefix reuse."""
+
+    @abstractmethod
+    def decode_itl_ms(self, candidate: Candidate, batch: Any, context: Any) -> np.ndarray:
+        """ITL in ms for each (batch, context) pair (arrays of shape (n,), broadcast)."""
+
+    @abstractmethod
+    def kv_capacity_tokens(self, candidate: Candidate) -> int:
+        """KV-cache capacity of the whole engine in tokens; 0 when the weights do not fit."""
+
+    # ---- optional -----------------------------------------------------------------------------
+    def prefill_ttft_band(self, candidate: Candidate, isl: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) TTFT band in ms; equal to the point estimate unless calibrated."""
+        v = self.prefill_ttft_ms(candidate, isl)
+        return v, v
+
+    def decode_itl_band(self, candidate: Candidate, batch: Any, context: Any) -> tuple[np.ndarray, np.ndarray]:
+        v = self.decode_itl_ms(candidate, batch, context)
+        return v, v
+
+    def provenance(self) -> dict[str, Any]:
+        """Where the numbers come from (source name, versions, data)."""
+        return {"source": self.name, "stack": self.stack.to_dict()}
+
+    def check_supported(self, candidate: Candidate) -> None:
+        if candidate.mapping.value != "TP" and not self.supports_moe:
+            raise DataNotAvailable(f"{self.name} source does not model MoE mapping {candidate.name}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.stack})"

@@ -1,0 +1,296 @@
+"""The study a user asks for, parsed and checked once into a frozen ``Spec``.
+
+``load_spec`` is the only place that validates user input: YAML file first, then flags
+on top. Every error names the field, the value and what is allowed (``SpecError``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SpecError
+from .model import load_model_info, resolve_model_name
+
+
+class Backend(str, enum.Enum):
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    TRTLLM = "trtllm"
+
+
+# The documented built-in study (Dynamo's docs example: ISL 3000 / OSL 150, TTFT 200 ms, ITL 20 ms).
+DEFAULT_STUDY: dict[str, Any] = {
+    "model": "Qwen/Qwen3-32B",
+    "system": "h200_sxm",
+    "backend": "vllm",
+    "isl": 3000,
+    "osl": 150,
+    "ttft_ms": 200.0,
+    "itl_ms": 20.0,
+}
+
+KNOWN_SYSTEMS = (
+    "a100_pcie", "a100_sxm", "a30", "b200_sxm", "b300_sxm", "b60", "gb200", "gb300",
+    "h100_pcie", "h100_sxm", "h200_sxm", "l4", "l40s", "rtx_pro_6000_server",
+)  # fmt: skip
+
+QUANT_MODES = ("bfloat16", "float16", "fp8", "fp8_block", "fp8_static", "int8_wo", "int4_wo", "nvfp4", "w4afp8")
+KV_QUANT_MODES = ("bfloat16", "float16", "fp8", "int8")
+RUNNER_KINDS = ("replay", "endpoint", "local", "k8s", "gpu")
+
+
+@dataclass(frozen=True, slots=True)
+class ValidateSpec:
+    """How to check the estimate against real measurements (see ``validate``)."""
+
+    runner: str = "replay"
+    measurements: tuple[str, ...] = ()  # files/directories the replay runner reads
+    budget: int = 8  # total points to measure
+    max_points_per_engine: int = 4
+    runner_options: tuple[tuple[str, Any], ...] = ()  # runner-specific settings (url, namespace, ...)
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.runner_options).get(name, default)
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One study: model and hardware, workload, SLA, search space and output."""
+
+    model: str
+    system: str
+    backend: Backend
+    isl: int
+    osl: int
+    ttft_ms: float
+    itl_ms: float
+    backend_version: str | None = None
+    gpu_counts: tuple[int, ...] = (1, 2, 4, 8)
+    gpus_per_node: int = 8
+    gemm_quant: str | None = None
+    kvcache_quant: str | None = None
+    max_context_tokens: int = 0  # 0: the model's own limit
+    max_concurrency: int = 2048
+    num_prefill_points: int = 32
+    num_decode_contexts: int = 8
+    num_decode_concurrencies: int = 12
+    num_alternatives: int = 3
+    request_rate: float | None = None  # requests/s for replica sizing; None: skip sizing
+    source: str = "aic"
+    output_dir: str | None = None
+    plots: bool = True
+    strict: bool = False
+    cache: bool = True
+    planner_args: tuple[tuple[str, str], ...] = ()
+    validate: ValidateSpec | None = None
+    seed: int = 0
+
+    @property
+    def decode_context_tokens(self) -> int:
+        """Mean context of a request during decode: ISL + OSL/2."""
+        return self.isl + self.osl // 2
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, enum.Enum):
+                v = v.value
+            elif isinstance(v, ValidateSpec):
+                v = {g.name: _plain(getattr(v, g.name)) for g in fields(v)}
+            out[f.name] = _plain(v)
+        return out
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _as_int(name: str, v: Any, lo: int = 1, hi: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise SpecError(name, f"expected an integer, got {v!r}")
+    try:
+        f = float(v)
+    except ValueError:
+        raise SpecError(name, f"expected an integer, got {v!r}") from None
+    if f != int(f):
+        raise SpecError(name, f"expected an integer, got {v!r}")
+    i = int(f)
+    if i < lo or (hi is not None and i > hi):
+        raise SpecError(name, f"{i} is out of range [{lo}, {hi if hi is not None else '∞'}]")
+    return i
+
+
+def _as_float(name: str, v: Any, positive: bool = True) -> float:
+    if isinstance(v, bool):
+        raise SpecError(name, f"expected a number, got {v!r}")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise SpecError(name, f"expected a number, got {v!r}") from None
+    if positive and not f > 0:
+        raise SpecError(name, f"must be > 0, got {v!r}")
+    if f != f or f in (float("inf"), float("-inf")):
+        raise SpecError(name, f"must be finite, got {v!r}")
+    return f
+
+
+def _as_choice(name: str, v: Any, allowed: tuple[str, ...]) -> str:
+    s = str(v).lower()
+    if s not in allowed:
+        raise SpecError(name, f"{v!r} is not one of {', '.join(allowed)}")
+    return s
+
+
+def _gpu_counts(raw: dict[str, Any]) -> tuple[int, ...]:
+    if raw.get("gpus") not in (None, "", []):
+        g = raw["gpus"]
+        items = str(g).split(",") if isinstance(g, (str, int)) else list(g)
+        counts = tuple(sorted({_as_int("gpus", x, 1, 1024) for x in items if str(x).strip()}))
+        if not counts:
+            raise SpecError("gpus", "empty GPU list")
+        return counts
+    lo = _as_int("min_gpus", raw.get("min_gpus", 1), 1, 1024)
+    hi = _as_int("max_gpus", raw.get("max_gpus", raw.get("gpus_per_node", 8)), 1, 1024)
+    counts = tuple(n for n in (2**k for k in range(11)) if lo <= n <= hi)
+    if not counts:
+        raise SpecError("max_gpus", f"no power of two lies in the GPU range [{lo}, {hi}]")
+    return counts
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a study file; malformed YAML or a non-mapping top level is a SpecError."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SpecError("config", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError("config", f"malformed YAML in {path}{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError("config", f"{path} must hold a mapping of study fields, got {type(data).__name__}")
+    return data
+
+
+_ALLOWED_KEYS = {f.name for f in fields(Spec)} | {"gpus", "min_gpus", "max_gpus", "ttft", "itl"} - {"gpu_counts"}
+
+
+def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
+    """Build a checked Spec from an optional YAML file plus overrides (None values are ignored).
+
+    With neither a file nor a model, the built-in default study (``DEFAULT_STUDY``) is used.
+    """
+    raw: dict[str, Any] = read_yaml(config) if config else {}
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    for short, long in (("ttft", "ttft_ms"), ("itl", "itl_ms")):
+        if short in raw:
+            raw[long] = raw.pop(short)
+    unknown = sorted(set(raw) - _ALLOWED_KEYS)
+    if unknown:
+        raise SpecError(unknown[0], "unknown field")
+    if "model" not in raw:
+        raw = {**DEFAULT_STUDY, **raw}
+    for name in ("system", "backend", "isl", "osl", "ttft_ms", "itl_ms"):
+        if raw.get(name) is None:
+            raise SpecError(name, "is required")
+
+    model = resolve_model_name(str(raw["model"]))
+    info = load_model_info(model)
+    system = _as_choice("system", raw["system"], KNOWN_SYSTEMS)
+    backend = Backend(_as_choice("backend", raw["backend"], tuple(b.value for b in Backend)))
+    isl = _as_int("isl", raw["isl"], 1)
+    osl = _as_int("osl", raw["osl"], 1)
+    max_ctx = _as_int("max_context_tokens", raw.get("max_context_tokens", 0), 0)
+    limit = min(max_ctx, info.max_context_tokens) if max_ctx else info.max_context_tokens
+    if isl + osl > limit:
+        raise SpecError("isl", f"ISL {isl} + OSL {osl} = {isl + osl} exceeds the model context of {limit} tokens")
+    gemm = raw.get("gemm_quant")
+    kvq = raw.get("kvcache_quant")
+    spec = Spec(
+        model=model,
+        system=system,
+        backend=backend,
+        isl=isl,
+        osl=osl,
+        ttft_ms=_as_float("ttft_ms", raw["ttft_ms"]),
+        itl_ms=_as_float("itl_ms", raw["itl_ms"]),
+        backend_version=str(raw["backend_version"]) if raw.get("backend_version") else None,
+        gpu_counts=_gpu_counts(raw),
+        gpus_per_node=_as_int("gpus_per_node", raw.get("gpus_per_node", 8), 1, 1024),
+        gemm_quant=_as_choice("gemm_quant", gemm, QUANT_MODES) if gemm else None,
+        kvcache_quant=_as_choice("kvcache_quant", kvq, KV_QUANT_MODES) if kvq else None,
+        max_context_tokens=limit,
+        max_concurrency=_as_int("max_concurrency", raw.get("max_concurrency", 2048), 1, 1_000_000),
+        num_prefill_points=_as_int("num_prefill_points", raw.get("num_prefill_points", 32), 4, 10_000),
+        num_decode_contexts=_as_int("num_decode_contexts", raw.get("num_decode_contexts", 8), 2, 1000),
+        num_decode_concurrencies=_as_int(
+            "num_decode_concurrencies", raw.get("num_decode_concurrencies", 12), 2, 1000
+        ),
+        num_alternatives=_as_int("num_alternatives", raw.get("num_alternatives", 3), 0, 100),
+        request_rate=_as_float("request_rate", raw["request_rate"]) if raw.get("request_rate") else None,
+        source=str(raw.get("source", "aic")),
+        output_dir=str(raw["output_dir"]) if raw.get("output_dir") else None,
+        plots=bool(raw.get("plots", True)),
+        strict=bool(raw.get("strict", False)),
+        cache=bool(raw.get("cache", True)),
+        planner_args=_planner_args(raw.get("planner_args", ())),
+        validate=_validate_spec(raw.get("validate")),
+        seed=_as_int("seed", raw.get("seed", 0), 0),
+    )
+    too_big = [n for n in spec.gpu_counts if n > spec.gpus_per_node]
+    if too_big:
+        raise SpecError("max_gpus", f"{too_big[0]} GPUs per engine exceed gpus_per_node={spec.gpus_per_node}")
+    return spec
+
+
+def _planner_args(v: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(v, dict):
+        items = list(v.items())
+    else:
+        items = []
+        for s in v or ():
+            if "=" not in str(s):
+                raise SpecError("planner_args", f"expected flag=value, got {s!r}")
+            k, _, val = str(s).partition("=")
+            items.append((k, val))
+    return tuple((str(k).removeprefix("--").removeprefix("planner-"), str(val)) for k, val in items)
+
+
+def _validate_spec(v: Any) -> ValidateSpec | None:
+    if v in (None, False):
+        return None
+    if v is True:
+        return ValidateSpec()
+    if not isinstance(v, dict):
+        raise SpecError("validate", f"expected a mapping, got {type(v).__name__}")
+    known = {f.name for f in fields(ValidateSpec)}
+    opts = {k: val for k, val in v.items() if k not in known}
+    meas = v.get("measurements") or ()
+    meas = (meas,) if isinstance(meas, str) else tuple(str(m) for m in meas)
+    return ValidateSpec(
+        runner=_as_choice("validate.runner", v.get("runner", "replay"), RUNNER_KINDS),
+        measurements=meas,
+        budget=_as_int("validate.budget", v.get("budget", 8), 1, 10_000),
+        max_points_per_engine=_as_int("validate.max_points_per_engine", v.get("max_points_per_engine", 4), 1, 1000),
+        runner_options=tuple(sorted({**dict(v.get("runner_options") or {}), **opts}.items())),
+    )
+
+
+def with_overrides(spec: Spec, **changes: Any) -> Spec:
+    """A copy of ``spec`` with some fields replaced (no re-validation; for internal use)."""
+    return replace(spec, **changes)
+
+
+__all__ = ["Backend", "Spec", "ValidateSpec", "load_spec", "DEFAULT_STUDY"]

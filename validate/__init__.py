@@ -1,0 +1,1 @@
+"""Plan real measurements, run them with a runner, calibrate the estimated surfaces."""

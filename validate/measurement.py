@@ -1,0 +1,182 @@
+"""Probe (what to measure) and Measurement (what was measured): one schema for every runner.
+
+Records are JSON lines. ``MeasurementStore`` appends one line per finished point and fsyncs,
+so a crash loses nothing already measured; a rerun skips probes whose key is already stored.
+A torn last line (crash mid-write) is skipped with a warning, never fatal.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import logging
+import os
+import platform
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from estimator.candidates import Candidate
+from estimator.sources.base import Stack
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+class ProbeKind(str, enum.Enum):
+    PREFILL = "prefill"  # TTFT of one request of ISL tokens, batch 1, no prefix reuse
+    DECODE = "decode"  # ITL at concurrency n and context length, prefill skipped (warm prefix cache)
+    AGG = "agg"  # aggregated serving: TTFT and TPOT at concurrency c with ISL/OSL
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One point to measure on one engine.
+
+    prefill: ``isl`` (osl small, ignored). decode: ``concurrency`` requests with prompt ``isl`` and
+    ``osl`` output tokens; the mean context is isl + osl/2. agg: ``concurrency`` clients, ``isl``/``osl``.
+    """
+
+    kind: ProbeKind
+    stack: Stack
+    candidate: Candidate
+    isl: int
+    osl: int = 1
+    concurrency: int = 1
+    repeats: int = 3
+    reason: str = ""  # why the planner chose this point
+
+    @property
+    def context_tokens(self) -> int:
+        return self.isl + self.osl // 2 if self.kind is not ProbeKind.PREFILL else self.isl
+
+    @property
+    def key(self) -> str:
+        """Identity of the point (reason and repeats excluded): used to skip on resume."""
+        ident = {
+            "kind": self.kind.value,
+            "stack": self.stack.to_dict(),
+            "candidate": self.candidate.name,
+            "isl": self.isl,
+            "osl": self.osl if self.kind is not ProbeKind.PREFILL else 0,
+            "concurrency": self.concurrency,
+        }
+        return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "stack": self.stack.to_dict(),
+            "candidate": self.candidate.name,
+            "isl": self.isl,
+            "osl": self.osl,
+            "concurrency": self.concurrency,
+            "repeats": self.repeats,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Probe:
+        return cls(
+            kind=ProbeKind(d["kind"]),
+            stack=Stack(**d["stack"]),
+            candidate=Candidate.parse(d["candidate"]),
+            isl=int(d["isl"]),
+            osl=int(d.get("osl", 1)),
+            concurrency=int(d.get("concurrency", 1)),
+            repeats=int(d.get("repeats", 1)),
+            reason=str(d.get("reason", "")),
+        )
+
+
+def hardware_summary() -> str:
+    return f"{platform.node()} {platform.machine()} {platform.system()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """The outcome of one probe. Latencies in ms, throughputs in tokens/s/GPU; None where not measured.
+
+    ``*_std_ms`` is the spread (standard deviation) over repetitions; ``samples`` the raw values.
+    """
+
+    probe: Probe
+    runner: str
+    ttft_ms: float | None = None
+    ttft_std_ms: float | None = None
+    itl_ms: float | None = None
+    itl_std_ms: float | None = None
+    tpot_ms: float | None = None
+    thpt_per_gpu: float | None = None  # prefill: input tok/s/GPU; decode/agg: output tok/s/GPU
+    kv_capacity_tokens: int | None = None
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    hardware: str = field(default_factory=hardware_summary)
+    software: dict[str, str] = field(default_factory=dict)
+    measured_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "probe"}
+        return {"schema": SCHEMA_VERSION, "key": self.probe.key, "probe": self.probe.to_dict(), **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Measurement:
+        known = {f.name for f in fields(cls)} - {"probe"}
+        return cls(probe=Probe.from_dict(d["probe"]), **{k: v for k, v in d.items() if k in known})
+
+
+class MeasurementStore:
+    """Append-only JSON-lines file of measurements; safe to resume after a crash."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+
+    def __iter__(self) -> Iterator[Measurement]:
+        return iter(self.load())
+
+    def load(self) -> list[Measurement]:
+        if not self.path.exists():
+            return []
+        out: list[Measurement] = []
+        with self.path.open() as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    out.append(Measurement.from_dict(json.loads(line)))
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    log.warning("%s:%d: skipping unreadable record (%s)", self.path, lineno, exc)
+        return out
+
+    def keys(self) -> set[str]:
+        return {m.probe.key for m in self.load()}
+
+    def append(self, m: Measurement) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(m.to_dict(), sort_keys=True, default=_json_default)
+        with self.path.open("a+b") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() > 0:  # heal a torn last line so the new record starts on its own line
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")
+            fh.write(line.encode() + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def extend(self, ms: Iterable[Measurement]) -> None:
+        for m in ms:
+            self.append(m)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, enum.Enum):
+        return o.value
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "__dataclass_fields__"):
+        return asdict(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
