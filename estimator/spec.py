@@ -190,7 +190,8 @@ _ALLOWED_KEYS = {f.name for f in fields(Spec)} | {"gpus", "min_gpus", "max_gpus"
 def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
     """Build a checked Spec from an optional YAML file plus overrides (None values are ignored).
 
-    With neither a file nor a model, the built-in default study (``DEFAULT_STUDY``) is used.
+    Fields given nowhere come from the built-in default study (``DEFAULT_STUDY``), so a bare
+    ``sla-estimate`` runs Qwen3-32B on h200_sxm with vLLM at ISL 3000 / OSL 150, TTFT 200 ms, ITL 20 ms.
     """
     raw: dict[str, Any] = read_yaml(config) if config else {}
     raw.update({k: v for k, v in overrides.items() if v is not None})
@@ -200,8 +201,7 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
     unknown = sorted(set(raw) - _ALLOWED_KEYS)
     if unknown:
         raise SpecError(unknown[0], "unknown field")
-    if "model" not in raw:
-        raw = {**DEFAULT_STUDY, **raw}
+    raw = {**DEFAULT_STUDY, **raw}  # any field not given comes from the documented default study
     for name in ("system", "backend", "isl", "osl", "ttft_ms", "itl_ms"):
         if raw.get(name) is None:
             raise SpecError(name, "is required")

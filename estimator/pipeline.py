@@ -1,0 +1,134 @@
+"""The whole estimate, one line per stage: spec -> candidates -> source -> points -> selection -> surfaces."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .candidates import Candidate, Rejection, enumerate_candidates
+from .errors import DataNotAvailable
+from .model import load_model_info
+from .select import Selection, select
+from .sources import PerfSource, Stack, make_source
+from .spec import Spec
+from .surfaces import (
+    DecodeSurface,
+    DecodeSweep,
+    PrefillPoint,
+    PrefillSurface,
+    decode_surface,
+    decode_sweep,
+    prefill_point,
+    prefill_surface,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Everything one study produced: inputs, per-candidate numbers, the choice and its surfaces."""
+
+    spec: Spec
+    stack: Stack
+    provenance: dict[str, Any]
+    candidates: tuple[Candidate, ...]
+    rejections: tuple[Rejection, ...]
+    prefill_points: tuple[PrefillPoint, ...]
+    decode_sweeps: tuple[DecodeSweep, ...]
+    selection: Selection
+    prefill_surface: PrefillSurface
+    decode_surface: DecodeSurface
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def screen(source: PerfSource, candidates: list[Candidate], request_tokens: int) -> tuple[list, list]:
+    """Drop candidates the source cannot estimate or whose memory cannot hold one request."""
+    kept, dropped = [], []
+    for c in candidates:
+        try:
+            kv = source.kv_capacity_tokens(c)
+        except DataNotAvailable as exc:
+            dropped.append(Rejection(c, str(exc)))
+            continue
+        if kv <= 0:
+            dropped.append(Rejection(c, f"weights do not fit in the memory of {c.num_gpus} GPU(s)"))
+        elif kv < request_tokens:
+            dropped.append(Rejection(c, f"KV cache holds {kv} tokens, less than one request of {request_tokens}"))
+        else:
+            kept.append(c)
+    return kept, dropped
+
+
+def estimate(spec: Spec, source: PerfSource | None = None) -> Profile:
+    """Run the study with ``source`` (default: the one the spec names)."""
+    t0 = time.perf_counter()
+    stack = Stack.from_spec(spec)
+    source = source or make_source(spec.source, stack)
+    model = load_model_info(spec.model)
+    candidates, rejected = enumerate_candidates(model, spec.gpu_counts)
+    usable, dropped = screen(source, candidates, spec.isl + spec.osl)
+    rejected += dropped
+    t1 = time.perf_counter()
+
+    points: list[PrefillPoint] = []
+    sweeps: list[DecodeSweep] = []
+    for c in usable:
+        try:
+            points.append(prefill_point(source, c, spec.isl))
+            sweep = decode_sweep(
+                source, c, spec.isl, spec.osl, num_points=2 * spec.num_decode_concurrencies, cap=spec.max_concurrency
+            )
+        except DataNotAvailable as exc:
+            rejected.append(Rejection(c, str(exc)))
+            points = [p for p in points if p.candidate != c]
+            continue
+        if sweep is not None:
+            sweeps.append(sweep)
+    if not points or not sweeps:
+        reasons = "; ".join(f"{r.candidate.name}: {r.reason}" for r in rejected) or "no candidates"
+        raise DataNotAvailable(f"no candidate engine could be estimated ({reasons})")
+    t2 = time.perf_counter()
+
+    selection = select(
+        points,
+        sweeps,
+        ttft_target_ms=spec.ttft_ms,
+        itl_target_ms=spec.itl_ms,
+        isl=spec.isl,
+        osl=spec.osl,
+        request_rate=spec.request_rate,
+    )
+    p_surface = prefill_surface(
+        source,
+        selection.best_prefill.candidate,
+        isl=spec.isl,
+        max_isl=spec.max_context_tokens - 512 if spec.max_context_tokens > 1024 else spec.max_context_tokens,
+        num_points=spec.num_prefill_points,
+    )
+    d_surface = decode_surface(
+        source,
+        selection.best_decode.candidate,
+        isl=spec.isl,
+        osl=spec.osl,
+        max_context=spec.max_context_tokens,
+        num_contexts=spec.num_decode_contexts,
+        num_concurrencies=spec.num_decode_concurrencies,
+        cap=spec.max_concurrency,
+    )
+    t3 = time.perf_counter()
+    return Profile(
+        spec=spec,
+        stack=stack,
+        provenance=source.provenance(),
+        candidates=tuple(usable),
+        rejections=tuple(rejected),
+        prefill_points=tuple(points),
+        decode_sweeps=tuple(sweeps),
+        selection=selection,
+        prefill_surface=p_surface,
+        decode_surface=d_surface,
+        timings_s={"screen": t1 - t0, "sweeps": t2 - t1, "surfaces": t3 - t2, "total": t3 - t0},
+    )

@@ -1,0 +1,180 @@
+"""Choose prefill and decode engines under the SLA, rank alternatives, derive planner bounds and replicas.
+
+Rule (Dynamo's, kept so results compare): among points whose latency meets the target, the highest
+tokens/s/GPU wins; if no point meets it, the lowest-latency point is returned with a warning. We also
+keep every candidate ranked (alternatives), and size replicas for a target request rate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .candidates import Candidate
+from .surfaces import DecodeSweep, PrefillPoint
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillChoice:
+    point: PrefillPoint
+    meets_sla: bool
+
+    @property
+    def candidate(self) -> Candidate:
+        return self.point.candidate
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeChoice:
+    """The best operating point of one decode engine (highest tokens/s/GPU within the ITL target)."""
+
+    candidate: Candidate
+    concurrency: int
+    context_tokens: int
+    itl_ms: float
+    thpt_per_gpu: float
+    kv_capacity_tokens: int
+    itl_low_ms: float
+    itl_high_ms: float
+    meets_sla: bool
+
+    @property
+    def kv_usage(self) -> float:
+        return self.concurrency * self.context_tokens / self.kv_capacity_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerBounds:
+    prefill_queue_lower: float
+    prefill_queue_upper: float
+    decode_kv_lower: float
+    decode_kv_upper: float
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    """Replicas for a steady request rate (Dynamo planner's formulas, without correction factors)."""
+
+    request_rate: float
+    prefill_replicas: int
+    decode_replicas: int
+    prefill_gpus: int
+    decode_gpus: int
+
+    @property
+    def total_gpus(self) -> int:
+        return self.prefill_gpus + self.decode_gpus
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Ranked choices (index 0 is the recommendation), bounds, optional sizing and warnings."""
+
+    prefill: tuple[PrefillChoice, ...]
+    decode: tuple[DecodeChoice, ...]
+    bounds: PlannerBounds
+    sizing: Sizing | None
+    warnings: tuple[str, ...]
+
+    @property
+    def best_prefill(self) -> PrefillChoice:
+        return self.prefill[0]
+
+    @property
+    def best_decode(self) -> DecodeChoice:
+        return self.decode[0]
+
+    @property
+    def sla_met(self) -> bool:
+        return self.best_prefill.meets_sla and self.best_decode.meets_sla
+
+
+def rank_prefill(points: list[PrefillPoint], ttft_target_ms: float) -> tuple[PrefillChoice, ...]:
+    """SLA-meeting points by tokens/s/GPU (desc), then the rest by TTFT (asc); ties: fewer GPUs first."""
+    ok = [PrefillChoice(p, True) for p in points if p.ttft_ms <= ttft_target_ms]
+    bad = [PrefillChoice(p, False) for p in points if p.ttft_ms > ttft_target_ms]
+    ok.sort(key=lambda c: (-c.point.thpt_per_gpu, c.candidate.num_gpus))
+    bad.sort(key=lambda c: (c.point.ttft_ms, c.candidate.num_gpus))
+    return tuple(ok + bad)
+
+
+def best_decode_point(sweep: DecodeSweep, itl_target_ms: float) -> DecodeChoice:
+    """Highest tokens/s/GPU with ITL within target, else the lowest-ITL point (meets_sla False)."""
+    ok = np.flatnonzero(sweep.itl_ms <= itl_target_ms)
+    meets = ok.size > 0
+    i = int(ok[np.argmax(sweep.thpt_per_gpu[ok])]) if meets else int(np.argmin(sweep.itl_ms))
+    return DecodeChoice(
+        candidate=sweep.candidate,
+        concurrency=int(sweep.concurrency[i]),
+        context_tokens=sweep.context_tokens,
+        itl_ms=float(sweep.itl_ms[i]),
+        thpt_per_gpu=float(sweep.thpt_per_gpu[i]),
+        kv_capacity_tokens=sweep.kv_capacity_tokens,
+        itl_low_ms=float(sweep.itl_low_ms[i]),
+        itl_high_ms=float(sweep.itl_high_ms[i]),
+        meets_sla=meets,
+    )
+
+
+def rank_decode(sweeps: list[DecodeSweep], itl_target_ms: float) -> tuple[DecodeChoice, ...]:
+    best = [best_decode_point(s, itl_target_ms) for s in sweeps]
+    ok = sorted((c for c in best if c.meets_sla), key=lambda c: (-c.thpt_per_gpu, c.candidate.num_gpus))
+    bad = sorted((c for c in best if not c.meets_sla), key=lambda c: (c.itl_ms, c.candidate.num_gpus))
+    return tuple(ok + bad)
+
+
+def planner_bounds(
+    ttft_target_ms: float, prefill: PrefillChoice, decode: DecodeChoice, isl: int, osl: int
+) -> PlannerBounds:
+    """Dynamo's load-based planner bounds: prefill queue size and decode KV-cache utilisation."""
+    ratio = ttft_target_ms / prefill.point.ttft_ms
+    usage = decode.concurrency * (isl + osl / 2) / decode.kv_capacity_tokens
+    return PlannerBounds(
+        prefill_queue_lower=max(0.1, ratio * 0.8 - 1),
+        prefill_queue_upper=max(0.1, ratio * 1.2 - 1),
+        decode_kv_lower=max(0.1, usage - 0.2),
+        decode_kv_upper=min(1.0, usage + 0.2),
+    )
+
+
+def size_replicas(
+    request_rate: float, isl: int, osl: int, prefill: PrefillChoice, decode: DecodeChoice
+) -> Sizing:
+    """Engines needed so prefill input tokens/s and decode output tokens/s keep up with ``request_rate``."""
+    p_gpus = prefill.candidate.num_gpus
+    d_gpus = decode.candidate.num_gpus
+    n_prefill = max(1, math.ceil(request_rate * isl / (prefill.point.thpt_per_gpu * p_gpus)))
+    n_decode = max(1, math.ceil(request_rate * osl / (decode.thpt_per_gpu * d_gpus)))
+    return Sizing(request_rate, n_prefill, n_decode, n_prefill * p_gpus, n_decode * d_gpus)
+
+
+def select(
+    prefill_points: list[PrefillPoint],
+    decode_sweeps: list[DecodeSweep],
+    *,
+    ttft_target_ms: float,
+    itl_target_ms: float,
+    isl: int,
+    osl: int,
+    request_rate: float | None = None,
+) -> Selection:
+    if not prefill_points or not decode_sweeps:
+        raise ValueError("no candidate could be estimated for prefill and decode")
+    prefill = rank_prefill(prefill_points, ttft_target_ms)
+    decode = rank_decode(decode_sweeps, itl_target_ms)
+    warnings = []
+    if not prefill[0].meets_sla:
+        warnings.append(
+            f"no prefill engine meets TTFT {ttft_target_ms:g} ms; closest is {prefill[0].candidate.name} "
+            f"at {prefill[0].point.ttft_ms:.1f} ms"
+        )
+    if not decode[0].meets_sla:
+        warnings.append(
+            f"no decode engine meets ITL {itl_target_ms:g} ms; closest is {decode[0].candidate.name} "
+            f"at {decode[0].itl_ms:.2f} ms (concurrency {decode[0].concurrency})"
+        )
+    bounds = planner_bounds(ttft_target_ms, prefill[0], decode[0], isl, osl)
+    sizing = size_replicas(request_rate, isl, osl, prefill[0], decode[0]) if request_rate else None
+    return Selection(prefill, decode, bounds, sizing, tuple(warnings))

@@ -1,0 +1,184 @@
+"""Sample a performance source into the points and surfaces the selection and artifacts use.
+
+- ``prefill_point``: TTFT and tokens/s/GPU of one candidate at the workload's ISL.
+- ``decode_sweep``: ITL and tokens/s/GPU of one candidate over concurrency at context ISL+OSL/2.
+- ``prefill_surface``: the selected prefill engine over ISL, up to the model's context, denser near the ISL.
+- ``decode_surface``: the selected decode engine over (active-KV fraction × context length).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .candidates import Candidate
+from .sources.base import PerfSource
+
+
+def prefill_thpt_per_gpu(candidate: Candidate, isl: np.ndarray, ttft_ms: np.ndarray) -> np.ndarray:
+    """Input tokens/s/GPU of a prefill engine (each attention-DP rank prefills its own request)."""
+    return isl / ttft_ms * 1000.0 / candidate.num_gpus * candidate.attention_dp_size
+
+
+def decode_thpt_per_gpu(candidate: Candidate, batch: np.ndarray, itl_ms: np.ndarray) -> np.ndarray:
+    """Output tokens/s/GPU of a decode engine with ``batch`` requests in flight."""
+    return batch / itl_ms * 1000.0 / candidate.num_gpus
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillPoint:
+    candidate: Candidate
+    isl: int
+    ttft_ms: float
+    thpt_per_gpu: float
+    ttft_low_ms: float
+    ttft_high_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeSweep:
+    """ITL over concurrency at one context; ``kv_usage`` = concurrency × context / capacity."""
+
+    candidate: Candidate
+    kv_capacity_tokens: int
+    context_tokens: int
+    concurrency: np.ndarray
+    itl_ms: np.ndarray
+    thpt_per_gpu: np.ndarray
+    itl_low_ms: np.ndarray
+    itl_high_ms: np.ndarray
+
+    @property
+    def kv_usage(self) -> np.ndarray:
+        return self.concurrency * self.context_tokens / self.kv_capacity_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillSurface:
+    candidate: Candidate
+    isl: np.ndarray
+    ttft_ms: np.ndarray
+    thpt_per_gpu: np.ndarray
+    ttft_low_ms: np.ndarray
+    ttft_high_ms: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeSurface:
+    """Flat arrays over a (context × concurrency) grid, as Dynamo's decode raw_data stores them."""
+
+    candidate: Candidate
+    kv_capacity_tokens: int
+    kv_usage: np.ndarray
+    context_tokens: np.ndarray
+    concurrency: np.ndarray
+    itl_ms: np.ndarray
+    thpt_per_gpu: np.ndarray
+    itl_low_ms: np.ndarray
+    itl_high_ms: np.ndarray
+
+
+def concurrency_levels(max_concurrency: int, num_points: int, step: int = 1) -> np.ndarray:
+    """1..max, log-spaced (dense where ITL bends), multiples of ``step`` (the attention-DP size)."""
+    max_concurrency = max(step, max_concurrency - max_concurrency % step)
+    raw = np.geomspace(1, max_concurrency, num=num_points)
+    levels = np.unique(np.maximum(step, np.round(raw / step) * step).astype(int))
+    return levels[levels <= max_concurrency]
+
+
+def max_concurrency_for(kv_capacity_tokens: int, request_tokens: int, cap: int) -> int:
+    """How many requests of ``request_tokens`` fit in the KV cache (Dynamo: capacity // (isl+osl))."""
+    return int(min(cap, kv_capacity_tokens // max(1, request_tokens)))
+
+
+def prefill_point(source: PerfSource, candidate: Candidate, isl: int) -> PrefillPoint:
+    x = np.array([float(isl)])
+    ttft = source.prefill_ttft_ms(candidate, x)
+    lo, hi = source.prefill_ttft_band(candidate, x)
+    return PrefillPoint(
+        candidate, isl, float(ttft[0]), float(prefill_thpt_per_gpu(candidate, x, ttft)[0]), float(lo[0]), float(hi[0])
+    )
+
+
+def decode_sweep(
+    source: PerfSource, candidate: Candidate, isl: int, osl: int, *, num_points: int, cap: int
+) -> DecodeSweep | None:
+    """None when the KV cache cannot hold one request of ISL+OSL."""
+    capacity = source.kv_capacity_tokens(candidate)
+    n_max = max_concurrency_for(capacity, isl + osl, cap)
+    if n_max < candidate.attention_dp_size:
+        return None
+    ctx = isl + osl // 2
+    conc = concurrency_levels(n_max, num_points, candidate.attention_dp_size).astype(float)
+    context = np.full_like(conc, ctx)
+    itl = source.decode_itl_ms(candidate, conc, context)
+    lo, hi = source.decode_itl_band(candidate, conc, context)
+    return DecodeSweep(candidate, capacity, ctx, conc, itl, decode_thpt_per_gpu(candidate, conc, itl), lo, hi)
+
+
+def isl_grid(isl: int, max_isl: int, num_points: int) -> np.ndarray:
+    """Half the points linear over [64, max_isl], half geometric around the workload ISL (÷4 .. ×4)."""
+    max_isl = max(max_isl, 128)
+    lo = min(64, max_isl // 2)
+    coarse = np.linspace(lo, max_isl, num=max(2, num_points // 2))
+    near = np.geomspace(max(lo, isl / 4), min(max_isl, isl * 4), num=max(2, num_points - num_points // 2))
+    return np.unique(np.round(np.concatenate([coarse, near, [min(isl, max_isl)]]))).astype(float)
+
+
+def prefill_surface(
+    source: PerfSource, candidate: Candidate, *, isl: int, max_isl: int, num_points: int
+) -> PrefillSurface:
+    x = isl_grid(isl, max_isl, num_points)
+    ttft = source.prefill_ttft_ms(candidate, x)
+    lo, hi = source.prefill_ttft_band(candidate, x)
+    return PrefillSurface(candidate, x, ttft, prefill_thpt_per_gpu(candidate, x, ttft), lo, hi)
+
+
+def decode_surface(
+    source: PerfSource,
+    candidate: Candidate,
+    *,
+    isl: int,
+    osl: int,
+    max_context: int,
+    num_contexts: int,
+    num_concurrencies: int,
+    cap: int,
+) -> DecodeSurface:
+    """Contexts from short to the model's limit (plus the workload's), concurrency up to what KV holds.
+
+    Each context row spans KV usage from one request to a full cache, so Dynamo's planner can look up
+    any (usage, context) cell; the workload's context ISL+OSL/2 is always one of the rows.
+    """
+    capacity = source.kv_capacity_tokens(candidate)
+    step = candidate.attention_dp_size
+    top = max(128, max_context - osl)
+    ctxs = np.unique(
+        np.round(np.concatenate([np.geomspace(min(128, top), top, num=num_contexts), [isl + osl // 2]]))
+    ).astype(int)
+    rows_c, rows_x = [], []
+    for ctx in ctxs:
+        n_max = max_concurrency_for(capacity, int(ctx + osl // 2), cap)
+        if n_max < step:
+            continue
+        conc = concurrency_levels(n_max, num_concurrencies, step)
+        rows_c.append(conc.astype(float))
+        rows_x.append(np.full(conc.shape, float(ctx)))
+    if not rows_c:
+        raise ValueError(f"{candidate.name}: KV cache of {capacity} tokens holds no decode request")
+    conc = np.concatenate(rows_c)
+    ctx_arr = np.concatenate(rows_x)
+    itl = source.decode_itl_ms(candidate, conc, ctx_arr)
+    lo, hi = source.decode_itl_band(candidate, conc, ctx_arr)
+    return DecodeSurface(
+        candidate=candidate,
+        kv_capacity_tokens=capacity,
+        kv_usage=conc * ctx_arr / capacity,
+        context_tokens=ctx_arr,
+        concurrency=conc,
+        itl_ms=itl,
+        thpt_per_gpu=decode_thpt_per_gpu(candidate, conc, itl),
+        itl_low_ms=lo,
+        itl_high_ms=hi,
+    )
