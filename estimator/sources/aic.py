@@ -46,7 +46,7 @@ def current_backend_version(system: str, backend: str) -> str:
     try:
         return str(pdb.resolve_query_version(system, backend, "current"))
     except Exception as exc:  # noqa: BLE001 - translate at the edge
-        raise SpecError("backend_version", f"AIC has no {backend} data for {system}: {exc}") from None
+        raise SpecError("backend", f"AIC has no {backend} data for system {system}") from None
 
 
 def resolve_version(stack: Stack) -> str:
@@ -121,8 +121,12 @@ class AicSource(PerfSource):
     def _translate(self, c: Candidate, exc: Exception) -> Exception:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
         errs = _errors()
-        missing = (errs.PerfDataNotAvailableError, errs.InterpolationDataNotAvailableError, NotImplementedError)
-        if isinstance(exc, missing) or "not available" in first.lower() or "unsupported" in first.lower():
+        missing = (
+            errs.PerfDataNotAvailableError, errs.InterpolationDataNotAvailableError, errs.MissingSystemFlopsError,
+            errs.UnsupportedAttentionBackendError, errs.UnsupportedWideepConfigError, NotImplementedError,
+        )  # fmt: skip
+        words = ("not available", "unsupported", "not supported", "missing")
+        if isinstance(exc, missing) or any(w in first.lower() for w in words):
             return DataNotAvailable(f"AIC cannot estimate {c.name} of {self.stack.model} on "
                                     f"{self.stack.system}/{self.stack.backend}: {first}")  # fmt: skip
         return SourceError(f"AIC failed on {c.name}: {type(exc).__name__}: {first}")

@@ -1,0 +1,204 @@
+"""``sla-estimate``: parse flags (and an optional YAML study) into a Spec, run the pipeline, write artifacts.
+
+Exit codes: 0 ok; 1 ``--strict`` and the SLA is not met; 2 bad input or a failed study (one line on
+stderr); 130 interrupted. Only SlaEstimateError is caught: anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+from .errors import SlaEstimateError, SpecError
+
+log = logging.getLogger("estimator")
+COMMANDS = ("profile", "validate", "models")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"sla-estimate: error: {message}\n")
+
+
+def _study_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("study (flags override the --config file; unset fields use the default study)")
+    g.add_argument("--config", help="YAML file with study fields (same names as the flags, snake_case)")
+    g.add_argument("--model", help="AIC bundled Hugging Face id or a local directory with config.json")
+    g.add_argument("--system", help="AIC system name, e.g. h100_sxm, h200_sxm, b200_sxm")
+    g.add_argument("--backend", help="vllm | sglang | trtllm")
+    g.add_argument("--backend-version", help="AIC data version (default: AIC's current)")
+    g.add_argument("--isl", help="input sequence length, tokens")
+    g.add_argument("--osl", help="output sequence length, tokens")
+    g.add_argument("--ttft", help="TTFT target, ms")
+    g.add_argument("--itl", help="ITL target, ms")
+    g.add_argument("--min-gpus", help="smallest GPUs per engine (powers of two in [min, max])")
+    g.add_argument("--max-gpus", help="largest GPUs per engine")
+    g.add_argument("--gpus", help="explicit comma-separated GPUs per engine, e.g. 1,2,4")
+    g.add_argument("--gpus-per-node", help="GPUs per node (engines never span nodes)")
+    g.add_argument("--gemm-quant", help="override GEMM quantisation (e.g. fp8, bfloat16)")
+    g.add_argument("--kvcache-quant", help="override KV-cache quantisation (e.g. fp8)")
+    g.add_argument("--max-context-tokens", help="cap the context the surfaces span (default: the model's)")
+    g.add_argument("--request-rate", help="requests/s to size prefill/decode replicas for")
+    g.add_argument("--source", help="aic (default) | roofline | path to a calibration JSON")
+    g.add_argument("--num-alternatives", help="alternatives to print per phase (default 3)")
+    o = p.add_argument_group("output")
+    o.add_argument("--output-dir", "-o", help="write npz, plots, config_with_planner.yaml and report.json here")
+    o.add_argument("--no-plots", dest="plots", action="store_const", const=False, help="skip PNG files")
+    o.add_argument("--strict", action="store_const", const=True, help="exit 1 when the SLA is not met")
+    o.add_argument("--no-cache", dest="cache", action="store_const", const=False, help="ignore the profile cache")
+    o.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
+    o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.epilog = "Planner flags: any --planner-<flag>=<value> is passed to Dynamo's Planner as --<flag>=<value>."
+
+
+def _validate_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("validation")
+    g.add_argument("--runner", help="replay | endpoint | local | k8s | gpu (default replay)")
+    g.add_argument("--measurements", action="append", help="recorded measurements for the replay runner (repeatable)")
+    g.add_argument("--budget", help="points to measure in total (default 8)")
+    g.add_argument("--max-points-per-engine", help="points per engine (default 4)")
+    g.add_argument(
+        "--runner-option", action="append", default=[], metavar="KEY=VALUE",
+        help="runner setting, e.g. url=http://host:8000, namespace=dynamo, python=/path/bin/python",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sla-estimate", description="Simulator-first SLA profiler for LLM serving.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    prof = sub.add_parser("profile", help="estimate, select and write artifacts (default command)")
+    _study_flags(prof)
+    val = sub.add_parser("validate", help="profile, measure a few points, calibrate, then recommend")
+    _study_flags(val)
+    _validate_flags(val)
+    sub.add_parser("models", help="list the models AIC can estimate offline")
+    return parser
+
+
+def _split_planner_args(extra: list[str]) -> list[str]:
+    """``--planner-x=v`` / ``--planner-x v`` -> ``x=v``; anything else is an unknown flag."""
+    out, i = [], 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--planner-"):
+            raise SpecError(arg.split("=")[0].lstrip("-"), "unknown flag")
+        flag = arg[len("--planner-") :]
+        if "=" in flag:
+            out.append(flag)
+        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            out.append(f"{flag}={extra[i + 1]}")
+            i += 1
+        else:
+            out.append(f"{flag}=true")
+        i += 1
+    return out
+
+
+def _overrides(ns: argparse.Namespace, planner: list[str]) -> dict[str, Any]:
+    keys = (
+        "model", "system", "backend", "backend_version", "isl", "osl", "ttft", "itl", "min_gpus", "max_gpus",
+        "gpus", "gpus_per_node", "gemm_quant", "kvcache_quant", "max_context_tokens", "request_rate", "source",
+        "num_alternatives", "output_dir", "plots", "strict", "cache",
+    )  # fmt: skip
+    out = {k: getattr(ns, k, None) for k in keys}
+    if planner:
+        out["planner_args"] = planner
+    if ns.command == "validate":
+        v: dict[str, Any] = {}
+        for key in ("runner", "measurements", "budget", "max_points_per_engine"):
+            if getattr(ns, key, None) is not None:
+                v[key] = getattr(ns, key)
+        opts = {}
+        for item in ns.runner_option:
+            if "=" not in item:
+                raise SpecError("runner_option", f"expected KEY=VALUE, got {item!r}")
+            k, _, val = item.partition("=")
+            opts[k.strip()] = val
+        if opts:
+            v["runner_options"] = opts
+        out["validate"] = v or True
+    return out
+
+
+def _run_profile(spec: Any, as_json: bool) -> int:
+    from . import cache as profile_cache
+    from .pipeline import estimate
+
+    t0 = time.perf_counter()
+    profile = profile_cache.load_profile(spec) if spec.cache else None
+    cached = profile is not None
+    if profile is None:
+        profile = estimate(spec)
+        if spec.cache:
+            profile_cache.save_profile(profile)
+    return _finish(profile, as_json, t0, cached)
+
+
+def _finish(profile: Any, as_json: bool, t0: float, cached: bool, validation: Any = None) -> int:
+    from .artifacts import write_artifacts
+    from .artifacts.report import report_dict, summary_text
+
+    spec = profile.spec
+    if spec.output_dir:
+        write_artifacts(profile, Path(spec.output_dir), plots=spec.plots, validation=validation)
+    if as_json:
+        import json
+
+        print(json.dumps(report_dict(profile, validation=validation), indent=2))
+    else:
+        print(summary_text(profile, validation=validation))
+        where = f"; wrote {spec.output_dir}" if spec.output_dir else ""
+        print(f"({'cached, ' if cached else ''}{time.perf_counter() - t0:.2f} s{where})")
+    return 1 if spec.strict and not profile.selection.sla_met else 0
+
+
+def _run_validate(spec: Any, as_json: bool) -> int:
+    from validate.workflow import run_validation
+
+    t0 = time.perf_counter()
+    calibrated_profile, result = run_validation(spec)
+    return _finish(calibrated_profile, as_json, t0, cached=False, validation=result)
+
+
+def _list_models() -> int:
+    from .model import bundled_models
+
+    print("\n".join(bundled_models()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv = ["profile", *argv]
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(ns, "verbose", False) else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if ns.command == "models":
+            return _list_models()
+        from .spec import load_spec
+
+        spec = load_spec(ns.config, **_overrides(ns, _split_planner_args(extra)))
+        if ns.command == "validate":
+            return _run_validate(spec, ns.json)
+        return _run_profile(spec, ns.json)
+    except SlaEstimateError as exc:
+        print(f"sla-estimate: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sla-estimate: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

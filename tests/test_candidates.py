@@ -1,0 +1,31 @@
+from estimator.candidates import Candidate, Mapping, enumerate_candidates
+from estimator.model import load_model_info, resolve_model_name
+
+
+def test_dense_model_gets_tp_only():
+    info = load_model_info(resolve_model_name("Qwen/Qwen3-32B"))
+    kept, dropped = enumerate_candidates(info, (1, 2, 4, 8))
+    assert [c.name for c in kept] == ["TP1", "TP2", "TP4", "TP8"] and not dropped
+
+
+def test_kv_heads_divisibility_rejects_with_reason():
+    info = load_model_info(resolve_model_name("Qwen/Qwen3-32B"))  # 8 KV heads, 64 heads
+    kept, dropped = enumerate_candidates(info, (3, 128))
+    assert not kept
+    assert {r.candidate.name for r in dropped} == {"TP3", "TP128"}
+    assert all("divide" in r.reason for r in dropped)
+
+
+def test_moe_model_gets_tep_and_dep_with_aic_conventions():
+    info = load_model_info(resolve_model_name("Qwen/Qwen3-30B-A3B"))
+    kept, _ = enumerate_candidates(info, (1, 2, 4))
+    assert [c.name for c in kept] == ["TEP1", "TEP2", "TEP4", "DEP2", "DEP4"]
+    dep = Candidate(Mapping.DEP, 4)
+    assert (dep.tp_size, dep.attention_dp_size, dep.moe_tp_size, dep.moe_ep_size) == (1, 4, 1, 4)
+    tep = Candidate(Mapping.TEP, 4)
+    assert (tep.tp_size, tep.attention_dp_size, tep.moe_tp_size, tep.moe_ep_size) == (4, 1, 1, 4)
+
+
+def test_candidate_parse_roundtrip():
+    for name in ("TP4", "TEP8", "DEP2"):
+        assert Candidate.parse(name).name == name

@@ -1,0 +1,77 @@
+"""Selection, ranking, planner bounds and sizing on hand-made points with hand-computed answers."""
+
+import numpy as np
+import pytest
+
+from estimator.candidates import Candidate, Mapping
+from estimator.select import planner_bounds, rank_decode, rank_prefill, select, size_replicas
+from estimator.surfaces import DecodeSweep, PrefillPoint
+
+TP = {n: Candidate(Mapping.TP, n) for n in (1, 2, 4, 8)}
+
+
+def pp(n, ttft, thpt):
+    return PrefillPoint(TP[n], 3000, ttft, thpt, ttft, ttft)
+
+
+def sweep(n, conc, itl, capacity=100_000, ctx=3075):
+    conc = np.asarray(conc, float)
+    itl = np.asarray(itl, float)
+    thpt = conc / itl * 1000 / n
+    return DecodeSweep(TP[n], capacity, ctx, conc, itl, thpt, itl, itl)
+
+
+def test_prefill_picks_highest_throughput_within_target():
+    ranked = rank_prefill([pp(1, 250, 12000), pp(2, 150, 10000), pp(4, 90, 8000)], 200)
+    assert [c.candidate.name for c in ranked] == ["TP2", "TP4", "TP1"]
+    assert [c.meets_sla for c in ranked] == [True, True, False]
+
+
+def test_prefill_none_meets_returns_lowest_latency():
+    ranked = rank_prefill([pp(1, 500, 12000), pp(2, 300, 10000)], 200)
+    assert ranked[0].candidate.name == "TP2" and not ranked[0].meets_sla
+
+
+def test_decode_best_point_per_engine_then_rank():
+    # TP1: conc 1,8,32 -> itl 10,15,25 ms; within 20 ms the best is conc 8: 8/15*1000/1 = 533.3 tok/s/GPU
+    # TP2: conc 1,16,64 -> itl 8,12,19: best conc 64: 64/19*1000/2 = 1684.2 tok/s/GPU
+    ranked = rank_decode([sweep(1, [1, 8, 32], [10, 15, 25]), sweep(2, [1, 16, 64], [8, 12, 19])], 20)
+    assert ranked[0].candidate.name == "TP2" and ranked[0].concurrency == 64
+    assert ranked[0].thpt_per_gpu == pytest.approx(64 / 19 * 1000 / 2)
+    assert ranked[1].concurrency == 8 and ranked[1].thpt_per_gpu == pytest.approx(8 / 15 * 1000)
+
+
+def test_decode_none_meets_picks_lowest_itl_with_warning():
+    sel = select(
+        [pp(1, 100, 30000)],
+        [sweep(1, [1, 8], [30, 40]), sweep(2, [1, 8], [25, 35])],
+        ttft_target_ms=200, itl_target_ms=20, isl=3000, osl=150,
+    )  # fmt: skip
+    assert sel.best_decode.candidate.name == "TP2" and sel.best_decode.itl_ms == 25
+    assert not sel.sla_met and any("no decode engine meets ITL 20" in w for w in sel.warnings)
+
+
+def test_planner_bounds_match_dynamo_docs_example():
+    # Dynamo docs: TTFT target 50 ms, prefill TP4 at 48.37 ms -> queue bounds 0.24 / 0.10
+    (p,) = rank_prefill([PrefillPoint(TP[4], 3000, 48.37, 15505.23, 48.37, 48.37)], 50)
+    # decode: conc 100 at (3000 + 150/2) over 2,000,000 tokens -> usage 0.15375 -> kv bounds 0.35375 / 0.1
+    (d,) = rank_decode([sweep(4, [100], [4.83], capacity=2_000_000)], 20)
+    b = planner_bounds(50, p, d, 3000, 150)
+    assert round(b.prefill_queue_upper, 2) == 0.24 and b.prefill_queue_lower == 0.1
+    assert b.decode_kv_upper == pytest.approx(0.15375 + 0.2) and b.decode_kv_lower == 0.1
+
+
+def test_planner_bounds_clamps():
+    (p,) = rank_prefill([pp(1, 10, 1)], 100)  # ratio 10 -> lower 7, upper 11
+    (d,) = rank_decode([sweep(1, [1000], [5], capacity=3_100_000)], 20)  # usage 0.9919 -> upper clamps to 1
+    b = planner_bounds(100, p, d, 3000, 150)
+    assert b.prefill_queue_lower == pytest.approx(7) and b.prefill_queue_upper == pytest.approx(11)
+    assert b.decode_kv_upper == 1.0 and b.decode_kv_lower == pytest.approx(1000 * 3075 / 3_100_000 - 0.2)
+
+
+def test_size_replicas():
+    (p,) = rank_prefill([pp(2, 150, 10000)], 200)  # 2 GPUs × 10k tok/s/GPU = 20k input tok/s per engine
+    (d,) = rank_decode([sweep(4, [64], [16])], 20)  # 64/16*1000/4 = 1000 tok/s/GPU -> 4000 tok/s per engine
+    s = size_replicas(10.0, 3000, 150, p, d)  # 30k input tok/s, 1.5k output tok/s
+    assert (s.prefill_replicas, s.decode_replicas) == (2, 1)
+    assert (s.prefill_gpus, s.decode_gpus, s.total_gpus) == (4, 4, 8)

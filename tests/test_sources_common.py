@@ -1,0 +1,115 @@
+"""One conformance suite, run against every performance source (the PerfSource contract)."""
+
+import socket
+
+import numpy as np
+import pytest
+
+from estimator.candidates import Candidate, Mapping
+from estimator.errors import DataNotAvailable
+from estimator.sources.aic import AicSource
+from estimator.sources.base import PerfSource, Stack
+from estimator.sources.roofline import RooflineSource
+
+LLAMA = Stack("meta-llama/Meta-Llama-3.1-8B", "h100_sxm", "vllm")
+MOE = Stack("Qwen/Qwen3-30B-A3B", "h200_sxm", "vllm")
+
+
+def _aic(stack):
+    return AicSource(stack)
+
+
+def _roofline(stack):
+    return RooflineSource(stack)
+
+
+FACTORIES = {"aic": _aic, "roofline": _roofline}
+# A configuration each source cannot estimate.
+UNSUPPORTED = {
+    "aic": (Stack("nvidia/DeepSeek-V3.1-NVFP4", "h100_sxm", "vllm"), Candidate(Mapping.TEP, 8)),
+    "roofline": (Stack("meta-llama/Meta-Llama-3.1-8B", "no_such_gpu", "vllm"), Candidate(Mapping.TP, 1)),
+}
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a performance source touched the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture(params=sorted(FACTORIES), scope="module")
+def make(request):
+    return FACTORIES[request.param], request.param
+
+
+CANDS = [Candidate(Mapping.TP, 1), Candidate(Mapping.TP, 4)]
+MOE_CANDS = [Candidate(Mapping.TEP, 2), Candidate(Mapping.DEP, 4)]
+
+
+def _each(make):
+    factory, _ = make
+    yield factory(LLAMA), CANDS
+    src = factory(MOE)
+    if src.supports_moe:
+        yield src, MOE_CANDS
+
+
+def test_is_a_perf_source(make):
+    for src, _ in _each(make):
+        assert isinstance(src, PerfSource)
+        assert src.provenance()["source"] == src.name
+
+
+def test_prefill_shape_positive_monotone(make):
+    isl = np.array([128, 512, 1024, 4096, 16384])
+    for src, cands in _each(make):
+        for c in cands:
+            ttft = src.prefill_ttft_ms(c, isl)
+            assert ttft.shape == isl.shape and np.all(np.isfinite(ttft)) and np.all(ttft > 0)
+            assert np.all(np.diff(ttft) >= 0), f"{src.name} {c.name}: TTFT falls as ISL grows: {ttft}"
+
+
+def test_decode_shape_positive_monotone(make):
+    batch = np.array([1, 4, 16, 64, 256])
+    for src, cands in _each(make):
+        for c in cands:
+            by_batch = src.decode_itl_ms(c, batch, np.full(5, 2048))
+            assert by_batch.shape == (5,) and np.all(np.isfinite(by_batch)) and np.all(by_batch > 0)
+            assert np.all(np.diff(by_batch) >= -1e-9), f"{src.name} {c.name}: ITL falls with batch {by_batch}"
+            by_ctx = src.decode_itl_ms(c, np.full(4, 32), np.array([512, 2048, 8192, 32768]))
+            assert np.all(np.diff(by_ctx) >= -1e-9), f"{src.name} {c.name}: ITL falls with context {by_ctx}"
+
+
+def test_kv_capacity_positive_and_grows_with_gpus(make):
+    for src, cands in _each(make):
+        caps = [src.kv_capacity_tokens(c) for c in cands]
+        assert all(isinstance(k, int) and k > 0 for k in caps)
+        assert caps == sorted(caps)
+
+
+def test_deterministic(make):
+    factory, _ = make
+    a, b = factory(LLAMA), factory(LLAMA)
+    c = CANDS[0]
+    isl = np.array([1000.0, 3000.0])
+    assert np.array_equal(a.prefill_ttft_ms(c, isl), b.prefill_ttft_ms(c, isl))
+    assert np.array_equal(a.decode_itl_ms(c, [1, 8], [3000, 3000]), b.decode_itl_ms(c, [1, 8], [3000, 3000]))
+
+
+def test_band_brackets_point(make):
+    for src, cands in _each(make):
+        c = cands[0]
+        v = src.prefill_ttft_ms(c, [3000])
+        lo, hi = src.prefill_ttft_band(c, [3000])
+        assert np.all(lo <= v + 1e-9) and np.all(v <= hi + 1e-9)
+
+
+def test_unsupported_raises_data_not_available(make):
+    factory, name = make
+    stack, cand = UNSUPPORTED[name]
+    src = factory(stack)
+    with pytest.raises(DataNotAvailable):
+        src.prefill_ttft_ms(cand, [1000])
+        src.kv_capacity_tokens(cand)
