@@ -1,0 +1,67 @@
+"""The run loop: append as you go, resume after an interrupt, skip dead engines, keep going on failures."""
+
+import pytest
+
+from estimator.candidates import Candidate, Mapping
+from estimator.errors import EndpointTimeout, EngineStartError
+from estimator.sources.base import Stack
+from estimator.sources.roofline import RooflineSource
+from validate.measurement import Measurement, MeasurementStore, Probe, ProbeKind
+from validate.run import run_plan
+from validate.runners.base import Runner
+
+STACK = Stack("meta-llama/Meta-Llama-3.1-8B", "h100_sxm", "vllm")
+
+
+class RooflineRunner(Runner):
+    """Answers with the roofline floor; raises scripted errors for chosen probes."""
+
+    name = "roofline-test"
+
+    def __init__(self, fail=None, interrupt_after=None):
+        self.src = RooflineSource(STACK)
+        self.fail = fail or {}
+        self.calls = 0
+        self.interrupt_after = interrupt_after
+
+    def measure(self, probe):
+        self.calls += 1
+        if self.interrupt_after is not None and self.calls > self.interrupt_after:
+            raise KeyboardInterrupt
+        for (name, isl), exc in self.fail.items():
+            if probe.candidate.name == name and (isl is None or probe.isl == isl):
+                raise exc
+        ttft = float(self.src.prefill_ttft_ms(probe.candidate, [probe.isl])[0])
+        return Measurement(probe=probe, runner=self.name, ttft_ms=ttft)
+
+
+def probes():
+    return [
+        Probe(ProbeKind.PREFILL, STACK, Candidate(Mapping.TP, n), isl)
+        for n in (1, 2, 4)
+        for isl in (1000, 3000)
+    ]
+
+
+def test_resume_after_interrupt_loses_nothing(tmp_path):
+    store = MeasurementStore(tmp_path / "m.jsonl")
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(probes(), RooflineRunner(interrupt_after=3), store)
+    assert len(store.load()) == 3
+    runner = RooflineRunner()
+    res = run_plan(probes(), runner, store)
+    assert (res.reused, res.measured, runner.calls) == (3, 3, 3)
+    assert len(store.load()) == 6 and len({m.probe.key for m in store.load()}) == 6
+
+
+def test_dead_engine_skips_its_other_probes_and_failures_do_not_stop(tmp_path):
+    fail = {
+        ("TP2", None): EngineStartError("CUDA out of memory"),
+        ("TP4", 1000): EndpointTimeout("no token in 30 s"),
+    }
+    runner = RooflineRunner(fail=fail)
+    res = run_plan(probes(), runner, MeasurementStore(tmp_path / "m.jsonl"))
+    assert res.measured == 3  # TP1 ×2, TP4 @3000
+    assert len(res.failures) == 3
+    assert runner.calls == 5  # TP2's second probe was never sent
+    assert any(r.startswith("skipped: CUDA out of memory") for _, r in res.failures)
