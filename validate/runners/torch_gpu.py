@@ -1,0 +1,432 @@
+"""Measure prefill and decode on the local GPU with Hugging Face transformers (no serving engine).
+
+The model is built from its config with random weights (or loaded from a local checkpoint).
+Prefill: TTFT of one request of ISL tokens, logits of the last token only. Decode: one step of
+``batch`` requests at ``context`` tokens, from a static KV cache filled with random values, replayed
+as a CUDA graph. Attention goes through a function registered in transformers' ``AttentionInterface``
+that reads exactly the valid KV length with ``scaled_dot_product_attention(enable_gqa=True)`` and no
+mask; the stock static-cache path attends over the whole buffer and is 4-10x slower than the floor.
+Every point carries its ratio to the memory-bandwidth floor (weights + KV bytes / copy bandwidth).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from estimator.errors import EngineStartError, MeasurementError
+from ..measurement import Measurement, Probe, ProbeKind
+from .base import Runner
+
+log = logging.getLogger(__name__)
+
+EXACT_KV_ATTENTION = "sla_exact_kv"  # name registered in transformers' AttentionInterface
+_KV_ATTR = "_sla_kv_cache"  # attribute set on each attention module while a KV cache is attached
+
+
+@dataclass(eq=False)
+class ExactKvCache:
+    """Static per-layer KV buffers of shape (batch, kv_heads, max_tokens, head_dim); ``pos`` tokens are valid."""
+
+    keys: list[Any]
+    values: list[Any]
+    pos: int = 0
+
+    @classmethod
+    def allocate(cls, config: Any, batch: int, max_tokens: int, device: Any, dtype: Any) -> ExactKvCache:
+        import torch
+
+        layers, kv_heads, head_dim = _kv_shape(config)
+        shape = (batch, kv_heads, max_tokens, head_dim)
+        keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(layers)]
+        values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(layers)]
+        return cls(keys, values)
+
+    def fill_random(self, pos: int, seed: int = 0) -> None:
+        """Random values stand in for a real prefill of ``pos`` tokens (timing does not depend on them)."""
+        import torch
+
+        gen = torch.Generator(device=self.keys[0].device).manual_seed(seed)
+        for t in (*self.keys, *self.values):
+            t.normal_(generator=gen)
+        self.pos = pos
+
+
+def exact_kv_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                       scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:  # fmt: skip
+    """Attention over exactly the valid KV tokens, no mask. Shapes in: (batch, heads, q_len, head_dim)."""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    q_len = query.shape[2]
+    cache: ExactKvCache | None = getattr(module, _KV_ATTR, None)
+    if cache is None:  # plain prefill, no cache
+        out = sdpa(query, key, value, is_causal=q_len > 1, scale=scaling, enable_gqa=True)
+    else:
+        if q_len > 1 and cache.pos:
+            raise MeasurementError("exact-KV attention: a multi-token step needs an empty cache (pos 0)")
+        i, end = module.layer_idx, cache.pos + q_len
+        cache.keys[i][:, :, cache.pos : end].copy_(key)
+        cache.values[i][:, :, cache.pos : end].copy_(value)
+        out = sdpa(query, cache.keys[i][:, :, :end], cache.values[i][:, :, :end],
+                   is_causal=q_len > 1, scale=scaling, enable_gqa=True)  # fmt: skip
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_exact_kv_attention() -> str:
+    """Register :func:`exact_kv_attention` with transformers (idempotent); returns its name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(EXACT_KV_ATTENTION, exact_kv_attention)
+    return EXACT_KV_ATTENTION
+
+
+def attention_modules(model: Any) -> list[Any]:
+    """Self-attention modules in layer order (those carrying an integer ``layer_idx``)."""
+    mods = [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int) and hasattr(m, "o_proj")]
+    return sorted(mods, key=lambda m: m.layer_idx)
+
+
+def attach_kv_cache(model: Any, cache: ExactKvCache | None) -> None:
+    """Point every attention module at ``cache`` (None detaches)."""
+    for m in attention_modules(model):
+        setattr(m, _KV_ATTR, cache)
+
+
+def last_token_logits(model: Any, input_ids: Any, position_ids: Any | None = None) -> Any:
+    """Forward pass computing logits of the last position only (version-independent ``logits_to_keep=1``)."""
+    hidden = model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    return model.get_output_embeddings()(hidden[:, -1:, :])
+
+
+def _kv_shape(config: Any) -> tuple[int, int, int]:
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = int(c.num_attention_heads)
+    head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
+    return int(c.num_hidden_layers), int(getattr(c, "num_key_value_heads", None) or heads), head_dim
+
+
+@dataclass
+class _Device:
+    """What was measured once per runner: bandwidth, matmul rate, memory after weights."""
+
+    copy_bytes_per_s: float
+    matmul_flops_per_s: float
+    kv_capacity_tokens: int
+    name: str
+    software: dict[str, str] = field(default_factory=dict)
+
+
+class TorchGpuRunner(Runner):
+    """Prefill and decode probes on one local GPU (or CPU for tests), random or real weights.
+
+    ``model`` is the id probes carry (an AIC bundled id or a local directory); ``model_path`` a
+    directory with ``config.json`` (and optional safetensors) to build from instead, for machines
+    without aiconfigurator-core. Only TP1 candidates; ``kv_reserve_fraction`` of total memory is kept
+    free for activations and graph pools (vLLM's 0.92 utilisation) when sizing the KV capacity.
+    """
+
+    name = "gpu"
+    kinds = frozenset({ProbeKind.PREFILL, ProbeKind.DECODE})
+
+    def __init__(self, model: str, *, model_path: str | None = None, device: str = "cuda",
+                 dtype: str = "bfloat16", use_cuda_graph: bool | None = None, warmup_iters: int = 3,
+                 min_iters: int = 10, kv_reserve_fraction: float = 0.08, seed: int = 0):  # fmt: skip
+        self.model = model
+        self.model_path = model_path
+        self.device = device
+        self.dtype = dtype
+        self.use_cuda_graph = use_cuda_graph
+        self.warmup_iters = warmup_iters
+        self.min_iters = min_iters
+        self.kv_reserve_fraction = kv_reserve_fraction
+        self.seed = seed
+        self._model: Any = None
+        self._dev: _Device | None = None
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def load(self) -> Any:
+        """Build the model (once) and measure the device ceilings. Raises EngineStartError."""
+        if self._model is not None:
+            return self._model
+        try:
+            import torch
+            import transformers
+        except ImportError as exc:
+            raise EngineStartError(f"gpu runner needs torch and transformers (pip install '.[gpu]'): {exc}") from exc
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineStartError(f"device {self.device!r} asked for but torch sees no CUDA GPU")
+        if self.graphs and not self.device.startswith("cuda"):
+            raise EngineStartError("CUDA graphs need a CUDA device; pass use_cuda_graph=False")
+        torch.manual_seed(self.seed)
+        path = self._config_source()
+        try:
+            self._model = self._build(path, torch, transformers)
+        except _oom_types() as exc:
+            raise EngineStartError(f"{self.model}: weights do not fit on {self.device}: {exc}") from exc
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise EngineStartError(f"cannot build {self.model} from {path}: {exc}") from exc
+        self._dev = self._measure_device(torch, transformers)
+        log.info("built %s on %s: %.1f GB weights, copy %.0f GB/s, KV capacity %d tokens", self.model,
+                 self._dev.name, self.weight_bytes / 1e9, self._dev.copy_bytes_per_s / 1e9,
+                 self._dev.kv_capacity_tokens)  # fmt: skip
+        return self._model
+
+    @property
+    def graphs(self) -> bool:
+        return self.device.startswith("cuda") if self.use_cuda_graph is None else self.use_cuda_graph
+
+    def _config_source(self) -> Path:
+        if self.model_path:
+            path = Path(self.model_path)
+            if not (path / "config.json").is_file():
+                raise EngineStartError(f"model_path {str(path)!r} has no config.json")
+            return path / "config.json"
+        from estimator.model import bundled_config_dir, resolve_model_name
+
+        try:
+            name = resolve_model_name(self.model)
+        except Exception as exc:  # SpecError, or PackageNotFoundError where AIC is not installed
+            raise EngineStartError(f"cannot find a config for {self.model!r}: {exc}; pass model_path") from exc
+        if os.path.isdir(name):
+            return Path(name) / "config.json"
+        return bundled_config_dir() / (name.replace("/", "--", 1) + "_config.json")
+
+    def _build(self, config_file: Path, torch: Any, transformers: Any) -> Any:
+        register_exact_kv_attention()
+        raw = json.loads(config_file.read_text())
+        raw.pop("quantization_config", None)  # random bf16 weights; quantised kernels are not ours to measure
+        config = transformers.AutoConfig.for_model(raw.pop("model_type"), **raw)
+        dtype = getattr(torch, self.dtype)
+        major = int(transformers.__version__.split(".")[0])
+        dtype_kw = {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
+        weights = list(config_file.parent.glob("*.safetensors"))
+        auto = transformers.AutoModelForCausalLM
+        if weights:  # real checkpoint
+            model = auto.from_pretrained(config_file.parent, attn_implementation=EXACT_KV_ATTENTION,
+                                         device_map=self.device, **dtype_kw)  # fmt: skip
+        else:
+            with torch.device(self.device):
+                model = auto.from_config(config, attn_implementation=EXACT_KV_ATTENTION, **dtype_kw)
+        model = model.to(device=self.device, dtype=dtype).eval()
+        if not attention_modules(model):
+            raise EngineStartError(f"{type(model).__name__}: no attention modules with layer_idx/o_proj found")
+        return model
+
+    # ---- properties of the built model ---------------------------------------------------------
+    @property
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self._model.parameters())
+
+    @property
+    def weight_bytes_read_per_step(self) -> int:
+        """All weights but the input embedding table (a lookup reads a few rows), unless it is tied."""
+        emb, out = self._model.get_input_embeddings().weight, self._model.get_output_embeddings().weight
+        return self.weight_bytes - (0 if emb is out else emb.numel() * emb.element_size())
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        layers, kv_heads, head_dim = _kv_shape(self._model.config)
+        return 2 * layers * kv_heads * head_dim * self._model.dtype.itemsize
+
+    def kv_capacity_tokens(self) -> int:
+        """KV tokens that fit in memory left after the weights, less the reserve."""
+        self.load()
+        return self._dev.kv_capacity_tokens
+
+    def _measure_device(self, torch: Any, transformers: Any) -> _Device:
+        n = (1 << 30) if self.device.startswith("cuda") else (64 << 20)
+        src = torch.empty(n, dtype=torch.uint8, device=self.device).random_(0, 255)
+        dst = torch.empty_like(src)
+        copy_ms = _median(self._time(lambda: dst.copy_(src), 3, 10)[1])
+        m = 8192 if self.device.startswith("cuda") else 512
+        a, b = (torch.randn(m, m, device=self.device, dtype=self._model.dtype) for _ in range(2))
+        mm_ms = _median(self._time(lambda: a @ b, 3, 10)[1])
+        del src, dst, a, b
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+            free, total = torch.cuda.mem_get_info(torch.device(self.device))
+            name = torch.cuda.get_device_name(torch.device(self.device))
+        else:
+            page = os.sysconf("SC_PAGE_SIZE")
+            free, total = os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
+            name = f"cpu {platform.machine()} ({os.cpu_count()} cores)"
+        usable = free - self.kv_reserve_fraction * total
+        software = {"torch": torch.__version__, "transformers": transformers.__version__,
+                    "cuda": str(torch.version.cuda), "python": platform.python_version(), "gpu": name}  # fmt: skip
+        return _Device(2 * n / (copy_ms / 1e3), 2 * m**3 / (mm_ms / 1e3),
+                       max(0, int(usable // self.kv_bytes_per_token)), name, software)  # fmt: skip
+
+    # ---- timing -------------------------------------------------------------------------------
+    def _time(self, fn: Callable[[], Any], warmup: int, iters: int) -> tuple[list[float], list[float]]:
+        """(warm-up times, timed times) in ms; CUDA events on a GPU, a host clock after sync on CPU."""
+        import time
+
+        import torch
+
+        cuda = self.device.startswith("cuda")
+        out: list[float] = []
+        for _ in range(warmup + iters):
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                out.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1e3)
+        return out[:warmup], out[warmup:]
+
+    def _run(self, step: Callable[[], Any], iters: int) -> tuple[list[float], float | None]:
+        """Time ``step``: eager warm-up, then (on GPU) a captured CUDA graph. Returns (samples, eager ms)."""
+        import torch
+
+        if not self.graphs:
+            eager, timed = self._time(step, self.warmup_iters, iters)
+            return timed, (_median(eager[1:]) if len(eager) > 1 else None)
+        side = torch.cuda.Stream()  # warm up on a side stream, as graph capture requires
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            eager = self._time(step, max(2, self.warmup_iters), 0)[0]
+        torch.cuda.current_stream().wait_stream(side)
+        eager_ms = _median(eager[1:])
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        try:
+            return self._time(graph.replay, 2, iters)[1], eager_ms
+        finally:
+            del graph
+
+    # ---- probes -------------------------------------------------------------------------------
+    def measure(self, probe: Probe) -> Measurement:
+        self._check(probe)
+        self.load()
+        import torch
+
+        iters = max(probe.repeats, self.min_iters)
+        try:
+            with torch.inference_mode():
+                if probe.kind is ProbeKind.PREFILL:
+                    return self._prefill(probe, iters, torch)
+                return self._decode(probe, iters, torch)
+        except _oom_types() as exc:
+            raise MeasurementError(f"out of memory at {_describe(probe)}: {str(exc)[:200]}", probe) from exc
+        except RuntimeError as exc:
+            raise MeasurementError(f"torch failed at {_describe(probe)}: {str(exc)[:300]}", probe) from exc
+        finally:
+            attach_kv_cache(self._model, None)
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+
+    def _check(self, probe: Probe) -> None:
+        if probe.kind not in self.kinds:
+            raise MeasurementError(f"gpu runner measures prefill and decode probes, not {probe.kind.value}", probe)
+        if probe.candidate.num_gpus != 1:
+            raise MeasurementError(f"gpu runner measures one GPU (TP1), not {probe.candidate.name}", probe)
+        if probe.stack.model != self.model:
+            raise MeasurementError(f"runner built for {self.model!r}, probe asks {probe.stack.model!r}", probe)
+        if probe.isl < 1 or probe.concurrency < 1:
+            raise MeasurementError(f"isl and concurrency must be >= 1, got {probe.isl}, {probe.concurrency}", probe)
+        if probe.kind is ProbeKind.PREFILL and probe.concurrency != 1:
+            raise MeasurementError("prefill probes are batch 1", probe)
+
+    def _prefill(self, probe: Probe, iters: int, torch: Any) -> Measurement:
+        vocab = self._model.get_output_embeddings().weight.shape[0]
+        ids = torch.randint(0, vocab, (1, probe.isl), device=self.device)
+        samples, eager_ms = self._run(lambda: last_token_logits(self._model, ids), iters)
+        ttft_ms = _median(samples)
+        isl = probe.isl
+        layers, _, head_dim = _kv_shape(self._model.config)
+        heads = self._model.config.get_text_config().num_attention_heads
+        attn_flops = 2 * layers * heads * head_dim * isl * isl  # causal half of QK^T and PV
+        head = self._model.get_output_embeddings().weight.numel()  # the LM head runs on the last token only
+        body = self.weight_bytes_read_per_step // self._model.dtype.itemsize - head
+        flops = 2 * body * isl + 2 * head + attn_flops
+        bytes_moved = self.weight_bytes_read_per_step + isl * self.kv_bytes_per_token
+        extra = self._floors(ttft_ms, bytes_moved, flops)
+        extra.update(eager_ttft_ms=eager_ms, launch_bound=bool(eager_ms and eager_ms > 1.15 * ttft_ms))
+        return self._measurement(probe, samples, extra, ttft_ms=ttft_ms, ttft_std_ms=_std(samples),
+                                 thpt_per_gpu=isl / ttft_ms * 1e3)  # fmt: skip
+
+    def _decode(self, probe: Probe, iters: int, torch: Any) -> Measurement:
+        batch, context = probe.concurrency, probe.context_tokens
+        need = batch * (context + 1)
+        if need > self._dev.kv_capacity_tokens:
+            raise MeasurementError(f"batch {batch} at context {context} needs {need} KV tokens; "
+                                   f"capacity is {self._dev.kv_capacity_tokens}", probe)  # fmt: skip
+        cache = ExactKvCache.allocate(self._model.config, batch, context + 1, self.device, self._model.dtype)
+        cache.fill_random(context, self.seed)
+        attach_kv_cache(self._model, cache)
+        vocab = self._model.get_output_embeddings().weight.shape[0]
+        ids = torch.randint(0, vocab, (batch, 1), device=self.device)
+        pos = torch.full((batch, 1), context, device=self.device, dtype=torch.long)
+        samples, eager_ms = self._run(lambda: last_token_logits(self._model, ids, pos), iters)
+        del cache
+        itl_ms = _median(samples)
+        bytes_moved = self.weight_bytes_read_per_step + need * self.kv_bytes_per_token
+        flops = 2 * (self.weight_bytes_read_per_step // self._model.dtype.itemsize) * batch
+        extra = self._floors(itl_ms, bytes_moved, flops)
+        extra.update(eager_itl_ms=eager_ms, kv_tokens_read=need)
+        return self._measurement(probe, samples, extra, itl_ms=itl_ms, itl_std_ms=_std(samples),
+                                 thpt_per_gpu=batch / itl_ms * 1e3)  # fmt: skip
+
+    def _floors(self, ms: float, bytes_moved: int, flops: float) -> dict[str, Any]:
+        bw_floor_ms = bytes_moved / self._dev.copy_bytes_per_s * 1e3
+        compute_floor_ms = flops / self._dev.matmul_flops_per_s * 1e3
+        return {
+            "bytes_moved": int(bytes_moved),
+            "bw_floor_ms": bw_floor_ms,
+            "ratio_to_bw_floor": ms / bw_floor_ms,
+            "compute_floor_ms": compute_floor_ms,
+            "ratio_to_compute_floor": ms / compute_floor_ms,
+            "copy_gb_per_s": self._dev.copy_bytes_per_s / 1e9,
+            "matmul_tflops": self._dev.matmul_flops_per_s / 1e12,
+            "cuda_graph": self.graphs,
+            "weights": "real" if self.model_path and list(Path(self.model_path).glob("*.safetensors")) else "random",
+        }
+
+    def _measurement(self, probe: Probe, samples: list[float], extra: dict[str, Any], **fields: Any) -> Measurement:
+        key = "ttft_ms" if probe.kind is ProbeKind.PREFILL else "itl_ms"
+        return Measurement(probe=probe, runner=self.name, samples={key: samples},
+                           kv_capacity_tokens=self._dev.kv_capacity_tokens,
+                           hardware=f"{self._dev.name} on {platform.node()}", software=dict(self._dev.software),
+                           extra=extra, **fields)  # fmt: skip
+
+    def close(self) -> None:
+        if self._model is not None:
+            self._model = None
+            if self.device.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()
+
+
+def _oom_types() -> tuple[type[BaseException], ...]:
+    try:
+        import torch
+    except ImportError:
+        return (MemoryError,)
+    return (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
+
+
+def _describe(probe: Probe) -> str:
+    if probe.kind is ProbeKind.PREFILL:
+        return f"prefill ISL {probe.isl}"
+    return f"decode batch {probe.concurrency} context {probe.context_tokens}"
+
+
+def _median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def _std(xs: list[float]) -> float:
+    return float(statistics.pstdev(xs)) if len(xs) > 1 else 0.0
