@@ -1,0 +1,125 @@
+"""Read engine state from its metrics endpoint: KV-cache capacity, usage and preemptions.
+
+Prometheus text format (vLLM, SGLang) is parsed here; TRT-LLM's JSON iteration stats are read too.
+Values come from metrics, never from log lines (Dynamo's log scraping has been off by 60x).
+A missing metric is ``None``, never a guess: the caller records a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+_SAMPLE = re.compile(r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
+_LABEL = re.compile(r'(?P<key>[A-Za-z_][A-Za-z0-9_]*)="(?P<value>(?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+def parse_prometheus(text: str) -> list[Sample]:
+    """Samples of a Prometheus text exposition; comments and unparsable lines are skipped."""
+    out: list[Sample] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if not m:
+            continue
+        try:
+            value = float(m["value"])
+        except ValueError:
+            continue
+        labels = {lm["key"]: bytes(lm["value"], "utf-8").decode("unicode_escape") for lm in _LABEL.finditer(m["labels"] or "")}
+        out.append(Sample(m["name"], labels, value))
+    return out
+
+
+def _sum(samples: list[Sample], *names: str) -> float | None:
+    """Sum over label sets (several engines / DP ranks) of the first name present."""
+    for name in names:
+        vals = [s.value for s in samples if s.name == name]
+        if vals:
+            return sum(vals)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineMetrics:
+    """What one scrape of the metrics endpoint tells. Token counts for the whole engine."""
+
+    kv_capacity_tokens: int | None = None
+    kv_usage_frac: float | None = None
+    num_preemptions: float | None = None
+    num_requests_running: float | None = None
+    num_requests_waiting: float | None = None
+    itl_seconds_sum: float | None = None  # the server's own inter-token latency histogram
+    itl_seconds_count: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _vllm_kv_capacity(samples: list[Sample]) -> int | None:
+    infos = [s for s in samples if s.name == "vllm:cache_config_info"]
+    total = 0
+    for s in infos:
+        blocks, size = s.labels.get("num_gpu_blocks"), s.labels.get("block_size")
+        if blocks and size and blocks != "None":
+            total += int(float(blocks)) * int(float(size))
+        elif s.labels.get("kv_cache_size_tokens", "None") != "None":
+            total += int(float(s.labels["kv_cache_size_tokens"]))
+        else:
+            return None
+    return total or None
+
+
+def parse_metrics(text: str) -> EngineMetrics:
+    """EngineMetrics from a /metrics body (Prometheus text, or TRT-LLM's JSON list of iteration stats)."""
+    stripped = text.lstrip()
+    if stripped.startswith("[") or stripped.startswith("{"):
+        return _parse_trtllm_json(stripped)
+    samples = parse_prometheus(text)
+    capacity = _vllm_kv_capacity(samples)
+    if capacity is None:
+        sg = _sum(samples, "sglang:max_total_num_tokens")
+        capacity = int(sg) if sg else None
+    warnings = [] if capacity else ["no KV capacity metric (vllm:cache_config_info / sglang:max_total_num_tokens)"]
+    usage = _sum(samples, "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
+    n_usage = sum(1 for s in samples if s.name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"))
+    return EngineMetrics(
+        kv_capacity_tokens=capacity,
+        kv_usage_frac=usage / n_usage if usage is not None and n_usage > 1 else usage,
+        num_preemptions=_sum(samples, "vllm:num_preemptions_total", "vllm:num_preemptions", "sglang:num_retracted_reqs"),
+        num_requests_running=_sum(samples, "vllm:num_requests_running", "sglang:num_running_reqs"),
+        num_requests_waiting=_sum(samples, "vllm:num_requests_waiting", "sglang:num_queue_reqs"),
+        itl_seconds_sum=_sum(samples, "vllm:inter_token_latency_seconds_sum", "vllm:time_per_output_token_seconds_sum"),
+        itl_seconds_count=_sum(
+            samples, "vllm:inter_token_latency_seconds_count", "vllm:time_per_output_token_seconds_count"
+        ),
+        warnings=warnings,
+    )
+
+
+def _parse_trtllm_json(text: str) -> EngineMetrics:
+    """trtllm-serve /metrics: a JSON list of iteration stats with ``kvCacheStats``."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return EngineMetrics(warnings=["metrics body is neither Prometheus text nor JSON"])
+    stats = data[-1] if isinstance(data, list) and data else data
+    kv = stats.get("kvCacheStats", {}) if isinstance(stats, dict) else {}
+    blocks, per_block = kv.get("maxNumBlocks"), kv.get("tokensPerBlock")
+    if not blocks or not per_block:
+        return EngineMetrics(warnings=["no kvCacheStats in TRT-LLM metrics (send a request first)"])
+    used = kv.get("usedNumBlocks")
+    return EngineMetrics(
+        kv_capacity_tokens=int(blocks) * int(per_block),
+        kv_usage_frac=used / blocks if used is not None else None,
+        num_requests_running=stats.get("numActiveRequests"),
+        num_requests_waiting=stats.get("numQueuedRequests"),
+    )
