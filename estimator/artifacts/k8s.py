@@ -1,0 +1,362 @@
+"""Kubernetes manifests from typed data: ``config_with_planner.yaml`` and the runner's engines.
+
+``config_with_planner.yaml`` holds two YAML documents, as Dynamo's profiler writes them: a ConfigMap
+``planner-profile-data`` with the selected engines' interpolation data as JSON strings, and a
+DynamoGraphDeployment (``nvidia.com/v1alpha1``) with a Frontend, a prefill and a decode worker and an
+SLA Planner that mounts the ConfigMap at its profile results directory. The planner arguments follow
+Dynamo's ``planner_sla`` command line (``--ttft``/``--itl`` in ms, ``--<flag>=<value>``).
+
+The deployment is described as frozen dataclasses and rendered once. Every backend quirk (module,
+model flag, parallel flags, role flags, prefix caching, images) sits in ``BACKENDS``, one row each.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..candidates import Candidate, Mapping as ParallelMapping
+from ..errors import SpecError
+
+DGD_GROUP, DGD_VERSION, DGD_PLURAL = "nvidia.com", "v1alpha1", "dynamographdeployments"
+DGD_LABEL_NAME = "nvidia.com/dynamo-graph-deployment-name"  # set by the operator on every pod
+DGD_LABEL_COMPONENT_TYPE = "nvidia.com/dynamo-component-type"
+PROFILE_CONFIGMAP = "planner-profile-data"
+DEFAULT_PROFILE_DIR = "/workspace/profiling_results"
+DYNAMO_VERSION = "0.7.1"  # runtime image tag used when no image is given
+HTTP_PORT = 8000
+PREFILL_KEYS = ("prefill_isl", "prefill_ttft", "prefill_thpt_per_gpu")
+DECODE_KEYS = ("x_kv_usage", "y_context_length", "z_itl", "z_thpt_per_gpu")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class Role(str, enum.Enum):
+    PREFILL = "prefill"  # disaggregated prefill worker
+    DECODE = "decode"  # disaggregated decode worker
+    AGG = "agg"  # one worker doing both (what the runner measures)
+
+
+def _vllm_parallel(c: Candidate) -> tuple[str, ...]:
+    if c.mapping is ParallelMapping.DEP:
+        return ("--tensor-parallel-size", "1", "--data-parallel-size", str(c.num_gpus), "--enable-expert-parallel")
+    ep = ("--enable-expert-parallel",) if c.mapping is ParallelMapping.TEP else ()
+    return ("--tensor-parallel-size", str(c.num_gpus), *ep)
+
+
+def _sglang_parallel(c: Candidate) -> tuple[str, ...]:
+    n = str(c.num_gpus)
+    if c.mapping is ParallelMapping.DEP:
+        return ("--tp", n, "--dp", n, "--enable-dp-attention", "--ep-size", n)
+    return ("--tp", n, "--ep-size", n) if c.mapping is ParallelMapping.TEP else ("--tp", n)
+
+
+def _trtllm_engine(c: Candidate, role: Role, prefix_caching: bool | None) -> dict[str, Any]:
+    """TRT-LLM takes parallelism and role settings as LLM-API engine arguments (one JSON flag)."""
+    args: dict[str, Any] = {"tensor_parallel_size": c.num_gpus}
+    if c.mapping is not ParallelMapping.TP:
+        args |= {"moe_expert_parallel_size": c.num_gpus, "moe_tensor_parallel_size": 1}
+        args["enable_attention_dp"] = c.mapping is ParallelMapping.DEP
+    if prefix_caching is not None:
+        args["kv_cache_config"] = {"enable_block_reuse": prefix_caching}
+    if role is not Role.AGG:
+        args["cache_transceiver_config"] = {"backend": "DEFAULT"}
+    if role is Role.PREFILL:
+        args["disable_overlap_scheduler"] = True  # not supported by prefill-only TRT-LLM workers
+    return args
+
+
+_SGLANG_DISAGG = ("--disaggregation-transfer-backend", "nixl", "--disaggregation-bootstrap-port", "12345")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendFlags:
+    """What differs between backends, in one place."""
+
+    module: str  # Dynamo worker: python3 -m <module>
+    runtime: str  # Dynamo runtime image name under nvcr.io/nvidia/ai-dynamo/
+    model_flags: Callable[[str], tuple[str, ...]]
+    parallel: Callable[[Candidate], tuple[str, ...]] | None  # None: engine args carry it (TRT-LLM)
+    role_flags: Mapping[Role, tuple[str, ...]]
+    prefix_cache_flags: Mapping[bool, tuple[str, ...]]
+    worker_names: Mapping[Role, str]  # DGD service names Dynamo's planner looks for
+    serve_command: tuple[str, ...] | None  # plain (non-Dynamo) OpenAI server; None: unsupported
+    serve_model_flag: str | None  # how serve_command takes the model (None: positional)
+    serve_image: str | None
+
+
+BACKENDS: dict[str, BackendFlags] = {
+    "vllm": BackendFlags(
+        module="dynamo.vllm",
+        runtime="vllm-runtime",
+        model_flags=lambda m: ("--model", m),
+        parallel=_vllm_parallel,
+        role_flags={Role.PREFILL: ("--is-prefill-worker",), Role.DECODE: (), Role.AGG: ()},
+        prefix_cache_flags={True: ("--enable-prefix-caching",), False: ("--no-enable-prefix-caching",)},
+        worker_names={Role.PREFILL: "VllmPrefillWorker", Role.DECODE: "VllmDecodeWorker", Role.AGG: "VllmWorker"},
+        serve_command=("vllm", "serve"),
+        serve_model_flag=None,
+        serve_image="vllm/vllm-openai:latest",
+    ),
+    "sglang": BackendFlags(
+        module="dynamo.sglang",
+        runtime="sglang-runtime",
+        model_flags=lambda m: ("--model-path", m, "--served-model-name", m),
+        parallel=_sglang_parallel,
+        role_flags={
+            Role.PREFILL: ("--disaggregation-mode", "prefill", *_SGLANG_DISAGG),
+            Role.DECODE: ("--disaggregation-mode", "decode", *_SGLANG_DISAGG),
+            Role.AGG: (),
+        },
+        prefix_cache_flags={True: (), False: ("--disable-radix-cache",)},
+        worker_names={Role.PREFILL: "prefill", Role.DECODE: "decode", Role.AGG: "decode"},
+        serve_command=("python3", "-m", "sglang.launch_server"),
+        serve_model_flag="--model-path",
+        serve_image="lmsysorg/sglang:latest",
+    ),
+    "trtllm": BackendFlags(
+        module="dynamo.trtllm",
+        runtime="tensorrtllm-runtime",
+        model_flags=lambda m: ("--model-path", m, "--served-model-name", m),
+        parallel=None,
+        role_flags={
+            Role.PREFILL: ("--disaggregation-mode", "prefill"),
+            Role.DECODE: ("--disaggregation-mode", "decode"),
+            Role.AGG: (),
+        },
+        prefix_cache_flags={True: (), False: ()},  # in the engine args
+        worker_names={Role.PREFILL: "TRTLLMPrefillWorker", Role.DECODE: "TRTLLMDecodeWorker", Role.AGG: "TRTLLMWorker"},
+        serve_command=None,
+        serve_model_flag=None,
+        serve_image=None,
+    ),
+}
+
+
+def backend_flags(backend: str) -> BackendFlags:
+    try:
+        return BACKENDS[str(getattr(backend, "value", backend))]
+    except KeyError:
+        raise SpecError("backend", f"{backend!r} is not one of {', '.join(BACKENDS)}") from None
+
+
+def engine_args(backend: str, candidate: Candidate, role: Role, *, prefix_caching: bool | None = None) -> tuple[str, ...]:
+    """Parallel, role and prefix-cache flags of one engine; ``prefix_caching=None`` keeps the engine default."""
+    b = backend_flags(backend)
+    if b.parallel is None:
+        engine = _trtllm_engine(candidate, role, prefix_caching)
+        return (*b.role_flags[role], "--override-engine-args", json.dumps(engine))
+    cache = () if prefix_caching is None else b.prefix_cache_flags[prefix_caching]
+    return (*b.parallel(candidate), *b.role_flags[role], *cache)
+
+
+def check_name(field: str, name: str) -> str:
+    if not _DNS_LABEL.match(name):
+        raise SpecError(field, f"{name!r} is not a DNS-1123 label (lowercase letters, digits, '-', at most 63)")
+    return name
+
+
+# ---- the typed deployment -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DgdService:
+    """One service of a DynamoGraphDeployment; ``num_gpus`` is per engine (may span nodes)."""
+
+    name: str
+    component_type: str  # frontend | worker | planner
+    image: str
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    sub_component_type: str | None = None
+    replicas: int = 1
+    num_gpus: int = 0
+    gpus_per_node: int = 8
+    mount_config_map: tuple[str, str] | None = None  # (ConfigMap name, mount path)
+    env_from_secret: str | None = None
+
+    def to_manifest(self, dynamo_namespace: str) -> dict[str, Any]:
+        container: dict[str, Any] = {"image": self.image}
+        if self.command:
+            container["command"] = list(self.command)
+        if self.args:
+            container["args"] = list(self.args)
+        svc: dict[str, Any] = {"dynamoNamespace": dynamo_namespace, "componentType": self.component_type}
+        if self.sub_component_type:
+            svc["subComponentType"] = self.sub_component_type
+        svc["replicas"] = self.replicas
+        if self.env_from_secret:
+            svc["envFromSecret"] = self.env_from_secret
+        if self.num_gpus:
+            nodes = math.ceil(self.num_gpus / self.gpus_per_node)
+            if nodes > 1:
+                svc["multinode"] = {"nodeCount": nodes}
+            svc["resources"] = {"limits": {"gpu": str(min(self.num_gpus, self.gpus_per_node))}}
+        pod: dict[str, Any] = {"mainContainer": container}
+        if self.mount_config_map:
+            cm, path = self.mount_config_map
+            container["volumeMounts"] = [{"name": cm, "mountPath": path, "readOnly": True}]
+            pod["volumes"] = [{"name": cm, "configMap": {"name": cm}}]
+        svc["extraPodSpec"] = pod
+        return svc
+
+
+@dataclass(frozen=True, slots=True)
+class GraphDeployment:
+    name: str
+    namespace: str | None
+    services: tuple[DgdService, ...]
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def to_manifest(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": self.name}
+        if self.namespace:
+            meta["namespace"] = self.namespace
+        if self.labels:
+            meta["labels"] = dict(self.labels)
+        services = {s.name: s.to_manifest(self.name) for s in self.services}
+        return {"apiVersion": f"{DGD_GROUP}/{DGD_VERSION}", "kind": "DynamoGraphDeployment", "metadata": meta,
+                "spec": {"services": services}}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileData:
+    """The planner's interpolation data, checked: equal-length finite lists and a positive KV capacity."""
+
+    prefill: tuple[tuple[str, tuple[float, ...]], ...]
+    decode: tuple[tuple[str, tuple[float, ...]], ...]
+    max_kv_tokens: int
+
+    @classmethod
+    def from_raw(cls, prefill_raw: Mapping[str, Any], decode_raw: Mapping[str, Any]) -> ProfileData:
+        kv = decode_raw.get("max_kv_tokens")
+        kv_list = _floats("decode_raw.max_kv_tokens", kv) if kv is not None else ()
+        if len(kv_list) != 1 or kv_list[0] < 1:
+            raise SpecError("decode_raw.max_kv_tokens", f"expected one positive number, got {kv!r}")
+        rest = {k: v for k, v in decode_raw.items() if k != "max_kv_tokens"}
+        return cls(_columns("prefill_raw", prefill_raw, PREFILL_KEYS), _columns("decode_raw", rest, DECODE_KEYS),
+                   int(kv_list[0]))  # fmt: skip
+
+    def to_config_map(self, namespace: str | None) -> dict[str, Any]:
+        prefill = {k: list(v) for k, v in self.prefill}
+        decode = {**{k: list(v) for k, v in self.decode}, "max_kv_tokens": self.max_kv_tokens}
+        meta: dict[str, Any] = {"name": PROFILE_CONFIGMAP}
+        if namespace:
+            meta["namespace"] = namespace
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
+                "data": {"prefill_raw_data.json": json.dumps(prefill), "decode_raw_data.json": json.dumps(decode)}}  # fmt: skip
+
+
+def _floats(field: str, values: Any) -> tuple[float, ...]:
+    """Numbers as given (ints stay ints, as numpy's ``tolist`` gives them); raises on NaN or text."""
+    values = values.tolist() if hasattr(values, "tolist") else values
+    values = values if isinstance(values, (list, tuple)) else [values]
+    try:
+        out = tuple(v if type(v) is int else float(v) for v in values)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(field, f"expected numbers, got {values!r}") from exc
+    if not all(math.isfinite(v) for v in out):
+        raise SpecError(field, "holds NaN or infinite values")
+    return out
+
+
+def _columns(field: str, raw: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    if set(raw) != set(keys):
+        raise SpecError(field, f"expected keys {', '.join(keys)}, got {', '.join(sorted(raw))}")
+    cols = tuple((k, _floats(f"{field}.{k}", raw[k])) for k in keys)
+    lengths = {len(v) for _, v in cols}
+    if len(lengths) != 1 or 0 in lengths:
+        raise SpecError(field, f"columns must be non-empty and of equal length, got {dict((k, len(v)) for k, v in cols)}")
+    return cols
+
+
+# ---- builders -------------------------------------------------------------------------------------
+def default_image(backend: str) -> str:
+    return f"nvcr.io/nvidia/ai-dynamo/{backend_flags(backend).runtime}:{DYNAMO_VERSION}"
+
+
+def worker_service(backend: str, model: str, candidate: Candidate, role: Role, image: str, *, replicas: int = 1,
+                   gpus_per_node: int = 8, prefix_caching: bool | None = None,
+                   env_from_secret: str | None = None) -> DgdService:  # fmt: skip
+    b = backend_flags(backend)
+    args = ("-m", b.module, *b.model_flags(model), *engine_args(backend, candidate, role, prefix_caching=prefix_caching))
+    return DgdService(name=b.worker_names[role], component_type="worker", image=image, command=("python3",),
+                      args=args, sub_component_type="prefill" if role is Role.PREFILL else "decode",
+                      replicas=replicas, num_gpus=candidate.num_gpus, gpus_per_node=gpus_per_node,
+                      env_from_secret=env_from_secret)  # fmt: skip
+
+
+def frontend_service(image: str) -> DgdService:
+    return DgdService(name="Frontend", component_type="frontend", image=image, command=("python3",),
+                      args=("-m", "dynamo.frontend", "--http-port", str(HTTP_PORT)))  # fmt: skip
+
+
+# Flags the profiler sets from its results; a pass-through of the same name would contradict them.
+_PLANNER_OWNED = ("backend", "ttft", "itl", "prefill-engine-num-gpu", "decode-engine-num-gpu", "profile-results-dir")
+
+
+def planner_service(backend: str, image: str, *, ttft_ms: float, itl_ms: float, prefill_num_gpus: int,
+                    decode_num_gpus: int, profile_results_dir: str,
+                    planner_args: tuple[tuple[str, str], ...]) -> DgdService:  # fmt: skip
+    passthrough = tuple((str(k).removeprefix("--").removeprefix("planner-"), str(v)) for k, v in planner_args)
+    owned = [k for k, _ in passthrough if k in _PLANNER_OWNED]
+    if owned:
+        raise SpecError("planner_args", f"{', '.join(owned)} is set from the profiling results; remove it")
+    env = () if any(k == "environment" for k, _ in passthrough) else (("environment", "kubernetes"),)
+    flags = (*env, ("backend", str(getattr(backend, "value", backend))), ("ttft", f"{ttft_ms:g}"), ("itl", f"{itl_ms:g}"),
+             ("prefill-engine-num-gpu", str(prefill_num_gpus)), ("decode-engine-num-gpu", str(decode_num_gpus)),
+             ("profile-results-dir", profile_results_dir), *passthrough)  # fmt: skip
+    return DgdService(name="Planner", component_type="planner", image=image,
+                      command=("python3", "-m", "dynamo.planner.planner_sla"),
+                      args=tuple(f"--{k}={v}" for k, v in flags),
+                      mount_config_map=(PROFILE_CONFIGMAP, profile_results_dir))  # fmt: skip
+
+
+def config_with_planner(*, name: str, namespace: str | None, model: str, backend: str, prefill: Candidate,
+                        decode: Candidate, ttft_ms: float, itl_ms: float, prefill_raw: Mapping[str, Any],
+                        decode_raw: Mapping[str, Any], planner_args: tuple[tuple[str, str], ...] = (),
+                        image: str | None = None, profile_results_dir: str = DEFAULT_PROFILE_DIR,
+                        prefill_replicas: int = 1, decode_replicas: int = 1, gpus_per_node: int = 8,
+                        hf_token_secret: str | None = "hf-token-secret") -> list[dict[str, Any]]:  # fmt: skip
+    """The two manifests (ConfigMap, DynamoGraphDeployment) as plain dicts."""
+    check_name("name", name)
+    if namespace is not None:
+        check_name("namespace", namespace)
+    for field, v in (("ttft_ms", ttft_ms), ("itl_ms", itl_ms)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise SpecError(field, f"expected a positive number of ms, got {v!r}")
+    for field, n in (("prefill_replicas", prefill_replicas), ("decode_replicas", decode_replicas)):
+        if n < 1:
+            raise SpecError(field, f"expected at least 1, got {n}")
+    data = ProfileData.from_raw(prefill_raw, decode_raw)
+    image = image or default_image(backend)
+    workers = tuple(
+        worker_service(backend, model, cand, role, image, replicas=reps, gpus_per_node=gpus_per_node,
+                       env_from_secret=hf_token_secret)  # fmt: skip
+        for cand, role, reps in ((prefill, Role.PREFILL, prefill_replicas), (decode, Role.DECODE, decode_replicas))
+    )
+    planner = planner_service(backend, image, ttft_ms=ttft_ms, itl_ms=itl_ms, prefill_num_gpus=prefill.num_gpus,
+                              decode_num_gpus=decode.num_gpus, profile_results_dir=profile_results_dir,
+                              planner_args=planner_args)  # fmt: skip
+    dgd = GraphDeployment(name, namespace, (frontend_service(image), planner, *workers))
+    return [data.to_config_map(namespace), dgd.to_manifest()]
+
+
+def render_yaml(docs: list[dict[str, Any]]) -> str:
+    import yaml
+
+    return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=1 << 20)
+
+
+def render_config_with_planner(**kwargs: Any) -> str:
+    """``config_with_planner.yaml`` text; keyword arguments as :func:`config_with_planner`."""
+    return render_yaml(config_with_planner(**kwargs))
+
+
+def write_config_with_planner(path: str | Path, **kwargs: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_config_with_planner(**kwargs))
+    return path

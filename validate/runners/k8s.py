@@ -1,0 +1,458 @@
+"""KubernetesRunner: deploy one engine per candidate, wait until it serves, measure through an endpoint runner.
+
+With the Dynamo operator installed (CRD ``dynamographdeployments.nvidia.com``) an engine is a
+DynamoGraphDeployment with a Frontend and one aggregated worker; otherwise a plain Deployment and
+Service running vLLM's or SGLang's OpenAI server with a ``/health`` readiness probe. Pods are polled
+while waiting, and OOMKilled, CrashLoopBackOff, image pull errors and Unschedulable fail at once with
+``DeploymentError`` (Dynamo's profiler waits out a 30-minute timeout instead).
+
+Measuring goes through ``endpoint_factory(base_url) -> Runner`` (default: ``EndpointRunner``); the
+base URL is a local port-forward to the serving pod, or ``base_url`` (a template with ``{service}``
+and ``{namespace}``, e.g. for in-cluster use). Everything created carries the label
+``app.kubernetes.io/managed-by=sla-estimate`` and is deleted on ``close()``, on errors, on Ctrl-C and
+on SIGTERM. Needs the ``kubernetes`` client: ``pip install 'sla-estimate[k8s]'``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import select
+import signal
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from estimator.artifacts.k8s import (
+    DGD_GROUP, DGD_LABEL_COMPONENT_TYPE, DGD_LABEL_NAME, DGD_PLURAL, DGD_VERSION, HTTP_PORT, GraphDeployment, Role,
+    backend_flags, default_image, engine_args, frontend_service, worker_service,
+)  # fmt: skip
+from estimator.candidates import Candidate
+from estimator.errors import DeploymentError, MeasurementError
+from estimator.sources.base import Stack
+
+from ..measurement import Measurement, Probe, ProbeKind
+from .base import Runner
+
+log = logging.getLogger(__name__)
+
+DGD_CRD = f"{DGD_PLURAL}.{DGD_GROUP}"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "sla-estimate"}
+ENGINE_LABEL = "sla-estimate/engine"
+FAILING_WAIT_REASONS = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
+                                  "CreateContainerConfigError", "CreateContainerError"})  # fmt: skip
+
+
+def _kube() -> Any:
+    try:
+        import kubernetes
+    except ImportError as exc:
+        raise MeasurementError("the k8s runner needs the kubernetes client: pip install 'sla-estimate[k8s]'") from exc
+    return kubernetes
+
+
+@dataclass(frozen=True, slots=True)
+class EngineKey:
+    """What makes two probes share one deployed engine. Prefill probes run without prefix caching."""
+
+    stack: Stack
+    candidate: Candidate
+    prefix_caching: bool
+
+    @classmethod
+    def of(cls, probe: Probe) -> EngineKey:
+        return cls(probe.stack, probe.candidate, probe.kind is not ProbeKind.PREFILL)
+
+
+@dataclass(eq=False)
+class _Engine:
+    key: EngineKey
+    name: str
+    dynamo: bool
+    created: list[tuple[str, str]] = field(default_factory=list)  # (kind, name), in creation order
+    endpoint: Runner | None = None
+    forward: _PortForward | None = None
+
+    @property
+    def service(self) -> str:
+        return f"{self.name}-frontend" if self.dynamo else self.name
+
+    @property
+    def selector(self) -> str:
+        return f"{DGD_LABEL_NAME}={self.name}" if self.dynamo else f"{ENGINE_LABEL}={self.name}"
+
+
+def pod_problem(pod: Any) -> str | None:
+    """Why a pod will never become ready (a V1Pod), or None while it may still."""
+    st, name = pod.status, pod.metadata.name
+    for c in (st and st.conditions) or ():
+        if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
+            return f"pod {name} Unschedulable: {c.message or ''}".rstrip()
+    for cs in ((st and st.init_container_statuses) or []) + ((st and st.container_statuses) or []):
+        for term in (cs.state and cs.state.terminated, cs.last_state and cs.last_state.terminated):
+            if term is not None and term.reason == "OOMKilled":
+                return f"pod {name} OOMKilled: container {cs.name} ran out of memory (exit {term.exit_code})"
+        waiting = cs.state and cs.state.waiting
+        if waiting is not None and waiting.reason in FAILING_WAIT_REASONS:
+            return f"pod {name} {waiting.reason}: {waiting.message or ''}".rstrip()
+    if st is not None and st.phase == "Failed":
+        return f"pod {name} failed: {st.reason or ''} {st.message or ''}".rstrip()
+    return None
+
+
+def _pod_ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status and pod.status.conditions) or ())
+
+
+def plain_manifests(*, name: str, namespace: str, backend: str, model: str, candidate: Candidate, image: str | None,
+                    prefix_caching: bool, extra_args: tuple[str, ...] = (), hf_token_secret: str | None = None,
+                    gpus_per_node: int = 8) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Deployment and Service serving one engine with the backend's own OpenAI server (no Dynamo)."""
+    b = backend_flags(backend)
+    if b.serve_command is None:
+        raise DeploymentError(f"backend {backend!r} needs the Dynamo operator here (no plain server command)")
+    if candidate.num_gpus > gpus_per_node:
+        raise DeploymentError(f"{candidate.name} spans nodes; a plain Deployment runs on one node")
+    model_args = (model,) if b.serve_model_flag is None else (b.serve_model_flag, model)
+    cache = engine_args(backend, candidate, Role.AGG, prefix_caching=prefix_caching)
+    gpus = {"nvidia.com/gpu": str(candidate.num_gpus)}
+    container: dict[str, Any] = {
+        "name": "engine", "image": image or b.serve_image, "command": list(b.serve_command),
+        "args": [*model_args, "--host", "0.0.0.0", "--port", str(HTTP_PORT), *cache, *extra_args],
+        "ports": [{"name": "http", "containerPort": HTTP_PORT}],
+        "resources": {"limits": gpus, "requests": dict(gpus)},
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3},
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+    }  # fmt: skip
+    if hf_token_secret:
+        container["envFrom"] = [{"secretRef": {"name": hf_token_secret}}]
+    labels = {**MANAGED_BY, ENGINE_LABEL: name, "sla-estimate/candidate": candidate.name}
+    meta = {"name": name, "namespace": namespace, "labels": labels}
+    pod_spec = {"containers": [container], "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]}
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+                  "spec": {"replicas": 1, "selector": {"matchLabels": {ENGINE_LABEL: name}},
+                           "template": {"metadata": {"labels": labels}, "spec": pod_spec}}}  # fmt: skip
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": dict(meta),
+               "spec": {"selector": {ENGINE_LABEL: name}, "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}]}}  # fmt: skip
+    return deployment, service
+
+
+def measurement_graph(*, name: str, namespace: str, backend: str, model: str, candidate: Candidate, image: str | None,
+                      prefix_caching: bool, extra_args: tuple[str, ...] = (), hf_token_secret: str | None = None,
+                      gpus_per_node: int = 8) -> dict[str, Any]:  # fmt: skip
+    """A DynamoGraphDeployment with a Frontend and one aggregated worker: the engine under test."""
+    image = image or default_image(backend)
+    worker = worker_service(backend, model, candidate, Role.AGG, image, gpus_per_node=gpus_per_node,
+                            prefix_caching=prefix_caching, env_from_secret=hf_token_secret)  # fmt: skip
+    worker = replace(worker, args=(*worker.args, *extra_args))
+    labels = tuple({**MANAGED_BY, ENGINE_LABEL: name, "sla-estimate/candidate": candidate.name}.items())
+    return GraphDeployment(name, namespace, (frontend_service(image), worker), labels).to_manifest()
+
+
+class _PortForward:
+    """A loopback listener; each accepted connection gets its own port-forward stream to the pod."""
+
+    def __init__(self, core: Any, namespace: str, pod: str, port: int):
+        self._core, self._namespace, self._pod, self._port = core, namespace, pod, port
+        self._server: socket.socket | None = None
+        self._closed = threading.Event()
+
+    def start(self) -> str:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.2)
+        threading.Thread(target=self._accept, name=f"port-forward {self._pod}", daemon=True).start()
+        return f"http://127.0.0.1:{self._server.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._server.accept()  # type: ignore[union-attr]
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._splice, args=(conn,), daemon=True).start()
+
+    def _splice(self, conn: socket.socket) -> None:
+        from kubernetes.stream import portforward
+
+        pf = None
+        try:
+            pf = portforward(self._core.connect_get_namespaced_pod_portforward, self._pod, self._namespace,
+                             ports=str(self._port))  # fmt: skip
+            remote = pf.socket(self._port)
+            remote.setblocking(True)
+            peers = {conn.fileno(): (conn, remote), remote.fileno(): (remote, conn)}
+            while not self._closed.is_set():
+                ready, _, _ = select.select(list(peers), [], [], 0.2)
+                for fd in ready:
+                    src, dst = peers[fd]
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    dst.sendall(data)
+        except Exception as exc:  # a broken stream shows up as a failed request in the endpoint runner
+            log.warning("port-forward to pod %s failed: %s", self._pod, exc)
+        finally:
+            conn.close()
+            if pf is not None:
+                pf.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._server is not None:
+            self._server.close()
+
+
+class KubernetesRunner(Runner):
+    """Measures probes on engines it deploys to a Kubernetes cluster, then deletes them."""
+
+    name = "k8s"
+
+    def __init__(self, *, namespace: str = "default", image: str | None = None, mode: str = "auto",
+                 model: str | None = None, base_url: str | None = None,
+                 endpoint_factory: Callable[[str], Runner] | None = None, api_client: Any = None,
+                 ready_timeout_s: float = 1800.0, delete_timeout_s: float = 300.0, poll_interval_s: float = 2.0,
+                 request_timeout_s: float = 600.0, gpus_per_node: int = 8, hf_token_secret: str | None = None,
+                 extra_args: tuple[str, ...] = (), run_id: str | None = None):  # fmt: skip
+        if mode not in ("auto", "dynamo", "plain"):
+            raise MeasurementError(f"k8s runner mode must be auto, dynamo or plain, got {mode!r}")
+        self.namespace, self.image, self.mode, self.model, self.base_url = namespace, image, mode, model, base_url
+        self.endpoint_factory, self.api_client = endpoint_factory, api_client
+        self.ready_timeout_s, self.delete_timeout_s, self.poll_interval_s = ready_timeout_s, delete_timeout_s, poll_interval_s
+        self.request_timeout_s, self.gpus_per_node, self.hf_token_secret = request_timeout_s, gpus_per_node, hf_token_secret
+        self.extra_args, self.run_id = tuple(extra_args), run_id or uuid.uuid4().hex[:6]
+        self._lock = threading.Lock()
+        self._live: dict[EngineKey, _Engine] = {}
+        self._dynamo: bool | None = None
+        self._prev_sigterm: Any = None
+
+    # ---- public -----------------------------------------------------------------------------------
+    def measure(self, probe: Probe) -> Measurement:
+        key = EngineKey.of(probe)
+        engine = self._live.get(key)
+        if engine is None:
+            for other in list(self._live.values()):  # one engine at a time: free its GPUs first
+                self._stop(other)
+            engine = self._start(key)
+        return self._measure_on(engine, probe)
+
+    def measure_many(self, probes: list[Probe]) -> list[Measurement | MeasurementError]:
+        """One result per probe, in order; a candidate that fails gives its error for each of its probes.
+
+        Engines run side by side when the cluster's allocatable GPUs hold them all at once (plain
+        Deployments only); with Dynamo, one after another.
+        """
+        groups: dict[EngineKey, list[int]] = {}
+        for i, p in enumerate(probes):
+            groups.setdefault(EngineKey.of(p), []).append(i)
+        results: list[Any] = [None] * len(probes)
+        keys = list(groups)
+        capacity = 0 if self._use_dynamo() else self.cluster_gpus()
+        waves: list[list[EngineKey]] = []
+        for key in keys:  # first-fit into waves that the cluster can hold at once
+            wave = next((w for w in waves if sum(k.candidate.num_gpus for k in w) + key.candidate.num_gpus <= capacity), None)
+            if wave is None:
+                waves.append([key])
+            else:
+                wave.append(key)
+        for other in list(self._live.values()):
+            self._stop(other)
+        for wave in waves:
+            with ThreadPoolExecutor(max_workers=len(wave), thread_name_prefix="k8s-engine") as pool:
+                list(pool.map(lambda k: self._run_group(k, [probes[i] for i in groups[k]], groups[k], results), wave))
+        return results
+
+    def cluster_gpus(self) -> int:
+        """Sum of allocatable ``nvidia.com/gpu`` over the nodes; 0 when nodes cannot be listed."""
+        k = _kube()
+        try:
+            nodes = k.client.CoreV1Api(self._api()).list_node().items
+        except k.client.ApiException as exc:
+            log.info("cannot list nodes (HTTP %s); engines run one at a time", exc.status)
+            return 0
+        return sum(int((n.status.allocatable or {}).get("nvidia.com/gpu", "0")) for n in nodes)
+
+    def close(self) -> None:
+        for engine in list(self._live.values()):
+            self._stop(engine)
+        if self._prev_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._prev_sigterm)
+            self._prev_sigterm = None
+        atexit.unregister(self.close)
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    def _api(self) -> Any:
+        if self.api_client is None:
+            k = _kube()
+            try:
+                k.config.load_kube_config()
+            except Exception:
+                try:
+                    k.config.load_incluster_config()
+                except Exception as exc:
+                    raise DeploymentError(f"no Kubernetes configuration (kubeconfig or in-cluster): {exc}") from exc
+            self.api_client = k.client.ApiClient()
+        return self.api_client
+
+    def _use_dynamo(self) -> bool:
+        if self._dynamo is None:
+            if self.mode != "auto":
+                self._dynamo = self.mode == "dynamo"
+            else:
+                k = _kube()
+                try:
+                    k.client.ApiextensionsV1Api(self._api()).read_custom_resource_definition(DGD_CRD)
+                    self._dynamo = True
+                except k.client.ApiException as exc:
+                    if exc.status != 404:
+                        raise DeploymentError(f"cannot look up CRD {DGD_CRD}: HTTP {exc.status} {exc.reason}") from exc
+                    self._dynamo = False
+            log.info("k8s runner deploys %s", "DynamoGraphDeployments" if self._dynamo else "plain Deployments")
+        return self._dynamo
+
+    def _run_group(self, key: EngineKey, probes: list[Probe], idx: list[int], results: list[Any]) -> None:
+        engine = None
+        try:
+            engine = self._start(key)
+            for i, probe in zip(idx, probes):
+                try:
+                    results[i] = self._measure_on(engine, probe)
+                except MeasurementError as exc:
+                    results[i] = exc
+        except MeasurementError as exc:
+            for i in idx:
+                results[i] = results[i] or exc
+        finally:
+            if engine is not None:
+                self._stop(engine)
+
+    def _start(self, key: EngineKey) -> _Engine:
+        self._guard_signals()
+        dynamo = self._use_dynamo()
+        cand = key.candidate
+        name = f"sla-{cand.name.lower()}-{'pc' if key.prefix_caching else 'nc'}-{self.run_id}"
+        engine = _Engine(key, name, dynamo)
+        with self._lock:
+            self._live[key] = engine
+        k = _kube()
+        spec = dict(namespace=self.namespace, backend=key.stack.backend, model=self.model or key.stack.model,
+                    candidate=cand, image=self.image, prefix_caching=key.prefix_caching, extra_args=self.extra_args,
+                    hf_token_secret=self.hf_token_secret, gpus_per_node=self.gpus_per_node)  # fmt: skip
+        try:
+            if dynamo:
+                body = measurement_graph(name=name, **spec)
+                self._call("create DynamoGraphDeployment", k.client.CustomObjectsApi(self._api()).create_namespaced_custom_object,
+                           DGD_GROUP, DGD_VERSION, self.namespace, DGD_PLURAL, body)  # fmt: skip
+                engine.created.append(("dgd", name))
+            else:
+                deployment, service = plain_manifests(name=name, **spec)
+                apps, core = k.client.AppsV1Api(self._api()), k.client.CoreV1Api(self._api())
+                self._call("create Deployment", apps.create_namespaced_deployment, self.namespace, deployment)
+                engine.created.append(("deployment", name))
+                self._call("create Service", core.create_namespaced_service, self.namespace, service)
+                engine.created.append(("service", name))
+            log.info("deployed %s (%s); waiting until it serves", name, cand.name)
+            pod = self._wait_ready(engine)
+            if self.base_url:
+                url = self.base_url.format(service=engine.service, namespace=self.namespace, name=name)
+            else:
+                engine.forward = _PortForward(k.client.CoreV1Api(self._api()), self.namespace, pod, HTTP_PORT)
+                url = engine.forward.start()
+            engine.endpoint = (self.endpoint_factory or self._default_endpoint(spec["model"]))(url)
+            return engine
+        except BaseException:
+            self._stop(engine)
+            raise
+
+    def _wait_ready(self, engine: _Engine) -> str:
+        """Poll until the serving pod is ready; returns its name. Fails fast on pods that cannot start."""
+        k = _kube()
+        core, custom = k.client.CoreV1Api(self._api()), k.client.CustomObjectsApi(self._api())
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            pods = self._call("list pods", core.list_namespaced_pod, self.namespace, label_selector=engine.selector).items
+            for pod in pods:
+                problem = pod_problem(pod)
+                if problem:
+                    raise DeploymentError(f"{engine.name} ({engine.key.candidate.name}): {problem}")
+            serving = [p for p in pods if _pod_ready(p)]
+            if engine.dynamo:
+                obj = self._call("get DynamoGraphDeployment", custom.get_namespaced_custom_object, DGD_GROUP,
+                                 DGD_VERSION, self.namespace, DGD_PLURAL, engine.name)  # fmt: skip
+                state = (obj.get("status") or {}).get("state")
+                if state == "failed":
+                    raise DeploymentError(f"{engine.name}: DynamoGraphDeployment failed: {obj.get('status')}")
+                serving = [p for p in serving if (p.metadata.labels or {}).get(DGD_LABEL_COMPONENT_TYPE) == "frontend"]
+                serving = serving if state == "successful" else []
+            if serving:
+                return serving[0].metadata.name
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"{engine.name} not ready after {self.ready_timeout_s:.0f} s")
+            time.sleep(self.poll_interval_s)
+
+    def _measure_on(self, engine: _Engine, probe: Probe) -> Measurement:
+        m = engine.endpoint.measure(probe)  # type: ignore[union-attr]
+        where = {"kind": "DynamoGraphDeployment" if engine.dynamo else "Deployment", "name": engine.name,
+                 "namespace": self.namespace}  # fmt: skip
+        return replace(m, runner=self.name, extra={**m.extra, "k8s": where})
+
+    def _stop(self, engine: _Engine) -> None:
+        """Delete what this engine created (404 is fine) and wait until its pods are gone."""
+        with self._lock:
+            self._live.pop(engine.key, None)
+        for closer in (engine.endpoint, engine.forward):
+            if closer is not None:
+                closer.close()
+        k = _kube()
+        api = self._api()
+        deleters = {
+            "dgd": lambda n: k.client.CustomObjectsApi(api).delete_namespaced_custom_object(
+                DGD_GROUP, DGD_VERSION, self.namespace, DGD_PLURAL, n),
+            "deployment": lambda n: k.client.AppsV1Api(api).delete_namespaced_deployment(
+                n, self.namespace, propagation_policy="Foreground"),
+            "service": lambda n: k.client.CoreV1Api(api).delete_namespaced_service(n, self.namespace),
+        }  # fmt: skip
+        while engine.created:
+            kind, name = engine.created.pop()
+            try:
+                deleters[kind](name)
+            except k.client.ApiException as exc:
+                if exc.status != 404:
+                    log.error("could not delete %s %s: HTTP %s %s", kind, name, exc.status, exc.reason)
+        deadline = time.monotonic() + self.delete_timeout_s
+        core = k.client.CoreV1Api(api)
+        while core.list_namespaced_pod(self.namespace, label_selector=engine.selector).items:
+            if time.monotonic() > deadline:
+                log.warning("pods of %s still terminating after %.0f s", engine.name, self.delete_timeout_s)
+                break
+            time.sleep(self.poll_interval_s)
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        k = _kube()
+        try:
+            return fn(*args, **kwargs)
+        except k.client.ApiException as exc:
+            raise DeploymentError(f"{what} in namespace {self.namespace}: HTTP {exc.status} {exc.reason}") from exc
+        except (OSError, k.client.rest.urllib3.exceptions.HTTPError) as exc:
+            raise DeploymentError(f"{what}: Kubernetes API unreachable: {exc}") from exc
+
+    def _default_endpoint(self, model: str) -> Callable[[str], Runner]:
+        from .endpoint import EndpointRunner
+
+        return lambda url: EndpointRunner(base_url=url, model=model, timeout_s=self.request_timeout_s)
+
+    def _guard_signals(self) -> None:
+        """SIGTERM unwinds like Ctrl-C, so ``finally`` blocks delete what was created; atexit as a last resort."""
+        atexit.unregister(self.close)
+        atexit.register(self.close)
+        if self._prev_sigterm is None and threading.current_thread() is threading.main_thread():
+            self._prev_sigterm = signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _raise_system_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
