@@ -1,0 +1,214 @@
+"""The profile's PNG plots; the only module that imports matplotlib (Agg backend, imported on first use).
+
+Files (names as Dynamo's profiler writes them, so existing tooling finds them):
+
+- ``prefill_performance.png``: TTFT vs prefill tokens/s/GPU of every candidate at the workload ISL.
+- ``decode_performance.png``: ITL vs decode tokens/s/GPU of every candidate over concurrency.
+- ``selected_prefill_interpolation/prefill_ttft_interpolation.png`` and
+  ``prefill_throughput_interpolation.png``: the selected prefill engine over ISL.
+- ``selected_decode_interpolation/decode_itl_interpolation.png`` and
+  ``decode_throughput_interpolation.png``: 3-D surfaces of the selected decode engine over
+  (active-KV fraction × context length). Context is drawn on a log10 axis, because the surface's
+  contexts are spaced geometrically from short prompts to the model's limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..select import Selection
+from ..surfaces import DecodeSurface, DecodeSweep, PrefillPoint, PrefillSurface, prefill_thpt_per_gpu
+from .npz import DECODE_DIR, PREFILL_DIR
+
+log = logging.getLogger(__name__)
+
+_DPI = 120
+_SELECTED = "#d62728"
+_TARGET = "#555555"
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend; a missing install names the extra to add."""
+    try:
+        import matplotlib
+    except ImportError as exc:  # pragma: no cover - matplotlib is a core dependency today
+        raise ImportError("plots need matplotlib: pip install 'sla-estimate[plot]' or pass --no-plots") from exc
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=_DPI, bbox_inches="tight", metadata={"Software": None})
+    _pyplot().close(fig)
+    return path
+
+
+def _has_band(low: np.ndarray, high: np.ndarray) -> bool:
+    return bool(np.any(np.abs(np.asarray(high) - np.asarray(low)) > 1e-9 * np.abs(np.asarray(high))))
+
+
+def plot_prefill_performance(
+    points: tuple[PrefillPoint, ...], selection: Selection, ttft_target_ms: float, isl: int, path: Path
+) -> Path:
+    """One marker per candidate; the recommendation circled; the TTFT target as a vertical line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    chosen = selection.best_prefill.candidate
+    for p in sorted(points, key=lambda q: (q.candidate.mapping.value, q.candidate.num_gpus)):
+        err = None
+        if _has_band(np.array([p.ttft_low_ms]), np.array([p.ttft_high_ms])):
+            err = [[p.ttft_ms - p.ttft_low_ms], [p.ttft_high_ms - p.ttft_ms]]
+        ax.errorbar(p.ttft_ms, p.thpt_per_gpu, xerr=err, fmt="o", ms=8, capsize=4, label=p.candidate.name)
+        ax.annotate(p.candidate.name, (p.ttft_ms, p.thpt_per_gpu), xytext=(6, 6), textcoords="offset points")
+    best = selection.best_prefill.point
+    ax.scatter([best.ttft_ms], [best.thpt_per_gpu], s=320, facecolors="none", edgecolors=_SELECTED, linewidths=2,
+               label=f"selected: {chosen.name}", zorder=5)  # fmt: skip
+    ax.axvline(ttft_target_ms, color=_TARGET, ls="--", label=f"TTFT target {ttft_target_ms:g} ms")
+    ax.set_xlabel("Time to first token, TTFT (ms)")
+    ax.set_ylabel("Prefill throughput (tokens/s/GPU)")
+    ax.set_title(f"Prefill performance at ISL {isl} (batch 1)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def plot_decode_performance(
+    sweeps: tuple[DecodeSweep, ...], selection: Selection, itl_target_ms: float, path: Path
+) -> Path:
+    """One line per candidate over concurrency; each line's best point under the target marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    best_by_name = {c.candidate.name: c for c in selection.decode}
+    chosen = selection.best_decode
+    for s in sorted(sweeps, key=lambda q: (q.candidate.mapping.value, q.candidate.num_gpus)):
+        b = best_by_name.get(s.candidate.name)
+        label = f"{s.candidate.name} (KV {s.kv_capacity_tokens:,} tok)" + (f", best n={b.concurrency}" if b else "")
+        (line,) = ax.plot(s.itl_ms, s.thpt_per_gpu, "o-", ms=3, label=label)
+        if _has_band(s.itl_low_ms, s.itl_high_ms):
+            ax.fill_betweenx(s.thpt_per_gpu, s.itl_low_ms, s.itl_high_ms, color=line.get_color(), alpha=0.15)
+        if b is not None:
+            ax.plot([b.itl_ms], [b.thpt_per_gpu], "D", ms=8, color=line.get_color(), mec="k")
+    ax.scatter([chosen.itl_ms], [chosen.thpt_per_gpu], s=320, facecolors="none", edgecolors=_SELECTED, linewidths=2,
+               label=f"selected: {chosen.candidate.name}, n={chosen.concurrency}", zorder=5)  # fmt: skip
+    ax.axvline(itl_target_ms, color=_TARGET, ls="--", label=f"ITL target {itl_target_ms:g} ms")
+    ctx = sweeps[0].context_tokens if sweeps else 0
+    ax.set_xlabel("Inter-token latency, ITL (ms)")
+    ax.set_ylabel("Decode throughput (tokens/s/GPU)")
+    ax.set_title(f"Decode performance over concurrency n (context {ctx} tokens)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def plot_prefill_interpolation(
+    surface: PrefillSurface, isl: int, ttft_target_ms: float, out_dir: Path
+) -> list[Path]:
+    """TTFT and tokens/s/GPU of the selected prefill engine over ISL, with the band when calibrated."""
+    plt = _pyplot()
+    c = surface.candidate
+    band = _has_band(surface.ttft_low_ms, surface.ttft_high_ms)
+    paths = []
+    thpt_lo = prefill_thpt_per_gpu(c, surface.isl, surface.ttft_high_ms)  # slower prefill, lower throughput
+    thpt_hi = prefill_thpt_per_gpu(c, surface.isl, surface.ttft_low_ms)
+    series = (
+        ("prefill_ttft_interpolation.png", surface.ttft_ms, surface.ttft_low_ms, surface.ttft_high_ms,
+         "Time to first token, TTFT (ms)", "TTFT"),
+        ("prefill_throughput_interpolation.png", surface.thpt_per_gpu, thpt_lo, thpt_hi,
+         "Prefill throughput (tokens/s/GPU)", "Throughput"),
+    )  # fmt: skip
+    for name, y, lo, hi, ylabel, what in series:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        ax.plot(surface.isl, y, "o-", ms=3, label=f"{c.name} estimate")
+        if band:
+            ax.fill_between(surface.isl, lo, hi, alpha=0.2, label="uncertainty band")
+        ax.axvline(isl, color=_SELECTED, ls=":", label=f"workload ISL {isl}")
+        if what == "TTFT":
+            ax.axhline(ttft_target_ms, color=_TARGET, ls="--", label=f"TTFT target {ttft_target_ms:g} ms")
+        ax.set_xscale("log")  # the grid is dense around the workload ISL and spans the model's context
+        if what == "TTFT":
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
+        ax.set_xlabel("Input sequence length, ISL (tokens, log scale)")
+        ax.set_ylabel(ylabel + (", log scale" if what == "TTFT" else ""))
+        ax.set_title(f"Prefill {what} vs ISL, selected engine {c.name} ({c.num_gpus} GPU{'s' * (c.num_gpus > 1)})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        paths.append(_save(fig, out_dir / name))
+    return paths
+
+
+def plot_decode_surfaces(surface: DecodeSurface, context_tokens: int, out_dir: Path) -> list[Path]:
+    """3-D ITL and throughput surfaces over (KV usage, log10 context), sampled points drawn on top."""
+    plt = _pyplot()
+    from matplotlib import cm
+    from matplotlib.ticker import FuncFormatter
+    from scipy.interpolate import griddata
+
+    c = surface.candidate
+    x = np.asarray(surface.kv_usage)
+    logy = np.log10(np.asarray(surface.context_tokens))
+    paths = []
+    series = (
+        ("decode_itl_interpolation.png", surface.itl_ms, "ITL (ms)", "Decode ITL", cm.coolwarm),
+        ("decode_throughput_interpolation.png", surface.thpt_per_gpu, "tokens/s/GPU", "Decode throughput", cm.viridis),
+    )
+    gx, gy = np.meshgrid(np.linspace(0, x.max(), 60), np.linspace(logy.min(), logy.max(), 60))
+    for name, z, zlabel, title, cmap in series:
+        z = np.asarray(z)
+        gz = griddata((x, logy), z, (gx, gy), method="linear")  # NaN outside the sampled hull: left blank
+        fig = plt.figure(figsize=(9, 7))
+        ax = fig.add_subplot(111, projection="3d")
+        surf = ax.plot_surface(gx, gy, np.ma.masked_invalid(gz), cmap=cmap, vmin=np.nanmin(z), vmax=np.nanmax(z),
+                               linewidth=0, antialiased=True, alpha=0.8)  # fmt: skip
+        ax.scatter(x, logy, z, s=6, c="k", depthshade=False, label="sampled points")
+        row = np.isclose(surface.context_tokens, context_tokens)
+        if np.any(row):
+            order = np.argsort(x[row])
+            ax.plot(x[row][order], logy[row][order], z[row][order], color="k", lw=2.5, zorder=10,
+                    label=f"workload context {context_tokens} tokens")  # fmt: skip
+        cbar = fig.colorbar(surf, ax=ax, shrink=0.55, aspect=12, pad=0.1)
+        cbar.set_label(zlabel)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{10**v:,.0f}"))
+        ax.set_xlabel("Active KV usage (fraction of capacity)")
+        ax.set_ylabel("Context length (tokens, log scale)", labelpad=12)
+        ax.set_zlabel(zlabel)
+        ax.set_title(f"{title}, selected engine {c.name} (KV capacity {surface.kv_capacity_tokens:,} tokens)")
+        ax.view_init(elev=25, azim=-60)
+        ax.legend(fontsize=8, loc="upper left")
+        paths.append(_save(fig, out_dir / name))
+    return paths
+
+
+def write_plots(profile: Any, out_dir: str | Path) -> list[Path]:
+    """All plots of a ``Profile``; returns the files written."""
+    out = Path(out_dir)
+    spec, sel = profile.spec, profile.selection
+    paths = [
+        plot_prefill_performance(profile.prefill_points, sel, spec.ttft_ms, spec.isl, out / "prefill_performance.png"),
+        plot_decode_performance(profile.decode_sweeps, sel, spec.itl_ms, out / "decode_performance.png"),
+    ]
+    paths += plot_prefill_interpolation(profile.prefill_surface, spec.isl, spec.ttft_ms, out / PREFILL_DIR)
+    paths += plot_decode_surfaces(profile.decode_surface, spec.decode_context_tokens, out / DECODE_DIR)
+    log.debug("wrote %d plots under %s", len(paths), out)
+    return paths
+
+
+__all__ = [
+    "write_plots",
+    "plot_prefill_performance",
+    "plot_decode_performance",
+    "plot_prefill_interpolation",
+    "plot_decode_surfaces",
+]

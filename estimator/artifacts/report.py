@@ -1,0 +1,257 @@
+"""``report.json`` (every number of a study, JSON-safe) and the plain-text summary the CLI prints.
+
+The report holds the full spec, every estimated candidate with its prefill point, decode sweep and
+KV capacity, every rejection with its reason, the ranked selection, planner bounds, sizing, warnings,
+timings and provenance (package versions, the source's data version, date).
+
+``validation`` (optional, from ``validate``) is any object with ``to_dict()``; it goes into the
+report under ``"validation"``, and its ``summary_text()`` (if it has one) is appended to the summary.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..candidates import Candidate
+from ..select import DecodeChoice, PrefillChoice, Selection
+from ..surfaces import DecodeSurface, DecodeSweep, PrefillPoint, PrefillSurface
+
+REPORT_FILE = "report.json"
+REPORT_FORMAT_VERSION = 1
+_PACKAGES = ("sla-estimate", "aiconfigurator-core", "numpy", "scipy")
+
+
+def jsonable(v: Any) -> Any:
+    """Plain JSON types: arrays -> lists, numpy scalars -> Python, enums -> values, NaN/inf -> None."""
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return jsonable(v.tolist())
+    if isinstance(v, np.generic):
+        return jsonable(v.item())
+    if isinstance(v, enum.Enum):
+        return jsonable(v.value)
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None  # e.g. running from a source tree that is not installed
+    return out
+
+
+def _prefill_point(p: PrefillPoint) -> dict[str, Any]:
+    return {"isl": p.isl, "ttft_ms": p.ttft_ms, "ttft_low_ms": p.ttft_low_ms, "ttft_high_ms": p.ttft_high_ms,
+            "thpt_per_gpu": p.thpt_per_gpu}  # fmt: skip
+
+
+def _decode_sweep(s: DecodeSweep) -> dict[str, Any]:
+    return {
+        "kv_capacity_tokens": s.kv_capacity_tokens,
+        "context_tokens": s.context_tokens,
+        "concurrency": s.concurrency,
+        "kv_usage": s.kv_usage,
+        "itl_ms": s.itl_ms,
+        "itl_low_ms": s.itl_low_ms,
+        "itl_high_ms": s.itl_high_ms,
+        "thpt_per_gpu": s.thpt_per_gpu,
+    }
+
+
+def _prefill_choice(rank: int, c: PrefillChoice) -> dict[str, Any]:
+    return {"rank": rank, "candidate": c.candidate.name, "num_gpus": c.candidate.num_gpus,
+            "meets_sla": c.meets_sla, **_prefill_point(c.point)}  # fmt: skip
+
+
+def _decode_choice(rank: int, c: DecodeChoice) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "candidate": c.candidate.name,
+        "num_gpus": c.candidate.num_gpus,
+        "meets_sla": c.meets_sla,
+        "concurrency": c.concurrency,
+        "context_tokens": c.context_tokens,
+        "kv_usage": c.kv_usage,
+        "kv_capacity_tokens": c.kv_capacity_tokens,
+        "itl_ms": c.itl_ms,
+        "itl_low_ms": c.itl_low_ms,
+        "itl_high_ms": c.itl_high_ms,
+        "thpt_per_gpu": c.thpt_per_gpu,
+    }
+
+
+def _candidates(profile: Any) -> list[dict[str, Any]]:
+    prefill = {p.candidate: p for p in profile.prefill_points}
+    sweeps = {s.candidate: s for s in profile.decode_sweeps}
+    p_rank = {c.candidate: i + 1 for i, c in enumerate(profile.selection.prefill)}
+    d_rank = {c.candidate: i + 1 for i, c in enumerate(profile.selection.decode)}
+    rejected = {r.candidate: r.reason for r in profile.rejections}
+    out = []
+    for cand in profile.candidates:
+        s = sweeps.get(cand)
+        out.append({
+            **cand.to_dict(),
+            "kv_capacity_tokens": s.kv_capacity_tokens if s else None,
+            "prefill": _prefill_point(prefill[cand]) if cand in prefill else None,
+            "decode": _decode_sweep(s) if s else None,
+            "prefill_rank": p_rank.get(cand),
+            "decode_rank": d_rank.get(cand),
+            "rejected": rejected.get(cand),
+        })  # fmt: skip
+    return out
+
+
+def _surfaces(ps: PrefillSurface, ds: DecodeSurface) -> dict[str, Any]:
+    return {
+        "prefill": {"candidate": ps.candidate.name, "isl": ps.isl, "ttft_ms": ps.ttft_ms,
+                    "ttft_low_ms": ps.ttft_low_ms, "ttft_high_ms": ps.ttft_high_ms, "thpt_per_gpu": ps.thpt_per_gpu},
+        "decode": {"candidate": ds.candidate.name, "kv_capacity_tokens": ds.kv_capacity_tokens,
+                   "kv_usage": ds.kv_usage, "context_tokens": ds.context_tokens, "concurrency": ds.concurrency,
+                   "itl_ms": ds.itl_ms, "itl_low_ms": ds.itl_low_ms, "itl_high_ms": ds.itl_high_ms,
+                   "thpt_per_gpu": ds.thpt_per_gpu},
+    }  # fmt: skip
+
+
+def report_dict(profile: Any, *, validation: Any = None, created: datetime | None = None) -> dict[str, Any]:
+    """The report as a JSON-safe dict (``created`` defaults to now, UTC)."""
+    spec, sel = profile.spec, profile.selection
+    created = created or datetime.now(timezone.utc)
+    report = {
+        "format_version": REPORT_FORMAT_VERSION,
+        "created_utc": created.isoformat(timespec="seconds"),
+        "provenance": {
+            "packages": package_versions(),
+            "python": platform.python_version(),
+            "source": profile.provenance,
+        },
+        "spec": spec.to_dict(),
+        "stack": profile.stack.to_dict(),
+        "workload": {"isl": spec.isl, "osl": spec.osl, "decode_context_tokens": spec.decode_context_tokens},
+        "sla": {"ttft_ms": spec.ttft_ms, "itl_ms": spec.itl_ms, "met": sel.sla_met,
+                "prefill_met": sel.best_prefill.meets_sla, "decode_met": sel.best_decode.meets_sla},
+        "candidates": _candidates(profile),
+        "rejections": [{**r.candidate.to_dict(), "reason": r.reason} for r in profile.rejections],
+        "selection": {
+            "prefill": [_prefill_choice(i + 1, c) for i, c in enumerate(sel.prefill)],
+            "decode": [_decode_choice(i + 1, c) for i, c in enumerate(sel.decode)],
+        },
+        "planner_bounds": {
+            "prefill_queue_lower": sel.bounds.prefill_queue_lower,
+            "prefill_queue_upper": sel.bounds.prefill_queue_upper,
+            "decode_kv_lower": sel.bounds.decode_kv_lower,
+            "decode_kv_upper": sel.bounds.decode_kv_upper,
+        },
+        "sizing": _sizing(sel),
+        "warnings": list(sel.warnings),
+        "timings_s": dict(profile.timings_s),
+        "surfaces": _surfaces(profile.prefill_surface, profile.decode_surface),
+    }  # fmt: skip
+    if validation is not None:
+        report["validation"] = validation.to_dict() if hasattr(validation, "to_dict") else validation
+    return jsonable(report)
+
+
+def _sizing(sel: Selection) -> dict[str, Any] | None:
+    z = sel.sizing
+    if z is None:
+        return None
+    return {"request_rate": z.request_rate, "prefill_replicas": z.prefill_replicas,
+            "decode_replicas": z.decode_replicas, "prefill_gpus": z.prefill_gpus, "decode_gpus": z.decode_gpus,
+            "total_gpus": z.total_gpus}  # fmt: skip
+
+
+def write_report(profile: Any, out_dir: str | Path, *, validation: Any = None) -> Path:
+    path = Path(out_dir) / REPORT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report_dict(profile, validation=validation), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+# ---- plain-text summary ---------------------------------------------------------------------------
+
+
+def _gpus(c: Candidate) -> str:
+    return f"{c.num_gpus} GPU{'s' if c.num_gpus != 1 else ''}"
+
+
+def _band(value: float, low: float, high: float, fmt: str) -> str:
+    if abs(high - low) <= 1e-9 * abs(value):
+        return f"{value:{fmt}} ms"
+    return f"{value:{fmt}} ms (band {low:{fmt}}-{high:{fmt}})"
+
+
+def _prefill_line(c: PrefillChoice) -> str:
+    p = c.point
+    return (f"{c.candidate.name} ({_gpus(c.candidate)}): TTFT {_band(p.ttft_ms, p.ttft_low_ms, p.ttft_high_ms, '.1f')}, "
+            f"{p.thpt_per_gpu:,.0f} tokens/s/GPU{'' if c.meets_sla else '  [misses TTFT]'}")  # fmt: skip
+
+
+def _decode_line(c: DecodeChoice) -> str:
+    return (f"{c.candidate.name} ({_gpus(c.candidate)}): ITL {_band(c.itl_ms, c.itl_low_ms, c.itl_high_ms, '.2f')} "
+            f"at concurrency {c.concurrency} (KV usage {c.kv_usage:.1%}), "
+            f"{c.thpt_per_gpu:,.0f} tokens/s/GPU{'' if c.meets_sla else '  [misses ITL]'}")  # fmt: skip
+
+
+def summary_text(profile: Any, *, validation: Any = None) -> str:
+    """What the CLI prints: recommendation, SLA verdict, planner bounds, sizing, alternatives, rejections."""
+    spec, sel = profile.spec, profile.selection
+    prov = profile.provenance
+    version = prov.get("backend_version_resolved") or spec.backend_version or "current"
+    lines = [
+        f"sla-estimate: {spec.model} on {spec.system}, {spec.backend.value} {version} (source: {prov.get('source')})",
+        f"Workload: ISL {spec.isl}, OSL {spec.osl}.  SLA: TTFT <= {spec.ttft_ms:g} ms, ITL <= {spec.itl_ms:g} ms",
+        "",
+        f"Prefill engine: {_prefill_line(sel.best_prefill)}",
+        f"Decode engine:  {_decode_line(sel.best_decode)}",
+        "",
+    ]
+    if sel.sla_met:
+        lines.append("SLA: met by both engines.")
+    else:
+        lines += ["!" * 78, "!!! WARNING: THE SLA IS NOT MET. The engines above are the closest, not a fit.",
+                  *(f"!!! {w}" for w in sel.warnings), "!" * 78]  # fmt: skip
+    b = sel.bounds
+    lines += [
+        "",
+        "Planner bounds (load-based planner):",
+        f"  prefill queue size: upper/lower = {b.prefill_queue_upper:.2f}/{b.prefill_queue_lower:.2f}",
+        f"  decode kv cache utilization: upper/lower = {b.decode_kv_upper:.2f}/{b.decode_kv_lower:.2f}",
+    ]
+    if sel.sizing is not None:
+        z = sel.sizing
+        lines += ["", f"Sizing at {z.request_rate:g} requests/s: {z.prefill_replicas} prefill x "
+                  f"{sel.best_prefill.candidate.name} + {z.decode_replicas} decode x {sel.best_decode.candidate.name} "
+                  f"= {z.total_gpus} GPUs ({z.prefill_gpus} prefill, {z.decode_gpus} decode)"]  # fmt: skip
+    n = spec.num_alternatives
+    if n and (len(sel.prefill) > 1 or len(sel.decode) > 1):
+        lines += ["", f"Alternatives (next {n} of each; within the SLA by tokens/s/GPU, then the rest by latency):"]
+        lines += [f"  prefill #{i}: {_prefill_line(c)}" for i, c in enumerate(sel.prefill[1 : n + 1], start=2)]
+        lines += [f"  decode  #{i}: {_decode_line(c)}" for i, c in enumerate(sel.decode[1 : n + 1], start=2)]
+    if profile.rejections:
+        lines += ["", "Rejected candidates:"]
+        lines += [f"  {r.candidate.name} ({_gpus(r.candidate)}): {r.reason}" for r in profile.rejections]
+    if validation is not None and hasattr(validation, "summary_text"):
+        lines += ["", validation.summary_text()]
+    return "\n".join(lines)
+
+
+__all__ = ["REPORT_FILE", "report_dict", "write_report", "summary_text", "jsonable", "package_versions"]
