@@ -239,6 +239,14 @@ class TorchGpuRunner(Runner):
         self.load()
         return self._dev.kv_capacity_tokens
 
+    def device_facts(self) -> dict[str, Any]:
+        """What was measured once: device name, software, copy bandwidth, matmul rate, memory sizes."""
+        self.load()
+        d = self._dev
+        return {"device": d.name, "software": dict(d.software), "copy_gb_per_s": d.copy_bytes_per_s / 1e9,
+                "matmul_tflops": d.matmul_flops_per_s / 1e12, "kv_capacity_tokens": d.kv_capacity_tokens,
+                "weight_bytes": self.weight_bytes, "kv_bytes_per_token": self.kv_bytes_per_token}  # fmt: skip
+
     def _measure_device(self, torch: Any, transformers: Any) -> _Device:
         n = (1 << 30) if self.device.startswith("cuda") else (64 << 20)
         src = torch.empty(n, dtype=torch.uint8, device=self.device).random_(0, 255)

@@ -1,0 +1,218 @@
+"""Measure prefill TTFT and decode ITL of a Llama-3.1-8B-shaped model on one GPU, and compare with AIC.
+
+Two steps, because the GPU machine has no aiconfigurator-core and this one has no GPU:
+
+    # on the GPU machine (config.json of the model in DIR; random bf16 weights):
+    python3 benchmarks/gpu_study.py measure --model-path DIR --out $OUT/gpu_runner.jsonl
+    # here, with AIC installed: AIC vLLM estimate beside every measured point
+    python benchmarks/gpu_study.py report models/measurements/h100_llama31_8b_gpu_runner.jsonl \
+        --csv models/measurements/h100_llama31_8b_gpu_runner_vs_aic.csv
+
+``measure`` appends one Measurement per point to a MeasurementStore as it goes (a rerun skips points
+already stored) and prints a table with each point's ratio to the memory-bandwidth floor. Decode
+points that need more KV than the GPU holds are skipped. ``report`` prints measured vs AIC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a plain checkout (the GPU machine has no install)
+
+from estimator.candidates import Candidate, Mapping  # noqa: E402
+from estimator.errors import MeasurementError  # noqa: E402
+from estimator.sources.base import Stack  # noqa: E402
+from validate.measurement import Measurement, MeasurementStore, Probe, ProbeKind  # noqa: E402
+
+MODEL = "meta-llama/Meta-Llama-3.1-8B"
+TP1 = Candidate(Mapping.TP, 1)
+ISLS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+DECODE_POINTS = tuple((b, c) for c in (1024, 4096, 8192) for b in (1, 8, 32, 64, 128, 256)) + ((1, 16384), (16, 16384))
+
+log = logging.getLogger("gpu_study")
+
+
+def system_of(gpu_name: str) -> str:
+    """AIC system id of the GPU (SXM parts, as on the lent machines)."""
+    for chip in ("h200", "h100", "b200", "a100"):
+        if chip in gpu_name.lower():
+            return f"{chip}_sxm"
+    raise SystemExit(f"unknown GPU {gpu_name!r}: pass --system")
+
+
+def plan(stack: Stack, isls: tuple[int, ...], points: tuple[tuple[int, int], ...], capacity: int) -> list[Probe]:
+    probes = [Probe(ProbeKind.PREFILL, stack, TP1, isl=i, repeats=10, reason="gpu study") for i in isls]
+    for batch, ctx in points:
+        if batch * (ctx + 1) > capacity:
+            log.warning("skip decode batch %d context %d: needs %d KV tokens, capacity %d",
+                        batch, ctx, batch * (ctx + 1), capacity)  # fmt: skip
+            continue
+        probes.append(Probe(ProbeKind.DECODE, stack, TP1, isl=ctx, osl=1, concurrency=batch, repeats=20,
+                            reason="gpu study"))  # fmt: skip
+    return probes
+
+
+def check_exact_kv(runner, batch: int = 2, prompt_len: int = 256) -> float:
+    """Relative error of one decode step's logits: exact-KV attention vs transformers' stock sdpa + DynamicCache."""
+    import torch
+
+    from validate.runners.torch_gpu import EXACT_KV_ATTENTION, ExactKvCache, attach_kv_cache, last_token_logits
+
+    model = runner.load()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    prompt = torch.randint(0, vocab, (batch, prompt_len), device=runner.device)
+    nxt = torch.randint(0, vocab, (batch, 1), device=runner.device)
+    with torch.inference_mode():
+        model.config._attn_implementation = "sdpa"
+        try:
+            out = model(input_ids=prompt, use_cache=True)
+            ref = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True).logits.float()
+        finally:
+            model.config._attn_implementation = EXACT_KV_ATTENTION
+        cache = ExactKvCache.allocate(model.config, batch, prompt_len + 1, runner.device, model.dtype)
+        attach_kv_cache(model, cache)
+        try:
+            last_token_logits(model, prompt)
+            cache.pos = prompt_len
+            ours = last_token_logits(model, nxt, torch.full((batch, 1), prompt_len, device=runner.device)).float()
+        finally:
+            attach_kv_cache(model, None)
+    return float((ours - ref).norm() / ref.norm())
+
+
+def measure(args: argparse.Namespace) -> int:
+    from validate.runners.torch_gpu import TorchGpuRunner
+
+    runner = TorchGpuRunner(MODEL, model_path=args.model_path, device=args.device, dtype=args.dtype,
+                            use_cuda_graph=False if args.no_cuda_graph else None)  # fmt: skip
+    facts = runner.device_facts()
+    stack = Stack(MODEL, args.system or system_of(facts["device"]), "vllm")
+    store = MeasurementStore(args.out)
+    done = store.keys()
+    points = tuple(tuple(int(x) for x in p.split(":")) for p in args.points) if args.points else DECODE_POINTS
+    probes = plan(stack, tuple(args.isl or ISLS), points, runner.kv_capacity_tokens())
+    summary = {"stack": stack.to_dict(), **facts, "failed": []}
+    summary["exact_kv_vs_stock_sdpa_rel_err"] = check_exact_kv(runner)
+    print(json.dumps(summary), flush=True)
+    for p in probes:
+        if p.key in done:
+            continue
+        try:
+            m = runner.measure(p)
+        except MeasurementError as exc:
+            print(f"FAILED {exc}", flush=True)
+            summary["failed"].append(str(exc))
+            continue
+        store.append(m)
+        print(row_text(m), flush=True)
+    runner.close()
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(summary, indent=2))
+    print_table(store.load(), {})
+    return 1 if summary["failed"] else 0
+
+
+def point_of(m: Measurement) -> tuple[str, int, int]:
+    p = m.probe
+    return (p.kind.value, 1, p.isl) if p.kind is ProbeKind.PREFILL else (p.kind.value, p.concurrency, p.context_tokens)
+
+
+def _order(m: Measurement) -> tuple[int, int, int]:
+    kind, batch, tokens = point_of(m)
+    return (kind != "prefill", tokens, batch)
+
+
+def measured_ms(m: Measurement) -> float:
+    return m.ttft_ms if m.probe.kind is ProbeKind.PREFILL else m.itl_ms
+
+
+def row_text(m: Measurement, aic_ms: float | None = None) -> str:
+    kind, batch, tokens = point_of(m)
+    std = m.ttft_std_ms if kind == "prefill" else m.itl_std_ms
+    eager = m.extra.get("eager_ttft_ms") or m.extra.get("eager_itl_ms")
+    aic = f"{aic_ms:9.2f} {measured_ms(m) / aic_ms:6.2f}" if aic_ms else f"{'-':>9} {'-':>6}"
+    return (f"{kind:8} {batch:5d} {tokens:7d} {measured_ms(m):9.2f} {std:6.2f} {aic} "
+            f"{m.extra['bw_floor_ms']:8.2f} {m.extra['ratio_to_bw_floor']:6.2f} "
+            f"{m.extra['ratio_to_compute_floor']:6.2f} {eager or 0:8.2f} {m.thpt_per_gpu:10.0f}")  # fmt: skip
+
+
+HEADER = (f"{'kind':8} {'batch':>5} {'tokens':>7} {'meas_ms':>9} {'std':>6} {'aic_ms':>9} {'m/aic':>6} "
+          f"{'bw_floor':>8} {'/bw':>6} {'/flop':>6} {'eager_ms':>8} {'tok/s/gpu':>10}")  # fmt: skip
+
+
+def print_table(ms: list[Measurement], aic: dict[str, float]) -> None:
+    print(HEADER)
+    for m in sorted(ms, key=_order):
+        print(row_text(m, aic.get(m.probe.key)))
+
+
+def aic_estimates(ms: list[Measurement]) -> dict[str, float]:
+    """AIC vLLM estimate (ms) for each measured point, keyed by probe key."""
+    from estimator.sources.aic import AicSource
+
+    sources: dict[Stack, AicSource] = {}
+    out: dict[str, float] = {}
+    for m in ms:
+        p = m.probe
+        src = sources.setdefault(p.stack, AicSource(p.stack))
+        if p.kind is ProbeKind.PREFILL:
+            out[p.key] = float(src.prefill_ttft_ms(p.candidate, [p.isl])[0])
+        else:
+            out[p.key] = float(src.decode_itl_ms(p.candidate, [p.concurrency], [p.context_tokens])[0])
+    return out
+
+
+def report(args: argparse.Namespace) -> int:
+    ms = MeasurementStore(args.file).load()
+    if not ms:
+        raise SystemExit(f"{args.file}: no measurements")
+    aic = aic_estimates(ms)
+    first = ms[0]
+    print(f"# {first.hardware}; {json.dumps(first.software)}; {first.measured_at}")
+    print_table(ms, aic)
+    if args.csv:
+        with open(args.csv, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["key", "kind", "batch", "tokens", "measured_ms", "std_ms", "aic_vllm_ms", "measured_over_aic",
+                        "bw_floor_ms", "ratio_to_bw_floor", "ratio_to_compute_floor", "eager_ms", "thpt_per_gpu"])
+            for m in sorted(ms, key=_order):
+                kind, batch, tokens = point_of(m)
+                std = m.ttft_std_ms if kind == "prefill" else m.itl_std_ms
+                eager = m.extra.get("eager_ttft_ms") or m.extra.get("eager_itl_ms")
+                a = aic[m.probe.key]
+                w.writerow([m.probe.key, kind, batch, tokens, f"{measured_ms(m):.4f}", f"{std:.4f}", f"{a:.4f}",
+                            f"{measured_ms(m) / a:.4f}", f"{m.extra['bw_floor_ms']:.4f}",
+                            f"{m.extra['ratio_to_bw_floor']:.4f}", f"{m.extra['ratio_to_compute_floor']:.4f}",
+                            f"{eager:.4f}" if eager else "", f"{m.thpt_per_gpu:.1f}"])  # fmt: skip
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("measure", help="measure on the local GPU (append to --out)")
+    m.add_argument("--model-path", help="directory with the model's config.json (default: AIC's bundled config)")
+    m.add_argument("--out", required=True, help="MeasurementStore jsonl to append to")
+    m.add_argument("--summary", help="write device facts and failures as JSON here")
+    m.add_argument("--system", help="AIC system id (default: from the GPU name)")
+    m.add_argument("--device", default="cuda")
+    m.add_argument("--dtype", default="bfloat16")
+    m.add_argument("--no-cuda-graph", action="store_true")
+    m.add_argument("--isl", type=int, nargs="*", help=f"prefill ISLs (default {ISLS})")
+    m.add_argument("--points", nargs="*", help="decode points as BATCH:CONTEXT (default: the study grid)")
+    r = sub.add_parser("report", help="measured vs AIC vLLM estimate (needs aiconfigurator-core)")
+    r.add_argument("file")
+    r.add_argument("--csv", help="write the table as CSV here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return measure(args) if args.cmd == "measure" else report(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
