@@ -88,6 +88,9 @@ class StandIn:
     created: list[tuple[str, str, str]] = field(default_factory=list)  # every create, in order
     deleted: list[tuple[str, str, str]] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)  # pods port-forwarded to
+    objects_created: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # kept after delete
+    max_live: dict[str, int] = field(default_factory=dict)  # most objects of a kind alive at once
+    pod_lists: int = 0  # pod list calls (controller ticks)
     _pods: dict[tuple[str, str], _Pod] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
@@ -102,7 +105,7 @@ class StandIn:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self.url
 
     @property
@@ -163,6 +166,7 @@ class StandIn:
 
     def _pods_rest(self, method: str, ns: str, name: str | None, query: dict[str, list[str]]) -> tuple[int, Any]:
         if method == "GET" and not name:
+            self.pod_lists += 1
             items = []
             for (pns, _), pod in self._pods.items():
                 if pns != ns:
@@ -188,7 +192,10 @@ class StandIn:
                             "creationTimestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}  # fmt: skip
         key = (plural, ns, name)
         self.objects[key] = obj
+        self.objects_created[key] = obj
         self.created.append(key)
+        alive = sum(1 for k in self.objects if k[0] == plural)
+        self.max_live[plural] = max(self.max_live.get(plural, 0), alive)
         if plural == "deployments":
             tmpl = obj["spec"]["template"]
             self._add_pod(key, f"{name}-7d4b9-x2k4q", tmpl["metadata"].get("labels", {}), tmpl["spec"], "engine")

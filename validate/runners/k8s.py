@@ -154,10 +154,14 @@ def measurement_graph(*, name: str, namespace: str, backend: str, model: str, ca
 
 
 class _PortForward:
-    """A loopback listener; each accepted connection gets its own port-forward stream to the pod."""
+    """A loopback listener; each accepted connection gets its own port-forward stream to the pod.
 
-    def __init__(self, core: Any, namespace: str, pod: str, port: int):
-        self._core, self._namespace, self._pod, self._port = core, namespace, pod, port
+    ``kubernetes.stream.portforward`` swaps the transport of the ApiClient it is given while it
+    connects, so each stream gets a private ApiClient built from the shared configuration.
+    """
+
+    def __init__(self, configuration: Any, namespace: str, pod: str, port: int):
+        self._configuration, self._namespace, self._pod, self._port = configuration, namespace, pod, port
         self._server: socket.socket | None = None
         self._closed = threading.Event()
 
@@ -178,11 +182,13 @@ class _PortForward:
             threading.Thread(target=self._splice, args=(conn,), daemon=True).start()
 
     def _splice(self, conn: socket.socket) -> None:
+        from kubernetes import client
         from kubernetes.stream import portforward
 
-        pf = None
+        pf, api = None, client.ApiClient(self._configuration)
         try:
-            pf = portforward(self._core.connect_get_namespaced_pod_portforward, self._pod, self._namespace,
+            core = client.CoreV1Api(api)
+            pf = portforward(core.connect_get_namespaced_pod_portforward, self._pod, self._namespace,
                              ports=str(self._port))  # fmt: skip
             remote = pf.socket(self._port)
             remote.setblocking(True)
@@ -201,6 +207,7 @@ class _PortForward:
             conn.close()
             if pf is not None:
                 pf.close()
+            api.close()
 
     def close(self) -> None:
         self._closed.set()
@@ -361,7 +368,7 @@ class KubernetesRunner(Runner):
             if self.base_url:
                 url = self.base_url.format(service=engine.service, namespace=self.namespace, name=name)
             else:
-                engine.forward = _PortForward(k.client.CoreV1Api(self._api()), self.namespace, pod, HTTP_PORT)
+                engine.forward = _PortForward(self._api().configuration, self.namespace, pod, HTTP_PORT)
                 url = engine.forward.start()
             engine.endpoint = (self.endpoint_factory or self._default_endpoint(spec["model"]))(url)
             return engine
@@ -402,12 +409,15 @@ class KubernetesRunner(Runner):
         return replace(m, runner=self.name, extra={**m.extra, "k8s": where})
 
     def _stop(self, engine: _Engine) -> None:
-        """Delete what this engine created (404 is fine) and wait until its pods are gone."""
+        """Delete what this engine created (404 is fine) and wait until its pods are gone. Never raises:
+        it runs while another error unwinds, and a failed delete is logged with the label to clean up by."""
         with self._lock:
             self._live.pop(engine.key, None)
         for closer in (engine.endpoint, engine.forward):
             if closer is not None:
                 closer.close()
+        if not engine.created:
+            return
         k = _kube()
         api = self._api()
         deleters = {
@@ -421,16 +431,20 @@ class KubernetesRunner(Runner):
             kind, name = engine.created.pop()
             try:
                 deleters[kind](name)
-            except k.client.ApiException as exc:
-                if exc.status != 404:
-                    log.error("could not delete %s %s: HTTP %s %s", kind, name, exc.status, exc.reason)
+            except Exception as exc:
+                if getattr(exc, "status", None) != 404:
+                    log.error("could not delete %s %s in %s (%s); delete objects labelled %s=%s by hand", kind, name,
+                              self.namespace, exc, ENGINE_LABEL, engine.name)  # fmt: skip
         deadline = time.monotonic() + self.delete_timeout_s
         core = k.client.CoreV1Api(api)
-        while core.list_namespaced_pod(self.namespace, label_selector=engine.selector).items:
-            if time.monotonic() > deadline:
-                log.warning("pods of %s still terminating after %.0f s", engine.name, self.delete_timeout_s)
-                break
-            time.sleep(self.poll_interval_s)
+        try:
+            while core.list_namespaced_pod(self.namespace, label_selector=engine.selector).items:
+                if time.monotonic() > deadline:
+                    log.warning("pods of %s still terminating after %.0f s", engine.name, self.delete_timeout_s)
+                    break
+                time.sleep(self.poll_interval_s)
+        except Exception as exc:
+            log.warning("could not check that the pods of %s are gone: %s", engine.name, exc)
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         k = _kube()

@@ -1,0 +1,319 @@
+"""KubernetesRunner against a stand-in API server (``k8s_standin.py``); no cluster, no operator, no GPU.
+
+What IS exercised, for real: the official ``kubernetes`` Python client (REST calls, model
+deserialization, the ``kubernetes.stream.portforward`` websocket client), the runner's manifests,
+readiness polling, fail-fast on pod states, cleanup, parallel waves, and measuring through the
+port-forward: bytes go client -> local listener -> websocket (v4.channel.k8s.io) -> stand-in ->
+a tiny OpenAI-compatible HTTP server on loopback (``_FakeEngine``: canned token streams, not a model).
+The happy paths use the project's real ``EndpointRunner`` (default factory) through that tunnel;
+other tests inject a small ``endpoint_factory`` runner.
+
+What is NOT exercised: a real API server (admission, defaulting, RBAC, watches, scheduling, pod
+status written by a kubelet), Dynamo's operator (DGD reconciliation, the operator's real pod labels
+and status fields are taken from its source, not observed), real images or GPUs, port-forward to a
+real kubelet. The manifests sent are validated offline with ``kubernetes-validate`` (Deployment,
+Service) and deserialized with the client's models; the DGD is checked structurally only.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from estimator.candidates import Candidate, Mapping
+from estimator.errors import DeploymentError, MeasurementError
+from estimator.sources.base import Stack
+from validate.measurement import Measurement, Probe, ProbeKind
+from validate.runners.base import Runner
+
+pytest.importorskip("kubernetes")
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+from k8s_standin import StandIn  # noqa: E402
+from validate.runners import k8s as k8s_runner  # noqa: E402
+from validate.runners.k8s import KubernetesRunner, measurement_graph, plain_manifests  # noqa: E402
+
+STACK = Stack("Qwen/Qwen3-0.6B", "h100_sxm", "vllm")
+TP1, TP2 = Candidate(Mapping.TP, 1), Candidate(Mapping.TP, 2)
+
+
+class _FakeEngine(BaseHTTPRequestHandler):
+    """Just enough of an OpenAI completions server for EndpointRunner: token-id prompts, SSE streams."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/health":
+            return self._send(200, b"")
+        if self.path == "/v1/models":
+            return self._send(200, json.dumps({"data": [{"id": STACK.model}]}).encode())
+        self._send(404, b'{"error": "not found"}')
+
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path != "/v1/completions":
+            return self._send(404, b'{"error": "not found"}')
+        prompt_tokens = len(req["prompt"]) if isinstance(req["prompt"], list) else len(req["prompt"].split())
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": req["max_tokens"]}
+        if not req.get("stream"):
+            return self._send(200, json.dumps({"choices": [{"text": "a"}], "usage": usage}).encode())
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        events = [{"choices": [{"text": "a", "token_ids": [7]}]} for _ in range(req["max_tokens"])]
+        for data in [*map(json.dumps, events), json.dumps({"choices": [], "usage": usage}), "[DONE]"]:
+            line = f"data: {data}\n\n".encode()
+            self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+
+class _ProbeRunner(Runner):
+    """Injected endpoint: one real GET /health through the tunnel; can be told to raise."""
+
+    name = "probe"
+    raise_exc: BaseException | None = None
+
+    def __init__(self, base_url: str):
+        import httpx
+
+        self.base_url, self.client = base_url, httpx.Client(base_url=base_url, timeout=10)
+
+    def measure(self, probe: Probe) -> Measurement:
+        if self.raise_exc is not None:
+            raise self.raise_exc
+        r = self.client.get("/health")
+        return Measurement(probe=probe, runner=self.name, ttft_ms=r.elapsed.total_seconds() * 1e3,
+                           extra={"status": r.status_code})  # fmt: skip
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@pytest.fixture(scope="module")
+def engine_addr():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeEngine)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def cluster(engine_addr):
+    standin = StandIn(forward_to=engine_addr)
+    standin.start()
+    yield standin
+    standin.stop()
+
+
+def _runner(cluster: StandIn, **kw) -> KubernetesRunner:
+    kw.setdefault("poll_interval_s", 0.005)
+    return KubernetesRunner(api_client=cluster.api_client(), namespace="bench", **kw)
+
+
+def _probe(kind=ProbeKind.PREFILL, cand=TP2, stack=STACK) -> Probe:
+    return Probe(kind, stack, cand, isl=64, osl=8, concurrency=2, repeats=2)
+
+
+def _validate(obj: dict) -> None:
+    kubernetes_validate.validate(obj, "1.33.0", strict=True)
+
+
+def test_plain_deployment_happy_path_with_the_real_endpoint_runner(cluster):
+    from kubernetes import client
+
+    with _runner(cluster, request_timeout_s=10) as runner:
+        prefill = runner.measure(_probe())
+        decode = runner.measure(_probe(ProbeKind.DECODE))
+        deployments = [k for k in cluster.created if k[0] == "deployments"]
+    assert prefill.runner == "k8s" and prefill.ttft_ms > 0 and prefill.thpt_per_gpu > 0
+    assert decode.itl_ms > 0 and decode.extra["k8s"]["kind"] == "Deployment"
+    assert prefill.extra["prompt_tokens"] == 64  # the prompt crossed the tunnel intact
+    # prefill and decode need different prefix caching, so two engines, one after the other
+    assert len(deployments) == 2 and cluster.max_live["deployments"] == 1
+    dep = cluster.objects_created[deployments[0]]
+    svc = cluster.objects_created[("services", "bench", deployments[0][2])]
+    for obj in (dep, svc):
+        _validate(obj)
+    model = client.V1Deployment.from_dict(dep)
+    container = model.spec.template.spec.containers[0]
+    assert container.command == ["vllm", "serve"]
+    assert container.args == [STACK.model, "--host", "0.0.0.0", "--port", "8000", "--tensor-parallel-size", "2",
+                              "--no-enable-prefix-caching"]  # fmt: skip
+    assert container.resources.limits == {"nvidia.com/gpu": "2"}
+    assert container.readiness_probe.http_get.path == "/health"
+    assert model.metadata.labels["app.kubernetes.io/managed-by"] == "sla-estimate"
+    assert client.V1Service.from_dict(svc).spec.selector == model.spec.selector.match_labels
+    decode_dep = cluster.objects_created[deployments[1]]
+    assert decode_dep["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "--enable-prefix-caching"
+    assert cluster.forwarded and all(p.startswith(deployments[0][2]) or p.startswith(deployments[1][2])
+                                     for p in cluster.forwarded)  # fmt: skip
+    assert cluster.live() == []
+
+
+def test_dynamo_graph_deployment_when_the_crd_exists(cluster):
+    cluster.dynamo_crd = True
+    with _runner(cluster, request_timeout_s=10, image="reg/vllm-runtime:1") as runner:
+        m = runner.measure(_probe())
+    (dgd_key,) = [k for k in cluster.created if k[0] == "dynamographdeployments"]
+    dgd = cluster.objects_created[dgd_key]
+    services = dgd["spec"]["services"]
+    assert set(services) == {"Frontend", "VllmWorker"}
+    worker = services["VllmWorker"]
+    assert worker["resources"] == {"limits": {"gpu": "2"}} and worker["componentType"] == "worker"
+    assert worker["extraPodSpec"]["mainContainer"]["args"] == [
+        "-m", "dynamo.vllm", "--model", STACK.model, "--tensor-parallel-size", "2", "--no-enable-prefix-caching"]
+    assert dgd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "sla-estimate"
+    assert m.extra["k8s"]["kind"] == "DynamoGraphDeployment" and m.ttft_ms > 0
+    assert set(cluster.forwarded) == {f"{dgd_key[2]}-frontend-0"}  # measured through the Frontend pod
+    assert not [k for k in cluster.created if k[0] in ("deployments", "services")]
+    assert cluster.live() == []
+
+
+@pytest.mark.parametrize("state,reason", [
+    ("oomkilled", "OOMKilled"), ("crashloop", "CrashLoopBackOff"), ("imagepull", "ImagePullBackOff"),
+    ("unschedulable", "Unschedulable"),
+])  # fmt: skip
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_failing_pods_fail_fast_and_are_deleted(cluster, state, reason, dynamo):
+    cluster.dynamo_crd = dynamo
+    cluster.script = lambda owner, component: ("pending", state) if component != "Frontend" else ("ready",)
+    runner = _runner(cluster, endpoint_factory=_ProbeRunner, ready_timeout_s=2)
+    with pytest.raises(DeploymentError, match=reason) as info:
+        runner.measure(_probe())
+    assert TP2.name in str(info.value)
+    assert cluster.pod_lists <= 3  # failed at the first poll that showed the state, no waiting for a timeout
+    assert cluster.live() == [] and len(cluster.deleted) >= 1
+    runner.close()
+
+
+def test_not_ready_in_time(cluster):
+    cluster.script = lambda owner, component: ("starting",)
+    with _runner(cluster, endpoint_factory=_ProbeRunner, ready_timeout_s=0.05) as runner:
+        with pytest.raises(DeploymentError, match="not ready after"):
+            runner.measure(_probe())
+    assert cluster.live() == []
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), RuntimeError("bug")])
+def test_interrupt_during_measurement_still_deletes(cluster, exc):
+    class Raising(_ProbeRunner):
+        raise_exc = exc
+
+    runner = _runner(cluster, endpoint_factory=Raising)
+    with pytest.raises(type(exc)):
+        with runner:
+            runner.measure(_probe())
+    assert cluster.live() == [] and {k[0] for k in cluster.deleted} == {"deployments", "services"}
+
+
+def test_failure_in_endpoint_setup_deletes(cluster):
+    def factory(url):
+        raise MeasurementError("endpoint refused")
+
+    with pytest.raises(MeasurementError, match="endpoint refused"):
+        _runner(cluster, endpoint_factory=factory).measure(_probe())
+    assert cluster.live() == []
+
+
+def test_sigterm_unwinds_and_handler_is_restored(cluster):
+    before = signal.getsignal(signal.SIGTERM)
+    runner = _runner(cluster, endpoint_factory=_ProbeRunner)
+    runner.measure(_probe())
+    handler = signal.getsignal(signal.SIGTERM)
+    assert handler is k8s_runner._raise_system_exit
+    with pytest.raises(SystemExit):
+        handler(signal.SIGTERM, None)
+    runner.close()
+    assert signal.getsignal(signal.SIGTERM) is before and cluster.live() == []
+
+
+@pytest.mark.parametrize("node_gpus,dynamo,max_live", [((4,), False, 2), ((2,), False, 1), ((8,), True, 1)])
+def test_measure_many_runs_in_parallel_only_when_gpus_allow(cluster, node_gpus, dynamo, max_live):
+    cluster.node_gpus, cluster.dynamo_crd = node_gpus, dynamo
+    cluster.script = lambda owner, component: (("pending", "unschedulable") if "tp1-nc" in owner and component != "Frontend"
+                                               else ("pending", "ready"))  # fmt: skip
+    probes = [_probe(cand=TP1), _probe(cand=TP2), _probe(ProbeKind.DECODE, cand=TP2), _probe(cand=TP2)]
+    with _runner(cluster, endpoint_factory=_ProbeRunner) as runner:
+        results = runner.measure_many(probes)
+    assert isinstance(results[0], DeploymentError) and "Unschedulable" in str(results[0])
+    assert all(isinstance(r, Measurement) and r.runner == "k8s" for r in results[1:])
+    assert [r.probe for r in results[1:]] == probes[1:]
+    kind = "dynamographdeployments" if dynamo else "deployments"
+    assert len([k for k in cluster.created if k[0] == kind]) == 3  # TP1, TP2 prefill, TP2 decode
+    assert cluster.max_live[kind] == max_live
+    assert cluster.live() == []
+
+
+def test_cluster_gpus_sums_allocatable(cluster):
+    cluster.node_gpus = (8, 8, 4)
+    assert _runner(cluster).cluster_gpus() == 20
+
+
+def test_trtllm_needs_dynamo(cluster):
+    with pytest.raises(DeploymentError, match="Dynamo operator"):
+        _runner(cluster, endpoint_factory=_ProbeRunner).measure(_probe(stack=Stack("M", "h100_sxm", "trtllm")))
+    assert cluster.live() == []
+
+
+def test_unreachable_api_is_a_deployment_error():
+    from kubernetes import client
+
+    cfg = client.Configuration(host="http://127.0.0.1:9")
+    cfg.retries = 0
+    api = client.ApiClient(cfg)
+    with pytest.raises(DeploymentError, match="unreachable"):
+        KubernetesRunner(api_client=api, mode="plain", endpoint_factory=_ProbeRunner).measure(_probe())
+
+
+def test_missing_client_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "kubernetes", None)
+    with pytest.raises(MeasurementError, match=r"sla-estimate\[k8s\]"):
+        KubernetesRunner(mode="plain").cluster_gpus()
+
+
+def test_bad_mode():
+    with pytest.raises(MeasurementError, match="mode"):
+        KubernetesRunner(mode="helm")
+
+
+@pytest.mark.parametrize("backend,cand", [("vllm", Candidate(Mapping.DEP, 8)), ("sglang", Candidate(Mapping.TEP, 4)),
+                                          ("sglang", TP1)])  # fmt: skip
+def test_runner_manifests_pass_the_schema(backend, cand):
+    from kubernetes import client
+
+    dep, svc = plain_manifests(name="sla-x", namespace="bench", backend=backend, model="M", candidate=cand, image=None,
+                               prefix_caching=True, extra_args=("--max-model-len", "4096"),
+                               hf_token_secret="hf-token-secret")  # fmt: skip
+    for obj in (dep, svc):
+        _validate(obj)
+    client.V1Deployment.from_dict(dep), client.V1Service.from_dict(svc)
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-2:] == ["--max-model-len", "4096"]
+    graph = measurement_graph(name="sla-x", namespace="bench", backend=backend, model="M", candidate=cand, image=None,
+                              prefix_caching=True)  # fmt: skip
+    assert graph["metadata"]["namespace"] == "bench" and set(graph["spec"]["services"]) >= {"Frontend"}
+
+
+def test_plain_engine_must_fit_one_node():
+    with pytest.raises(DeploymentError, match="one node"):
+        plain_manifests(name="x", namespace="n", backend="vllm", model="M", candidate=Candidate(Mapping.TP, 16),
+                        image=None, prefix_caching=True)  # fmt: skip
