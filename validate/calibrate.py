@@ -1,0 +1,234 @@
+"""Fit corrections of a performance source from a few measured points, with an uncertainty band.
+
+Every measured value is written as a linear combination of source terms (``Target``):
+
+    y_ms = a_p(isl) * prefill_ms + a_d(batch, context) * decode_ms + step_ms * steps + overhead_ms * const
+
+- prefill probe: TTFT = a_p P(isl) + one step + request overhead;
+- decode probe: ITL = a_d D(batch, context) + one step;
+- agg probe: TTFT/TPOT terms from the serving model (``validate/serving.py``).
+
+The phase scales are log-linear, ``log a_p = α_p + δ_p[e] + β_isl log(isl/1024)`` and
+``log a_d = α_d + δ_d[e] + β_b log(batch/16) + β_c log(context/2048)``: one shared log-ratio per phase
+for all engines of a model/system/backend, a per-engine offset δ shrunk toward 0, and slopes shrunk
+toward 0. ``step_ms`` (scheduler/sampling cost per step) and ``overhead_ms`` (HTTP, tokenisation) are
+positive, fitted in log space. The fit is the MAP of a Gaussian model on log residuals (robust soft-L1
+loss); the band is the Laplace posterior plus the fitted noise, so it widens for engines or inputs
+far from the measured points. Agg points add a burst weight w: the serving model's TTFT/TPOT is
+``w × burst (all clients start together) + (1 − w) × steady state``, w shared by the family.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from estimator.errors import CalibrationError, SlaEstimateError
+from estimator.sources.base import PerfSource
+from estimator.sources.calibrated import (
+    ENGINE_SD, NOISE_DOF, NOISE_PRIOR, PRIOR, SHARED, CalibratedSource, Correction, Target,
+)  # fmt: skip
+
+from .measurement import Measurement, ProbeKind
+from .serving import SchedulerConfig, ServingTerms, serving_terms
+
+log = logging.getLogger(__name__)
+
+def data_hash(targets: list[Target]) -> str:
+    blob = json.dumps([[t.engine, t.kind, round(t.measured_ms, 6), t.isl, t.batch, t.context] for t in targets])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def fit_correction(targets: list[Target], *, meta: dict[str, Any] | None = None) -> Correction:
+    """MAP fit of the correction to ``targets`` (at least one point). Raises CalibrationError."""
+    from scipy.optimize import least_squares
+
+    good = [t for t in targets if t.measured_ms > 0 and math.isfinite(t.measured_ms)]
+    if not good:
+        raise CalibrationError("no usable measured points to calibrate on")
+    engines = tuple(sorted({t.engine for t in good}))
+    prior_mu = np.array([PRIOR[n][0] for n in SHARED] + [0.0] * (2 * len(engines)))
+    prior_sd = np.array([PRIOR[n][1] for n in SHARED] + [ENGINE_SD] * (2 * len(engines)))
+    corr = Correction(engines, prior_mu.copy(), np.diag(prior_sd**2), dict(NOISE_PRIOR), len(good), data_hash(good),
+                      dict(meta or {}))  # fmt: skip
+    y = np.log([t.measured_ms for t in good])
+    kinds = [t.kind for t in good]
+
+    def residuals(th: np.ndarray, noise: dict[str, float]) -> np.ndarray:
+        pred = np.array([corr.predict(t, th) for t in good])
+        r = (y - np.log(np.maximum(pred, 1e-9))) / np.array([noise[k] for k in kinds])
+        return np.concatenate([r, (th - prior_mu) / prior_sd])
+
+    noise = dict(NOISE_PRIOR)
+    theta = prior_mu.copy()
+    for _ in range(2):  # MAP at fixed noise, then re-estimate the noise from the residuals
+        res = least_squares(residuals, theta, args=(noise,), loss="soft_l1", f_scale=2.0, max_nfev=200 * theta.size)
+        theta = res.x
+        raw = y - np.log([corr.predict(t, theta) for t in good])
+        for k in NOISE_PRIOR:
+            rk = raw[[i for i, kk in enumerate(kinds) if kk == k]]
+            s0 = NOISE_PRIOR[k]
+            noise[k] = math.sqrt((float(np.sum(rk**2)) + NOISE_DOF * s0**2) / (rk.size + NOISE_DOF))
+    jac = _jacobian(lambda th: residuals(th, noise), theta)
+    cov = np.linalg.pinv(jac.T @ jac)
+    corr.theta, corr.cov, corr.noise = theta, cov, noise
+    return corr
+
+
+def _jacobian(f, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    f0 = f(x)
+    out = np.empty((f0.size, x.size))
+    for j in range(x.size):
+        xj = x.copy()
+        xj[j] += eps
+        out[:, j] = (f(xj) - f0) / eps
+    return out
+
+
+def targets_for(source: PerfSource, m: Measurement, config: SchedulerConfig | None = None) -> list[Target]:
+    """The measured values of ``m`` as Targets over ``source``'s terms (raises SourceError subclasses)."""
+    p, eng = m.probe, m.probe.candidate
+    out: list[Target] = []
+    if p.kind is ProbeKind.PREFILL and m.ttft_ms:
+        pf = float(source.prefill_ttft_ms(eng, [p.isl])[0])
+        out.append(Target(eng.name, "ttft", m.ttft_ms, pf, 0.0, 1.0, 1.0, p.isl, 1.0, p.isl))
+    elif p.kind is ProbeKind.DECODE and m.itl_ms:
+        d = float(source.decode_itl_ms(eng, [p.concurrency], [p.context_tokens])[0])
+        out.append(Target(eng.name, "tpot", m.itl_ms, 0.0, d, 1.0, 0.0, p.isl, p.concurrency, p.context_tokens))
+    elif p.kind is ProbeKind.AGG:
+        steady, burst = agg_terms(source, m, config)
+        for kind, y in (("ttft", m.ttft_ms), ("tpot", m.tpot_ms or m.itl_ms)):
+            if not y:
+                continue
+            i = 0 if kind == "ttft" else 1
+            s_, b_ = _parts(steady, i), _parts(burst, i)
+            out.append(Target(eng.name, kind, float(y), *s_, 1.0 if kind == "ttft" else 0.0, p.isl, steady.batch,
+                              steady.context_tokens, *b_))  # fmt: skip
+    return out
+
+
+def agg_terms(source: PerfSource, m: Measurement, config: SchedulerConfig | None = None):
+    """(steady-state, burst) serving terms of an agg probe."""
+    p = m.probe
+    cfg = config or SchedulerConfig.for_backend(source.stack.backend)
+    kv = _kv_or_zero(source, m)
+    steady = serving_terms(source, p.candidate, p.concurrency, p.isl, p.osl, _with(cfg, 3, 1), kv)
+    burst = serving_terms(source, p.candidate, p.concurrency, p.isl, p.osl, _with(cfg, 1, 0), kv)
+    return steady, burst
+
+
+def _with(cfg: SchedulerConfig, waves: int, warmup: int) -> SchedulerConfig:
+    return SchedulerConfig(cfg.token_budget, cfg.max_num_seqs, waves, warmup)
+
+
+def _kv_or_zero(source: PerfSource, m: Measurement) -> int:
+    if m.kv_capacity_tokens:
+        return int(m.kv_capacity_tokens)
+    try:
+        return int(source.kv_capacity_tokens(m.probe.candidate))
+    except SlaEstimateError:
+        return 0
+
+
+def _parts(t: ServingTerms, i: int) -> tuple[float, float, float]:
+    return (t.ttft_prefill_ms, t.ttft_decode_ms, t.ttft_steps) if i == 0 else (t.tpot_prefill_ms, t.tpot_decode_ms, t.tpot_steps)
+
+
+def collect_targets(source: PerfSource, measurements: list[Measurement]) -> tuple[list[Target], list[tuple[Measurement, str]]]:
+    """Targets of every measurement the source can express; the others with the reason."""
+    targets, skipped = [], []
+    for m in measurements:
+        try:
+            ts = targets_for(source, m)
+        except SlaEstimateError as exc:
+            skipped.append((m, str(exc)))
+            continue
+        if not ts:
+            skipped.append((m, f"{m.probe.kind.value} record has no measured latency"))
+        targets.extend(ts)
+    return targets, skipped
+
+
+def calibrate(source: PerfSource, measurements: list[Measurement]) -> CalibratedSource:
+    """Fit a correction of ``source`` from ``measurements`` (one model/system/backend)."""
+    mine = [m for m in measurements if m.probe.stack.model == source.stack.model
+            and m.probe.stack.system == source.stack.system and m.probe.stack.backend == source.stack.backend]  # fmt: skip
+    if not mine:
+        raise CalibrationError(f"no measurements of {source.stack.model} on {source.stack.system}/{source.stack.backend}")
+    targets, skipped = collect_targets(source, mine)
+    for m, why in skipped:
+        log.warning("not calibrating on %s %s: %s", m.probe.kind.value, m.probe.candidate.name, why)
+    corr = fit_correction(targets, meta={"base_source": source.name})
+    kv = {m.probe.candidate.name: int(m.kv_capacity_tokens) for m in mine if m.kv_capacity_tokens}
+    return CalibratedSource(source, corr, kv)
+
+
+@dataclass
+class PointReport:
+    engine: str
+    kind: str
+    isl: float
+    batch: float
+    measured_ms: float
+    raw_ms: float
+    raw_error_pct: float
+    loo_ms: float | None
+    loo_error_pct: float | None
+    band_low_ms: float | None
+    band_high_ms: float | None
+
+
+@dataclass
+class CalibrationReport:
+    """Error of the raw estimate at each measured point, leave-one-out error after calibration, band."""
+
+    points: list[PointReport]
+    skipped: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary, "points": [vars(p) for p in self.points], "skipped": self.skipped}
+
+
+def calibration_report(source: PerfSource, measurements: list[Measurement]) -> CalibrationReport:
+    """Raw vs measured per point; each point predicted by a fit on all the others (LOO) with its band."""
+    targets, skipped = collect_targets(source, measurements)
+    if not targets:
+        raise CalibrationError("no measured points the source can estimate")
+    neutral = Correction((), np.zeros(len(SHARED)), np.zeros((len(SHARED), len(SHARED))), dict(NOISE_PRIOR), 0, "")
+    neutral.theta[SHARED.index("log_step_ms")] = neutral.theta[SHARED.index("log_overhead_ms")] = -30.0
+    points = []
+    for i, t in enumerate(targets):
+        raw = neutral.predict(t)
+        loo = lo = hi = None
+        rest = targets[:i] + targets[i + 1 :]
+        if rest:
+            loo, lo, hi = fit_correction(rest).band(t)
+        points.append(PointReport(t.engine, t.kind, t.isl, t.batch, t.measured_ms, raw, 100 * (raw / t.measured_ms - 1),
+                                  loo, None if loo is None else 100 * (loo / t.measured_ms - 1), lo, hi))  # fmt: skip
+    summary = {}
+    for kind in ("ttft", "tpot"):
+        ps = [p for p in points if p.kind == kind]
+        if not ps:
+            continue
+        summary[kind] = {
+            "n": len(ps),
+            "raw_median_abs_error_pct": float(np.median([abs(p.raw_error_pct) for p in ps])),
+            "loo_median_abs_error_pct": _median([abs(p.loo_error_pct) for p in ps if p.loo_error_pct is not None]),
+            "band_coverage": _mean([p.band_low_ms <= p.measured_ms <= p.band_high_ms for p in ps if p.loo_ms]),
+        }
+    return CalibrationReport(points, [f"{m.probe.candidate.name} {m.probe.kind.value}: {why}" for m, why in skipped], summary)
+
+
+def _median(xs: list[float]) -> float | None:
+    return float(np.median(xs)) if xs else None
+
+
+def _mean(xs: list[bool]) -> float | None:
+    return float(np.mean(xs)) if xs else None
