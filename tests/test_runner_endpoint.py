@@ -1,0 +1,267 @@
+"""EndpointRunner: against the real vLLM CPU server (``engine``), and its failure paths.
+
+Failure paths that a healthy vLLM will not produce on demand (a stream cut mid-way, HTTP 500, a
+stalled stream) use ``SseStandIn``: a real HTTP server on loopback that streams SSE chunks and then
+misbehaves as told. The HTTP 400 case and every successful measurement use the real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+
+import pytest
+
+from engine_server import KV_CAPACITY_TOKENS
+from estimator.candidates import Candidate, Mapping
+from estimator.errors import BadResponse, EndpointTimeout, SpecError
+from estimator.sources.base import Stack
+from validate.measurement import Probe, ProbeKind
+from validate.runners.endpoint import EndpointRunner
+from validate.runners.metrics import parse_metrics, parse_prometheus
+from validate.runners.prompts import exact_text_prompt
+
+STACK = Stack("tiny-llama", "cpu", "vllm")
+TP1 = Candidate(Mapping.TP, 1)
+
+
+def probe(kind: ProbeKind, isl: int, osl: int = 1, concurrency: int = 1, repeats: int = 2) -> Probe:
+    return Probe(kind, STACK, TP1, isl=isl, osl=osl, concurrency=concurrency, repeats=repeats)
+
+
+# ---- stand-in server for failure cases --------------------------------------------------------------
+class SseStandIn:
+    """Loopback HTTP server; each POST /v1/completions takes the next behaviour from ``behaviours``:
+    "ok" (full stream), "drop" (half the tokens, then the connection closes), "500", "stall" (1 token, then silence)."""
+
+    def __init__(self, behaviours: list[str]):
+        self.behaviours = list(behaviours)
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SseStandIn:
+        self.thread.start()
+        self.ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    async def _shutdown(self) -> None:
+        self.server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                method, path = head.split(b" ")[:2]
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1]) if b"ength:" in head else 0
+                body = json.loads(await reader.readexactly(length)) if length else {}
+                if method == b"POST" and path == b"/v1/completions":
+                    if not await self._complete(body, writer):
+                        return
+                else:
+                    writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _complete(self, body: dict, writer: asyncio.StreamWriter) -> bool:
+        """Answer one completion; False if the connection must close."""
+        behaviour = self.behaviours.pop(0) if self.behaviours else "ok"
+        if behaviour == "500":
+            msg = b'{"error": "engine crashed"}'
+            writer.write(b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\n\r\n%s" % (len(msg), msg))
+            return True
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        n_tokens = {"ok": body["max_tokens"], "drop": body["max_tokens"] // 2, "stall": 1}[behaviour]
+        for i in range(n_tokens):
+            chunk = {"choices": [{"index": 0, "text": f" t{i}", "token_ids": [7]}]}
+            _write_chunk(writer, f"data: {json.dumps(chunk)}\n\n".encode())
+            await writer.drain()
+            await asyncio.sleep(0.002)
+        if behaviour == "drop":
+            return False  # close mid-stream: no terminating chunk
+        if behaviour == "stall":
+            await asyncio.sleep(3600)
+        usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": n_tokens}
+        _write_chunk(writer, f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode())
+        _write_chunk(writer, b"")
+        return True
+
+
+def _write_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+
+def standin_runner(url: str, **kw) -> EndpointRunner:
+    return EndpointRunner(url, model="standin", tokenizer="token_ids", warmup=0, **kw)
+
+
+def test_stream_cut_midway_is_bad_response_with_partial_results():
+    with SseStandIn(["ok", "drop"]) as srv:
+        with pytest.raises(BadResponse) as info:
+            standin_runner(srv.url, timeout_s=10).measure(probe(ProbeKind.PREFILL, isl=16, repeats=3))
+    exc = info.value
+    assert "stream broken after 1 of 2 tokens" in str(exc) and exc.tokens_received == 1
+    assert len(exc.partial["ttft_ms"]) == 1  # the first repetition finished and is kept
+    assert exc.probe.kind is ProbeKind.PREFILL
+
+
+def test_decode_stream_cut_reports_tokens_received():
+    with SseStandIn(["ok", "drop"]) as srv:
+        with pytest.raises(BadResponse) as info:
+            standin_runner(srv.url, timeout_s=10).measure(probe(ProbeKind.DECODE, isl=16, osl=20, repeats=1))
+    assert info.value.tokens_received == 10
+    assert "10 of 20 tokens" in str(info.value)
+
+
+def test_http_500_is_bad_response_with_status_and_body():
+    with SseStandIn(["500"]) as srv:
+        with pytest.raises(BadResponse) as info:
+            standin_runner(srv.url, timeout_s=10).measure(probe(ProbeKind.PREFILL, isl=16, repeats=1))
+    assert info.value.status_code == 500
+    assert "engine crashed" in info.value.body
+
+
+def test_stalled_stream_times_out():
+    with SseStandIn(["stall"]) as srv:
+        with pytest.raises(EndpointTimeout) as info:
+            standin_runner(srv.url, timeout_s=1).measure(probe(ProbeKind.PREFILL, isl=16, repeats=1))
+    assert info.value.tokens_received == 1
+
+
+def test_connection_refused_is_bad_response():
+    with SseStandIn([]) as srv:
+        url = srv.url
+    with pytest.raises(BadResponse, match="cannot connect"):
+        standin_runner(url, timeout_s=2).measure(probe(ProbeKind.PREFILL, isl=16, repeats=1))
+
+
+def test_bad_arguments_are_spec_errors():
+    with pytest.raises(SpecError):
+        EndpointRunner("http://127.0.0.1:1", api="responses")
+    with pytest.raises(SpecError):
+        EndpointRunner("http://127.0.0.1:1", tokenizer="guess")
+
+
+# ---- pure helpers -------------------------------------------------------------------------------------
+VLLM_METRICS = """\
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25
+vllm:num_preemptions_total{engine="0",model_name="m"} 3.0
+vllm:cache_config_info{block_size="128",cache_dtype="auto",engine="0",num_gpu_blocks="64",num_gpu_blocks_override="64"} 1.0
+vllm:inter_token_latency_seconds_sum{engine="0",model_name="m"} 0.5
+vllm:inter_token_latency_seconds_count{engine="0",model_name="m"} 100.0
+"""
+
+
+def test_metrics_vllm_sglang_trtllm_and_missing():
+    m = parse_metrics(VLLM_METRICS)
+    assert (m.kv_capacity_tokens, m.kv_usage_frac, m.num_preemptions, m.warnings) == (8192, 0.25, 3.0, [])
+    assert parse_metrics('sglang:max_total_num_tokens{name="m"} 123456\n').kv_capacity_tokens == 123456
+    trt = json.dumps([{"kvCacheStats": {"maxNumBlocks": 100, "tokensPerBlock": 32, "usedNumBlocks": 10}}])
+    assert parse_metrics(trt).kv_capacity_tokens == 3200
+    missing = parse_metrics("# nothing here\nfoo 1\n")
+    assert missing.kv_capacity_tokens is None and missing.warnings
+    assert parse_prometheus('a{x="q\\"uote"} 2')[0].labels == {"x": 'q"uote'}
+
+
+def test_exact_text_prompt_with_a_word_tokenizer():
+    def count(text: str) -> int:  # word pieces of at most 3 letters, punctuation separate
+        return sum(len(w) // 3 + 1 for w in re.findall(r"\w+", text)) + len(re.findall(r"[^\w\s]", text))
+
+    async def counted(text: str) -> int:
+        return count(text)
+
+    for n in (1, 2, 5, 64, 1000):
+        text = asyncio.run(exact_text_prompt(counted, n, seed=n))
+        assert count(text) == n
+    assert asyncio.run(exact_text_prompt(counted, 64, seed=1)) != asyncio.run(exact_text_prompt(counted, 64, seed=2))
+
+
+def test_exact_text_prompt_gives_up_clearly():
+    async def always_even(text: str) -> int:
+        return 2 * len(text.split())
+
+    with pytest.raises(BadResponse, match="exactly 7 tokens"):
+        asyncio.run(exact_text_prompt(always_even, 7, seed=0))
+
+
+# ---- the real vLLM server -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runner(vllm_url: str) -> EndpointRunner:
+    return EndpointRunner(vllm_url, timeout_s=60)
+
+
+@pytest.mark.engine
+def test_prefill_probe_real_server(runner: EndpointRunner):
+    m = runner.measure(probe(ProbeKind.PREFILL, isl=500, repeats=3))
+    assert m.runner == "endpoint" and m.extra["prompt_tokens"] == 500
+    assert len(m.samples["ttft_ms"]) == 3 and all(t > 0 for t in m.samples["ttft_ms"])
+    assert m.ttft_ms > 0 and m.ttft_std_ms >= 0
+    assert m.thpt_per_gpu == pytest.approx(500 / m.ttft_ms * 1000)
+    assert m.kv_capacity_tokens == KV_CAPACITY_TOKENS
+    assert m.extra["tokenizer_strategy"] == "tokenize" and m.extra["warnings"] == []
+    assert m.software["server_version"] == "0.32.0"
+
+
+@pytest.mark.engine
+def test_decode_probe_real_server(runner: EndpointRunner):
+    m = runner.measure(probe(ProbeKind.DECODE, isl=300, osl=48, concurrency=4, repeats=2))
+    assert m.extra["prompt_tokens"] == 300 and m.extra["warnings"] == []
+    assert len(m.samples["itl_ms"]) == 2 and m.itl_ms > 0 and m.itl_std_ms >= 0 and m.thpt_per_gpu > 0
+    assert m.extra["num_preemptions"] == 0
+    # the server's own inter-token histogram over the same waves; client bursts only shrink ours
+    server_itl_ms = m.extra["server_itl_ms"]
+    assert 0 < server_itl_ms and m.itl_ms < 10 * server_itl_ms + 5
+    assert m.kv_capacity_tokens == KV_CAPACITY_TOKENS
+
+
+@pytest.mark.engine
+def test_agg_probe_real_server(runner: EndpointRunner):
+    m = runner.measure(probe(ProbeKind.AGG, isl=200, osl=16, concurrency=3, repeats=2))
+    assert len(m.samples["ttft_ms"]) == 6 and len(m.samples["tpot_ms"]) == 6
+    assert m.ttft_ms > 0 and m.tpot_ms > 0 and m.thpt_per_gpu > 0
+    assert m.extra["prompt_tokens"] == 200
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("strategy", ["tokenize", "token_ids", "usage"])
+def test_exact_prompt_lengths_real_server(vllm_url: str, strategy: str):
+    r = EndpointRunner(vllm_url, tokenizer=strategy, warmup=0, repeats=1)
+    for isl in (1, 3, 17, 129):
+        m = r.measure(probe(ProbeKind.PREFILL, isl=isl, repeats=1))
+        assert m.extra["prompt_tokens"] == isl, (strategy, isl, m.extra)
+
+
+@pytest.mark.engine
+def test_over_long_prompt_is_http_400_from_real_server(vllm_url: str):
+    r = EndpointRunner(vllm_url, tokenizer="token_ids", warmup=0)
+    with pytest.raises(BadResponse) as info:
+        r.measure(probe(ProbeKind.PREFILL, isl=5000, repeats=1))
+    assert info.value.status_code == 400 and "maximum context length" in info.value.body

@@ -1,0 +1,261 @@
+"""LocalEngineRunner: start a serving engine on this machine, measure it through EndpointRunner, stop it.
+
+The engine runs in its own process group on a free port, with its output in a log file under
+``work_dir``. A start that fails is reported within seconds: the process exited (exit code, the
+telling log line, "out_of_memory" when the log says so) or ``/health`` never answered in time.
+The process group gets SIGTERM, then SIGKILL, on ``close()``, on an exception and at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections import deque
+from pathlib import Path
+from typing import ClassVar, Mapping, Sequence
+
+import httpx
+
+from estimator.candidates import Candidate, Mapping as ParallelMapping
+from estimator.errors import EngineStartError, MeasurementError, SpecError
+
+from ..measurement import Measurement, Probe
+from .base import Runner
+from .endpoint import EndpointRunner
+
+log = logging.getLogger(__name__)
+
+# How each backend is launched and how it spells parallelism. "ep" is a bare switch when ep_size is False.
+ENGINE_FLAGS: dict[str, dict] = {
+    "vllm": {"launch": ["-m", "vllm.entrypoints.openai.api_server"], "model": "--model",
+             "tp": "--tensor-parallel-size", "dp": "--data-parallel-size", "ep": "--enable-expert-parallel",
+             "ep_size": False, "dp_attention": None},
+    "sglang": {"launch": ["-m", "sglang.launch_server"], "model": "--model-path", "tp": "--tp", "dp": "--dp",
+               "ep": "--ep-size", "ep_size": True, "dp_attention": "--enable-dp-attention"},
+    "trtllm": {"launch": None, "command": ["trtllm-serve"], "model": None, "tp": "--tp_size", "dp": None,
+               "ep": "--ep_size", "ep_size": True, "dp_attention": None},
+}
+OOM_PATTERNS = re.compile(
+    r"out of memory|OutOfMemoryError|No available memory for the cache blocks|Not enough memory"
+    r"|larger than the available KV cache memory|CUDA_ERROR_OUT_OF_MEMORY|insufficient memory",
+    re.IGNORECASE,
+)
+ERROR_LINE = re.compile(r"error|exception|failed|traceback", re.IGNORECASE)
+LOG_TAIL_LINES = 40
+_LIVE: weakref.WeakSet[LocalEngineRunner] = weakref.WeakSet()
+
+
+def parallel_args(backend: str, cand: Candidate) -> list[str]:
+    """Engine flags for ``cand`` (TP n, TEP n, DEP n) in ``backend``'s spelling."""
+    f = ENGINE_FLAGS[backend]
+    n = str(cand.num_gpus)
+    ep = [f["ep"], n] if f["ep_size"] else [f["ep"]]
+    if cand.mapping is ParallelMapping.TP:
+        return [f["tp"], n]
+    if cand.mapping is ParallelMapping.TEP:
+        return [f["tp"], n, *ep]
+    if backend == "vllm":
+        return [f["tp"], "1", f["dp"], n, *ep]
+    if backend == "sglang":
+        return [f["tp"], n, f["dp"], n, f["dp_attention"], *ep]
+    raise SpecError("candidate", f"{cand.name} on {backend} needs attention DP in its engine config; "
+                    "pass it with extra_args")
+
+
+def engine_command(backend: str, model: str, cand: Candidate, *, host: str, port: int, python: str,
+                   command: Sequence[str] | None = None, extra_args: Sequence[str] = ()) -> list[str]:
+    """The argv that starts ``backend`` serving ``model`` as ``cand`` on host:port."""
+    if backend not in ENGINE_FLAGS:
+        raise SpecError("backend", f"{backend!r} is not one of {sorted(ENGINE_FLAGS)}")
+    f = ENGINE_FLAGS[backend]
+    prefix = list(command) if command else (f.get("command") or [python, *f["launch"]])
+    model_args = [f["model"], model] if f["model"] else [model]
+    return [*prefix, *model_args, "--host", host, "--port", str(port), *parallel_args(backend, cand), *extra_args]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def start_failure_reason(lines: Sequence[str]) -> tuple[str, str]:
+    """("out_of_memory" | "exited", the most telling log line) from the last lines of an engine log."""
+    for line in reversed(lines):
+        if OOM_PATTERNS.search(line):
+            return "out_of_memory", line.strip()
+    for line in reversed(lines):
+        if ERROR_LINE.search(line) and not line.lstrip().startswith("File "):
+            return "exited", line.strip()
+    return "exited", next((ln.strip() for ln in reversed(lines) if ln.strip()), "(no output)")
+
+
+class LocalEngineRunner(Runner):
+    """Runs ``backend`` on ``model`` locally, one candidate at a time (restarted when the candidate changes).
+
+    ``python`` runs the launcher module (default: this interpreter); ``command`` replaces the launcher
+    (e.g. ``["vllm", "serve"]``). ``extra_args`` go to the engine unchanged; ``env`` is added to ours.
+    """
+
+    name: ClassVar[str] = "local"
+
+    def __init__(self, model: str, backend: str = "vllm", *, python: str | None = None,
+                 command: Sequence[str] | None = None, extra_args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None, work_dir: str | os.PathLike[str] | None = None,
+                 host: str = "127.0.0.1", port: int | None = None, start_timeout_s: float = 900.0,
+                 stop_timeout_s: float = 15.0, timeout_s: float = 60.0, warmup: int = 1,
+                 repeats: int | None = None, tokenizer: str = "auto"):
+        if backend not in ENGINE_FLAGS:
+            raise SpecError("backend", f"{backend!r} is not one of {sorted(ENGINE_FLAGS)}")
+        self.model = model
+        self.backend = backend
+        self.python = python or sys.executable
+        self.command = command
+        self.extra_args = tuple(extra_args)
+        self.env = dict(env or {})
+        self.work_dir = work_dir
+        self.host = host
+        self.port = port
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.timeout_s = timeout_s
+        self.warmup = warmup
+        self.repeats = repeats
+        self.tokenizer = tokenizer
+        self.process_: subprocess.Popen | None = None
+        self.candidate_: Candidate | None = None
+        self.base_url_: str | None = None
+        self.log_path_: Path | None = None
+        self.command_: list[str] | None = None
+        self._endpoint: EndpointRunner | None = None
+
+    # ---- Runner ----------------------------------------------------------------------------------
+    def measure(self, probe: Probe) -> Measurement:
+        if self.candidate_ != probe.candidate or not self.is_running():
+            self.start(probe.candidate)
+        try:
+            m = self._endpoint.measure(probe)
+        except MeasurementError as exc:
+            if not self.is_running():
+                exc.add_note(f"engine exited with code {self.process_.returncode}; log: {self.log_path_}")
+            raise
+        software = {**m.software, "backend": self.backend, "engine_command": " ".join(self.command_)}
+        return dataclasses.replace(m, runner=self.name, software=software,
+                                   extra={**m.extra, "engine_log": str(self.log_path_)})
+
+    def close(self) -> None:
+        self.stop()
+
+    # ---- process ---------------------------------------------------------------------------------
+    def is_running(self) -> bool:
+        return self.process_ is not None and self.process_.poll() is None
+
+    def start(self, candidate: Candidate) -> str:
+        """Start the engine for ``candidate`` (stopping any other) and wait until /health answers."""
+        self.stop()
+        port = self.port or free_port(self.host)
+        work = Path(self.work_dir) if self.work_dir else Path(tempfile.mkdtemp(prefix="sla-engine-"))
+        work.mkdir(parents=True, exist_ok=True)
+        self.log_path_ = work / f"{self.backend}-{candidate.name}-{port}.log"
+        self.command_ = engine_command(self.backend, self.model, candidate, host=self.host, port=port,
+                                       python=self.python, command=self.command, extra_args=self.extra_args)
+        self.base_url_ = f"http://{self.host}:{port}"
+        log.info("starting %s %s: %s (log %s)", self.backend, candidate.name, " ".join(self.command_), self.log_path_)
+        with self.log_path_.open("ab") as out:
+            try:
+                self.process_ = subprocess.Popen(self.command_, stdout=out, stderr=subprocess.STDOUT,
+                                                 stdin=subprocess.DEVNULL, env={**os.environ, **self.env},
+                                                 cwd=work, start_new_session=True)
+            except OSError as exc:
+                raise EngineStartError(f"cannot run {self.command_[0]}: {exc}") from exc
+        _LIVE.add(self)
+        self.candidate_ = candidate
+        try:
+            self._wait_ready(candidate)
+        except BaseException:  # includes KeyboardInterrupt: never leave an engine behind
+            self.stop()
+            raise
+        self._endpoint = EndpointRunner(self.base_url_, timeout_s=self.timeout_s, warmup=self.warmup,
+                                        repeats=self.repeats, tokenizer=self.tokenizer)
+        return self.base_url_
+
+    def _wait_ready(self, candidate: Candidate) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        with httpx.Client(timeout=2.0) as http:
+            while True:
+                code = self.process_.poll()
+                if code is not None:
+                    raise self._exit_error(candidate, code)
+                try:
+                    if http.get(self.base_url_ + "/health").status_code == 200:
+                        log.info("%s %s ready at %s", self.backend, candidate.name, self.base_url_)
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    exc = EngineStartError(f"{self.backend} {candidate.name} not ready within "
+                                           f"{self.start_timeout_s:g} s; log: {self.log_path_}")
+                    exc.reason, exc.exit_code, exc.log_tail, exc.log_path = "timeout", None, self.log_tail(), self.log_path_
+                    raise exc
+                time.sleep(0.5)
+
+    def _exit_error(self, candidate: Candidate, code: int) -> EngineStartError:
+        tail = self.log_tail()
+        reason, line = start_failure_reason(tail)
+        exc = EngineStartError(f"{self.backend} {candidate.name} exited with code {code} during start "
+                               f"({reason}): {line[:300]}; log: {self.log_path_}")
+        exc.reason, exc.exit_code, exc.log_tail, exc.log_path = reason, code, tail, self.log_path_
+        return exc
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
+        if self.log_path_ is None or not self.log_path_.exists():
+            return []
+        with self.log_path_.open(errors="replace") as fh:
+            return list(deque(fh, maxlen=lines))
+
+    def stop(self) -> None:
+        """SIGTERM to the engine's process group, SIGKILL after ``stop_timeout_s``. Idempotent."""
+        proc, self.process_ = self.process_, None
+        self._endpoint = None
+        if proc is None:
+            return
+        pgid = proc.pid  # start_new_session: the engine leads its own group
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            proc.wait(self.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("engine pid %d ignored SIGTERM for %g s; killing", pgid, self.stop_timeout_s)
+            _signal_group(pgid, signal.SIGKILL)
+            proc.wait()
+        for sig in (0, signal.SIGKILL):  # children still exiting: give them the grace time, then kill
+            deadline = time.monotonic() + self.stop_timeout_s
+            while _signal_group(pgid, sig) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        _LIVE.discard(self)
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False if the group no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+
+
+@atexit.register
+def _stop_all() -> None:
+    for runner in list(_LIVE):
+        runner.stop()
