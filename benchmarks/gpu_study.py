@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +32,6 @@ from estimator.sources.base import Stack  # noqa: E402
 from validate.measurement import Measurement, MeasurementStore, Probe, ProbeKind  # noqa: E402
 
 MODEL = "meta-llama/Meta-Llama-3.1-8B"
-TP1 = Candidate(Mapping.TP, 1)
 ISLS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 DECODE_POINTS = tuple((b, c) for c in (1024, 4096, 8192) for b in (1, 8, 32, 64, 128, 256)) + ((1, 16384), (16, 16384))
 
@@ -46,14 +46,15 @@ def system_of(gpu_name: str) -> str:
     raise SystemExit(f"unknown GPU {gpu_name!r}: pass --system")
 
 
-def plan(stack: Stack, isls: tuple[int, ...], points: tuple[tuple[int, int], ...], capacity: int) -> list[Probe]:
-    probes = [Probe(ProbeKind.PREFILL, stack, TP1, isl=i, repeats=10, reason="gpu study") for i in isls]
+def plan(stack: Stack, cand: Candidate, isls: tuple[int, ...], points: tuple[tuple[int, int], ...],
+         capacity: int) -> list[Probe]:  # fmt: skip
+    probes = [Probe(ProbeKind.PREFILL, stack, cand, isl=i, repeats=10, reason="gpu study") for i in isls]
     for batch, ctx in points:
         if batch * (ctx + 1) > capacity:
             log.warning("skip decode batch %d context %d: needs %d KV tokens, capacity %d",
                         batch, ctx, batch * (ctx + 1), capacity)  # fmt: skip
             continue
-        probes.append(Probe(ProbeKind.DECODE, stack, TP1, isl=ctx, osl=1, concurrency=batch, repeats=20,
+        probes.append(Probe(ProbeKind.DECODE, stack, cand, isl=ctx, osl=1, concurrency=batch, repeats=20,
                             reason="gpu study"))  # fmt: skip
     return probes
 
@@ -86,20 +87,52 @@ def check_exact_kv(runner, batch: int = 2, prompt_len: int = 256) -> float:
     return float((ours - ref).norm() / ref.norm())
 
 
+def init_tp(args: argparse.Namespace) -> tuple[str, bool]:
+    """Join the torchrun process group for TP > 1; returns (this rank's device, whether this rank reports)."""
+    if args.tp == 1:
+        return args.device, True
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "-1"))
+    if local < 0:
+        raise SystemExit(f"--tp {args.tp} runs one process per GPU: torchrun --nproc-per-node {args.tp} ...")
+    if args.device.startswith("cuda"):
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo", timeout=timedelta(minutes=3))
+    return (f"cuda:{local}" if args.device.startswith("cuda") else args.device), dist.get_rank() == 0
+
+
+def min_over_ranks(value: int, tp: int) -> int:
+    if tp == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.long, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
 def measure(args: argparse.Namespace) -> int:
     from validate.runners.torch_gpu import TorchGpuRunner
 
-    runner = TorchGpuRunner(MODEL, model_path=args.model_path, device=args.device, dtype=args.dtype,
+    device, reports = init_tp(args)
+    runner = TorchGpuRunner(MODEL, model_path=args.model_path, device=device, dtype=args.dtype, tp_size=args.tp,
                             use_cuda_graph=False if args.no_cuda_graph else None)  # fmt: skip
     facts = runner.device_facts()
     stack = Stack(MODEL, args.system or system_of(facts["device"]), "vllm")
     store = MeasurementStore(args.out)
-    done = store.keys()
+    done = store.keys()  # every rank must run the same probes (collectives), so all read the same file
     points = tuple(tuple(int(x) for x in p.split(":")) for p in args.points) if args.points else DECODE_POINTS
-    probes = plan(stack, tuple(args.isl or ISLS), points, runner.kv_capacity_tokens())
-    summary = {"stack": stack.to_dict(), **facts, "failed": []}
+    capacity = min_over_ranks(runner.kv_capacity_tokens(), args.tp)
+    probes = plan(stack, Candidate(Mapping.TP, args.tp), tuple(args.isl or ISLS), points, capacity)
+    summary = {"stack": stack.to_dict(), **facts, "tp": args.tp, "failed": []}
     summary["exact_kv_vs_stock_sdpa_rel_err"] = check_exact_kv(runner)
-    print(json.dumps(summary), flush=True)
+    if reports:
+        print(json.dumps(summary), flush=True)
     for p in probes:
         if p.key in done:
             continue
@@ -109,12 +142,14 @@ def measure(args: argparse.Namespace) -> int:
             print(f"FAILED {exc}", flush=True)
             summary["failed"].append(str(exc))
             continue
-        store.append(m)
-        print(row_text(m), flush=True)
+        if reports:
+            store.append(m)
+            print(row_text(m), flush=True)
     runner.close()
-    if args.summary:
-        Path(args.summary).write_text(json.dumps(summary, indent=2))
-    print_table(store.load(), {})
+    if reports:
+        if args.summary:
+            Path(args.summary).write_text(json.dumps(summary, indent=2))
+        print_table(store.load(), {})
     return 1 if summary["failed"] else 0
 
 
@@ -204,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--device", default="cuda")
     m.add_argument("--dtype", default="bfloat16")
     m.add_argument("--no-cuda-graph", action="store_true")
+    m.add_argument("--tp", type=int, default=1, help="tensor parallel size (one process per GPU: torchrun)")
     m.add_argument("--isl", type=int, nargs="*", help=f"prefill ISLs (default {ISLS})")
     m.add_argument("--points", nargs="*", help="decode points as BATCH:CONTEXT (default: the study grid)")
     r = sub.add_parser("report", help="measured vs AIC vLLM estimate (needs aiconfigurator-core)")

@@ -17,9 +17,11 @@ from validate.runners.torch_gpu import (  # noqa: E402
     EXACT_KV_ATTENTION,
     ExactKvCache,
     TorchGpuRunner,
+    add_tp_collectives,
     attach_kv_cache,
     last_token_logits,
     register_exact_kv_attention,
+    shard_config,
 )
 
 TINY = {
@@ -157,3 +159,33 @@ def test_bundled_model_id_resolves_to_aic_config():
     pytest.importorskip("aiconfigurator_core")
     path = TorchGpuRunner("meta-llama/Meta-Llama-3.1-8B")._config_source()
     assert json.loads(path.read_text())["num_key_value_heads"] == 8
+
+
+def test_shard_config_splits_heads_mlp_and_vocab():
+    shard = shard_config(TINY, 2)
+    assert (shard["num_attention_heads"], shard["num_key_value_heads"]) == (2, 1)
+    assert (shard["intermediate_size"], shard["vocab_size"], shard["head_dim"]) == (64, 128, 16)
+    assert shard["hidden_size"] == 64
+    with pytest.raises(EngineStartError, match="num_key_value_heads 2 does not split by TP 4"):
+        shard_config(TINY, 4)
+
+
+def test_tp_needs_a_process_group(model_dir):
+    with pytest.raises(EngineStartError, match="process group of 2 ranks"):
+        TorchGpuRunner(model_dir, model_path=model_dir, device="cpu", tp_size=2).load()
+
+
+def test_tp_collectives_keep_a_one_rank_forward_unchanged(tmp_path):
+    """With one rank the all-reduces are identities: the hooked model must give the same logits."""
+    dist = torch.distributed
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        _, model = _twin_models()
+        ids = torch.randint(0, TINY["vocab_size"], (2, 9))
+        with torch.inference_mode():
+            before = last_token_logits(model, ids)
+            add_tp_collectives(model, 1)
+            after = last_token_logits(model, ids)
+        torch.testing.assert_close(after, before)
+    finally:
+        dist.destroy_process_group()

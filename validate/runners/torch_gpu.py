@@ -7,6 +7,10 @@ as a CUDA graph. Attention goes through a function registered in transformers' `
 that reads exactly the valid KV length with ``scaled_dot_product_attention(enable_gqa=True)`` and no
 mask; the stock static-cache path attends over the whole buffer and is 4-10x slower than the floor.
 Every point carries its ratio to the memory-bandwidth floor (weights + KV bytes / copy bandwidth).
+
+Tensor parallel (``tp_size`` > 1, one process per GPU under ``torchrun``): each rank builds the
+Megatron-style shard of the model (heads, KV heads, MLP width and vocabulary split by TP, random
+weights) and all-reduces after the embedding, each attention output and each MLP, as vLLM does.
 """
 
 from __future__ import annotations
@@ -104,6 +108,41 @@ def last_token_logits(model: Any, input_ids: Any, position_ids: Any | None = Non
     return model.get_output_embeddings()(hidden[:, -1:, :])
 
 
+def shard_config(raw: dict[str, Any], tp: int) -> dict[str, Any]:
+    """One rank's shape under Megatron-style TP: heads, KV heads, MLP width and vocabulary split by ``tp``."""
+    heads = int(raw["num_attention_heads"])
+    kv_heads = int(raw.get("num_key_value_heads") or heads)
+    split = {"num_attention_heads": heads, "num_key_value_heads": kv_heads,
+             "intermediate_size": int(raw["intermediate_size"]), "vocab_size": int(raw["vocab_size"])}  # fmt: skip
+    for name, value in split.items():
+        if value % tp:
+            raise EngineStartError(f"{name} {value} does not split by TP {tp}")
+    head_dim = int(raw.get("head_dim") or int(raw["hidden_size"]) // heads)
+    return {**raw, **{k: v // tp for k, v in split.items()}, "head_dim": head_dim}
+
+
+def add_tp_collectives(model: Any, tp: int) -> None:
+    """All-reduce partial sums (embedding, attention output, MLP output); all-gather the vocab-split logits."""
+    import torch.distributed as dist
+
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.13
+
+    def all_reduce(_mod: Any, _inp: Any, out: Any) -> Any:
+        dist.all_reduce(out)
+        return out
+
+    def all_gather(_mod: Any, _inp: Any, out: Any) -> Any:
+        full = out.new_empty((tp * out.shape[0], *out.shape[1:]))
+        gather(full, out.contiguous())
+        return full
+
+    model.get_input_embeddings().register_forward_hook(all_reduce)
+    model.get_output_embeddings().register_forward_hook(all_gather)
+    for name, mod in model.named_modules():
+        if name.endswith(("self_attn.o_proj", "mlp.down_proj")):
+            mod.register_forward_hook(all_reduce)
+
+
 def _kv_shape(config: Any) -> tuple[int, int, int]:
     c = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = int(c.num_attention_heads)
@@ -127,8 +166,9 @@ class TorchGpuRunner(Runner):
 
     ``model`` is the id probes carry (an AIC bundled id or a local directory); ``model_path`` a
     directory with ``config.json`` (and optional safetensors) to build from instead, for machines
-    without aiconfigurator-core. Only TP1 candidates; ``kv_reserve_fraction`` of total memory is kept
-    free for activations and graph pools (vLLM's 0.92 utilisation) when sizing the KV capacity.
+    without aiconfigurator-core. ``kv_reserve_fraction`` of total memory is kept free for activations
+    and graph pools (vLLM's 0.92 utilisation) when sizing the KV capacity. ``tp_size`` > 1 needs an
+    initialised NCCL process group of that size (torchrun) and a ``device`` of this rank.
     """
 
     name = "gpu"
@@ -136,7 +176,8 @@ class TorchGpuRunner(Runner):
 
     def __init__(self, model: str, *, model_path: str | None = None, device: str = "cuda",
                  dtype: str = "bfloat16", use_cuda_graph: bool | None = None, warmup_iters: int = 3,
-                 min_iters: int = 10, kv_reserve_fraction: float = 0.08, seed: int = 0):  # fmt: skip
+                 min_iters: int = 10, kv_reserve_fraction: float = 0.08, tp_size: int = 1,
+                 seed: int = 0):  # fmt: skip
         self.model = model
         self.model_path = model_path
         self.device = device
@@ -145,6 +186,7 @@ class TorchGpuRunner(Runner):
         self.warmup_iters = warmup_iters
         self.min_iters = min_iters
         self.kv_reserve_fraction = kv_reserve_fraction
+        self.tp_size = tp_size
         self.seed = seed
         self._model: Any = None
         self._dev: _Device | None = None
@@ -163,6 +205,9 @@ class TorchGpuRunner(Runner):
             raise EngineStartError(f"device {self.device!r} asked for but torch sees no CUDA GPU")
         if self.graphs and not self.device.startswith("cuda"):
             raise EngineStartError("CUDA graphs need a CUDA device; pass use_cuda_graph=False")
+        if self.tp_size > 1 and not (torch.distributed.is_initialized()
+                                     and torch.distributed.get_world_size() == self.tp_size):  # fmt: skip
+            raise EngineStartError(f"TP {self.tp_size} needs a process group of {self.tp_size} ranks (torchrun)")
         torch.manual_seed(self.seed)
         path = self._config_source()
         try:
@@ -201,12 +246,16 @@ class TorchGpuRunner(Runner):
         register_exact_kv_attention()
         raw = json.loads(config_file.read_text())
         raw.pop("quantization_config", None)  # random bf16 weights; quantised kernels are not ours to measure
+        if self.tp_size > 1:
+            raw = shard_config(raw, self.tp_size)
         config = transformers.AutoConfig.for_model(raw.pop("model_type"), **raw)
         dtype = getattr(torch, self.dtype)
         major = int(transformers.__version__.split(".")[0])
         dtype_kw = {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
         weights = list(config_file.parent.glob("*.safetensors"))
         auto = transformers.AutoModelForCausalLM
+        if weights and self.tp_size > 1:
+            raise EngineStartError("tensor parallel runs use random weights; give a model_path without safetensors")
         if weights:  # real checkpoint
             model = auto.from_pretrained(config_file.parent, attn_implementation=EXACT_KV_ATTENTION,
                                          device_map=self.device, **dtype_kw)  # fmt: skip
@@ -214,6 +263,8 @@ class TorchGpuRunner(Runner):
             with torch.device(self.device):
                 model = auto.from_config(config, attn_implementation=EXACT_KV_ATTENTION, **dtype_kw)
         model = model.to(device=self.device, dtype=dtype).eval()
+        if self.tp_size > 1:
+            add_tp_collectives(model, self.tp_size)
         if not attention_modules(model):
             raise EngineStartError(f"{type(model).__name__}: no attention modules with layer_idx/o_proj found")
         return model
@@ -338,8 +389,8 @@ class TorchGpuRunner(Runner):
     def _check(self, probe: Probe) -> None:
         if probe.kind not in self.kinds:
             raise MeasurementError(f"gpu runner measures prefill and decode probes, not {probe.kind.value}", probe)
-        if probe.candidate.num_gpus != 1:
-            raise MeasurementError(f"gpu runner measures one GPU (TP1), not {probe.candidate.name}", probe)
+        if probe.candidate.name != f"TP{self.tp_size}":
+            raise MeasurementError(f"runner runs TP{self.tp_size}, probe asks {probe.candidate.name}", probe)
         if probe.stack.model != self.model:
             raise MeasurementError(f"runner built for {self.model!r}, probe asks {probe.stack.model!r}", probe)
         if probe.isl < 1 or probe.concurrency < 1:
@@ -363,7 +414,7 @@ class TorchGpuRunner(Runner):
         extra = self._floors(ttft_ms, bytes_moved, flops)
         extra.update(eager_ttft_ms=eager_ms, launch_bound=bool(eager_ms and eager_ms > 1.15 * ttft_ms))
         return self._measurement(probe, samples, extra, ttft_ms=ttft_ms, ttft_std_ms=_std(samples),
-                                 thpt_per_gpu=isl / ttft_ms * 1e3)  # fmt: skip
+                                 thpt_per_gpu=isl / ttft_ms * 1e3 / self.tp_size)  # fmt: skip
 
     def _decode(self, probe: Probe, iters: int, torch: Any) -> Measurement:
         batch, context = probe.concurrency, probe.context_tokens
@@ -385,7 +436,7 @@ class TorchGpuRunner(Runner):
         extra = self._floors(itl_ms, bytes_moved, flops)
         extra.update(eager_itl_ms=eager_ms, kv_tokens_read=need)
         return self._measurement(probe, samples, extra, itl_ms=itl_ms, itl_std_ms=_std(samples),
-                                 thpt_per_gpu=batch / itl_ms * 1e3)  # fmt: skip
+                                 thpt_per_gpu=batch / itl_ms * 1e3 / self.tp_size)  # fmt: skip
 
     def _floors(self, ms: float, bytes_moved: int, flops: float) -> dict[str, Any]:
         bw_floor_ms = bytes_moved / self._dev.copy_bytes_per_s * 1e3
@@ -406,7 +457,7 @@ class TorchGpuRunner(Runner):
         key = "ttft_ms" if probe.kind is ProbeKind.PREFILL else "itl_ms"
         return Measurement(probe=probe, runner=self.name, samples={key: samples},
                            kv_capacity_tokens=self._dev.kv_capacity_tokens,
-                           hardware=f"{self._dev.name} on {platform.node()}", software=dict(self._dev.software),
+                           hardware=f"{self.tp_size} x {self._dev.name} on {platform.node()}", software=dict(self._dev.software),
                            extra=extra, **fields)  # fmt: skip
 
     def close(self) -> None:
