@@ -56,7 +56,9 @@ def _write_k8s(profile: Any, out_dir: Path) -> Path:
     )
 
 
-def write_artifacts(profile: Any, out_dir: str | Path, *, plots: bool = True, validation: Any = None) -> list[Path]:
+def write_artifacts(
+    profile: Any, out_dir: str | Path, *, plots: bool = True, validation: Any = None
+) -> list[Path]:
     """Write every output file of ``profile`` (a ``pipeline.Profile``) under ``out_dir``; return their paths.
 
     ``validation`` (optional, from ``validate``) is recorded in ``report.json``.
@@ -77,4 +79,4 @@ def write_artifacts(profile: Any, out_dir: str | Path, *, plots: bool = True, va
     return paths
 
 
-__all__ = ["write_artifacts", "summary_text", "report_dict", "deployment_name", "CONFIG_WITH_PLANNER_FILE"]
+__all__ = ["CONFIG_WITH_PLANNER_FILE", "deployment_name", "report_dict", "summary_text", "write_artifacts"]

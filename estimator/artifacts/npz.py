@@ -9,13 +9,12 @@ This is the only module that knows Dynamo's key names:
   ``z_thpt_per_gpu`` (output tokens/s/GPU); all 1-D float64, one entry per (context, concurrency) point.
 
 The same data as plain dicts of lists (``prefill_raw_data`` / ``decode_raw_data``) fill the
-``planner-profile-data`` ConfigMap, where ``max_kv_tokens`` is a scalar. Files are deterministic:
-the zip members carry a fixed timestamp, so the same surfaces write byte-identical files.
+``planner-profile-data`` ConfigMap, where ``max_kv_tokens`` is a scalar. The same surfaces write
+byte-identical files (no timestamps inside).
 """
 
 from __future__ import annotations
 
-import io
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ DECODE_DIR = "selected_decode_interpolation"
 RAW_DATA_FILE = "raw_data.npz"
 PREFILL_KEYS = ("prefill_isl", "prefill_ttft", "prefill_thpt_per_gpu")
 DECODE_KEYS = ("max_kv_tokens", "x_kv_usage", "y_context_length", "z_itl", "z_thpt_per_gpu")
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp; fixed for reproducible files
 
 
 def prefill_arrays(surface: PrefillSurface) -> dict[str, np.ndarray]:
@@ -66,17 +64,11 @@ def decode_raw_data(surface: DecodeSurface) -> dict[str, Any]:
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Like ``np.savez`` (stored, ``<key>.npy`` members) but with fixed member timestamps."""
+    """``np.savez`` as Dynamo writes it. Deterministic: zipfile stamps members written through
+    ``ZipFile.open(name, "w")`` with the fixed 1980-01-01 date (checked by tests/test_artifacts.py)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key, arr in arrays.items():
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, member.getvalue())
-    path.write_bytes(buf.getvalue())
+    with path.open("wb") as fh:
+        np.savez(fh, **arrays)
     return path
 
 
@@ -99,7 +91,9 @@ def _read(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         raise SlaEstimateError(f"cannot read {path}: {exc}") from exc
     lengths = {arr.shape for k, arr in arrays.items() if k != "max_kv_tokens"}
     if len(lengths) != 1 or len(next(iter(lengths))) != 1:
-        raise SlaEstimateError(f"{path}: arrays must be 1-D and of equal length, got shapes {sorted(lengths)}")
+        raise SlaEstimateError(
+            f"{path}: arrays must be 1-D and of equal length, got shapes {sorted(lengths)}"
+        )
     return arrays
 
 
@@ -118,23 +112,25 @@ def read_prefill_npz(path: str | Path) -> dict[str, np.ndarray]:
 def read_decode_npz(path: str | Path) -> dict[str, np.ndarray]:
     arrays = _read(_resolve(path, DECODE_DIR), DECODE_KEYS)
     if arrays["max_kv_tokens"].shape != (1,):
-        raise SlaEstimateError(f"max_kv_tokens must be a 1-element array, got shape {arrays['max_kv_tokens'].shape}")
+        raise SlaEstimateError(
+            f"max_kv_tokens must be a 1-element array, got shape {arrays['max_kv_tokens'].shape}"
+        )
     return arrays
 
 
 __all__ = [
-    "PREFILL_DIR",
     "DECODE_DIR",
-    "RAW_DATA_FILE",
-    "PREFILL_KEYS",
     "DECODE_KEYS",
-    "prefill_arrays",
+    "PREFILL_DIR",
+    "PREFILL_KEYS",
+    "RAW_DATA_FILE",
     "decode_arrays",
-    "prefill_raw_data",
     "decode_raw_data",
+    "prefill_arrays",
+    "prefill_raw_data",
+    "read_decode_npz",
+    "read_prefill_npz",
+    "write_decode_npz",
     "write_npz",
     "write_prefill_npz",
-    "write_decode_npz",
-    "read_prefill_npz",
-    "read_decode_npz",
 ]

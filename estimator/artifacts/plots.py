@@ -36,7 +36,9 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError as exc:  # pragma: no cover - matplotlib is a core dependency today
-        raise ImportError("plots need matplotlib: pip install 'sla-estimate[plot]' or pass --no-plots") from exc
+        raise ImportError(
+            "plots need matplotlib: pip install 'sla-estimate[plot]' or pass --no-plots"
+        ) from exc
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -68,8 +70,16 @@ def plot_prefill_performance(
         ax.errorbar(p.ttft_ms, p.thpt_per_gpu, xerr=err, fmt="o", ms=8, capsize=4, label=p.candidate.name)
         ax.annotate(p.candidate.name, (p.ttft_ms, p.thpt_per_gpu), xytext=(6, 6), textcoords="offset points")
     best = selection.best_prefill.point
-    ax.scatter([best.ttft_ms], [best.thpt_per_gpu], s=320, facecolors="none", edgecolors=_SELECTED, linewidths=2,
-               label=f"selected: {chosen.name}", zorder=5)  # fmt: skip
+    ax.scatter(
+        [best.ttft_ms],
+        [best.thpt_per_gpu],
+        s=320,
+        facecolors="none",
+        edgecolors=_SELECTED,
+        linewidths=2,
+        label=f"selected: {chosen.name}",
+        zorder=5,
+    )
     ax.axvline(ttft_target_ms, color=_TARGET, ls="--", label=f"TTFT target {ttft_target_ms:g} ms")
     ax.set_xlabel("Time to first token, TTFT (ms)")
     ax.set_ylabel("Prefill throughput (tokens/s/GPU)")
@@ -91,14 +101,24 @@ def plot_decode_performance(
     chosen = selection.best_decode
     for s in sorted(sweeps, key=lambda q: (q.candidate.mapping.value, q.candidate.num_gpus)):
         b = best_by_name.get(s.candidate.name)
-        label = f"{s.candidate.name} (KV {s.kv_capacity_tokens:,} tok)" + (f", best n={b.concurrency}" if b else "")
+        label = f"{s.candidate.name} (KV {s.kv_capacity_tokens:,} tok)" + (
+            f", best n={b.concurrency}" if b else ""
+        )
         (line,) = ax.plot(s.itl_ms, s.thpt_per_gpu, "o-", ms=3, label=label)
         if _has_band(s.itl_low_ms, s.itl_high_ms):
             ax.fill_betweenx(s.thpt_per_gpu, s.itl_low_ms, s.itl_high_ms, color=line.get_color(), alpha=0.15)
         if b is not None:
             ax.plot([b.itl_ms], [b.thpt_per_gpu], "D", ms=8, color=line.get_color(), mec="k")
-    ax.scatter([chosen.itl_ms], [chosen.thpt_per_gpu], s=320, facecolors="none", edgecolors=_SELECTED, linewidths=2,
-               label=f"selected: {chosen.candidate.name}, n={chosen.concurrency}", zorder=5)  # fmt: skip
+    ax.scatter(
+        [chosen.itl_ms],
+        [chosen.thpt_per_gpu],
+        s=320,
+        facecolors="none",
+        edgecolors=_SELECTED,
+        linewidths=2,
+        label=f"selected: {chosen.candidate.name}, n={chosen.concurrency}",
+        zorder=5,
+    )
     ax.axvline(itl_target_ms, color=_TARGET, ls="--", label=f"ITL target {itl_target_ms:g} ms")
     ctx = sweeps[0].context_tokens if sweeps else 0
     ax.set_xlabel("Inter-token latency, ITL (ms)")
@@ -122,11 +142,23 @@ def plot_prefill_interpolation(
     thpt_lo = prefill_thpt_per_gpu(c, surface.isl, surface.ttft_high_ms)  # slower prefill, lower throughput
     thpt_hi = prefill_thpt_per_gpu(c, surface.isl, surface.ttft_low_ms)
     series = (
-        ("prefill_ttft_interpolation.png", surface.ttft_ms, surface.ttft_low_ms, surface.ttft_high_ms,
-         "Time to first token, TTFT (ms)", "TTFT"),
-        ("prefill_throughput_interpolation.png", surface.thpt_per_gpu, thpt_lo, thpt_hi,
-         "Prefill throughput (tokens/s/GPU)", "Throughput"),
-    )  # fmt: skip
+        (
+            "prefill_ttft_interpolation.png",
+            surface.ttft_ms,
+            surface.ttft_low_ms,
+            surface.ttft_high_ms,
+            "Time to first token, TTFT (ms)",
+            "TTFT",
+        ),
+        (
+            "prefill_throughput_interpolation.png",
+            surface.thpt_per_gpu,
+            thpt_lo,
+            thpt_hi,
+            "Prefill throughput (tokens/s/GPU)",
+            "Throughput",
+        ),
+    )
     for name, y, lo, hi, ylabel, what in series:
         fig, ax = plt.subplots(figsize=(8, 5))
         ax.plot(surface.isl, y, "o-", ms=3, label=f"{c.name} estimate")
@@ -142,7 +174,9 @@ def plot_prefill_interpolation(
             ax.set_ylim(bottom=0)
         ax.set_xlabel("Input sequence length, ISL (tokens, log scale)")
         ax.set_ylabel(ylabel + (", log scale" if what == "TTFT" else ""))
-        ax.set_title(f"Prefill {what} vs ISL, selected engine {c.name} ({c.num_gpus} GPU{'s' * (c.num_gpus > 1)})")
+        ax.set_title(
+            f"Prefill {what} vs ISL, selected engine {c.name} ({c.num_gpus} GPU{'s' * (c.num_gpus > 1)})"
+        )
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         paths.append(_save(fig, out_dir / name))
@@ -162,7 +196,13 @@ def plot_decode_surfaces(surface: DecodeSurface, context_tokens: int, out_dir: P
     paths = []
     series = (
         ("decode_itl_interpolation.png", surface.itl_ms, "ITL (ms)", "Decode ITL", cm.coolwarm),
-        ("decode_throughput_interpolation.png", surface.thpt_per_gpu, "tokens/s/GPU", "Decode throughput", cm.viridis),
+        (
+            "decode_throughput_interpolation.png",
+            surface.thpt_per_gpu,
+            "tokens/s/GPU",
+            "Decode throughput",
+            cm.viridis,
+        ),
     )
     gx, gy = np.meshgrid(np.linspace(0, x.max(), 60), np.linspace(logy.min(), logy.max(), 60))
     for name, z, zlabel, title, cmap in series:
@@ -170,14 +210,30 @@ def plot_decode_surfaces(surface: DecodeSurface, context_tokens: int, out_dir: P
         gz = griddata((x, logy), z, (gx, gy), method="linear")  # NaN outside the sampled hull: left blank
         fig = plt.figure(figsize=(9, 7))
         ax = fig.add_subplot(111, projection="3d")
-        surf = ax.plot_surface(gx, gy, np.ma.masked_invalid(gz), cmap=cmap, vmin=np.nanmin(z), vmax=np.nanmax(z),
-                               linewidth=0, antialiased=True, alpha=0.8)  # fmt: skip
+        surf = ax.plot_surface(
+            gx,
+            gy,
+            np.ma.masked_invalid(gz),
+            cmap=cmap,
+            vmin=np.nanmin(z),
+            vmax=np.nanmax(z),
+            linewidth=0,
+            antialiased=True,
+            alpha=0.8,
+        )
         ax.scatter(x, logy, z, s=6, c="k", depthshade=False, label="sampled points")
         row = np.isclose(surface.context_tokens, context_tokens)
         if np.any(row):
             order = np.argsort(x[row])
-            ax.plot(x[row][order], logy[row][order], z[row][order], color="k", lw=2.5, zorder=10,
-                    label=f"workload context {context_tokens} tokens")  # fmt: skip
+            ax.plot(
+                x[row][order],
+                logy[row][order],
+                z[row][order],
+                color="k",
+                lw=2.5,
+                zorder=10,
+                label=f"workload context {context_tokens} tokens",
+            )
         cbar = fig.colorbar(surf, ax=ax, shrink=0.55, aspect=12, pad=0.1)
         cbar.set_label(zlabel)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{10**v:,.0f}"))
@@ -196,7 +252,9 @@ def write_plots(profile: Any, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     spec, sel = profile.spec, profile.selection
     paths = [
-        plot_prefill_performance(profile.prefill_points, sel, spec.ttft_ms, spec.isl, out / "prefill_performance.png"),
+        plot_prefill_performance(
+            profile.prefill_points, sel, spec.ttft_ms, spec.isl, out / "prefill_performance.png"
+        ),
         plot_decode_performance(profile.decode_sweeps, sel, spec.itl_ms, out / "decode_performance.png"),
     ]
     paths += plot_prefill_interpolation(profile.prefill_surface, spec.isl, spec.ttft_ms, out / PREFILL_DIR)
@@ -206,9 +264,9 @@ def write_plots(profile: Any, out_dir: str | Path) -> list[Path]:
 
 
 __all__ = [
-    "write_plots",
-    "plot_prefill_performance",
     "plot_decode_performance",
-    "plot_prefill_interpolation",
     "plot_decode_surfaces",
+    "plot_prefill_interpolation",
+    "plot_prefill_performance",
+    "write_plots",
 ]

@@ -14,7 +14,7 @@ import enum
 import json
 import math
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -60,8 +60,13 @@ def package_versions() -> dict[str, str | None]:
 
 
 def _prefill_point(p: PrefillPoint) -> dict[str, Any]:
-    return {"isl": p.isl, "ttft_ms": p.ttft_ms, "ttft_low_ms": p.ttft_low_ms, "ttft_high_ms": p.ttft_high_ms,
-            "thpt_per_gpu": p.thpt_per_gpu}  # fmt: skip
+    return {
+        "isl": p.isl,
+        "ttft_ms": p.ttft_ms,
+        "ttft_low_ms": p.ttft_low_ms,
+        "ttft_high_ms": p.ttft_high_ms,
+        "thpt_per_gpu": p.thpt_per_gpu,
+    }
 
 
 def _decode_sweep(s: DecodeSweep) -> dict[str, Any]:
@@ -78,8 +83,13 @@ def _decode_sweep(s: DecodeSweep) -> dict[str, Any]:
 
 
 def _prefill_choice(rank: int, c: PrefillChoice) -> dict[str, Any]:
-    return {"rank": rank, "candidate": c.candidate.name, "num_gpus": c.candidate.num_gpus,
-            "meets_sla": c.meets_sla, **_prefill_point(c.point)}  # fmt: skip
+    return {
+        "rank": rank,
+        "candidate": c.candidate.name,
+        "num_gpus": c.candidate.num_gpus,
+        "meets_sla": c.meets_sla,
+        **_prefill_point(c.point),
+    }
 
 
 def _decode_choice(rank: int, c: DecodeChoice) -> dict[str, Any]:
@@ -108,33 +118,48 @@ def _candidates(profile: Any) -> list[dict[str, Any]]:
     out = []
     for cand in profile.candidates:
         s = sweeps.get(cand)
-        out.append({
-            **cand.to_dict(),
-            "kv_capacity_tokens": s.kv_capacity_tokens if s else None,
-            "prefill": _prefill_point(prefill[cand]) if cand in prefill else None,
-            "decode": _decode_sweep(s) if s else None,
-            "prefill_rank": p_rank.get(cand),
-            "decode_rank": d_rank.get(cand),
-            "rejected": rejected.get(cand),
-        })  # fmt: skip
+        out.append(
+            {
+                **cand.to_dict(),
+                "kv_capacity_tokens": s.kv_capacity_tokens if s else None,
+                "prefill": _prefill_point(prefill[cand]) if cand in prefill else None,
+                "decode": _decode_sweep(s) if s else None,
+                "prefill_rank": p_rank.get(cand),
+                "decode_rank": d_rank.get(cand),
+                "rejected": rejected.get(cand),
+            }
+        )
     return out
 
 
 def _surfaces(ps: PrefillSurface, ds: DecodeSurface) -> dict[str, Any]:
     return {
-        "prefill": {"candidate": ps.candidate.name, "isl": ps.isl, "ttft_ms": ps.ttft_ms,
-                    "ttft_low_ms": ps.ttft_low_ms, "ttft_high_ms": ps.ttft_high_ms, "thpt_per_gpu": ps.thpt_per_gpu},
-        "decode": {"candidate": ds.candidate.name, "kv_capacity_tokens": ds.kv_capacity_tokens,
-                   "kv_usage": ds.kv_usage, "context_tokens": ds.context_tokens, "concurrency": ds.concurrency,
-                   "itl_ms": ds.itl_ms, "itl_low_ms": ds.itl_low_ms, "itl_high_ms": ds.itl_high_ms,
-                   "thpt_per_gpu": ds.thpt_per_gpu},
-    }  # fmt: skip
+        "prefill": {
+            "candidate": ps.candidate.name,
+            "isl": ps.isl,
+            "ttft_ms": ps.ttft_ms,
+            "ttft_low_ms": ps.ttft_low_ms,
+            "ttft_high_ms": ps.ttft_high_ms,
+            "thpt_per_gpu": ps.thpt_per_gpu,
+        },
+        "decode": {
+            "candidate": ds.candidate.name,
+            "kv_capacity_tokens": ds.kv_capacity_tokens,
+            "kv_usage": ds.kv_usage,
+            "context_tokens": ds.context_tokens,
+            "concurrency": ds.concurrency,
+            "itl_ms": ds.itl_ms,
+            "itl_low_ms": ds.itl_low_ms,
+            "itl_high_ms": ds.itl_high_ms,
+            "thpt_per_gpu": ds.thpt_per_gpu,
+        },
+    }
 
 
 def report_dict(profile: Any, *, validation: Any = None, created: datetime | None = None) -> dict[str, Any]:
     """The report as a JSON-safe dict (``created`` defaults to now, UTC)."""
     spec, sel = profile.spec, profile.selection
-    created = created or datetime.now(timezone.utc)
+    created = created or datetime.now(UTC)
     report = {
         "format_version": REPORT_FORMAT_VERSION,
         "created_utc": created.isoformat(timespec="seconds"),
@@ -146,8 +171,13 @@ def report_dict(profile: Any, *, validation: Any = None, created: datetime | Non
         "spec": spec.to_dict(),
         "stack": profile.stack.to_dict(),
         "workload": {"isl": spec.isl, "osl": spec.osl, "decode_context_tokens": spec.decode_context_tokens},
-        "sla": {"ttft_ms": spec.ttft_ms, "itl_ms": spec.itl_ms, "met": sel.sla_met,
-                "prefill_met": sel.best_prefill.meets_sla, "decode_met": sel.best_decode.meets_sla},
+        "sla": {
+            "ttft_ms": spec.ttft_ms,
+            "itl_ms": spec.itl_ms,
+            "met": sel.sla_met,
+            "prefill_met": sel.best_prefill.meets_sla,
+            "decode_met": sel.best_decode.meets_sla,
+        },
         "candidates": _candidates(profile),
         "rejections": [{**r.candidate.to_dict(), "reason": r.reason} for r in profile.rejections],
         "selection": {
@@ -164,7 +194,7 @@ def report_dict(profile: Any, *, validation: Any = None, created: datetime | Non
         "warnings": list(sel.warnings),
         "timings_s": dict(profile.timings_s),
         "surfaces": _surfaces(profile.prefill_surface, profile.decode_surface),
-    }  # fmt: skip
+    }
     if validation is not None:
         report["validation"] = validation.to_dict() if hasattr(validation, "to_dict") else validation
     return jsonable(report)
@@ -174,9 +204,14 @@ def _sizing(sel: Selection) -> dict[str, Any] | None:
     z = sel.sizing
     if z is None:
         return None
-    return {"request_rate": z.request_rate, "prefill_replicas": z.prefill_replicas,
-            "decode_replicas": z.decode_replicas, "prefill_gpus": z.prefill_gpus, "decode_gpus": z.decode_gpus,
-            "total_gpus": z.total_gpus}  # fmt: skip
+    return {
+        "request_rate": z.request_rate,
+        "prefill_replicas": z.prefill_replicas,
+        "decode_replicas": z.decode_replicas,
+        "prefill_gpus": z.prefill_gpus,
+        "decode_gpus": z.decode_gpus,
+        "total_gpus": z.total_gpus,
+    }
 
 
 def write_report(profile: Any, out_dir: str | Path, *, validation: Any = None) -> Path:
@@ -201,14 +236,18 @@ def _band(value: float, low: float, high: float, fmt: str) -> str:
 
 def _prefill_line(c: PrefillChoice) -> str:
     p = c.point
-    return (f"{c.candidate.name} ({_gpus(c.candidate)}): TTFT {_band(p.ttft_ms, p.ttft_low_ms, p.ttft_high_ms, '.1f')}, "
-            f"{p.thpt_per_gpu:,.0f} tokens/s/GPU{'' if c.meets_sla else '  [misses TTFT]'}")  # fmt: skip
+    ttft = _band(p.ttft_ms, p.ttft_low_ms, p.ttft_high_ms, ".1f")
+    miss = "" if c.meets_sla else "  [misses TTFT]"
+    return f"{c.candidate.name} ({_gpus(c.candidate)}): TTFT {ttft}, {p.thpt_per_gpu:,.0f} tokens/s/GPU{miss}"
 
 
 def _decode_line(c: DecodeChoice) -> str:
-    return (f"{c.candidate.name} ({_gpus(c.candidate)}): ITL {_band(c.itl_ms, c.itl_low_ms, c.itl_high_ms, '.2f')} "
-            f"at concurrency {c.concurrency} (KV usage {c.kv_usage:.1%}), "
-            f"{c.thpt_per_gpu:,.0f} tokens/s/GPU{'' if c.meets_sla else '  [misses ITL]'}")  # fmt: skip
+    itl = _band(c.itl_ms, c.itl_low_ms, c.itl_high_ms, ".2f")
+    miss = "" if c.meets_sla else "  [misses ITL]"
+    return (
+        f"{c.candidate.name} ({_gpus(c.candidate)}): ITL {itl} at concurrency {c.concurrency} "
+        f"(KV usage {c.kv_usage:.1%}), {c.thpt_per_gpu:,.0f} tokens/s/GPU{miss}"
+    )
 
 
 def summary_text(profile: Any, *, validation: Any = None) -> str:
@@ -216,9 +255,11 @@ def summary_text(profile: Any, *, validation: Any = None) -> str:
     spec, sel = profile.spec, profile.selection
     prov = profile.provenance
     version = prov.get("backend_version_resolved") or spec.backend_version or "current"
+    stack = f"{spec.model} on {spec.system}, {spec.backend.value} {version} (source: {prov.get('source')})"
+    sla = f"TTFT <= {spec.ttft_ms:g} ms, ITL <= {spec.itl_ms:g} ms"
     lines = [
-        f"sla-estimate: {spec.model} on {spec.system}, {spec.backend.value} {version} (source: {prov.get('source')})",
-        f"Workload: ISL {spec.isl}, OSL {spec.osl}.  SLA: TTFT <= {spec.ttft_ms:g} ms, ITL <= {spec.itl_ms:g} ms",
+        f"sla-estimate: {stack}",
+        f"Workload: ISL {spec.isl}, OSL {spec.osl}.  SLA: {sla}",
         "",
         f"Prefill engine: {_prefill_line(sel.best_prefill)}",
         f"Decode engine:  {_decode_line(sel.best_decode)}",
@@ -227,8 +268,12 @@ def summary_text(profile: Any, *, validation: Any = None) -> str:
     if sel.sla_met:
         lines.append("SLA: met by both engines.")
     else:
-        lines += ["!" * 78, "!!! WARNING: THE SLA IS NOT MET. The engines above are the closest, not a fit.",
-                  *(f"!!! {w}" for w in sel.warnings), "!" * 78]  # fmt: skip
+        lines += [
+            "!" * 78,
+            "!!! WARNING: THE SLA IS NOT MET. The engines above are the closest, not a fit.",
+            *(f"!!! {w}" for w in sel.warnings),
+            "!" * 78,
+        ]
     b = sel.bounds
     lines += [
         "",
@@ -238,13 +283,22 @@ def summary_text(profile: Any, *, validation: Any = None) -> str:
     ]
     if sel.sizing is not None:
         z = sel.sizing
-        lines += ["", f"Sizing at {z.request_rate:g} requests/s: {z.prefill_replicas} prefill x "
-                  f"{sel.best_prefill.candidate.name} + {z.decode_replicas} decode x {sel.best_decode.candidate.name} "
-                  f"= {z.total_gpus} GPUs ({z.prefill_gpus} prefill, {z.decode_gpus} decode)"]  # fmt: skip
+        p_name, d_name = sel.best_prefill.candidate.name, sel.best_decode.candidate.name
+        sizing = (
+            f"Sizing at {z.request_rate:g} requests/s: {z.prefill_replicas} prefill x {p_name} + "
+            f"{z.decode_replicas} decode x {d_name} = {z.total_gpus} GPUs "
+            f"({z.prefill_gpus} prefill, {z.decode_gpus} decode)"
+        )
+        lines += ["", sizing]
     n = spec.num_alternatives
     if n and (len(sel.prefill) > 1 or len(sel.decode) > 1):
-        lines += ["", f"Alternatives (next {n} of each; within the SLA by tokens/s/GPU, then the rest by latency):"]
-        lines += [f"  prefill #{i}: {_prefill_line(c)}" for i, c in enumerate(sel.prefill[1 : n + 1], start=2)]
+        lines += [
+            "",
+            f"Alternatives (next {n} of each; within the SLA by tokens/s/GPU, then the rest by latency):",
+        ]
+        lines += [
+            f"  prefill #{i}: {_prefill_line(c)}" for i, c in enumerate(sel.prefill[1 : n + 1], start=2)
+        ]
         lines += [f"  decode  #{i}: {_decode_line(c)}" for i, c in enumerate(sel.decode[1 : n + 1], start=2)]
     if profile.rejections:
         lines += ["", "Rejected candidates:"]
@@ -254,4 +308,4 @@ def summary_text(profile: Any, *, validation: Any = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["REPORT_FILE", "report_dict", "write_report", "summary_text", "jsonable", "package_versions"]
+__all__ = ["REPORT_FILE", "jsonable", "package_versions", "report_dict", "summary_text", "write_report"]
