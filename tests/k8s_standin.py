@@ -19,17 +19,24 @@ import json
 import re
 import socket
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 DGD_CRD = "dynamographdeployments.nvidia.com"
-_KINDS = {"pods": ("v1", "Pod"), "services": ("v1", "Service"), "configmaps": ("v1", "ConfigMap"),
-          "deployments": ("apps/v1", "Deployment"),
-          "dynamographdeployments": ("nvidia.com/v1alpha1", "DynamoGraphDeployment")}  # fmt: skip
-_NAMESPACED = re.compile(r"^/(api/v1|apis/[^/]+/[^/]+)/namespaces/([^/]+)/([^/]+)(?:/([^/]+))?(?:/(portforward))?$")
+_KINDS = {
+    "pods": ("v1", "Pod"),
+    "services": ("v1", "Service"),
+    "configmaps": ("v1", "ConfigMap"),
+    "deployments": ("apps/v1", "Deployment"),
+    "dynamographdeployments": ("nvidia.com/v1alpha1", "DynamoGraphDeployment"),
+}
+_NAMESPACED = re.compile(
+    r"^/(api/v1|apis/[^/]+/[^/]+)/namespaces/([^/]+)/([^/]+)(?:/([^/]+))?(?:/(portforward))?$"
+)
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # Pod states a script can name. Each maps to a V1PodStatus-shaped dict.
@@ -37,34 +44,74 @@ STATES = ("pending", "starting", "ready", "oomkilled", "crashloop", "imagepull",
 
 
 def pod_status(state: str, container: str, image: str) -> dict[str, Any]:
-    def cstatus(ready: bool, st: dict[str, Any], last: dict[str, Any] | None = None, restarts: int = 0) -> list[dict]:
-        return [{"name": container, "image": image, "imageID": "", "ready": ready, "restartCount": restarts,
-                 "state": st, "lastState": last or {}}]  # fmt: skip
+    def cstatus(
+        ready: bool, st: dict[str, Any], last: dict[str, Any] | None = None, restarts: int = 0
+    ) -> list[dict]:
+        return [
+            {
+                "name": container,
+                "image": image,
+                "imageID": "",
+                "ready": ready,
+                "restartCount": restarts,
+                "state": st,
+                "lastState": last or {},
+            }
+        ]
 
     sched = {"type": "PodScheduled", "status": "True"}
     if state == "unschedulable":
         msg = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
-        return {"phase": "Pending",
-                "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}]}  # fmt: skip
+        return {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg}
+            ],
+        }
     if state == "pending":
-        return {"phase": "Pending", "conditions": [sched], "containerStatuses": cstatus(False, {"waiting": {"reason": "ContainerCreating"}})}
+        return {
+            "phase": "Pending",
+            "conditions": [sched],
+            "containerStatuses": cstatus(False, {"waiting": {"reason": "ContainerCreating"}}),
+        }
     if state == "imagepull":
         waiting = {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}
-        return {"phase": "Pending", "conditions": [sched], "containerStatuses": cstatus(False, {"waiting": waiting})}
+        return {
+            "phase": "Pending",
+            "conditions": [sched],
+            "containerStatuses": cstatus(False, {"waiting": waiting}),
+        }
     running = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
     not_ready = {"type": "Ready", "status": "False", "reason": "ContainersNotReady"}
     if state == "starting":
-        return {"phase": "Running", "conditions": [sched, not_ready], "containerStatuses": cstatus(False, running)}
+        return {
+            "phase": "Running",
+            "conditions": [sched, not_ready],
+            "containerStatuses": cstatus(False, running),
+        }
     if state == "ready":
-        return {"phase": "Running", "conditions": [sched, {"type": "Ready", "status": "True"}],
-                "containerStatuses": cstatus(True, running)}  # fmt: skip
+        return {
+            "phase": "Running",
+            "conditions": [sched, {"type": "Ready", "status": "True"}],
+            "containerStatuses": cstatus(True, running),
+        }
     if state == "oomkilled":
         term = {"terminated": {"reason": "OOMKilled", "exitCode": 137}}
-        return {"phase": "Running", "conditions": [sched, not_ready], "containerStatuses": cstatus(False, term, restarts=0)}
+        return {
+            "phase": "Running",
+            "conditions": [sched, not_ready],
+            "containerStatuses": cstatus(False, term, restarts=0),
+        }
     if state == "crashloop":
-        waiting = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}}
+        waiting = {
+            "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}
+        }
         last = {"terminated": {"reason": "Error", "exitCode": 1}}
-        return {"phase": "Running", "conditions": [sched, not_ready], "containerStatuses": cstatus(False, waiting, last, 3)}
+        return {
+            "phase": "Running",
+            "conditions": [sched, not_ready],
+            "containerStatuses": cstatus(False, waiting, last, 3),
+        }
     raise ValueError(f"unknown pod state {state!r}; known: {STATES}")
 
 
@@ -88,7 +135,9 @@ class StandIn:
     created: list[tuple[str, str, str]] = field(default_factory=list)  # every create, in order
     deleted: list[tuple[str, str, str]] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)  # pods port-forwarded to
-    objects_created: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # kept after delete
+    objects_created: dict[tuple[str, str, str], dict[str, Any]] = field(
+        default_factory=dict
+    )  # kept after delete
     max_live: dict[str, int] = field(default_factory=dict)  # most objects of a kind alive at once
     pod_lists: int = 0  # pod list calls (controller ticks)
     _pods: dict[tuple[str, str], _Pod] = field(default_factory=dict)
@@ -105,7 +154,9 @@ class StandIn:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self.url
 
     @property
@@ -164,7 +215,9 @@ class StandIn:
                 return 200, _status(200, "deleted") if plural in ("deployments", "configmaps") else obj
             return 405, _status(405, f"{method} not supported")
 
-    def _pods_rest(self, method: str, ns: str, name: str | None, query: dict[str, list[str]]) -> tuple[int, Any]:
+    def _pods_rest(
+        self, method: str, ns: str, name: str | None, query: dict[str, list[str]]
+    ) -> tuple[int, Any]:
         if method == "GET" and not name:
             self.pod_lists += 1
             items = []
@@ -188,8 +241,12 @@ class StandIn:
         if (plural, ns, name) in self.objects:
             return 409, _status(409, f'{plural} "{name}" already exists')
         obj = json.loads(json.dumps(body))
-        obj["metadata"] |= {"namespace": ns, "uid": f"uid-{next(self._ids)}", "resourceVersion": str(next(self._ids)),
-                            "creationTimestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}  # fmt: skip
+        obj["metadata"] |= {
+            "namespace": ns,
+            "uid": f"uid-{next(self._ids)}",
+            "resourceVersion": str(next(self._ids)),
+            "creationTimestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
         key = (plural, ns, name)
         self.objects[key] = obj
         self.objects_created[key] = obj
@@ -198,21 +255,31 @@ class StandIn:
         self.max_live[plural] = max(self.max_live.get(plural, 0), alive)
         if plural == "deployments":
             tmpl = obj["spec"]["template"]
-            self._add_pod(key, f"{name}-7d4b9-x2k4q", tmpl["metadata"].get("labels", {}), tmpl["spec"], "engine")
+            self._add_pod(
+                key, f"{name}-7d4b9-x2k4q", tmpl["metadata"].get("labels", {}), tmpl["spec"], "engine"
+            )
         elif plural == "dynamographdeployments":
             for svc_name, svc in obj["spec"]["services"].items():
                 main = svc.get("extraPodSpec", {}).get("mainContainer", {})
-                labels = {"nvidia.com/dynamo-graph-deployment-name": name,
-                          "nvidia.com/dynamo-component-type": svc.get("componentType", ""),
-                          "nvidia.com/dynamo-component": svc_name}  # fmt: skip
+                labels = {
+                    "nvidia.com/dynamo-graph-deployment-name": name,
+                    "nvidia.com/dynamo-component-type": svc.get("componentType", ""),
+                    "nvidia.com/dynamo-component": svc_name,
+                }
                 spec = {"containers": [{"name": "main", "image": main.get("image", "")}]}
                 self._add_pod(key, f"{name}-{svc_name.lower()}-0", labels, spec, svc_name)
         return 201, obj
 
-    def _add_pod(self, owner: tuple[str, str, str], name: str, labels: dict, spec: dict, component: str) -> None:
+    def _add_pod(
+        self, owner: tuple[str, str, str], name: str, labels: dict, spec: dict, component: str
+    ) -> None:
         ns = owner[1]
-        obj = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": dict(labels)},
-               "spec": json.loads(json.dumps(spec))}  # fmt: skip
+        obj = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": dict(labels)},
+            "spec": json.loads(json.dumps(spec)),
+        }
         self._pods[(ns, name)] = _Pod(obj, owner, tuple(self.script(owner[2], component)))
         self.created.append(("pods", ns, name))
 
@@ -231,28 +298,48 @@ class StandIn:
     @staticmethod
     def _node(i: int, gpus: int) -> dict[str, Any]:
         alloc = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(gpus)}
-        return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"gpu-node-{i}"},
-                "status": {"allocatable": alloc, "capacity": alloc}}  # fmt: skip
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": f"gpu-node-{i}"},
+            "status": {"allocatable": alloc, "capacity": alloc},
+        }
 
 
 def _select(items: list[dict[str, Any]], query: dict[str, list[str]]) -> list[dict[str, Any]]:
     """Equality-based label selectors (``a=b,c=d``), the only kind the runner sends."""
     selector = (query.get("labelSelector") or [""])[0]
     wanted = dict(part.split("=", 1) for part in selector.split(",") if part)
-    return [o for o in items if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())]
+    return [
+        o for o in items if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
+    ]
 
 
 def _status(code: int, message: str) -> dict[str, Any]:
     reason = {404: "NotFound", 409: "AlreadyExists", 405: "MethodNotAllowed"}.get(code, "")
-    return {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Success" if code < 300 else "Failure",
-            "message": message, "reason": reason, "code": code}  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "metadata": {},
+        "status": "Success" if code < 300 else "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def _crd() -> dict[str, Any]:
-    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": DGD_CRD},
-            "spec": {"group": "nvidia.com", "scope": "Namespaced",
-                     "names": {"kind": "DynamoGraphDeployment", "plural": "dynamographdeployments"},
-                     "versions": [{"name": "v1alpha1", "served": True, "storage": True}]}}  # fmt: skip
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": DGD_CRD},
+        "spec": {
+            "group": "nvidia.com",
+            "scope": "Namespaced",
+            "names": {"kind": "DynamoGraphDeployment", "plural": "dynamographdeployments"},
+            "versions": [{"name": "v1alpha1", "served": True, "storage": True}],
+        },
+    }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -268,7 +355,9 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         if parts.path.endswith("/portforward") and self.headers.get("Upgrade", "").lower() == "websocket":
             return self._port_forward(parts.path, parse_qs(parts.query))
-        code, payload = self.cluster.handle(method, parts.path, parse_qs(parts.query), json.loads(raw) if raw else None)
+        code, payload = self.cluster.handle(
+            method, parts.path, parse_qs(parts.query), json.loads(raw) if raw else None
+        )
         data = json.dumps(payload).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -290,7 +379,9 @@ class _Handler(BaseHTTPRequestHandler):
         m = _NAMESPACED.match(path)
         pod = m.group(4) if m else ""
         port = int((query.get("ports") or ["0"])[0])
-        accept = base64.b64encode(hashlib.sha1((self.headers["Sec-WebSocket-Key"] + _WS_GUID).encode()).digest())
+        accept = base64.b64encode(
+            hashlib.sha1((self.headers["Sec-WebSocket-Key"] + _WS_GUID).encode()).digest()
+        )
         self.send_response(101, "Switching Protocols")
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
@@ -303,8 +394,13 @@ class _Handler(BaseHTTPRequestHandler):
 
         def send(payload: bytes, opcode: int = 2) -> None:
             n = len(payload)
-            head = bytes([0x80 | opcode]) + (bytes([n]) if n < 126 else bytes([126]) + n.to_bytes(2, "big")
-                                             if n < 65536 else bytes([127]) + n.to_bytes(8, "big"))  # fmt: skip
+            head = bytes([0x80 | opcode]) + (
+                bytes([n])
+                if n < 126
+                else bytes([126]) + n.to_bytes(2, "big")
+                if n < 65536
+                else bytes([127]) + n.to_bytes(8, "big")
+            )
             with lock:
                 ws.sendall(head + payload)
 

@@ -17,24 +17,47 @@ import pytest
 import yaml
 
 from estimator.artifacts.k8s import (
-    PROFILE_CONFIGMAP, config_with_planner, engine_args, render_config_with_planner, write_config_with_planner, Role,
-)  # fmt: skip
+    PROFILE_CONFIGMAP,
+    Role,
+    config_with_planner,
+    engine_args,
+    render_config_with_planner,
+    write_config_with_planner,
+)
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import SpecError
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 K8S_SCHEMA_VERSION = "1.33.0"
 
-PREFILL_RAW = {"prefill_isl": [100, 1000, 4000], "prefill_ttft": [8.5, 40.25, 160.0],
-               "prefill_thpt_per_gpu": [5882.4, 12422.4, 12500.0]}  # fmt: skip
-DECODE_RAW = {"x_kv_usage": [0.01, 0.2, 0.5], "y_context_length": [3075, 3075, 6000], "z_itl": [4.8, 6.1, 9.7],
-              "z_thpt_per_gpu": [51.2, 400.0, 820.5], "max_kv_tokens": 446_000}  # fmt: skip
+PREFILL_RAW = {
+    "prefill_isl": [100, 1000, 4000],
+    "prefill_ttft": [8.5, 40.25, 160.0],
+    "prefill_thpt_per_gpu": [5882.4, 12422.4, 12500.0],
+}
+DECODE_RAW = {
+    "x_kv_usage": [0.01, 0.2, 0.5],
+    "y_context_length": [3075, 3075, 6000],
+    "z_itl": [4.8, 6.1, 9.7],
+    "z_thpt_per_gpu": [51.2, 400.0, 820.5],
+    "max_kv_tokens": 446_000,
+}
 
 
 def _docs(**overrides):
-    kw = dict(name="qwen3-sla", namespace="llm", model="Qwen/Qwen3-32B", backend="vllm",
-              prefill=Candidate(Mapping.TP, 4), decode=Candidate(Mapping.TP, 2), ttft_ms=200.0, itl_ms=20.0,
-              prefill_raw=PREFILL_RAW, decode_raw=DECODE_RAW, planner_args=(("adjustment-interval", "60"),))  # fmt: skip
+    kw = dict(
+        name="qwen3-sla",
+        namespace="llm",
+        model="Qwen/Qwen3-32B",
+        backend="vllm",
+        prefill=Candidate(Mapping.TP, 4),
+        decode=Candidate(Mapping.TP, 2),
+        ttft_ms=200.0,
+        itl_ms=20.0,
+        prefill_raw=PREFILL_RAW,
+        decode_raw=DECODE_RAW,
+        planner_args=(("adjustment-interval", "60"),),
+    )
     kw.update(overrides)
     return list(yaml.safe_load_all(render_config_with_planner(**kw)))
 
@@ -87,8 +110,16 @@ def test_dgd_structure_per_backend(backend):
     for name, svc in services.items():
         assert isinstance(svc["replicas"], int) and svc["replicas"] >= 1
         assert svc["dynamoNamespace"] == "qwen3-sla"
-        assert set(svc) <= {"dynamoNamespace", "componentType", "subComponentType", "replicas", "envFromSecret",
-                            "resources", "multinode", "extraPodSpec"}, name  # fmt: skip
+        assert set(svc) <= {
+            "dynamoNamespace",
+            "componentType",
+            "subComponentType",
+            "replicas",
+            "envFromSecret",
+            "resources",
+            "multinode",
+            "extraPodSpec",
+        }, name
         assert all(isinstance(a, str) for a in svc["extraPodSpec"]["mainContainer"].get("args", []))
         _validate(_as_pod(svc))
     workers = {s["subComponentType"]: s for s in services.values() if s["componentType"] == "worker"}
@@ -103,41 +134,126 @@ def test_planner_args_mount_and_passthrough():
     main = planner["extraPodSpec"]["mainContainer"]
     assert main["command"] == ["python3", "-m", "dynamo.planner.planner_sla"]
     assert main["args"] == [
-        "--environment=kubernetes", "--backend=vllm", "--ttft=200", "--itl=20", "--prefill-engine-num-gpu=4",
-        "--decode-engine-num-gpu=2", "--profile-results-dir=/workspace/profiling_results",
-        "--adjustment-interval=60", "--load-predictor=arima",
-    ]  # fmt: skip
-    assert main["volumeMounts"] == [{"name": PROFILE_CONFIGMAP, "mountPath": "/workspace/profiling_results", "readOnly": True}]
-    assert planner["extraPodSpec"]["volumes"] == [{"name": PROFILE_CONFIGMAP, "configMap": {"name": PROFILE_CONFIGMAP}}]
+        "--environment=kubernetes",
+        "--backend=vllm",
+        "--ttft=200",
+        "--itl=20",
+        "--prefill-engine-num-gpu=4",
+        "--decode-engine-num-gpu=2",
+        "--profile-results-dir=/workspace/profiling_results",
+        "--adjustment-interval=60",
+        "--load-predictor=arima",
+    ]
+    assert main["volumeMounts"] == [
+        {"name": PROFILE_CONFIGMAP, "mountPath": "/workspace/profiling_results", "readOnly": True}
+    ]
+    assert planner["extraPodSpec"]["volumes"] == [
+        {"name": PROFILE_CONFIGMAP, "configMap": {"name": PROFILE_CONFIGMAP}}
+    ]
     assert "resources" not in planner
 
 
 def test_profile_dir_and_image_are_used():
     _, dgd = _docs(profile_results_dir="/data/prof", image="registry.local/dynamo:1.0")
     planner = dgd["spec"]["services"]["Planner"]["extraPodSpec"]["mainContainer"]
-    assert "--profile-results-dir=/data/prof" in planner["args"] and planner["volumeMounts"][0]["mountPath"] == "/data/prof"
-    assert {s["extraPodSpec"]["mainContainer"]["image"] for s in dgd["spec"]["services"].values()} == {"registry.local/dynamo:1.0"}
+    assert (
+        "--profile-results-dir=/data/prof" in planner["args"]
+        and planner["volumeMounts"][0]["mountPath"] == "/data/prof"
+    )
+    assert {s["extraPodSpec"]["mainContainer"]["image"] for s in dgd["spec"]["services"].values()} == {
+        "registry.local/dynamo:1.0"
+    }
 
 
 # Expected worker arguments, written out by hand (not derived from the module's table).
 EXPECTED = {
-    ("vllm", "TP4", "prefill"): ["-m", "dynamo.vllm", "--model", "M", "--tensor-parallel-size", "4", "--is-prefill-worker"],
+    ("vllm", "TP4", "prefill"): [
+        "-m",
+        "dynamo.vllm",
+        "--model",
+        "M",
+        "--tensor-parallel-size",
+        "4",
+        "--is-prefill-worker",
+    ],
     ("vllm", "TP2", "decode"): ["-m", "dynamo.vllm", "--model", "M", "--tensor-parallel-size", "2"],
-    ("vllm", "TEP8", "prefill"): ["-m", "dynamo.vllm", "--model", "M", "--tensor-parallel-size", "8",
-                                  "--enable-expert-parallel", "--is-prefill-worker"],
-    ("vllm", "DEP8", "decode"): ["-m", "dynamo.vllm", "--model", "M", "--tensor-parallel-size", "1",
-                                 "--data-parallel-size", "8", "--enable-expert-parallel"],
-    ("sglang", "TP4", "prefill"): ["-m", "dynamo.sglang", "--model-path", "M", "--served-model-name", "M", "--tp", "4",
-                                   "--disaggregation-mode", "prefill", "--disaggregation-transfer-backend", "nixl",
-                                   "--disaggregation-bootstrap-port", "12345"],
-    ("sglang", "TEP8", "prefill"): ["-m", "dynamo.sglang", "--model-path", "M", "--served-model-name", "M", "--tp", "8",
-                                    "--ep-size", "8", "--disaggregation-mode", "prefill",
-                                    "--disaggregation-transfer-backend", "nixl", "--disaggregation-bootstrap-port", "12345"],
-    ("sglang", "DEP8", "decode"): ["-m", "dynamo.sglang", "--model-path", "M", "--served-model-name", "M", "--tp", "8",
-                                   "--dp", "8", "--enable-dp-attention", "--ep-size", "8", "--disaggregation-mode",
-                                   "decode", "--disaggregation-transfer-backend", "nixl",
-                                   "--disaggregation-bootstrap-port", "12345"],
-}  # fmt: skip
+    ("vllm", "TEP8", "prefill"): [
+        "-m",
+        "dynamo.vllm",
+        "--model",
+        "M",
+        "--tensor-parallel-size",
+        "8",
+        "--enable-expert-parallel",
+        "--is-prefill-worker",
+    ],
+    ("vllm", "DEP8", "decode"): [
+        "-m",
+        "dynamo.vllm",
+        "--model",
+        "M",
+        "--tensor-parallel-size",
+        "1",
+        "--data-parallel-size",
+        "8",
+        "--enable-expert-parallel",
+    ],
+    ("sglang", "TP4", "prefill"): [
+        "-m",
+        "dynamo.sglang",
+        "--model-path",
+        "M",
+        "--served-model-name",
+        "M",
+        "--tp",
+        "4",
+        "--disaggregation-mode",
+        "prefill",
+        "--disaggregation-transfer-backend",
+        "nixl",
+        "--disaggregation-bootstrap-port",
+        "12345",
+    ],
+    ("sglang", "TEP8", "prefill"): [
+        "-m",
+        "dynamo.sglang",
+        "--model-path",
+        "M",
+        "--served-model-name",
+        "M",
+        "--tp",
+        "8",
+        "--ep-size",
+        "8",
+        "--disaggregation-mode",
+        "prefill",
+        "--disaggregation-transfer-backend",
+        "nixl",
+        "--disaggregation-bootstrap-port",
+        "12345",
+    ],
+    ("sglang", "DEP8", "decode"): [
+        "-m",
+        "dynamo.sglang",
+        "--model-path",
+        "M",
+        "--served-model-name",
+        "M",
+        "--tp",
+        "8",
+        "--dp",
+        "8",
+        "--enable-dp-attention",
+        "--ep-size",
+        "8",
+        "--disaggregation-mode",
+        "decode",
+        "--disaggregation-transfer-backend",
+        "nixl",
+        "--disaggregation-bootstrap-port",
+        "12345",
+    ],
+}
 
 
 @pytest.mark.parametrize("backend,cand,role", list(EXPECTED))
@@ -148,13 +264,41 @@ def test_worker_flags(backend, cand, role):
     assert _worker_args(dgd, role) == EXPECTED[(backend, cand, role)]
 
 
-@pytest.mark.parametrize("cand,expected", [
-    ("TP4", {"tensor_parallel_size": 4, "cache_transceiver_config": {"backend": "DEFAULT"}, "disable_overlap_scheduler": True}),
-    ("TEP8", {"tensor_parallel_size": 8, "moe_expert_parallel_size": 8, "moe_tensor_parallel_size": 1,
-              "enable_attention_dp": False, "cache_transceiver_config": {"backend": "DEFAULT"}, "disable_overlap_scheduler": True}),
-    ("DEP8", {"tensor_parallel_size": 8, "moe_expert_parallel_size": 8, "moe_tensor_parallel_size": 1,
-              "enable_attention_dp": True, "cache_transceiver_config": {"backend": "DEFAULT"}, "disable_overlap_scheduler": True}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "cand,expected",
+    [
+        (
+            "TP4",
+            {
+                "tensor_parallel_size": 4,
+                "cache_transceiver_config": {"backend": "DEFAULT"},
+                "disable_overlap_scheduler": True,
+            },
+        ),
+        (
+            "TEP8",
+            {
+                "tensor_parallel_size": 8,
+                "moe_expert_parallel_size": 8,
+                "moe_tensor_parallel_size": 1,
+                "enable_attention_dp": False,
+                "cache_transceiver_config": {"backend": "DEFAULT"},
+                "disable_overlap_scheduler": True,
+            },
+        ),
+        (
+            "DEP8",
+            {
+                "tensor_parallel_size": 8,
+                "moe_expert_parallel_size": 8,
+                "moe_tensor_parallel_size": 1,
+                "enable_attention_dp": True,
+                "cache_transceiver_config": {"backend": "DEFAULT"},
+                "disable_overlap_scheduler": True,
+            },
+        ),
+    ],
+)
 def test_trtllm_parallelism_goes_into_engine_args(cand, expected):
     _, dgd = _docs(backend="trtllm", model="M", prefill=Candidate.parse(cand))
     args = _worker_args(dgd, "prefill")
@@ -184,31 +328,58 @@ def test_prefix_cache_flags_only_when_asked():
 
 
 def test_write_config_with_planner(tmp_path):
-    path = write_config_with_planner(tmp_path / "out" / "config_with_planner.yaml", **dict(
-        name="x", namespace=None, model="M", backend="vllm", prefill=Candidate(Mapping.TP, 1),
-        decode=Candidate(Mapping.TP, 1), ttft_ms=50, itl_ms=5, prefill_raw=PREFILL_RAW, decode_raw=DECODE_RAW))  # fmt: skip
+    path = write_config_with_planner(
+        tmp_path / "out" / "config_with_planner.yaml",
+        **dict(
+            name="x",
+            namespace=None,
+            model="M",
+            backend="vllm",
+            prefill=Candidate(Mapping.TP, 1),
+            decode=Candidate(Mapping.TP, 1),
+            ttft_ms=50,
+            itl_ms=5,
+            prefill_raw=PREFILL_RAW,
+            decode_raw=DECODE_RAW,
+        ),
+    )
     cm, dgd = yaml.safe_load_all(path.read_text())
     assert "namespace" not in cm["metadata"] and "namespace" not in dgd["metadata"]
-    assert config_with_planner(name="x", namespace=None, model="M", backend="vllm", prefill=Candidate(Mapping.TP, 1),
-                               decode=Candidate(Mapping.TP, 1), ttft_ms=50, itl_ms=5, prefill_raw=PREFILL_RAW,
-                               decode_raw=DECODE_RAW) == [cm, dgd]  # fmt: skip
+    assert config_with_planner(
+        name="x",
+        namespace=None,
+        model="M",
+        backend="vllm",
+        prefill=Candidate(Mapping.TP, 1),
+        decode=Candidate(Mapping.TP, 1),
+        ttft_ms=50,
+        itl_ms=5,
+        prefill_raw=PREFILL_RAW,
+        decode_raw=DECODE_RAW,
+    ) == [cm, dgd]
 
 
-@pytest.mark.parametrize("overrides,field", [
-    ({"backend": "tgi"}, "backend"),
-    ({"name": "Bad_Name"}, "name"),
-    ({"namespace": "UPPER"}, "namespace"),
-    ({"ttft_ms": 0}, "ttft_ms"),
-    ({"itl_ms": float("nan")}, "itl_ms"),
-    ({"prefill_raw": PREFILL_RAW | {"prefill_ttft": [1.0, 2.0]}}, "prefill_raw"),
-    ({"prefill_raw": {"prefill_isl": [1]}}, "prefill_raw"),
-    ({"decode_raw": DECODE_RAW | {"z_itl": [1.0, float("inf"), 2.0]}}, "decode_raw.z_itl"),
-    ({"decode_raw": {k: v for k, v in DECODE_RAW.items() if k != "max_kv_tokens"}}, "decode_raw.max_kv_tokens"),
-    ({"decode_raw": DECODE_RAW | {"max_kv_tokens": [1, 2]}}, "decode_raw.max_kv_tokens"),
-    ({"planner_args": (("planner-ttft", "10"),)}, "planner_args"),
-    ({"planner_args": (("prefill-engine-num-gpu", "2"),)}, "planner_args"),
-    ({"decode_replicas": 0}, "decode_replicas"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        ({"backend": "tgi"}, "backend"),
+        ({"name": "Bad_Name"}, "name"),
+        ({"namespace": "UPPER"}, "namespace"),
+        ({"ttft_ms": 0}, "ttft_ms"),
+        ({"itl_ms": float("nan")}, "itl_ms"),
+        ({"prefill_raw": PREFILL_RAW | {"prefill_ttft": [1.0, 2.0]}}, "prefill_raw"),
+        ({"prefill_raw": {"prefill_isl": [1]}}, "prefill_raw"),
+        ({"decode_raw": DECODE_RAW | {"z_itl": [1.0, float("inf"), 2.0]}}, "decode_raw.z_itl"),
+        (
+            {"decode_raw": {k: v for k, v in DECODE_RAW.items() if k != "max_kv_tokens"}},
+            "decode_raw.max_kv_tokens",
+        ),
+        ({"decode_raw": DECODE_RAW | {"max_kv_tokens": [1, 2]}}, "decode_raw.max_kv_tokens"),
+        ({"planner_args": (("planner-ttft", "10"),)}, "planner_args"),
+        ({"planner_args": (("prefill-engine-num-gpu", "2"),)}, "planner_args"),
+        ({"decode_replicas": 0}, "decode_replicas"),
+    ],
+)
 def test_bad_input_raises_spec_error_naming_the_field(overrides, field):
     with pytest.raises(SpecError) as info:
         _docs(**overrides)

@@ -34,6 +34,7 @@ pytest.importorskip("kubernetes")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 from k8s_standin import StandIn  # noqa: E402
+
 from validate.runners import k8s as k8s_runner  # noqa: E402
 from validate.runners.k8s import KubernetesRunner, measurement_graph, plain_manifests  # noqa: E402
 
@@ -97,8 +98,12 @@ class _ProbeRunner(Runner):
         if self.raise_exc is not None:
             raise self.raise_exc
         r = self.client.get("/health")
-        return Measurement(probe=probe, runner=self.name, ttft_ms=r.elapsed.total_seconds() * 1e3,
-                           extra={"status": r.status_code})  # fmt: skip
+        return Measurement(
+            probe=probe,
+            runner=self.name,
+            ttft_ms=r.elapsed.total_seconds() * 1e3,
+            extra={"status": r.status_code},
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -154,16 +159,25 @@ def test_plain_deployment_happy_path_with_the_real_endpoint_runner(cluster):
     model = client.V1Deployment.from_dict(dep)
     container = model.spec.template.spec.containers[0]
     assert container.command == ["vllm", "serve"]
-    assert container.args == [STACK.model, "--host", "0.0.0.0", "--port", "8000", "--tensor-parallel-size", "2",
-                              "--no-enable-prefix-caching"]  # fmt: skip
+    assert container.args == [
+        STACK.model,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--tensor-parallel-size",
+        "2",
+        "--no-enable-prefix-caching",
+    ]
     assert container.resources.limits == {"nvidia.com/gpu": "2"}
     assert container.readiness_probe.http_get.path == "/health"
     assert model.metadata.labels["app.kubernetes.io/managed-by"] == "sla-estimate"
     assert client.V1Service.from_dict(svc).spec.selector == model.spec.selector.match_labels
     decode_dep = cluster.objects_created[deployments[1]]
     assert decode_dep["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "--enable-prefix-caching"
-    assert cluster.forwarded and all(p.startswith(deployments[0][2]) or p.startswith(deployments[1][2])
-                                     for p in cluster.forwarded)  # fmt: skip
+    assert cluster.forwarded and all(
+        p.startswith(deployments[0][2]) or p.startswith(deployments[1][2]) for p in cluster.forwarded
+    )
     assert cluster.live() == []
 
 
@@ -178,7 +192,14 @@ def test_dynamo_graph_deployment_when_the_crd_exists(cluster):
     worker = services["VllmWorker"]
     assert worker["resources"] == {"limits": {"gpu": "2"}} and worker["componentType"] == "worker"
     assert worker["extraPodSpec"]["mainContainer"]["args"] == [
-        "-m", "dynamo.vllm", "--model", STACK.model, "--tensor-parallel-size", "2", "--no-enable-prefix-caching"]
+        "-m",
+        "dynamo.vllm",
+        "--model",
+        STACK.model,
+        "--tensor-parallel-size",
+        "2",
+        "--no-enable-prefix-caching",
+    ]
     assert dgd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "sla-estimate"
     assert m.extra["k8s"]["kind"] == "DynamoGraphDeployment" and m.ttft_ms > 0
     assert set(cluster.forwarded) == {f"{dgd_key[2]}-frontend-0"}  # measured through the Frontend pod
@@ -186,10 +207,15 @@ def test_dynamo_graph_deployment_when_the_crd_exists(cluster):
     assert cluster.live() == []
 
 
-@pytest.mark.parametrize("state,reason", [
-    ("oomkilled", "OOMKilled"), ("crashloop", "CrashLoopBackOff"), ("imagepull", "ImagePullBackOff"),
-    ("unschedulable", "Unschedulable"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "state,reason",
+    [
+        ("oomkilled", "OOMKilled"),
+        ("crashloop", "CrashLoopBackOff"),
+        ("imagepull", "ImagePullBackOff"),
+        ("unschedulable", "Unschedulable"),
+    ],
+)
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_failing_pods_fail_fast_and_are_deleted(cluster, state, reason, dynamo):
     cluster.dynamo_crd = dynamo
@@ -247,8 +273,11 @@ def test_sigterm_unwinds_and_handler_is_restored(cluster):
 @pytest.mark.parametrize("node_gpus,dynamo,max_live", [((4,), False, 2), ((2,), False, 1), ((8,), True, 1)])
 def test_measure_many_runs_in_parallel_only_when_gpus_allow(cluster, node_gpus, dynamo, max_live):
     cluster.node_gpus, cluster.dynamo_crd = node_gpus, dynamo
-    cluster.script = lambda owner, component: (("pending", "unschedulable") if "tp1-nc" in owner and component != "Frontend"
-                                               else ("pending", "ready"))  # fmt: skip
+    cluster.script = lambda owner, component: (
+        ("pending", "unschedulable")
+        if "tp1-nc" in owner and component != "Frontend"
+        else ("pending", "ready")
+    )
     probes = [_probe(cand=TP1), _probe(cand=TP2), _probe(ProbeKind.DECODE, cand=TP2), _probe(cand=TP2)]
     with _runner(cluster, endpoint_factory=_ProbeRunner) as runner:
         results = runner.measure_many(probes)
@@ -268,7 +297,9 @@ def test_cluster_gpus_sums_allocatable(cluster):
 
 def test_trtllm_needs_dynamo(cluster):
     with pytest.raises(DeploymentError, match="Dynamo operator"):
-        _runner(cluster, endpoint_factory=_ProbeRunner).measure(_probe(stack=Stack("M", "h100_sxm", "trtllm")))
+        _runner(cluster, endpoint_factory=_ProbeRunner).measure(
+            _probe(stack=Stack("M", "h100_sxm", "trtllm"))
+        )
     assert cluster.live() == []
 
 
@@ -295,25 +326,89 @@ def test_bad_mode():
         KubernetesRunner(mode="helm")
 
 
-@pytest.mark.parametrize("backend,cand", [("vllm", Candidate(Mapping.DEP, 8)), ("sglang", Candidate(Mapping.TEP, 4)),
-                                          ("sglang", TP1)])  # fmt: skip
+@pytest.mark.parametrize(
+    "backend,cand",
+    [("vllm", Candidate(Mapping.DEP, 8)), ("sglang", Candidate(Mapping.TEP, 4)), ("sglang", TP1)],
+)
 def test_runner_manifests_pass_the_schema(backend, cand):
     from kubernetes import client
 
-    dep, svc = plain_manifests(name="sla-x", namespace="bench", backend=backend, model="M", candidate=cand, image=None,
-                               prefix_caching=True, extra_args=("--max-model-len", "4096"),
-                               hf_token_secret="hf-token-secret")  # fmt: skip
+    dep, svc = plain_manifests(
+        name="sla-x",
+        namespace="bench",
+        backend=backend,
+        model="M",
+        candidate=cand,
+        image=None,
+        prefix_caching=True,
+        extra_args=("--max-model-len", "4096"),
+        hf_token_secret="hf-token-secret",
+    )
     for obj in (dep, svc):
         _validate(obj)
     client.V1Deployment.from_dict(dep), client.V1Service.from_dict(svc)
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[-2:] == ["--max-model-len", "4096"]
-    graph = measurement_graph(name="sla-x", namespace="bench", backend=backend, model="M", candidate=cand, image=None,
-                              prefix_caching=True)  # fmt: skip
+    graph = measurement_graph(
+        name="sla-x",
+        namespace="bench",
+        backend=backend,
+        model="M",
+        candidate=cand,
+        image=None,
+        prefix_caching=True,
+    )
     assert graph["metadata"]["namespace"] == "bench" and set(graph["spec"]["services"]) >= {"Frontend"}
 
 
 def test_plain_engine_must_fit_one_node():
     with pytest.raises(DeploymentError, match="one node"):
-        plain_manifests(name="x", namespace="n", backend="vllm", model="M", candidate=Candidate(Mapping.TP, 16),
-                        image=None, prefix_caching=True)  # fmt: skip
+        plain_manifests(
+            name="x",
+            namespace="n",
+            backend="vllm",
+            model="M",
+            candidate=Candidate(Mapping.TP, 16),
+            image=None,
+            prefix_caching=True,
+        )
+
+
+class _Recorder(Runner):
+    """Injected endpoint that records its base URL and measures nothing over the network."""
+
+    urls: list[str] = []
+
+    def __init__(self, base_url: str):
+        self.urls.append(base_url)
+
+    def measure(self, probe: Probe) -> Measurement:
+        return Measurement(probe=probe, runner="recorder", ttft_ms=1.0)
+
+
+@pytest.mark.parametrize("dynamo,service_suffix", [(False, ""), (True, "-frontend")])
+def test_base_url_template_skips_the_port_forward(cluster, dynamo, service_suffix):
+    cluster.dynamo_crd = dynamo
+    _Recorder.urls = []
+    template = "http://{service}.{namespace}.svc.cluster.local:8000"
+    with _runner(cluster, endpoint_factory=_Recorder, base_url=template) as runner:
+        runner.measure(_probe())
+    (name,) = {k[2] for k in cluster.created if k[0] in ("deployments", "dynamographdeployments")}
+    assert _Recorder.urls == [f"http://{name}{service_suffix}.bench.svc.cluster.local:8000"]
+    assert cluster.forwarded == [] and cluster.live() == []
+
+
+def test_interrupt_in_a_parallel_wave_cancels_and_deletes(cluster):
+    class Interrupting(_ProbeRunner):
+        def measure(self, probe):
+            if probe.candidate == TP1:
+                raise KeyboardInterrupt
+            return super().measure(probe)
+
+    cluster.node_gpus = (8,)
+    probes = [_probe(cand=TP1), _probe(cand=TP2), _probe(ProbeKind.DECODE, cand=TP2)]
+    with pytest.raises(KeyboardInterrupt):
+        with _runner(cluster, endpoint_factory=Interrupting) as runner:
+            runner.measure_many(probes)
+    assert cluster.max_live["deployments"] >= 2  # the wave did run side by side
+    assert cluster.live() == []

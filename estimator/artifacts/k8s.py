@@ -7,21 +7,22 @@ SLA Planner that mounts the ConfigMap at its profile results directory. The plan
 Dynamo's ``planner_sla`` command line (``--ttft``/``--itl`` in ms, ``--<flag>=<value>``).
 
 The deployment is described as frozen dataclasses and rendered once. Every backend quirk (module,
-model flag, parallel flags, role flags, prefix caching, images) sits in ``BACKENDS``, one row each.
+model flag, parallel flags, role flags, prefix caching, images) sits in ``k8s_backends.BACKENDS``.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
-from ..candidates import Candidate, Mapping as ParallelMapping
+from ..candidates import Candidate
 from ..errors import SpecError
+from .k8s_backends import Role, backend_flags, engine_args
 
 DGD_GROUP, DGD_VERSION, DGD_PLURAL = "nvidia.com", "v1alpha1", "dynamographdeployments"
 DGD_LABEL_NAME = "nvidia.com/dynamo-graph-deployment-name"  # set by the operator on every pod
@@ -35,128 +36,11 @@ DECODE_KEYS = ("x_kv_usage", "y_context_length", "z_itl", "z_thpt_per_gpu")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
-class Role(str, enum.Enum):
-    PREFILL = "prefill"  # disaggregated prefill worker
-    DECODE = "decode"  # disaggregated decode worker
-    AGG = "agg"  # one worker doing both (what the runner measures)
-
-
-def _vllm_parallel(c: Candidate) -> tuple[str, ...]:
-    if c.mapping is ParallelMapping.DEP:
-        return ("--tensor-parallel-size", "1", "--data-parallel-size", str(c.num_gpus), "--enable-expert-parallel")
-    ep = ("--enable-expert-parallel",) if c.mapping is ParallelMapping.TEP else ()
-    return ("--tensor-parallel-size", str(c.num_gpus), *ep)
-
-
-def _sglang_parallel(c: Candidate) -> tuple[str, ...]:
-    n = str(c.num_gpus)
-    if c.mapping is ParallelMapping.DEP:
-        return ("--tp", n, "--dp", n, "--enable-dp-attention", "--ep-size", n)
-    return ("--tp", n, "--ep-size", n) if c.mapping is ParallelMapping.TEP else ("--tp", n)
-
-
-def _trtllm_engine(c: Candidate, role: Role, prefix_caching: bool | None) -> dict[str, Any]:
-    """TRT-LLM takes parallelism and role settings as LLM-API engine arguments (one JSON flag)."""
-    args: dict[str, Any] = {"tensor_parallel_size": c.num_gpus}
-    if c.mapping is not ParallelMapping.TP:
-        args |= {"moe_expert_parallel_size": c.num_gpus, "moe_tensor_parallel_size": 1}
-        args["enable_attention_dp"] = c.mapping is ParallelMapping.DEP
-    if prefix_caching is not None:
-        args["kv_cache_config"] = {"enable_block_reuse": prefix_caching}
-    if role is not Role.AGG:
-        args["cache_transceiver_config"] = {"backend": "DEFAULT"}
-    if role is Role.PREFILL:
-        args["disable_overlap_scheduler"] = True  # not supported by prefill-only TRT-LLM workers
-    return args
-
-
-_SGLANG_DISAGG = ("--disaggregation-transfer-backend", "nixl", "--disaggregation-bootstrap-port", "12345")
-
-
-@dataclass(frozen=True, slots=True)
-class BackendFlags:
-    """What differs between backends, in one place."""
-
-    module: str  # Dynamo worker: python3 -m <module>
-    runtime: str  # Dynamo runtime image name under nvcr.io/nvidia/ai-dynamo/
-    model_flags: Callable[[str], tuple[str, ...]]
-    parallel: Callable[[Candidate], tuple[str, ...]] | None  # None: engine args carry it (TRT-LLM)
-    role_flags: Mapping[Role, tuple[str, ...]]
-    prefix_cache_flags: Mapping[bool, tuple[str, ...]]
-    worker_names: Mapping[Role, str]  # DGD service names Dynamo's planner looks for
-    serve_command: tuple[str, ...] | None  # plain (non-Dynamo) OpenAI server; None: unsupported
-    serve_model_flag: str | None  # how serve_command takes the model (None: positional)
-    serve_image: str | None
-
-
-BACKENDS: dict[str, BackendFlags] = {
-    "vllm": BackendFlags(
-        module="dynamo.vllm",
-        runtime="vllm-runtime",
-        model_flags=lambda m: ("--model", m),
-        parallel=_vllm_parallel,
-        role_flags={Role.PREFILL: ("--is-prefill-worker",), Role.DECODE: (), Role.AGG: ()},
-        prefix_cache_flags={True: ("--enable-prefix-caching",), False: ("--no-enable-prefix-caching",)},
-        worker_names={Role.PREFILL: "VllmPrefillWorker", Role.DECODE: "VllmDecodeWorker", Role.AGG: "VllmWorker"},
-        serve_command=("vllm", "serve"),
-        serve_model_flag=None,
-        serve_image="vllm/vllm-openai:latest",
-    ),
-    "sglang": BackendFlags(
-        module="dynamo.sglang",
-        runtime="sglang-runtime",
-        model_flags=lambda m: ("--model-path", m, "--served-model-name", m),
-        parallel=_sglang_parallel,
-        role_flags={
-            Role.PREFILL: ("--disaggregation-mode", "prefill", *_SGLANG_DISAGG),
-            Role.DECODE: ("--disaggregation-mode", "decode", *_SGLANG_DISAGG),
-            Role.AGG: (),
-        },
-        prefix_cache_flags={True: (), False: ("--disable-radix-cache",)},
-        worker_names={Role.PREFILL: "prefill", Role.DECODE: "decode", Role.AGG: "decode"},
-        serve_command=("python3", "-m", "sglang.launch_server"),
-        serve_model_flag="--model-path",
-        serve_image="lmsysorg/sglang:latest",
-    ),
-    "trtllm": BackendFlags(
-        module="dynamo.trtllm",
-        runtime="tensorrtllm-runtime",
-        model_flags=lambda m: ("--model-path", m, "--served-model-name", m),
-        parallel=None,
-        role_flags={
-            Role.PREFILL: ("--disaggregation-mode", "prefill"),
-            Role.DECODE: ("--disaggregation-mode", "decode"),
-            Role.AGG: (),
-        },
-        prefix_cache_flags={True: (), False: ()},  # in the engine args
-        worker_names={Role.PREFILL: "TRTLLMPrefillWorker", Role.DECODE: "TRTLLMDecodeWorker", Role.AGG: "TRTLLMWorker"},
-        serve_command=None,
-        serve_model_flag=None,
-        serve_image=None,
-    ),
-}
-
-
-def backend_flags(backend: str) -> BackendFlags:
-    try:
-        return BACKENDS[str(getattr(backend, "value", backend))]
-    except KeyError:
-        raise SpecError("backend", f"{backend!r} is not one of {', '.join(BACKENDS)}") from None
-
-
-def engine_args(backend: str, candidate: Candidate, role: Role, *, prefix_caching: bool | None = None) -> tuple[str, ...]:
-    """Parallel, role and prefix-cache flags of one engine; ``prefix_caching=None`` keeps the engine default."""
-    b = backend_flags(backend)
-    if b.parallel is None:
-        engine = _trtllm_engine(candidate, role, prefix_caching)
-        return (*b.role_flags[role], "--override-engine-args", json.dumps(engine))
-    cache = () if prefix_caching is None else b.prefix_cache_flags[prefix_caching]
-    return (*b.parallel(candidate), *b.role_flags[role], *cache)
-
-
 def check_name(field: str, name: str) -> str:
     if not _DNS_LABEL.match(name):
-        raise SpecError(field, f"{name!r} is not a DNS-1123 label (lowercase letters, digits, '-', at most 63)")
+        raise SpecError(
+            field, f"{name!r} is not a DNS-1123 label (lowercase letters, digits, '-', at most 63)"
+        )
     return name
 
 
@@ -217,8 +101,12 @@ class GraphDeployment:
         if self.labels:
             meta["labels"] = dict(self.labels)
         services = {s.name: s.to_manifest(self.name) for s in self.services}
-        return {"apiVersion": f"{DGD_GROUP}/{DGD_VERSION}", "kind": "DynamoGraphDeployment", "metadata": meta,
-                "spec": {"services": services}}  # fmt: skip
+        return {
+            "apiVersion": f"{DGD_GROUP}/{DGD_VERSION}",
+            "kind": "DynamoGraphDeployment",
+            "metadata": meta,
+            "spec": {"services": services},
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,8 +124,11 @@ class ProfileData:
         if len(kv_list) != 1 or kv_list[0] < 1:
             raise SpecError("decode_raw.max_kv_tokens", f"expected one positive number, got {kv!r}")
         rest = {k: v for k, v in decode_raw.items() if k != "max_kv_tokens"}
-        return cls(_columns("prefill_raw", prefill_raw, PREFILL_KEYS), _columns("decode_raw", rest, DECODE_KEYS),
-                   int(kv_list[0]))  # fmt: skip
+        return cls(
+            _columns("prefill_raw", prefill_raw, PREFILL_KEYS),
+            _columns("decode_raw", rest, DECODE_KEYS),
+            int(kv_list[0]),
+        )
 
     def to_config_map(self, namespace: str | None) -> dict[str, Any]:
         prefill = {k: list(v) for k, v in self.prefill}
@@ -245,8 +136,15 @@ class ProfileData:
         meta: dict[str, Any] = {"name": PROFILE_CONFIGMAP}
         if namespace:
             meta["namespace"] = namespace
-        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
-                "data": {"prefill_raw_data.json": json.dumps(prefill), "decode_raw_data.json": json.dumps(decode)}}  # fmt: skip
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta,
+            "data": {
+                "prefill_raw_data.json": json.dumps(prefill),
+                "decode_raw_data.json": json.dumps(decode),
+            },
+        }
 
 
 def _floats(field: str, values: Any) -> tuple[float, ...]:
@@ -262,13 +160,17 @@ def _floats(field: str, values: Any) -> tuple[float, ...]:
     return out
 
 
-def _columns(field: str, raw: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[tuple[str, tuple[float, ...]], ...]:
+def _columns(
+    field: str, raw: Mapping[str, Any], keys: tuple[str, ...]
+) -> tuple[tuple[str, tuple[float, ...]], ...]:
     if set(raw) != set(keys):
         raise SpecError(field, f"expected keys {', '.join(keys)}, got {', '.join(sorted(raw))}")
     cols = tuple((k, _floats(f"{field}.{k}", raw[k])) for k in keys)
     lengths = {len(v) for _, v in cols}
     if len(lengths) != 1 or 0 in lengths:
-        raise SpecError(field, f"columns must be non-empty and of equal length, got {dict((k, len(v)) for k, v in cols)}")
+        raise SpecError(
+            field, f"columns must be non-empty and of equal length, got {dict((k, len(v)) for k, v in cols)}"
+        )
     return cols
 
 
@@ -277,49 +179,116 @@ def default_image(backend: str) -> str:
     return f"nvcr.io/nvidia/ai-dynamo/{backend_flags(backend).runtime}:{DYNAMO_VERSION}"
 
 
-def worker_service(backend: str, model: str, candidate: Candidate, role: Role, image: str, *, replicas: int = 1,
-                   gpus_per_node: int = 8, prefix_caching: bool | None = None,
-                   env_from_secret: str | None = None) -> DgdService:  # fmt: skip
+def worker_service(
+    backend: str,
+    model: str,
+    candidate: Candidate,
+    role: Role,
+    image: str,
+    *,
+    replicas: int = 1,
+    gpus_per_node: int = 8,
+    prefix_caching: bool | None = None,
+    env_from_secret: str | None = None,
+) -> DgdService:
     b = backend_flags(backend)
-    args = ("-m", b.module, *b.model_flags(model), *engine_args(backend, candidate, role, prefix_caching=prefix_caching))
-    return DgdService(name=b.worker_names[role], component_type="worker", image=image, command=("python3",),
-                      args=args, sub_component_type="prefill" if role is Role.PREFILL else "decode",
-                      replicas=replicas, num_gpus=candidate.num_gpus, gpus_per_node=gpus_per_node,
-                      env_from_secret=env_from_secret)  # fmt: skip
+    args = (
+        "-m",
+        b.module,
+        *b.model_flags(model),
+        *engine_args(backend, candidate, role, prefix_caching=prefix_caching),
+    )
+    return DgdService(
+        name=b.worker_names[role],
+        component_type="worker",
+        image=image,
+        command=("python3",),
+        args=args,
+        sub_component_type="prefill" if role is Role.PREFILL else "decode",
+        replicas=replicas,
+        num_gpus=candidate.num_gpus,
+        gpus_per_node=gpus_per_node,
+        env_from_secret=env_from_secret,
+    )
 
 
 def frontend_service(image: str) -> DgdService:
-    return DgdService(name="Frontend", component_type="frontend", image=image, command=("python3",),
-                      args=("-m", "dynamo.frontend", "--http-port", str(HTTP_PORT)))  # fmt: skip
+    return DgdService(
+        name="Frontend",
+        component_type="frontend",
+        image=image,
+        command=("python3",),
+        args=("-m", "dynamo.frontend", "--http-port", str(HTTP_PORT)),
+    )
 
 
 # Flags the profiler sets from its results; a pass-through of the same name would contradict them.
-_PLANNER_OWNED = ("backend", "ttft", "itl", "prefill-engine-num-gpu", "decode-engine-num-gpu", "profile-results-dir")
+_PLANNER_OWNED = (
+    "backend",
+    "ttft",
+    "itl",
+    "prefill-engine-num-gpu",
+    "decode-engine-num-gpu",
+    "profile-results-dir",
+)
 
 
-def planner_service(backend: str, image: str, *, ttft_ms: float, itl_ms: float, prefill_num_gpus: int,
-                    decode_num_gpus: int, profile_results_dir: str,
-                    planner_args: tuple[tuple[str, str], ...]) -> DgdService:  # fmt: skip
+def planner_service(
+    backend: str,
+    image: str,
+    *,
+    ttft_ms: float,
+    itl_ms: float,
+    prefill_num_gpus: int,
+    decode_num_gpus: int,
+    profile_results_dir: str,
+    planner_args: tuple[tuple[str, str], ...],
+) -> DgdService:
     passthrough = tuple((str(k).removeprefix("--").removeprefix("planner-"), str(v)) for k, v in planner_args)
     owned = [k for k, _ in passthrough if k in _PLANNER_OWNED]
     if owned:
         raise SpecError("planner_args", f"{', '.join(owned)} is set from the profiling results; remove it")
     env = () if any(k == "environment" for k, _ in passthrough) else (("environment", "kubernetes"),)
-    flags = (*env, ("backend", str(getattr(backend, "value", backend))), ("ttft", f"{ttft_ms:g}"), ("itl", f"{itl_ms:g}"),
-             ("prefill-engine-num-gpu", str(prefill_num_gpus)), ("decode-engine-num-gpu", str(decode_num_gpus)),
-             ("profile-results-dir", profile_results_dir), *passthrough)  # fmt: skip
-    return DgdService(name="Planner", component_type="planner", image=image,
-                      command=("python3", "-m", "dynamo.planner.planner_sla"),
-                      args=tuple(f"--{k}={v}" for k, v in flags),
-                      mount_config_map=(PROFILE_CONFIGMAP, profile_results_dir))  # fmt: skip
+    flags = (
+        *env,
+        ("backend", str(getattr(backend, "value", backend))),
+        ("ttft", f"{ttft_ms:g}"),
+        ("itl", f"{itl_ms:g}"),
+        ("prefill-engine-num-gpu", str(prefill_num_gpus)),
+        ("decode-engine-num-gpu", str(decode_num_gpus)),
+        ("profile-results-dir", profile_results_dir),
+        *passthrough,
+    )
+    return DgdService(
+        name="Planner",
+        component_type="planner",
+        image=image,
+        command=("python3", "-m", "dynamo.planner.planner_sla"),
+        args=tuple(f"--{k}={v}" for k, v in flags),
+        mount_config_map=(PROFILE_CONFIGMAP, profile_results_dir),
+    )
 
 
-def config_with_planner(*, name: str, namespace: str | None, model: str, backend: str, prefill: Candidate,
-                        decode: Candidate, ttft_ms: float, itl_ms: float, prefill_raw: Mapping[str, Any],
-                        decode_raw: Mapping[str, Any], planner_args: tuple[tuple[str, str], ...] = (),
-                        image: str | None = None, profile_results_dir: str = DEFAULT_PROFILE_DIR,
-                        prefill_replicas: int = 1, decode_replicas: int = 1, gpus_per_node: int = 8,
-                        hf_token_secret: str | None = "hf-token-secret") -> list[dict[str, Any]]:  # fmt: skip
+def config_with_planner(
+    *,
+    name: str,
+    namespace: str | None,
+    model: str,
+    backend: str,
+    prefill: Candidate,
+    decode: Candidate,
+    ttft_ms: float,
+    itl_ms: float,
+    prefill_raw: Mapping[str, Any],
+    decode_raw: Mapping[str, Any],
+    planner_args: tuple[tuple[str, str], ...] = (),
+    image: str | None = None,
+    profile_results_dir: str = DEFAULT_PROFILE_DIR,
+    prefill_replicas: int = 1,
+    decode_replicas: int = 1,
+    gpus_per_node: int = 8,
+    hf_token_secret: str | None = "hf-token-secret",
+) -> list[dict[str, Any]]:
     """The two manifests (ConfigMap, DynamoGraphDeployment) as plain dicts."""
     check_name("name", name)
     if namespace is not None:
@@ -333,13 +302,31 @@ def config_with_planner(*, name: str, namespace: str | None, model: str, backend
     data = ProfileData.from_raw(prefill_raw, decode_raw)
     image = image or default_image(backend)
     workers = tuple(
-        worker_service(backend, model, cand, role, image, replicas=reps, gpus_per_node=gpus_per_node,
-                       env_from_secret=hf_token_secret)  # fmt: skip
-        for cand, role, reps in ((prefill, Role.PREFILL, prefill_replicas), (decode, Role.DECODE, decode_replicas))
+        worker_service(
+            backend,
+            model,
+            cand,
+            role,
+            image,
+            replicas=reps,
+            gpus_per_node=gpus_per_node,
+            env_from_secret=hf_token_secret,
+        )
+        for cand, role, reps in (
+            (prefill, Role.PREFILL, prefill_replicas),
+            (decode, Role.DECODE, decode_replicas),
+        )
     )
-    planner = planner_service(backend, image, ttft_ms=ttft_ms, itl_ms=itl_ms, prefill_num_gpus=prefill.num_gpus,
-                              decode_num_gpus=decode.num_gpus, profile_results_dir=profile_results_dir,
-                              planner_args=planner_args)  # fmt: skip
+    planner = planner_service(
+        backend,
+        image,
+        ttft_ms=ttft_ms,
+        itl_ms=itl_ms,
+        prefill_num_gpus=prefill.num_gpus,
+        decode_num_gpus=decode.num_gpus,
+        profile_results_dir=profile_results_dir,
+        planner_args=planner_args,
+    )
     dgd = GraphDeployment(name, namespace, (frontend_service(image), planner, *workers))
     return [data.to_config_map(namespace), dgd.to_manifest()]
 

@@ -1,4 +1,4 @@
-"""KubernetesRunner: deploy one engine per candidate, wait until it serves, measure through an endpoint runner.
+"""KubernetesRunner: deploy an engine per candidate, wait until it serves, measure it, delete it.
 
 With the Dynamo operator installed (CRD ``dynamographdeployments.nvidia.com``) an engine is a
 DynamoGraphDeployment with a Frontend and one aggregated worker; otherwise a plain Deployment and
@@ -17,41 +17,43 @@ from __future__ import annotations
 
 import atexit
 import logging
-import select
 import signal
-import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from estimator.artifacts.k8s import (
-    DGD_GROUP, DGD_LABEL_COMPONENT_TYPE, DGD_LABEL_NAME, DGD_PLURAL, DGD_VERSION, HTTP_PORT, GraphDeployment, Role,
-    backend_flags, default_image, engine_args, frontend_service, worker_service,
-)  # fmt: skip
+    DGD_GROUP,
+    DGD_LABEL_COMPONENT_TYPE,
+    DGD_LABEL_NAME,
+    DGD_PLURAL,
+    DGD_VERSION,
+    HTTP_PORT,
+)
 from estimator.candidates import Candidate
 from estimator.errors import DeploymentError, MeasurementError
 from estimator.sources.base import Stack
 
 from ..measurement import Measurement, Probe, ProbeKind
 from .base import Runner
+from .k8s_objects import ENGINE_LABEL, PortForward, measurement_graph, plain_manifests, pod_problem, pod_ready
 
 log = logging.getLogger(__name__)
 
 DGD_CRD = f"{DGD_PLURAL}.{DGD_GROUP}"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "sla-estimate"}
-ENGINE_LABEL = "sla-estimate/engine"
-FAILING_WAIT_REASONS = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
-                                  "CreateContainerConfigError", "CreateContainerError"})  # fmt: skip
 
 
 def _kube() -> Any:
     try:
         import kubernetes
     except ImportError as exc:
-        raise MeasurementError("the k8s runner needs the kubernetes client: pip install 'sla-estimate[k8s]'") from exc
+        raise MeasurementError(
+            "the k8s runner needs the kubernetes client: pip install 'sla-estimate[k8s]'"
+        ) from exc
     return kubernetes
 
 
@@ -75,7 +77,7 @@ class _Engine:
     dynamo: bool
     created: list[tuple[str, str]] = field(default_factory=list)  # (kind, name), in creation order
     endpoint: Runner | None = None
-    forward: _PortForward | None = None
+    forward: PortForward | None = None
 
     @property
     def service(self) -> str:
@@ -86,157 +88,52 @@ class _Engine:
         return f"{DGD_LABEL_NAME}={self.name}" if self.dynamo else f"{ENGINE_LABEL}={self.name}"
 
 
-def pod_problem(pod: Any) -> str | None:
-    """Why a pod will never become ready (a V1Pod), or None while it may still."""
-    st, name = pod.status, pod.metadata.name
-    for c in (st and st.conditions) or ():
-        if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
-            return f"pod {name} Unschedulable: {c.message or ''}".rstrip()
-    for cs in ((st and st.init_container_statuses) or []) + ((st and st.container_statuses) or []):
-        for term in (cs.state and cs.state.terminated, cs.last_state and cs.last_state.terminated):
-            if term is not None and term.reason == "OOMKilled":
-                return f"pod {name} OOMKilled: container {cs.name} ran out of memory (exit {term.exit_code})"
-        waiting = cs.state and cs.state.waiting
-        if waiting is not None and waiting.reason in FAILING_WAIT_REASONS:
-            return f"pod {name} {waiting.reason}: {waiting.message or ''}".rstrip()
-    if st is not None and st.phase == "Failed":
-        return f"pod {name} failed: {st.reason or ''} {st.message or ''}".rstrip()
-    return None
-
-
-def _pod_ready(pod: Any) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in (pod.status and pod.status.conditions) or ())
-
-
-def plain_manifests(*, name: str, namespace: str, backend: str, model: str, candidate: Candidate, image: str | None,
-                    prefix_caching: bool, extra_args: tuple[str, ...] = (), hf_token_secret: str | None = None,
-                    gpus_per_node: int = 8) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """Deployment and Service serving one engine with the backend's own OpenAI server (no Dynamo)."""
-    b = backend_flags(backend)
-    if b.serve_command is None:
-        raise DeploymentError(f"backend {backend!r} needs the Dynamo operator here (no plain server command)")
-    if candidate.num_gpus > gpus_per_node:
-        raise DeploymentError(f"{candidate.name} spans nodes; a plain Deployment runs on one node")
-    model_args = (model,) if b.serve_model_flag is None else (b.serve_model_flag, model)
-    cache = engine_args(backend, candidate, Role.AGG, prefix_caching=prefix_caching)
-    gpus = {"nvidia.com/gpu": str(candidate.num_gpus)}
-    container: dict[str, Any] = {
-        "name": "engine", "image": image or b.serve_image, "command": list(b.serve_command),
-        "args": [*model_args, "--host", "0.0.0.0", "--port", str(HTTP_PORT), *cache, *extra_args],
-        "ports": [{"name": "http", "containerPort": HTTP_PORT}],
-        "resources": {"limits": gpus, "requests": dict(gpus)},
-        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3},
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
-    }  # fmt: skip
-    if hf_token_secret:
-        container["envFrom"] = [{"secretRef": {"name": hf_token_secret}}]
-    labels = {**MANAGED_BY, ENGINE_LABEL: name, "sla-estimate/candidate": candidate.name}
-    meta = {"name": name, "namespace": namespace, "labels": labels}
-    pod_spec = {"containers": [container], "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]}
-    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
-                  "spec": {"replicas": 1, "selector": {"matchLabels": {ENGINE_LABEL: name}},
-                           "template": {"metadata": {"labels": labels}, "spec": pod_spec}}}  # fmt: skip
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": dict(meta),
-               "spec": {"selector": {ENGINE_LABEL: name}, "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}]}}  # fmt: skip
-    return deployment, service
-
-
-def measurement_graph(*, name: str, namespace: str, backend: str, model: str, candidate: Candidate, image: str | None,
-                      prefix_caching: bool, extra_args: tuple[str, ...] = (), hf_token_secret: str | None = None,
-                      gpus_per_node: int = 8) -> dict[str, Any]:  # fmt: skip
-    """A DynamoGraphDeployment with a Frontend and one aggregated worker: the engine under test."""
-    image = image or default_image(backend)
-    worker = worker_service(backend, model, candidate, Role.AGG, image, gpus_per_node=gpus_per_node,
-                            prefix_caching=prefix_caching, env_from_secret=hf_token_secret)  # fmt: skip
-    worker = replace(worker, args=(*worker.args, *extra_args))
-    labels = tuple({**MANAGED_BY, ENGINE_LABEL: name, "sla-estimate/candidate": candidate.name}.items())
-    return GraphDeployment(name, namespace, (frontend_service(image), worker), labels).to_manifest()
-
-
-class _PortForward:
-    """A loopback listener; each accepted connection gets its own port-forward stream to the pod.
-
-    ``kubernetes.stream.portforward`` swaps the transport of the ApiClient it is given while it
-    connects, so each stream gets a private ApiClient built from the shared configuration.
-    """
-
-    def __init__(self, configuration: Any, namespace: str, pod: str, port: int):
-        self._configuration, self._namespace, self._pod, self._port = configuration, namespace, pod, port
-        self._server: socket.socket | None = None
-        self._closed = threading.Event()
-
-    def start(self) -> str:
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self._server.settimeout(0.2)
-        threading.Thread(target=self._accept, name=f"port-forward {self._pod}", daemon=True).start()
-        return f"http://127.0.0.1:{self._server.getsockname()[1]}"
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                conn, _ = self._server.accept()  # type: ignore[union-attr]
-            except (TimeoutError, socket.timeout):
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._splice, args=(conn,), daemon=True).start()
-
-    def _splice(self, conn: socket.socket) -> None:
-        from kubernetes import client
-        from kubernetes.stream import portforward
-
-        pf, api = None, client.ApiClient(self._configuration)
-        try:
-            core = client.CoreV1Api(api)
-            pf = portforward(core.connect_get_namespaced_pod_portforward, self._pod, self._namespace,
-                             ports=str(self._port))  # fmt: skip
-            remote = pf.socket(self._port)
-            remote.setblocking(True)
-            peers = {conn.fileno(): (conn, remote), remote.fileno(): (remote, conn)}
-            while not self._closed.is_set():
-                ready, _, _ = select.select(list(peers), [], [], 0.2)
-                for fd in ready:
-                    src, dst = peers[fd]
-                    data = src.recv(65536)
-                    if not data:
-                        return
-                    dst.sendall(data)
-        except Exception as exc:  # a broken stream shows up as a failed request in the endpoint runner
-            log.warning("port-forward to pod %s failed: %s", self._pod, exc)
-        finally:
-            conn.close()
-            if pf is not None:
-                pf.close()
-            api.close()
-
-    def close(self) -> None:
-        self._closed.set()
-        if self._server is not None:
-            self._server.close()
-
-
 class KubernetesRunner(Runner):
     """Measures probes on engines it deploys to a Kubernetes cluster, then deletes them."""
 
     name = "k8s"
 
-    def __init__(self, *, namespace: str = "default", image: str | None = None, mode: str = "auto",
-                 model: str | None = None, base_url: str | None = None,
-                 endpoint_factory: Callable[[str], Runner] | None = None, api_client: Any = None,
-                 ready_timeout_s: float = 1800.0, delete_timeout_s: float = 300.0, poll_interval_s: float = 2.0,
-                 request_timeout_s: float = 600.0, gpus_per_node: int = 8, hf_token_secret: str | None = None,
-                 extra_args: tuple[str, ...] = (), run_id: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        *,
+        namespace: str = "default",
+        image: str | None = None,
+        mode: str = "auto",
+        model: str | None = None,
+        base_url: str | None = None,
+        endpoint_factory: Callable[[str], Runner] | None = None,
+        api_client: Any = None,
+        ready_timeout_s: float = 1800.0,
+        delete_timeout_s: float = 300.0,
+        poll_interval_s: float = 2.0,
+        request_timeout_s: float = 600.0,
+        gpus_per_node: int = 8,
+        hf_token_secret: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        run_id: str | None = None,
+    ):
         if mode not in ("auto", "dynamo", "plain"):
             raise MeasurementError(f"k8s runner mode must be auto, dynamo or plain, got {mode!r}")
-        self.namespace, self.image, self.mode, self.model, self.base_url = namespace, image, mode, model, base_url
-        self.endpoint_factory, self.api_client = endpoint_factory, api_client
-        self.ready_timeout_s, self.delete_timeout_s, self.poll_interval_s = ready_timeout_s, delete_timeout_s, poll_interval_s
-        self.request_timeout_s, self.gpus_per_node, self.hf_token_secret = request_timeout_s, gpus_per_node, hf_token_secret
-        self.extra_args, self.run_id = tuple(extra_args), run_id or uuid.uuid4().hex[:6]
+        self.namespace = namespace
+        self.image = image
+        self.mode = mode
+        self.model = model
+        self.base_url = base_url
+        self.endpoint_factory = endpoint_factory
+        self.api_client = api_client
+        self.ready_timeout_s = ready_timeout_s
+        self.delete_timeout_s = delete_timeout_s
+        self.poll_interval_s = poll_interval_s
+        self.request_timeout_s = request_timeout_s
+        self.gpus_per_node = gpus_per_node
+        self.hf_token_secret = hf_token_secret
+        self.extra_args = tuple(extra_args)
+        self.run_id = run_id or uuid.uuid4().hex[:6]
         self._lock = threading.Lock()
         self._live: dict[EngineKey, _Engine] = {}
         self._dynamo: bool | None = None
         self._prev_sigterm: Any = None
+        self._cancel = threading.Event()  # set when measure_many is interrupted: workers stop early
 
     # ---- public -----------------------------------------------------------------------------------
     def measure(self, probe: Probe) -> Measurement:
@@ -258,20 +155,20 @@ class KubernetesRunner(Runner):
         for i, p in enumerate(probes):
             groups.setdefault(EngineKey.of(p), []).append(i)
         results: list[Any] = [None] * len(probes)
-        keys = list(groups)
         capacity = 0 if self._use_dynamo() else self.cluster_gpus()
-        waves: list[list[EngineKey]] = []
-        for key in keys:  # first-fit into waves that the cluster can hold at once
-            wave = next((w for w in waves if sum(k.candidate.num_gpus for k in w) + key.candidate.num_gpus <= capacity), None)
-            if wave is None:
-                waves.append([key])
-            else:
-                wave.append(key)
         for other in list(self._live.values()):
             self._stop(other)
-        for wave in waves:
-            with ThreadPoolExecutor(max_workers=len(wave), thread_name_prefix="k8s-engine") as pool:
-                list(pool.map(lambda k: self._run_group(k, [probes[i] for i in groups[k]], groups[k], results), wave))
+        self._cancel.clear()
+        for wave in _waves(list(groups), capacity):
+            pool = ThreadPoolExecutor(max_workers=len(wave), thread_name_prefix="k8s-engine")
+            try:
+                for future in [pool.submit(self._run_group, k, groups[k], probes, results) for k in wave]:
+                    future.result()
+            except BaseException:
+                self._cancel.set()  # Ctrl-C: workers stop at their next step and delete their engines
+                raise
+            finally:
+                pool.shutdown(wait=True)
         return results
 
     def cluster_gpus(self) -> int:
@@ -302,7 +199,9 @@ class KubernetesRunner(Runner):
                 try:
                     k.config.load_incluster_config()
                 except Exception as exc:
-                    raise DeploymentError(f"no Kubernetes configuration (kubeconfig or in-cluster): {exc}") from exc
+                    raise DeploymentError(
+                        f"no Kubernetes configuration (kubeconfig or in-cluster): {exc}"
+                    ) from exc
             self.api_client = k.client.ApiClient()
         return self.api_client
 
@@ -317,18 +216,23 @@ class KubernetesRunner(Runner):
                     self._dynamo = True
                 except k.client.ApiException as exc:
                     if exc.status != 404:
-                        raise DeploymentError(f"cannot look up CRD {DGD_CRD}: HTTP {exc.status} {exc.reason}") from exc
+                        raise DeploymentError(
+                            f"cannot look up CRD {DGD_CRD}: HTTP {exc.status} {exc.reason}"
+                        ) from exc
                     self._dynamo = False
-            log.info("k8s runner deploys %s", "DynamoGraphDeployments" if self._dynamo else "plain Deployments")
+            log.info(
+                "k8s runner deploys %s", "DynamoGraphDeployments" if self._dynamo else "plain Deployments"
+            )
         return self._dynamo
 
-    def _run_group(self, key: EngineKey, probes: list[Probe], idx: list[int], results: list[Any]) -> None:
+    def _run_group(self, key: EngineKey, idx: list[int], probes: list[Probe], results: list[Any]) -> None:
         engine = None
         try:
             engine = self._start(key)
-            for i, probe in zip(idx, probes):
+            for i in idx:
+                self._check_cancelled()
                 try:
-                    results[i] = self._measure_on(engine, probe)
+                    results[i] = self._measure_on(engine, probes[i])
                 except MeasurementError as exc:
                     results[i] = exc
         except MeasurementError as exc:
@@ -347,14 +251,23 @@ class KubernetesRunner(Runner):
         with self._lock:
             self._live[key] = engine
         k = _kube()
-        spec = dict(namespace=self.namespace, backend=key.stack.backend, model=self.model or key.stack.model,
-                    candidate=cand, image=self.image, prefix_caching=key.prefix_caching, extra_args=self.extra_args,
-                    hf_token_secret=self.hf_token_secret, gpus_per_node=self.gpus_per_node)  # fmt: skip
+        spec = dict(
+            namespace=self.namespace,
+            backend=key.stack.backend,
+            model=self.model or key.stack.model,
+            candidate=cand,
+            image=self.image,
+            prefix_caching=key.prefix_caching,
+            extra_args=self.extra_args,
+            hf_token_secret=self.hf_token_secret,
+            gpus_per_node=self.gpus_per_node,
+        )
         try:
             if dynamo:
                 body = measurement_graph(name=name, **spec)
-                self._call("create DynamoGraphDeployment", k.client.CustomObjectsApi(self._api()).create_namespaced_custom_object,
-                           DGD_GROUP, DGD_VERSION, self.namespace, DGD_PLURAL, body)  # fmt: skip
+                custom = k.client.CustomObjectsApi(self._api())
+                create = custom.create_namespaced_custom_object
+                self._call("create DGD", create, DGD_GROUP, DGD_VERSION, self.namespace, DGD_PLURAL, body)
                 engine.created.append(("dgd", name))
             else:
                 deployment, service = plain_manifests(name=name, **spec)
@@ -368,7 +281,7 @@ class KubernetesRunner(Runner):
             if self.base_url:
                 url = self.base_url.format(service=engine.service, namespace=self.namespace, name=name)
             else:
-                engine.forward = _PortForward(self._api().configuration, self.namespace, pod, HTTP_PORT)
+                engine.forward = PortForward(self._api().configuration, self.namespace, pod, HTTP_PORT)
                 url = engine.forward.start()
             engine.endpoint = (self.endpoint_factory or self._default_endpoint(spec["model"]))(url)
             return engine
@@ -382,19 +295,28 @@ class KubernetesRunner(Runner):
         core, custom = k.client.CoreV1Api(self._api()), k.client.CustomObjectsApi(self._api())
         deadline = time.monotonic() + self.ready_timeout_s
         while True:
-            pods = self._call("list pods", core.list_namespaced_pod, self.namespace, label_selector=engine.selector).items
+            self._check_cancelled()
+            pods = self._call(
+                "list pods", core.list_namespaced_pod, self.namespace, label_selector=engine.selector
+            ).items
             for pod in pods:
                 problem = pod_problem(pod)
                 if problem:
                     raise DeploymentError(f"{engine.name} ({engine.key.candidate.name}): {problem}")
-            serving = [p for p in pods if _pod_ready(p)]
+            serving = [p for p in pods if pod_ready(p)]
             if engine.dynamo:
-                obj = self._call("get DynamoGraphDeployment", custom.get_namespaced_custom_object, DGD_GROUP,
-                                 DGD_VERSION, self.namespace, DGD_PLURAL, engine.name)  # fmt: skip
+                get = custom.get_namespaced_custom_object
+                obj = self._call(
+                    "get DGD", get, DGD_GROUP, DGD_VERSION, self.namespace, DGD_PLURAL, engine.name
+                )
                 state = (obj.get("status") or {}).get("state")
                 if state == "failed":
                     raise DeploymentError(f"{engine.name}: DynamoGraphDeployment failed: {obj.get('status')}")
-                serving = [p for p in serving if (p.metadata.labels or {}).get(DGD_LABEL_COMPONENT_TYPE) == "frontend"]
+                serving = [
+                    p
+                    for p in serving
+                    if (p.metadata.labels or {}).get(DGD_LABEL_COMPONENT_TYPE) == "frontend"
+                ]
                 serving = serving if state == "successful" else []
             if serving:
                 return serving[0].metadata.name
@@ -404,8 +326,11 @@ class KubernetesRunner(Runner):
 
     def _measure_on(self, engine: _Engine, probe: Probe) -> Measurement:
         m = engine.endpoint.measure(probe)  # type: ignore[union-attr]
-        where = {"kind": "DynamoGraphDeployment" if engine.dynamo else "Deployment", "name": engine.name,
-                 "namespace": self.namespace}  # fmt: skip
+        where = {
+            "kind": "DynamoGraphDeployment" if engine.dynamo else "Deployment",
+            "name": engine.name,
+            "namespace": self.namespace,
+        }
         return replace(m, runner=self.name, extra={**m.extra, "k8s": where})
 
     def _stop(self, engine: _Engine) -> None:
@@ -422,25 +347,29 @@ class KubernetesRunner(Runner):
         api = self._api()
         deleters = {
             "dgd": lambda n: k.client.CustomObjectsApi(api).delete_namespaced_custom_object(
-                DGD_GROUP, DGD_VERSION, self.namespace, DGD_PLURAL, n),
+                DGD_GROUP, DGD_VERSION, self.namespace, DGD_PLURAL, n
+            ),
             "deployment": lambda n: k.client.AppsV1Api(api).delete_namespaced_deployment(
-                n, self.namespace, propagation_policy="Foreground"),
+                n, self.namespace, propagation_policy="Foreground"
+            ),
             "service": lambda n: k.client.CoreV1Api(api).delete_namespaced_service(n, self.namespace),
-        }  # fmt: skip
+        }
         while engine.created:
             kind, name = engine.created.pop()
             try:
                 deleters[kind](name)
             except Exception as exc:
                 if getattr(exc, "status", None) != 404:
-                    log.error("could not delete %s %s in %s (%s); delete objects labelled %s=%s by hand", kind, name,
-                              self.namespace, exc, ENGINE_LABEL, engine.name)  # fmt: skip
+                    hint = f"delete objects labelled {ENGINE_LABEL}={engine.name} by hand"
+                    log.error("could not delete %s %s in %s (%s); %s", kind, name, self.namespace, exc, hint)
         deadline = time.monotonic() + self.delete_timeout_s
         core = k.client.CoreV1Api(api)
         try:
             while core.list_namespaced_pod(self.namespace, label_selector=engine.selector).items:
                 if time.monotonic() > deadline:
-                    log.warning("pods of %s still terminating after %.0f s", engine.name, self.delete_timeout_s)
+                    log.warning(
+                        "pods of %s still terminating after %.0f s", engine.name, self.delete_timeout_s
+                    )
                     break
                 time.sleep(self.poll_interval_s)
         except Exception as exc:
@@ -451,9 +380,15 @@ class KubernetesRunner(Runner):
         try:
             return fn(*args, **kwargs)
         except k.client.ApiException as exc:
-            raise DeploymentError(f"{what} in namespace {self.namespace}: HTTP {exc.status} {exc.reason}") from exc
+            raise DeploymentError(
+                f"{what} in namespace {self.namespace}: HTTP {exc.status} {exc.reason}"
+            ) from exc
         except (OSError, k.client.rest.urllib3.exceptions.HTTPError) as exc:
             raise DeploymentError(f"{what}: Kubernetes API unreachable: {exc}") from exc
+
+    def _check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise MeasurementError("cancelled")
 
     def _default_endpoint(self, model: str) -> Callable[[str], Runner]:
         from .endpoint import EndpointRunner
@@ -461,11 +396,24 @@ class KubernetesRunner(Runner):
         return lambda url: EndpointRunner(base_url=url, model=model, timeout_s=self.request_timeout_s)
 
     def _guard_signals(self) -> None:
-        """SIGTERM unwinds like Ctrl-C, so ``finally`` blocks delete what was created; atexit as a last resort."""
+        """SIGTERM unwinds like Ctrl-C, so ``finally`` blocks delete what was created; atexit as backstop."""
         atexit.unregister(self.close)
         atexit.register(self.close)
         if self._prev_sigterm is None and threading.current_thread() is threading.main_thread():
             self._prev_sigterm = signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _waves(keys: list[EngineKey], capacity_gpus: int) -> list[list[EngineKey]]:
+    """First-fit packing of engines into waves that the cluster's GPUs hold at once."""
+    waves: list[list[EngineKey]] = []
+    for key in keys:
+        need = key.candidate.num_gpus
+        fits = [w for w in waves if sum(k.candidate.num_gpus for k in w) + need <= capacity_gpus]
+        if fits:
+            fits[0].append(key)
+        else:
+            waves.append([key])
+    return waves
 
 
 def _raise_system_exit(signum: int, frame: Any) -> None:
