@@ -225,3 +225,29 @@ def test_public_names():
         assert hasattr(artifacts, name), name
     assert artifacts.deployment_name("meta-llama/Meta-Llama-3.1-70B") == "meta-llama-3-1-70b-disagg"
     assert artifacts.deployment_name("/models/My_Model/") == "my-model-disagg"
+
+
+def test_decode_surface_plot_survives_a_collapsed_grid(profile, tmp_path):
+    """A small KV cache can leave a single context row: no area to triangulate, the points are still drawn."""
+    from estimator.artifacts.plots import plot_decode_surfaces
+
+    s = profile.decode_surface
+    row = s.context_tokens == s.context_tokens[0]
+    one_row = dataclasses.replace(
+        s,
+        **{
+            f: getattr(s, f)[row]
+            for f in (
+                "kv_usage",
+                "context_tokens",
+                "concurrency",
+                "itl_ms",
+                "thpt_per_gpu",
+                "itl_low_ms",
+                "itl_high_ms",
+            )
+        },
+    )
+    paths = plot_decode_surfaces(one_row, int(s.context_tokens[0]), tmp_path)
+    assert [p.name for p in paths] == ["decode_itl_interpolation.png", "decode_throughput_interpolation.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)

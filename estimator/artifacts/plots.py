@@ -183,12 +183,26 @@ def plot_prefill_interpolation(
     return paths
 
 
+def _hull_grid(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray, gx: np.ndarray, gy: np.ndarray
+) -> np.ndarray | None:
+    """Linear interpolation onto (gx, gy), NaN outside the sampled hull; None if the points span no area."""
+    from scipy.interpolate import griddata
+    from scipy.spatial import QhullError
+
+    if np.unique(x).size < 2 or np.unique(y).size < 2:
+        return None
+    try:
+        return griddata((x, y), z, (gx, gy), method="linear")
+    except QhullError:
+        return None
+
+
 def plot_decode_surfaces(surface: DecodeSurface, context_tokens: int, out_dir: Path) -> list[Path]:
     """3-D ITL and throughput surfaces over (KV usage, log10 context), sampled points drawn on top."""
     plt = _pyplot()
     from matplotlib import cm
     from matplotlib.ticker import FuncFormatter
-    from scipy.interpolate import griddata
 
     c = surface.candidate
     x = np.asarray(surface.kv_usage)
@@ -207,21 +221,23 @@ def plot_decode_surfaces(surface: DecodeSurface, context_tokens: int, out_dir: P
     gx, gy = np.meshgrid(np.linspace(0, x.max(), 60), np.linspace(logy.min(), logy.max(), 60))
     for name, z, zlabel, title, cmap in series:
         z = np.asarray(z)
-        gz = griddata((x, logy), z, (gx, gy), method="linear")  # NaN outside the sampled hull: left blank
         fig = plt.figure(figsize=(9, 7))
         ax = fig.add_subplot(111, projection="3d")
-        surf = ax.plot_surface(
-            gx,
-            gy,
-            np.ma.masked_invalid(gz),
-            cmap=cmap,
-            vmin=np.nanmin(z),
-            vmax=np.nanmax(z),
-            linewidth=0,
-            antialiased=True,
-            alpha=0.8,
-        )
-        ax.scatter(x, logy, z, s=6, c="k", depthshade=False, label="sampled points")
+        gz = _hull_grid(x, logy, z, gx, gy)
+        if gz is None:  # one context row or one usage column: no area to draw, points only
+            mappable = ax.scatter(x, logy, z, s=18, c=z, cmap=cmap, depthshade=False, label="sampled points")
+        else:
+            mappable = ax.plot_surface(
+                gx,
+                gy,
+                np.ma.masked_invalid(gz),
+                cmap=cmap,
+                vmin=z.min(),
+                vmax=z.max(),
+                linewidth=0,
+                alpha=0.8,
+            )
+            ax.scatter(x, logy, z, s=6, c="k", depthshade=False, label="sampled points")
         row = np.isclose(surface.context_tokens, context_tokens)
         if np.any(row):
             order = np.argsort(x[row])
@@ -234,7 +250,7 @@ def plot_decode_surfaces(surface: DecodeSurface, context_tokens: int, out_dir: P
                 zorder=10,
                 label=f"workload context {context_tokens} tokens",
             )
-        cbar = fig.colorbar(surf, ax=ax, shrink=0.55, aspect=12, pad=0.1)
+        cbar = fig.colorbar(mappable, ax=ax, shrink=0.55, aspect=12, pad=0.1)
         cbar.set_label(zlabel)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{10**v:,.0f}"))
         ax.set_xlabel("Active KV usage (fraction of capacity)")
