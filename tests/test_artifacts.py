@@ -251,3 +251,28 @@ def test_decode_surface_plot_survives_a_collapsed_grid(profile, tmp_path):
     paths = plot_decode_surfaces(one_row, int(s.context_tokens[0]), tmp_path)
     assert [p.name for p in paths] == ["decode_itl_interpolation.png", "decode_throughput_interpolation.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+class _ValidationResult:
+    """Stand-in for validate's result type: the report needs only ``to_dict`` and ``summary_text``."""
+
+    def to_dict(self) -> dict:
+        return {"points": 3, "ttft_error": np.float64(0.12)}
+
+    def summary_text(self) -> str:
+        return "Validation: 3 points measured"
+
+
+def test_band_and_validation_appear_in_summary_and_report(profile, tmp_path):
+    sel = profile.selection
+    p0 = dataclasses.replace(sel.prefill[0].point, ttft_low_ms=1.0, ttft_high_ms=2.0)
+    banded = dataclasses.replace(
+        sel, prefill=(dataclasses.replace(sel.prefill[0], point=p0), *sel.prefill[1:])
+    )
+    prof = dataclasses.replace(profile, selection=banded)
+    text = summary_text(prof, validation=_ValidationResult())
+    assert "(band 1.0-2.0)" in text and text.rstrip().endswith("Validation: 3 points measured")
+    write_artifacts(prof, tmp_path, plots=False, validation=_ValidationResult())
+    report = json.loads((tmp_path / REPORT_FILE).read_text())
+    assert report["validation"] == {"points": 3, "ttft_error": 0.12}
+    assert report["selection"]["prefill"][0]["ttft_low_ms"] == 1.0
