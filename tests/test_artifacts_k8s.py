@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+import kubernetes_validate  # test extra: ships the Kubernetes OpenAPI schemas, works offline
 import numpy as np
 import pytest
 import yaml
@@ -27,7 +28,6 @@ from estimator.artifacts.k8s import (
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import SpecError
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
 K8S_SCHEMA_VERSION = "1.33.0"
 
 PREFILL_RAW = {

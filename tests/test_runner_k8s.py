@@ -1,18 +1,25 @@
 """KubernetesRunner against a stand-in API server (``k8s_standin.py``); no cluster, no operator, no GPU.
 
-What IS exercised, for real: the official ``kubernetes`` Python client (REST calls, model
-deserialization, the ``kubernetes.stream.portforward`` websocket client), the runner's manifests,
-readiness polling, fail-fast on pod states, cleanup, parallel waves, and measuring through the
-port-forward: bytes go client -> local listener -> websocket (v4.channel.k8s.io) -> stand-in ->
-a tiny OpenAI-compatible HTTP server on loopback (``_FakeEngine``: canned token streams, not a model).
-The happy paths use the project's real ``EndpointRunner`` (default factory) through that tunnel;
-other tests inject a small ``endpoint_factory`` runner.
+Exercised for real: the official ``kubernetes`` client (REST calls, its pydantic models deserializing
+the stand-in's answers, the ``kubernetes.stream.portforward`` websocket client); the runner's
+Deployment/Service/DGD manifests as received by the server; CRD detection; readiness polling;
+fail-fast on OOMKilled, CrashLoopBackOff, ImagePullBackOff and Unschedulable (plain and Dynamo);
+the not-ready timeout; deletion after success, failure, KeyboardInterrupt, other exceptions and an
+interrupted parallel wave; the SIGTERM handler; node GPU counting and parallel waves; the
+``base_url`` template; the missing-client and unreachable-API errors. Measuring goes through the
+port-forward for real: client -> loopback listener -> websocket (v4.channel.k8s.io) -> stand-in ->
+``_FakeEngine``, a tiny OpenAI-compatible HTTP server on loopback that streams canned tokens (not a
+model). The two happy paths use the project's real ``EndpointRunner`` (default factory) over that
+tunnel; other tests inject a small runner (``_ProbeRunner``: one GET /health over the tunnel;
+``_Recorder``: no network).
 
-What is NOT exercised: a real API server (admission, defaulting, RBAC, watches, scheduling, pod
-status written by a kubelet), Dynamo's operator (DGD reconciliation, the operator's real pod labels
-and status fields are taken from its source, not observed), real images or GPUs, port-forward to a
-real kubelet. The manifests sent are validated offline with ``kubernetes-validate`` (Deployment,
-Service) and deserialized with the client's models; the DGD is checked structurally only.
+Not exercised: a real API server (admission, defaulting, RBAC, watch streams, scheduling, pod status
+written by a kubelet, Foreground deletion that takes time), Dynamo's operator (DGD reconciliation;
+its pod labels and ``status.state`` values are taken from its source, not observed), real images,
+GPUs or model servers, a port-forward through a real kubelet, SIGTERM delivered to a live process.
+Manifests are validated offline against the Kubernetes 1.33 schema with ``kubernetes-validate``
+(Deployment, Service; strict) and deserialized with the client's models; the DGD is checked
+structurally only (its schema ships with the operator).
 """
 
 from __future__ import annotations
@@ -22,21 +29,17 @@ import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import kubernetes_validate  # test extra: ships the Kubernetes OpenAPI schemas, works offline
 import pytest
+from k8s_standin import StandIn
 
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import DeploymentError, MeasurementError
 from estimator.sources.base import Stack
 from validate.measurement import Measurement, Probe, ProbeKind
+from validate.runners import k8s as k8s_runner
 from validate.runners.base import Runner
-
-pytest.importorskip("kubernetes")
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
-
-from k8s_standin import StandIn  # noqa: E402
-
-from validate.runners import k8s as k8s_runner  # noqa: E402
-from validate.runners.k8s import KubernetesRunner, measurement_graph, plain_manifests  # noqa: E402
+from validate.runners.k8s import KubernetesRunner, measurement_graph, plain_manifests
 
 STACK = Stack("Qwen/Qwen3-0.6B", "h100_sxm", "vllm")
 TP1, TP2 = Candidate(Mapping.TP, 1), Candidate(Mapping.TP, 2)
