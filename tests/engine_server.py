@@ -16,8 +16,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
-              "VLLM_NO_USAGE_STATS": "1"}
+ENGINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+}
 SERVER_ARGS = ("--max-model-len", "4096", "--dtype", "bfloat16", "--num-gpu-blocks-override", "64")
 KV_CAPACITY_TOKENS = 8192  # 64 blocks x 128 tokens (vLLM CPU block size)
 START_TIMEOUT_S = 600.0
@@ -43,8 +47,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random Llama (vocab 2048, 2 layers), built offline by scripts/make_tiny_model.py."""
     py = require_engine_python()
     out = tmp_path_factory.mktemp("tiny-model")
-    proc = subprocess.run([str(py), str(ROOT / "scripts" / "make_tiny_model.py"), str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(py), str(ROOT / "scripts" / "make_tiny_model.py"), str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if proc.returncode:
         pytest.fail(f"make_tiny_model.py failed ({proc.returncode}): {proc.stderr[-2000:]}", pytrace=False)
     return out
@@ -56,9 +65,16 @@ def vllm_engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from estimator.candidates import Candidate, Mapping
     from validate.runners.local import LocalEngineRunner
 
-    runner = LocalEngineRunner(str(tiny_model_dir), "vllm", python=str(require_engine_python()),
-                               extra_args=SERVER_ARGS, env=ENGINE_ENV, work_dir=tmp_path_factory.mktemp("engine"),
-                               start_timeout_s=START_TIMEOUT_S, timeout_s=60.0)
+    runner = LocalEngineRunner(
+        str(tiny_model_dir),
+        "vllm",
+        python=str(require_engine_python()),
+        extra_args=SERVER_ARGS,
+        env=ENGINE_ENV,
+        work_dir=tmp_path_factory.mktemp("engine"),
+        start_timeout_s=START_TIMEOUT_S,
+        timeout_s=60.0,
+    )
     runner.start(Candidate(Mapping.TP, 1))
     pgid = runner.process_.pid
     yield runner

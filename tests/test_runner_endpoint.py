@@ -11,10 +11,11 @@ import asyncio
 import json
 import re
 import threading
+from typing import Self
 
 import pytest
-
 from engine_server import KV_CAPACITY_TOKENS
+
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import BadResponse, EndpointTimeout, SpecError
 from estimator.sources.base import Stack
@@ -42,7 +43,7 @@ class SseStandIn:
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> SseStandIn:
+    def __enter__(self) -> Self:
         self.thread.start()
         self.ready.wait(10)
         return self
@@ -94,10 +95,14 @@ class SseStandIn:
         behaviour = self.behaviours.pop(0) if self.behaviours else "ok"
         if behaviour == "500":
             msg = b'{"error": "engine crashed"}'
-            writer.write(b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
-                         b"content-length: %d\r\n\r\n%s" % (len(msg), msg))
+            writer.write(
+                b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(msg), msg)
+            )
             return True
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
         n_tokens = {"ok": body["max_tokens"], "drop": body["max_tokens"] // 2, "stall": 1}[behaviour]
         for i in range(n_tokens):
             chunk = {"choices": [{"index": 0, "text": f" t{i}", "token_ids": [7]}]}
@@ -109,7 +114,9 @@ class SseStandIn:
         if behaviour == "stall":
             await asyncio.sleep(3600)
         usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": n_tokens}
-        _write_chunk(writer, f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode())
+        _write_chunk(
+            writer, f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode()
+        )
         _write_chunk(writer, b"")
         return True
 
@@ -123,9 +130,8 @@ def standin_runner(url: str, **kw) -> EndpointRunner:
 
 
 def test_stream_cut_midway_is_bad_response_with_partial_results():
-    with SseStandIn(["ok", "drop"]) as srv:
-        with pytest.raises(BadResponse) as info:
-            standin_runner(srv.url, timeout_s=10).measure(probe(ProbeKind.PREFILL, isl=16, repeats=3))
+    with SseStandIn(["ok", "drop"]) as srv, pytest.raises(BadResponse) as info:
+        standin_runner(srv.url, timeout_s=10).measure(probe(ProbeKind.PREFILL, isl=16, repeats=3))
     exc = info.value
     assert "stream broken after 1 of 2 tokens" in str(exc) and exc.tokens_received == 1
     assert len(exc.partial["ttft_ms"]) == 1  # the first repetition finished and is kept
@@ -133,25 +139,22 @@ def test_stream_cut_midway_is_bad_response_with_partial_results():
 
 
 def test_decode_stream_cut_reports_tokens_received():
-    with SseStandIn(["ok", "drop"]) as srv:
-        with pytest.raises(BadResponse) as info:
-            standin_runner(srv.url, timeout_s=10).measure(probe(ProbeKind.DECODE, isl=16, osl=20, repeats=1))
+    with SseStandIn(["ok", "drop"]) as srv, pytest.raises(BadResponse) as info:
+        standin_runner(srv.url, timeout_s=10).measure(probe(ProbeKind.DECODE, isl=16, osl=20, repeats=1))
     assert info.value.tokens_received == 10
     assert "10 of 20 tokens" in str(info.value)
 
 
 def test_http_500_is_bad_response_with_status_and_body():
-    with SseStandIn(["500"]) as srv:
-        with pytest.raises(BadResponse) as info:
-            standin_runner(srv.url, timeout_s=10).measure(probe(ProbeKind.PREFILL, isl=16, repeats=1))
+    with SseStandIn(["500"]) as srv, pytest.raises(BadResponse) as info:
+        standin_runner(srv.url, timeout_s=10).measure(probe(ProbeKind.PREFILL, isl=16, repeats=1))
     assert info.value.status_code == 500
     assert "engine crashed" in info.value.body
 
 
 def test_stalled_stream_times_out():
-    with SseStandIn(["stall"]) as srv:
-        with pytest.raises(EndpointTimeout) as info:
-            standin_runner(srv.url, timeout_s=1).measure(probe(ProbeKind.PREFILL, isl=16, repeats=1))
+    with SseStandIn(["stall"]) as srv, pytest.raises(EndpointTimeout) as info:
+        standin_runner(srv.url, timeout_s=1).measure(probe(ProbeKind.PREFILL, isl=16, repeats=1))
     assert info.value.tokens_received == 1
 
 
@@ -201,7 +204,9 @@ def test_exact_text_prompt_with_a_word_tokenizer():
     for n in (1, 2, 5, 64, 1000):
         text = asyncio.run(exact_text_prompt(counted, n, seed=n))
         assert count(text) == n
-    assert asyncio.run(exact_text_prompt(counted, 64, seed=1)) != asyncio.run(exact_text_prompt(counted, 64, seed=2))
+    assert asyncio.run(exact_text_prompt(counted, 64, seed=1)) != asyncio.run(
+        exact_text_prompt(counted, 64, seed=2)
+    )
 
 
 def test_exact_text_prompt_gives_up_clearly():

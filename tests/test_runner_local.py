@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from engine_server import ENGINE_ENV, KV_CAPACITY_TOKENS, SERVER_ARGS, require_engine_python
+
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import EngineStartError, SpecError
 from estimator.sources.base import Stack
@@ -33,14 +33,45 @@ def group_alive(pgid: int) -> bool:
 def test_engine_commands_per_backend():
     kw = {"host": "127.0.0.1", "port": 8000, "python": "py"}
     assert engine_command("vllm", "m", Candidate(Mapping.TP, 4), **kw) == [
-        "py", "-m", "vllm.entrypoints.openai.api_server", "--model", "m", "--host", "127.0.0.1", "--port", "8000",
-        "--tensor-parallel-size", "4"]
+        "py",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "m",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8000",
+        "--tensor-parallel-size",
+        "4",
+    ]
     assert engine_command("vllm", "m", Candidate(Mapping.DEP, 8), **kw)[-5:] == [
-        "--tensor-parallel-size", "1", "--data-parallel-size", "8", "--enable-expert-parallel"]
+        "--tensor-parallel-size",
+        "1",
+        "--data-parallel-size",
+        "8",
+        "--enable-expert-parallel",
+    ]
     sg = engine_command("sglang", "m", Candidate(Mapping.TEP, 4), **kw)
-    assert sg[:5] == ["py", "-m", "sglang.launch_server", "--model-path", "m"] and sg[-4:] == ["--tp", "4", "--ep-size", "4"]
+    assert sg[:5] == ["py", "-m", "sglang.launch_server", "--model-path", "m"] and sg[-4:] == [
+        "--tp",
+        "4",
+        "--ep-size",
+        "4",
+    ]
     trt = engine_command("trtllm", "m", Candidate(Mapping.TP, 2), extra_args=["--backend", "pytorch"], **kw)
-    assert trt == ["trtllm-serve", "m", "--host", "127.0.0.1", "--port", "8000", "--tp_size", "2", "--backend", "pytorch"]
+    assert trt == [
+        "trtllm-serve",
+        "m",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8000",
+        "--tp_size",
+        "2",
+        "--backend",
+        "pytorch",
+    ]
     assert engine_command("vllm", "m", TP1, command=["vllm", "serve"], **kw)[:2] == ["vllm", "serve"]
     with pytest.raises(SpecError):
         engine_command("trtllm", "m", Candidate(Mapping.DEP, 4), **kw)
@@ -76,11 +107,14 @@ def test_process_exit_during_start_is_reported_with_reason(tmp_path: Path):
 def test_readiness_timeout_kills_the_process_group(tmp_path: Path):
     # ignores SIGTERM and has a child: stop() must SIGKILL the whole group
     pid_file = tmp_path / "pid"
-    code = ("import os, signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
-            f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)")
-    runner = LocalEngineRunner("m", command=one_liner(code), work_dir=tmp_path, start_timeout_s=1.5,
-                               stop_timeout_s=1.0)
+    code = (
+        "import os, signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    )
+    runner = LocalEngineRunner(
+        "m", command=one_liner(code), work_dir=tmp_path, start_timeout_s=1.5, stop_timeout_s=1.0
+    )
     with pytest.raises(EngineStartError) as info:
         runner.start(TP1)
     assert info.value.reason == "timeout" and info.value.exit_code is None
@@ -119,8 +153,14 @@ def test_local_runner_measures_through_real_vllm(vllm_engine: LocalEngineRunner)
 def test_real_vllm_start_with_bad_model_dir_fails_fast(tmp_path: Path):
     bad = tmp_path / "no-model"
     bad.mkdir()
-    runner = LocalEngineRunner(str(bad), python=str(require_engine_python()), extra_args=SERVER_ARGS,
-                               env=ENGINE_ENV, work_dir=tmp_path, start_timeout_s=300)
+    runner = LocalEngineRunner(
+        str(bad),
+        python=str(require_engine_python()),
+        extra_args=SERVER_ARGS,
+        env=ENGINE_ENV,
+        work_dir=tmp_path,
+        start_timeout_s=300,
+    )
     with pytest.raises(EngineStartError) as info:
         runner.start(TP1)
     exc = info.value

@@ -66,8 +66,14 @@ class RequestTiming:
         return (self.t_last - self.t_first) * 1e3 / (self.num_tokens - 1) if self.num_tokens > 1 else None
 
 
-def _error(cls: type[MeasurementError], message: str, *, status: int | None = None, body: str | None = None,
-           tokens: int = 0) -> MeasurementError:
+def _error(
+    cls: type[MeasurementError],
+    message: str,
+    *,
+    status: int | None = None,
+    body: str | None = None,
+    tokens: int = 0,
+) -> MeasurementError:
     exc = cls(message)
     exc.status_code, exc.body, exc.tokens_received, exc.partial = status, body, tokens, {}
     return exc
@@ -94,9 +100,19 @@ class EndpointRunner(Runner):
 
     name: ClassVar[str] = "endpoint"
 
-    def __init__(self, base_url: str, model: str | None = None, *, timeout_s: float = 60.0, warmup: int = 1,
-                 repeats: int | None = None, api: str = "completions", tokenizer: str = "auto",
-                 vllm_extensions: bool = True, token_id_range: tuple[int, int] = (100, 1000)):
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        timeout_s: float = 60.0,
+        warmup: int = 1,
+        repeats: int | None = None,
+        api: str = "completions",
+        tokenizer: str = "auto",
+        vllm_extensions: bool = True,
+        token_id_range: tuple[int, int] = (100, 1000),
+    ):
         if api != "completions":
             raise SpecError("api", f"only 'completions' is supported, got {api!r}")
         if tokenizer not in TOKENIZER_STRATEGIES:
@@ -110,7 +126,8 @@ class EndpointRunner(Runner):
         self.tokenizer = tokenizer
         self.vllm_extensions = vllm_extensions
         self.token_id_range = token_id_range
-        self._seed = random.SystemRandom().getrandbits(40)  # fresh prompts per runner: no cache hits across runs
+        # fresh prompts per runner instance, so that no run hits the prefix cache of an earlier one
+        self._seed = random.SystemRandom().getrandbits(40)
         self.kv_capacity_tokens_: int | None = None
         self.tokenizer_: str | None = None
         self.model_: str | None = model
@@ -126,7 +143,9 @@ class EndpointRunner(Runner):
     async def _measure(self, probe: Probe) -> Measurement:
         samples: dict[str, list[float]] = {}
         timeout = httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s))
-        limits = httpx.Limits(max_connections=probe.concurrency + 4, max_keepalive_connections=probe.concurrency + 4)
+        limits = httpx.Limits(
+            max_connections=probe.concurrency + 4, max_keepalive_connections=probe.concurrency + 4
+        )
         try:
             async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits) as client:
                 await self._discover(client)
@@ -134,19 +153,36 @@ class EndpointRunner(Runner):
                 warnings = list(before.warnings)
                 if self.kv_capacity_tokens_ is None:
                     self.kv_capacity_tokens_ = before.kv_capacity_tokens
-                run = {ProbeKind.PREFILL: self._prefill, ProbeKind.DECODE: self._decode, ProbeKind.AGG: self._agg}
+                run = {
+                    ProbeKind.PREFILL: self._prefill,
+                    ProbeKind.DECODE: self._decode,
+                    ProbeKind.AGG: self._agg,
+                }
                 fields, extra = await run[probe.kind](client, probe, samples)
         except MeasurementError as exc:
             exc.probe = probe
             exc.partial = samples  # repetitions finished before the failure
             raise
         prompt_tokens = extra.pop("_prompt_tokens")
-        if any(n != probe.isl for n in prompt_tokens if n is not None):
-            warnings.append(f"server counted prompt lengths {sorted(set(prompt_tokens))}, asked {probe.isl}")
-        extra.update(prompt_tokens=prompt_tokens[0] if len(set(prompt_tokens)) == 1 else prompt_tokens,
-                     tokenizer_strategy=self.tokenizer_, warnings=warnings + extra.pop("_warnings", []))
-        return Measurement(probe=probe, runner=self.name, kv_capacity_tokens=self.kv_capacity_tokens_,
-                           samples=samples, software=dict(self.software_), extra=extra, **fields)
+        counted = sorted({n for n in prompt_tokens if n is not None})
+        if len(counted) < len(set(prompt_tokens)) or not counted:
+            warnings.append("server did not report the prompt length of every request")
+        if any(n != probe.isl for n in counted):
+            warnings.append(f"server counted prompt lengths {counted}, asked {probe.isl}")
+        extra.update(
+            prompt_tokens=prompt_tokens[0] if len(set(prompt_tokens)) == 1 else prompt_tokens,
+            tokenizer_strategy=self.tokenizer_,
+            warnings=warnings + extra.pop("_warnings", []),
+        )
+        return Measurement(
+            probe=probe,
+            runner=self.name,
+            kv_capacity_tokens=self.kv_capacity_tokens_,
+            samples=samples,
+            software=dict(self.software_),
+            extra=extra,
+            **fields,
+        )
 
     async def _discover(self, client: httpx.AsyncClient) -> None:
         """Model name, server version and tokenizer strategy: asked once per runner."""
@@ -155,7 +191,9 @@ class EndpointRunner(Runner):
             try:
                 self.model_ = data["data"][0]["id"]
             except (KeyError, IndexError, TypeError) as exc:
-                raise _error(BadResponse, f"/v1/models lists no model: {str(data)[:BODY_EXCERPT_CHARS]}") from exc
+                raise _error(
+                    BadResponse, f"/v1/models lists no model: {str(data)[:BODY_EXCERPT_CHARS]}"
+                ) from exc
         if not self.software_:
             self.software_ = {"base_url": self.base_url, "served_model": self.model_}
             try:
@@ -165,7 +203,9 @@ class EndpointRunner(Runner):
             except (httpx.HTTPError, ValueError, AttributeError):
                 pass
         if self.tokenizer_ is None:
-            self.tokenizer_ = self.tokenizer if self.tokenizer != "auto" else await self._pick_strategy(client)
+            self.tokenizer_ = (
+                self.tokenizer if self.tokenizer != "auto" else await self._pick_strategy(client)
+            )
             log.info("%s: exact-length prompts via %s", self.base_url, self.tokenizer_)
 
     async def _pick_strategy(self, client: httpx.AsyncClient) -> str:
@@ -173,8 +213,10 @@ class EndpointRunner(Runner):
             r = await client.post("/tokenize", json={"model": self.model_, "prompt": "a b"})
             if r.status_code == 200 and "count" in r.json():
                 return "tokenize"
-            r = await client.post("/v1/completions", json={"model": self.model_, "prompt": [self.token_id_range[0]] * 4,
-                                                           "max_tokens": 1})
+            r = await client.post(
+                "/v1/completions",
+                json={"model": self.model_, "prompt": [self.token_id_range[0]] * 4, "max_tokens": 1},
+            )
             if r.status_code == 200 and r.json().get("usage", {}).get("prompt_tokens") == 4:
                 return "token_ids"
         except (httpx.HTTPError, ValueError) as exc:
@@ -198,7 +240,9 @@ class EndpointRunner(Runner):
         return list(await asyncio.gather(*(one(s) for s in seeds)))
 
     async def _count_tokenize(self, client: httpx.AsyncClient, text: str) -> int:
-        return int((await self._post_json(client, "/tokenize", {"model": self.model_, "prompt": text}))["count"])
+        return int(
+            (await self._post_json(client, "/tokenize", {"model": self.model_, "prompt": text}))["count"]
+        )
 
     async def _count_usage(self, client: httpx.AsyncClient, text: str) -> int:
         body = {"model": self.model_, "prompt": text, "max_tokens": 1}
@@ -220,8 +264,10 @@ class EndpointRunner(Runner):
         ttft_ms, ttft_std_ms = _mean_std(samples["ttft_ms"])
         cand = probe.candidate
         thpt = probe.isl / ttft_ms * 1000 / cand.num_gpus * cand.attention_dp_size
-        return ({"ttft_ms": ttft_ms, "ttft_std_ms": ttft_std_ms, "thpt_per_gpu": thpt},
-                {"_prompt_tokens": [t.prompt_tokens for t in timings], "osl": PREFILL_OSL})
+        return (
+            {"ttft_ms": ttft_ms, "ttft_std_ms": ttft_std_ms, "thpt_per_gpu": thpt},
+            {"_prompt_tokens": [t.prompt_tokens for t in timings], "osl": PREFILL_OSL},
+        )
 
     async def _decode(self, client, probe: Probe, samples: dict) -> tuple[dict, dict]:
         """Warm the prefix cache with the prompts, then waves of ``concurrency`` requests reusing them."""
@@ -244,11 +290,19 @@ class EndpointRunner(Runner):
             poller.cancel()
         after = await self._metrics(client)
         itl_ms, itl_std_ms = _mean_std(samples["itl_ms"])
-        extra = _engine_extra(before, after, stats) | {"_prompt_tokens": [t.prompt_tokens for t in timings],
-                                                        "_warnings": _short_outputs(timings, probe.osl)}
+        extra = _engine_extra(before, after, stats) | {
+            "_prompt_tokens": [t.prompt_tokens for t in timings],
+            "_warnings": _short_outputs(timings, probe.osl),
+        }
         extra["ttft_prefix_cached_ms"] = statistics.fmean(samples["ttft_ms"])
-        return ({"itl_ms": itl_ms, "itl_std_ms": itl_std_ms, "thpt_per_gpu": statistics.fmean(samples["thpt_per_gpu"])},
-                extra)
+        return (
+            {
+                "itl_ms": itl_ms,
+                "itl_std_ms": itl_std_ms,
+                "thpt_per_gpu": statistics.fmean(samples["thpt_per_gpu"]),
+            },
+            extra,
+        )
 
     async def _agg(self, client, probe: Probe, samples: dict) -> tuple[dict, dict]:
         """``concurrency`` closed-loop clients, each sending ``repeats`` unique requests back to back."""
@@ -277,21 +331,39 @@ class EndpointRunner(Runner):
         after = await self._metrics(client)
         ttft_ms, ttft_std_ms = _mean_std(samples["ttft_ms"])
         tpot = samples.get("tpot_ms")
-        extra = _engine_extra(before, after, stats) | {"_prompt_tokens": [t.prompt_tokens for t in timings],
-                                                        "_warnings": _short_outputs(timings, probe.osl)}
-        return ({"ttft_ms": ttft_ms, "ttft_std_ms": ttft_std_ms, "tpot_ms": statistics.fmean(tpot) if tpot else None,
-                 "itl_ms": statistics.fmean(tpot) if tpot else None,
-                 "thpt_per_gpu": _output_rate(timings) / probe.candidate.num_gpus}, extra)
+        extra = _engine_extra(before, after, stats) | {
+            "_prompt_tokens": [t.prompt_tokens for t in timings],
+            "_warnings": _short_outputs(timings, probe.osl),
+        }
+        return (
+            {
+                "ttft_ms": ttft_ms,
+                "ttft_std_ms": ttft_std_ms,
+                "tpot_ms": statistics.fmean(tpot) if tpot else None,
+                "itl_ms": statistics.fmean(tpot) if tpot else None,
+                "thpt_per_gpu": _output_rate(timings) / probe.candidate.num_gpus,
+            },
+            extra,
+        )
 
     async def _wave(self, client, prompts: list, max_tokens: int) -> list[RequestTiming]:
         return await _gather_first_error(self._stream(client, p, max_tokens) for p in prompts)
 
     # ---- HTTP -----------------------------------------------------------------------------------
-    async def _stream(self, client: httpx.AsyncClient, prompt: str | list[int], max_tokens: int) -> RequestTiming:
+    async def _stream(
+        self, client: httpx.AsyncClient, prompt: str | list[int], max_tokens: int
+    ) -> RequestTiming:
         """One streamed completion of exactly ``max_tokens`` tokens; raises on any failure."""
-        body: dict[str, Any] = {"model": self.model_, "prompt": prompt, "max_tokens": max_tokens,
-                                "min_tokens": max_tokens, "ignore_eos": True, "temperature": 0.0,
-                                "stream": True, "stream_options": {"include_usage": True}}
+        body: dict[str, Any] = {
+            "model": self.model_,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "min_tokens": max_tokens,
+            "ignore_eos": True,
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         if self.vllm_extensions:
             body["return_token_ids"] = True
         t = RequestTiming(t_start=time.perf_counter())
@@ -300,8 +372,12 @@ class EndpointRunner(Runner):
             async with client.stream("POST", "/v1/completions", json=body) as resp:
                 if resp.status_code >= 400:
                     text = (await resp.aread()).decode(errors="replace")[:BODY_EXCERPT_CHARS]
-                    raise _error(BadResponse, f"HTTP {resp.status_code} from /v1/completions: {text}",
-                                 status=resp.status_code, body=text)
+                    raise _error(
+                        BadResponse,
+                        f"HTTP {resp.status_code} from /v1/completions: {text}",
+                        status=resp.status_code,
+                        body=text,
+                    )
                 async for line in resp.aiter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -312,8 +388,12 @@ class EndpointRunner(Runner):
                     now = time.perf_counter()
                     chunk = json.loads(data)
                     if "error" in chunk:
-                        raise _error(BadResponse, f"error in stream: {str(chunk['error'])[:BODY_EXCERPT_CHARS]}",
-                                     body=data[:BODY_EXCERPT_CHARS], tokens=t.num_tokens)
+                        raise _error(
+                            BadResponse,
+                            f"error in stream: {str(chunk['error'])[:BODY_EXCERPT_CHARS]}",
+                            body=data[:BODY_EXCERPT_CHARS],
+                            tokens=t.num_tokens,
+                        )
                     if chunk.get("usage"):
                         t.prompt_tokens = chunk["usage"].get("prompt_tokens", t.prompt_tokens)
                         usage_tokens = chunk["usage"].get("completion_tokens")
@@ -329,14 +409,24 @@ class EndpointRunner(Runner):
         except httpx.ConnectError as exc:
             raise _error(BadResponse, f"cannot connect to {self.base_url}: {exc}") from exc
         except httpx.TimeoutException as exc:
-            raise _error(EndpointTimeout, f"no data from {self.base_url} for {self.timeout_s:g} s "
-                         f"after {t.num_tokens} of {max_tokens} tokens", tokens=t.num_tokens) from exc
+            raise _error(
+                EndpointTimeout,
+                f"no data from {self.base_url} for {self.timeout_s:g} s "
+                f"after {t.num_tokens} of {max_tokens} tokens",
+                tokens=t.num_tokens,
+            ) from exc
         except (httpx.HTTPError, json.JSONDecodeError) as exc:
-            raise _error(BadResponse, f"stream broken after {t.num_tokens} of {max_tokens} tokens: "
-                         f"{type(exc).__name__}: {exc}", tokens=t.num_tokens) from exc
+            raise _error(
+                BadResponse,
+                f"stream broken after {t.num_tokens} of {max_tokens} tokens: {type(exc).__name__}: {exc}",
+                tokens=t.num_tokens,
+            ) from exc
         if not done or t.t_first is None:
-            raise _error(BadResponse, f"stream ended early after {t.num_tokens} of {max_tokens} tokens",
-                         tokens=t.num_tokens)
+            raise _error(
+                BadResponse,
+                f"stream ended early after {t.num_tokens} of {max_tokens} tokens",
+                tokens=t.num_tokens,
+            )
         if not counted_by_ids and usage_tokens:
             t.num_tokens = usage_tokens  # text chunks undercount tokens that decode to empty text
         return t
@@ -347,7 +437,9 @@ class EndpointRunner(Runner):
     async def _post_json(self, client: httpx.AsyncClient, path: str, body: dict) -> Any:
         return await self._request_json(client, "POST", path, body)
 
-    async def _request_json(self, client: httpx.AsyncClient, method: str, path: str, body: dict | None) -> Any:
+    async def _request_json(
+        self, client: httpx.AsyncClient, method: str, path: str, body: dict | None
+    ) -> Any:
         try:
             r = await client.request(method, path, json=body)
         except httpx.TimeoutException as exc:
@@ -356,7 +448,9 @@ class EndpointRunner(Runner):
             raise _error(BadResponse, f"{path} on {self.base_url}: {type(exc).__name__}: {exc}") from exc
         if r.status_code >= 400:
             text = r.text[:BODY_EXCERPT_CHARS]
-            raise _error(BadResponse, f"HTTP {r.status_code} from {path}: {text}", status=r.status_code, body=text)
+            raise _error(
+                BadResponse, f"HTTP {r.status_code} from {path}: {text}", status=r.status_code, body=text
+            )
         try:
             return r.json()
         except ValueError as exc:
@@ -407,10 +501,18 @@ def _short_outputs(timings: list[RequestTiming], osl: int) -> list[str]:
 
 def _engine_extra(before: EngineMetrics, after: EngineMetrics, peak: _MetricsPeak) -> dict[str, Any]:
     """Server-side view of the measured span: preemptions, peak KV usage, the server's own ITL."""
-    extra: dict[str, Any] = {"kv_usage_peak_frac": peak.kv_usage_frac, "num_running_peak": peak.num_requests_running}
+    extra: dict[str, Any] = {
+        "kv_usage_peak_frac": peak.kv_usage_frac,
+        "num_running_peak": peak.num_requests_running,
+    }
     if before.num_preemptions is not None and after.num_preemptions is not None:
         extra["num_preemptions"] = after.num_preemptions - before.num_preemptions
-    if None not in (before.itl_seconds_count, after.itl_seconds_count, before.itl_seconds_sum, after.itl_seconds_sum):
+    if None not in (
+        before.itl_seconds_count,
+        after.itl_seconds_count,
+        before.itl_seconds_sum,
+        after.itl_seconds_sum,
+    ):
         n = after.itl_seconds_count - before.itl_seconds_count
         if n > 0:
             extra["server_itl_ms"] = (after.itl_seconds_sum - before.itl_seconds_sum) / n * 1e3

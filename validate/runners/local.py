@@ -21,12 +21,14 @@ import tempfile
 import time
 import weakref
 from collections import deque
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, Mapping, Sequence
+from typing import ClassVar
 
 import httpx
 
-from estimator.candidates import Candidate, Mapping as ParallelMapping
+from estimator.candidates import Candidate
+from estimator.candidates import Mapping as ParallelMapping
 from estimator.errors import EngineStartError, MeasurementError, SpecError
 
 from ..measurement import Measurement, Probe
@@ -37,13 +39,34 @@ log = logging.getLogger(__name__)
 
 # How each backend is launched and how it spells parallelism. "ep" is a bare switch when ep_size is False.
 ENGINE_FLAGS: dict[str, dict] = {
-    "vllm": {"launch": ["-m", "vllm.entrypoints.openai.api_server"], "model": "--model",
-             "tp": "--tensor-parallel-size", "dp": "--data-parallel-size", "ep": "--enable-expert-parallel",
-             "ep_size": False, "dp_attention": None},
-    "sglang": {"launch": ["-m", "sglang.launch_server"], "model": "--model-path", "tp": "--tp", "dp": "--dp",
-               "ep": "--ep-size", "ep_size": True, "dp_attention": "--enable-dp-attention"},
-    "trtllm": {"launch": None, "command": ["trtllm-serve"], "model": None, "tp": "--tp_size", "dp": None,
-               "ep": "--ep_size", "ep_size": True, "dp_attention": None},
+    "vllm": {
+        "launch": ["-m", "vllm.entrypoints.openai.api_server"],
+        "model": "--model",
+        "tp": "--tensor-parallel-size",
+        "dp": "--data-parallel-size",
+        "ep": "--enable-expert-parallel",
+        "ep_size": False,
+        "dp_attention": None,
+    },
+    "sglang": {
+        "launch": ["-m", "sglang.launch_server"],
+        "model": "--model-path",
+        "tp": "--tp",
+        "dp": "--dp",
+        "ep": "--ep-size",
+        "ep_size": True,
+        "dp_attention": "--enable-dp-attention",
+    },
+    "trtllm": {
+        "launch": None,
+        "command": ["trtllm-serve"],
+        "model": None,
+        "tp": "--tp_size",
+        "dp": None,
+        "ep": "--ep_size",
+        "ep_size": True,
+        "dp_attention": None,
+    },
 }
 OOM_PATTERNS = re.compile(
     r"out of memory|OutOfMemoryError|No available memory for the cache blocks|Not enough memory"
@@ -68,19 +91,39 @@ def parallel_args(backend: str, cand: Candidate) -> list[str]:
         return [f["tp"], "1", f["dp"], n, *ep]
     if backend == "sglang":
         return [f["tp"], n, f["dp"], n, f["dp_attention"], *ep]
-    raise SpecError("candidate", f"{cand.name} on {backend} needs attention DP in its engine config; "
-                    "pass it with extra_args")
+    raise SpecError(
+        "candidate",
+        f"{cand.name} on {backend} needs attention DP in its engine config; pass it with extra_args",
+    )
 
 
-def engine_command(backend: str, model: str, cand: Candidate, *, host: str, port: int, python: str,
-                   command: Sequence[str] | None = None, extra_args: Sequence[str] = ()) -> list[str]:
+def engine_command(
+    backend: str,
+    model: str,
+    cand: Candidate,
+    *,
+    host: str,
+    port: int,
+    python: str,
+    command: Sequence[str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
     """The argv that starts ``backend`` serving ``model`` as ``cand`` on host:port."""
     if backend not in ENGINE_FLAGS:
         raise SpecError("backend", f"{backend!r} is not one of {sorted(ENGINE_FLAGS)}")
     f = ENGINE_FLAGS[backend]
     prefix = list(command) if command else (f.get("command") or [python, *f["launch"]])
     model_args = [f["model"], model] if f["model"] else [model]
-    return [*prefix, *model_args, "--host", host, "--port", str(port), *parallel_args(backend, cand), *extra_args]
+    return [
+        *prefix,
+        *model_args,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *parallel_args(backend, cand),
+        *extra_args,
+    ]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -109,12 +152,25 @@ class LocalEngineRunner(Runner):
 
     name: ClassVar[str] = "local"
 
-    def __init__(self, model: str, backend: str = "vllm", *, python: str | None = None,
-                 command: Sequence[str] | None = None, extra_args: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None, work_dir: str | os.PathLike[str] | None = None,
-                 host: str = "127.0.0.1", port: int | None = None, start_timeout_s: float = 900.0,
-                 stop_timeout_s: float = 15.0, timeout_s: float = 60.0, warmup: int = 1,
-                 repeats: int | None = None, tokenizer: str = "auto"):
+    def __init__(
+        self,
+        model: str,
+        backend: str = "vllm",
+        *,
+        python: str | None = None,
+        command: Sequence[str] | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        start_timeout_s: float = 900.0,
+        stop_timeout_s: float = 15.0,
+        timeout_s: float = 60.0,
+        warmup: int = 1,
+        repeats: int | None = None,
+        tokenizer: str = "auto",
+    ):
         if backend not in ENGINE_FLAGS:
             raise SpecError("backend", f"{backend!r} is not one of {sorted(ENGINE_FLAGS)}")
         self.model = model
@@ -150,8 +206,9 @@ class LocalEngineRunner(Runner):
                 exc.add_note(f"engine exited with code {self.process_.returncode}; log: {self.log_path_}")
             raise
         software = {**m.software, "backend": self.backend, "engine_command": " ".join(self.command_)}
-        return dataclasses.replace(m, runner=self.name, software=software,
-                                   extra={**m.extra, "engine_log": str(self.log_path_)})
+        return dataclasses.replace(
+            m, runner=self.name, software=software, extra={**m.extra, "engine_log": str(self.log_path_)}
+        )
 
     def close(self) -> None:
         self.stop()
@@ -167,15 +224,35 @@ class LocalEngineRunner(Runner):
         work = Path(self.work_dir) if self.work_dir else Path(tempfile.mkdtemp(prefix="sla-engine-"))
         work.mkdir(parents=True, exist_ok=True)
         self.log_path_ = work / f"{self.backend}-{candidate.name}-{port}.log"
-        self.command_ = engine_command(self.backend, self.model, candidate, host=self.host, port=port,
-                                       python=self.python, command=self.command, extra_args=self.extra_args)
+        self.command_ = engine_command(
+            self.backend,
+            self.model,
+            candidate,
+            host=self.host,
+            port=port,
+            python=self.python,
+            command=self.command,
+            extra_args=self.extra_args,
+        )
         self.base_url_ = f"http://{self.host}:{port}"
-        log.info("starting %s %s: %s (log %s)", self.backend, candidate.name, " ".join(self.command_), self.log_path_)
+        log.info(
+            "starting %s %s: %s (log %s)",
+            self.backend,
+            candidate.name,
+            " ".join(self.command_),
+            self.log_path_,
+        )
         with self.log_path_.open("ab") as out:
             try:
-                self.process_ = subprocess.Popen(self.command_, stdout=out, stderr=subprocess.STDOUT,
-                                                 stdin=subprocess.DEVNULL, env={**os.environ, **self.env},
-                                                 cwd=work, start_new_session=True)
+                self.process_ = subprocess.Popen(
+                    self.command_,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, **self.env},
+                    cwd=work,
+                    start_new_session=True,
+                )
             except OSError as exc:
                 raise EngineStartError(f"cannot run {self.command_[0]}: {exc}") from exc
         _LIVE.add(self)
@@ -185,8 +262,13 @@ class LocalEngineRunner(Runner):
         except BaseException:  # includes KeyboardInterrupt: never leave an engine behind
             self.stop()
             raise
-        self._endpoint = EndpointRunner(self.base_url_, timeout_s=self.timeout_s, warmup=self.warmup,
-                                        repeats=self.repeats, tokenizer=self.tokenizer)
+        self._endpoint = EndpointRunner(
+            self.base_url_,
+            timeout_s=self.timeout_s,
+            warmup=self.warmup,
+            repeats=self.repeats,
+            tokenizer=self.tokenizer,
+        )
         return self.base_url_
 
     def _wait_ready(self, candidate: Candidate) -> None:
@@ -203,17 +285,26 @@ class LocalEngineRunner(Runner):
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > deadline:
-                    exc = EngineStartError(f"{self.backend} {candidate.name} not ready within "
-                                           f"{self.start_timeout_s:g} s; log: {self.log_path_}")
-                    exc.reason, exc.exit_code, exc.log_tail, exc.log_path = "timeout", None, self.log_tail(), self.log_path_
+                    exc = EngineStartError(
+                        f"{self.backend} {candidate.name} not ready within "
+                        f"{self.start_timeout_s:g} s; log: {self.log_path_}"
+                    )
+                    exc.reason, exc.exit_code, exc.log_tail, exc.log_path = (
+                        "timeout",
+                        None,
+                        self.log_tail(),
+                        self.log_path_,
+                    )
                     raise exc
                 time.sleep(0.5)
 
     def _exit_error(self, candidate: Candidate, code: int) -> EngineStartError:
         tail = self.log_tail()
         reason, line = start_failure_reason(tail)
-        exc = EngineStartError(f"{self.backend} {candidate.name} exited with code {code} during start "
-                               f"({reason}): {line[:300]}; log: {self.log_path_}")
+        exc = EngineStartError(
+            f"{self.backend} {candidate.name} exited with code {code} during start "
+            f"({reason}): {line[:300]}; log: {self.log_path_}"
+        )
         exc.reason, exc.exit_code, exc.log_tail, exc.log_path = reason, code, tail, self.log_path_
         return exc
 

@@ -36,7 +36,10 @@ def parse_prometheus(text: str) -> list[Sample]:
             value = float(m["value"])
         except ValueError:
             continue
-        labels = {lm["key"]: bytes(lm["value"], "utf-8").decode("unicode_escape") for lm in _LABEL.finditer(m["labels"] or "")}
+        labels = {
+            lm["key"]: bytes(lm["value"], "utf-8").decode("unicode_escape")
+            for lm in _LABEL.finditer(m["labels"] or "")
+        }
         out.append(Sample(m["name"], labels, value))
     return out
 
@@ -81,23 +84,29 @@ def _vllm_kv_capacity(samples: list[Sample]) -> int | None:
 def parse_metrics(text: str) -> EngineMetrics:
     """EngineMetrics from a /metrics body (Prometheus text, or TRT-LLM's JSON list of iteration stats)."""
     stripped = text.lstrip()
-    if stripped.startswith("[") or stripped.startswith("{"):
+    if stripped.startswith(("[", "{")):
         return _parse_trtllm_json(stripped)
     samples = parse_prometheus(text)
     capacity = _vllm_kv_capacity(samples)
     if capacity is None:
         sg = _sum(samples, "sglang:max_total_num_tokens")
         capacity = int(sg) if sg else None
-    warnings = [] if capacity else ["no KV capacity metric (vllm:cache_config_info / sglang:max_total_num_tokens)"]
+    warnings = (
+        [] if capacity else ["no KV capacity metric (vllm:cache_config_info / sglang:max_total_num_tokens)"]
+    )
     usage = _sum(samples, "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
     n_usage = sum(1 for s in samples if s.name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"))
     return EngineMetrics(
         kv_capacity_tokens=capacity,
         kv_usage_frac=usage / n_usage if usage is not None and n_usage > 1 else usage,
-        num_preemptions=_sum(samples, "vllm:num_preemptions_total", "vllm:num_preemptions", "sglang:num_retracted_reqs"),
+        num_preemptions=_sum(
+            samples, "vllm:num_preemptions_total", "vllm:num_preemptions", "sglang:num_retracted_reqs"
+        ),
         num_requests_running=_sum(samples, "vllm:num_requests_running", "sglang:num_running_reqs"),
         num_requests_waiting=_sum(samples, "vllm:num_requests_waiting", "sglang:num_queue_reqs"),
-        itl_seconds_sum=_sum(samples, "vllm:inter_token_latency_seconds_sum", "vllm:time_per_output_token_seconds_sum"),
+        itl_seconds_sum=_sum(
+            samples, "vllm:inter_token_latency_seconds_sum", "vllm:time_per_output_token_seconds_sum"
+        ),
         itl_seconds_count=_sum(
             samples, "vllm:inter_token_latency_seconds_count", "vllm:time_per_output_token_seconds_count"
         ),

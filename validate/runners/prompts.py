@@ -9,7 +9,7 @@ Words are random per seed, so two prompts share no leading block of tokens.
 from __future__ import annotations
 
 import random
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from estimator.errors import BadResponse
 
@@ -32,7 +32,9 @@ def random_token_ids(rng: random.Random, n: int, id_range: tuple[int, int]) -> l
     return [rng.randrange(low, high) for _ in range(n)]
 
 
-async def exact_text_prompt(count_tokens: CountTokens, num_tokens: int, seed: int, max_rounds: int = 60) -> str:
+async def exact_text_prompt(
+    count_tokens: CountTokens, num_tokens: int, seed: int, max_rounds: int = 60
+) -> str:
     """A text that the server's tokenizer turns into exactly ``num_tokens`` tokens.
 
     Starts from a word count estimated at 1.5 tokens per word, then adds or drops words while far
