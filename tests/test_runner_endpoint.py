@@ -170,6 +170,8 @@ def test_bad_arguments_are_spec_errors():
         EndpointRunner("http://127.0.0.1:1", api="responses")
     with pytest.raises(SpecError):
         EndpointRunner("http://127.0.0.1:1", tokenizer="guess")
+    with pytest.raises(SpecError, match="osl >= 2"):
+        EndpointRunner("http://127.0.0.1:1").measure(probe(ProbeKind.DECODE, isl=16, osl=1))
 
 
 # ---- pure helpers -------------------------------------------------------------------------------------

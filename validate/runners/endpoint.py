@@ -137,6 +137,10 @@ class EndpointRunner(Runner):
     def measure(self, probe: Probe) -> Measurement:
         if probe.isl < 1 or probe.osl < 1 or probe.concurrency < 1:
             raise SpecError("probe", f"isl, osl and concurrency must be >= 1 (got {probe.to_dict()})")
+        if probe.kind is not ProbeKind.PREFILL and probe.osl < 2:
+            raise SpecError(
+                "probe", f"{probe.kind.value} probes need osl >= 2 to time tokens after the first"
+            )
         return asyncio.run(self._measure(probe))
 
     # ---- orchestration ------------------------------------------------------------------------
