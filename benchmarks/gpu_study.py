@@ -26,14 +26,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a plain checkout (the GPU machine has no install)
 
-from estimator.candidates import Candidate, Mapping  # noqa: E402
-from estimator.errors import MeasurementError  # noqa: E402
-from estimator.sources.base import Stack  # noqa: E402
-from validate.measurement import Measurement, MeasurementStore, Probe, ProbeKind  # noqa: E402
+from estimator.candidates import Candidate, Mapping
+from estimator.errors import MeasurementError
+from estimator.sources.base import Stack
+from validate.measurement import Measurement, MeasurementStore, Probe, ProbeKind
 
 MODEL = "meta-llama/Meta-Llama-3.1-8B"
 ISLS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-DECODE_POINTS = tuple((b, c) for c in (1024, 4096, 8192) for b in (1, 8, 32, 64, 128, 256)) + ((1, 16384), (16, 16384))
+DECODE_POINTS = tuple((b, c) for c in (1024, 4096, 8192) for b in (1, 8, 32, 64, 128, 256)) + (
+    (1, 16384),
+    (16, 16384),
+)
 
 log = logging.getLogger("gpu_study")
 
@@ -63,7 +66,12 @@ def check_exact_kv(runner, batch: int = 2, prompt_len: int = 256) -> float:
     """Relative error of one decode step's logits: exact-KV attention vs transformers' stock sdpa + DynamicCache."""
     import torch
 
-    from validate.runners.torch_gpu import EXACT_KV_ATTENTION, ExactKvCache, attach_kv_cache, last_token_logits
+    from validate.runners.torch_gpu import (
+        EXACT_KV_ATTENTION,
+        ExactKvCache,
+        attach_kv_cache,
+        last_token_logits,
+    )
 
     model = runner.load()
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -81,7 +89,9 @@ def check_exact_kv(runner, batch: int = 2, prompt_len: int = 256) -> float:
         try:
             last_token_logits(model, prompt)
             cache.pos = prompt_len
-            ours = last_token_logits(model, nxt, torch.full((batch, 1), prompt_len, device=runner.device)).float()
+            ours = last_token_logits(
+                model, nxt, torch.full((batch, 1), prompt_len, device=runner.device)
+            ).float()
         finally:
             attach_kv_cache(model, None)
     return float((ours - ref).norm() / ref.norm())
@@ -101,7 +111,9 @@ def init_tp(args: argparse.Namespace) -> tuple[str, bool]:
         raise SystemExit(f"--tp {args.tp} runs one process per GPU: torchrun --nproc-per-node {args.tp} ...")
     if args.device.startswith("cuda"):
         torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo", timeout=timedelta(minutes=3))
+    dist.init_process_group(
+        "nccl" if args.device.startswith("cuda") else "gloo", timeout=timedelta(minutes=3)
+    )
     return (f"cuda:{local}" if args.device.startswith("cuda") else args.device), dist.get_rank() == 0
 
 
@@ -155,7 +167,11 @@ def measure(args: argparse.Namespace) -> int:
 
 def point_of(m: Measurement) -> tuple[str, int, int]:
     p = m.probe
-    return (p.kind.value, 1, p.isl) if p.kind is ProbeKind.PREFILL else (p.kind.value, p.concurrency, p.context_tokens)
+    return (
+        (p.kind.value, 1, p.isl)
+        if p.kind is ProbeKind.PREFILL
+        else (p.kind.value, p.concurrency, p.context_tokens)
+    )
 
 
 def _order(m: Measurement) -> tuple[int, int, int]:
@@ -214,8 +230,23 @@ def report(args: argparse.Namespace) -> int:
     if args.csv:
         with open(args.csv, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["key", "kind", "batch", "tokens", "measured_ms", "std_ms", "aic_vllm_ms", "measured_over_aic",
-                        "bw_floor_ms", "ratio_to_bw_floor", "ratio_to_compute_floor", "eager_ms", "thpt_per_gpu"])
+            w.writerow(
+                [
+                    "key",
+                    "kind",
+                    "batch",
+                    "tokens",
+                    "measured_ms",
+                    "std_ms",
+                    "aic_vllm_ms",
+                    "measured_over_aic",
+                    "bw_floor_ms",
+                    "ratio_to_bw_floor",
+                    "ratio_to_compute_floor",
+                    "eager_ms",
+                    "thpt_per_gpu",
+                ]
+            )
             for m in sorted(ms, key=_order):
                 kind, batch, tokens = point_of(m)
                 std = m.ttft_std_ms if kind == "prefill" else m.itl_std_ms
@@ -232,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("measure", help="measure on the local GPU (append to --out)")
-    m.add_argument("--model-path", help="directory with the model's config.json (default: AIC's bundled config)")
+    m.add_argument(
+        "--model-path", help="directory with the model's config.json (default: AIC's bundled config)"
+    )
     m.add_argument("--out", required=True, help="MeasurementStore jsonl to append to")
     m.add_argument("--summary", help="write device facts and failures as JSON here")
     m.add_argument("--system", help="AIC system id (default: from the GPU name)")

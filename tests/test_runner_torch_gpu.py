@@ -9,11 +9,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from estimator.candidates import Candidate, Mapping  # noqa: E402
-from estimator.errors import EngineStartError, MeasurementError  # noqa: E402
-from estimator.sources.base import Stack  # noqa: E402
-from validate.measurement import MeasurementStore, Probe, ProbeKind  # noqa: E402
-from validate.runners.torch_gpu import (  # noqa: E402
+from estimator.candidates import Candidate, Mapping
+from estimator.errors import EngineStartError, MeasurementError
+from estimator.sources.base import Stack
+from validate.measurement import MeasurementStore, Probe, ProbeKind
+from validate.runners.torch_gpu import (
     EXACT_KV_ATTENTION,
     ExactKvCache,
     TorchGpuRunner,
@@ -89,7 +89,9 @@ def _twin_models():
     config = transformers.AutoConfig.for_model(**TINY)
     torch.manual_seed(1)
     ref = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
-    ours = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=register_exact_kv_attention())
+    ours = transformers.AutoModelForCausalLM.from_config(
+        config, attn_implementation=register_exact_kv_attention()
+    )
     ours.load_state_dict(ref.state_dict())
     return ref, ours.eval()
 

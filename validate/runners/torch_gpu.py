@@ -20,11 +20,13 @@ import logging
 import os
 import platform
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from estimator.errors import EngineStartError, MeasurementError
+
 from ..measurement import Measurement, Probe, ProbeKind
 from .base import Runner
 
@@ -92,7 +94,9 @@ def register_exact_kv_attention() -> str:
 
 def attention_modules(model: Any) -> list[Any]:
     """Self-attention modules in layer order (those carrying an integer ``layer_idx``)."""
-    mods = [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int) and hasattr(m, "o_proj")]
+    mods = [
+        m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int) and hasattr(m, "o_proj")
+    ]
     return sorted(mods, key=lambda m: m.layer_idx)
 
 
@@ -104,7 +108,9 @@ def attach_kv_cache(model: Any, cache: ExactKvCache | None) -> None:
 
 def last_token_logits(model: Any, input_ids: Any, position_ids: Any | None = None) -> Any:
     """Forward pass computing logits of the last position only (version-independent ``logits_to_keep=1``)."""
-    hidden = model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    hidden = model.base_model(
+        input_ids=input_ids, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
     return model.get_output_embeddings()(hidden[:, -1:, :])
 
 
@@ -200,14 +206,18 @@ class TorchGpuRunner(Runner):
             import torch
             import transformers
         except ImportError as exc:
-            raise EngineStartError(f"gpu runner needs torch and transformers (pip install '.[gpu]'): {exc}") from exc
+            raise EngineStartError(
+                f"gpu runner needs torch and transformers (pip install '.[gpu]'): {exc}"
+            ) from exc
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineStartError(f"device {self.device!r} asked for but torch sees no CUDA GPU")
         if self.graphs and not self.device.startswith("cuda"):
             raise EngineStartError("CUDA graphs need a CUDA device; pass use_cuda_graph=False")
         if self.tp_size > 1 and not (torch.distributed.is_initialized()
                                      and torch.distributed.get_world_size() == self.tp_size):  # fmt: skip
-            raise EngineStartError(f"TP {self.tp_size} needs a process group of {self.tp_size} ranks (torchrun)")
+            raise EngineStartError(
+                f"TP {self.tp_size} needs a process group of {self.tp_size} ranks (torchrun)"
+            )
         torch.manual_seed(self.seed)
         path = self._config_source()
         try:
@@ -237,7 +247,9 @@ class TorchGpuRunner(Runner):
         try:
             name = resolve_model_name(self.model)
         except Exception as exc:  # SpecError, or PackageNotFoundError where AIC is not installed
-            raise EngineStartError(f"cannot find a config for {self.model!r}: {exc}; pass model_path") from exc
+            raise EngineStartError(
+                f"cannot find a config for {self.model!r}: {exc}; pass model_path"
+            ) from exc
         if os.path.isdir(name):
             return Path(name) / "config.json"
         return bundled_config_dir() / (name.replace("/", "--", 1) + "_config.json")
@@ -255,7 +267,9 @@ class TorchGpuRunner(Runner):
         weights = list(config_file.parent.glob("*.safetensors"))
         auto = transformers.AutoModelForCausalLM
         if weights and self.tp_size > 1:
-            raise EngineStartError("tensor parallel runs use random weights; give a model_path without safetensors")
+            raise EngineStartError(
+                "tensor parallel runs use random weights; give a model_path without safetensors"
+            )
         if weights:  # real checkpoint
             model = auto.from_pretrained(config_file.parent, attn_implementation=EXACT_KV_ATTENTION,
                                          device_map=self.device, **dtype_kw)  # fmt: skip
@@ -266,7 +280,9 @@ class TorchGpuRunner(Runner):
         if self.tp_size > 1:
             add_tp_collectives(model, self.tp_size)
         if not attention_modules(model):
-            raise EngineStartError(f"{type(model).__name__}: no attention modules with layer_idx/o_proj found")
+            raise EngineStartError(
+                f"{type(model).__name__}: no attention modules with layer_idx/o_proj found"
+            )
         return model
 
     # ---- properties of the built model ---------------------------------------------------------
@@ -300,13 +316,11 @@ class TorchGpuRunner(Runner):
 
     def _measure_device(self, torch: Any, transformers: Any) -> _Device:
         n = (1 << 30) if self.device.startswith("cuda") else (64 << 20)
-        src = torch.empty(n, dtype=torch.uint8, device=self.device).random_(0, 255)
-        dst = torch.empty_like(src)
-        copy_ms = _median(self._time(lambda: dst.copy_(src), 3, 10)[1])
         m = 8192 if self.device.startswith("cuda") else 512
-        a, b = (torch.randn(m, m, device=self.device, dtype=self._model.dtype) for _ in range(2))
-        mm_ms = _median(self._time(lambda: a @ b, 3, 10)[1])
-        del src, dst, a, b
+        copy_ms = self._time_once(lambda: torch.empty(n, dtype=torch.uint8, device=self.device).random_(0, 255),
+                                  lambda src, dst: dst.copy_(src))  # fmt: skip
+        mm_ms = self._time_once(lambda: torch.randn(m, m, device=self.device, dtype=self._model.dtype),
+                                lambda a, b: a @ b)  # fmt: skip
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
             free, total = torch.cuda.mem_get_info(torch.device(self.device))
@@ -322,6 +336,11 @@ class TorchGpuRunner(Runner):
                        max(0, int(usable // self.kv_bytes_per_token)), name, software)  # fmt: skip
 
     # ---- timing -------------------------------------------------------------------------------
+    def _time_once(self, make: Callable[[], Any], op: Callable[[Any, Any], Any]) -> float:
+        """Median ms of ``op(x, y)`` on two fresh random tensors, freed afterwards."""
+        x, y = make(), make()
+        return _median(self._time(lambda: op(x, y), 3, 10)[1])
+
     def _time(self, fn: Callable[[], Any], warmup: int, iters: int) -> tuple[list[float], list[float]]:
         """(warm-up times, timed times) in ms; CUDA events on a GPU, a host clock after sync on CPU."""
         import time
@@ -388,13 +407,19 @@ class TorchGpuRunner(Runner):
 
     def _check(self, probe: Probe) -> None:
         if probe.kind not in self.kinds:
-            raise MeasurementError(f"gpu runner measures prefill and decode probes, not {probe.kind.value}", probe)
+            raise MeasurementError(
+                f"gpu runner measures prefill and decode probes, not {probe.kind.value}", probe
+            )
         if probe.candidate.name != f"TP{self.tp_size}":
             raise MeasurementError(f"runner runs TP{self.tp_size}, probe asks {probe.candidate.name}", probe)
         if probe.stack.model != self.model:
-            raise MeasurementError(f"runner built for {self.model!r}, probe asks {probe.stack.model!r}", probe)
+            raise MeasurementError(
+                f"runner built for {self.model!r}, probe asks {probe.stack.model!r}", probe
+            )
         if probe.isl < 1 or probe.concurrency < 1:
-            raise MeasurementError(f"isl and concurrency must be >= 1, got {probe.isl}, {probe.concurrency}", probe)
+            raise MeasurementError(
+                f"isl and concurrency must be >= 1, got {probe.isl}, {probe.concurrency}", probe
+            )
         if probe.kind is ProbeKind.PREFILL and probe.concurrency != 1:
             raise MeasurementError("prefill probes are batch 1", probe)
 
@@ -450,10 +475,14 @@ class TorchGpuRunner(Runner):
             "copy_gb_per_s": self._dev.copy_bytes_per_s / 1e9,
             "matmul_tflops": self._dev.matmul_flops_per_s / 1e12,
             "cuda_graph": self.graphs,
-            "weights": "real" if self.model_path and list(Path(self.model_path).glob("*.safetensors")) else "random",
+            "weights": "real"
+            if self.model_path and list(Path(self.model_path).glob("*.safetensors"))
+            else "random",
         }
 
-    def _measurement(self, probe: Probe, samples: list[float], extra: dict[str, Any], **fields: Any) -> Measurement:
+    def _measurement(
+        self, probe: Probe, samples: list[float], extra: dict[str, Any], **fields: Any
+    ) -> Measurement:
         key = "ttft_ms" if probe.kind is ProbeKind.PREFILL else "itl_ms"
         return Measurement(probe=probe, runner=self.name, samples={key: samples},
                            kv_capacity_tokens=self._dev.kv_capacity_tokens,
