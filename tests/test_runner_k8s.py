@@ -415,3 +415,29 @@ def test_interrupt_in_a_parallel_wave_cancels_and_deletes(cluster):
             runner.measure_many(probes)
     assert cluster.max_live["deployments"] >= 2  # the wave did run side by side
     assert cluster.live() == []
+
+
+@pytest.mark.engine
+def test_real_vllm_server_measured_through_the_port_forward(vllm_url, tiny_model_dir):
+    """The stand-in forwards the pod's port to the session's real vLLM CPU server (tests/engine_server.py)."""
+    from urllib.parse import urlsplit
+
+    from engine_server import KV_CAPACITY_TOKENS
+
+    target = urlsplit(vllm_url)
+    cluster = StandIn(forward_to=(target.hostname, target.port))
+    cluster.start()
+    stack = Stack(str(tiny_model_dir), "h100_sxm", "vllm")
+    try:
+        with _runner(cluster, request_timeout_s=60) as runner:
+            prefill = runner.measure(Probe(ProbeKind.PREFILL, stack, TP1, isl=256, repeats=2))
+            decode = runner.measure(
+                Probe(ProbeKind.DECODE, stack, TP1, isl=128, osl=16, concurrency=4, repeats=1)
+            )
+    finally:
+        cluster.stop()
+    assert prefill.runner == decode.runner == "k8s"
+    assert prefill.extra["prompt_tokens"] == 256 and 0 < prefill.ttft_ms < 60_000
+    assert decode.itl_ms > 0 and decode.thpt_per_gpu > 0
+    assert decode.kv_capacity_tokens == KV_CAPACITY_TOKENS  # read from /metrics through the tunnel
+    assert cluster.forwarded and cluster.live() == []
