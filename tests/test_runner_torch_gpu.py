@@ -191,3 +191,15 @@ def test_tp_collectives_keep_a_one_rank_forward_unchanged(tmp_path):
         torch.testing.assert_close(after, before)
     finally:
         dist.destroy_process_group()
+
+
+def test_real_weights_load_from_a_local_checkpoint(tmp_path):
+    ref, _ = _twin_models()
+    ref.save_pretrained(tmp_path)  # config.json + model.safetensors
+    r = TorchGpuRunner(str(tmp_path), model_path=str(tmp_path), device="cpu", dtype="float32",
+                       use_cuda_graph=False, warmup_iters=1, min_iters=2)  # fmt: skip
+    ids = torch.randint(0, TINY["vocab_size"], (1, 5))
+    with torch.inference_mode():
+        torch.testing.assert_close(last_token_logits(r.load(), ids), ref(input_ids=ids).logits[:, -1:])
+    m = r.measure(probe(str(tmp_path), isl=8))
+    assert m.extra["weights"] == "real" and m.ttft_ms > 0

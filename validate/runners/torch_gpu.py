@@ -222,11 +222,11 @@ class TorchGpuRunner(Runner):
         path = self._config_source()
         try:
             self._model = self._build(path, torch, transformers)
+            self._dev = self._measure_device(torch, transformers)
         except _oom_types() as exc:
             raise EngineStartError(f"{self.model}: weights do not fit on {self.device}: {exc}") from exc
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise EngineStartError(f"cannot build {self.model} from {path}: {exc}") from exc
-        self._dev = self._measure_device(torch, transformers)
         log.info("built %s on %s: %.1f GB weights, copy %.0f GB/s, KV capacity %d tokens", self.model,
                  self._dev.name, self.weight_bytes / 1e9, self._dev.copy_bytes_per_s / 1e9,
                  self._dev.kv_capacity_tokens)  # fmt: skip
@@ -271,8 +271,10 @@ class TorchGpuRunner(Runner):
                 "tensor parallel runs use random weights; give a model_path without safetensors"
             )
         if weights:  # real checkpoint
-            model = auto.from_pretrained(config_file.parent, attn_implementation=EXACT_KV_ATTENTION,
-                                         device_map=self.device, **dtype_kw)  # fmt: skip
+            # loaded on the host, then moved (device_map would need accelerate)
+            model = auto.from_pretrained(
+                config_file.parent, attn_implementation=EXACT_KV_ATTENTION, **dtype_kw
+            )
         else:
             with torch.device(self.device):
                 model = auto.from_config(config, attn_implementation=EXACT_KV_ATTENTION, **dtype_kw)
