@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from estimator.errors import SlaEstimateError  # noqa: E402
 from estimator.sources.aic import AicSource  # noqa: E402
 from estimator.sources.base import Stack  # noqa: E402
-from estimator.sources.calibrated import Target  # noqa: E402
+from estimator.sources.calibrated import PRIOR, SHARED, Correction, Target  # noqa: E402
 from validate.calibrate import fit_correction, targets_for  # noqa: E402
 from validate.silicon import load_silicon  # noqa: E402
 
@@ -80,8 +80,17 @@ def _reason(msg: str) -> str:
 
 
 def raw_ms(t: Target) -> float:
-    """The uncalibrated serving-model estimate (steady state, no overheads)."""
-    return t.prefill_ms + t.decode_ms
+    """The uncalibrated estimate: serving model on raw AIC, regime weights at their prior, no overheads."""
+    return _NEUTRAL.predict(t)
+
+
+def _neutral() -> Correction:
+    theta = np.array([PRIOR[n][0] for n in SHARED])
+    theta[SHARED.index("log_step_ms")] = theta[SHARED.index("log_overhead_ms")] = -30.0  # e^-30 ms: none
+    return Correction((), theta, np.zeros((theta.size, theta.size)), {"ttft": 0.0, "tpot": 0.0}, 0, "")
+
+
+_NEUTRAL = _neutral()
 
 
 def evaluate(rows: list[dict], ks: list[int], splits: int, min_rows: int, seed: int) -> list[dict]:

@@ -102,29 +102,29 @@ def targets_for(source: PerfSource, m: Measurement, config: SchedulerConfig | No
         d = float(source.decode_itl_ms(eng, [p.concurrency], [p.context_tokens])[0])
         out.append(Target(eng.name, "tpot", m.itl_ms, 0.0, d, 1.0, 0.0, p.isl, p.concurrency, p.context_tokens))
     elif p.kind is ProbeKind.AGG:
-        steady, burst = agg_terms(source, m, config)
+        steady, burst, sync = agg_terms(source, m, config)
         for kind, y in (("ttft", m.ttft_ms), ("tpot", m.tpot_ms or m.itl_ms)):
             if not y:
                 continue
             i = 0 if kind == "ttft" else 1
-            s_, b_ = _parts(steady, i), _parts(burst, i)
-            out.append(Target(eng.name, kind, float(y), *s_, 1.0 if kind == "ttft" else 0.0, p.isl, steady.batch,
-                              steady.context_tokens, *b_))  # fmt: skip
+            out.append(Target(eng.name, kind, float(y), *_parts(steady, i), 1.0 if kind == "ttft" else 0.0, p.isl,
+                              steady.batch, steady.context_tokens, p.osl, *_parts(burst, i), *_parts(sync, i)))  # fmt: skip
     return out
 
 
 def agg_terms(source: PerfSource, m: Measurement, config: SchedulerConfig | None = None):
-    """(steady-state, burst) serving terms of an agg probe."""
+    """(staggered steady state, burst, synchronised steady state) serving terms of an agg probe."""
     p = m.probe
     cfg = config or SchedulerConfig.for_backend(source.stack.backend)
     kv = _kv_or_zero(source, m)
-    steady = serving_terms(source, p.candidate, p.concurrency, p.isl, p.osl, _with(cfg, 3, 1), kv)
-    burst = serving_terms(source, p.candidate, p.concurrency, p.isl, p.osl, _with(cfg, 1, 0), kv)
-    return steady, burst
+    return tuple(
+        serving_terms(source, p.candidate, p.concurrency, p.isl, p.osl, _with(cfg, *regime), kv)
+        for regime in ((3, 1, True), (1, 0, False), (3, 1, False))
+    )
 
 
-def _with(cfg: SchedulerConfig, waves: int, warmup: int) -> SchedulerConfig:
-    return SchedulerConfig(cfg.token_budget, cfg.max_num_seqs, waves, warmup)
+def _with(cfg: SchedulerConfig, waves: int, warmup: int, stagger: bool) -> SchedulerConfig:
+    return SchedulerConfig(cfg.token_budget, cfg.max_num_seqs, waves, warmup, stagger)
 
 
 def _kv_or_zero(source: PerfSource, m: Measurement) -> int:

@@ -62,6 +62,7 @@ class SchedulerConfig:
     max_num_seqs: int = 1024
     waves: int = 4  # requests each client sends; the first wave arrives all at once
     warmup_waves: int = 0  # leading waves left out of the means (benchmarks that warm up first)
+    stagger: bool = False  # clients start spread over one decode cycle instead of all at once
 
     @classmethod
     def for_backend(cls, backend: str, waves: int = 4, warmup_waves: int = 0) -> SchedulerConfig:
@@ -79,8 +80,8 @@ def serving_terms(
 ) -> ServingTerms:
     """Simulate ``concurrency`` closed-loop clients sending ISL/OSL requests; return the TTFT/TPOT parts.
 
-    ``kv_capacity_tokens`` > 0 limits running requests to those whose full ISL + OSL fits in the KV
-    cache (the others wait in the queue, which is how TTFT explodes past the engine's capacity).
+    ``kv_capacity_tokens`` > 0 limits running requests to those whose mean footprint ISL + OSL/2 fits
+    in the KV cache (the others wait in the queue: how TTFT explodes past the engine's capacity).
     """
     if concurrency < 1 or isl < 1 or osl < 1:
         raise SourceError(f"serving model needs concurrency, isl, osl >= 1 (got {concurrency}, {isl}, {osl})")
@@ -89,8 +90,8 @@ def serving_terms(
     clients = max(1, math.ceil(concurrency / dp))
     running_cap = max(1, min(clients, cfg.max_num_seqs))
     if kv_capacity_tokens > 0:
-        running_cap = max(1, min(running_cap, kv_capacity_tokens // dp // (isl + osl)))
-    cfg = SchedulerConfig(cfg.token_budget, running_cap, cfg.waves, cfg.warmup_waves)
+        running_cap = max(1, min(running_cap, int(kv_capacity_tokens / dp / (isl + osl / 2))))
+    cfg = SchedulerConfig(cfg.token_budget, running_cap, cfg.waves, cfg.warmup_waves, cfg.stagger)
     context = isl + osl / 2.0
     batches = np.arange(1, running_cap + 1, dtype=float)
     decode_ms = np.concatenate([[0.0], source.decode_itl_ms(candidate, batches * dp, np.full_like(batches, context))])
@@ -120,10 +121,19 @@ def simulate(
     first_tok = [None] * clients
     sent = [1] * clients
     admitted: list[int] = []  # running requests (client ids), FCFS order
-    queue = list(range(clients))  # waiting to be admitted
+    # (step, client) first arrivals: all at step 0, or spread over one decode cycle
+    pending = [(int(i * osl / clients) if cfg.stagger else 0, i) for i in range(clients)]
+    queue: list[int] = []  # arrived, waiting to be admitted
     ttft_sum, tpot_sum, n_done, n_tpot = np.zeros(3), np.zeros(3), 0, 0
     batch_steps = np.zeros(2)  # sum of decoding-batch × steps, steps
-    while admitted or queue:
+    while admitted or queue or pending:
+        while pending and pending[0][0] <= clock[2]:
+            i = pending.pop(0)[1]
+            arrived[i] = clock.copy()
+            queue.append(i)
+        if not admitted and not queue:  # idle until the next client starts
+            clock[2] = pending[0][0]
+            continue
         while queue and len(admitted) < cap:
             admitted.append(queue.pop(0))
         decoding = [i for i in admitted if remaining_prompt[i] == 0]
@@ -139,8 +149,10 @@ def simulate(
             prefill_tokens += take
             if remaining_prompt[i] == 0:
                 finished_prompt.append(i)
-        if prefill_tokens == 0:  # decode-only stretch: jump to the next request that finishes
+        if prefill_tokens == 0:  # decode-only stretch: jump to the next finish or arrival
             k = min(remaining_out[i] for i in decoding)
+            if pending:
+                k = max(1, min(k, int(pending[0][0] - clock[2])))
         else:
             k = 1
         clock += (prefill_tokens * prefill_ms_per_token, k * decode_ms[n_dec], k)

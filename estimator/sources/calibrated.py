@@ -28,7 +28,7 @@ from .base import PerfSource, as_positive_array
 FORMAT_VERSION = 1
 SHARED = (
     "alpha_prefill", "beta_isl", "alpha_decode", "beta_batch", "beta_context", "log_step_ms", "log_overhead_ms",
-    "logit_burst",
+    "logit_burst", "logit_sync", "beta_burst_osl", "beta_sync_osl",
 )  # fmt: skip
 # Prior (mean, sd) of each shared parameter: raw estimates within a factor e, mild slopes, small overheads.
 PRIOR = {
@@ -40,6 +40,9 @@ PRIOR = {
     "log_step_ms": (math.log(0.5), 1.5),
     "log_overhead_ms": (math.log(5.0), 1.5),
     "logit_burst": (-1.0, 1.5),
+    "logit_sync": (-1.0, 1.5),
+    "beta_burst_osl": (0.0, 1.0),
+    "beta_sync_osl": (0.0, 1.0),
 }
 ENGINE_SD = 0.15  # prior sd of an engine's offset from the shared log-ratio
 NOISE_PRIOR = {"ttft": 0.10, "tpot": 0.04}  # log-residual sd before data; pooled with the fit's residuals
@@ -61,10 +64,15 @@ class Target:
     isl: float
     batch: float
     context: float
-    # agg TTFT/TPOT under a burst (all clients start together, first wave counted); else same as above
+    # agg only: the terms above are the staggered steady state; these the burst (all clients start
+    # together, first wave counted) and the synchronised steady state (waves stay in step)
+    osl: float = 1.0
     burst_prefill_ms: float | None = None
     burst_decode_ms: float | None = None
     burst_steps: float | None = None
+    sync_prefill_ms: float | None = None
+    sync_decode_ms: float | None = None
+    sync_steps: float | None = None
 
     def features(self) -> tuple[float, float, float]:
         return (math.log(self.isl / 1024.0), math.log(max(self.batch, 1.0) / 16.0), math.log(self.context / 2048.0))
@@ -107,11 +115,15 @@ class Correction:
         th = self.theta if theta is None else theta
         a_p, a_d, step, over = self.scales(t.engine, t.isl, t.batch, t.context, th)
         steady = a_p * t.prefill_ms + a_d * t.decode_ms + step * t.steps
-        if t.burst_prefill_ms is None:
+        if t.burst_prefill_ms is None or t.sync_prefill_ms is None:
             return float(steady + over * t.const)
-        w = 1.0 / (1.0 + math.exp(-th[7]))
+        lo = math.log(max(t.osl, 1.0) / 1024.0)
+        z = np.array([0.0, th[7] + th[9] * lo, th[8] + th[10] * lo])
+        w = np.exp(z - z.max())
+        w /= w.sum()
         burst = a_p * t.burst_prefill_ms + a_d * t.burst_decode_ms + step * t.burst_steps
-        return float(w * burst + (1 - w) * steady + over * t.const)
+        sync = a_p * t.sync_prefill_ms + a_d * t.sync_decode_ms + step * t.sync_steps
+        return float(w[0] * steady + w[1] * burst + w[2] * sync + over * t.const)
 
     def band(self, t: Target, z: float = BAND_Z) -> tuple[float, float, float]:
         """(point, low, high) in ms: Laplace posterior of the parameters plus noise of the kind."""

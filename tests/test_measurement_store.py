@@ -1,0 +1,51 @@
+"""The append-only record store: append, resume after a crash with a torn last line, corrupt lines."""
+
+from __future__ import annotations
+
+import json
+
+from estimator.candidates import Candidate, Mapping
+from estimator.sources.base import Stack
+from validate.measurement import Measurement, MeasurementStore, Probe, ProbeKind
+
+STACK = Stack("meta-llama/Meta-Llama-3.1-8B", "h100_sxm", "vllm")
+
+
+def _m(isl: int, ttft: float) -> Measurement:
+    return Measurement(Probe(ProbeKind.PREFILL, STACK, Candidate(Mapping.TP, 1), isl=isl), runner="test", ttft_ms=ttft)
+
+
+def test_append_and_load_round_trip(tmp_path):
+    store = MeasurementStore(tmp_path / "sub" / "m.jsonl")
+    store.append(_m(1000, 50.0))
+    store.extend([_m(2000, 90.0), _m(4000, 170.0)])
+    got = store.load()
+    assert [m.probe.isl for m in got] == [1000, 2000, 4000]
+    assert got[1].ttft_ms == 90.0 and got[1].probe == _m(2000, 1).probe
+    assert store.keys() == {m.probe.key for m in got}
+
+
+def test_resume_after_torn_last_line(tmp_path, caplog):
+    path = tmp_path / "m.jsonl"
+    store = MeasurementStore(path)
+    store.append(_m(1000, 50.0))
+    whole = json.dumps(_m(2000, 90.0).to_dict())
+    with path.open("a") as fh:  # the process died half-way through writing the second record
+        fh.write(whole[: len(whole) // 2])
+    assert [m.probe.isl for m in store.load()] == [1000]
+    assert "unreadable" in caplog.text
+    store.append(_m(2000, 91.0))  # the rerun measures the lost point again; it lands on its own line
+    assert [(m.probe.isl, m.ttft_ms) for m in store.load()] == [(1000, 50.0), (2000, 91.0)]
+    assert _m(1000, 0).probe.key in store.keys()
+
+
+def test_corrupt_lines_are_skipped_not_fatal(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text("not json\n" + json.dumps({"schema": 1, "probe": {"kind": "nope"}}) + "\n\n")
+    store = MeasurementStore(path)
+    store.append(_m(1000, 50.0))
+    assert [m.probe.isl for m in store.load()] == [1000]
+
+
+def test_missing_file_is_empty(tmp_path):
+    assert MeasurementStore(tmp_path / "none.jsonl").load() == []

@@ -1,0 +1,229 @@
+"""Replay runner: answers probes from recorded measurements (tests, offline calibration).
+
+Sources it reads (``ReplayRunner.from_paths``):
+- our own ``MeasurementStore`` files (``*.jsonl``);
+- AIC's ``silicon_sample.csv`` (``*.csv``: agg rows, deduplicated, see ``validate/silicon.py``);
+- Dynamo profiling output directories: ``selected_prefill_interpolation/raw_data.npz``,
+  ``selected_decode_interpolation/raw_data.npz`` and the per-point benchmark JSONs
+  (``profile_export_aiperf.json`` / ``profile_export_genai_perf.json``) under ``prefill_tp4/``,
+  ``decode_tep8/``-style directories. These files do not name the model or backend, so the caller
+  gives the ``stack`` (and, for the npz files, which candidates were selected).
+
+Matching: the probe key first; otherwise the nearest record of the same engine (stack, candidate)
+and kind whose ISL, OSL (not for prefill) and concurrency each lie within ``tolerance`` (relative,
+default 10 %). Nothing close enough -> ``MeasurementError``. Stacks match on model, system and
+backend; version and quantisation only where both sides state them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Iterable
+
+from estimator.candidates import Candidate, Mapping
+from estimator.errors import MeasurementError
+from estimator.sources.base import Stack
+
+from ..measurement import Measurement, MeasurementStore, Probe, ProbeKind
+from .base import Runner
+
+log = logging.getLogger(__name__)
+
+DYNAMO_DECODE_OSL = 500  # Dynamo's decode sweep uses OSL 500: context y = isl + osl/2
+_ENGINE_DIR = re.compile(r"^(prefill|decode)_(tp|tep|dep)(\d+)$", re.IGNORECASE)
+_RESULT_FILES = ("profile_export_aiperf.json", "profile_export_genai_perf.json")
+
+
+def stacks_match(a: Stack, b: Stack) -> bool:
+    if (a.model.lower(), a.system, a.backend) != (b.model.lower(), b.system, b.backend):
+        return False
+    return all(x is None or y is None or x == y for x, y in (
+        (a.backend_version, b.backend_version), (a.gemm_quant, b.gemm_quant), (a.kvcache_quant, b.kvcache_quant)))  # fmt: skip
+
+
+class ReplayRunner(Runner):
+    """Answers probes from a list of recorded measurements."""
+
+    name = "replay"
+
+    def __init__(self, records: Iterable[Measurement], tolerance: float = 0.10):
+        self.records = list(records)
+        self.tolerance = tolerance
+        self._by_key = {m.probe.key: m for m in self.records}
+
+    @classmethod
+    def from_paths(
+        cls,
+        paths: Iterable[str | Path],
+        *,
+        stack: Stack | None = None,
+        prefill_candidate: Candidate | None = None,
+        decode_candidate: Candidate | None = None,
+        tolerance: float = 0.10,
+    ) -> ReplayRunner:
+        records: list[Measurement] = []
+        for p in map(Path, paths):
+            if p.is_dir():
+                if stack is None:
+                    raise MeasurementError(f"{p}: a Dynamo profiling directory needs the stack (model, system, backend)")
+                records += load_dynamo_dir(p, stack, prefill_candidate, decode_candidate)
+            elif p.suffix == ".csv":
+                from ..silicon import load_silicon
+
+                records += load_silicon(p)[0]
+            elif p.exists():
+                records += MeasurementStore(p).load()
+            else:
+                raise MeasurementError(f"no recorded measurements at {p}")
+        log.info("replay: %d records from %s", len(records), ", ".join(map(str, paths)))
+        return cls(records, tolerance)
+
+    def measure(self, probe: Probe) -> Measurement:
+        m = self._by_key.get(probe.key) or self._nearest(probe)
+        if m is None:
+            raise MeasurementError(f"no recorded {probe.kind.value} point of {probe.candidate.name} near isl {probe.isl}, "
+                                   f"osl {probe.osl}, concurrency {probe.concurrency}", probe)  # fmt: skip
+        extra = {**m.extra, "replayed_from": m.probe.to_dict()}
+        return dataclasses.replace(m, probe=probe, runner=self.name, extra=extra)
+
+    def _nearest(self, probe: Probe) -> Measurement | None:
+        best, best_d = None, math.inf
+        for m in self.records:
+            q = m.probe
+            if q.kind is not probe.kind or q.candidate != probe.candidate or not stacks_match(q.stack, probe.stack):
+                continue
+            pairs = [(q.isl, probe.isl), (q.concurrency, probe.concurrency)]
+            if probe.kind is not ProbeKind.PREFILL:
+                pairs.append((q.osl, probe.osl))
+            gaps = [abs(math.log(a / b)) for a, b in pairs]
+            if max(gaps) > math.log1p(self.tolerance):
+                continue
+            d = sum(g * g for g in gaps)
+            if d < best_d:
+                best, best_d = m, d
+        return best
+
+
+# ---- Dynamo profiling output -----------------------------------------------------------------
+def load_dynamo_dir(
+    root: Path, stack: Stack, prefill: Candidate | None = None, decode: Candidate | None = None
+) -> list[Measurement]:
+    """Measurements from a Dynamo profiler output directory (npz files and per-point JSONs)."""
+    out: list[Measurement] = []
+    pf = root / "selected_prefill_interpolation" / "raw_data.npz"
+    if pf.exists():
+        if prefill is None:
+            raise MeasurementError(f"{pf}: say which prefill candidate was selected (e.g. TP2)")
+        out += _prefill_npz(pf, stack, prefill)
+    dc = root / "selected_decode_interpolation" / "raw_data.npz"
+    if dc.exists():
+        if decode is None:
+            raise MeasurementError(f"{dc}: say which decode candidate was selected (e.g. TP4)")
+        out += _decode_npz(dc, stack, decode)
+    for engine_dir in sorted(d for d in root.iterdir() if d.is_dir() and _ENGINE_DIR.match(d.name)):
+        out += _point_jsons(engine_dir, stack)
+    if not out:
+        raise MeasurementError(f"{root}: no Dynamo raw_data.npz or per-point benchmark JSON found")
+    return out
+
+
+def _npz(path: Path) -> dict:
+    import numpy as np
+
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise MeasurementError(f"cannot read {path}: {exc}") from exc
+
+
+def _record(probe: Probe, source: Path, **values) -> Measurement:
+    return Measurement(probe=probe, runner="replay", hardware=probe.stack.system, measured_at="",
+                       extra={"source": str(source)}, **values)  # fmt: skip
+
+
+def _prefill_npz(path: Path, stack: Stack, cand: Candidate) -> list[Measurement]:
+    z = _npz(path)
+    try:
+        rows = zip(z["prefill_isl"], z["prefill_ttft"], z["prefill_thpt_per_gpu"], strict=True)
+    except KeyError as exc:
+        raise MeasurementError(f"{path}: missing key {exc}") from exc
+    return [_record(Probe(ProbeKind.PREFILL, stack, cand, isl=int(round(isl))), path, ttft_ms=float(ttft),
+                    thpt_per_gpu=float(thpt)) for isl, ttft, thpt in rows]  # fmt: skip
+
+
+def _decode_npz(path: Path, stack: Stack, cand: Candidate, osl: int = DYNAMO_DECODE_OSL) -> list[Measurement]:
+    """x = kv usage, y = context = isl + osl/2: concurrency = x·max_kv/y, isl = y − osl/2."""
+    z = _npz(path)
+    try:
+        max_kv = int(z["max_kv_tokens"].ravel()[0])
+        rows = zip(z["x_kv_usage"], z["y_context_length"], z["z_itl"], z["z_thpt_per_gpu"], strict=True)
+    except KeyError as exc:
+        raise MeasurementError(f"{path}: missing key {exc}") from exc
+    out = []
+    for x, y, itl, thpt in rows:
+        conc = max(1, int(round(float(x) * max_kv / float(y))))
+        isl = max(1, int(round(float(y) - osl / 2)))
+        probe = Probe(ProbeKind.DECODE, stack, cand, isl=isl, osl=osl, concurrency=conc)
+        out.append(_record(probe, path, itl_ms=float(itl), thpt_per_gpu=float(thpt), kv_capacity_tokens=max_kv))
+    return out
+
+
+def _point_jsons(engine_dir: Path, stack: Stack) -> list[Measurement]:
+    """One record per benchmark JSON under ``prefill_tp4/`` or ``decode_tp4/`` (aiperf or genai-perf)."""
+    phase, mapping, n = _ENGINE_DIR.match(engine_dir.name).groups()  # type: ignore[union-attr]
+    cand = Candidate(Mapping(mapping.upper()), int(n))
+    out = []
+    for f in sorted(p for name in _RESULT_FILES for p in engine_dir.rglob(name)):
+        if f.parent.name.endswith("_warmup") or "_warmup" in str(f.relative_to(engine_dir)):
+            continue  # Dynamo's decode warm-up run (fills the prefix cache), not a measurement
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("skipping unreadable benchmark result %s (%s)", f, exc)
+            continue
+        name = str(f.relative_to(engine_dir))
+        isl = _from_name(r"isl(\d+)", name) or _avg(doc, "input_sequence_length")
+        osl = _from_name(r"osl(\d+)", name) or _avg(doc, "output_sequence_length") or 1
+        conc = _from_name(r"_n(\d+)", name) or _concurrency(doc) or 1
+        if not isl:
+            log.warning("skipping %s: no ISL in its path or content", f)
+            continue
+        if phase.lower() == "prefill":
+            ttft = _avg(doc, "time_to_first_token")
+            probe = Probe(ProbeKind.PREFILL, stack, cand, isl=int(isl), osl=int(osl), concurrency=int(conc))
+            if ttft:
+                out.append(_record(probe, f, ttft_ms=ttft, thpt_per_gpu=isl / ttft * 1000 / cand.num_gpus
+                                   * cand.attention_dp_size))  # fmt: skip
+        else:
+            itl, thpt = _avg(doc, "inter_token_latency"), _avg(doc, "output_token_throughput")
+            probe = Probe(ProbeKind.DECODE, stack, cand, isl=int(isl), osl=int(osl), concurrency=int(conc))
+            if itl:
+                out.append(_record(probe, f, itl_ms=itl, ttft_ms=_avg(doc, "time_to_first_token"),
+                                   thpt_per_gpu=None if thpt is None else thpt / cand.num_gpus))  # fmt: skip
+    return out
+
+
+def _from_name(pattern: str, name: str) -> int | None:
+    m = re.search(pattern, name)
+    return int(m.group(1)) if m else None
+
+
+def _avg(doc: dict, metric: str) -> float | None:
+    v = doc.get(metric)
+    if isinstance(v, dict) and isinstance(v.get("avg"), (int, float)):
+        scale = 1e-6 if v.get("unit") == "ns" else 1.0  # older genai-perf exports in ns
+        return float(v["avg"]) * scale
+    return None
+
+
+def _concurrency(doc: dict) -> int | None:
+    cfg = doc.get("input_config", {})
+    c = cfg.get("loadgen", {}).get("concurrency") if isinstance(cfg, dict) else None
+    c = c if c is not None else (cfg.get("perf_analyzer", {}).get("stimulus", {}).get("concurrency") if isinstance(cfg, dict) else None)
+    return int(c) if isinstance(c, (int, float)) else None
