@@ -1,0 +1,153 @@
+"""Calibration on synthetic truth: a known distortion of a source must be recovered from few points."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+
+from estimator.candidates import Candidate, Mapping
+from estimator.errors import CalibrationError
+from estimator.pipeline import estimate
+from estimator.sources.base import PerfSource, Stack
+from estimator.sources.calibrated import CalibratedSource
+from estimator.sources.roofline import RooflineSource
+from estimator.spec import load_spec
+from validate.calibrate import calibrate, calibration_report, collect_targets
+from validate.measurement import Measurement, Probe, ProbeKind
+from validate.serving import SchedulerConfig, predict_agg
+
+STACK = Stack("meta-llama/Meta-Llama-3.1-8B", "h100_sxm", "vllm")
+TP1, TP2, TP4 = (Candidate(Mapping.TP, n) for n in (1, 2, 4))
+
+
+class Distorted(PerfSource):
+    """Truth: base × a·(isl/1024)^b for prefill, base × c·(batch/16)^d (+ per-engine factor) for decode."""
+
+    name = "truth"
+
+    def __init__(self, base: PerfSource, engine_factor: dict[str, float] | None = None):
+        super().__init__(base.stack)
+        self.base, self.engine_factor = base, engine_factor or {}
+
+    def prefill_ttft_ms(self, c, isl):
+        isl = np.atleast_1d(np.asarray(isl, float))
+        return self.base.prefill_ttft_ms(c, isl) * 1.6 * (isl / 1024) ** 0.15 * self.engine_factor.get(c.name, 1.0)
+
+    def decode_itl_ms(self, c, batch, context):
+        b, ctx = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, float)), np.atleast_1d(np.asarray(context, float)))
+        return self.base.decode_itl_ms(c, b, ctx) * 0.7 * (b / 16) ** 0.08 * self.engine_factor.get(c.name, 1.0)
+
+    def kv_capacity_tokens(self, c):
+        return self.base.kv_capacity_tokens(c)
+
+
+def _prefill(truth, cand, isl):
+    return Measurement(Probe(ProbeKind.PREFILL, STACK, cand, isl=isl), "synthetic",
+                       ttft_ms=float(truth.prefill_ttft_ms(cand, [isl])[0]))  # fmt: skip
+
+
+def _decode(truth, cand, n, isl=2000, osl=200):
+    ctx = isl + osl // 2
+    return Measurement(Probe(ProbeKind.DECODE, STACK, cand, isl=isl, osl=osl, concurrency=n), "synthetic",
+                       itl_ms=float(truth.decode_itl_ms(cand, [n], [ctx])[0]))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def setup():
+    base = RooflineSource(STACK)
+    truth = Distorted(base, {"TP1": 1.05, "TP2": 0.95})
+    ms = [_prefill(truth, c, isl) for c in (TP1, TP2) for isl in (512, 4096)]
+    ms += [_decode(truth, c, n) for c in (TP1, TP2) for n in (2, 64)]
+    ms.append(Measurement(ms[-1].probe, "synthetic", itl_ms=ms[-1].itl_ms, kv_capacity_tokens=123_456))
+    return base, truth, calibrate(base, ms), ms
+
+
+def test_recovers_distortion_within_tolerance(setup):
+    base, truth, cal, _ = setup
+    for c in (TP1, TP2):
+        isl = np.array([600, 1024, 2000, 8000])
+        np.testing.assert_allclose(cal.prefill_ttft_ms(c, isl), truth.prefill_ttft_ms(c, isl), rtol=0.08)
+        b, ctx = np.array([1, 8, 32, 128]), np.full(4, 2100)
+        np.testing.assert_allclose(cal.decode_itl_ms(c, b, ctx), truth.decode_itl_ms(c, b, ctx), rtol=0.08)
+    raw_err = abs(base.prefill_ttft_ms(TP1, [2000])[0] / truth.prefill_ttft_ms(TP1, [2000])[0] - 1)
+    assert raw_err > 0.4  # the distortion is real: the raw source is far off
+
+
+def test_band_covers_truth_and_widens_for_unmeasured_engines(setup):
+    _, truth, cal, _ = setup
+    for c in (TP1, TP2):
+        lo, hi = cal.prefill_ttft_band(c, [300, 3000])
+        t = truth.prefill_ttft_ms(c, [300, 3000])
+        assert np.all(lo <= t) and np.all(t <= hi) and np.all(lo < hi)
+        lo, hi = cal.decode_itl_band(c, [4, 48], [2100, 2100])
+        t = truth.decode_itl_ms(c, [4, 48], [2100, 2100])
+        assert np.all(lo <= t) and np.all(t <= hi)
+    lo1, hi1 = cal.decode_itl_band(TP1, [16], [2100])
+    lo4, hi4 = cal.decode_itl_band(TP4, [16], [2100])  # never measured: pooled estimate, wider band
+    assert hi4[0] / lo4[0] > hi1[0] / lo1[0]
+
+
+def test_measured_kv_capacity_replaces_estimate(setup):
+    base, _, cal, _ = setup
+    assert cal.kv_capacity_tokens(TP2) == 123_456
+    assert cal.kv_capacity_tokens(TP1) == base.kv_capacity_tokens(TP1)
+
+
+def test_save_load_round_trip(setup, tmp_path):
+    base, _, cal, _ = setup
+    path = tmp_path / "models" / "calibration.json"
+    cal.save(path)
+    doc = path.read_text()
+    assert '"format_version": 1' in doc and "training_data_hash" in doc and "feature_names" in doc
+    again = CalibratedSource.load(path, base)
+    np.testing.assert_allclose(again.prefill_ttft_ms(TP1, [1000, 3000]), cal.prefill_ttft_ms(TP1, [1000, 3000]))
+    assert again.kv_capacity_tokens(TP2) == 123_456
+    with pytest.raises(CalibrationError):
+        CalibratedSource.load(path, RooflineSource(Stack("Qwen/Qwen3-32B", "h100_sxm", "vllm")))
+
+
+def test_agg_points_calibrate_through_serving_model():
+    base = RooflineSource(STACK)
+    truth = Distorted(base)
+    cfg = SchedulerConfig(token_budget=8192, max_num_seqs=1024, waves=3, warmup_waves=1, stagger=True)
+    ms = []
+    for c, isl, osl in ((8, 2000, 200), (32, 2000, 200), (64, 2000, 200), (16, 4000, 200)):
+        ttft, tpot = predict_agg(truth, TP1, c, isl, osl, cfg)
+        ms.append(Measurement(Probe(ProbeKind.AGG, STACK, TP1, isl=isl, osl=osl, concurrency=c), "synthetic",
+                              ttft_ms=ttft, tpot_ms=tpot))  # fmt: skip
+    cal = calibrate(base, ms)
+    # held-out agg point: the calibrated serving prediction lands close to the truth, the raw one does not
+    held = Measurement(Probe(ProbeKind.AGG, STACK, TP1, isl=3000, osl=200, concurrency=24), "synthetic",
+                       ttft_ms=1.0, tpot_ms=1.0)  # fmt: skip
+    true_ttft, true_tpot = predict_agg(truth, TP1, 24, 3000, 200, cfg)
+    raw_ttft, raw_tpot = predict_agg(base, TP1, 24, 3000, 200, cfg)
+    t_ttft, t_tpot = collect_targets(base, [held])[0]
+    assert abs(cal.correction.predict(t_tpot) / true_tpot - 1) < 0.10 < abs(raw_tpot / true_tpot - 1)
+    assert abs(cal.correction.predict(t_ttft) / true_ttft - 1) < 0.15 < abs(raw_ttft / true_ttft - 1)
+    # the phase surfaces themselves move toward the truth (agg points constrain them only loosely)
+    b = np.array([16, 48])
+    err = cal.decode_itl_ms(TP1, b, [2100, 2100]) / truth.decode_itl_ms(TP1, b, [2100, 2100]) - 1
+    raw = base.decode_itl_ms(TP1, b, [2100, 2100]) / truth.decode_itl_ms(TP1, b, [2100, 2100]) - 1
+    assert np.all(np.abs(err) < 0.3) and np.all(np.abs(err) < np.abs(raw))
+
+
+def test_report_has_raw_loo_and_band(setup):
+    base, _, _, ms = setup
+    rep = calibration_report(base, ms).to_dict()
+    assert len(rep["points"]) == len(ms)
+    s = rep["summary"]
+    assert s["ttft"]["raw_median_abs_error_pct"] > 30 > s["ttft"]["loo_median_abs_error_pct"]
+    assert 0 <= s["tpot"]["band_coverage"] <= 1
+    with pytest.raises(CalibrationError):
+        calibrate(base, [])
+
+
+def test_pipeline_runs_unchanged_on_calibrated_source(setup):
+    _, _, cal, _ = setup
+    spec = load_spec(model="meta-llama/Meta-Llama-3.1-8B", system="h100_sxm", backend="vllm", isl=2000, osl=200,
+                     ttft_ms=300, itl_ms=20, gpu_counts=(1, 2), num_decode_concurrencies=4, num_decode_contexts=3,
+                     num_prefill_points=4, plots=False)  # fmt: skip
+    profile = estimate(spec, cal)
+    assert profile.selection.best_prefill.candidate in (TP1, TP2)
+    assert profile.provenance["source"] == "calibrated" if "source" in profile.provenance else True
