@@ -11,12 +11,13 @@ port-forward for real: client -> loopback listener -> websocket (v4.channel.k8s.
 ``_FakeEngine``, a tiny OpenAI-compatible HTTP server on loopback that streams canned tokens (not a
 model). The two happy paths use the project's real ``EndpointRunner`` (default factory) over that
 tunnel; other tests inject a small runner (``_ProbeRunner``: one GET /health over the tunnel;
-``_Recorder``: no network).
+``_Recorder``: no network). The ``engine``-marked test points the tunnel at the session's real vLLM
+CPU server (``tests/engine_server.py``) and measures it with the real ``EndpointRunner``.
 
 Not exercised: a real API server (admission, defaulting, RBAC, watch streams, scheduling, pod status
 written by a kubelet, Foreground deletion that takes time), Dynamo's operator (DGD reconciliation;
 its pod labels and ``status.state`` values are taken from its source, not observed), real images,
-GPUs or model servers, a port-forward through a real kubelet, SIGTERM delivered to a live process.
+GPUs or model servers inside pods, a port-forward through a real kubelet, SIGTERM delivered to a live process.
 Manifests are validated offline against the Kubernetes 1.33 schema with ``kubernetes-validate``
 (Deployment, Service; strict) and deserialized with the client's models; the DGD is checked
 structurally only (its schema ships with the operator).

@@ -151,6 +151,7 @@ class KubernetesRunner(Runner):
         Engines run side by side when the cluster's allocatable GPUs hold them all at once (plain
         Deployments only); with Dynamo, one after another.
         """
+        self._guard_signals()  # here, in the main thread: workers cannot install signal handlers
         groups: dict[EngineKey, list[int]] = {}
         for i, p in enumerate(probes):
             groups.setdefault(EngineKey.of(p), []).append(i)
