@@ -35,7 +35,7 @@ import pytest
 from k8s_standin import StandIn
 
 from estimator.candidates import Candidate, Mapping
-from estimator.errors import DeploymentError, MeasurementError
+from estimator.errors import DeploymentError, MeasurementError, SpecError
 from estimator.sources.base import Stack
 from validate.measurement import Measurement, Probe, ProbeKind
 from validate.runners import k8s as k8s_runner
@@ -315,6 +315,8 @@ def test_unreachable_api_is_a_deployment_error():
     api = client.ApiClient(cfg)
     with pytest.raises(DeploymentError, match="unreachable"):
         KubernetesRunner(api_client=api, mode="plain", endpoint_factory=_ProbeRunner).measure(_probe())
+    with pytest.raises(DeploymentError, match="unreachable"):  # CRD lookup and node listing too
+        KubernetesRunner(api_client=api).measure_many([_probe()])
 
 
 def test_missing_client_names_the_extra(monkeypatch):
@@ -326,7 +328,7 @@ def test_missing_client_names_the_extra(monkeypatch):
 
 
 def test_bad_mode():
-    with pytest.raises(MeasurementError, match="mode"):
+    with pytest.raises(SpecError, match="mode"):
         KubernetesRunner(mode="helm")
 
 

@@ -35,7 +35,7 @@ from estimator.artifacts.k8s import (
     HTTP_PORT,
 )
 from estimator.candidates import Candidate
-from estimator.errors import DeploymentError, MeasurementError
+from estimator.errors import DeploymentError, MeasurementError, SpecError
 from estimator.sources.base import Stack
 
 from ..measurement import Measurement, Probe, ProbeKind
@@ -113,7 +113,7 @@ class KubernetesRunner(Runner):
         run_id: str | None = None,
     ):
         if mode not in ("auto", "dynamo", "plain"):
-            raise MeasurementError(f"k8s runner mode must be auto, dynamo or plain, got {mode!r}")
+            raise SpecError("mode", f"k8s runner mode must be auto, dynamo or plain, got {mode!r}")
         self.namespace = namespace
         self.image = image
         self.mode = mode
@@ -176,9 +176,11 @@ class KubernetesRunner(Runner):
         """Sum of allocatable ``nvidia.com/gpu`` over the nodes; 0 when nodes cannot be listed."""
         k = _kube()
         try:
-            nodes = k.client.CoreV1Api(self._api()).list_node().items
-        except k.client.ApiException as exc:
-            log.info("cannot list nodes (HTTP %s); engines run one at a time", exc.status)
+            nodes = self._call("list nodes", k.client.CoreV1Api(self._api()).list_node).items
+        except DeploymentError as exc:
+            if not isinstance(exc.__cause__, k.client.ApiException):
+                raise  # API unreachable
+            log.info("cannot list nodes (%s); engines run one at a time", exc)
             return 0
         return sum(int((n.status.allocatable or {}).get("nvidia.com/gpu", "0")) for n in nodes)
 
@@ -212,14 +214,16 @@ class KubernetesRunner(Runner):
                 self._dynamo = self.mode == "dynamo"
             else:
                 k = _kube()
+                read = k.client.ApiextensionsV1Api(self._api()).read_custom_resource_definition
                 try:
-                    k.client.ApiextensionsV1Api(self._api()).read_custom_resource_definition(DGD_CRD)
+                    self._call(f"get CRD {DGD_CRD}", read, DGD_CRD)
                     self._dynamo = True
-                except k.client.ApiException as exc:
-                    if exc.status != 404:
-                        raise DeploymentError(
-                            f"cannot look up CRD {DGD_CRD}: HTTP {exc.status} {exc.reason}"
-                        ) from exc
+                except DeploymentError as exc:
+                    status = getattr(exc.__cause__, "status", None)
+                    if status in (401, 403):
+                        raise DeploymentError(f"{exc}; set the runner's mode to 'dynamo' or 'plain'") from exc
+                    if status != 404:
+                        raise
                     self._dynamo = False
             log.info(
                 "k8s runner deploys %s", "DynamoGraphDeployments" if self._dynamo else "plain Deployments"
