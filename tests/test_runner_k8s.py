@@ -364,7 +364,14 @@ def test_runner_manifests_pass_the_schema(backend, cand):
         image=None,
         prefix_caching=True,
     )
-    assert graph["metadata"]["namespace"] == "bench" and set(graph["spec"]["services"]) >= {"Frontend"}
+    assert graph["metadata"]["namespace"] == "bench" and len(graph["spec"]["services"]) == 2
+    for svc in graph["spec"]["services"].values():  # the pod parts a DGD embeds, checked as a real Pod
+        main = {"name": "main", **svc["extraPodSpec"]["mainContainer"]}
+        _validate(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [main]}}
+        )
+    worker = next(s for s in graph["spec"]["services"].values() if s["componentType"] == "worker")
+    assert worker["resources"] == {"limits": {"gpu": str(cand.num_gpus)}}
 
 
 def test_plain_engine_must_fit_one_node():
