@@ -70,11 +70,17 @@ def fit_correction(targets: list[Target], *, meta: dict[str, Any] | None = None)
     for _ in range(2):  # MAP at fixed noise, then re-estimate the noise from the residuals
         res = least_squares(residuals, theta, args=(noise,), loss="soft_l1", f_scale=2.0, max_nfev=200 * theta.size)
         theta = res.x
+        jac = _jacobian(lambda th: residuals(th, noise), theta)
+        cov = np.linalg.pinv(jac.T @ jac)
+        # leverage of each point: the residual degrees of freedom the fit used up (few points -> honest noise)
+        jd = jac[: len(good)]
+        leverage = np.einsum("ij,jk,ik->i", jd, cov, jd)
         raw = y - np.log([corr.predict(t, theta) for t in good])
         for k in NOISE_PRIOR:
-            rk = raw[[i for i, kk in enumerate(kinds) if kk == k]]
+            idx = [i for i, kk in enumerate(kinds) if kk == k]
+            dof = max(len(idx) - float(np.sum(leverage[idx])), 0.0)
             s0 = NOISE_PRIOR[k]
-            noise[k] = math.sqrt((float(np.sum(rk**2)) + NOISE_DOF * s0**2) / (rk.size + NOISE_DOF))
+            noise[k] = math.sqrt((float(np.sum(raw[idx] ** 2)) + NOISE_DOF * s0**2) / (dof + NOISE_DOF))
     jac = _jacobian(lambda th: residuals(th, noise), theta)
     cov = np.linalg.pinv(jac.T @ jac)
     corr.theta, corr.cov, corr.noise = theta, cov, noise
