@@ -29,12 +29,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from estimator.errors import SlaEstimateError  # noqa: E402
-from estimator.sources.aic import AicSource  # noqa: E402
-from estimator.sources.base import Stack  # noqa: E402
-from estimator.sources.calibrated import PRIOR, SHARED, Correction, Target  # noqa: E402
-from validate.calibrate import fit_correction, targets_for  # noqa: E402
-from validate.silicon import load_silicon  # noqa: E402
+from estimator.errors import SlaEstimateError
+from estimator.sources.aic import AicSource
+from estimator.sources.base import Stack
+from estimator.sources.calibrated import PRIOR, SHARED, Correction, Target
+from validate.calibrate import fit_correction, learn_prior, prior_from_thetas, targets_for
+from validate.silicon import load_silicon
 
 
 def build_targets(cache: Path) -> tuple[list[dict], collections.Counter]:
@@ -93,13 +93,26 @@ def _neutral() -> Correction:
 _NEUTRAL = _neutral()
 
 
-def evaluate(rows: list[dict], ks: list[int], splits: int, min_rows: int, seed: int) -> list[dict]:
+def family_targets(rows: list[dict]) -> dict[str, list[Target]]:
+    out: dict[str, list[Target]] = collections.defaultdict(list)
+    for r in rows:
+        out[r["family"]] += [Target(**t) for t in r["targets"]]
+    return out
+
+
+def evaluate(
+    rows: list[dict], ks: list[int], splits: int, min_rows: int, seed: int, pooled_prior: bool
+) -> list[dict]:
     fams: dict[str, dict[str, list[dict]]] = collections.defaultdict(lambda: collections.defaultdict(list))
     for r in rows:
         fams[r["family"]][r["engine"]].append(r)
+    fam_thetas = _family_thetas(rows) if pooled_prior else {}
     out = []
     for fam, engines in sorted(fams.items()):
         engines = {e: v for e, v in engines.items() if len(v) >= min_rows}
+        if not engines:
+            continue
+        prior = _prior_without(fam_thetas, fam) if pooled_prior else None
         for k in ks:
             for split in range(splits):
                 rng = random.Random(f"{seed}|{fam}|{k}|{split}")
@@ -111,7 +124,7 @@ def evaluate(rows: list[dict], ks: list[int], splits: int, min_rows: int, seed: 
                     test += [v[i] for i in idx[k:]]
                 if not train:
                     continue
-                corr = fit_correction([Target(**t) for r in train for t in r["targets"]])
+                corr = fit_correction([Target(**t) for r in train for t in r["targets"]], prior=prior)
                 for r in test:
                     mine = [x for x in train if x["engine"] == r["engine"]]
                     for td in r["targets"]:
@@ -125,6 +138,18 @@ def evaluate(rows: list[dict], ks: list[int], splits: int, min_rows: int, seed: 
                                     "baseline_ms": raw_ms(t) * ratio, "ours_ms": mid, "band_low_ms": lo,
                                     "band_high_ms": hi})  # fmt: skip
     return out
+
+
+def _family_thetas(rows: list[dict], min_targets: int = 10) -> dict[str, np.ndarray]:
+    """Shared parameters of each family fitted on all its rows (the raw material of the priors)."""
+    return {fam: fit_correction(ts).theta[: len(SHARED)] for fam, ts in family_targets(rows).items()
+            if len(ts) >= min_targets}  # fmt: skip
+
+
+def _prior_without(thetas: dict[str, np.ndarray], fam: str) -> dict[str, tuple[float, float]]:
+    """The prior of ``fam``'s backend learned from the other families (``fam`` itself left out)."""
+    backend = fam.split("|")[2]
+    return prior_from_thetas([t for f, t in thetas.items() if f != fam and f.split("|")[2] == backend])
 
 
 def _idx(row: dict, kind: str) -> int:
@@ -150,14 +175,16 @@ def summarise(results: list[dict]) -> list[dict]:
 
 
 def print_table(table: list[dict]) -> None:
-    print("| k | kind | n | raw med | raw p90 | median-ratio med | median-ratio p90 | ours med | ours p90 | 90% band coverage |")
+    print(
+        "| k | kind | n | raw med | raw p90 | median-ratio med | median-ratio p90 | ours med | ours p90 | 90% band coverage |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for line in table:
         for kind in ("ttft", "tpot"):
-            g = lambda n: line[f"{kind}_{n}"]  # noqa: E731
-            print(f"| {line['k']} | {kind.upper()} | {g('n')} | {g('raw_median_pct'):.1f} % | {g('raw_p90_pct'):.0f} % | "
-                  f"{g('baseline_median_pct'):.1f} % | {g('baseline_p90_pct'):.0f} % | {g('ours_median_pct'):.1f} % | "
-                  f"{g('ours_p90_pct'):.0f} % | {g('band90_coverage'):.2f} |")  # fmt: skip
+            g = {k[len(kind) + 1 :]: v for k, v in line.items() if k.startswith(kind + "_")}
+            print(f"| {line['k']} | {kind.upper()} | {g['n']} | {g['raw_median_pct']:.1f} % | {g['raw_p90_pct']:.0f} % | "
+                  f"{g['baseline_median_pct']:.1f} % | {g['baseline_p90_pct']:.0f} % | {g['ours_median_pct']:.1f} % | "
+                  f"{g['ours_p90_pct']:.0f} % | {g['band90_coverage']:.2f} |")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,13 +194,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-rows", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ks", default="1,2,3,4")
+    ap.add_argument(
+        "--write-prior", metavar="PATH", help="also fit the per-backend prior on all rows and write it"
+    )
+    ap.add_argument(
+        "--no-pooled-prior", action="store_true", help="generic prior instead of the leave-family-out one"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     t0 = time.time()
     rows, why = build_targets(out / "targets.json")
     t1 = time.time()
-    results = evaluate(rows, [int(k) for k in args.ks.split(",")], args.splits, args.min_rows, args.seed)
+    ks = [int(k) for k in args.ks.split(",")]
+    results = evaluate(rows, ks, args.splits, args.min_rows, args.seed, not args.no_pooled_prior)
     table = summarise(results)
     with (out / "results.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(results[0]))
@@ -184,13 +218,49 @@ def main(argv: list[str] | None = None) -> int:
                "splits": args.splits, "min_rows": args.min_rows, "table": table,
                "seconds": {"aic_terms": round(t1 - t0, 1), "evaluation": round(time.time() - t1, 1)}}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"{len(rows)} deduplicated configurations estimated; {n_groups} groups with >= {args.min_rows} rows scored")
+    print(
+        f"{len(rows)} deduplicated configurations estimated; {n_groups} groups with >= {args.min_rows} rows scored"
+    )
     print("not estimable / not representable (configurations or rows):")
     for reason, n in why.most_common():
         print(f"  {n:5d}  {reason}")
     print_table(table)
-    print(f"AIC terms {t1 - t0:.0f} s (cached in {out / 'targets.json'}), evaluation {time.time() - t1:.0f} s")
+    print(
+        f"AIC terms {t1 - t0:.0f} s (cached in {out / 'targets.json'}), evaluation {time.time() - t1:.0f} s"
+    )
+    if args.write_prior:
+        write_prior(Path(args.write_prior), rows)
     return 0
+
+
+def write_prior(path: Path, rows: list[dict]) -> None:
+    """Per-backend prior over the correction's shared parameters, from every family, with provenance."""
+    import hashlib
+    from importlib import metadata
+
+    from estimator.sources.calibrated import FORMAT_VERSION
+    from validate.silicon import bundled_silicon_csv
+
+    csv_path = bundled_silicon_csv()
+    fams = family_targets(rows)
+    backends: dict[str, dict] = {}
+    for backend in sorted({f.split("|")[2] for f in fams}):
+        mine = {f: ts for f, ts in fams.items() if f.split("|")[2] == backend}
+        backends[backend] = {"prior": {k: list(v) for k, v in learn_prior(mine).items()},
+                             "families": sorted(f for f, ts in mine.items() if len(ts) >= 10)}  # fmt: skip
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "parameter_names": list(SHARED),
+        "what": "prior (mean, sd) of the calibration's shared parameters per backend: median and robust spread "
+                "over model/system families of silicon_sample.csv, each fitted on all its agg rows",
+        "generated_by": "python benchmarks/silicon_calibration.py --write-prior models/calibration_prior.json",
+        "aiconfigurator_core": metadata.version("aiconfigurator-core"),
+        "silicon_csv_sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest(),
+        "backends": backends,
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

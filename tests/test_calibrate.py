@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -32,11 +31,20 @@ class Distorted(PerfSource):
 
     def prefill_ttft_ms(self, c, isl):
         isl = np.atleast_1d(np.asarray(isl, float))
-        return self.base.prefill_ttft_ms(c, isl) * 1.6 * (isl / 1024) ** 0.15 * self.engine_factor.get(c.name, 1.0)
+        return (
+            self.base.prefill_ttft_ms(c, isl)
+            * 1.6
+            * (isl / 1024) ** 0.15
+            * self.engine_factor.get(c.name, 1.0)
+        )
 
     def decode_itl_ms(self, c, batch, context):
-        b, ctx = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, float)), np.atleast_1d(np.asarray(context, float)))
-        return self.base.decode_itl_ms(c, b, ctx) * 0.7 * (b / 16) ** 0.08 * self.engine_factor.get(c.name, 1.0)
+        b, ctx = np.broadcast_arrays(
+            np.atleast_1d(np.asarray(batch, float)), np.atleast_1d(np.asarray(context, float))
+        )
+        return (
+            self.base.decode_itl_ms(c, b, ctx) * 0.7 * (b / 16) ** 0.08 * self.engine_factor.get(c.name, 1.0)
+        )
 
     def kv_capacity_tokens(self, c):
         return self.base.kv_capacity_tokens(c)
@@ -60,7 +68,7 @@ def setup():
     ms = [_prefill(truth, c, isl) for c in (TP1, TP2) for isl in (512, 4096)]
     ms += [_decode(truth, c, n) for c in (TP1, TP2) for n in (2, 64)]
     ms.append(Measurement(ms[-1].probe, "synthetic", itl_ms=ms[-1].itl_ms, kv_capacity_tokens=123_456))
-    return base, truth, calibrate(base, ms), ms
+    return base, truth, calibrate(base, ms, prior={}), ms
 
 
 def test_recovers_distortion_within_tolerance(setup):
@@ -101,7 +109,9 @@ def test_save_load_round_trip(setup, tmp_path):
     doc = path.read_text()
     assert '"format_version": 1' in doc and "training_data_hash" in doc and "feature_names" in doc
     again = CalibratedSource.load(path, base)
-    np.testing.assert_allclose(again.prefill_ttft_ms(TP1, [1000, 3000]), cal.prefill_ttft_ms(TP1, [1000, 3000]))
+    np.testing.assert_allclose(
+        again.prefill_ttft_ms(TP1, [1000, 3000]), cal.prefill_ttft_ms(TP1, [1000, 3000])
+    )
     assert again.kv_capacity_tokens(TP2) == 123_456
     with pytest.raises(CalibrationError):
         CalibratedSource.load(path, RooflineSource(Stack("Qwen/Qwen3-32B", "h100_sxm", "vllm")))
@@ -116,7 +126,7 @@ def test_agg_points_calibrate_through_serving_model():
         ttft, tpot = predict_agg(truth, TP1, c, isl, osl, cfg)
         ms.append(Measurement(Probe(ProbeKind.AGG, STACK, TP1, isl=isl, osl=osl, concurrency=c), "synthetic",
                               ttft_ms=ttft, tpot_ms=tpot))  # fmt: skip
-    cal = calibrate(base, ms)
+    cal = calibrate(base, ms, prior={})
     # held-out agg point: the calibrated serving prediction lands close to the truth, the raw one does not
     held = Measurement(Probe(ProbeKind.AGG, STACK, TP1, isl=3000, osl=200, concurrency=24), "synthetic",
                        ttft_ms=1.0, tpot_ms=1.0)  # fmt: skip

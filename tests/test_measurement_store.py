@@ -12,7 +12,9 @@ STACK = Stack("meta-llama/Meta-Llama-3.1-8B", "h100_sxm", "vllm")
 
 
 def _m(isl: int, ttft: float) -> Measurement:
-    return Measurement(Probe(ProbeKind.PREFILL, STACK, Candidate(Mapping.TP, 1), isl=isl), runner="test", ttft_ms=ttft)
+    return Measurement(
+        Probe(ProbeKind.PREFILL, STACK, Candidate(Mapping.TP, 1), isl=isl), runner="test", ttft_ms=ttft
+    )
 
 
 def test_append_and_load_round_trip(tmp_path):
@@ -36,7 +38,7 @@ def test_resume_after_torn_last_line(tmp_path, caplog):
     assert "unreadable" in caplog.text
     store.append(_m(2000, 91.0))  # the rerun measures the lost point again; it lands on its own line
     assert [(m.probe.isl, m.ttft_ms) for m in store.load()] == [(1000, 50.0), (2000, 91.0)]
-    assert _m(1000, 0).probe.key in store.keys()
+    assert _m(1000, 0).probe.key in store.keys()  # noqa: SIM118 - a method returning a set
 
 
 def test_corrupt_lines_are_skipped_not_fatal(tmp_path):

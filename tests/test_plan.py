@@ -49,7 +49,11 @@ def test_spread_and_runners_up(profile):
     prefill_isls = {p.isl for p in probes if p.kind is ProbeKind.PREFILL
                     and p.candidate == profile.selection.best_prefill.candidate}  # fmt: skip
     assert min(prefill_isls) < 3000 < max(prefill_isls)  # spread around the workload ISL
-    dec = [p for p in probes if p.kind is ProbeKind.DECODE and p.candidate == profile.selection.best_decode.candidate]
+    dec = [
+        p
+        for p in probes
+        if p.kind is ProbeKind.DECODE and p.candidate == profile.selection.best_decode.candidate
+    ]
     assert min(p.concurrency for p in dec) == 1
     runners = [p for p in probes if "runner-up" in p.reason]
     for p in runners:  # every runner-up is a real contender: close in throughput or near the SLA

@@ -21,7 +21,9 @@ TP1, TP2, TP4 = (Candidate(Mapping.TP, n) for n in (1, 2, 4))
 
 def test_jsonl_exact_and_nearest_match(tmp_path):
     store = MeasurementStore(tmp_path / "m.jsonl")
-    store.append(Measurement(Probe(ProbeKind.PREFILL, STACK, TP2, isl=3000), runner="endpoint", ttft_ms=120.0))
+    store.append(
+        Measurement(Probe(ProbeKind.PREFILL, STACK, TP2, isl=3000), runner="endpoint", ttft_ms=120.0)
+    )
     store.append(Measurement(Probe(ProbeKind.DECODE, STACK, TP2, isl=3000, osl=150, concurrency=32),
                              runner="endpoint", itl_ms=14.0))  # fmt: skip
     with ReplayRunner.from_paths([store.path]) as runner:
@@ -46,8 +48,12 @@ def _aiperf(ttft: float, itl: float, thpt: float, isl: int, osl: int, conc: int)
 
 def _dynamo_dir(root):
     (root / "selected_prefill_interpolation").mkdir(parents=True)
-    np.savez(root / "selected_prefill_interpolation" / "raw_data.npz", prefill_isl=np.array([100.0, 2000.0, 4000.0]),
-             prefill_ttft=np.array([20.0, 80.0, 170.0]), prefill_thpt_per_gpu=np.array([2500.0, 12500.0, 11764.0]))
+    np.savez(
+        root / "selected_prefill_interpolation" / "raw_data.npz",
+        prefill_isl=np.array([100.0, 2000.0, 4000.0]),
+        prefill_ttft=np.array([20.0, 80.0, 170.0]),
+        prefill_thpt_per_gpu=np.array([2500.0, 12500.0, 11764.0]),
+    )
     (root / "selected_decode_interpolation").mkdir()
     max_kv, y = 100_000, np.array([1250.0, 1250.0, 3250.0])
     conc = np.array([1, 40, 10])
@@ -74,7 +80,9 @@ def test_dynamo_output_directory(tmp_path):
     # decode npz: concurrency = x * max_kv / y, isl = y - osl/2 with Dynamo's OSL 500
     m = runner.measure(Probe(ProbeKind.DECODE, STACK, TP2, isl=1000, osl=DYNAMO_DECODE_OSL, concurrency=40))
     assert m.itl_ms == 9.0 and m.kv_capacity_tokens == 100_000
-    assert runner.measure(Probe(ProbeKind.DECODE, STACK, TP2, isl=3000, osl=500, concurrency=10)).itl_ms == 8.0
+    assert (
+        runner.measure(Probe(ProbeKind.DECODE, STACK, TP2, isl=3000, osl=500, concurrency=10)).itl_ms == 8.0
+    )
     # per-point JSONs: engine from the directory name, point from the path, warm-up runs ignored
     assert runner.measure(Probe(ProbeKind.PREFILL, STACK, TP2, isl=3000)).ttft_ms == 110.0
     dec = runner.measure(Probe(ProbeKind.DECODE, STACK, TP4, isl=1000, osl=500, concurrency=16))

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,15 @@ import numpy as np
 from estimator.errors import CalibrationError, SlaEstimateError
 from estimator.sources.base import PerfSource
 from estimator.sources.calibrated import (
-    ENGINE_SD, NOISE_DOF, NOISE_PRIOR, PRIOR, SHARED, CalibratedSource, Correction, Target,
+    ENGINE_SD,
+    FORMAT_VERSION,
+    NOISE_DOF,
+    NOISE_PRIOR,
+    PRIOR,
+    SHARED,
+    CalibratedSource,
+    Correction,
+    Target,
 )  # fmt: skip
 
 from .measurement import Measurement, ProbeKind
@@ -40,21 +49,34 @@ from .serving import SchedulerConfig, ServingTerms, serving_terms
 
 log = logging.getLogger(__name__)
 
+
 def data_hash(targets: list[Target]) -> str:
-    blob = json.dumps([[t.engine, t.kind, round(t.measured_ms, 6), t.isl, t.batch, t.context] for t in targets])
+    blob = json.dumps(
+        [[t.engine, t.kind, round(t.measured_ms, 6), t.isl, t.batch, t.context] for t in targets]
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def fit_correction(targets: list[Target], *, meta: dict[str, Any] | None = None) -> Correction:
-    """MAP fit of the correction to ``targets`` (at least one point). Raises CalibrationError."""
+def fit_correction(
+    targets: list[Target],
+    *,
+    prior: dict[str, tuple[float, float]] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Correction:
+    """MAP fit of the correction to ``targets`` (at least one point). Raises CalibrationError.
+
+    ``prior`` overrides the (mean, sd) of shared parameters, e.g. one learned per backend from other
+    models and systems (``learn_prior``); unnamed parameters keep the generic prior.
+    """
     from scipy.optimize import least_squares
 
+    prior = {**PRIOR, **(prior or {})}
     good = [t for t in targets if t.measured_ms > 0 and math.isfinite(t.measured_ms)]
     if not good:
         raise CalibrationError("no usable measured points to calibrate on")
     engines = tuple(sorted({t.engine for t in good}))
-    prior_mu = np.array([PRIOR[n][0] for n in SHARED] + [0.0] * (2 * len(engines)))
-    prior_sd = np.array([PRIOR[n][1] for n in SHARED] + [ENGINE_SD] * (2 * len(engines)))
+    prior_mu = np.array([prior[n][0] for n in SHARED] + [0.0] * (2 * len(engines)))
+    prior_sd = np.array([prior[n][1] for n in SHARED] + [ENGINE_SD] * (2 * len(engines)))
     corr = Correction(engines, prior_mu.copy(), np.diag(prior_sd**2), dict(NOISE_PRIOR), len(good), data_hash(good),
                       dict(meta or {}))  # fmt: skip
     y = np.log([t.measured_ms for t in good])
@@ -68,7 +90,9 @@ def fit_correction(targets: list[Target], *, meta: dict[str, Any] | None = None)
     noise = dict(NOISE_PRIOR)
     theta = prior_mu.copy()
     for _ in range(2):  # MAP at fixed noise, then re-estimate the noise from the residuals
-        res = least_squares(residuals, theta, args=(noise,), loss="soft_l1", f_scale=2.0, max_nfev=200 * theta.size)
+        res = least_squares(
+            residuals, theta, args=(noise,), loss="soft_l1", f_scale=2.0, max_nfev=200 * theta.size
+        )
         theta = res.x
         jac = _jacobian(lambda th: residuals(th, noise), theta)
         cov = np.linalg.pinv(jac.T @ jac)
@@ -85,6 +109,26 @@ def fit_correction(targets: list[Target], *, meta: dict[str, Any] | None = None)
     cov = np.linalg.pinv(jac.T @ jac)
     corr.theta, corr.cov, corr.noise = theta, cov, noise
     return corr
+
+
+def learn_prior(families: dict[str, list[Target]], min_targets: int = 10) -> dict[str, tuple[float, float]]:
+    """(mean, sd) of each shared parameter across families fitted on all their points.
+
+    The mean is the median over families, the sd a robust spread (1.48 × MAD), kept between 0.1 and
+    the generic prior's sd: a new family then starts from what similar deployments showed.
+    """
+    return prior_from_thetas([fit_correction(ts).theta[: len(SHARED)] for ts in families.values()
+                              if len(ts) >= min_targets])  # fmt: skip
+
+
+def prior_from_thetas(thetas: list[np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Median and robust spread of fitted shared parameters (empty below two families)."""
+    if len(thetas) < 2:
+        return {}
+    arr = np.array(thetas)
+    med = np.median(arr, axis=0)
+    mad = 1.4826 * np.median(np.abs(arr - med), axis=0)
+    return {n: (float(med[i]), float(min(max(mad[i], 0.1), PRIOR[n][1]))) for i, n in enumerate(SHARED)}
 
 
 def _jacobian(f, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
@@ -106,7 +150,9 @@ def targets_for(source: PerfSource, m: Measurement, config: SchedulerConfig | No
         out.append(Target(eng.name, "ttft", m.ttft_ms, pf, 0.0, 1.0, 1.0, p.isl, 1.0, p.isl))
     elif p.kind is ProbeKind.DECODE and m.itl_ms:
         d = float(source.decode_itl_ms(eng, [p.concurrency], [p.context_tokens])[0])
-        out.append(Target(eng.name, "tpot", m.itl_ms, 0.0, d, 1.0, 0.0, p.isl, p.concurrency, p.context_tokens))
+        out.append(
+            Target(eng.name, "tpot", m.itl_ms, 0.0, d, 1.0, 0.0, p.isl, p.concurrency, p.context_tokens)
+        )
     elif p.kind is ProbeKind.AGG:
         steady, burst, sync = agg_terms(source, m, config)
         for kind, y in (("ttft", m.ttft_ms), ("tpot", m.tpot_ms or m.itl_ms)):
@@ -143,10 +189,16 @@ def _kv_or_zero(source: PerfSource, m: Measurement) -> int:
 
 
 def _parts(t: ServingTerms, i: int) -> tuple[float, float, float]:
-    return (t.ttft_prefill_ms, t.ttft_decode_ms, t.ttft_steps) if i == 0 else (t.tpot_prefill_ms, t.tpot_decode_ms, t.tpot_steps)
+    return (
+        (t.ttft_prefill_ms, t.ttft_decode_ms, t.ttft_steps)
+        if i == 0
+        else (t.tpot_prefill_ms, t.tpot_decode_ms, t.tpot_steps)
+    )
 
 
-def collect_targets(source: PerfSource, measurements: list[Measurement]) -> tuple[list[Target], list[tuple[Measurement, str]]]:
+def collect_targets(
+    source: PerfSource, measurements: list[Measurement]
+) -> tuple[list[Target], list[tuple[Measurement, str]]]:
     """Targets of every measurement the source can express; the others with the reason."""
     targets, skipped = [], []
     for m in measurements:
@@ -161,16 +213,44 @@ def collect_targets(source: PerfSource, measurements: list[Measurement]) -> tupl
     return targets, skipped
 
 
-def calibrate(source: PerfSource, measurements: list[Measurement]) -> CalibratedSource:
-    """Fit a correction of ``source`` from ``measurements`` (one model/system/backend)."""
+PRIOR_FILE = Path(__file__).resolve().parents[1] / "models" / "calibration_prior.json"
+
+
+def bundled_prior(backend: str, path: Path = PRIOR_FILE) -> dict[str, tuple[float, float]]:
+    """The per-backend prior learned from silicon_sample.csv (``benchmarks/silicon_calibration.py``), or {}."""
+    if not path.exists():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"format {doc.get('format_version')!r}")
+        entry = doc["backends"].get(backend, {}).get("prior", {})
+        return {k: (float(v[0]), float(v[1])) for k, v in entry.items() if k in SHARED}
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        log.warning("ignoring calibration prior %s: %s", path, exc)
+        return {}
+
+
+def calibrate(
+    source: PerfSource, measurements: list[Measurement], prior: dict[str, tuple[float, float]] | None = None
+) -> CalibratedSource:
+    """Fit a correction of ``source`` from ``measurements`` (one model/system/backend).
+
+    ``prior`` defaults to the bundled per-backend prior (``models/calibration_prior.json``).
+    """
     mine = [m for m in measurements if m.probe.stack.model == source.stack.model
             and m.probe.stack.system == source.stack.system and m.probe.stack.backend == source.stack.backend]  # fmt: skip
     if not mine:
-        raise CalibrationError(f"no measurements of {source.stack.model} on {source.stack.system}/{source.stack.backend}")
+        raise CalibrationError(
+            f"no measurements of {source.stack.model} on {source.stack.system}/{source.stack.backend}"
+        )
     targets, skipped = collect_targets(source, mine)
     for m, why in skipped:
         log.warning("not calibrating on %s %s: %s", m.probe.kind.value, m.probe.candidate.name, why)
-    corr = fit_correction(targets, meta={"base_source": source.name})
+    prior = bundled_prior(source.stack.backend) if prior is None else prior
+    corr = fit_correction(
+        targets, prior=prior, meta={"base_source": source.name, "prior": "learned" if prior else "generic"}
+    )
     kv = {m.probe.candidate.name: int(m.kv_capacity_tokens) for m in mine if m.kv_capacity_tokens}
     return CalibratedSource(source, corr, kv)
 
@@ -207,7 +287,9 @@ def calibration_report(source: PerfSource, measurements: list[Measurement]) -> C
     targets, skipped = collect_targets(source, measurements)
     if not targets:
         raise CalibrationError("no measured points the source can estimate")
-    neutral = Correction((), np.zeros(len(SHARED)), np.zeros((len(SHARED), len(SHARED))), dict(NOISE_PRIOR), 0, "")
+    neutral = Correction(
+        (), np.zeros(len(SHARED)), np.zeros((len(SHARED), len(SHARED))), dict(NOISE_PRIOR), 0, ""
+    )
     neutral.theta[SHARED.index("log_step_ms")] = neutral.theta[SHARED.index("log_overhead_ms")] = -30.0
     points = []
     for i, t in enumerate(targets):
@@ -226,10 +308,16 @@ def calibration_report(source: PerfSource, measurements: list[Measurement]) -> C
         summary[kind] = {
             "n": len(ps),
             "raw_median_abs_error_pct": float(np.median([abs(p.raw_error_pct) for p in ps])),
-            "loo_median_abs_error_pct": _median([abs(p.loo_error_pct) for p in ps if p.loo_error_pct is not None]),
-            "band_coverage": _mean([p.band_low_ms <= p.measured_ms <= p.band_high_ms for p in ps if p.loo_ms]),
+            "loo_median_abs_error_pct": _median(
+                [abs(p.loo_error_pct) for p in ps if p.loo_error_pct is not None]
+            ),
+            "band_coverage": _mean(
+                [p.band_low_ms <= p.measured_ms <= p.band_high_ms for p in ps if p.loo_ms]
+            ),
         }
-    return CalibrationReport(points, [f"{m.probe.candidate.name} {m.probe.kind.value}: {why}" for m, why in skipped], summary)
+    return CalibrationReport(
+        points, [f"{m.probe.candidate.name} {m.probe.kind.value}: {why}" for m, why in skipped], summary
+    )
 
 
 def _median(xs: list[float]) -> float | None:

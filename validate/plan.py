@@ -34,7 +34,9 @@ def plan_probes(profile: Any, *, budget: int = 8, max_points_per_engine: int = 4
         return Probe(ProbeKind.PREFILL, stack, c, isl=max(1, int(isl)), osl=1, reason=why)
 
     def decode(c: Candidate, n: int, why: str) -> Probe:
-        return Probe(ProbeKind.DECODE, stack, c, isl=spec.isl, osl=spec.osl, concurrency=max(1, int(n)), reason=why)
+        return Probe(
+            ProbeKind.DECODE, stack, c, isl=spec.isl, osl=spec.osl, concurrency=max(1, int(n)), reason=why
+        )
 
     best_p = sel.best_prefill
     tiers[0].append(prefill(best_p.candidate, spec.isl, f"selected prefill engine at the workload ISL "
@@ -43,7 +45,9 @@ def plan_probes(profile: Any, *, budget: int = 8, max_points_per_engine: int = 4
     tiers[0].append(decode(best_d.candidate, best_d.concurrency, f"selected decode engine at its chosen concurrency "
                            f"(estimated ITL {best_d.itl_ms:.2f} ms vs target {spec.itl_ms:g} ms: SLA boundary)"))  # fmt: skip
 
-    for ch in _contenders(sel.prefill, lambda c: c.point.thpt_per_gpu, lambda c: c.point.ttft_ms, spec.ttft_ms):
+    for ch in _contenders(
+        sel.prefill, lambda c: c.point.thpt_per_gpu, lambda c: c.point.ttft_ms, spec.ttft_ms
+    ):
         why = _why(ch.point.thpt_per_gpu, best_p.point.thpt_per_gpu, ch.point.ttft_ms, spec.ttft_ms, "TTFT")
         tiers[1].append(prefill(ch.candidate, spec.isl, f"prefill runner-up {why}"))
     for ch in _contenders(sel.decode, lambda c: c.thpt_per_gpu, lambda c: c.itl_ms, spec.itl_ms):
@@ -52,8 +56,12 @@ def plan_probes(profile: Any, *, budget: int = 8, max_points_per_engine: int = 4
 
     for p in tiers[0] + tiers[1]:  # spread on every engine we measure anyway
         if p.kind is ProbeKind.PREFILL:
-            tiers[2].append(prefill(p.candidate, max(128, spec.isl // 4), "spread: short prompt (ISL slope of the fit)"))
-            tiers[2].append(prefill(p.candidate, min(max_isl, 2 * spec.isl), "spread: long prompt (ISL slope of the fit)"))
+            tiers[2].append(
+                prefill(p.candidate, max(128, spec.isl // 4), "spread: short prompt (ISL slope of the fit)")
+            )
+            tiers[2].append(
+                prefill(p.candidate, min(max_isl, 2 * spec.isl), "spread: long prompt (ISL slope of the fit)")
+            )
         else:
             cap = _max_concurrency(profile, p.candidate, spec.isl + spec.osl)
             tiers[2].append(decode(p.candidate, 1, "spread: single request (batch slope of the fit)"))

@@ -50,10 +50,18 @@ class ServingTerms:
     context_tokens: float  # mean context length during decode
 
     def ttft_ms(self, prefill_scale: float = 1.0, decode_scale: float = 1.0, step_ms: float = 0.0) -> float:
-        return prefill_scale * self.ttft_prefill_ms + decode_scale * self.ttft_decode_ms + step_ms * self.ttft_steps
+        return (
+            prefill_scale * self.ttft_prefill_ms
+            + decode_scale * self.ttft_decode_ms
+            + step_ms * self.ttft_steps
+        )
 
     def tpot_ms(self, prefill_scale: float = 1.0, decode_scale: float = 1.0, step_ms: float = 0.0) -> float:
-        return prefill_scale * self.tpot_prefill_ms + decode_scale * self.tpot_decode_ms + step_ms * self.tpot_steps
+        return (
+            prefill_scale * self.tpot_prefill_ms
+            + decode_scale * self.tpot_decode_ms
+            + step_ms * self.tpot_steps
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +74,12 @@ class SchedulerConfig:
 
     @classmethod
     def for_backend(cls, backend: str, waves: int = 4, warmup_waves: int = 0) -> SchedulerConfig:
-        return cls(DEFAULT_TOKEN_BUDGET.get(backend, 8192), DEFAULT_MAX_NUM_SEQS.get(backend, 1024), waves, warmup_waves)
+        return cls(
+            DEFAULT_TOKEN_BUDGET.get(backend, 8192),
+            DEFAULT_MAX_NUM_SEQS.get(backend, 1024),
+            waves,
+            warmup_waves,
+        )
 
 
 def serving_terms(
@@ -94,7 +107,9 @@ def serving_terms(
     cfg = SchedulerConfig(cfg.token_budget, running_cap, cfg.waves, cfg.warmup_waves, cfg.stagger)
     context = isl + osl / 2.0
     batches = np.arange(1, running_cap + 1, dtype=float)
-    decode_ms = np.concatenate([[0.0], source.decode_itl_ms(candidate, batches * dp, np.full_like(batches, context))])
+    decode_ms = np.concatenate(
+        [[0.0], source.decode_itl_ms(candidate, batches * dp, np.full_like(batches, context))]
+    )
     prefill_ms_per_token = float(source.prefill_ttft_ms(candidate, [isl])[0]) / isl
     return simulate(decode_ms, prefill_ms_per_token, clients, isl, osl, cfg, dp, context)
 
@@ -185,8 +200,13 @@ def simulate(
 
 
 def predict_agg(
-    source: PerfSource, candidate: Candidate, concurrency: int, isl: int, osl: int,
-    config: SchedulerConfig | None = None, kv_capacity_tokens: int = 0,
+    source: PerfSource,
+    candidate: Candidate,
+    concurrency: int,
+    isl: int,
+    osl: int,
+    config: SchedulerConfig | None = None,
+    kv_capacity_tokens: int = 0,
 ) -> tuple[float, float]:
     """(TTFT ms, TPOT ms) of aggregated serving at ``concurrency`` clients, from the source alone."""  # fmt: skip
     t = serving_terms(source, candidate, concurrency, isl, osl, config, kv_capacity_tokens)

@@ -38,7 +38,13 @@ class Skipped:
 
 def bundled_silicon_csv() -> Path:
     """Path of the silicon sample shipped inside aiconfigurator-core."""
-    return Path(str(metadata.distribution("aiconfigurator-core").locate_file("aiconfigurator_core/systems/silicon_sample.csv")))
+    return Path(
+        str(
+            metadata.distribution("aiconfigurator-core").locate_file(
+                "aiconfigurator_core/systems/silicon_sample.csv"
+            )
+        )
+    )
 
 
 def _num(v: str) -> float | None:
@@ -75,7 +81,9 @@ def stack_of(row: dict[str, str]) -> Stack:
                  backend_version=row["backend_version"] or None, gemm_quant=gemm)  # fmt: skip
 
 
-def load_silicon(path: str | Path | None = None, mode: str = "agg") -> tuple[list[Measurement], list[Skipped]]:
+def load_silicon(
+    path: str | Path | None = None, mode: str = "agg"
+) -> tuple[list[Measurement], list[Skipped]]:
     """Agg rows as AGG measurements (deduplicated, repeats merged) and the rows we cannot represent."""
     path = Path(path) if path else bundled_silicon_csv()
     groups: dict[tuple, list[dict[str, str]]] = {}
@@ -119,8 +127,12 @@ def _merge(rows: list[dict[str, str]], path: Path) -> Measurement:
         hardware=r0["system"],
         software={"backend": r0["backend"], "backend_version": r0["backend_version"]},
         measured_at="",
-        extra={"source": str(path.name), "row_ids": sorted(r["id"] for r in distinct.values()),
-               "copies_dropped": len(rows) - len(distinct), "precision": r0.get("precision", "")},  # fmt: skip
+        extra={
+            "source": str(path.name),
+            "row_ids": sorted(r["id"] for r in distinct.values()),
+            "copies_dropped": len(rows) - len(distinct),
+            "precision": r0.get("precision", ""),
+        },
     )
 
 

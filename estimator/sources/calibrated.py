@@ -45,7 +45,7 @@ PRIOR = {
     "beta_sync_osl": (0.0, 1.0),
 }
 ENGINE_SD = 0.15  # prior sd of an engine's offset from the shared log-ratio
-NOISE_PRIOR = {"ttft": 0.10, "tpot": 0.04}  # log-residual sd before data; pooled with the fit's residuals
+NOISE_PRIOR = {"ttft": 0.20, "tpot": 0.06}  # log-residual sd before data; pooled with the fit's residuals
 NOISE_DOF = 4.0
 BAND_Z = 1.6449  # 90 % two-sided band
 
@@ -75,7 +75,11 @@ class Target:
     sync_steps: float | None = None
 
     def features(self) -> tuple[float, float, float]:
-        return (math.log(self.isl / 1024.0), math.log(max(self.batch, 1.0) / 16.0), math.log(self.context / 2048.0))
+        return (
+            math.log(self.isl / 1024.0),
+            math.log(max(self.batch, 1.0) / 16.0),
+            math.log(self.context / 2048.0),
+        )
 
 
 @dataclass
@@ -100,8 +104,11 @@ class Correction:
         th = self.theta if theta is None else theta
         dp, dd = self._offsets(engine, th)
         lp = th[0] + dp + th[1] * np.log(np.asarray(isl, float) / 1024.0)
-        ld = th[2] + dd + th[3] * np.log(np.maximum(np.asarray(batch, float), 1.0) / 16.0) + th[4] * np.log(
-            np.asarray(context, float) / 2048.0
+        ld = (
+            th[2]
+            + dd
+            + th[3] * np.log(np.maximum(np.asarray(batch, float), 1.0) / 16.0)
+            + th[4] * np.log(np.asarray(context, float) / 2048.0)
         )
         return np.exp(lp), np.exp(ld), math.exp(th[5]), math.exp(th[6])
 
@@ -201,10 +208,14 @@ class CalibratedSource(PerfSource):
         return np.array([self.correction.predict(t) for t in self._decode_targets(candidate, batch, context)])
 
     def prefill_ttft_band(self, candidate: Candidate, isl: Any) -> tuple[np.ndarray, np.ndarray]:
-        bands = [self.correction.band(t) for t in self._prefill_targets(candidate, as_positive_array("isl", isl))]
+        bands = [
+            self.correction.band(t) for t in self._prefill_targets(candidate, as_positive_array("isl", isl))
+        ]
         return np.array([b[1] for b in bands]), np.array([b[2] for b in bands])
 
-    def decode_itl_band(self, candidate: Candidate, batch: Any, context: Any) -> tuple[np.ndarray, np.ndarray]:
+    def decode_itl_band(
+        self, candidate: Candidate, batch: Any, context: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
         bands = [self.correction.band(t) for t in self._decode_targets(candidate, batch, context)]
         return np.array([b[1] for b in bands]), np.array([b[2] for b in bands])
 
@@ -237,5 +248,9 @@ class CalibratedSource(PerfSource):
         except (OSError, json.JSONDecodeError) as exc:
             raise CalibrationError(f"cannot read calibration {path}: {exc}") from exc
         if doc.get("stack", {}).get("model") not in (None, base.stack.model):
-            raise CalibrationError(f"calibration {path} is for {doc['stack']['model']}, not {base.stack.model}")
-        return cls(base, Correction.from_dict(doc), {k: int(v) for k, v in doc.get("measured_kv_tokens", {}).items()})
+            raise CalibrationError(
+                f"calibration {path} is for {doc['stack']['model']}, not {base.stack.model}"
+            )
+        return cls(
+            base, Correction.from_dict(doc), {k: int(v) for k, v in doc.get("measured_kv_tokens", {}).items()}
+        )

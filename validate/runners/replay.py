@@ -22,8 +22,8 @@ import json
 import logging
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import MeasurementError
@@ -70,7 +70,9 @@ class ReplayRunner(Runner):
         for p in map(Path, paths):
             if p.is_dir():
                 if stack is None:
-                    raise MeasurementError(f"{p}: a Dynamo profiling directory needs the stack (model, system, backend)")
+                    raise MeasurementError(
+                        f"{p}: a Dynamo profiling directory needs the stack (model, system, backend)"
+                    )
                 records += load_dynamo_dir(p, stack, prefill_candidate, decode_candidate)
             elif p.suffix == ".csv":
                 from ..silicon import load_silicon
@@ -95,7 +97,11 @@ class ReplayRunner(Runner):
         best, best_d = None, math.inf
         for m in self.records:
             q = m.probe
-            if q.kind is not probe.kind or q.candidate != probe.candidate or not stacks_match(q.stack, probe.stack):
+            if (
+                q.kind is not probe.kind
+                or q.candidate != probe.candidate
+                or not stacks_match(q.stack, probe.stack)
+            ):
                 continue
             pairs = [(q.isl, probe.isl), (q.concurrency, probe.concurrency)]
             if probe.kind is not ProbeKind.PREFILL:
@@ -153,7 +159,7 @@ def _prefill_npz(path: Path, stack: Stack, cand: Candidate) -> list[Measurement]
         rows = zip(z["prefill_isl"], z["prefill_ttft"], z["prefill_thpt_per_gpu"], strict=True)
     except KeyError as exc:
         raise MeasurementError(f"{path}: missing key {exc}") from exc
-    return [_record(Probe(ProbeKind.PREFILL, stack, cand, isl=int(round(isl))), path, ttft_ms=float(ttft),
+    return [_record(Probe(ProbeKind.PREFILL, stack, cand, isl=round(float(isl))), path, ttft_ms=float(ttft),
                     thpt_per_gpu=float(thpt)) for isl, ttft, thpt in rows]  # fmt: skip
 
 
@@ -167,10 +173,12 @@ def _decode_npz(path: Path, stack: Stack, cand: Candidate, osl: int = DYNAMO_DEC
         raise MeasurementError(f"{path}: missing key {exc}") from exc
     out = []
     for x, y, itl, thpt in rows:
-        conc = max(1, int(round(float(x) * max_kv / float(y))))
-        isl = max(1, int(round(float(y) - osl / 2)))
+        conc = max(1, round(float(x) * max_kv / float(y)))
+        isl = max(1, round(float(y) - osl / 2))
         probe = Probe(ProbeKind.DECODE, stack, cand, isl=isl, osl=osl, concurrency=conc)
-        out.append(_record(probe, path, itl_ms=float(itl), thpt_per_gpu=float(thpt), kv_capacity_tokens=max_kv))
+        out.append(
+            _record(probe, path, itl_ms=float(itl), thpt_per_gpu=float(thpt), kv_capacity_tokens=max_kv)
+        )
     return out
 
 
@@ -225,5 +233,13 @@ def _avg(doc: dict, metric: str) -> float | None:
 def _concurrency(doc: dict) -> int | None:
     cfg = doc.get("input_config", {})
     c = cfg.get("loadgen", {}).get("concurrency") if isinstance(cfg, dict) else None
-    c = c if c is not None else (cfg.get("perf_analyzer", {}).get("stimulus", {}).get("concurrency") if isinstance(cfg, dict) else None)
+    c = (
+        c
+        if c is not None
+        else (
+            cfg.get("perf_analyzer", {}).get("stimulus", {}).get("concurrency")
+            if isinstance(cfg, dict)
+            else None
+        )
+    )
     return int(c) if isinstance(c, (int, float)) else None
