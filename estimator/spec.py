@@ -77,7 +77,7 @@ class Spec:
     max_context_tokens: int = 0  # 0: the model's own limit
     max_concurrency: int = 2048
     num_prefill_points: int = 32
-    num_decode_contexts: int = 8
+    num_decode_contexts: int = 13
     num_decode_concurrencies: int = 12
     num_alternatives: int = 3
     request_rate: float | None = None  # requests/s for replica sizing; None: skip sizing
@@ -234,7 +234,7 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
         max_context_tokens=limit,
         max_concurrency=_as_int("max_concurrency", raw.get("max_concurrency", 2048), 1, 1_000_000),
         num_prefill_points=_as_int("num_prefill_points", raw.get("num_prefill_points", 32), 4, 10_000),
-        num_decode_contexts=_as_int("num_decode_contexts", raw.get("num_decode_contexts", 8), 2, 1000),
+        num_decode_contexts=_as_int("num_decode_contexts", raw.get("num_decode_contexts", 13), 2, 1000),
         num_decode_concurrencies=_as_int(
             "num_decode_concurrencies", raw.get("num_decode_concurrencies", 12), 2, 1000
         ),

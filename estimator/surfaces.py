@@ -118,12 +118,40 @@ def decode_sweep(
 
 
 def isl_grid(isl: int, max_isl: int, num_points: int) -> np.ndarray:
-    """Half the points linear over [64, max_isl], half geometric around the workload ISL (÷4 .. ×4)."""
+    """ISLs over [64, max_isl]: half linear (Dynamo's spacing), half geometric around the workload ISL
+    (÷4 .. ×4), plus a geometric fill so no two neighbours are more than 1.5× apart (a cubic over ISL
+    then follows the compute/memory kink of short prompts)."""
     max_isl = max(max_isl, 128)
     lo = min(64, max_isl // 2)
     coarse = np.linspace(lo, max_isl, num=max(2, num_points // 2))
     near = np.geomspace(max(lo, isl / 4), min(max_isl, isl * 4), num=max(2, num_points - num_points // 2))
-    return np.unique(np.round(np.concatenate([coarse, near, [min(isl, max_isl)]]))).astype(float)
+    fill = np.geomspace(lo, max_isl, num=int(np.ceil(np.log2(max_isl / lo) / np.log2(1.5))) + 1)
+    target = float(min(isl, max_isl))
+    pts = np.unique(np.round(np.concatenate([coarse, near, fill, [target]])))
+    kept = [pts[0]]
+    for x in pts[1:]:  # near-duplicates make a cubic spline wiggle: keep points ≥ 3 % apart
+        if x / kept[-1] >= 1.03 or x == pts[-1]:
+            kept.append(x)
+        elif x == target:
+            kept[-1] = x
+    return np.array(kept, dtype=float)
+
+
+def decode_contexts(isl: int, osl: int, max_context: int, num_contexts: int) -> np.ndarray:
+    """Context lengths on the rows of the 100-row linear grid Dynamo's planner interpolates onto.
+
+    The planner lays ``linspace(min, max, 100)`` over the sampled contexts and snaps lookups to a row;
+    sampling on those rows (and on the workload's context ISL+OSL/2 exactly, with its neighbours)
+    keeps its cubic from bridging wide gaps where tokens/s/GPU changes like 1/context.
+    """
+    ctx = isl + osl // 2
+    top = max(ctx, max_context - osl)
+    k = max(2, int(np.ceil(99 * ctx / top)))
+    step = ctx / k
+    rows = np.unique(np.concatenate([np.linspace(1, 99, num_contexts).round(), [k - 1, k, k + 1]]))
+    rows = rows[(rows >= 1) & (rows <= 99)]
+    out = np.unique(np.round(np.concatenate([rows * step, [min(128.0, ctx)]]))).astype(int)
+    return out[out >= 1]
 
 
 def prefill_surface(
@@ -146,17 +174,13 @@ def decode_surface(
     num_concurrencies: int,
     cap: int,
 ) -> DecodeSurface:
-    """Contexts from short to the model's limit (plus the workload's), concurrency up to what KV holds.
-
-    Each context row spans KV usage from one request to a full cache, so Dynamo's planner can look up
-    any (usage, context) cell; the workload's context ISL+OSL/2 is always one of the rows.
+    """Contexts from short to near the model's limit on the planner's grid rows (see ``decode_contexts``),
+    concurrency up to what KV holds. Each context row spans KV usage from one request to a full cache,
+    so Dynamo's planner can look up any (usage, context) cell.
     """
     capacity = source.kv_capacity_tokens(candidate)
     step = candidate.attention_dp_size
-    top = max(128, max_context - osl)
-    ctxs = np.unique(
-        np.round(np.concatenate([np.geomspace(min(128, top), top, num=num_contexts), [isl + osl // 2]]))
-    ).astype(int)
+    ctxs = decode_contexts(isl, osl, max_context, num_contexts)
     rows_c, rows_x = [], []
     for ctx in ctxs:
         n_max = max_concurrency_for(capacity, int(ctx + osl // 2), cap)

@@ -125,13 +125,14 @@ def test_prefill_interpolation_reproduces_source_between_samples(study):
     planner = PlannerPrefill(prefill)
     cand = profile.prefill_surface.candidate
     isl = planner.isl.astype(float)
-    dense = isl[1:] / isl[:-1] <= 2.0  # gaps wider than 2x are covered by the xfail test below
-    held_out = np.sqrt(isl[1:] * isl[:-1])[dense]  # geometric midpoints: never sampled
+    held_out = np.sqrt(isl[1:] * isl[:-1])  # geometric midpoints: never sampled
     assert held_out.size >= 10
     ttft = source.prefill_ttft_ms(cand, held_out)
     thpt = held_out / ttft * 1000.0 / cand.num_gpus * cand.attention_dp_size
-    assert _rel_err([planner.ttft_ms(v) for v in held_out], ttft).max() <= 0.05
-    assert _rel_err([planner.thpt_per_gpu(v) for v in held_out], thpt).max() <= 0.05
+    # AIC's prefill curve has small steps (kernel-table boundaries) that no cubic follows exactly.
+    for err in (_rel_err([planner.ttft_ms(v) for v in held_out], ttft),
+                _rel_err([planner.thpt_per_gpu(v) for v in held_out], thpt)):  # fmt: skip
+        assert np.median(err) <= 0.02 and err.max() <= 0.08, (np.median(err), err.max())
 
 
 def test_prefill_queries_are_clamped_to_the_sampled_range(study):
@@ -142,15 +143,10 @@ def test_prefill_queries_are_clamped_to_the_sampled_range(study):
     assert planner.thpt_per_gpu(10**7) == pytest.approx(prefill["prefill_thpt_per_gpu"][-1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="surfaces.isl_grid leaves a gap from 64 to ISL/4 tokens (e.g. 64 -> 750); "
-    "cubic interpolation across it misses the roofline's compute/memory kink by ~15%",
-)
 def test_prefill_grid_has_no_wide_gaps(study):
     _, _, prefill, _ = study
     isl = prefill["prefill_isl"].astype(float)
-    assert np.all(isl[1:] / isl[:-1] <= 2.0)
+    assert np.all(isl[1:] / isl[:-1] <= 1.6)
 
 
 def _decode_held_out_errors(study) -> tuple[np.ndarray, np.ndarray]:
@@ -182,12 +178,6 @@ def test_decode_itl_interpolation_reproduces_source_at_held_out_points(study):
     assert np.median(err) <= 0.03 and np.quantile(err, 0.9) <= 0.06, (np.median(err), np.quantile(err, 0.9))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="surfaces.decode_surface spaces contexts geometrically (…18k, 48k, 131k) while "
-    "the planner's grid is linear in context; tokens/s/GPU ~ 1/context is then interpolated across "
-    "wide gaps (median error 17% AIC, >100% roofline). Contexts on the planner's grid rows fix it.",
-)
 def test_decode_throughput_interpolation_reproduces_source_at_held_out_points(study):
     _, err = _decode_held_out_errors(study)
     # tokens/s/GPU ~ 1/context at fixed KV usage: a cubic in (usage, context) follows it less well than ITL
