@@ -1,0 +1,153 @@
+"""Estimate, plan a few real points, measure them, calibrate, then recommend on the calibrated surfaces.
+
+Everything measured is appended to ``<output_dir>/measurements.jsonl`` as it lands (a rerun resumes);
+the fitted correction is saved as ``<output_dir>/calibration.json`` and can be reused later with
+``sla-estimate --source <output_dir>/calibration.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from estimator.errors import CalibrationError
+from estimator.pipeline import Profile, estimate
+from estimator.select import Selection
+from estimator.sources import Stack, make_source
+
+from .calibrate import CalibrationReport, calibrate, calibration_report
+from .measurement import MeasurementStore, Probe
+from .plan import plan_probes
+from .run import RunResult, run_plan
+from .runners import make_runner
+
+log = logging.getLogger(__name__)
+DEFAULT_OUTPUT_DIR = "profiling_results"
+
+
+@dataclass
+class ValidationResult:
+    """What was measured, how well the raw estimate did, and what calibration changed."""
+
+    runner: str
+    measurements_path: str
+    calibration_path: str
+    probes: list[Probe]
+    run: RunResult
+    report: CalibrationReport
+    raw_selection: Selection
+    num_recorded: int = 0
+
+    def changes(self, calibrated: Selection) -> dict[str, Any]:
+        raw_p, raw_d = self.raw_selection.best_prefill, self.raw_selection.best_decode
+        new_p, new_d = calibrated.best_prefill, calibrated.best_decode
+        return {
+            "prefill": {"raw": raw_p.candidate.name, "calibrated": new_p.candidate.name,
+                        "raw_ttft_ms": raw_p.point.ttft_ms, "calibrated_ttft_ms": new_p.point.ttft_ms},
+            "decode": {"raw": raw_d.candidate.name, "calibrated": new_d.candidate.name,
+                       "raw_itl_ms": raw_d.itl_ms, "calibrated_itl_ms": new_d.itl_ms,
+                       "raw_concurrency": raw_d.concurrency, "calibrated_concurrency": new_d.concurrency},
+            "sla_met": {"raw": self.raw_selection.sla_met, "calibrated": calibrated.sla_met},
+        }  # fmt: skip
+
+    def to_dict(self, calibrated: Selection | None = None) -> dict[str, Any]:
+        return {
+            "runner": self.runner,
+            "measurements": self.measurements_path,
+            "calibration": self.calibration_path,
+            "planned": [p.to_dict() for p in self.probes],
+            "measured_now": self.run.measured,
+            "reused_from_previous_run": self.run.reused,
+            "recorded_points_used": self.num_recorded,
+            "failures": [{"probe": p.to_dict(), "error": e} for p, e in self.run.failures],
+            "report": self.report.to_dict(),
+            **({"recommendation_change": self.changes(calibrated)} if calibrated else {}),
+        }
+
+    def summary_text(self, calibrated: Selection | None = None) -> str:
+        lines = [
+            f"Validation ({self.runner} runner): {len(self.probes)} points planned, {self.run.measured} measured now, "
+            f"{self.run.reused} reused, {len(self.run.failures)} failed -> {self.measurements_path}"
+        ]
+        if self.num_recorded:
+            lines.append(f"  plus {self.num_recorded} recorded points of the same model/system/backend (replay)")
+        for kind, s in self.report.summary.items():
+            loo = s.get("loo_median_abs_error_pct")
+            cov = s.get("band_coverage")
+            lines.append(
+                f"  {kind.upper()}: raw estimate off by {s['raw_median_abs_error_pct']:.1f} % (median, {s['n']} points)"
+                + (f"; leave-one-out after calibration {loo:.1f} %" if loo is not None else "")
+                + (f"; band covers {100 * cov:.0f} %" if cov is not None else "")
+            )
+        for probe, err in self.run.failures[:5]:
+            lines.append(f"  failed: {probe.kind.value} {probe.candidate.name} isl {probe.isl}: {err[:120]}")
+        if calibrated is not None:
+            ch = self.changes(calibrated)
+            for phase in ("prefill", "decode"):
+                c = ch[phase]
+                moved = "unchanged" if c["raw"] == c["calibrated"] else f"changed from {c['raw']}"
+                lines.append(f"  {phase} recommendation {c['calibrated']} ({moved})")
+        lines.append(f"  calibration saved: {self.calibration_path}")
+        return "\n".join(lines)
+
+
+class _BoundResult:
+    """A ValidationResult tied to the calibrated selection, as the artifact writers expect (to_dict/summary_text)."""
+
+    def __init__(self, result: ValidationResult, calibrated: Selection):
+        self.result, self.calibrated = result, calibrated
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.result.to_dict(self.calibrated)
+
+    def summary_text(self) -> str:
+        return self.result.summary_text(self.calibrated)
+
+
+def _recorded_for(runner: Any, stack: Stack, have: set[str]) -> list:
+    """Replay only: every recorded point of the same model/system/backend also calibrates (offline use)."""
+    from .runners.replay import ReplayRunner
+
+    if not isinstance(runner, ReplayRunner):
+        return []
+    same = [m for m in runner.records if (m.probe.stack.model, m.probe.stack.system, m.probe.stack.backend)
+            == (stack.model, stack.system, stack.backend) and m.probe.key not in have]  # fmt: skip
+    log.info("replay: calibrating on %d more recorded points of %s", len(same), stack.model)
+    return same
+
+
+def run_validation(spec: Any) -> tuple[Profile, _BoundResult]:
+    """The whole loop for one study; returns the calibrated profile and the validation result."""
+    out_dir = Path(spec.output_dir or DEFAULT_OUTPUT_DIR)
+    spec = replace(spec, output_dir=str(out_dir))
+    base = make_source(spec.source, Stack.from_spec(spec))
+    raw = estimate(spec, base)
+    v = spec.validate
+    probes = plan_probes(raw, budget=v.budget, max_points_per_engine=v.max_points_per_engine)
+    store = MeasurementStore(out_dir / "measurements.jsonl")
+    with make_runner(spec) as runner:
+        run = run_plan(probes, runner, store, on_result=lambda m: log.info("measured %s", m.probe.reason))
+        recorded = _recorded_for(runner, raw.stack, {m.probe.key for m in run.measurements})
+    measurements = run.measurements + recorded
+    if not measurements:
+        why = "; ".join(e for _, e in run.failures[:3]) or "nothing planned"
+        raise CalibrationError(f"no point could be measured ({why})")
+    calibrated = calibrate(base, measurements)
+    report = calibration_report(base, measurements)
+    calibration_path = out_dir / "calibration.json"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    calibrated.save(calibration_path)
+    profile = estimate(spec, calibrated)
+    result = ValidationResult(
+        runner=v.runner,
+        measurements_path=str(store.path),
+        calibration_path=str(calibration_path),
+        probes=probes,
+        run=run,
+        report=report,
+        raw_selection=raw.selection,
+        num_recorded=len(recorded),
+    )
+    return profile, _BoundResult(result, profile.selection)
