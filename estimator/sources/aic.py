@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import multiprocessing
+import types
+from concurrent.futures import ProcessPoolExecutor
 from functools import cache
 from importlib import metadata
 from typing import Any
@@ -15,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from ..candidates import Candidate
-from ..errors import DataNotAvailable, SourceError, SpecError
+from ..errors import DataNotAvailable, SlaEstimateError, SourceError, SpecError
 from .base import PerfSource, Stack, as_positive_array
+
+log = logging.getLogger(__name__)
 
 _SDK_MODULE = "aiconfigurator_core.sdk"
 _DIST = "aiconfigurator-core"
@@ -25,10 +30,41 @@ _DIST = "aiconfigurator-core"
 MEMORY_FRACTION = {"vllm": ("of_total", 0.92), "sglang": ("of_total", 0.88), "trtllm": ("of_free", 0.9)}
 
 
+# AIC modules that parse its system/version YAML files with PyYAML's pure-Python loader.
+_YAML_READERS = ("aiconfigurator_core.sdk.perf_database", "aiconfigurator_core.sdk.attention_lanes")
+
+
+def _use_libyaml(module_names: tuple[str, ...]) -> None:
+    """Give those AIC modules a ``yaml`` whose ``safe_load`` uses libyaml (same SafeLoader semantics).
+
+    Parsing ~60 system files is about half a second of a cold study in pure Python; libyaml does it
+    ~10x faster. Only the named modules see the change; without libyaml nothing changes.
+    """
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is None:
+        return
+    fast = types.ModuleType("yaml")
+    fast.__dict__.update(yaml.__dict__)
+    fast.safe_load = lambda stream: yaml.load(stream, Loader=loader)  # type: ignore[attr-defined]
+    for name in module_names:
+        module = importlib.import_module(name)
+        if getattr(module, "yaml", None) is yaml:
+            module.yaml = fast
+
+
 @cache
 def _sdk() -> Any:
     logging.getLogger("aiconfigurator_core").setLevel(logging.ERROR)
-    return importlib.import_module(_SDK_MODULE)
+    sdk = importlib.import_module(_SDK_MODULE)
+    _use_libyaml(_YAML_READERS)
+    return sdk
+
+
+def _perf_database() -> Any:
+    _sdk()
+    return importlib.import_module("aiconfigurator_core.sdk.perf_database")
 
 
 def aic_version() -> str:
@@ -42,7 +78,7 @@ def _errors() -> Any:
 @cache
 def current_backend_version(system: str, backend: str) -> str:
     """The literal data version AIC's ``current`` slot resolves to for (system, backend)."""
-    pdb = importlib.import_module("aiconfigurator_core.sdk.perf_database")
+    pdb = _perf_database()
     try:
         return str(pdb.resolve_query_version(system, backend, "current"))
     except Exception as exc:  # noqa: BLE001 - translate at the edge
@@ -53,7 +89,7 @@ def resolve_version(stack: Stack) -> str:
     """Validate the requested version against AIC's slots; return the literal version."""
     if stack.backend_version in (None, "", "current"):
         return current_backend_version(stack.system, stack.backend)
-    pdb = importlib.import_module("aiconfigurator_core.sdk.perf_database")
+    pdb = _perf_database()
     try:
         return str(pdb.resolve_query_version(stack.system, stack.backend, stack.backend_version))
     except Exception as exc:  # noqa: BLE001
@@ -155,6 +191,32 @@ class AicSource(PerfSource):
             raise self._translate(candidate, exc) from exc
         return _checked(out, candidate, "decode")
 
+    def prepare(self, candidates: list[Candidate]) -> None:
+        """Compile the engines here while a forked process estimates their KV capacities.
+
+        AIC's KV memory model costs ~0.5 s of pure Python (its first use imports pandas), and AIC's
+        engine build holds the GIL, so only a second process overlaps them. Values the child could
+        not compute are left for ``kv_capacity_tokens`` to compute (and raise) in this process.
+        """
+        if "fork" not in multiprocessing.get_all_start_methods() or len(candidates) < 2:
+            return
+        resolve_version(self.stack)  # resolve once, before the fork, so the child inherits it
+        todo = [c for c in candidates if c not in self._kv]
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            future = pool.submit(_kv_in_child, self.stack, todo)
+            for c in candidates:
+                try:
+                    self.engine(c)
+                except SlaEstimateError:
+                    pass  # raised again where the engine is used
+            try:
+                found = future.result()
+            except Exception as exc:  # noqa: BLE001 - the child is an optimisation only
+                log.debug("KV capacity worker failed (%s); estimating in-process", exc)
+                found = {}
+        self._kv.update(found)
+
     def kv_capacity_tokens(self, candidate: Candidate) -> int:
         if candidate in self._kv:
             return self._kv[candidate]
@@ -188,6 +250,18 @@ class AicSource(PerfSource):
             "backend_version_resolved": resolve_version(self.stack),
             "database_mode": "SILICON",
         }
+
+
+def _kv_in_child(stack: Stack, candidates: list[Candidate]) -> dict[Candidate, int]:
+    """Runs in a forked worker: the KV capacities it can compute, keyed by candidate."""
+    src = AicSource(stack)
+    out = {}
+    for c in candidates:
+        try:
+            out[c] = src.kv_capacity_tokens(c)
+        except SlaEstimateError:
+            continue
+    return out
 
 
 def _needs_bf16_attention(exc: Exception) -> bool:
