@@ -21,6 +21,7 @@ evaluated at the engine-wide batch (the ``PerfSource`` convention).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ from estimator.sources.base import PerfSource
 # requests the engines use by default for online serving on data-centre GPUs.
 DEFAULT_TOKEN_BUDGET = {"vllm": 8192, "sglang": 8192, "trtllm": 8192}
 DEFAULT_MAX_NUM_SEQS = {"vllm": 1024, "sglang": 1024, "trtllm": 2048}
+UNMIXED_BACKENDS: tuple[str, ...] = ()  # e.g. ("sglang",): prefill batches as their own steps (tried: no gain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ class SchedulerConfig:
     waves: int = 4  # requests each client sends; the first wave arrives all at once
     warmup_waves: int = 0  # leading waves left out of the means (benchmarks that warm up first)
     stagger: bool = False  # clients start spread over one decode cycle instead of all at once
+    mixed: bool = True  # prefill chunks share steps with decodes (vLLM, TRT-LLM); SGLang runs prefill alone
 
     @classmethod
     def for_backend(cls, backend: str, waves: int = 4, warmup_waves: int = 0) -> SchedulerConfig:
@@ -79,6 +82,7 @@ class SchedulerConfig:
             DEFAULT_MAX_NUM_SEQS.get(backend, 1024),
             waves,
             warmup_waves,
+            mixed=backend not in UNMIXED_BACKENDS,
         )
 
 
@@ -104,7 +108,7 @@ def serving_terms(
     running_cap = max(1, min(clients, cfg.max_num_seqs))
     if kv_capacity_tokens > 0:
         running_cap = max(1, min(running_cap, int(kv_capacity_tokens / dp / (isl + osl / 2))))
-    cfg = SchedulerConfig(cfg.token_budget, running_cap, cfg.waves, cfg.warmup_waves, cfg.stagger)
+    cfg = dataclasses.replace(cfg, max_num_seqs=running_cap)
     context = isl + osl / 2.0
     batches = np.arange(1, running_cap + 1, dtype=float)
     decode_ms = np.concatenate(
@@ -153,7 +157,7 @@ def simulate(
             admitted.append(queue.pop(0))
         decoding = [i for i in admitted if remaining_prompt[i] == 0]
         n_dec = len(decoding)
-        spare = max(0, budget - n_dec)
+        spare = max(0, budget - n_dec) if cfg.mixed else budget
         prefill_tokens, finished_prompt = 0, []
         for i in admitted:
             if remaining_prompt[i] == 0 or spare == 0:
@@ -170,6 +174,8 @@ def simulate(
                 k = max(1, min(k, int(pending[0][0] - clock[2])))
         else:
             k = 1
+            if not cfg.mixed:  # a prefill-only step: running decodes wait for it
+                decoding, n_dec = [], 0
         clock += (prefill_tokens * prefill_ms_per_token, k * decode_ms[n_dec], k)
         batch_steps += (n_dec * k, k)
         for i in decoding:
