@@ -34,6 +34,7 @@ import numpy as np
 from estimator.errors import CalibrationError, SlaEstimateError
 from estimator.sources.base import PerfSource
 from estimator.sources.calibrated import (
+    ENGINE_PARAMS,
     ENGINE_SD,
     FORMAT_VERSION,
     NOISE_DOF,
@@ -76,8 +77,9 @@ def fit_correction(
     if not good:
         raise CalibrationError("no usable measured points to calibrate on")
     engines = tuple(sorted({t.engine for t in good}))
-    prior_mu = np.array([prior[n][0] for n in SHARED] + [0.0] * (2 * len(engines)))
-    prior_sd = np.array([prior[n][1] for n in SHARED] + [ENGINE_SD] * (2 * len(engines)))
+    n_off = len(ENGINE_PARAMS) * len(engines)
+    prior_mu = np.array([prior[n][0] for n in SHARED] + [0.0] * n_off)
+    prior_sd = np.array([prior[n][1] for n in SHARED] + [ENGINE_SD] * n_off)
     corr = Correction(engines, prior_mu.copy(), np.diag(prior_sd**2), dict(NOISE_PRIOR), len(good), data_hash(good),
                       dict(meta or {}))  # fmt: skip
     y = np.log([t.measured_ms for t in good])
@@ -276,24 +278,48 @@ class CalibrationReport:
         return {"summary": self.summary, "points": [vars(p) for p in self.points], "skipped": self.skipped}
 
 
-def calibration_report(source: PerfSource, measurements: list[Measurement]) -> CalibrationReport:
-    """Raw vs measured per point; each point predicted by a fit on all the others (LOO) with its band."""
-    targets, skipped = collect_targets(source, measurements)
-    if not targets:
+def calibration_report(
+    source: PerfSource,
+    measurements: list[Measurement],
+    prior: dict[str, tuple[float, float]] | None = None,
+    max_loo_points: int = 40,
+) -> CalibrationReport:
+    """Raw vs measured per point; each measurement predicted by a fit on all the others, with its band.
+
+    Leave-one-measurement-out (TTFT and TPOT of one agg point leave together); above
+    ``max_loo_points`` measurements, 10-fold cross-validation keeps it fast.
+    """
+    groups, skipped = [], []
+    for m in measurements:
+        try:
+            ts = targets_for(source, m)
+        except SlaEstimateError as exc:
+            skipped.append(f"{m.probe.candidate.name} {m.probe.kind.value}: {exc}")
+            continue
+        if ts:
+            groups.append(ts)
+    if not groups:
         raise CalibrationError("no measured points the source can estimate")
-    neutral = Correction(
-        (), np.zeros(len(SHARED)), np.zeros((len(SHARED), len(SHARED))), dict(NOISE_PRIOR), 0, ""
-    )
+    prior = bundled_prior(source.stack.backend) if prior is None else prior
+    merged = {**PRIOR, **prior}
+    neutral = Correction((), np.array([merged[n][0] for n in SHARED]), np.zeros((len(SHARED), len(SHARED))),
+                         dict(NOISE_PRIOR), 0, "")  # fmt: skip
     neutral.theta[SHARED.index("log_step_ms")] = neutral.theta[SHARED.index("log_overhead_ms")] = -30.0
+    fold_of = (
+        list(range(len(groups))) if len(groups) <= max_loo_points else [i % 10 for i in range(len(groups))]
+    )
+    fits: dict[int, Correction | None] = {}
+    for f in sorted(set(fold_of)):
+        rest = [t for g, fg in zip(groups, fold_of, strict=True) if fg != f for t in g]
+        fits[f] = fit_correction(rest, prior=prior) if rest else None
     points = []
-    for i, t in enumerate(targets):
-        raw = neutral.predict(t)
-        loo = lo = hi = None
-        rest = targets[:i] + targets[i + 1 :]
-        if rest:
-            loo, lo, hi = fit_correction(rest).band(t)
-        points.append(PointReport(t.engine, t.kind, t.isl, t.batch, t.measured_ms, raw, 100 * (raw / t.measured_ms - 1),
-                                  loo, None if loo is None else 100 * (loo / t.measured_ms - 1), lo, hi))  # fmt: skip
+    for g, f in zip(groups, fold_of, strict=True):
+        for t in g:
+            raw = neutral.predict(t)
+            loo, lo, hi = fits[f].band(t) if fits[f] is not None else (None, None, None)
+            points.append(PointReport(t.engine, t.kind, t.isl, t.batch, t.measured_ms, raw,
+                                      100 * (raw / t.measured_ms - 1), loo,
+                                      None if loo is None else 100 * (loo / t.measured_ms - 1), lo, hi))  # fmt: skip
     summary = {}
     for kind in ("ttft", "tpot"):
         ps = [p for p in points if p.kind == kind]
@@ -309,9 +335,7 @@ def calibration_report(source: PerfSource, measurements: list[Measurement]) -> C
                 [p.band_low_ms <= p.measured_ms <= p.band_high_ms for p in ps if p.loo_ms]
             ),
         }
-    return CalibrationReport(
-        points, [f"{m.probe.candidate.name} {m.probe.kind.value}: {why}" for m, why in skipped], summary
-    )
+    return CalibrationReport(points, skipped, summary)
 
 
 def _median(xs: list[float]) -> float | None:

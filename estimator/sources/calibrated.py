@@ -28,8 +28,9 @@ from .base import PerfSource, as_positive_array
 FORMAT_VERSION = 1
 SHARED = (
     "alpha_prefill", "beta_isl", "alpha_decode", "beta_batch", "beta_context", "log_step_ms", "log_overhead_ms",
-    "logit_burst", "logit_sync", "beta_burst_osl", "beta_sync_osl",
+    "logit_burst", "logit_sync", "beta_burst_osl", "beta_sync_osl", "alpha_ttft",
 )  # fmt: skip
+ENGINE_PARAMS = ("delta_prefill", "delta_decode", "delta_ttft")  # per-engine offsets (log scale)
 # Prior (mean, sd) of each shared parameter: raw estimates within a factor e, mild slopes, small overheads.
 PRIOR = {
     "alpha_prefill": (0.0, 1.0),
@@ -41,6 +42,7 @@ PRIOR = {
     "log_overhead_ms": (math.log(5.0), 1.5),
     "logit_burst": (-1.0, 1.5),
     "logit_sync": (-1.0, 1.5),
+    "alpha_ttft": (0.0, 0.3),  # agg TTFT beyond the phase scales (queueing the scheduler replay misses)
     "beta_burst_osl": (0.0, 1.0),
     "beta_sync_osl": (0.0, 1.0),
 }
@@ -96,13 +98,13 @@ class Correction:
 
     @property
     def names(self) -> list[str]:
-        return list(SHARED) + [f"{p}[{e}]" for e in self.engines for p in ("delta_prefill", "delta_decode")]
+        return list(SHARED) + [f"{p}[{e}]" for e in self.engines for p in ENGINE_PARAMS]
 
     # ---- evaluation -------------------------------------------------------------------------
     def scales(self, engine: str, isl: Any, batch: Any, context: Any, theta: np.ndarray | None = None):
         """(a_p, a_d, step_ms, overhead_ms) arrays for the inputs."""
         th = self.theta if theta is None else theta
-        dp, dd = self._offsets(engine, th)
+        dp, dd, _ = self._offsets(engine, th)
         lp = th[0] + dp + th[1] * np.log(np.asarray(isl, float) / 1024.0)
         ld = (
             th[2]
@@ -112,11 +114,11 @@ class Correction:
         )
         return np.exp(lp), np.exp(ld), math.exp(th[5]), math.exp(th[6])
 
-    def _offsets(self, engine: str, th: np.ndarray) -> tuple[float, float]:
+    def _offsets(self, engine: str, th: np.ndarray) -> tuple[float, ...]:
         if engine in self.engines:
-            i = len(SHARED) + 2 * self.engines.index(engine)
-            return float(th[i]), float(th[i + 1])
-        return 0.0, 0.0
+            i = len(SHARED) + len(ENGINE_PARAMS) * self.engines.index(engine)
+            return tuple(float(x) for x in th[i : i + len(ENGINE_PARAMS)])
+        return (0.0,) * len(ENGINE_PARAMS)
 
     def predict(self, t: Target, theta: np.ndarray | None = None) -> float:
         th = self.theta if theta is None else theta
@@ -130,7 +132,10 @@ class Correction:
         w /= w.sum()
         burst = a_p * t.burst_prefill_ms + a_d * t.burst_decode_ms + step * t.burst_steps
         sync = a_p * t.sync_prefill_ms + a_d * t.sync_decode_ms + step * t.sync_steps
-        return float(w[0] * steady + w[1] * burst + w[2] * sync + over * t.const)
+        mix = w[0] * steady + w[1] * burst + w[2] * sync
+        if t.kind == "ttft":
+            mix *= math.exp(th[SHARED.index("alpha_ttft")] + self._offsets(t.engine, th)[2])
+        return float(mix + over * t.const)
 
     def band(self, t: Target, z: float = BAND_Z) -> tuple[float, float, float]:
         """(point, low, high) in ms: Laplace posterior of the parameters plus noise of the kind."""
