@@ -35,7 +35,9 @@ from estimator.sources.base import PerfSource
 # requests the engines use by default for online serving on data-centre GPUs.
 DEFAULT_TOKEN_BUDGET = {"vllm": 8192, "sglang": 8192, "trtllm": 8192}
 DEFAULT_MAX_NUM_SEQS = {"vllm": 1024, "sglang": 1024, "trtllm": 2048}
-UNMIXED_BACKENDS: tuple[str, ...] = ()  # e.g. ("sglang",): prefill batches as their own steps (tried: no gain)
+UNMIXED_BACKENDS: tuple[
+    str, ...
+] = ()  # e.g. ("sglang",): prefill batches as their own steps (tried: no gain)
 
 
 @dataclass(frozen=True, slots=True)
