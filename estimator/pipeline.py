@@ -69,7 +69,6 @@ def estimate(spec: Spec, source: PerfSource | None = None) -> Profile:
     source = source or make_source(spec.source, stack)
     model = load_model_info(spec.model)
     candidates, rejected = enumerate_candidates(model, spec.gpu_counts)
-    source.prepare(candidates)
     usable, dropped = screen(source, candidates, spec.isl + spec.osl)
     rejected += dropped
     t1 = time.perf_counter()

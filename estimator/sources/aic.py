@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-import multiprocessing
 import types
-from concurrent.futures import ProcessPoolExecutor
 from functools import cache
 from importlib import metadata
 from typing import Any
@@ -18,10 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..candidates import Candidate
-from ..errors import DataNotAvailable, SlaEstimateError, SourceError, SpecError
+from ..errors import DataNotAvailable, SourceError, SpecError
 from .base import PerfSource, Stack, as_positive_array
-
-log = logging.getLogger(__name__)
 
 _SDK_MODULE = "aiconfigurator_core.sdk"
 _DIST = "aiconfigurator-core"
@@ -191,32 +187,6 @@ class AicSource(PerfSource):
             raise self._translate(candidate, exc) from exc
         return _checked(out, candidate, "decode")
 
-    def prepare(self, candidates: list[Candidate]) -> None:
-        """Compile the engines here while a forked process estimates their KV capacities.
-
-        AIC's KV memory model costs ~0.5 s of pure Python (its first use imports pandas), and AIC's
-        engine build holds the GIL, so only a second process overlaps them. Values the child could
-        not compute are left for ``kv_capacity_tokens`` to compute (and raise) in this process.
-        """
-        if "fork" not in multiprocessing.get_all_start_methods() or len(candidates) < 2:
-            return
-        resolve_version(self.stack)  # resolve once, before the fork, so the child inherits it
-        todo = [c for c in candidates if c not in self._kv]
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            future = pool.submit(_kv_in_child, self.stack, todo)
-            for c in candidates:
-                try:
-                    self.engine(c)
-                except SlaEstimateError:
-                    pass  # raised again where the engine is used
-            try:
-                found = future.result()
-            except Exception as exc:  # noqa: BLE001 - the child is an optimisation only
-                log.debug("KV capacity worker failed (%s); estimating in-process", exc)
-                found = {}
-        self._kv.update(found)
-
     def kv_capacity_tokens(self, candidate: Candidate) -> int:
         if candidate in self._kv:
             return self._kv[candidate]
@@ -250,18 +220,6 @@ class AicSource(PerfSource):
             "backend_version_resolved": resolve_version(self.stack),
             "database_mode": "SILICON",
         }
-
-
-def _kv_in_child(stack: Stack, candidates: list[Candidate]) -> dict[Candidate, int]:
-    """Runs in a forked worker: the KV capacities it can compute, keyed by candidate."""
-    src = AicSource(stack)
-    out = {}
-    for c in candidates:
-        try:
-            out[c] = src.kv_capacity_tokens(c)
-        except SlaEstimateError:
-            continue
-    return out
 
 
 def _needs_bf16_attention(exc: Exception) -> bool:

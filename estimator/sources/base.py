@@ -83,9 +83,6 @@ class PerfSource(ABC):
         """KV-cache capacity of the whole engine in tokens; 0 when the weights do not fit."""
 
     # ---- optional -----------------------------------------------------------------------------
-    def prepare(self, candidates: list[Candidate]) -> None:
-        """Warm up for these candidates (load data, compile engines). Errors surface on use."""
-
     def prefill_ttft_band(self, candidate: Candidate, isl: Any) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) TTFT band in ms; equal to the point estimate unless calibrated."""
         v = self.prefill_ttft_ms(candidate, isl)
