@@ -32,8 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from estimator.errors import SlaEstimateError
 from estimator.sources.aic import AicSource
 from estimator.sources.base import Stack
-from estimator.sources.calibrated import PRIOR, SHARED, Correction, Target
-from validate.calibrate import fit_correction, learn_prior, prior_from_thetas, targets_for
+from estimator.sources.calibrated import SHARED, Target
+from validate.calibrate import (
+    fit_correction,
+    learn_prior,
+    prior_from_thetas,
+    targets_for,
+    transferable,
+    uncalibrated,
+)
 from validate.silicon import load_silicon
 
 
@@ -84,13 +91,7 @@ def raw_ms(t: Target) -> float:
     return _NEUTRAL.predict(t)
 
 
-def _neutral() -> Correction:
-    theta = np.array([PRIOR[n][0] for n in SHARED])
-    theta[SHARED.index("log_step_ms")] = theta[SHARED.index("log_overhead_ms")] = -30.0  # e^-30 ms: none
-    return Correction((), theta, np.zeros((theta.size, theta.size)), {"ttft": 0.0, "tpot": 0.0}, 0, "")
-
-
-_NEUTRAL = _neutral()
+_NEUTRAL = uncalibrated()
 
 
 def family_targets(rows: list[dict]) -> dict[str, list[Target]]:
@@ -149,7 +150,9 @@ def _family_thetas(rows: list[dict], min_targets: int = 10) -> dict[str, np.ndar
 def _prior_without(thetas: dict[str, np.ndarray], fam: str) -> dict[str, tuple[float, float]]:
     """The prior of ``fam``'s backend learned from the other families (``fam`` itself left out)."""
     backend = fam.split("|")[2]
-    return prior_from_thetas([t for f, t in thetas.items() if f != fam and f.split("|")[2] == backend])
+    return transferable(
+        prior_from_thetas([t for f, t in thetas.items() if f != fam and f.split("|")[2] == backend]), True
+    )
 
 
 def _idx(row: dict, kind: str) -> int:

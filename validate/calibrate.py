@@ -125,13 +125,33 @@ def learn_prior(families: dict[str, list[Target]], min_targets: int = 10) -> dic
 
 
 def prior_from_thetas(thetas: list[np.ndarray]) -> dict[str, tuple[float, float]]:
-    """Median and robust spread of fitted shared parameters (empty below two families)."""
+    """Median and robust spread of fitted shared parameters (empty below two families); see ``transferable``."""
     if len(thetas) < 2:
         return {}
     arr = np.array(thetas)
     med = np.median(arr, axis=0)
     mad = 1.4826 * np.median(np.abs(arr - med), axis=0)
     return {n: (float(med[i]), float(min(max(mad[i], 0.1), PRIOR[n][1]))) for i, n in enumerate(SHARED)}
+
+
+# The prior is learned from agg rows. Levels and overheads belong to one deployment and never transfer;
+# the phase slopes transfer only to agg calibrations (they absorb the serving model's bias there, while
+# prefill/decode probes observe the slopes directly).
+LEVEL_PARAMETERS = ("alpha_prefill", "alpha_decode", "log_step_ms", "log_overhead_ms")
+SHAPE_PARAMETERS = ("beta_isl", "beta_batch", "beta_context")
+
+
+def transferable(prior: dict[str, tuple[float, float]], agg: bool) -> dict[str, tuple[float, float]]:
+    """The part of a learned prior that applies to a new family (``agg``: calibrating on agg points)."""
+    drop = LEVEL_PARAMETERS + (() if agg else SHAPE_PARAMETERS)
+    return {k: v for k, v in prior.items() if k in SHARED and k not in drop}
+
+
+def uncalibrated() -> Correction:
+    """The identity correction: source terms unscaled, no overheads, arrival regimes at their generic prior."""
+    theta = np.array([PRIOR[n][0] for n in SHARED])
+    theta[SHARED.index("log_step_ms")] = theta[SHARED.index("log_overhead_ms")] = -30.0  # e^-30 ms: none
+    return Correction((), theta, np.zeros((theta.size, theta.size)), {"ttft": 0.0, "tpot": 0.0}, 0, "")
 
 
 def _jacobian(f, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
@@ -243,7 +263,8 @@ def calibrate(
     targets, skipped = collect_targets(source, mine)
     for m, why in skipped:
         log.warning("not calibrating on %s %s: %s", m.probe.kind.value, m.probe.candidate.name, why)
-    prior = bundled_prior(source.stack.backend) if prior is None else prior
+    if prior is None:
+        prior = transferable(bundled_prior(source.stack.backend), agg=_has_agg(mine))
     corr = fit_correction(
         targets, prior=prior, meta={"base_source": source.name, "prior": "learned" if prior else "generic"}
     )
@@ -300,11 +321,9 @@ def calibration_report(
             groups.append(ts)
     if not groups:
         raise CalibrationError("no measured points the source can estimate")
-    prior = bundled_prior(source.stack.backend) if prior is None else prior
-    merged = {**PRIOR, **prior}
-    neutral = Correction((), np.array([merged[n][0] for n in SHARED]), np.zeros((len(SHARED), len(SHARED))),
-                         dict(NOISE_PRIOR), 0, "")  # fmt: skip
-    neutral.theta[SHARED.index("log_step_ms")] = neutral.theta[SHARED.index("log_overhead_ms")] = -30.0
+    if prior is None:
+        prior = transferable(bundled_prior(source.stack.backend), agg=_has_agg(measurements))
+    neutral = uncalibrated()
     fold_of = (
         list(range(len(groups))) if len(groups) <= max_loo_points else [i % 10 for i in range(len(groups))]
     )
@@ -336,6 +355,10 @@ def calibration_report(
             ),
         }
     return CalibrationReport(points, skipped, summary)
+
+
+def _has_agg(measurements: list[Measurement]) -> bool:
+    return any(m.probe.kind is ProbeKind.AGG for m in measurements)
 
 
 def _median(xs: list[float]) -> float | None:
