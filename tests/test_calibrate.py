@@ -161,3 +161,15 @@ def test_pipeline_runs_unchanged_on_calibrated_source(setup):
     profile = estimate(spec, cal)
     assert profile.selection.best_prefill.candidate in (TP1, TP2)
     assert profile.provenance["source"] == "calibrated" if "source" in profile.provenance else True
+
+
+def test_only_measurements_of_the_same_deployment_calibrate(setup):
+    _, _, _, ms = setup
+    other_quant = Stack(STACK.model, STACK.system, STACK.backend, gemm_quant="fp8")
+    fp8_base = RooflineSource(other_quant)
+    with pytest.raises(CalibrationError, match="no measurements"):
+        calibrate(RooflineSource(Stack(STACK.model, "h200_sxm", STACK.backend)), ms, prior={})
+    foreign = [Measurement(Probe(ProbeKind.PREFILL, Stack(STACK.model, STACK.system, STACK.backend, gemm_quant="nvfp4"),
+                                 TP1, isl=1000), "synthetic", ttft_ms=1e6)]  # fmt: skip
+    cal = calibrate(fp8_base, ms + foreign, prior={})  # the nvfp4 record is another deployment: ignored
+    assert cal.correction.n_points == len(ms)

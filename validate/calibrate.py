@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from estimator.errors import CalibrationError, SlaEstimateError
-from estimator.sources.base import PerfSource
+from estimator.sources.base import PerfSource, Stack
 from estimator.sources.calibrated import (
     ENGINE_PARAMS,
     ENGINE_SD,
@@ -254,8 +254,7 @@ def calibrate(
 
     ``prior`` defaults to the bundled per-backend prior (``models/calibration_prior.json``).
     """
-    mine = [m for m in measurements if m.probe.stack.model == source.stack.model
-            and m.probe.stack.system == source.stack.system and m.probe.stack.backend == source.stack.backend]  # fmt: skip
+    mine = [m for m in measurements if _same_deployment(m.probe.stack, source.stack)]
     if not mine:
         raise CalibrationError(
             f"no measurements of {source.stack.model} on {source.stack.system}/{source.stack.backend}"
@@ -355,6 +354,17 @@ def calibration_report(
             ),
         }
     return CalibrationReport(points, skipped, summary)
+
+
+def _same_deployment(a: Stack, b: Stack) -> bool:
+    """Same model/system/backend; quantisation equal where both state it (versions may differ: that is
+    one reason raw estimates miss, and what calibration absorbs)."""
+    if (a.model.lower(), a.system, a.backend) != (b.model.lower(), b.system, b.backend):
+        return False
+    return all(
+        x is None or y is None or x == y
+        for x, y in ((a.gemm_quant, b.gemm_quant), (a.kvcache_quant, b.kvcache_quant))
+    )
 
 
 def _has_agg(measurements: list[Measurement]) -> bool:
