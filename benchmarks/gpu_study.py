@@ -66,7 +66,7 @@ def check_exact_kv(runner, batch: int = 2, prompt_len: int = 256) -> float:
     """Relative error of one decode step's logits: exact-KV attention vs transformers' stock sdpa + DynamicCache."""
     import torch
 
-    from validate.runners.torch_gpu import (
+    from validate.runners.torch_kv import (
         EXACT_KV_ATTENTION,
         ExactKvCache,
         attach_kv_cache,

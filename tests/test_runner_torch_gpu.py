@@ -13,16 +13,15 @@ from estimator.candidates import Candidate, Mapping
 from estimator.errors import EngineStartError, MeasurementError
 from estimator.sources.base import Stack
 from validate.measurement import MeasurementStore, Probe, ProbeKind
-from validate.runners.torch_gpu import (
+from validate.runners.torch_gpu import TorchGpuRunner
+from validate.runners.torch_kv import (
     EXACT_KV_ATTENTION,
     ExactKvCache,
-    TorchGpuRunner,
-    add_tp_collectives,
     attach_kv_cache,
     last_token_logits,
     register_exact_kv_attention,
-    shard_config,
 )
+from validate.runners.torch_tp import add_tp_collectives, shard_config
 
 TINY = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,

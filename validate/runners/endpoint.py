@@ -1,82 +1,38 @@
 """EndpointRunner: measure probes against a running OpenAI-compatible server (vLLM, SGLang, TRT-LLM).
 
-Every request streams (``stream=true``) with ``ignore_eos``/``min_tokens`` so it yields exactly the
-output length asked for; chunk arrival times give TTFT and inter-token latency, with tokens per chunk
-counted from ``token_ids`` (vLLM's ``return_token_ids``) because some tokens decode to empty text.
+Every request streams with exactly the output length asked for, timed per chunk (see ``stream.py``).
 Prompts have an exact token count (see ``prompts.py``) and are unique per request, except in decode
 probes, whose prompts are sent once to warm the prefix cache so that the measured waves skip prefill.
 KV capacity comes from ``/metrics`` (``metrics.py``), never from logs.
 
-Errors: connect failure, HTTP 4xx/5xx or a stream cut short -> ``BadResponse`` (``status_code``,
-``body``); no data for ``timeout_s`` -> ``EndpointTimeout``. Each carries ``partial``: the samples of
-the repetitions finished before the failure, and ``tokens_received`` of the failing request.
+Errors (classified in ``stream.py``): ``BadResponse`` or ``EndpointTimeout``. Each carries ``partial``:
+the samples of the repetitions finished before the failure, and ``tokens_received`` of the failing request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httpx
 
-from estimator.errors import BadResponse, EndpointTimeout, MeasurementError, SpecError
+from estimator.errors import BadResponse, MeasurementError, SpecError
 
 from ..measurement import Measurement, Probe, ProbeKind
 from .base import Runner
 from .metrics import EngineMetrics, parse_metrics
 from .prompts import exact_text_prompt, random_token_ids
+from .stream import BODY_EXCERPT_CHARS, RequestTiming, endpoint_error, request_json, stream_completion
 
 log = logging.getLogger(__name__)
 
 PREFILL_OSL = 2  # prefill probes need only the first token; the second confirms the stream goes on
 TOKENIZER_STRATEGIES = ("auto", "tokenize", "token_ids", "usage")
-BODY_EXCERPT_CHARS = 300
 METRICS_POLL_S = 0.5
-
-
-@dataclass(slots=True)
-class RequestTiming:
-    """Arrival times (``time.perf_counter`` seconds) and token counts of one streamed completion."""
-
-    t_start: float
-    t_first: float | None = None
-    t_last: float | None = None
-    num_tokens: int = 0
-    first_chunk_tokens: int = 0
-    prompt_tokens: int | None = None
-
-    @property
-    def ttft_ms(self) -> float:
-        return (self.t_first - self.t_start) * 1e3
-
-    @property
-    def itl_ms(self) -> float | None:
-        """Mean gap per token after the first chunk: (last - first arrival) / tokens after it."""
-        after_first = self.num_tokens - self.first_chunk_tokens
-        return (self.t_last - self.t_first) * 1e3 / after_first if after_first > 0 else None
-
-    @property
-    def tpot_ms(self) -> float | None:
-        return (self.t_last - self.t_first) * 1e3 / (self.num_tokens - 1) if self.num_tokens > 1 else None
-
-
-def _error(
-    cls: type[MeasurementError],
-    message: str,
-    *,
-    status: int | None = None,
-    body: str | None = None,
-    tokens: int = 0,
-) -> MeasurementError:
-    exc = cls(message)
-    exc.status_code, exc.body, exc.tokens_received, exc.partial = status, body, tokens, {}
-    return exc
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -191,11 +147,11 @@ class EndpointRunner(Runner):
     async def _discover(self, client: httpx.AsyncClient) -> None:
         """Model name, server version and tokenizer strategy: asked once per runner."""
         if self.model_ is None:
-            data = await self._get_json(client, "/v1/models")
+            data = await self._request_json(client, "GET", "/v1/models")
             try:
                 self.model_ = data["data"][0]["id"]
             except (KeyError, IndexError, TypeError) as exc:
-                raise _error(
+                raise endpoint_error(
                     BadResponse, f"/v1/models lists no model: {str(data)[:BODY_EXCERPT_CHARS]}"
                 ) from exc
         if not self.software_:
@@ -224,7 +180,7 @@ class EndpointRunner(Runner):
             if r.status_code == 200 and r.json().get("usage", {}).get("prompt_tokens") == 4:
                 return "token_ids"
         except (httpx.HTTPError, ValueError) as exc:
-            raise _error(BadResponse, f"cannot reach {self.base_url}: {exc}") from exc
+            raise endpoint_error(BadResponse, f"cannot reach {self.base_url}: {exc}") from exc
         return "usage"
 
     # ---- prompts --------------------------------------------------------------------------------
@@ -244,13 +200,13 @@ class EndpointRunner(Runner):
         return list(await asyncio.gather(*(one(s) for s in seeds)))
 
     async def _count_tokenize(self, client: httpx.AsyncClient, text: str) -> int:
-        return int(
-            (await self._post_json(client, "/tokenize", {"model": self.model_, "prompt": text}))["count"]
-        )
+        answer = await self._request_json(client, "POST", "/tokenize", {"model": self.model_, "prompt": text})
+        return int(answer["count"])
 
     async def _count_usage(self, client: httpx.AsyncClient, text: str) -> int:
         body = {"model": self.model_, "prompt": text, "max_tokens": 1}
-        return int((await self._post_json(client, "/v1/completions", body))["usage"]["prompt_tokens"])
+        answer = await self._request_json(client, "POST", "/v1/completions", body)
+        return int(answer["usage"]["prompt_tokens"])
 
     # ---- probes ---------------------------------------------------------------------------------
     def _repeats(self, probe: Probe) -> int:
@@ -353,112 +309,26 @@ class EndpointRunner(Runner):
     async def _wave(self, client, prompts: list, max_tokens: int) -> list[RequestTiming]:
         return await _gather_first_error(self._stream(client, p, max_tokens) for p in prompts)
 
-    # ---- HTTP -----------------------------------------------------------------------------------
+    # ---- HTTP (stream.py) -----------------------------------------------------------------------
     async def _stream(
         self, client: httpx.AsyncClient, prompt: str | list[int], max_tokens: int
     ) -> RequestTiming:
-        """One streamed completion of exactly ``max_tokens`` tokens; raises on any failure."""
-        body: dict[str, Any] = {
-            "model": self.model_,
-            "prompt": prompt,
-            "max_tokens": max_tokens,
-            "min_tokens": max_tokens,
-            "ignore_eos": True,
-            "temperature": 0.0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if self.vllm_extensions:
-            body["return_token_ids"] = True
-        t = RequestTiming(t_start=time.perf_counter())
-        done, counted_by_ids, usage_tokens = False, False, None
-        try:
-            async with client.stream("POST", "/v1/completions", json=body) as resp:
-                if resp.status_code >= 400:
-                    text = (await resp.aread()).decode(errors="replace")[:BODY_EXCERPT_CHARS]
-                    raise _error(
-                        BadResponse,
-                        f"HTTP {resp.status_code} from /v1/completions: {text}",
-                        status=resp.status_code,
-                        body=text,
-                    )
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        done = True
-                        break
-                    now = time.perf_counter()
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        raise _error(
-                            BadResponse,
-                            f"error in stream: {str(chunk['error'])[:BODY_EXCERPT_CHARS]}",
-                            body=data[:BODY_EXCERPT_CHARS],
-                            tokens=t.num_tokens,
-                        )
-                    if chunk.get("usage"):
-                        t.prompt_tokens = chunk["usage"].get("prompt_tokens", t.prompt_tokens)
-                        usage_tokens = chunk["usage"].get("completion_tokens")
-                    for choice in chunk.get("choices") or []:
-                        ids = choice.get("token_ids")
-                        counted_by_ids |= ids is not None
-                        n = len(ids) if ids is not None else int(bool(choice.get("text")))
-                        if n:
-                            if t.t_first is None:
-                                t.t_first, t.first_chunk_tokens = now, n
-                            t.t_last = now
-                            t.num_tokens += n
-        except httpx.ConnectError as exc:
-            raise _error(BadResponse, f"cannot connect to {self.base_url}: {exc}") from exc
-        except httpx.TimeoutException as exc:
-            raise _error(
-                EndpointTimeout,
-                f"no data from {self.base_url} for {self.timeout_s:g} s "
-                f"after {t.num_tokens} of {max_tokens} tokens",
-                tokens=t.num_tokens,
-            ) from exc
-        except (httpx.HTTPError, json.JSONDecodeError) as exc:
-            raise _error(
-                BadResponse,
-                f"stream broken after {t.num_tokens} of {max_tokens} tokens: {type(exc).__name__}: {exc}",
-                tokens=t.num_tokens,
-            ) from exc
-        if not done or t.t_first is None:
-            raise _error(
-                BadResponse,
-                f"stream ended early after {t.num_tokens} of {max_tokens} tokens",
-                tokens=t.num_tokens,
-            )
-        if not counted_by_ids and usage_tokens:
-            t.num_tokens = usage_tokens  # text chunks undercount tokens that decode to empty text
-        return t
-
-    async def _get_json(self, client: httpx.AsyncClient, path: str) -> Any:
-        return await self._request_json(client, "GET", path, None)
-
-    async def _post_json(self, client: httpx.AsyncClient, path: str, body: dict) -> Any:
-        return await self._request_json(client, "POST", path, body)
+        return await stream_completion(
+            client,
+            self.model_,
+            prompt,
+            max_tokens,
+            return_token_ids=self.vllm_extensions,
+            base_url=self.base_url,
+            timeout_s=self.timeout_s,
+        )
 
     async def _request_json(
-        self, client: httpx.AsyncClient, method: str, path: str, body: dict | None
+        self, client: httpx.AsyncClient, method: str, path: str, body: dict | None = None
     ) -> Any:
-        try:
-            r = await client.request(method, path, json=body)
-        except httpx.TimeoutException as exc:
-            raise _error(EndpointTimeout, f"{path}: no answer within {self.timeout_s:g} s") from exc
-        except httpx.HTTPError as exc:
-            raise _error(BadResponse, f"{path} on {self.base_url}: {type(exc).__name__}: {exc}") from exc
-        if r.status_code >= 400:
-            text = r.text[:BODY_EXCERPT_CHARS]
-            raise _error(
-                BadResponse, f"HTTP {r.status_code} from {path}: {text}", status=r.status_code, body=text
-            )
-        try:
-            return r.json()
-        except ValueError as exc:
-            raise _error(BadResponse, f"{path} answered non-JSON: {r.text[:BODY_EXCERPT_CHARS]}") from exc
+        return await request_json(
+            client, method, path, body, base_url=self.base_url, timeout_s=self.timeout_s
+        )
 
     async def _metrics(self, client: httpx.AsyncClient) -> EngineMetrics:
         try:

@@ -3,14 +3,12 @@
 The model is built from its config with random weights (or loaded from a local checkpoint).
 Prefill: TTFT of one request of ISL tokens, logits of the last token only. Decode: one step of
 ``batch`` requests at ``context`` tokens, from a static KV cache filled with random values, replayed
-as a CUDA graph. Attention goes through a function registered in transformers' ``AttentionInterface``
-that reads exactly the valid KV length with ``scaled_dot_product_attention(enable_gqa=True)`` and no
-mask; the stock static-cache path attends over the whole buffer and is 4-10x slower than the floor.
+as a CUDA graph. Attention reads exactly the valid KV length (``torch_kv.py``); the stock static-cache
+path attends over the whole buffer and is 4-10x slower than the floor.
 Every point carries its ratio to the memory-bandwidth floor (weights + KV bytes / copy bandwidth).
 
-Tensor parallel (``tp_size`` > 1, one process per GPU under ``torchrun``): each rank builds the
-Megatron-style shard of the model (heads, KV heads, MLP width and vocabulary split by TP, random
-weights) and all-reduces after the embedding, each attention output and each MLP, as vLLM does.
+Tensor parallel (``tp_size`` > 1, one process per GPU under ``torchrun``): each rank builds its
+Megatron-style shard of the model with random weights (``torch_tp.py``).
 """
 
 from __future__ import annotations
@@ -29,131 +27,18 @@ from estimator.errors import EngineStartError, MeasurementError
 
 from ..measurement import Measurement, Probe, ProbeKind
 from .base import Runner
+from .torch_kv import (
+    EXACT_KV_ATTENTION,
+    ExactKvCache,
+    attach_kv_cache,
+    attention_modules,
+    kv_shape,
+    last_token_logits,
+    register_exact_kv_attention,
+)
+from .torch_tp import add_tp_collectives, shard_config
 
 log = logging.getLogger(__name__)
-
-EXACT_KV_ATTENTION = "sla_exact_kv"  # name registered in transformers' AttentionInterface
-_KV_ATTR = "_sla_kv_cache"  # attribute set on each attention module while a KV cache is attached
-
-
-@dataclass(eq=False)
-class ExactKvCache:
-    """Static per-layer KV buffers of shape (batch, kv_heads, max_tokens, head_dim); ``pos`` tokens are valid."""
-
-    keys: list[Any]
-    values: list[Any]
-    pos: int = 0
-
-    @classmethod
-    def allocate(cls, config: Any, batch: int, max_tokens: int, device: Any, dtype: Any) -> ExactKvCache:
-        import torch
-
-        layers, kv_heads, head_dim = _kv_shape(config)
-        shape = (batch, kv_heads, max_tokens, head_dim)
-        keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(layers)]
-        values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(layers)]
-        return cls(keys, values)
-
-    def fill_random(self, pos: int, seed: int = 0) -> None:
-        """Random values stand in for a real prefill of ``pos`` tokens (timing does not depend on them)."""
-        import torch
-
-        gen = torch.Generator(device=self.keys[0].device).manual_seed(seed)
-        for t in (*self.keys, *self.values):
-            t.normal_(generator=gen)
-        self.pos = pos
-
-
-def exact_kv_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
-                       scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:  # fmt: skip
-    """Attention over exactly the valid KV tokens, no mask. Shapes in: (batch, heads, q_len, head_dim)."""
-    from torch.nn.functional import scaled_dot_product_attention as sdpa
-
-    q_len = query.shape[2]
-    cache: ExactKvCache | None = getattr(module, _KV_ATTR, None)
-    if cache is None:  # plain prefill, no cache
-        out = sdpa(query, key, value, is_causal=q_len > 1, scale=scaling, enable_gqa=True)
-    else:
-        if q_len > 1 and cache.pos:
-            raise MeasurementError("exact-KV attention: a multi-token step needs an empty cache (pos 0)")
-        i, end = module.layer_idx, cache.pos + q_len
-        cache.keys[i][:, :, cache.pos : end].copy_(key)
-        cache.values[i][:, :, cache.pos : end].copy_(value)
-        out = sdpa(query, cache.keys[i][:, :, :end], cache.values[i][:, :, :end],
-                   is_causal=q_len > 1, scale=scaling, enable_gqa=True)  # fmt: skip
-    return out.transpose(1, 2).contiguous(), None
-
-
-def register_exact_kv_attention() -> str:
-    """Register :func:`exact_kv_attention` with transformers (idempotent); returns its name."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(EXACT_KV_ATTENTION, exact_kv_attention)
-    return EXACT_KV_ATTENTION
-
-
-def attention_modules(model: Any) -> list[Any]:
-    """Self-attention modules in layer order (those carrying an integer ``layer_idx``)."""
-    mods = [
-        m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int) and hasattr(m, "o_proj")
-    ]
-    return sorted(mods, key=lambda m: m.layer_idx)
-
-
-def attach_kv_cache(model: Any, cache: ExactKvCache | None) -> None:
-    """Point every attention module at ``cache`` (None detaches)."""
-    for m in attention_modules(model):
-        setattr(m, _KV_ATTR, cache)
-
-
-def last_token_logits(model: Any, input_ids: Any, position_ids: Any | None = None) -> Any:
-    """Forward pass computing logits of the last position only (version-independent ``logits_to_keep=1``)."""
-    hidden = model.base_model(
-        input_ids=input_ids, position_ids=position_ids, use_cache=False
-    ).last_hidden_state
-    return model.get_output_embeddings()(hidden[:, -1:, :])
-
-
-def shard_config(raw: dict[str, Any], tp: int) -> dict[str, Any]:
-    """One rank's shape under Megatron-style TP: heads, KV heads, MLP width and vocabulary split by ``tp``."""
-    heads = int(raw["num_attention_heads"])
-    kv_heads = int(raw.get("num_key_value_heads") or heads)
-    split = {"num_attention_heads": heads, "num_key_value_heads": kv_heads,
-             "intermediate_size": int(raw["intermediate_size"]), "vocab_size": int(raw["vocab_size"])}  # fmt: skip
-    for name, value in split.items():
-        if value % tp:
-            raise EngineStartError(f"{name} {value} does not split by TP {tp}")
-    head_dim = int(raw.get("head_dim") or int(raw["hidden_size"]) // heads)
-    return {**raw, **{k: v // tp for k, v in split.items()}, "head_dim": head_dim}
-
-
-def add_tp_collectives(model: Any, tp: int) -> None:
-    """All-reduce partial sums (embedding, attention output, MLP output); all-gather the vocab-split logits."""
-    import torch.distributed as dist
-
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.13
-
-    def all_reduce(_mod: Any, _inp: Any, out: Any) -> Any:
-        dist.all_reduce(out)
-        return out
-
-    def all_gather(_mod: Any, _inp: Any, out: Any) -> Any:
-        full = out.new_empty((tp * out.shape[0], *out.shape[1:]))
-        gather(full, out.contiguous())
-        return full
-
-    model.get_input_embeddings().register_forward_hook(all_reduce)
-    model.get_output_embeddings().register_forward_hook(all_gather)
-    for name, mod in model.named_modules():
-        if name.endswith(("self_attn.o_proj", "mlp.down_proj")):
-            mod.register_forward_hook(all_reduce)
-
-
-def _kv_shape(config: Any) -> tuple[int, int, int]:
-    c = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = int(c.num_attention_heads)
-    head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
-    return int(c.num_hidden_layers), int(getattr(c, "num_key_value_heads", None) or heads), head_dim
 
 
 @dataclass
@@ -300,7 +185,7 @@ class TorchGpuRunner(Runner):
 
     @property
     def kv_bytes_per_token(self) -> int:
-        layers, kv_heads, head_dim = _kv_shape(self._model.config)
+        layers, kv_heads, head_dim = kv_shape(self._model.config)
         return 2 * layers * kv_heads * head_dim * self._model.dtype.itemsize
 
     def kv_capacity_tokens(self) -> int:
@@ -431,7 +316,7 @@ class TorchGpuRunner(Runner):
         samples, eager_ms = self._run(lambda: last_token_logits(self._model, ids), iters)
         ttft_ms = _median(samples)
         isl = probe.isl
-        layers, _, head_dim = _kv_shape(self._model.config)
+        layers, _, head_dim = kv_shape(self._model.config)
         heads = self._model.config.get_text_config().num_attention_heads
         attn_flops = 2 * layers * heads * head_dim * isl * isl  # causal half of QK^T and PV
         head = self._model.get_output_embeddings().weight.numel()  # the LM head runs on the last token only
