@@ -31,7 +31,7 @@ _YAML_READERS = ("aiconfigurator_core.sdk.perf_database", "aiconfigurator_core.s
 
 
 def _use_libyaml(module_names: tuple[str, ...]) -> None:
-    """Give those AIC modules a ``yaml`` whose ``safe_load`` uses libyaml (same SafeLoader semantics).
+    """Give those AIC modules a ``yaml`` whose ``safe_load``/``SafeLoader`` use libyaml (same semantics).
 
     Parsing ~60 system files is about half a second of a cold study in pure Python; libyaml does it
     ~10x faster. Only the named modules see the change; without libyaml nothing changes.
@@ -44,6 +44,7 @@ def _use_libyaml(module_names: tuple[str, ...]) -> None:
     fast = types.ModuleType("yaml")
     fast.__dict__.update(yaml.__dict__)
     fast.safe_load = lambda stream: yaml.load(stream, Loader=loader)  # type: ignore[attr-defined]
+    fast.SafeLoader = loader  # type: ignore[attr-defined]
     for name in module_names:
         module = importlib.import_module(name)
         if getattr(module, "yaml", None) is yaml:
