@@ -56,6 +56,11 @@ def _has_band(low: np.ndarray, high: np.ndarray) -> bool:
     return bool(np.any(np.abs(np.asarray(high) - np.asarray(low)) > 1e-9 * np.abs(np.asarray(high))))
 
 
+def _ring_selected(ax: Any, x: float, y: float, label: str) -> None:
+    """A hollow ring around the recommended point."""
+    ax.scatter([x], [y], s=320, facecolors="none", edgecolors=_SELECTED, linewidths=2, label=label, zorder=5)
+
+
 def plot_prefill_performance(
     points: tuple[PrefillPoint, ...], selection: Selection, ttft_target_ms: float, isl: int, path: Path
 ) -> Path:
@@ -70,16 +75,7 @@ def plot_prefill_performance(
         ax.errorbar(p.ttft_ms, p.thpt_per_gpu, xerr=err, fmt="o", ms=8, capsize=4, label=p.candidate.name)
         ax.annotate(p.candidate.name, (p.ttft_ms, p.thpt_per_gpu), xytext=(6, 6), textcoords="offset points")
     best = selection.best_prefill.point
-    ax.scatter(
-        [best.ttft_ms],
-        [best.thpt_per_gpu],
-        s=320,
-        facecolors="none",
-        edgecolors=_SELECTED,
-        linewidths=2,
-        label=f"selected: {chosen.name}",
-        zorder=5,
-    )
+    _ring_selected(ax, best.ttft_ms, best.thpt_per_gpu, f"selected: {chosen.name}")
     ax.axvline(ttft_target_ms, color=_TARGET, ls="--", label=f"TTFT target {ttft_target_ms:g} ms")
     ax.set_xlabel("Time to first token, TTFT (ms)")
     ax.set_ylabel("Prefill throughput (tokens/s/GPU)")
@@ -109,16 +105,7 @@ def plot_decode_performance(
             ax.fill_betweenx(s.thpt_per_gpu, s.itl_low_ms, s.itl_high_ms, color=line.get_color(), alpha=0.15)
         if b is not None:
             ax.plot([b.itl_ms], [b.thpt_per_gpu], "D", ms=8, color=line.get_color(), mec="k")
-    ax.scatter(
-        [chosen.itl_ms],
-        [chosen.thpt_per_gpu],
-        s=320,
-        facecolors="none",
-        edgecolors=_SELECTED,
-        linewidths=2,
-        label=f"selected: {chosen.candidate.name}, n={chosen.concurrency}",
-        zorder=5,
-    )
+    _ring_selected(ax, chosen.itl_ms, chosen.thpt_per_gpu, f"selected: {chosen.candidate.name}, n={chosen.concurrency}")
     ax.axvline(itl_target_ms, color=_TARGET, ls="--", label=f"ITL target {itl_target_ms:g} ms")
     ctx = sweeps[0].context_tokens if sweeps else 0
     ax.set_xlabel("Inter-token latency, ITL (ms)")
