@@ -1,21 +1,22 @@
-"""A real vLLM server killed while it streams: the endpoint runner reports a BadResponse with the
-tokens it had received, and does not hang.
+"""A real vLLM server that stalls (SIGSTOP) and then dies (SIGKILL) while it streams: the endpoint runner
+reports EndpointTimeout and BadResponse with the tokens it had received, and never hangs.
 
 Starts its own real server (the session one must live on for other tests): ~60-90 s on 2 cores.
-The kill comes from a separate process started when the first completion stream opens, so it does
-not depend on thread scheduling in this process while the stream is being read.
+Signals come from a separate process that watches the server's own token counter.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from engine_server import ENGINE_ENV, SERVER_ARGS, require_engine_python
 from estimator.candidates import Candidate, Mapping
-from estimator.errors import BadResponse
+from estimator.errors import BadResponse, EndpointTimeout
 from estimator.sources.base import Stack
 from validate.measurement import Probe, ProbeKind
 from validate.runners.endpoint import EndpointRunner
@@ -24,32 +25,57 @@ from validate.runners.local import LocalEngineRunner
 TP1 = Candidate(Mapping.TP, 1)
 
 
+# Runs in its own process: waits until the server has generated `min_tokens` more tokens (its own
+# /metrics counter), then sends each (delay_s, signal) to the server's process group. Watching the
+# server, not this process, keeps it correct when the busy-polling CPU engine starves the client.
+_SIGNALLER = """
+import os, re, sys, time, urllib.request
+url, pgid, min_tokens, plan = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+def generated():
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(r"^vllm:generation_tokens_total[^ ]* ([0-9.e+]+)$", text, re.M))
+start, deadline = generated(), time.monotonic() + 120
+while generated() - start < min_tokens and time.monotonic() < deadline:
+    time.sleep(0.05)
+for step in plan:
+    delay, sig = step.split(":")
+    time.sleep(float(delay))
+    os.killpg(pgid, int(sig))
+"""
+
+
+def _signaller(base_url: str, pgid: int, *plan: tuple[float, signal.Signals]) -> subprocess.Popen:
+    steps = [f"{delay}:{int(sig)}" for delay, sig in plan]
+    return subprocess.Popen([sys.executable, "-c", _SIGNALLER, base_url, str(pgid), "100", *steps])
+
+
 @pytest.mark.engine
-def test_server_killed_mid_stream(tiny_model_dir: Path, tmp_path: Path):
+def test_server_stalled_then_killed_mid_stream(tiny_model_dir: Path, tmp_path: Path):
     engine = LocalEngineRunner(
         str(tiny_model_dir), "vllm", python=str(require_engine_python()), extra_args=SERVER_ARGS,
         env=ENGINE_ENV, work_dir=tmp_path, start_timeout_s=600,
     )  # fmt: skip
-    base_url = engine.start(TP1)
-    killers: list[subprocess.Popen] = []
+    engine.start(TP1)
+    pgid = engine.process_.pid
+    helpers: list[subprocess.Popen] = []
+    # one request of 64 + 4000 tokens streams for several seconds on this CPU server
+    probe = Probe(ProbeKind.AGG, Stack("tiny", "cpu", "vllm"), TP1, isl=64, osl=4000, concurrency=1, repeats=3)
     try:
-        runner = EndpointRunner(base_url, timeout_s=30, warmup=0)
-        stream = runner._stream
+        url = engine.base_url_
+        helpers.append(_signaller(url, pgid, (0, signal.SIGSTOP), (8, signal.SIGCONT)))
+        with pytest.raises(EndpointTimeout) as timeout:
+            EndpointRunner(url, timeout_s=3, warmup=0).measure(probe)
+        helpers.pop().wait(timeout=60)  # the server runs again
 
-        async def stream_then_kill(*args, **kwargs):  # 1 s into the first stream (~8 s long), SIGKILL the server
-            if not killers:
-                killers.append(subprocess.Popen(["sh", "-c", f"sleep 1; kill -KILL -{engine.process_.pid}"]))
-            return await stream(*args, **kwargs)
-
-        runner._stream = stream_then_kill
-        probe = Probe(ProbeKind.AGG, Stack("tiny", "cpu", "vllm"), TP1, isl=64, osl=4000, concurrency=1, repeats=3)
-        with pytest.raises(BadResponse) as info:
-            runner.measure(probe)
+        helpers.append(_signaller(url, pgid, (0, signal.SIGKILL)))
+        with pytest.raises(BadResponse) as broken:
+            EndpointRunner(url, timeout_s=30, warmup=0).measure(probe)
     finally:
-        for k in killers:
-            k.wait(timeout=30)
+        for h in helpers:
+            h.wait(timeout=30)
         engine.close()
-    err = info.value
+    assert 0 < timeout.value.tokens_received < 4000 and "no data" in str(timeout.value)
+    err = broken.value
     assert "stream broken" in str(err) or "ended early" in str(err), str(err)
     assert 0 < err.tokens_received < 4000  # cut mid-way, not refused and not finished
     assert err.probe is probe and err.partial == {}  # no repetition had finished
