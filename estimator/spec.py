@@ -7,7 +7,8 @@ on top. Every error names the field, the value and what is allowed (``SpecError`
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, fields, replace
+import math
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,7 @@ def _as_float(name: str, v: Any, positive: bool = True) -> float:
         raise SpecError(name, f"expected a number, got {v!r}") from None
     if positive and not f > 0:
         raise SpecError(name, f"must be > 0, got {v!r}")
-    if f != f or f in (float("inf"), float("-inf")):
+    if not math.isfinite(f):
         raise SpecError(name, f"must be finite, got {v!r}")
     return f
 
@@ -288,9 +289,4 @@ def _validate_spec(v: Any) -> ValidateSpec | None:
     )
 
 
-def with_overrides(spec: Spec, **changes: Any) -> Spec:
-    """A copy of ``spec`` with some fields replaced (no re-validation; for internal use)."""
-    return replace(spec, **changes)
-
-
-__all__ = ["Backend", "Spec", "ValidateSpec", "load_spec", "DEFAULT_STUDY"]
+__all__ = ["DEFAULT_STUDY", "Backend", "Spec", "ValidateSpec", "load_spec"]

@@ -94,7 +94,7 @@ def test_repeated_study_comes_from_cache(tmp_path, capsys):
     assert main([*STUDY, "--no-plots"]) == 0
     second = capsys.readouterr().out
     assert "(cached" in second and "(cached" not in first
-    strip = lambda s: s.rsplit("\n(", 1)[0]  # noqa: E731 - drop the timing line
+    strip = lambda s: s.rsplit("\n(", 1)[0]
     assert strip(first) == strip(second)
     assert main([*STUDY, "--isl", "2500", "--no-plots"]) == 0  # another study: a miss
     assert "(cached" not in capsys.readouterr().out

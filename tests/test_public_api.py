@@ -4,6 +4,7 @@ import importlib
 
 import pytest
 
+
 @pytest.mark.parametrize("name", ["estimator", "validate", "estimator.sources", "estimator.artifacts", "validate.runners"])
 def test_all_names_resolve(name):
     mod = importlib.import_module(name)

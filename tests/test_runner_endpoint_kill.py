@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from engine_server import ENGINE_ENV, SERVER_ARGS, require_engine_python
+
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import BadResponse, EndpointTimeout
 from estimator.sources.base import Stack

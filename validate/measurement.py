@@ -13,10 +13,11 @@ import json
 import logging
 import os
 import platform
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from estimator.candidates import Candidate
 from estimator.sources.base import Stack
@@ -115,7 +116,7 @@ class Measurement:
     samples: dict[str, list[float]] = field(default_factory=dict)
     hardware: str = field(default_factory=hardware_summary)
     software: dict[str, str] = field(default_factory=dict)
-    measured_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    measured_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

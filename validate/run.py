@@ -8,8 +8,8 @@ run, and every point measured before it is already on disk.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from estimator.errors import DeploymentError, EngineStartError, MeasurementError
 

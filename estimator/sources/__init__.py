@@ -28,4 +28,4 @@ def make_source(name: str, stack: Stack) -> PerfSource:
     raise SpecError("source", f"{name!r} is not one of {', '.join(SOURCE_NAMES)} nor a calibration file")
 
 
-__all__ = ["PerfSource", "Stack", "make_source", "SOURCE_NAMES"]
+__all__ = ["SOURCE_NAMES", "PerfSource", "Stack", "make_source"]

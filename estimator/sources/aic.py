@@ -78,7 +78,7 @@ def current_backend_version(system: str, backend: str) -> str:
     pdb = _perf_database()
     try:
         return str(pdb.resolve_query_version(system, backend, "current"))
-    except Exception as exc:  # noqa: BLE001 - translate at the edge
+    except Exception:  # translate at the edge
         raise SpecError("backend", f"AIC has no {backend} data for system {system}") from None
 
 
@@ -136,7 +136,7 @@ class AicSource(PerfSource):
                     self.stack.model, self.stack.system, self.stack.backend, backend_version=version, **kwargs
                 )
                 h.predict_prefill_latency(1, 128, 0)  # missing kernel data surfaces on the first query
-            except Exception as exc:  # noqa: BLE001 - translate every SDK failure here
+            except Exception as exc:  # translate every SDK failure at this edge
                 if _needs_bf16_attention(exc):
                     try:  # the CLI's fix-up: no fp8 attention data -> bf16 attention
                         h = sdk.EngineHandle.compile(
@@ -144,7 +144,7 @@ class AicSource(PerfSource):
                             backend_version=version, fmha_quant_mode="bfloat16", **kwargs,
                         )  # fmt: skip
                         h.predict_prefill_latency(1, 128, 0)
-                    except Exception as exc2:  # noqa: BLE001
+                    except Exception as exc2:
                         raise self._translate(c, exc2) from exc2
                 else:
                     raise self._translate(c, exc) from exc
@@ -170,7 +170,7 @@ class AicSource(PerfSource):
         h = self.engine(candidate)
         try:
             out = np.array([h.predict_prefill_latency(1, int(round(x)), 0) for x in isl], dtype=float)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._translate(candidate, exc) from exc
         return _checked(out, candidate, "prefill")
 
@@ -184,7 +184,7 @@ class AicSource(PerfSource):
                 [h.predict_decode_latency(int(n), int(round(c)), 2) for n, c in zip(per_rank, ctx, strict=True)],
                 dtype=float,
             )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._translate(candidate, exc) from exc
         return _checked(out, candidate, "decode")
 
@@ -208,7 +208,7 @@ class AicSource(PerfSource):
                 per_rank = 0  # weights and activations leave no room for KV
             else:
                 raise self._translate(candidate, exc) from exc
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._translate(candidate, exc) from exc
         tokens = max(0, per_rank) * candidate.attention_dp_size
         self._kv[candidate] = tokens

@@ -18,7 +18,7 @@ import yaml
 from ..candidates import Candidate
 from ..errors import DataNotAvailable
 from ..model import ModelInfo, load_model_info
-from .base import PerfSource, Stack, as_positive_array
+from .base import PerfSource, as_positive_array
 
 _MEMORY_FRACTION = {"vllm": 0.92, "sglang": 0.88, "trtllm": 0.9}
 

@@ -105,4 +105,4 @@ def make_runner(spec: Any) -> Runner:
     return cls(**kwargs)
 
 
-__all__ = ["Runner", "RUNNERS", "make_runner", "runner_kwargs"]
+__all__ = ["RUNNERS", "Runner", "make_runner", "runner_kwargs"]
