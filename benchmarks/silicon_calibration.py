@@ -43,12 +43,15 @@ from validate.calibrate import (
 )
 from validate.silicon import load_silicon
 
+TARGETS_FORMAT = 2  # bump when Target gains fields: a cache of another format is recomputed
+
 
 def build_targets(cache: Path) -> tuple[list[dict], collections.Counter]:
     """One entry per deduplicated silicon configuration: identity, targets (or why AIC cannot estimate it)."""
     if cache.exists():
         doc = json.loads(cache.read_text())
-        return doc["rows"], collections.Counter(doc["unestimable"])
+        if doc.get("format") == TARGETS_FORMAT:
+            return doc["rows"], collections.Counter(doc["unestimable"])
     measurements, skipped = load_silicon()
     why = collections.Counter(f"not representable: {s.reason.split('(')[0].strip()}" for s in skipped)
     sources: dict[Stack, AicSource] = {}
@@ -69,7 +72,7 @@ def build_targets(cache: Path) -> tuple[list[dict], collections.Counter]:
             "targets": [asdict(t) for t in ts],
         })  # fmt: skip
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"rows": rows, "unestimable": dict(why)}))
+    cache.write_text(json.dumps({"format": TARGETS_FORMAT, "rows": rows, "unestimable": dict(why)}))
     return rows, why
 
 

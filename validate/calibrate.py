@@ -15,7 +15,8 @@ toward 0. ``step_ms`` (scheduler/sampling cost per step) and ``overhead_ms`` (HT
 positive, fitted in log space. The fit is the MAP of a Gaussian model on log residuals (robust soft-L1
 loss); the band is the Laplace posterior plus the fitted noise, so it widens for engines or inputs
 far from the measured points. Agg points add a burst weight w: the serving model's TTFT/TPOT is
-``w × burst (all clients start together) + (1 − w) × steady state``, w shared by the family.
+``w × burst (all clients start together) + (1 − w) × steady state``, w shared by the family. What the
+fit leaves in the agg points becomes a residual field over their inputs (``estimator/sources/residual_gp.py``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from estimator.sources.calibrated import (
     Correction,
     Target,
 )  # fmt: skip
+from estimator.sources.residual_gp import ResidualGP, ResidualPoint, is_agg
 
 from .measurement import Measurement, ProbeKind
 from .serving import SchedulerConfig, ServingTerms, serving_terms
@@ -111,6 +113,10 @@ def fit_correction(
     jac = _jacobian(lambda th: residuals(th, noise), theta)
     cov = np.linalg.pinv(jac.T @ jac)
     corr.theta, corr.cov, corr.noise = theta, cov, noise
+    agg = [t for t in good if is_agg(t.concurrency, t.burst_prefill_ms)]
+    if agg:
+        corr.residual = ResidualGP([ResidualPoint(t.engine, t.kind, t.concurrency, t.isl, t.osl,
+                                                  math.log(t.measured_ms / corr.predict(t, theta))) for t in agg])  # fmt: skip
     return corr
 
 
@@ -183,7 +189,8 @@ def targets_for(source: PerfSource, m: Measurement, config: SchedulerConfig | No
                 continue
             i = 0 if kind == "ttft" else 1
             out.append(Target(eng.name, kind, float(y), *_parts(steady, i), 1.0 if kind == "ttft" else 0.0, p.isl,
-                              steady.batch, steady.context_tokens, p.osl, *_parts(burst, i), *_parts(sync, i)))  # fmt: skip
+                              steady.batch, steady.context_tokens, p.osl, *_parts(burst, i), *_parts(sync, i),
+                              concurrency=float(p.concurrency)))  # fmt: skip
     return out
 
 

@@ -8,7 +8,8 @@ with ``log a_p = α_p + δ_p[engine] + β_isl log(isl/1024)`` and
 ``log a_d = α_d + δ_d[engine] + β_b log(batch/16) + β_c log(context/2048)``. Engines that were never
 measured use the shared part only (δ = 0) and get a wider band. ``CalibratedSource`` implements the
 full ``PerfSource`` contract, so selection, plots and artifacts run on it unchanged; measured KV
-capacities replace the base source's estimate.
+capacities replace the base source's estimate. Aggregated-serving predictions add a residual field
+kriged from the measured agg points (``residual_gp.py``); the prefill/decode surfaces do not.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from ..candidates import Candidate
 from ..errors import CalibrationError
 from .base import PerfSource, as_positive_array
+from .residual_gp import ResidualGP, is_agg
 
 FORMAT_VERSION = 1
 SHARED = (
@@ -75,6 +77,7 @@ class Target:
     sync_prefill_ms: float | None = None
     sync_decode_ms: float | None = None
     sync_steps: float | None = None
+    concurrency: float = 0.0  # agg only: clients of the probe (where the residual field is evaluated)
 
     def features(self) -> tuple[float, float, float]:
         return (
@@ -95,6 +98,7 @@ class Correction:
     n_points: int
     data_hash: str
     meta: dict[str, Any] = field(default_factory=dict)
+    residual: ResidualGP | None = None  # agg points only: kriging of what the parametric part leaves
 
     @property
     def names(self) -> list[str]:
@@ -121,6 +125,10 @@ class Correction:
         return (0.0,) * len(ENGINE_PARAMS)
 
     def predict(self, t: Target, theta: np.ndarray | None = None) -> float:
+        """Prediction in ms; with ``theta`` given, the parametric part only (what the fit optimises)."""
+        field_ = self._residual(t) if theta is None else None
+        if field_ is not None:
+            return self.predict(t, self.theta) * math.exp(field_[0])
         th = self.theta if theta is None else theta
         a_p, a_d, step, over = self.scales(t.engine, t.isl, t.batch, t.context, th)
         steady = a_p * t.prefill_ms + a_d * t.decode_ms + step * t.steps
@@ -137,18 +145,25 @@ class Correction:
             mix *= math.exp(th[SHARED.index("alpha_ttft")] + self._offsets(t.engine, th)[2])
         return float(mix + over * t.const)
 
+    def _residual(self, t: Target) -> tuple[float, float] | None:
+        if self.residual is None or not is_agg(t.concurrency, t.burst_prefill_ms):
+            return None
+        return self.residual.predict(t.engine, t.kind, t.concurrency, t.isl, t.osl)
+
     def band(self, t: Target, z: float = BAND_Z) -> tuple[float, float, float]:
         """(point, low, high) in ms: Laplace posterior of the parameters plus noise of the kind."""
         mid = self.predict(t)
         grad = self._log_grad(t)
-        var = float(grad @ self.cov @ grad) + self.noise[t.kind] ** 2
+        field_ = self._residual(t)
+        # where the residual field applies, its posterior variance replaces the parametric noise
+        var = float(grad @ self.cov @ grad) + (field_[1] if field_ is not None else self.noise[t.kind] ** 2)
         if t.engine not in self.engines:  # unmeasured engine: its offset is only known through the prior
             var += ENGINE_SD**2
         half = z * math.sqrt(max(var, 0.0))
         return mid, mid * math.exp(-half), mid * math.exp(half)
 
     def _log_grad(self, t: Target, eps: float = 1e-4) -> np.ndarray:
-        base = math.log(self.predict(t))
+        base = math.log(self.predict(t, self.theta))
         g = np.zeros_like(self.theta)
         for j in range(self.theta.size):
             th = self.theta.copy()
@@ -169,6 +184,7 @@ class Correction:
             "n_points": self.n_points,
             "training_data_hash": self.data_hash,
             "meta": self.meta,
+            "residual_points": self.residual.to_list() if self.residual is not None else [],
         }
 
     @classmethod
@@ -177,7 +193,7 @@ class Correction:
             raise CalibrationError(f"calibration format {d.get('format_version')!r} is not {FORMAT_VERSION}")
         c = cls(tuple(d["engines"]), np.asarray(d["theta"], float), np.asarray(d["cov"], float),
                 {k: float(v) for k, v in d["noise"].items()}, int(d["n_points"]), d["training_data_hash"],
-                dict(d.get("meta", {})))  # fmt: skip
+                dict(d.get("meta", {})), ResidualGP.from_list(d["residual_points"]) if d.get("residual_points") else None)  # fmt: skip
         if len(c.names) != c.theta.size or c.cov.shape != (c.theta.size, c.theta.size):
             raise CalibrationError("calibration file is inconsistent: parameter count does not match engines")
         return c
