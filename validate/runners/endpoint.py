@@ -1,9 +1,10 @@
 """EndpointRunner: measure probes against a running OpenAI-compatible server (vLLM, SGLang, TRT-LLM).
 
 Every request streams with exactly the output length asked for, timed per chunk (see ``stream.py``).
-Prompts have an exact token count (see ``prompts.py``) and are unique per request, except in decode
-probes, whose prompts are sent once to warm the prefix cache so that the measured waves skip prefill.
-KV capacity comes from ``/metrics`` (``metrics.py``), never from logs.
+Prompts have an exact token count (see ``endpoint_server.py``, which also discovers the served model)
+and are unique per request, except in decode probes, whose prompts are sent once to warm the prefix
+cache so that the measured waves skip prefill. KV capacity comes from ``/metrics`` (``metrics.py``),
+never from logs.
 
 Errors (classified in ``stream.py``): ``BadResponse`` or ``EndpointTimeout``. Each carries ``partial``:
 the samples of the repetitions finished before the failure, and ``tokens_received`` of the failing request.
@@ -15,23 +16,27 @@ import asyncio
 import logging
 import random
 import statistics
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import httpx
 
-from estimator.errors import BadResponse, MeasurementError, SpecError
+from estimator.errors import MeasurementError, SpecError
 
 from ..measurement import Measurement, Probe, ProbeKind
 from .base import Runner
-from .metrics import EngineMetrics, parse_metrics
-from .prompts import exact_text_prompt, random_token_ids
-from .stream import BODY_EXCERPT_CHARS, RequestTiming, endpoint_error, request_json, stream_completion
+from .endpoint_server import (
+    TOKENIZER_STRATEGIES,
+    exact_prompts,
+    pick_tokenizer_strategy,
+    served_model,
+    server_software,
+)
+from .metrics import MetricsPeak, engine_extra, poll_metrics, scrape_metrics
+from .stream import RequestTiming, stream_completion
 
 log = logging.getLogger(__name__)
 
 PREFILL_OSL = 2  # prefill probes need only the first token; the second confirms the stream goes on
-TOKENIZER_STRATEGIES = ("auto", "tokenize", "token_ids", "usage")
 METRICS_POLL_S = 0.5
 
 
@@ -109,7 +114,7 @@ class EndpointRunner(Runner):
         try:
             async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits) as client:
                 await self._discover(client)
-                before = await self._metrics(client)
+                before = await scrape_metrics(client)
                 warnings = list(before.warnings)
                 if self.kv_capacity_tokens_ is None:
                     self.kv_capacity_tokens_ = before.kv_capacity_tokens
@@ -147,66 +152,33 @@ class EndpointRunner(Runner):
     async def _discover(self, client: httpx.AsyncClient) -> None:
         """Model name, server version and tokenizer strategy: asked once per runner."""
         if self.model_ is None:
-            data = await self._request_json(client, "GET", "/v1/models")
-            try:
-                self.model_ = data["data"][0]["id"]
-            except (KeyError, IndexError, TypeError) as exc:
-                raise endpoint_error(
-                    BadResponse, f"/v1/models lists no model: {str(data)[:BODY_EXCERPT_CHARS]}"
-                ) from exc
+            self.model_ = await served_model(client, base_url=self.base_url, timeout_s=self.timeout_s)
         if not self.software_:
-            self.software_ = {"base_url": self.base_url, "served_model": self.model_}
-            try:
-                version = (await client.get("/version")).json().get("version")
-                if version:
-                    self.software_["server_version"] = str(version)
-            except (httpx.HTTPError, ValueError, AttributeError):
-                pass
+            self.software_ = await server_software(client, base_url=self.base_url, model=self.model_)
         if self.tokenizer_ is None:
             self.tokenizer_ = (
-                self.tokenizer if self.tokenizer != "auto" else await self._pick_strategy(client)
+                self.tokenizer
+                if self.tokenizer != "auto"
+                else await pick_tokenizer_strategy(
+                    client, base_url=self.base_url, model=self.model_, token_id_range=self.token_id_range
+                )
             )
             log.info("%s: exact-length prompts via %s", self.base_url, self.tokenizer_)
 
-    async def _pick_strategy(self, client: httpx.AsyncClient) -> str:
-        try:
-            r = await client.post("/tokenize", json={"model": self.model_, "prompt": "a b"})
-            if r.status_code == 200 and "count" in r.json():
-                return "tokenize"
-            r = await client.post(
-                "/v1/completions",
-                json={"model": self.model_, "prompt": [self.token_id_range[0]] * 4, "max_tokens": 1},
-            )
-            if r.status_code == 200 and r.json().get("usage", {}).get("prompt_tokens") == 4:
-                return "token_ids"
-        except (httpx.HTTPError, ValueError) as exc:
-            raise endpoint_error(BadResponse, f"cannot reach {self.base_url}: {exc}") from exc
-        return "usage"
-
-    # ---- prompts --------------------------------------------------------------------------------
     async def _prompts(self, client: httpx.AsyncClient, count: int, num_tokens: int) -> list[str | list[int]]:
-        """``count`` unique prompts of exactly ``num_tokens`` tokens."""
+        """``count`` unique prompts of exactly ``num_tokens`` tokens (seeds never repeat in this runner)."""
         seeds = [self._seed + i for i in range(count)]
         self._seed += count
-        if self.tokenizer_ == "token_ids":
-            return [random_token_ids(random.Random(s), num_tokens, self.token_id_range) for s in seeds]
-        counter = self._count_tokenize if self.tokenizer_ == "tokenize" else self._count_usage
-        gate = asyncio.Semaphore(8)
-
-        async def one(seed: int) -> str:
-            async with gate:
-                return await exact_text_prompt(lambda text: counter(client, text), num_tokens, seed)
-
-        return list(await asyncio.gather(*(one(s) for s in seeds)))
-
-    async def _count_tokenize(self, client: httpx.AsyncClient, text: str) -> int:
-        answer = await self._request_json(client, "POST", "/tokenize", {"model": self.model_, "prompt": text})
-        return int(answer["count"])
-
-    async def _count_usage(self, client: httpx.AsyncClient, text: str) -> int:
-        body = {"model": self.model_, "prompt": text, "max_tokens": 1}
-        answer = await self._request_json(client, "POST", "/v1/completions", body)
-        return int(answer["usage"]["prompt_tokens"])
+        return await exact_prompts(
+            client,
+            seeds,
+            num_tokens,
+            strategy=self.tokenizer_,
+            model=self.model_,
+            token_id_range=self.token_id_range,
+            base_url=self.base_url,
+            timeout_s=self.timeout_s,
+        )
 
     # ---- probes ---------------------------------------------------------------------------------
     def _repeats(self, probe: Probe) -> int:
@@ -234,9 +206,9 @@ class EndpointRunner(Runner):
         prompts = await self._prompts(client, probe.concurrency, probe.isl)
         for _ in range(max(1, self.warmup)):
             await self._wave(client, prompts, min(probe.osl, 16))
-        before = await self._metrics(client)
-        stats = _MetricsPeak()
-        poller = asyncio.create_task(self._poll_metrics(client, stats))
+        before = await scrape_metrics(client)
+        stats = MetricsPeak()
+        poller = asyncio.create_task(poll_metrics(client, stats, METRICS_POLL_S))
         try:
             timings: list[RequestTiming] = []
             for _ in range(self._repeats(probe)):
@@ -248,9 +220,9 @@ class EndpointRunner(Runner):
                 samples.setdefault("thpt_per_gpu", []).append(_output_rate(wave) / probe.candidate.num_gpus)
         finally:
             poller.cancel()
-        after = await self._metrics(client)
+        after = await scrape_metrics(client)
         itl_ms, itl_std_ms = _mean_std(samples["itl_ms"])
-        extra = _engine_extra(before, after, stats) | {
+        extra = engine_extra(before, after, stats) | {
             "_prompt_tokens": [t.prompt_tokens for t in timings],
             "_warnings": _short_outputs(timings, probe.osl),
         }
@@ -272,9 +244,9 @@ class EndpointRunner(Runner):
             await self._stream(client, prompt, PREFILL_OSL)
         queues = [prompts[self.warmup + i :: probe.concurrency] for i in range(probe.concurrency)]
         timings: list[RequestTiming] = []
-        before = await self._metrics(client)
-        stats = _MetricsPeak()
-        poller = asyncio.create_task(self._poll_metrics(client, stats))
+        before = await scrape_metrics(client)
+        stats = MetricsPeak()
+        poller = asyncio.create_task(poll_metrics(client, stats, METRICS_POLL_S))
 
         async def client_loop(queue: list) -> None:
             for prompt in queue:
@@ -288,10 +260,10 @@ class EndpointRunner(Runner):
             await _gather_first_error(client_loop(q) for q in queues)
         finally:
             poller.cancel()
-        after = await self._metrics(client)
+        after = await scrape_metrics(client)
         ttft_ms, ttft_std_ms = _mean_std(samples["ttft_ms"])
         tpot = samples.get("tpot_ms")
-        extra = _engine_extra(before, after, stats) | {
+        extra = engine_extra(before, after, stats) | {
             "_prompt_tokens": [t.prompt_tokens for t in timings],
             "_warnings": _short_outputs(timings, probe.osl),
         }
@@ -323,35 +295,6 @@ class EndpointRunner(Runner):
             timeout_s=self.timeout_s,
         )
 
-    async def _request_json(
-        self, client: httpx.AsyncClient, method: str, path: str, body: dict | None = None
-    ) -> Any:
-        return await request_json(
-            client, method, path, body, base_url=self.base_url, timeout_s=self.timeout_s
-        )
-
-    async def _metrics(self, client: httpx.AsyncClient) -> EngineMetrics:
-        try:
-            r = await client.get("/metrics")
-        except httpx.HTTPError as exc:
-            return EngineMetrics(warnings=[f"/metrics unreachable: {type(exc).__name__}"])
-        if r.status_code != 200:
-            return EngineMetrics(warnings=[f"/metrics answered HTTP {r.status_code}"])
-        return parse_metrics(r.text)
-
-    async def _poll_metrics(self, client: httpx.AsyncClient, peak: _MetricsPeak) -> None:
-        while True:
-            await asyncio.sleep(METRICS_POLL_S)
-            m = await self._metrics(client)
-            peak.kv_usage_frac = max(peak.kv_usage_frac or 0.0, m.kv_usage_frac or 0.0)
-            peak.num_requests_running = max(peak.num_requests_running or 0.0, m.num_requests_running or 0.0)
-
-
-@dataclass(slots=True)
-class _MetricsPeak:
-    kv_usage_frac: float | None = None
-    num_requests_running: float | None = None
-
 
 async def _gather_first_error(coros) -> list:
     """Run concurrently; wait for all, then raise the first failure (others finish or fail on their own)."""
@@ -371,23 +314,3 @@ def _output_rate(timings: list[RequestTiming]) -> float:
 def _short_outputs(timings: list[RequestTiming], osl: int) -> list[str]:
     short = sum(1 for t in timings if t.num_tokens < osl)
     return [f"{short} of {len(timings)} requests returned fewer than {osl} tokens"] if short else []
-
-
-def _engine_extra(before: EngineMetrics, after: EngineMetrics, peak: _MetricsPeak) -> dict[str, Any]:
-    """Server-side view of the measured span: preemptions, peak KV usage, the server's own ITL."""
-    extra: dict[str, Any] = {
-        "kv_usage_peak_frac": peak.kv_usage_frac,
-        "num_running_peak": peak.num_requests_running,
-    }
-    if before.num_preemptions is not None and after.num_preemptions is not None:
-        extra["num_preemptions"] = after.num_preemptions - before.num_preemptions
-    if None not in (
-        before.itl_seconds_count,
-        after.itl_seconds_count,
-        before.itl_seconds_sum,
-        after.itl_seconds_sum,
-    ):
-        n = after.itl_seconds_count - before.itl_seconds_count
-        if n > 0:
-            extra["server_itl_ms"] = (after.itl_seconds_sum - before.itl_seconds_sum) / n * 1e3
-    return extra

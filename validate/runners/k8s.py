@@ -11,6 +11,9 @@ base URL is a local port-forward to the serving pod, or ``base_url`` (a template
 and ``{namespace}``, e.g. for in-cluster use). Everything created carries the label
 ``app.kubernetes.io/managed-by=sla-estimate`` and is deleted on ``close()``, on errors, on Ctrl-C and
 on SIGTERM. Needs the ``kubernetes`` client: ``pip install 'sla-estimate[k8s]'``.
+
+This module schedules engines and measures on them; ``k8s_engine`` creates, waits for and deletes
+one engine, and ``k8s_objects`` holds the manifests, pod checks and the port-forward.
 """
 
 from __future__ import annotations
@@ -19,73 +22,26 @@ import atexit
 import logging
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-from estimator.artifacts.k8s import (
-    DGD_GROUP,
-    DGD_LABEL_COMPONENT_TYPE,
-    DGD_LABEL_NAME,
-    DGD_PLURAL,
-    DGD_VERSION,
-    HTTP_PORT,
-)
-from estimator.candidates import Candidate
+from estimator.artifacts.k8s import DGD_GROUP, DGD_PLURAL, HTTP_PORT
 from estimator.errors import DeploymentError, MeasurementError, SpecError
-from estimator.sources.base import Stack
 
-from ..measurement import Measurement, Probe, ProbeKind
+from ..measurement import Measurement, Probe
 from .base import Runner
-from .k8s_objects import ENGINE_LABEL, PortForward, measurement_graph, plain_manifests, pod_problem, pod_ready
+from .k8s_engine import Engine, EngineKey, api_call, kube
+from .k8s_objects import PortForward, measurement_graph, plain_manifests
+
+# the manifests are re-exported from k8s_objects: tests and callers import them from here
+__all__ = ["KubernetesRunner", "measurement_graph", "plain_manifests"]
 
 log = logging.getLogger(__name__)
 
 DGD_CRD = f"{DGD_PLURAL}.{DGD_GROUP}"
-
-
-def _kube() -> Any:
-    try:
-        import kubernetes
-    except ImportError as exc:
-        raise MeasurementError(
-            "the k8s runner needs the kubernetes client: pip install 'sla-estimate[k8s]'"
-        ) from exc
-    return kubernetes
-
-
-@dataclass(frozen=True, slots=True)
-class EngineKey:
-    """What makes two probes share one deployed engine. Prefill probes run without prefix caching."""
-
-    stack: Stack
-    candidate: Candidate
-    prefix_caching: bool
-
-    @classmethod
-    def of(cls, probe: Probe) -> EngineKey:
-        return cls(probe.stack, probe.candidate, probe.kind is not ProbeKind.PREFILL)
-
-
-@dataclass(eq=False)
-class _Engine:
-    key: EngineKey
-    name: str
-    dynamo: bool
-    created: list[tuple[str, str]] = field(default_factory=list)  # (kind, name), in creation order
-    endpoint: Runner | None = None
-    forward: PortForward | None = None
-
-    @property
-    def service(self) -> str:
-        return f"{self.name}-frontend" if self.dynamo else self.name
-
-    @property
-    def selector(self) -> str:
-        return f"{DGD_LABEL_NAME}={self.name}" if self.dynamo else f"{ENGINE_LABEL}={self.name}"
 
 
 class KubernetesRunner(Runner):
@@ -130,7 +86,7 @@ class KubernetesRunner(Runner):
         self.extra_args = tuple(extra_args)
         self.run_id = run_id or uuid.uuid4().hex[:6]
         self._lock = threading.Lock()
-        self._live: dict[EngineKey, _Engine] = {}
+        self._live: dict[EngineKey, Engine] = {}
         self._dynamo: bool | None = None
         self._prev_sigterm: Any = None
         self._cancel = threading.Event()  # set when measure_many is interrupted: workers stop early
@@ -174,9 +130,9 @@ class KubernetesRunner(Runner):
 
     def cluster_gpus(self) -> int:
         """Sum of allocatable ``nvidia.com/gpu`` over the nodes; 0 when nodes cannot be listed."""
-        k = _kube()
+        k = kube()
         try:
-            nodes = self._call("list nodes", k.client.CoreV1Api(self._api()).list_node).items
+            nodes = api_call(self.namespace, "list nodes", k.client.CoreV1Api(self._api()).list_node).items
         except DeploymentError as exc:
             if not isinstance(exc.__cause__, k.client.ApiException):
                 raise  # API unreachable
@@ -195,7 +151,7 @@ class KubernetesRunner(Runner):
     # ---- lifecycle --------------------------------------------------------------------------------
     def _api(self) -> Any:
         if self.api_client is None:
-            k = _kube()
+            k = kube()
             try:
                 k.config.load_kube_config()
             except Exception:
@@ -213,10 +169,10 @@ class KubernetesRunner(Runner):
             if self.mode != "auto":
                 self._dynamo = self.mode == "dynamo"
             else:
-                k = _kube()
+                k = kube()
                 read = k.client.ApiextensionsV1Api(self._api()).read_custom_resource_definition
                 try:
-                    self._call(f"get CRD {DGD_CRD}", read, DGD_CRD)
+                    api_call(self.namespace, f"get CRD {DGD_CRD}", read, DGD_CRD)
                     self._dynamo = True
                 except DeploymentError as exc:
                     status = getattr(exc.__cause__, "status", None)
@@ -247,15 +203,14 @@ class KubernetesRunner(Runner):
             if engine is not None:
                 self._stop(engine)
 
-    def _start(self, key: EngineKey) -> _Engine:
+    def _start(self, key: EngineKey) -> Engine:
         self._guard_signals()
         dynamo = self._use_dynamo()
         cand = key.candidate
         name = f"sla-{cand.name.lower()}-{'pc' if key.prefix_caching else 'nc'}-{self.run_id}"
-        engine = _Engine(key, name, dynamo)
+        engine = Engine(key, name, dynamo, self.namespace)
         with self._lock:
             self._live[key] = engine
-        k = _kube()
         spec = dict(
             namespace=self.namespace,
             backend=key.stack.backend,
@@ -268,21 +223,14 @@ class KubernetesRunner(Runner):
             gpus_per_node=self.gpus_per_node,
         )
         try:
-            if dynamo:
-                body = measurement_graph(name=name, **spec)
-                custom = k.client.CustomObjectsApi(self._api())
-                create = custom.create_namespaced_custom_object
-                self._call("create DGD", create, DGD_GROUP, DGD_VERSION, self.namespace, DGD_PLURAL, body)
-                engine.created.append(("dgd", name))
-            else:
-                deployment, service = plain_manifests(name=name, **spec)
-                apps, core = k.client.AppsV1Api(self._api()), k.client.CoreV1Api(self._api())
-                self._call("create Deployment", apps.create_namespaced_deployment, self.namespace, deployment)
-                engine.created.append(("deployment", name))
-                self._call("create Service", core.create_namespaced_service, self.namespace, service)
-                engine.created.append(("service", name))
+            engine.create(self._api(), spec)
             log.info("deployed %s (%s); waiting until it serves", name, cand.name)
-            pod = self._wait_ready(engine)
+            pod = engine.wait_ready(
+                self._api(),
+                timeout_s=self.ready_timeout_s,
+                poll_interval_s=self.poll_interval_s,
+                check_cancelled=self._check_cancelled,
+            )
             if self.base_url:
                 url = self.base_url.format(service=engine.service, namespace=self.namespace, name=name)
             else:
@@ -294,42 +242,7 @@ class KubernetesRunner(Runner):
             self._stop(engine)
             raise
 
-    def _wait_ready(self, engine: _Engine) -> str:
-        """Poll until the serving pod is ready; returns its name. Fails fast on pods that cannot start."""
-        k = _kube()
-        core, custom = k.client.CoreV1Api(self._api()), k.client.CustomObjectsApi(self._api())
-        deadline = time.monotonic() + self.ready_timeout_s
-        while True:
-            self._check_cancelled()
-            pods = self._call(
-                "list pods", core.list_namespaced_pod, self.namespace, label_selector=engine.selector
-            ).items
-            for pod in pods:
-                problem = pod_problem(pod)
-                if problem:
-                    raise DeploymentError(f"{engine.name} ({engine.key.candidate.name}): {problem}")
-            serving = [p for p in pods if pod_ready(p)]
-            if engine.dynamo:
-                get = custom.get_namespaced_custom_object
-                obj = self._call(
-                    "get DGD", get, DGD_GROUP, DGD_VERSION, self.namespace, DGD_PLURAL, engine.name
-                )
-                state = (obj.get("status") or {}).get("state")
-                if state == "failed":
-                    raise DeploymentError(f"{engine.name}: DynamoGraphDeployment failed: {obj.get('status')}")
-                serving = [
-                    p
-                    for p in serving
-                    if (p.metadata.labels or {}).get(DGD_LABEL_COMPONENT_TYPE) == "frontend"
-                ]
-                serving = serving if state == "successful" else []
-            if serving:
-                return serving[0].metadata.name
-            if time.monotonic() > deadline:
-                raise DeploymentError(f"{engine.name} not ready after {self.ready_timeout_s:.0f} s")
-            time.sleep(self.poll_interval_s)
-
-    def _measure_on(self, engine: _Engine, probe: Probe) -> Measurement:
+    def _measure_on(self, engine: Engine, probe: Probe) -> Measurement:
         m = engine.endpoint.measure(probe)  # type: ignore[union-attr]
         where = {
             "kind": "DynamoGraphDeployment" if engine.dynamo else "Deployment",
@@ -338,58 +251,16 @@ class KubernetesRunner(Runner):
         }
         return replace(m, runner=self.name, extra={**m.extra, "k8s": where})
 
-    def _stop(self, engine: _Engine) -> None:
-        """Delete what this engine created (404 is fine) and wait until its pods are gone. Never raises:
-        it runs while another error unwinds, and a failed delete is logged with the label to clean up by."""
+    def _stop(self, engine: Engine) -> None:
+        """Close the engine's endpoint and port-forward, then delete its objects (``Engine.delete``,
+        which never raises: this runs while another error unwinds)."""
         with self._lock:
             self._live.pop(engine.key, None)
         for closer in (engine.endpoint, engine.forward):
             if closer is not None:
                 closer.close()
-        if not engine.created:
-            return
-        k = _kube()
-        api = self._api()
-        deleters = {
-            "dgd": lambda n: k.client.CustomObjectsApi(api).delete_namespaced_custom_object(
-                DGD_GROUP, DGD_VERSION, self.namespace, DGD_PLURAL, n
-            ),
-            "deployment": lambda n: k.client.AppsV1Api(api).delete_namespaced_deployment(
-                n, self.namespace, propagation_policy="Foreground"
-            ),
-            "service": lambda n: k.client.CoreV1Api(api).delete_namespaced_service(n, self.namespace),
-        }
-        while engine.created:
-            kind, name = engine.created.pop()
-            try:
-                deleters[kind](name)
-            except Exception as exc:
-                if getattr(exc, "status", None) != 404:
-                    hint = f"delete objects labelled {ENGINE_LABEL}={engine.name} by hand"
-                    log.error("could not delete %s %s in %s (%s); %s", kind, name, self.namespace, exc, hint)
-        deadline = time.monotonic() + self.delete_timeout_s
-        core = k.client.CoreV1Api(api)
-        try:
-            while core.list_namespaced_pod(self.namespace, label_selector=engine.selector).items:
-                if time.monotonic() > deadline:
-                    log.warning(
-                        "pods of %s still terminating after %.0f s", engine.name, self.delete_timeout_s
-                    )
-                    break
-                time.sleep(self.poll_interval_s)
-        except Exception as exc:
-            log.warning("could not check that the pods of %s are gone: %s", engine.name, exc)
-
-    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        k = _kube()
-        try:
-            return fn(*args, **kwargs)
-        except k.client.ApiException as exc:
-            raise DeploymentError(
-                f"{what} in namespace {self.namespace}: HTTP {exc.status} {exc.reason}"
-            ) from exc
-        except (OSError, k.client.rest.urllib3.exceptions.HTTPError) as exc:
-            raise DeploymentError(f"{what}: Kubernetes API unreachable: {exc}") from exc
+        if engine.created:  # else the API may not even be configured
+            engine.delete(self._api(), timeout_s=self.delete_timeout_s, poll_interval_s=self.poll_interval_s)
 
     def _check_cancelled(self) -> None:
         if self._cancel.is_set():

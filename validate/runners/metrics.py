@@ -3,13 +3,19 @@
 Prometheus text format (vLLM, SGLang) is parsed here; TRT-LLM's JSON iteration stats are read too.
 Values come from metrics, never from log lines (Dynamo's log scraping has been off by 60x).
 A missing metric is ``None``, never a guess: the caller records a warning.
+Parsing is pure; ``scrape_metrics`` and ``poll_metrics`` do the HTTP, and ``engine_extra`` sums up what
+the server saw during one measured span (preemptions, peak KV usage, its own inter-token latency).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
 
 _SAMPLE = re.compile(r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
 _LABEL = re.compile(r'(?P<key>[A-Za-z_][A-Za-z0-9_]*)="(?P<value>(?:[^"\\]|\\.)*)"')
@@ -132,3 +138,52 @@ def _parse_trtllm_json(text: str) -> EngineMetrics:
         num_requests_running=stats.get("numActiveRequests"),
         num_requests_waiting=stats.get("numQueuedRequests"),
     )
+
+
+# ---- scraping during a measurement ------------------------------------------------------------
+async def scrape_metrics(client: httpx.AsyncClient) -> EngineMetrics:
+    """One GET ``/metrics``; unreachable or HTTP != 200 gives empty metrics with a warning."""
+    try:
+        r = await client.get("/metrics")
+    except httpx.HTTPError as exc:
+        return EngineMetrics(warnings=[f"/metrics unreachable: {type(exc).__name__}"])
+    if r.status_code != 200:
+        return EngineMetrics(warnings=[f"/metrics answered HTTP {r.status_code}"])
+    return parse_metrics(r.text)
+
+
+@dataclass(slots=True)
+class MetricsPeak:
+    """Highest values seen by ``poll_metrics`` over a measured span (usage and running are not counters)."""
+
+    kv_usage_frac: float | None = None
+    num_requests_running: float | None = None
+
+
+async def poll_metrics(client: httpx.AsyncClient, peak: MetricsPeak, interval_s: float) -> None:
+    """Scrape every ``interval_s`` seconds into ``peak`` until cancelled."""
+    while True:
+        await asyncio.sleep(interval_s)
+        m = await scrape_metrics(client)
+        peak.kv_usage_frac = max(peak.kv_usage_frac or 0.0, m.kv_usage_frac or 0.0)
+        peak.num_requests_running = max(peak.num_requests_running or 0.0, m.num_requests_running or 0.0)
+
+
+def engine_extra(before: EngineMetrics, after: EngineMetrics, peak: MetricsPeak) -> dict[str, Any]:
+    """Server-side view of the measured span: preemptions, peak KV usage, the server's own ITL."""
+    extra: dict[str, Any] = {
+        "kv_usage_peak_frac": peak.kv_usage_frac,
+        "num_running_peak": peak.num_requests_running,
+    }
+    if before.num_preemptions is not None and after.num_preemptions is not None:
+        extra["num_preemptions"] = after.num_preemptions - before.num_preemptions
+    if None not in (
+        before.itl_seconds_count,
+        after.itl_seconds_count,
+        before.itl_seconds_sum,
+        after.itl_seconds_sum,
+    ):
+        n = after.itl_seconds_count - before.itl_seconds_count
+        if n > 0:
+            extra["server_itl_ms"] = (after.itl_seconds_sum - before.itl_seconds_sum) / n * 1e3
+    return extra

@@ -5,7 +5,8 @@ Prefill: TTFT of one request of ISL tokens, logits of the last token only. Decod
 ``batch`` requests at ``context`` tokens, from a static KV cache filled with random values, replayed
 as a CUDA graph. Attention reads exactly the valid KV length (``torch_kv.py``); the stock static-cache
 path attends over the whole buffer and is 4-10x slower than the floor.
-Every point carries its ratio to the memory-bandwidth floor (weights + KV bytes / copy bandwidth).
+Every point carries its ratio to the memory-bandwidth floor (weights + KV bytes / copy bandwidth);
+timing and the device's ceilings are in ``torch_timing.py``.
 
 Tensor parallel (``tp_size`` > 1, one process per GPU under ``torchrun``): each rank builds its
 Megatron-style shard of the model with random weights (``torch_tp.py``).
@@ -17,9 +18,7 @@ import json
 import logging
 import os
 import platform
-import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +35,10 @@ from .torch_kv import (
     last_token_logits,
     register_exact_kv_attention,
 )
+from .torch_timing import DeviceCeilings, measure_device, median, roofline_floors, std, time_step_ms
 from .torch_tp import add_tp_collectives, shard_config
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Device:
-    """What was measured once per runner: bandwidth, matmul rate, memory after weights."""
-
-    copy_bytes_per_s: float
-    matmul_flops_per_s: float
-    kv_capacity_tokens: int
-    name: str
-    software: dict[str, str] = field(default_factory=dict)
 
 
 class TorchGpuRunner(Runner):
@@ -80,7 +69,7 @@ class TorchGpuRunner(Runner):
         self.tp_size = tp_size
         self.seed = seed
         self._model: Any = None
-        self._dev: _Device | None = None
+        self._dev: DeviceCeilings | None = None
 
     # ---- set-up -------------------------------------------------------------------------------
     def load(self) -> Any:
@@ -107,7 +96,8 @@ class TorchGpuRunner(Runner):
         path = self._config_source()
         try:
             self._model = self._build(path, torch, transformers)
-            self._dev = self._measure_device(torch, transformers)
+            self._dev = measure_device(torch, transformers, self.device, self._model.dtype,
+                                       self.kv_bytes_per_token, self.kv_reserve_fraction)  # fmt: skip
         except _oom_types() as exc:
             raise EngineStartError(f"{self.model}: weights do not fit on {self.device}: {exc}") from exc
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
@@ -201,76 +191,6 @@ class TorchGpuRunner(Runner):
                 "matmul_tflops": d.matmul_flops_per_s / 1e12, "kv_capacity_tokens": d.kv_capacity_tokens,
                 "weight_bytes": self.weight_bytes, "kv_bytes_per_token": self.kv_bytes_per_token}  # fmt: skip
 
-    def _measure_device(self, torch: Any, transformers: Any) -> _Device:
-        n = (1 << 30) if self.device.startswith("cuda") else (64 << 20)
-        m = 8192 if self.device.startswith("cuda") else 512
-        copy_ms = self._time_once(lambda: torch.empty(n, dtype=torch.uint8, device=self.device).random_(0, 255),
-                                  lambda src, dst: dst.copy_(src))  # fmt: skip
-        mm_ms = self._time_once(lambda: torch.randn(m, m, device=self.device, dtype=self._model.dtype),
-                                lambda a, b: a @ b)  # fmt: skip
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
-            free, total = torch.cuda.mem_get_info(torch.device(self.device))
-            name = torch.cuda.get_device_name(torch.device(self.device))
-        else:
-            page = os.sysconf("SC_PAGE_SIZE")
-            free, total = os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
-            name = f"cpu {platform.machine()} ({os.cpu_count()} cores)"
-        usable = free - self.kv_reserve_fraction * total
-        software = {"torch": torch.__version__, "transformers": transformers.__version__,
-                    "cuda": str(torch.version.cuda), "python": platform.python_version(), "gpu": name}  # fmt: skip
-        return _Device(2 * n / (copy_ms / 1e3), 2 * m**3 / (mm_ms / 1e3),
-                       max(0, int(usable // self.kv_bytes_per_token)), name, software)  # fmt: skip
-
-    # ---- timing -------------------------------------------------------------------------------
-    def _time_once(self, make: Callable[[], Any], op: Callable[[Any, Any], Any]) -> float:
-        """Median ms of ``op(x, y)`` on two fresh random tensors, freed afterwards."""
-        x, y = make(), make()
-        return _median(self._time(lambda: op(x, y), 3, 10)[1])
-
-    def _time(self, fn: Callable[[], Any], warmup: int, iters: int) -> tuple[list[float], list[float]]:
-        """(warm-up times, timed times) in ms; CUDA events on a GPU, a host clock after sync on CPU."""
-        import time
-
-        import torch
-
-        cuda = self.device.startswith("cuda")
-        out: list[float] = []
-        for _ in range(warmup + iters):
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                out.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                out.append((time.perf_counter() - t0) * 1e3)
-        return out[:warmup], out[warmup:]
-
-    def _run(self, step: Callable[[], Any], iters: int) -> tuple[list[float], float | None]:
-        """Time ``step``: eager warm-up, then (on GPU) a captured CUDA graph. Returns (samples, eager ms)."""
-        import torch
-
-        if not self.graphs:
-            eager, timed = self._time(step, self.warmup_iters, iters)
-            return timed, (_median(eager[1:]) if len(eager) > 1 else None)
-        side = torch.cuda.Stream()  # warm up on a side stream, as graph capture requires
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            eager = self._time(step, max(2, self.warmup_iters), 0)[0]
-        torch.cuda.current_stream().wait_stream(side)
-        eager_ms = _median(eager[1:])
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
-        try:
-            return self._time(graph.replay, 2, iters)[1], eager_ms
-        finally:
-            del graph
-
     # ---- probes -------------------------------------------------------------------------------
     def measure(self, probe: Probe) -> Measurement:
         self._check(probe)
@@ -313,8 +233,8 @@ class TorchGpuRunner(Runner):
     def _prefill(self, probe: Probe, iters: int, torch: Any) -> Measurement:
         vocab = self._model.get_output_embeddings().weight.shape[0]
         ids = torch.randint(0, vocab, (1, probe.isl), device=self.device)
-        samples, eager_ms = self._run(lambda: last_token_logits(self._model, ids), iters)
-        ttft_ms = _median(samples)
+        samples, eager_ms = self._time_step(lambda: last_token_logits(self._model, ids), iters)
+        ttft_ms = median(samples)
         isl = probe.isl
         layers, _, head_dim = kv_shape(self._model.config)
         heads = self._model.config.get_text_config().num_attention_heads
@@ -325,7 +245,7 @@ class TorchGpuRunner(Runner):
         bytes_moved = self.weight_bytes_read_per_step + isl * self.kv_bytes_per_token
         extra = self._floors(ttft_ms, bytes_moved, flops)
         extra.update(eager_ttft_ms=eager_ms, launch_bound=bool(eager_ms and eager_ms > 1.15 * ttft_ms))
-        return self._measurement(probe, samples, extra, ttft_ms=ttft_ms, ttft_std_ms=_std(samples),
+        return self._measurement(probe, samples, extra, ttft_ms=ttft_ms, ttft_std_ms=std(samples),
                                  thpt_per_gpu=isl / ttft_ms * 1e3 / self.tp_size)  # fmt: skip
 
     def _decode(self, probe: Probe, iters: int, torch: Any) -> Measurement:
@@ -340,27 +260,24 @@ class TorchGpuRunner(Runner):
         vocab = self._model.get_output_embeddings().weight.shape[0]
         ids = torch.randint(0, vocab, (batch, 1), device=self.device)
         pos = torch.full((batch, 1), context, device=self.device, dtype=torch.long)
-        samples, eager_ms = self._run(lambda: last_token_logits(self._model, ids, pos), iters)
+        samples, eager_ms = self._time_step(lambda: last_token_logits(self._model, ids, pos), iters)
         del cache
-        itl_ms = _median(samples)
+        itl_ms = median(samples)
         bytes_moved = self.weight_bytes_read_per_step + need * self.kv_bytes_per_token
         flops = 2 * (self.weight_bytes_read_per_step // self._model.dtype.itemsize) * batch
         extra = self._floors(itl_ms, bytes_moved, flops)
         extra.update(eager_itl_ms=eager_ms, kv_tokens_read=need)
-        return self._measurement(probe, samples, extra, itl_ms=itl_ms, itl_std_ms=_std(samples),
+        return self._measurement(probe, samples, extra, itl_ms=itl_ms, itl_std_ms=std(samples),
                                  thpt_per_gpu=batch / itl_ms * 1e3 / self.tp_size)  # fmt: skip
 
+    def _time_step(self, step: Callable[[], Any], iters: int) -> tuple[list[float], float | None]:
+        return time_step_ms(
+            step, iters, device=self.device, warmup_iters=self.warmup_iters, graphs=self.graphs
+        )
+
     def _floors(self, ms: float, bytes_moved: int, flops: float) -> dict[str, Any]:
-        bw_floor_ms = bytes_moved / self._dev.copy_bytes_per_s * 1e3
-        compute_floor_ms = flops / self._dev.matmul_flops_per_s * 1e3
         return {
-            "bytes_moved": int(bytes_moved),
-            "bw_floor_ms": bw_floor_ms,
-            "ratio_to_bw_floor": ms / bw_floor_ms,
-            "compute_floor_ms": compute_floor_ms,
-            "ratio_to_compute_floor": ms / compute_floor_ms,
-            "copy_gb_per_s": self._dev.copy_bytes_per_s / 1e9,
-            "matmul_tflops": self._dev.matmul_flops_per_s / 1e12,
+            **roofline_floors(ms, bytes_moved, flops, self._dev),
             "cuda_graph": self.graphs,
             "weights": "real"
             if self.model_path and list(Path(self.model_path).glob("*.safetensors"))
@@ -397,11 +314,3 @@ def _describe(probe: Probe) -> str:
     if probe.kind is ProbeKind.PREFILL:
         return f"prefill ISL {probe.isl}"
     return f"decode batch {probe.concurrency} context {probe.context_tokens}"
-
-
-def _median(xs: list[float]) -> float:
-    return float(statistics.median(xs))
-
-
-def _std(xs: list[float]) -> float:
-    return float(statistics.pstdev(xs)) if len(xs) > 1 else 0.0
