@@ -12,7 +12,8 @@ from estimator.sources.base import PerfSource, Stack
 from estimator.sources.calibrated import CalibratedSource
 from estimator.sources.roofline import RooflineSource
 from estimator.spec import load_spec
-from validate.calibrate import calibrate, calibration_report, collect_targets
+from validate.calibrate import calibrate, collect_targets
+from validate.calibration_report import calibration_report
 from validate.measurement import Measurement, Probe, ProbeKind
 from validate.serving import SchedulerConfig, predict_agg
 

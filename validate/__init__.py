@@ -4,7 +4,8 @@
     profile, result = run_validation(spec)   # spec.validate names the runner and its options
 """
 
-from .calibrate import calibrate, calibration_report
+from .calibrate import calibrate
+from .calibration_report import calibration_report
 from .measurement import Measurement, MeasurementStore, Probe, ProbeKind
 from .plan import plan_probes
 from .run import run_plan

@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -270,97 +269,12 @@ def calibrate(
     for m, why in skipped:
         log.warning("not calibrating on %s %s: %s", m.probe.kind.value, m.probe.candidate.name, why)
     if prior is None:
-        prior = transferable(bundled_prior(source.stack.backend), agg=_has_agg(mine))
+        prior = transferable(bundled_prior(source.stack.backend), agg=has_agg(mine))
     corr = fit_correction(
         targets, prior=prior, meta={"base_source": source.name, "prior": "learned" if prior else "generic"}
     )
     kv = {m.probe.candidate.name: int(m.kv_capacity_tokens) for m in mine if m.kv_capacity_tokens}
     return CalibratedSource(source, corr, kv)
-
-
-@dataclass
-class PointReport:
-    engine: str
-    kind: str
-    isl: float
-    batch: float
-    measured_ms: float
-    raw_ms: float
-    raw_error_pct: float
-    loo_ms: float | None
-    loo_error_pct: float | None
-    band_low_ms: float | None
-    band_high_ms: float | None
-
-
-@dataclass
-class CalibrationReport:
-    """Error of the raw estimate at each measured point, leave-one-out error after calibration, band."""
-
-    points: list[PointReport]
-    skipped: list[str] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"summary": self.summary, "points": [vars(p) for p in self.points], "skipped": self.skipped}
-
-
-def calibration_report(
-    source: PerfSource,
-    measurements: list[Measurement],
-    prior: dict[str, tuple[float, float]] | None = None,
-    max_loo_points: int = 40,
-) -> CalibrationReport:
-    """Raw vs measured per point; each measurement predicted by a fit on all the others, with its band.
-
-    Leave-one-measurement-out (TTFT and TPOT of one agg point leave together); above
-    ``max_loo_points`` measurements, 10-fold cross-validation keeps it fast.
-    """
-    groups, skipped = [], []
-    for m in measurements:
-        try:
-            ts = targets_for(source, m)
-        except SlaEstimateError as exc:
-            skipped.append(f"{m.probe.candidate.name} {m.probe.kind.value}: {exc}")
-            continue
-        if ts:
-            groups.append(ts)
-    if not groups:
-        raise CalibrationError("no measured points the source can estimate")
-    if prior is None:
-        prior = transferable(bundled_prior(source.stack.backend), agg=_has_agg(measurements))
-    neutral = uncalibrated()
-    fold_of = (
-        list(range(len(groups))) if len(groups) <= max_loo_points else [i % 10 for i in range(len(groups))]
-    )
-    fits: dict[int, Correction | None] = {}
-    for f in sorted(set(fold_of)):
-        rest = [t for g, fg in zip(groups, fold_of, strict=True) if fg != f for t in g]
-        fits[f] = fit_correction(rest, prior=prior) if rest else None
-    points = []
-    for g, f in zip(groups, fold_of, strict=True):
-        for t in g:
-            raw = neutral.predict(t)
-            loo, lo, hi = fits[f].band(t) if fits[f] is not None else (None, None, None)
-            points.append(PointReport(t.engine, t.kind, t.isl, t.batch, t.measured_ms, raw,
-                                      100 * (raw / t.measured_ms - 1), loo,
-                                      None if loo is None else 100 * (loo / t.measured_ms - 1), lo, hi))  # fmt: skip
-    summary = {}
-    for kind in ("ttft", "tpot"):
-        ps = [p for p in points if p.kind == kind]
-        if not ps:
-            continue
-        summary[kind] = {
-            "n": len(ps),
-            "raw_median_abs_error_pct": float(np.median([abs(p.raw_error_pct) for p in ps])),
-            "loo_median_abs_error_pct": _median(
-                [abs(p.loo_error_pct) for p in ps if p.loo_error_pct is not None]
-            ),
-            "band_coverage": _mean(
-                [p.band_low_ms <= p.measured_ms <= p.band_high_ms for p in ps if p.loo_ms]
-            ),
-        }
-    return CalibrationReport(points, skipped, summary)
 
 
 def _same_deployment(a: Stack, b: Stack) -> bool:
@@ -374,13 +288,6 @@ def _same_deployment(a: Stack, b: Stack) -> bool:
     )
 
 
-def _has_agg(measurements: list[Measurement]) -> bool:
+def has_agg(measurements: list[Measurement]) -> bool:
+    """Whether any record is an aggregated-serving point (they decide which prior parts transfer)."""
     return any(m.probe.kind is ProbeKind.AGG for m in measurements)
-
-
-def _median(xs: list[float]) -> float | None:
-    return float(np.median(xs)) if xs else None
-
-
-def _mean(xs: list[bool]) -> float | None:
-    return float(np.mean(xs)) if xs else None

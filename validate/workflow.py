@@ -17,7 +17,8 @@ from estimator.pipeline import Profile, estimate
 from estimator.select import Selection
 from estimator.sources import Stack, make_source
 
-from .calibrate import CalibrationReport, calibrate, calibration_report
+from .calibrate import calibrate
+from .calibration_report import CalibrationReport, calibration_report
 from .measurement import MeasurementStore, Probe
 from .plan import plan_probes
 from .run import RunResult, run_plan
