@@ -7,12 +7,12 @@ SLA Planner that mounts the ConfigMap at its profile results directory. The plan
 Dynamo's ``planner_sla`` command line (``--ttft``/``--itl`` in ms, ``--<flag>=<value>``).
 
 The deployment is described as frozen dataclasses and rendered once. Every backend quirk (module,
-model flag, parallel flags, role flags, prefix caching, images) sits in ``k8s_backends.BACKENDS``.
+model flag, parallel flags, role flags, prefix caching, images) sits in ``k8s_backends.BACKENDS``; the
+ConfigMap's data and its checks sit in ``k8s_profile_data`` (names re-exported here).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -23,16 +23,14 @@ from typing import Any
 from ..candidates import Candidate
 from ..errors import SpecError
 from .k8s_backends import Role, backend_flags, engine_args
+from .k8s_profile_data import DECODE_KEYS, PREFILL_KEYS, PROFILE_CONFIGMAP, ProfileData  # noqa: F401
 
 DGD_GROUP, DGD_VERSION, DGD_PLURAL = "nvidia.com", "v1alpha1", "dynamographdeployments"
 DGD_LABEL_NAME = "nvidia.com/dynamo-graph-deployment-name"  # set by the operator on every pod
 DGD_LABEL_COMPONENT_TYPE = "nvidia.com/dynamo-component-type"
-PROFILE_CONFIGMAP = "planner-profile-data"
 DEFAULT_PROFILE_DIR = "/workspace/profiling_results"
 DYNAMO_VERSION = "0.7.1"  # runtime image tag used when no image is given
 HTTP_PORT = 8000
-PREFILL_KEYS = ("prefill_isl", "prefill_ttft", "prefill_thpt_per_gpu")
-DECODE_KEYS = ("x_kv_usage", "y_context_length", "z_itl", "z_thpt_per_gpu")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -107,71 +105,6 @@ class GraphDeployment:
             "metadata": meta,
             "spec": {"services": services},
         }
-
-
-@dataclass(frozen=True, slots=True)
-class ProfileData:
-    """The planner's interpolation data, checked: equal-length finite lists and a positive KV capacity."""
-
-    prefill: tuple[tuple[str, tuple[float, ...]], ...]
-    decode: tuple[tuple[str, tuple[float, ...]], ...]
-    max_kv_tokens: int
-
-    @classmethod
-    def from_raw(cls, prefill_raw: Mapping[str, Any], decode_raw: Mapping[str, Any]) -> ProfileData:
-        kv = decode_raw.get("max_kv_tokens")
-        kv_list = _floats("decode_raw.max_kv_tokens", kv) if kv is not None else ()
-        if len(kv_list) != 1 or kv_list[0] < 1:
-            raise SpecError("decode_raw.max_kv_tokens", f"expected one positive number, got {kv!r}")
-        rest = {k: v for k, v in decode_raw.items() if k != "max_kv_tokens"}
-        return cls(
-            _columns("prefill_raw", prefill_raw, PREFILL_KEYS),
-            _columns("decode_raw", rest, DECODE_KEYS),
-            int(kv_list[0]),
-        )
-
-    def to_config_map(self, namespace: str | None) -> dict[str, Any]:
-        prefill = {k: list(v) for k, v in self.prefill}
-        decode = {**{k: list(v) for k, v in self.decode}, "max_kv_tokens": self.max_kv_tokens}
-        meta: dict[str, Any] = {"name": PROFILE_CONFIGMAP}
-        if namespace:
-            meta["namespace"] = namespace
-        return {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": meta,
-            "data": {
-                "prefill_raw_data.json": json.dumps(prefill),
-                "decode_raw_data.json": json.dumps(decode),
-            },
-        }
-
-
-def _floats(field: str, values: Any) -> tuple[float, ...]:
-    """Numbers as given (ints stay ints, as numpy's ``tolist`` gives them); raises on NaN or text."""
-    values = values.tolist() if hasattr(values, "tolist") else values
-    values = values if isinstance(values, (list, tuple)) else [values]
-    try:
-        out = tuple(v if type(v) is int else float(v) for v in values)
-    except (TypeError, ValueError) as exc:
-        raise SpecError(field, f"expected numbers, got {values!r}") from exc
-    if not all(math.isfinite(v) for v in out):
-        raise SpecError(field, "holds NaN or infinite values")
-    return out
-
-
-def _columns(
-    field: str, raw: Mapping[str, Any], keys: tuple[str, ...]
-) -> tuple[tuple[str, tuple[float, ...]], ...]:
-    if set(raw) != set(keys):
-        raise SpecError(field, f"expected keys {', '.join(keys)}, got {', '.join(sorted(raw))}")
-    cols = tuple((k, _floats(f"{field}.{k}", raw[k])) for k in keys)
-    lengths = {len(v) for _, v in cols}
-    if len(lengths) != 1 or 0 in lengths:
-        raise SpecError(
-            field, f"columns must be non-empty and of equal length, got {dict((k, len(v)) for k, v in cols)}"
-        )
-    return cols
 
 
 # ---- builders -------------------------------------------------------------------------------------
