@@ -4,22 +4,21 @@ The engine runs in its own process group on a free port, with its output in a lo
 ``work_dir``. A start that fails is reported within seconds: the process exited (exit code, the
 telling log line, "out_of_memory" when the log says so) or ``/health`` never answered in time.
 The process group gets SIGTERM, then SIGKILL, on ``close()``, on an exception and at interpreter exit.
+
+This module starts, waits for and stops one engine; ``local_process`` holds its command line, the
+start-failure reading of its log, process-group signals and the stop-at-exit registry.
 """
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import logging
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,119 +27,40 @@ from typing import ClassVar
 import httpx
 
 from estimator.candidates import Candidate
-from estimator.candidates import Mapping as ParallelMapping
 from estimator.errors import EngineStartError, MeasurementError, SpecError
 
 from ..measurement import Measurement, Probe
 from .base import Runner
 from .endpoint import EndpointRunner
+from .local_process import (
+    ENGINE_FLAGS,
+    ERROR_LINE,
+    OOM_PATTERNS,
+    engine_command,
+    forget_at_exit,
+    free_port,
+    parallel_args,
+    signal_group,
+    start_failure_reason,
+    stop_at_exit,
+)
+
+# the command-line helpers are re-exported from local_process: tests and callers import them from here
+__all__ = [
+    "ENGINE_FLAGS",
+    "ERROR_LINE",
+    "LOG_TAIL_LINES",
+    "OOM_PATTERNS",
+    "LocalEngineRunner",
+    "engine_command",
+    "free_port",
+    "parallel_args",
+    "start_failure_reason",
+]
 
 log = logging.getLogger(__name__)
 
-# How each backend is launched and how it spells parallelism. "ep" is a bare switch when ep_size is False.
-ENGINE_FLAGS: dict[str, dict] = {
-    "vllm": {
-        "launch": ["-m", "vllm.entrypoints.openai.api_server"],
-        "model": "--model",
-        "tp": "--tensor-parallel-size",
-        "dp": "--data-parallel-size",
-        "ep": "--enable-expert-parallel",
-        "ep_size": False,
-        "dp_attention": None,
-    },
-    "sglang": {
-        "launch": ["-m", "sglang.launch_server"],
-        "model": "--model-path",
-        "tp": "--tp",
-        "dp": "--dp",
-        "ep": "--ep-size",
-        "ep_size": True,
-        "dp_attention": "--enable-dp-attention",
-    },
-    "trtllm": {
-        "launch": None,
-        "command": ["trtllm-serve"],
-        "model": None,
-        "tp": "--tp_size",
-        "dp": None,
-        "ep": "--ep_size",
-        "ep_size": True,
-        "dp_attention": None,
-    },
-}
-OOM_PATTERNS = re.compile(
-    r"out of memory|OutOfMemoryError|No available memory for the cache blocks|Not enough memory"
-    r"|larger than the available KV cache memory|CUDA_ERROR_OUT_OF_MEMORY|insufficient memory",
-    re.IGNORECASE,
-)
-ERROR_LINE = re.compile(r"error|exception|failed|traceback", re.IGNORECASE)
 LOG_TAIL_LINES = 40
-_LIVE: weakref.WeakSet[LocalEngineRunner] = weakref.WeakSet()
-
-
-def parallel_args(backend: str, cand: Candidate) -> list[str]:
-    """Engine flags for ``cand`` (TP n, TEP n, DEP n) in ``backend``'s spelling."""
-    f = ENGINE_FLAGS[backend]
-    n = str(cand.num_gpus)
-    ep = [f["ep"], n] if f["ep_size"] else [f["ep"]]
-    if cand.mapping is ParallelMapping.TP:
-        return [f["tp"], n]
-    if cand.mapping is ParallelMapping.TEP:
-        return [f["tp"], n, *ep]
-    if backend == "vllm":
-        return [f["tp"], "1", f["dp"], n, *ep]
-    if backend == "sglang":
-        return [f["tp"], n, f["dp"], n, f["dp_attention"], *ep]
-    raise SpecError(
-        "candidate",
-        f"{cand.name} on {backend} needs attention DP in its engine config; pass it with extra_args",
-    )
-
-
-def engine_command(
-    backend: str,
-    model: str,
-    cand: Candidate,
-    *,
-    host: str,
-    port: int,
-    python: str,
-    command: Sequence[str] | None = None,
-    extra_args: Sequence[str] = (),
-) -> list[str]:
-    """The argv that starts ``backend`` serving ``model`` as ``cand`` on host:port."""
-    if backend not in ENGINE_FLAGS:
-        raise SpecError("backend", f"{backend!r} is not one of {sorted(ENGINE_FLAGS)}")
-    f = ENGINE_FLAGS[backend]
-    prefix = list(command) if command else (f.get("command") or [python, *f["launch"]])
-    model_args = [f["model"], model] if f["model"] else [model]
-    return [
-        *prefix,
-        *model_args,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        *parallel_args(backend, cand),
-        *extra_args,
-    ]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def start_failure_reason(lines: Sequence[str]) -> tuple[str, str]:
-    """("out_of_memory" | "exited", the most telling log line) from the last lines of an engine log."""
-    for line in reversed(lines):
-        if OOM_PATTERNS.search(line):
-            return "out_of_memory", line.strip()
-    for line in reversed(lines):
-        if ERROR_LINE.search(line) and not line.lstrip().startswith("File "):
-            return "exited", line.strip()
-    return "exited", next((ln.strip() for ln in reversed(lines) if ln.strip()), "(no output)")
 
 
 class LocalEngineRunner(Runner):
@@ -255,7 +175,7 @@ class LocalEngineRunner(Runner):
                 )
             except OSError as exc:
                 raise EngineStartError(f"cannot run {self.command_[0]}: {exc}") from exc
-        _LIVE.add(self)
+        stop_at_exit(self)
         self.candidate_ = candidate
         try:
             self._wait_ready(candidate)
@@ -321,32 +241,15 @@ class LocalEngineRunner(Runner):
         if proc is None:
             return
         pgid = proc.pid  # start_new_session: the engine leads its own group
-        _signal_group(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGTERM)
         try:
             proc.wait(self.stop_timeout_s)
         except subprocess.TimeoutExpired:
             log.warning("engine pid %d ignored SIGTERM for %g s; killing", pgid, self.stop_timeout_s)
-            _signal_group(pgid, signal.SIGKILL)
+            signal_group(pgid, signal.SIGKILL)
             proc.wait()
         for sig in (0, signal.SIGKILL):  # children still exiting: give them the grace time, then kill
             deadline = time.monotonic() + self.stop_timeout_s
-            while _signal_group(pgid, sig) and time.monotonic() < deadline:
+            while signal_group(pgid, sig) and time.monotonic() < deadline:
                 time.sleep(0.2)
-        _LIVE.discard(self)
-
-
-def _signal_group(pgid: int, sig: int) -> bool:
-    """Send ``sig`` to a process group; False if the group no longer exists."""
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False
-
-
-@atexit.register
-def _stop_all() -> None:
-    for runner in list(_LIVE):
-        runner.stop()
+        forget_at_exit(self)
