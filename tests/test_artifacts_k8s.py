@@ -328,24 +328,7 @@ def test_prefix_cache_flags_only_when_asked():
 
 
 def test_write_config_with_planner(tmp_path):
-    path = write_config_with_planner(
-        tmp_path / "out" / "config_with_planner.yaml",
-        **dict(
-            name="x",
-            namespace=None,
-            model="M",
-            backend="vllm",
-            prefill=Candidate(Mapping.TP, 1),
-            decode=Candidate(Mapping.TP, 1),
-            ttft_ms=50,
-            itl_ms=5,
-            prefill_raw=PREFILL_RAW,
-            decode_raw=DECODE_RAW,
-        ),
-    )
-    cm, dgd = yaml.safe_load_all(path.read_text())
-    assert "namespace" not in cm["metadata"] and "namespace" not in dgd["metadata"]
-    assert config_with_planner(
+    args = dict(
         name="x",
         namespace=None,
         model="M",
@@ -356,7 +339,11 @@ def test_write_config_with_planner(tmp_path):
         itl_ms=5,
         prefill_raw=PREFILL_RAW,
         decode_raw=DECODE_RAW,
-    ) == [cm, dgd]
+    )
+    path = write_config_with_planner(tmp_path / "out" / "config_with_planner.yaml", **args)
+    cm, dgd = yaml.safe_load_all(path.read_text())
+    assert "namespace" not in cm["metadata"] and "namespace" not in dgd["metadata"]
+    assert config_with_planner(**args) == [cm, dgd]
 
 
 @pytest.mark.parametrize(
