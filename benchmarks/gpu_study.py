@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))  # run from a plain checkout (the GPU machine has 
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import MeasurementError
 from estimator.sources.base import Stack
-from validate.measurement import Measurement, MeasurementStore, Probe, ProbeKind
+from estimator.measurements import Measurement, MeasurementStore, Probe, ProbeKind
 
 MODEL = "meta-llama/Meta-Llama-3.1-8B"
 ISLS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)

@@ -19,7 +19,7 @@ import numpy as np
 from estimator.sources.aic import AicSource
 from estimator.sources.base import Stack
 from validate.calibrate import calibrate
-from validate.measurement import MeasurementStore, ProbeKind
+from estimator.measurements import MeasurementStore, ProbeKind
 
 ROOT = Path(__file__).resolve().parents[1]
 TP1 = ROOT / "models/measurements/h100_llama31_8b_gpu_runner.jsonl"

@@ -14,8 +14,8 @@ from estimator.sources.roofline import RooflineSource
 from estimator.spec import load_spec
 from validate.calibrate import calibrate, collect_targets
 from validate.calibration_report import calibration_report
-from validate.measurement import Measurement, Probe, ProbeKind
-from validate.serving import SchedulerConfig, predict_agg
+from estimator.measurements import Measurement, Probe, ProbeKind
+from estimator.serving import SchedulerConfig, predict_agg
 
 STACK = Stack("meta-llama/Meta-Llama-3.1-8B", "h100_sxm", "vllm")
 TP1, TP2, TP4 = (Candidate(Mapping.TP, n) for n in (1, 2, 4))

@@ -6,7 +6,7 @@ import json
 
 from estimator.candidates import Candidate, Mapping
 from estimator.sources.base import Stack
-from validate.measurement import Measurement, MeasurementStore, Probe, ProbeKind
+from estimator.measurements import Measurement, MeasurementStore, Probe, ProbeKind
 
 STACK = Stack("meta-llama/Meta-Llama-3.1-8B", "h100_sxm", "vllm")
 

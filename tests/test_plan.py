@@ -8,7 +8,7 @@ from estimator.pipeline import estimate
 from estimator.sources.base import Stack
 from estimator.sources.roofline import RooflineSource
 from estimator.spec import load_spec
-from validate.measurement import ProbeKind
+from estimator.measurements import ProbeKind
 from validate.plan import plan_probes
 
 

@@ -11,7 +11,7 @@ import pytest
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import MeasurementError
 from estimator.sources.base import Stack
-from validate.measurement import Measurement, MeasurementStore, Probe, ProbeKind
+from estimator.measurements import Measurement, MeasurementStore, Probe, ProbeKind
 from validate.runners.replay import DYNAMO_DECODE_OSL, ReplayRunner
 from validate.silicon import load_silicon
 

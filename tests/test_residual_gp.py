@@ -14,8 +14,8 @@ from estimator.sources.residual_gp import HYPER, ResidualGP, ResidualPoint
 from estimator.sources.roofline import RooflineSource
 from tests.test_calibrate import TP1, TP2, Distorted
 from validate.calibrate import calibrate, collect_targets
-from validate.measurement import Measurement, Probe, ProbeKind
-from validate.serving import SchedulerConfig, predict_agg
+from estimator.measurements import Measurement, Probe, ProbeKind
+from estimator.serving import SchedulerConfig, predict_agg
 
 STACK = Stack("meta-llama/Meta-Llama-3.1-8B", "h100_sxm", "vllm")
 

@@ -6,7 +6,7 @@ from estimator.candidates import Candidate, Mapping
 from estimator.errors import EndpointTimeout, EngineStartError
 from estimator.sources.base import Stack
 from estimator.sources.roofline import RooflineSource
-from validate.measurement import Measurement, MeasurementStore, Probe, ProbeKind
+from estimator.measurements import Measurement, MeasurementStore, Probe, ProbeKind
 from validate.run import run_plan
 from validate.runners.base import Runner
 

@@ -19,7 +19,7 @@ from engine_server import KV_CAPACITY_TOKENS
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import BadResponse, EndpointTimeout, SpecError
 from estimator.sources.base import Stack
-from validate.measurement import Probe, ProbeKind
+from estimator.measurements import Probe, ProbeKind
 from validate.runners.endpoint import EndpointRunner
 from validate.runners.metrics import parse_metrics, parse_prometheus
 from validate.runners.prompts import exact_text_prompt

@@ -18,7 +18,7 @@ from engine_server import ENGINE_ENV, SERVER_ARGS, require_engine_python
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import BadResponse, EndpointTimeout
 from estimator.sources.base import Stack
-from validate.measurement import Probe, ProbeKind
+from estimator.measurements import Probe, ProbeKind
 from validate.runners.endpoint import EndpointRunner
 from validate.runners.local import LocalEngineRunner
 

@@ -37,7 +37,7 @@ from k8s_standin import StandIn
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import DeploymentError, MeasurementError, SpecError
 from estimator.sources.base import Stack
-from validate.measurement import Measurement, Probe, ProbeKind
+from estimator.measurements import Measurement, Probe, ProbeKind
 from validate.runners import k8s as k8s_runner
 from validate.runners.base import Runner
 from validate.runners.k8s import KubernetesRunner, measurement_graph, plain_manifests

@@ -16,7 +16,7 @@ from engine_server import ENGINE_ENV, KV_CAPACITY_TOKENS, SERVER_ARGS, require_e
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import EngineStartError, SpecError
 from estimator.sources.base import Stack
-from validate.measurement import Probe, ProbeKind
+from estimator.measurements import Probe, ProbeKind
 from validate.runners.local import LocalEngineRunner, engine_command, start_failure_reason
 
 TP1 = Candidate(Mapping.TP, 1)

@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import EngineStartError, MeasurementError
 from estimator.sources.base import Stack
-from validate.measurement import MeasurementStore, Probe, ProbeKind
+from estimator.measurements import MeasurementStore, Probe, ProbeKind
 from validate.runners.torch_gpu import TorchGpuRunner
 from validate.runners.torch_kv import (
     EXACT_KV_ATTENTION,

@@ -34,7 +34,7 @@ def _calibrated(stack):
 
 
 def _synthetic(base):
-    from validate.measurement import Measurement, Probe, ProbeKind
+    from estimator.measurements import Measurement, Probe, ProbeKind
 
     c = Candidate(Mapping.TP, 1) if not base.stack.model.startswith("Qwen/Qwen3-30B") else Candidate(Mapping.TEP, 2)
     out = []

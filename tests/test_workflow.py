@@ -19,7 +19,7 @@ from estimator.sources import make_source
 from estimator.sources.aic import AicSource
 from estimator.sources.base import Stack
 from estimator.spec import load_spec
-from validate.measurement import Measurement, MeasurementStore, ProbeKind
+from estimator.measurements import Measurement, MeasurementStore, ProbeKind
 from validate.plan import plan_probes
 
 FLAGS = ["--model", "meta-llama/Llama-3.1-8B", "--system", "h100_sxm", "--gpus", "1,2", "--no-plots"]

@@ -6,7 +6,7 @@
 
 from .calibrate import calibrate
 from .calibration_report import calibration_report
-from .measurement import Measurement, MeasurementStore, Probe, ProbeKind
+from estimator.measurements import Measurement, MeasurementStore, Probe, ProbeKind
 from .plan import plan_probes
 from .run import run_plan
 from .runners import Runner, make_runner

@@ -6,7 +6,7 @@ Every measured value is written as a linear combination of source terms (``Targe
 
 - prefill probe: TTFT = a_p P(isl) + one step + request overhead;
 - decode probe: ITL = a_d D(batch, context) + one step;
-- agg probe: TTFT/TPOT terms from the serving model (``validate/serving.py``).
+- agg probe: TTFT/TPOT terms from the serving model (``estimator/serving.py``).
 
 The phase scales are log-linear, ``log a_p = α_p + δ_p[e] + β_isl log(isl/1024)`` and
 ``log a_d = α_d + δ_d[e] + β_b log(batch/16) + β_c log(context/2048)``: one shared log-ratio per phase
@@ -47,8 +47,8 @@ from estimator.sources.calibrated import (
 )  # fmt: skip
 from estimator.sources.residual_gp import ResidualGP, ResidualPoint, is_agg
 
-from .measurement import Measurement, ProbeKind
-from .serving import SchedulerConfig, ServingTerms, serving_terms
+from estimator.measurements import Measurement, ProbeKind
+from estimator.serving import SchedulerConfig, ServingTerms, serving_terms
 
 log = logging.getLogger(__name__)
 

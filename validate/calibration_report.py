@@ -16,7 +16,7 @@ from estimator.sources.base import PerfSource
 from estimator.sources.calibrated import Correction
 
 from .calibrate import bundled_prior, fit_correction, has_agg, targets_for, transferable, uncalibrated
-from .measurement import Measurement
+from estimator.measurements import Measurement
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 from estimator.candidates import Candidate
 
-from .measurement import Probe, ProbeKind
+from estimator.measurements import Probe, ProbeKind
 
 CLOSE = 0.20  # relative distance in throughput or to the SLA target that makes a runner-up a contender
 MAX_RUNNERS_UP = 2

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from estimator.errors import DeploymentError, EngineStartError, MeasurementError
 
-from .measurement import Measurement, MeasurementStore, Probe
+from estimator.measurements import Measurement, MeasurementStore, Probe
 from .runners.base import Runner
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from estimator.errors import SpecError
 from estimator.model import resolve_model_name
 from estimator.sources.base import Stack
 
-from .measurement import Measurement, Probe, ProbeKind
+from estimator.measurements import Measurement, Probe, ProbeKind
 
 CONFIG_COLUMNS = (
     "backend", "backend_version", "model_path", "system", "precision", "gemm_quant_mode", "moe_quant_mode",

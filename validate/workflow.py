@@ -19,7 +19,7 @@ from estimator.sources import Stack, make_source
 
 from .calibrate import calibrate
 from .calibration_report import CalibrationReport, calibration_report
-from .measurement import MeasurementStore, Probe
+from estimator.measurements import MeasurementStore, Probe
 from .plan import plan_probes
 from .run import RunResult, run_plan
 from .runners import make_runner

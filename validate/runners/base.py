@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from ..measurement import Measurement, Probe, ProbeKind
+from estimator.measurements import Measurement, Probe, ProbeKind
 
 
 class Runner(ABC):

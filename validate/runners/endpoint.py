@@ -22,7 +22,7 @@ import httpx
 
 from estimator.errors import MeasurementError, SpecError
 
-from ..measurement import Measurement, Probe, ProbeKind
+from estimator.measurements import Measurement, Probe, ProbeKind
 from .base import Runner
 from .endpoint_server import (
     TOKENIZER_STRATEGIES,

@@ -31,7 +31,7 @@ from typing import Any
 from estimator.artifacts.k8s import DGD_GROUP, DGD_PLURAL, HTTP_PORT
 from estimator.errors import DeploymentError, MeasurementError, SpecError
 
-from ..measurement import Measurement, Probe
+from estimator.measurements import Measurement, Probe
 from .base import Runner
 from .k8s_engine import Engine, EngineKey, api_call, kube
 from .k8s_objects import PortForward, measurement_graph, plain_manifests

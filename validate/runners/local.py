@@ -29,7 +29,7 @@ import httpx
 from estimator.candidates import Candidate
 from estimator.errors import EngineStartError, MeasurementError, SpecError
 
-from ..measurement import Measurement, Probe
+from estimator.measurements import Measurement, Probe
 from .base import Runner
 from .endpoint import EndpointRunner
 from .local_process import (

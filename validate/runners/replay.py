@@ -29,7 +29,7 @@ from estimator.candidates import Candidate, Mapping
 from estimator.errors import MeasurementError
 from estimator.sources.base import Stack
 
-from ..measurement import Measurement, MeasurementStore, Probe, ProbeKind
+from estimator.measurements import Measurement, MeasurementStore, Probe, ProbeKind
 from .base import Runner
 
 log = logging.getLogger(__name__)

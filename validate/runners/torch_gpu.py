@@ -24,7 +24,7 @@ from typing import Any
 
 from estimator.errors import EngineStartError, MeasurementError
 
-from ..measurement import Measurement, Probe, ProbeKind
+from estimator.measurements import Measurement, Probe, ProbeKind
 from .base import Runner
 from .torch_kv import (
     EXACT_KV_ATTENTION,

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from estimator.candidates import Candidate
-from estimator.errors import SourceError
-from estimator.sources.base import PerfSource
+from .candidates import Candidate
+from .errors import SourceError
+from .sources.base import PerfSource
 
 # Per-step token budget (max_num_batched_tokens / chunked_prefill_size / max_num_tokens) and max running
 # requests the engines use by default for online serving on data-centre GPUs.

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from estimator.candidates import Candidate
-from estimator.sources.base import Stack
+from .candidates import Candidate
+from .sources.base import Stack
 
 log = logging.getLogger(__name__)
 
