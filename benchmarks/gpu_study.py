@@ -1,9 +1,10 @@
-"""Measure prefill TTFT and decode ITL of a Llama-3.1-8B-shaped model on one GPU, and compare with AIC.
+"""Measure prefill TTFT and decode ITL of a model shape on local GPUs (random weights), and compare with AIC.
 
 Two steps, because the GPU machine has no aiconfigurator-core and this one has no GPU:
 
     # on the GPU machine (config.json of the model in DIR; random bf16 weights):
-    python3 benchmarks/gpu_study.py measure --model-path DIR --out $OUT/gpu_runner.jsonl
+    python3 benchmarks/gpu_study.py measure --model meta-llama/Meta-Llama-3.1-8B --model-path DIR \
+        --out $OUT/gpu_runner.jsonl
     # here, with AIC installed: AIC vLLM estimate beside every measured point
     python benchmarks/gpu_study.py report models/measurements/h100_llama31_8b_gpu_runner.jsonl \
         --csv models/measurements/h100_llama31_8b_gpu_runner_vs_aic.csv
@@ -11,6 +12,12 @@ Two steps, because the GPU machine has no aiconfigurator-core and this one has n
 ``measure`` appends one Measurement per point to a MeasurementStore as it goes (a rerun skips points
 already stored) and prints a table with each point's ratio to the memory-bandwidth floor. Decode
 points that need more KV than the GPU holds are skipped. ``report`` prints measured vs AIC.
+
+Records carry the model of the config they measure (``model_label``): ``--model`` if given (checked
+against the bundled config of that id where aiconfigurator-core is installed), else the bundled id
+whose config equals the one in ``--model-path``, else that directory. With ``--tp`` > 1 each point is
+timed a second time with the all-reduces skipped, and ``extra.allreduce_share`` is the share of the
+step they took.
 """
 
 from __future__ import annotations
@@ -28,10 +35,9 @@ sys.path.insert(0, str(ROOT))  # run from a plain checkout (the GPU machine has 
 
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import MeasurementError
-from estimator.sources.base import Stack
 from estimator.measurements import Measurement, MeasurementStore, Probe, ProbeKind
+from estimator.sources.base import Stack
 
-MODEL = "meta-llama/Meta-Llama-3.1-8B"
 ISLS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 DECODE_POINTS = tuple((b, c) for c in (1024, 4096, 8192) for b in (1, 8, 32, 64, 128, 256)) + (
     (1, 16384),
@@ -39,6 +45,60 @@ DECODE_POINTS = tuple((b, c) for c in (1024, 4096, 8192) for b in (1, 8, 32, 64,
 )
 
 log = logging.getLogger("gpu_study")
+
+
+# fields that name a file's provenance, not the model's shape
+_NOT_SHAPE = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures")
+_SHAPE = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+          "head_dim", "intermediate_size", "moe_intermediate_size", "num_experts", "vocab_size")  # fmt: skip
+
+
+def _bundled_configs() -> dict[str, dict] | None:
+    """Bundled HF id -> config, or None where aiconfigurator-core is not installed (the GPU machine)."""
+    try:
+        from estimator.model import bundled_config_dir, bundled_models
+
+        folder = bundled_config_dir()
+        return {m: json.loads((folder / (m.replace("/", "--", 1) + "_config.json")).read_text())
+                for m in bundled_models()}  # fmt: skip
+    except (ImportError, OSError, ValueError) as exc:  # PackageNotFoundError is an ImportError
+        log.info("no bundled configs to match (%s)", exc)
+        return None
+
+
+def _without(d: dict, keys: tuple[str, ...]) -> dict:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def model_label(model: str | None, model_path: str | None) -> str:
+    """The model id the records carry: never a fixed id, always the model of the config measured.
+
+    ``model`` wins, but where the bundled configs can be read it must name a bundled id of the same
+    shape as ``model_path`` (or a directory). Without ``model``: the one bundled id whose config
+    equals ``model_path``'s, else the directory itself (AIC reads a local config directory too).
+    """
+    if not model and not model_path:
+        raise SystemExit(
+            "give --model (a bundled Hugging Face id) or --model-path (a directory with config.json)"
+        )
+    if model_path and not (Path(model_path) / "config.json").is_file():
+        raise SystemExit(f"--model-path {model_path!r} has no config.json")
+    cfg = json.loads((Path(model_path) / "config.json").read_text()) if model_path else None
+    bundled = _bundled_configs()
+    if model:
+        if cfg is not None and bundled is not None and model in bundled and not os.path.isdir(model):
+            want = {k: bundled[model].get(k) for k in _SHAPE}
+            got = {k: cfg.get(k) for k in _SHAPE}
+            if want != got:
+                diff = ", ".join(f"{k} {got[k]} vs {want[k]}" for k in _SHAPE if got[k] != want[k])
+                raise SystemExit(f"--model {model} does not match the config in {model_path}: {diff}")
+        return model
+    same = sorted(
+        m for m, c in (bundled or {}).items() if _without(c, _NOT_SHAPE) == _without(cfg, _NOT_SHAPE)
+    )
+    if len(same) > 1:
+        raise SystemExit(f"the config in {model_path} matches {', '.join(same)}: pass --model")
+    return same[0] if same else str(Path(model_path).resolve())
 
 
 def system_of(gpu_name: str) -> str:
@@ -131,11 +191,12 @@ def min_over_ranks(value: int, tp: int) -> int:
 def measure(args: argparse.Namespace) -> int:
     from validate.runners.torch_gpu import TorchGpuRunner
 
+    label = model_label(args.model, args.model_path)
     device, reports = init_tp(args)
-    runner = TorchGpuRunner(MODEL, model_path=args.model_path, device=device, dtype=args.dtype, tp_size=args.tp,
+    runner = TorchGpuRunner(label, model_path=args.model_path, device=device, dtype=args.dtype, tp_size=args.tp,
                             use_cuda_graph=False if args.no_cuda_graph else None)  # fmt: skip
     facts = runner.device_facts()
-    stack = Stack(MODEL, args.system or system_of(facts["device"]), "vllm")
+    stack = Stack(label, args.system or system_of(facts["device"]), "vllm")
     store = MeasurementStore(args.out)
     done = store.keys()  # every rank must run the same probes (collectives), so all read the same file
     points = tuple(tuple(int(x) for x in p.split(":")) for p in args.points) if args.points else DECODE_POINTS
@@ -150,6 +211,8 @@ def measure(args: argparse.Namespace) -> int:
             continue
         try:
             m = runner.measure(p)
+            if args.tp > 1:
+                m = with_allreduce_share(runner, p, m)
         except MeasurementError as exc:
             print(f"FAILED {exc}", flush=True)
             summary["failed"].append(str(exc))
@@ -163,6 +226,26 @@ def measure(args: argparse.Namespace) -> int:
             Path(args.summary).write_text(json.dumps(summary, indent=2))
         print_table(store.load(), {})
     return 1 if summary["failed"] else 0
+
+
+def with_allreduce_share(runner, probe: Probe, m: Measurement) -> Measurement:
+    """Time ``probe`` again with every all-reduce skipped; the difference is the all-reduces' share of the
+    step (their transfer plus the wait for the slowest rank). The skipped run's numbers are wrong, only
+    its time is used. The logits' all-gather stays (once a step, small)."""
+    import dataclasses
+
+    import torch.distributed as dist
+
+    real = dist.all_reduce
+    dist.all_reduce = lambda *a, **k: None  # the TP hooks look it up at call time
+    try:
+        alone = runner.measure(probe)
+    finally:
+        dist.all_reduce = real
+    step_ms, alone_ms = measured_ms(m), measured_ms(alone)
+    extra = {**m.extra, "no_allreduce_ms": alone_ms, "allreduce_ms": step_ms - alone_ms,
+             "allreduce_share": max(0.0, 1.0 - alone_ms / step_ms)}  # fmt: skip
+    return dataclasses.replace(m, extra=extra)
 
 
 def point_of(m: Measurement) -> tuple[str, int, int]:
@@ -264,7 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("measure", help="measure on the local GPU (append to --out)")
     m.add_argument(
-        "--model-path", help="directory with the model's config.json (default: AIC's bundled config)"
+        "--model",
+        help="model id the records carry (default: the bundled id whose config matches --model-path)",
+    )
+    m.add_argument(
+        "--model-path",
+        help="directory with the model's config.json (default: AIC's bundled config of --model)",
     )
     m.add_argument("--out", required=True, help="MeasurementStore jsonl to append to")
     m.add_argument("--summary", help="write device facts and failures as JSON here")
