@@ -8,7 +8,7 @@ Pass 1 writes ``<shape>_tp<N>.jsonl``, pass k > 1 ``<shape>_tp<N>_pass<k>.jsonl`
 spread. Everything lands in ``--out`` as one ``study.tgz`` (records, per-run summaries and logs,
 ``provenance.json``) plus ``study.log``, because the device tool returns at most 8 files.
 
-    # on the GPU machine (device tool), about 5 minutes for 2 shapes x TP1 x 2 passes on one H200:
+    # on the GPU machine (device tool); its 4 runs at TP1 (2 shapes x 2 passes) took 163 s on one H200:
     python3 benchmarks/multi_gpu_study.py --out $OUT --passes 2 --budget-s 480
     # CPU path (tests): a tiny config, no CUDA graphs
     python benchmarks/multi_gpu_study.py --out /tmp/s --device cpu --tp 1 --shape tiny=DIR --isl 16 --points 2:16
@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         "--tp", type=int, nargs="*", help="TP sizes (default: 1, 2, 4 as far as the GPUs here go)"
     )
     ap.add_argument("--passes", type=int, default=2, help="independent passes per engine (run-to-run spread)")
+    ap.add_argument(
+        "--start-pass", type=int, default=1, help="first pass to run (finish an earlier call's repeats)"
+    )
     ap.add_argument("--budget-s", type=float, default=480.0, help="start no run after this many seconds")
     ap.add_argument("--isl", type=int, nargs="*", default=list(ISLS))
     ap.add_argument("--points", nargs="*", default=list(DECODE_POINTS), help="decode BATCH:CONTEXT")
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     prov = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"), "argv": sys.argv, "gpus": gpus,
             "tp_sizes": tps, "machine": machine_facts(), "runs": [], "skipped": []}  # fmt: skip
     try:
-        for k in range(1, args.passes + 1):
+        for k in range(args.start_pass, args.passes + 1):
             for shape in shapes:
                 for tp in tps:
                     stem = f"{shape[0]}_tp{tp}" + ("" if k == 1 else f"_pass{k}")
