@@ -98,7 +98,11 @@ def model_label(model: str | None, model_path: str | None) -> str:
     )
     if len(same) > 1:
         raise SystemExit(f"the config in {model_path} matches {', '.join(same)}: pass --model")
-    return same[0] if same else str(Path(model_path).resolve())
+    if same:
+        return same[0]
+    log.warning("labelling records with the directory %s%s: pass --model to name the model", model_path,
+                " (no bundled configs to match here)" if bundled is None else "")  # fmt: skip
+    return str(Path(model_path).resolve())
 
 
 def system_of(gpu_name: str) -> str:
