@@ -1,0 +1,106 @@
+"""Queueing formulas capacity planning uses (see docs/capacity.md for why these and how well they hold).
+
+- Prefill: a G/G/c FCFS queue of ``c`` prefill servers (engines x attention-DP ranks). The chance to
+  wait is Erlang C of M/M/c; the wait, when there is one, is exponential with the Allen-Cunneen
+  mean ``E[S] / (c (1 - rho)) * (ca2 + cs2) / 2``. Exact for M/M/c, exact in the mean for M/D/1 and
+  M/G/1 (Pollaczek-Khinchine); response-time percentiles come from convolving that wait with the
+  service-time samples of the workload.
+- Decode: requests occupy decode slots for their whole output (an infinite-server queue), so the
+  number decoding is Poisson with mean ``N = rate x decode time`` (Little's law); bursty arrivals
+  widen it (negative binomial with variance ``N (1 + ca2) / 2``). A token sees the batch of the step
+  it is in: the size-biased distribution, ``1 + Poisson(N)`` for Poisson.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+PERCENTILES = (50.0, 90.0, 99.0)
+
+
+def erlang_c(servers: int, offered_load: float) -> float:
+    """P(wait > 0) in M/M/c with ``offered_load`` = arrival rate x mean service time (< servers)."""
+    c, a = servers, offered_load
+    if a <= 0:
+        return 0.0
+    if a >= c:
+        return 1.0
+    inv_b = 1.0  # Erlang B by the stable recursion, then C from B
+    for k in range(1, c + 1):
+        inv_b = 1.0 + inv_b * k / a
+    b = 1.0 / inv_b
+    rho = a / c
+    return b / (1.0 - rho + rho * b)
+
+
+def wait_params(rate_per_ms: float, service_ms: np.ndarray, servers: int, ca2: float = 1.0) -> tuple[float, float]:
+    """(P(wait > 0), mean wait given a wait, ms). Infinite mean wait when the queue is unstable."""
+    mean_s = float(np.mean(service_ms))
+    cs2 = float(np.var(service_ms)) / mean_s**2 if mean_s > 0 else 0.0
+    a = rate_per_ms * mean_s
+    rho = a / servers
+    if rho >= 1.0:
+        return 1.0, math.inf
+    pw = erlang_c(servers, a)
+    cond_mean = mean_s / (servers * (1.0 - rho)) * (ca2 + cs2) / 2.0
+    return pw, cond_mean
+
+
+def mean_response_ms(rate_per_ms: float, service_ms: np.ndarray, servers: int, ca2: float = 1.0) -> float:
+    pw, cond = wait_params(rate_per_ms, service_ms, servers, ca2)
+    return pw * cond + float(np.mean(service_ms))
+
+
+def response_percentiles(
+    rate_per_ms: float, service_ms: np.ndarray, servers: int, ca2: float = 1.0, pcts=PERCENTILES
+) -> np.ndarray:
+    """Percentiles (ms) of wait + service; the wait is an atom at 0 plus an exponential tail."""
+    s = np.sort(np.asarray(service_ms, dtype=float))
+    pw, cond = wait_params(rate_per_ms, s, servers, ca2)
+    q = np.asarray(pcts, dtype=float) / 100.0
+    if not math.isfinite(cond):
+        return np.full(q.shape, math.inf)
+    if pw <= 0 or cond <= 0:
+        return np.quantile(s, q, method="inverted_cdf") if s.size > 1 else np.full(q.shape, s[0])
+    lo = np.full(q.shape, s[0])
+    hi = s[-1] + cond * (np.maximum(0.0, np.log(max(pw, 1e-12) / np.maximum(1e-12, 1 - q))) + 1.0)
+    for _ in range(48):  # bisection on F(t) = mean_i [t >= s_i] (1 - pw exp(-(t - s_i) / cond))
+        mid = (lo + hi) / 2
+        d = mid[:, None] - s[None, :]
+        cdf = np.where(d >= 0, 1.0 - pw * np.exp(-np.maximum(d, 0) / cond), 0.0).mean(axis=1)
+        below = cdf < q
+        lo = np.where(below, mid, lo)
+        hi = np.where(below, hi, mid)
+    return hi
+
+
+def batch_quantiles(mean_batch: float, pcts=PERCENTILES, ca2: float = 1.0, size_biased: bool = True) -> np.ndarray:
+    """Quantiles of the decode batch a token sees when on average ``mean_batch`` requests decode."""
+    q = np.asarray(pcts, dtype=float) / 100.0
+    n = max(mean_batch, 1e-9)
+    var = n * max(1.0, (1.0 + ca2) / 2.0)
+    if var <= n * (1 + 1e-9):
+        base = stats.poisson.ppf(q, n)
+    else:  # negative binomial with mean n and variance var
+        p = n / var
+        base = stats.nbinom.ppf(q, n * p / (1 - p), p)
+    return base + 1.0 if size_biased else np.maximum(base, 1.0)
+
+
+def batch_tail(mean_batch: float, pct: float = 99.0, ca2: float = 1.0) -> float:
+    """The ``pct`` percentile of requests decoding at once (for KV and max_num_seqs limits)."""
+    return float(batch_quantiles(mean_batch, (pct,), ca2, size_biased=False)[0])
+
+
+__all__ = [
+    "PERCENTILES",
+    "batch_quantiles",
+    "batch_tail",
+    "erlang_c",
+    "mean_response_ms",
+    "response_percentiles",
+    "wait_params",
+]
