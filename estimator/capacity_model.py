@@ -11,7 +11,8 @@ Agg group: the same step rules the serving model replays (``serving.py``), in th
 work takes the fraction ``u = rate x E[prefill]`` of the engine's time, so a decode step averages
 ``step(N + 1) / (1 - u)``; a prompt is served in chunks of ``token_budget - N`` tokens, each chunk
 riding on one decode step, so its service time is ``prefill + chunks x step``, queued FCFS in one
-server per attention-DP rank. ITL mixes plain steps and steps that carry a chunk.
+server per attention-DP rank, after the rest of the decode step it arrived in (half a step on average).
+ITL mixes plain steps and steps that carry a chunk.
 """
 
 from __future__ import annotations
@@ -126,11 +127,12 @@ def agg_group(t: EngineTable, replicas: int, rate_rps: float, w: Workload, *, ca
     rho = lam_rank * float(np.mean(service))
     if rho >= 1.0:
         return GroupPrediction(INF, INF, mean_batch=n, utilisation=rho, reason=f"prefill queue saturated ({rho:.2f})")
-    ttft_mean = mean_response_ms(lam_rank, service, 1, ca2)
+    residual = (1.0 - math.exp(-n)) * step / 2  # an arriving prompt waits for the running decode step
+    ttft_mean = mean_response_ms(lam_rank, service, 1, ca2) + residual
     itl_mean = step / (1.0 - u)
     if not full:
         return GroupPrediction(_latency(ttft_mean, None), _latency(itl_mean, None), n, rho)
-    ttft_p = response_percentiles(lam_rank, service, 1, ca2)
+    ttft_p = response_percentiles(lam_rank, service, 1, ca2) + residual
     mixed_frac = min(1.0, lam_rank * float(np.mean(chunks)) * itl_mean)
     chunk_ms = float(np.mean(prefill) / np.mean(chunks))
     plain = np.asarray(t.step_ms(batch_quantiles(n, _LEVELS, ca2)))
