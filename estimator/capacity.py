@@ -95,20 +95,25 @@ class _Search:
     def __init__(self, tables: list[EngineTable], w: Workload, sla: Sla, ca2: float, price: float):
         self.tables, self.w, self.sla, self.ca2, self.price = tables, w, sla, ca2, price
         self.count = 0
+        self.cache: dict[tuple, GroupPrediction] = {}
         self.full_ttft, self.full_itl = sla.needs_percentiles("ttft"), sla.needs_percentiles("itl")
 
+    def _memo(self, fn, t: EngineTable, n: int, rate: float, full: bool) -> GroupPrediction:
+        key = (fn, id(t), n, rate, full)
+        g = self.cache.get(key)
+        if g is None:
+            self.count += 1
+            g = self.cache[key] = fn(t, n, rate, self.w, ca2=self.ca2, full=full)
+        return g
+
     def prefill(self, t: EngineTable, x: int, rate: float, full: bool | None = None) -> GroupPrediction:
-        self.count += 1
-        return prefill_group(t, x, rate, self.w, ca2=self.ca2, full=self.full_ttft if full is None else full)
+        return self._memo(prefill_group, t, x, rate, self.full_ttft if full is None else full)
 
     def decode(self, t: EngineTable, y: int, rate: float, full: bool | None = None) -> GroupPrediction:
-        self.count += 1
-        return decode_group(t, y, rate, self.w, ca2=self.ca2, full=self.full_itl if full is None else full)
+        return self._memo(decode_group, t, y, rate, self.full_itl if full is None else full)
 
     def agg(self, t: EngineTable, n: int, rate: float, full: bool | None = None) -> GroupPrediction:
-        self.count += 1
-        f = (self.full_ttft or self.full_itl) if full is None else full
-        return agg_group(t, n, rate, self.w, ca2=self.ca2, full=f)
+        return self._memo(agg_group, t, n, rate, (self.full_ttft or self.full_itl) if full is None else full)
 
     def ok(self, g: GroupPrediction, metrics: tuple[str, ...]) -> bool:
         if not g.stable:
