@@ -164,8 +164,13 @@ def _plan_rate(s: _Search, rate: float, modes: tuple[str, ...], max_replicas: in
             if n is not None:
                 fleets.append(s.agg_fleet(t, n, rate))
     if "disagg" in modes:
-        xs = {t: _smallest(lambda x, t=t: s.ok(s.prefill(t, x, rate), ("ttft",)), max_replicas) for t in s.tables}
-        ys = {t: _smallest(lambda y, t=t: s.ok(s.decode(t, y, rate), ("itl",)), max_replicas) for t in s.tables}
+        xs = {
+            t: _smallest(lambda x, t=t: s.ok(s.prefill(t, x, rate), ("ttft",)), max_replicas)
+            for t in s.tables
+        }
+        ys = {
+            t: _smallest(lambda y, t=t: s.ok(s.decode(t, y, rate), ("itl",)), max_replicas) for t in s.tables
+        }
         for p, x in xs.items():
             for d, y in ys.items():
                 if x is not None and y is not None:
@@ -196,7 +201,7 @@ def _plan_budget(s: _Search, budget: int, modes: tuple[str, ...]) -> list[Fleet]
                 best = None
                 for x in range(1, (budget - d.num_gpus) // p.num_gpus + 1):
                     if x not in prefill_rate:
-                        prefill_rate[x] = _largest_rate(lambda r, x=x: s.ok(s.prefill(p, x, r), ("ttft",)),
+                        prefill_rate[x] = _largest_rate(lambda r, x=x, p=p: s.ok(s.prefill(p, x, r), ("ttft",)),
                                                         s.prefill_rate_hi(p, x))  # fmt: skip
                     y = (budget - x * p.num_gpus) // d.num_gpus
                     r = min(prefill_rate[x], y * r_d)
@@ -231,7 +236,9 @@ def _plan_concurrency(s: _Search, clients: int, modes: tuple[str, ...], max_repl
         for t in s.tables:
             for n in range(1, max_replicas + 1):
                 hi = min(s.prefill_rate_hi(t, n), s.decode_rate_hi(t, n))
-                r = _closed_loop_rate(lambda r, t=t, n=n: e2e(*(2 * (s.agg(t, n, r, full=False),))), clients, hi)
+                r = _closed_loop_rate(
+                    lambda r, t=t, n=n: e2e(*(2 * (s.agg(t, n, r, full=False),))), clients, hi
+                )
                 if r > 0 and s.ok(s.agg(t, n, r), ("ttft", "itl")):
                     fleets.append(s.agg_fleet(t, n, r))
                     break

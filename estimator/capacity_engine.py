@@ -115,10 +115,16 @@ def tables_from_points(
             continue
         out.append(
             EngineTable(
-                s.candidate, s.kv_capacity_tokens, float(s.context_tokens),
-                np.array([float(p.isl)]), np.array([p.ttft_ms]),
-                np.asarray(s.concurrency, float), np.asarray(s.itl_ms, float), cfg.token_budget, cfg.max_num_seqs,
-            )  # fmt: skip
+                s.candidate,
+                s.kv_capacity_tokens,
+                float(s.context_tokens),
+                np.array([float(p.isl)]),
+                np.array([p.ttft_ms]),
+                np.asarray(s.concurrency, float),
+                np.asarray(s.itl_ms, float),
+                cfg.token_budget,
+                cfg.max_num_seqs,
+            )
         )
     return out
 

@@ -75,7 +75,9 @@ def prefill_group(t: EngineTable, replicas: int, rate_rps: float, w: Workload, *
     lam = rate_rps / 1000.0
     rho = lam * float(np.mean(service)) / servers
     if rho >= 1.0:
-        return GroupPrediction(INF, None, utilisation=rho, reason=f"prefill saturated (utilisation {rho:.2f})")
+        return GroupPrediction(
+            INF, None, utilisation=rho, reason=f"prefill saturated (utilisation {rho:.2f})"
+        )
     mean = mean_response_ms(lam, service, servers, ca2)
     pcts = response_percentiles(lam, service, servers, ca2) if full else None
     return GroupPrediction(_latency(mean, pcts), None, utilisation=rho)
@@ -113,7 +115,9 @@ def agg_group(t: EngineTable, replicas: int, rate_rps: float, w: Workload, *, ca
     prefill = t.prefill_time_ms(w.prefill_tokens)
     u = lam_rank * float(np.mean(prefill))
     if u >= 1.0:
-        return GroupPrediction(INF, INF, utilisation=u, reason=f"prefill work alone saturates the engine ({u:.2f})")
+        return GroupPrediction(
+            INF, INF, utilisation=u, reason=f"prefill work alone saturates the engine ({u:.2f})"
+        )
     limit = t.max_batch(w.decode_context_tokens)
     n = _decode_fixed_point(t, lam_rank * dp, w.mean_osl, 1.0 / (1.0 - u), limit)
     if n is None or batch_tail(n, 99.0, ca2) > limit:
@@ -126,7 +130,9 @@ def agg_group(t: EngineTable, replicas: int, rate_rps: float, w: Workload, *, ca
     service = prefill + chunks * step
     rho = lam_rank * float(np.mean(service))
     if rho >= 1.0:
-        return GroupPrediction(INF, INF, mean_batch=n, utilisation=rho, reason=f"prefill queue saturated ({rho:.2f})")
+        return GroupPrediction(
+            INF, INF, mean_batch=n, utilisation=rho, reason=f"prefill queue saturated ({rho:.2f})"
+        )
     residual = (1.0 - math.exp(-n)) * step / 2  # an arriving prompt waits for the running decode step
     ttft_mean = mean_response_ms(lam_rank, service, 1, ca2) + residual
     itl_mean = step / (1.0 - u)

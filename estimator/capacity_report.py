@@ -28,7 +28,7 @@ def agg_cross_check(study: CapacityStudy, source: Any) -> dict[str, Any] | None:
     g = f.deployment.workers[0]
     rate = f.request_rate / g.replicas
     w = study.workload
-    isl, osl = int(round(w.mean_isl)), int(round(w.mean_osl))
+    isl, osl = round(w.mean_isl), round(w.mean_osl)
     out: dict[str, Any] = {"candidate": g.candidate.name, "request_rate_per_replica": rate,
                            "capacity_model": {"ttft_ms": f.ttft.mean_ms, "itl_ms": f.itl.mean_ms}}  # fmt: skip
     from .serving import predict_agg_rate
@@ -54,10 +54,16 @@ def plan_dict(study: CapacityStudy, top: int, cross_check: dict | None = None) -
     r = study.result
     a, d = r.best_of("agg"), r.best_of("disagg")
     doc = {
-        "spec": {k: study.spec.to_dict()[k] for k in ("model", "system", "backend", "backend_version", "source")},
+        "spec": {
+            k: study.spec.to_dict()[k] for k in ("model", "system", "backend", "backend_version", "source")
+        },
         "workload": study.workload.describe(),
-        "load": {"kind": r.load.kind, "request_rate": r.load.request_rate, "concurrency": r.load.concurrency,
-                 "gpu_budget": r.load.gpu_budget},  # fmt: skip
+        "load": {
+            "kind": r.load.kind,
+            "request_rate": r.load.request_rate,
+            "concurrency": r.load.concurrency,
+            "gpu_budget": r.load.gpu_budget,
+        },
         "sla": {"targets": {t.name: t.ms for t in r.sla.targets}, "headroom": r.sla.headroom},
         "gpu_price_usd_per_hour": study.price_per_gpu_hour,
         "size_for": study.size_for,
@@ -68,7 +74,8 @@ def plan_dict(study: CapacityStudy, top: int, cross_check: dict | None = None) -
         "fleets_meeting_sla": len(r.fleets),
         "fleets_evaluated": r.considered,
         "band_extra_gpus": study.band_extra_gpus,
-        "point_estimate_best": study.point_result.best.to_dict() if study.point_result and study.point_result.best
+        "point_estimate_best": study.point_result.best.to_dict()
+        if study.point_result and study.point_result.best
         else None,
         "agg_cross_check": cross_check,
         "rejections": [{"candidate": x.candidate.name, "reason": x.reason} for x in study.rejections],
@@ -89,7 +96,7 @@ def _row(i: int, f: Fleet) -> str:
 def plan_text(study: CapacityStudy, top: int, cross_check: dict | None = None) -> str:
     s, r, w = study.spec, study.result, study.workload
     sla = ", ".join(f"{t.metric.upper()} {t.stat} <= {t.ms:g} ms" for t in r.sla.targets)
-    head = "rank  mode   engines                                GPUs    $/h  $/Mtok   req/s  TTFT ms mean/p90/p99  ITL ms mean/p90/p99  margin"  # noqa: E501
+    head = "rank  mode   engines                                GPUs    $/h  $/Mtok   req/s  TTFT ms mean/p90/p99  ITL ms mean/p90/p99  margin"
     lines = [
         f"sla-estimate plan: {s.model} on {s.system}, {s.backend.value} (source: {s.source})",
         f"Workload: {w.name} (mean ISL {w.mean_isl:.0f}, OSL {w.mean_osl:.0f}, prefix reuse {w.prefix_reuse:.0%}, "
@@ -110,16 +117,20 @@ def plan_text(study: CapacityStudy, top: int, cross_check: dict | None = None) -
                          f"{pb.total_gpus} ({study.band_extra_gpus:+d} GPUs).")  # fmt: skip
     if cross_check:
         c = cross_check
-        parts = [f"capacity model TTFT {_ms(c['capacity_model']['ttft_ms'])} / ITL {_ms(c['capacity_model']['itl_ms'])}"]
+        parts = [
+            f"capacity model TTFT {_ms(c['capacity_model']['ttft_ms'])} / ITL {_ms(c['capacity_model']['itl_ms'])}"
+        ]
         for key, name in (("step_replay", "step replay"), ("aic_run_agg", "AIC run_agg")):
             v = c.get(key)
             if v and "error" not in v:
                 at = f" at concurrency {v['concurrency']}" if "concurrency" in v else ""
                 parts.append(f"{name}{at} TTFT {_ms(v['ttft_ms'])} / ITL {_ms(v['itl_ms'])}")
-        lines.append(f"Agg cross-check, one {c['candidate']} at {c['request_rate_per_replica']:.3g} req/s (ms): "
-                     + "; ".join(parts))  # fmt: skip
+        lines.append(f"Agg cross-check, one {c['candidate']} at {c['request_rate_per_replica']:.3g} req/s, mean ISL/OSL, "
+                     "no prefix reuse, Poisson (ms): " + "; ".join(parts))  # fmt: skip
     if study.rejections:
-        lines += ["", "Engines not considered:"] + [f"  {x.candidate.name}: {x.reason}" for x in study.rejections]
+        lines += ["", "Engines not considered:"] + [
+            f"  {x.candidate.name}: {x.reason}" for x in study.rejections
+        ]
     return "\n".join(lines)
 
 

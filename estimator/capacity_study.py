@@ -55,7 +55,9 @@ class SharedWork:
                 kv = src.kv_capacity_tokens(cand)
                 need = w.mean_isl + w.mean_osl
                 if kv < need:
-                    self.tables[key] = Rejection(cand, f"KV cache holds {kv} tokens, less than one request of {need:.0f}")
+                    self.tables[key] = Rejection(
+                        cand, f"KV cache holds {kv} tokens, less than one request of {need:.0f}"
+                    )
                 else:
                     self.tables[key] = engine_table(src, cand, w, band=band)
             except DataNotAvailable as exc:
@@ -121,7 +123,9 @@ def run_capacity(
         result = plan_fleets(tables(True), workload, load, sla, price_per_gpu_hour=price, modes=modes)
         point_result = point
     src = shared.source(spec)
-    return CapacityStudy(spec, workload, result, price, size_for, point_result, tuple(rejected), src.provenance())
+    return CapacityStudy(
+        spec, workload, result, price, size_for, point_result, tuple(rejected), src.provenance()
+    )
 
 
 __all__ = ["CapacityStudy", "SharedWork", "run_capacity"]

@@ -135,10 +135,16 @@ class Fleet:
             "mode": self.mode,
             "label": self.label(),
             "engines": [
-                {"role": g.role, "candidate": g.candidate, "replicas": g.replicas, "gpus_each": g.gpus_per_engine,
-                 "mean_batch": g.mean_batch, "utilisation": g.utilisation}
+                {
+                    "role": g.role,
+                    "candidate": g.candidate,
+                    "replicas": g.replicas,
+                    "gpus_each": g.gpus_per_engine,
+                    "mean_batch": g.mean_batch,
+                    "utilisation": g.utilisation,
+                }
                 for g in self.groups
-            ],  # fmt: skip
+            ],
             "total_gpus": self.total_gpus,
             "request_rate": self.request_rate,
             "usd_per_hour": self.usd_per_hour,

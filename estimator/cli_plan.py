@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,17 @@ def add_plan_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu-budget", help="GPUs available: find the highest sustainable request rate")
     for m in ("ttft", "itl"):
         for q in ("p50", "p90", "p99"):
-            g.add_argument(f"--{m}-{q}", help=f"{m.upper()} {q} target, ms (then --{m} applies only if given)")
-    g.add_argument("--workload", help="mooncake JSONL trace, or YAML {isl: {mean, cv}, osl: ..., prefix_hit_rate}")
+            g.add_argument(
+                f"--{m}-{q}", help=f"{m.upper()} {q} target, ms (then --{m} applies only if given)"
+            )
+    g.add_argument(
+        "--workload", help="mooncake JSONL trace, or YAML {isl: {mean, cv}, osl: ..., prefix_hit_rate}"
+    )
     g.add_argument("--prefix-hit-rate", help="fraction of every prompt served from the prefix cache [0, 1)")
     g.add_argument("--gpu-price", help="$/GPU-hour (default: the table in estimator/cost.py)")
-    g.add_argument("--size-for", help="point (default) | band: size for the pessimistic edge of the source's band")
+    g.add_argument(
+        "--size-for", help="point (default) | band: size for the pessimistic edge of the source's band"
+    )
     g.add_argument("--headroom", help="required margin to every target, e.g. 0.1 (default 0)")
     g.add_argument("--top", help="fleets to list (default 10)")
     g.add_argument("--scenarios", help="CSV or YAML file of scenarios (one plan per row)")
@@ -58,7 +65,7 @@ def _plan_one(fields: dict[str, Any], config: str | None, shared: Any) -> tuple[
     plan_raw = {k: fields[k] if fields.get(k) is not None else raw_cfg.get(k) for k in PLAN_FIELDS}
     given = {m: any(study_fields.get(k) is not None for k in (m, f"{m}_ms")) for m in ("ttft", "itl")}
     ps = load_plan_spec(spec, plan_raw, mean_ttft_given=given["ttft"], mean_itl_given=given["itl"])
-    study = run_capacity(spec, ps.workload(spec), ps.load, ps.sla, gpu_price_override=ps.gpu_price,
+    study = run_capacity(spec, ps.workload, ps.load, ps.sla, gpu_price_override=ps.gpu_price,
                          size_for=ps.size_for, shared=shared)  # fmt: skip
     return study, ps
 
@@ -84,7 +91,7 @@ def _write_table(rows: list[dict[str, Any]], out: Path, title: str) -> list[Path
 
 def _cell(v: Any) -> str:
     if isinstance(v, float):
-        return "" if v != v else f"{v:.4g}"
+        return "" if math.isnan(v) else f"{v:.4g}"
     return str(v).replace("|", "/")
 
 
@@ -129,7 +136,9 @@ def read_scenarios(path: str | Path) -> list[dict[str, Any]]:
     if path.suffix == ".csv":
         try:
             with path.open(newline="") as fh:
-                rows = [{k.strip(): (v.strip() or None) for k, v in r.items() if k} for r in csv.DictReader(fh)]
+                rows = [
+                    {k.strip(): (v.strip() or None) for k, v in r.items() if k} for r in csv.DictReader(fh)
+                ]
         except OSError as exc:
             raise SpecError("scenarios", f"cannot read {path}: {exc.strerror}") from None
     else:
@@ -164,7 +173,10 @@ def _run_scenarios(ns: argparse.Namespace, fields: dict[str, Any], shared: Any) 
     out_rows, fleet_rows = [], []
     for i, row in enumerate(tqdm(rows, desc="scenarios", unit="scenario", file=sys.stderr,
                                  disable=len(rows) < 5), start=1):  # fmt: skip
-        merged = {**{k: v for k, v in fields.items() if v is not None}, **{k: v for k, v in row.items() if v is not None}}
+        merged = {
+            **{k: v for k, v in fields.items() if v is not None},
+            **{k: v for k, v in row.items() if v is not None},
+        }
         name = str(row.get("name") or f"#{i}")
         try:
             study, _ = _plan_one(merged, ns.config, shared)

@@ -36,7 +36,9 @@ def erlang_c(servers: int, offered_load: float) -> float:
     return b / (1.0 - rho + rho * b)
 
 
-def wait_params(rate_per_ms: float, service_ms: np.ndarray, servers: int, ca2: float = 1.0) -> tuple[float, float]:
+def wait_params(
+    rate_per_ms: float, service_ms: np.ndarray, servers: int, ca2: float = 1.0
+) -> tuple[float, float]:
     """(P(wait > 0), mean wait given a wait, ms). Infinite mean wait when the queue is unstable."""
     mean_s = float(np.mean(service_ms))
     cs2 = float(np.var(service_ms)) / mean_s**2 if mean_s > 0 else 0.0
@@ -87,7 +89,9 @@ def _poisson_ppf(q: np.ndarray, mean: float) -> np.ndarray:
     return (low + np.minimum(np.searchsorted(cdf, q * (1 - 1e-12)), top - low)).astype(float)
 
 
-def batch_quantiles(mean_batch: float, pcts=PERCENTILES, ca2: float = 1.0, size_biased: bool = True) -> np.ndarray:
+def batch_quantiles(
+    mean_batch: float, pcts=PERCENTILES, ca2: float = 1.0, size_biased: bool = True
+) -> np.ndarray:
     """Quantiles of the decode batch a token sees when on average ``mean_batch`` requests decode."""
     q = np.asarray(pcts, dtype=float) / 100.0
     n = max(mean_batch, 1e-9)

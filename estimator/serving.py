@@ -319,13 +319,17 @@ def predict_agg_rate(
 ) -> tuple[float, float]:
     """(mean TTFT ms, mean TPOT ms) of one agg engine under Poisson arrivals at ``request_rate`` req/s."""
     if request_rate <= 0 or isl < 1 or osl < 1:
-        raise SourceError(f"serving model needs rate > 0 and isl, osl >= 1 (got {request_rate}, {isl}, {osl})")
+        raise SourceError(
+            f"serving model needs rate > 0 and isl, osl >= 1 (got {request_rate}, {isl}, {osl})"
+        )
     cfg = config or SchedulerConfig.for_backend(source.stack.backend)
     dp = candidate.attention_dp_size
     context = isl + osl / 2.0
     cap = max(1, min(cfg.max_num_seqs, int(source.kv_capacity_tokens(candidate) / dp / context)))
     batches = np.arange(1, cap + 1, dtype=float)
-    table = np.concatenate([[0.0], source.decode_itl_ms(candidate, batches * dp, np.full_like(batches, context))])
+    table = np.concatenate(
+        [[0.0], source.decode_itl_ms(candidate, batches * dp, np.full_like(batches, context))]
+    )
     ttft = float(source.prefill_ttft_ms(candidate, [isl])[0])
     gaps = np.random.default_rng(seed).exponential(1000.0 * dp / request_rate, num_requests)
     n = np.full(num_requests, float(isl))

@@ -190,7 +190,9 @@ def load_trace(path: str | Path, block_tokens: int = BLOCK_TOKENS) -> Workload:
     if not ts:
         raise SpecError("workload", f"{path}: no requests in the trace")
     arr = np.asarray
-    return Workload(f"trace {path.name}", arr(isl, float), arr(osl, float), arr(cached, float), arr(ts, float))
+    return Workload(
+        f"trace {path.name}", arr(isl, float), arr(osl, float), arr(cached, float), arr(ts, float)
+    )
 
 
 def load_workload(path: str | Path, *, max_tokens: int = 0) -> Workload:
@@ -222,7 +224,11 @@ def load_workload(path: str | Path, *, max_tokens: int = 0) -> Workload:
     if unknown:
         raise SpecError("workload", f"{path}: unknown field {unknown[0]!r}")
     (im, icv), (om, ocv) = parts["isl"], parts["osl"]
-    w = fixed(int(im), int(om)) if icv == 0 and ocv == 0 else lognormal(im, om, icv, ocv, max_tokens=max_tokens)
+    w = (
+        fixed(int(im), int(om))
+        if icv == 0 and ocv == 0
+        else lognormal(im, om, icv, ocv, max_tokens=max_tokens)
+    )
     if raw.get("prefix_hit_rate"):
         w = w.with_prefix_hit_rate(float(raw["prefix_hit_rate"]))
     return w

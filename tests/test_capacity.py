@@ -34,13 +34,19 @@ TABLES = [
 
 def exhaustive_min_gpus(tables, w, rate, sla, top=40):
     best = None
-    ok = lambda g, ms: g.stable and all(sla.met(m, g.ttft if m == "ttft" else g.itl) for m in ms)  # noqa: E731
+    ok = lambda g, ms: g.stable and all(sla.met(m, g.ttft if m == "ttft" else g.itl) for m in ms)
     for t in tables:
         for n in range(1, top + 1):
             if ok(agg_group(t, n, rate, w), ("ttft", "itl")):
                 best = min(best or 10**9, n * t.num_gpus)
-    xs = {i: [x for x in range(1, top + 1) if ok(prefill_group(t, x, rate, w), ("ttft",))] for i, t in enumerate(tables)}
-    ys = {i: [y for y in range(1, top + 1) if ok(decode_group(t, y, rate, w), ("itl",))] for i, t in enumerate(tables)}
+    xs = {
+        i: [x for x in range(1, top + 1) if ok(prefill_group(t, x, rate, w), ("ttft",))]
+        for i, t in enumerate(tables)
+    }
+    ys = {
+        i: [y for y in range(1, top + 1) if ok(decode_group(t, y, rate, w), ("itl",))]
+        for i, t in enumerate(tables)
+    }
     for (i, p), (j, d) in itertools.product(enumerate(tables), repeat=2):
         for x, y in itertools.product(xs[i], ys[j]):
             best = min(best or 10**9, x * p.num_gpus + y * d.num_gpus)
@@ -74,7 +80,9 @@ def test_load_match_equals_exhaustive_search(w, rate, sla):
             fn = {"agg": agg_group, "prefill": prefill_group, "decode": decode_group}[g.role.value]
             pred = fn(t, g.replicas - 1, rate, w)
             metrics = {"agg": ("ttft", "itl"), "prefill": ("ttft",), "decode": ("itl",)}[g.role.value]
-            assert not (pred.stable and all(sla.met(m, pred.ttft if m == "ttft" else pred.itl) for m in metrics))
+            assert not (
+                pred.stable and all(sla.met(m, pred.ttft if m == "ttft" else pred.itl) for m in metrics)
+            )
 
 
 def test_more_load_never_needs_fewer_gpus():
@@ -110,7 +118,9 @@ def test_cost_arithmetic():
     # 10 req/s x 500 tokens = 18 M tokens/h; $9/h -> $0.50 per million
     assert usd_per_million_output_tokens(9.0, 10.0, 500) == pytest.approx(0.5)
     assert gpu_price("h100_sxm") == 3.0 and gpu_price("h100_sxm", 2.25) == 2.25
-    r = plan_fleets(TABLES, fixed(3000, 150), Load(request_rate=10), Sla.means(200, 20), price_per_gpu_hour=2.5)
+    r = plan_fleets(
+        TABLES, fixed(3000, 150), Load(request_rate=10), Sla.means(200, 20), price_per_gpu_hour=2.5
+    )
     for f in r.fleets:
         assert f.usd_per_hour == pytest.approx(2.5 * f.total_gpus)
         assert f.usd_per_million_output_tokens == pytest.approx(f.usd_per_hour / (10 * 150 * 3600) * 1e6)

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from estimator.cli import main
 from estimator.capacity_study import SharedWork, run_capacity
 from estimator.capacity_types import Load, Sla
+from estimator.cli import main
 from estimator.sources.base import PerfSource, Stack
 from estimator.spec import load_spec
 from estimator.workload import fixed
@@ -25,7 +25,8 @@ def _plan(rate=None, budget=None, **study):
 
 
 def test_issue_case_needs_three_gpus_in_plan_and_profile(capsys):
-    study = dict(model="Qwen/Qwen3-30B-A3B", system="h100_sxm", backend="sglang", isl=4000, osl=500, ttft=300, itl=25)
+    study = {"model": "Qwen/Qwen3-30B-A3B", "system": "h100_sxm", "backend": "sglang"}
+    study |= {"isl": 4000, "osl": 500, "ttft": 300, "itl": 25}
     assert _plan(rate=10, **study).result.best.total_gpus <= 3
     from estimator.pipeline import estimate
 
@@ -39,7 +40,9 @@ def test_issue_case_needs_three_gpus_in_plan_and_profile(capsys):
     ("Qwen/Qwen3-32B", "h200_sxm", 9.5, 8),  # Dynamo rapid: agg TP8
 ])  # fmt: skip
 def test_dynamo_rapid_cases(model, system, rate, dynamo_gpus):
-    r = _plan(rate=rate, model=model, system=system, backend="vllm", isl=3000, osl=150, ttft=200, itl=20).result
+    r = _plan(
+        rate=rate, model=model, system=system, backend="vllm", isl=3000, osl=150, ttft=200, itl=20
+    ).result
     assert r.best_of("agg") is not None and r.best_of("disagg") is not None
     assert r.best.total_gpus <= dynamo_gpus
 
@@ -70,7 +73,11 @@ class _Banded(PerfSource):
         return np.asarray(isl, float) * 0.03 / candidate.num_gpus
 
     def decode_itl_ms(self, candidate, batch, context):
-        return 6.0 / candidate.num_gpus**0.5 + 0.05 * np.asarray(batch, float) / candidate.num_gpus + 0 * np.asarray(context)
+        return (
+            6.0 / candidate.num_gpus**0.5
+            + 0.05 * np.asarray(batch, float) / candidate.num_gpus
+            + 0 * np.asarray(context)
+        )
 
     def kv_capacity_tokens(self, candidate):
         return 500_000 * candidate.num_gpus
@@ -85,10 +92,14 @@ class _Banded(PerfSource):
 
 
 def test_size_for_band_costs_more_gpus():
-    spec = load_spec(None, model="meta-llama/Llama-3.1-8B", system="h100_sxm", isl=3000, osl=150, ttft=200, itl=20)
+    spec = load_spec(
+        None, model="meta-llama/Llama-3.1-8B", system="h100_sxm", isl=3000, osl=150, ttft=200, itl=20
+    )
     shared = SharedWork()
     shared.sources[(Stack.from_spec(spec), spec.source)] = _Banded(Stack.from_spec(spec))
-    st = run_capacity(spec, fixed(3000, 150), Load(request_rate=30), Sla.means(200, 20), size_for="band", shared=shared)
+    st = run_capacity(
+        spec, fixed(3000, 150), Load(request_rate=30), Sla.means(200, 20), size_for="band", shared=shared
+    )
     assert st.point_result.best.total_gpus < st.result.best.total_gpus
     assert st.band_extra_gpus == st.result.best.total_gpus - st.point_result.best.total_gpus > 0
 

@@ -69,7 +69,8 @@ def test_md1_mean_is_pollaczek_khinchine():
 
 
 @pytest.mark.parametrize(
-    "servers,rho,cv", [(1, 0.5, 0.0), (1, 0.7, 0.5), (4, 0.7, 0.3), (8, 0.6, 0.0), (1, 0.8, 0.0), (2, 0.85, 0.5)]
+    "servers,rho,cv",
+    [(1, 0.5, 0.0), (1, 0.7, 0.5), (4, 0.7, 0.3), (8, 0.6, 0.0), (1, 0.8, 0.0), (2, 0.85, 0.5)],
 )
 def test_gg_c_percentiles_against_des(servers, rho, cv):
     """Poisson arrivals, lognormal/deterministic service: within 15 % of the DES at p50/p90/p99 (measured:

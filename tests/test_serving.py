@@ -48,7 +48,7 @@ def test_agg_queueing_model_against_step_replay(rate):
     rng = np.random.default_rng(3)
     n = 3000
     arr = np.cumsum(rng.exponential(1000.0 / rate, n))
-    step = lambda k: float(t.step_ms(k)) if k else 0.0  # noqa: E731
+    step = lambda k: float(t.step_ms(k)) if k else 0.0
     res = replay_open(step, lambda tok: 90.0 * tok / 3000, arr, np.full(n, 3000.0), np.full(n, 150.0),
                       SchedulerConfig(8192, 1024))  # fmt: skip
     g = agg_group(t, 1, rate, w)

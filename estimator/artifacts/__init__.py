@@ -36,7 +36,6 @@ def _write_k8s(profile: Any, out_dir: Path) -> Path:
     from .k8s import write_config_with_planner
 
     spec, sel = profile.spec, profile.selection
-    sizing = sel.sizing
     dep = getattr(profile, "deployment", None)  # a disagg fleet from capacity planning picks the engines
     groups = {w.role.value: w for w in dep.workers} if dep is not None and dep.mode.value == "disagg" else {}
     p_group, d_group = groups.get("prefill"), groups.get("decode")
