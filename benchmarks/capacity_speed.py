@@ -3,7 +3,7 @@ engines and tables built on the way) and warm (the same scenarios again, shared 
 Wall time and this process's CPU time are both reported: on a shared 2-core machine the wall time
 mostly measures the other processes (the load average is printed).
 
-Scenarios: 4 models x 2 systems x 2 backends x 8 loads x 4 SLAs = 1024 distinct plans (rates, plus
+Scenarios: 4 models x 2 systems x 2 backends x 8 loads x 8 SLAs = 1024 distinct plans (rates, plus
 GPU budgets for one load in eight), each an agg + disagg search over every engine of the model.
 
     PYTHONPATH=. python benchmarks/capacity_speed.py            # prints a table, saves benchmarks/results/
@@ -24,7 +24,8 @@ SYSTEMS = ("h100_sxm", "h200_sxm")
 BACKENDS = ("vllm", "sglang")
 LOADS = (("rate", 1.0), ("rate", 3.0), ("rate", 10.0), ("rate", 25.0), ("rate", 60.0), ("rate", 150.0),
          ("rate", 400.0), ("budget", 16))  # fmt: skip
-SLAS = ((200.0, 20.0), (300.0, 25.0), (1000.0, 40.0), (150.0, 15.0))
+SLAS = ((200.0, 20.0), (300.0, 25.0), (1000.0, 40.0), (150.0, 15.0), (500.0, 30.0), (250.0, 12.0),
+        (2000.0, 60.0), (100.0, 25.0))  # fmt: skip
 
 
 def scenarios():

@@ -97,6 +97,7 @@ class _Search:
         self.count = 0
         self.cache: dict[tuple, GroupPrediction] = {}
         self.full_ttft, self.full_itl = sla.needs_percentiles("ttft"), sla.needs_percentiles("itl")
+        self.limits = {m: tuple((f"{t.stat}_ms", t.ms) for t in sla.of(m)) for m in ("ttft", "itl")}
 
     def _memo(self, fn, t: EngineTable, n: int, rate: float, full: bool) -> GroupPrediction:
         key = (fn, id(t), n, rate, full)
@@ -116,9 +117,14 @@ class _Search:
         return self._memo(agg_group, t, n, rate, (self.full_ttft or self.full_itl) if full is None else full)
 
     def ok(self, g: GroupPrediction, metrics: tuple[str, ...]) -> bool:
-        if not g.stable:
+        if g.reason:
             return False
-        return all(self.sla.met(m, g.ttft if m == "ttft" else g.itl) for m in metrics)
+        scale = 1.0 - self.sla.headroom
+        for m in metrics:
+            lat = g.ttft if m == "ttft" else g.itl
+            if lat is None or any(getattr(lat, attr) > limit * scale for attr, limit in self.limits[m]):
+                return False
+        return True
 
     def agg_fleet(self, t: EngineTable, n: int, rate: float) -> Fleet:
         g = self.agg(t, n, rate, full=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .capacity_engine import EngineTable
-from .queueing import PERCENTILES, batch_quantiles, batch_tail, mean_response_ms, response_percentiles
+from .queueing import PERCENTILES, Service, batch_quantiles, batch_tail, mean_response_ms, response_percentiles
 from .workload import Workload
 
 STATS = ("mean", "p50", "p90", "p99")
@@ -68,12 +68,31 @@ def _latency(mean: float, pcts: np.ndarray | None) -> Latency:
     return Latency(mean, *(float(v) for v in pcts))
 
 
+_SERVICE: dict[tuple[int, int], tuple[EngineTable, Workload, Service, np.ndarray]] = {}
+
+
+def _prefill(t: EngineTable, w: Workload) -> tuple[Service, np.ndarray]:
+    """Batch-1 prefill times of the workload's prompts on ``t`` and their prompt tokens, in the same
+    (sorted) order; memoised per table and workload (the search asks thousands of times)."""
+    key = (id(t), id(w))
+    hit = _SERVICE.get(key)
+    if hit is not None and hit[0] is t and hit[1] is w:
+        return hit[2], hit[3]
+    if len(_SERVICE) > 4096:
+        _SERVICE.clear()
+    times = t.prefill_time_ms(w.prefill_tokens)
+    order = np.argsort(times, kind="stable")
+    sv = Service.of(times[order])
+    _SERVICE[key] = (t, w, sv, np.asarray(w.prefill_tokens, dtype=float)[order])
+    return sv, _SERVICE[key][3]
+
+
 def prefill_group(t: EngineTable, replicas: int, rate_rps: float, w: Workload, *, ca2: float = 1.0,
                   full: bool = True) -> GroupPrediction:  # fmt: skip
     servers = replicas * t.dp
-    service = t.prefill_time_ms(w.prefill_tokens)
+    service = _prefill(t, w)[0]
     lam = rate_rps / 1000.0
-    rho = lam * float(np.mean(service)) / servers
+    rho = lam * service.mean_ms / servers
     if rho >= 1.0:
         return GroupPrediction(
             INF, None, utilisation=rho, reason=f"prefill saturated (utilisation {rho:.2f})"
@@ -112,8 +131,8 @@ def agg_group(t: EngineTable, replicas: int, rate_rps: float, w: Workload, *, ca
               full: bool = True) -> GroupPrediction:  # fmt: skip
     dp = t.dp
     lam_rank = rate_rps / 1000.0 / replicas / dp
-    prefill = t.prefill_time_ms(w.prefill_tokens)
-    u = lam_rank * float(np.mean(prefill))
+    pre, tokens = _prefill(t, w)
+    u = lam_rank * pre.mean_ms
     if u >= 1.0:
         return GroupPrediction(
             INF, INF, utilisation=u, reason=f"prefill work alone saturates the engine ({u:.2f})"
@@ -126,9 +145,9 @@ def agg_group(t: EngineTable, replicas: int, rate_rps: float, w: Workload, *, ca
     if chunk < 1:
         return GroupPrediction(INF, INF, reason="decodes fill the whole token budget")
     step = float(t.step_ms(n + 1.0))
-    chunks = np.maximum(1.0, np.ceil(w.prefill_tokens / chunk))
-    service = prefill + chunks * step
-    rho = lam_rank * float(np.mean(service))
+    chunks = np.maximum(1.0, np.ceil(tokens / chunk))
+    service = Service.of(pre.samples + chunks * step)
+    rho = lam_rank * service.mean_ms
     if rho >= 1.0:
         return GroupPrediction(
             INF, INF, mean_batch=n, utilisation=rho, reason=f"prefill queue saturated ({rho:.2f})"
@@ -140,7 +159,7 @@ def agg_group(t: EngineTable, replicas: int, rate_rps: float, w: Workload, *, ca
         return GroupPrediction(_latency(ttft_mean, None), _latency(itl_mean, None), n, rho)
     ttft_p = response_percentiles(lam_rank, service, 1, ca2) + residual
     mixed_frac = min(1.0, lam_rank * float(np.mean(chunks)) * itl_mean)
-    chunk_ms = float(np.mean(prefill) / np.mean(chunks))
+    chunk_ms = pre.mean_ms / float(np.mean(chunks))
     plain = np.asarray(t.step_ms(batch_quantiles(n, _LEVELS, ca2)))
     values = np.concatenate([plain, plain + chunk_ms])
     weights = np.concatenate([np.full(plain.size, 1 - mixed_frac), np.full(plain.size, mixed_frac)])
