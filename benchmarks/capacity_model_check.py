@@ -3,7 +3,7 @@
 1. Prefill queue (disagg): G/G/c formulas vs a FCFS c-server event simulation, Poisson arrivals,
    deterministic or lognormal service, p50/p90/p99 and mean response time.
 2. Agg engine: ``capacity_model.agg_group`` vs the serving model's open-loop step replay
-   (``serving.replay_open``) of one engine (prefill 90 ms for 3000 tokens, decode 8 + 0.05 n ms,
+   (``serving_open.replay_open``) of one engine (prefill 90 ms for 3000 tokens, decode 8 + 0.05 n ms,
    OSL 150, token budget 8192), Poisson arrivals at rising rates.
 
     PYTHONPATH=. python benchmarks/capacity_model_check.py
@@ -34,7 +34,8 @@ def main() -> None:
     from estimator.capacity_engine import EngineTable
     from estimator.capacity_model import agg_group
     from estimator.queueing import mean_response_ms, response_percentiles
-    from estimator.serving import SchedulerConfig, replay_open
+    from estimator.serving import SchedulerConfig
+    from estimator.serving_open import replay_open
     from estimator.workload import fixed
 
     res = {"prefill": [], "agg": []}

@@ -1,7 +1,7 @@
 """What ``sla-estimate plan`` prints and writes: the ranked fleets as text, a JSON document, a table row.
 
 Beside the best agg fleet it shows two other agg estimates for one engine at the same per-engine
-load: the serving model's open-loop step replay (``serving.predict_agg_rate``) and AIC's own
+load: the serving model's open-loop step replay (``serving_open.predict_agg_rate``) and AIC's own
 ``run_agg`` at the fleet's mean concurrency, so a reader sees how far the models agree.
 """
 
@@ -31,7 +31,7 @@ def agg_cross_check(study: CapacityStudy, source: Any) -> dict[str, Any] | None:
     isl, osl = round(w.mean_isl), round(w.mean_osl)
     out: dict[str, Any] = {"candidate": g.candidate.name, "request_rate_per_replica": rate,
                            "capacity_model": {"ttft_ms": f.ttft.mean_ms, "itl_ms": f.itl.mean_ms}}  # fmt: skip
-    from .serving import predict_agg_rate
+    from .serving_open import predict_agg_rate
 
     try:
         ttft, tpot = predict_agg_rate(source, g.candidate, rate, isl, osl, num_requests=1000)

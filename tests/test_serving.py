@@ -9,7 +9,8 @@ import pytest
 from estimator.candidates import Candidate, Mapping
 from estimator.capacity_engine import EngineTable
 from estimator.capacity_model import agg_group
-from estimator.serving import SchedulerConfig, replay_open
+from estimator.serving import SchedulerConfig
+from estimator.serving_open import replay_open
 from estimator.workload import fixed
 
 
