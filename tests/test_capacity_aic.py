@@ -120,3 +120,36 @@ def test_scenarios_batch_writes_table_and_pareto(tmp_path, capsys):
     assert list(df["scenario"]) == ["chat", "long"] and (df["total_gpus"] >= 1).all()
     assert (tmp_path / "out" / "plan.md").read_text().startswith("# Capacity plan")
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 10_000
+
+
+def test_csv_scenarios_and_gpu_budget(tmp_path, capsys):
+    sc = tmp_path / "s.csv"
+    sc.write_text(
+        "name,model,system,backend,isl,osl,ttft,itl,gpu_budget,request_rate\n"
+        "budget,meta-llama/Llama-3.1-8B,h100_sxm,vllm,3000,150,200,20,8,\n"
+        "rate,meta-llama/Llama-3.1-8B,h100_sxm,sglang,3000,150,200,20,,12\n"
+    )
+    assert main(["plan", "--scenarios", str(sc), "-o", str(tmp_path), "--no-plots", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["scenario"] for r in rows] == ["budget", "rate"]
+    assert rows[0]["total_gpus"] <= 8 and rows[0]["request_rate"] > 12
+    assert rows[1]["load"] == "12 requests/s"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--model", "meta-llama/Llama-3.1-8B", "--system", "h100_sxm"], "give one of --request-rate"),
+    (["--request-rate", "5", "--gpu-budget", "8"], "exactly one of"),
+    (["--request-rate", "5", "--prefix-hit-rate", "1.5"], "prefix_hit_rate"),
+    (["--request-rate", "5", "--size-for", "worst"], "size_for"),
+])  # fmt: skip
+def test_bad_plan_input_is_one_line_exit_2(capsys, argv, needle):
+    assert main(["plan", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+
+
+def test_bad_scenario_field(tmp_path, capsys):
+    sc = tmp_path / "s.yaml"
+    sc.write_text("- {model: meta-llama/Llama-3.1-8B, request_rate: 3, colour: red}\n")
+    assert main(["plan", "--scenarios", str(sc)]) == 2
+    assert "row 1: unknown field 'colour'" in capsys.readouterr().err
