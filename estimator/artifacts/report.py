@@ -222,10 +222,19 @@ def _sizing(sel: Selection) -> dict[str, Any] | None:
     }
 
 
-def _sizing_line(z: Any) -> str:
-    """One line: the fleet capacity planning chose for the request rate (agg or disagg)."""
+def _sizing_line(z: Any, sel: Selection | None = None) -> str:
+    """The fleet capacity planning chose for the request rate (agg or disagg), and whether its engines
+    are the per-GPU-throughput picks above (at a given load a smaller engine can need fewer GPUs)."""
     how = "queueing included" if z.meets_sla else "throughput only: no fleet meets the SLA"
-    return f"Sizing at {z.request_rate:g} requests/s ({how}): {z.describe()}"
+    line = f"Sizing at {z.request_rate:g} requests/s ({how}): {z.describe()}"
+    if sel is None:
+        return line
+    picks = {sel.best_prefill.candidate, sel.best_decode.candidate}
+    other = sorted({w.candidate.name for w in z.deployment.workers if w.candidate not in picks})
+    if other:
+        line += (f"\n  (the fewest-GPU fleet at this load uses {', '.join(other)}, not the engine above; "
+                 "`sla-estimate plan` ranks every fleet)")  # fmt: skip
+    return line
 
 
 def write_report(profile: Any, out_dir: str | Path, *, validation: Any = None) -> Path:
@@ -296,7 +305,7 @@ def summary_text(profile: Any, *, validation: Any = None) -> str:
         f"  decode kv cache utilization: upper/lower = {b.decode_kv_upper:.2f}/{b.decode_kv_lower:.2f}",
     ]
     if sel.sizing is not None:
-        lines += ["", _sizing_line(sel.sizing)]
+        lines += ["", _sizing_line(sel.sizing, sel)]
     n = spec.num_alternatives
     if n and (len(sel.prefill) > 1 or len(sel.decode) > 1):
         lines += [
