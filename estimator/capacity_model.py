@@ -11,7 +11,8 @@ Agg group: the same step rules the serving model replays (``serving.py``), in th
 work takes the fraction ``u = rate x E[prefill]`` of the engine's time, so a decode step averages
 ``step(N + 1) / (1 - u)``; a prompt is served in chunks of ``token_budget - N`` tokens, each chunk
 riding on one decode step, so its service time is ``prefill + chunks x step``, queued FCFS in one
-server per attention-DP rank, after the rest of the decode step it arrived in (half a step on average).
+server per attention-DP rank, after the rest of the decode step it arrived in (half a step on average),
+plus the chunks of prompts that arrive while it waits and share its step (bulk service).
 ITL mixes plain steps and steps that carry a chunk.
 """
 
@@ -23,7 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .capacity_engine import EngineTable
-from .queueing import PERCENTILES, Service, batch_quantiles, batch_tail, mean_response_ms, response_percentiles
+from .queueing import (
+    PERCENTILES,
+    Service,
+    batch_quantiles,
+    batch_tail,
+    mean_response_ms,
+    response_percentiles,
+    wait_params,
+)
 from .workload import Workload
 
 STATS = ("mean", "p50", "p90", "p99")
@@ -153,6 +162,11 @@ def agg_group(t: EngineTable, replicas: int, rate_rps: float, w: Workload, *, ca
             INF, INF, mean_batch=n, utilisation=rho, reason=f"prefill queue saturated ({rho:.2f})"
         )
     residual = (1.0 - math.exp(-n)) * step / 2  # an arriving prompt waits for the running decode step
+    # prompts that arrive while this one waits share its step when the budget has room: its first
+    # token then also waits for their chunks (bulk service)
+    pw, cond = wait_params(lam_rank, service, 1, ca2)
+    room = max(0.0, chunk / max(1.0, float(np.mean(tokens))) - 1.0)
+    residual += min(lam_rank * pw * cond, room) * pre.mean_ms
     ttft_mean = mean_response_ms(lam_rank, service, 1, ca2) + residual
     itl_mean = step / (1.0 - u)
     if not full:
