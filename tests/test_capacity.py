@@ -129,3 +129,15 @@ def test_cost_arithmetic():
 def test_nothing_fits_gives_no_fleet_and_a_warning():
     r = plan_fleets(TABLES, fixed(3000, 150), Load(request_rate=5), Sla.means(5, 20), price_per_gpu_hour=1.0)
     assert r.best is None and r.warnings and "no fleet" in r.verdict()
+
+
+def test_prefix_reuse_shrinks_the_prefill_group():
+    """Half of every prompt cached: prefill service halves, so fewer prefill engines meet TTFT."""
+    sla, load = Sla.means(200, 20), Load(request_rate=60)
+    plain = plan_fleets(TABLES[:1], fixed(3000, 150), load, sla, price_per_gpu_hour=1.0, modes=("disagg",))
+    cached = plan_fleets(TABLES[:1], fixed(3000, 150).with_prefix_hit_rate(0.5), load, sla,
+                         price_per_gpu_hour=1.0, modes=("disagg",))  # fmt: skip
+    x_plain = plain.best.deployment.workers[0].replicas
+    x_cached = cached.best.deployment.workers[0].replicas
+    # 60 req/s x 90 ms = 5.4 busy servers -> at least 6; half the prompt -> 2.7 -> at least 3
+    assert x_plain >= 6 and 3 <= x_cached < x_plain
