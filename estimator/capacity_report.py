@@ -21,9 +21,11 @@ def _ms(v: float) -> str:
 
 
 def agg_cross_check(study: CapacityStudy, source: Any) -> dict[str, Any] | None:
-    """The best agg fleet's engine at its per-replica load through the step replay and AIC's run_agg."""
-    f = study.result.best_of("agg")
-    if f is None or study.result.load.gpu_budget is not None:
+    """The best agg fleet's engine at its per-replica load through the step replay and AIC's run_agg
+    (on point values: with ``--size-for band`` the fleet of the point-estimate plan)."""
+    result = study.point_result or study.result  # the replay and run_agg use point values
+    f = result.best_of("agg")
+    if f is None or result.load.gpu_budget is not None:
         return None
     g = f.deployment.workers[0]
     rate = f.request_rate / g.replicas
@@ -114,7 +116,7 @@ def plan_text(study: CapacityStudy, top: int, cross_check: dict | None = None) -
         pb, bb = study.point_result.best, r.best
         if pb and bb:
             lines.append(f"Band: sizing for the band's pessimistic edge needs {bb.total_gpus} GPUs, the point estimate "
-                         f"{pb.total_gpus} ({study.band_extra_gpus:+d} GPUs).")  # fmt: skip
+                         f"{pb.total_gpus} ({study.band_extra_gpus:+d} GPU{'' if abs(study.band_extra_gpus) == 1 else 's'}).")  # fmt: skip
     if cross_check:
         c = cross_check
         parts = [
