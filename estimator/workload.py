@@ -135,7 +135,7 @@ def lognormal(isl_mean: float, osl_mean: float, isl_cv: float, osl_cv: float, *,
     osl = np.maximum(1, np.round(_lognormal_quantiles(osl_mean, osl_cv, n)))
     osl = osl[np.random.default_rng(0).permutation(n)]
     if max_tokens:
-        isl = np.minimum(isl, max(1, max_tokens - osl))
+        isl = np.minimum(isl, np.maximum(1, max_tokens - osl))
     name = f"lognormal ISL {isl_mean:g} (cv {isl_cv:g}) / OSL {osl_mean:g} (cv {osl_cv:g})"
     return Workload(name, isl, osl, np.zeros(n))
 

@@ -68,3 +68,20 @@ def test_bad_trace_line_is_one_line_error_naming_the_line(tmp_path, capsys, line
     assert rc == 2
     assert len(err.splitlines()) == 1
     assert f"{p}:3:" in err and why in err
+
+
+def test_lognormal_is_capped_by_the_context():
+    w = lognormal(30000, 500, 1.0, 0.5, max_tokens=32768)
+    assert np.all(w.isl + w.osl <= 32768) and np.all(w.isl >= 1)
+
+
+def test_yaml_workload_through_plan(tmp_path, capsys):
+    p = tmp_path / "w.yaml"
+    p.write_text("isl: {mean: 3000, cv: 0.6}\nosl: {mean: 200, cv: 0.5}\nprefix_hit_rate: 0.2\n")
+    rc = main(["plan", "--model", "meta-llama/Llama-3.1-8B", "--system", "h100_sxm", "--ttft-p99", "1000",
+               "--itl-p90", "30", "--workload", str(p), "--request-rate", "8", "--json"])  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["workload"]["requests"] == 128
+    assert doc["workload"]["prefix_reuse"] == pytest.approx(0.2, abs=0.01)
+    assert set(doc["sla"]["targets"]) == {"ttft_p99", "itl_p90"}  # means apply only when given
+    assert doc["fleets"] and all(f["ttft_ms"]["p99"] <= 1000 for f in doc["fleets"])
