@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from .errors import SlaEstimateError, SpecError
 
 log = logging.getLogger("estimator")
-COMMANDS = ("profile", "validate", "models")
+COMMANDS = ("profile", "validate", "plan", "models")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="profile, measure a few points, calibrate, then recommend")
     _study_flags(val)
     _validate_flags(val)
+    plan = sub.add_parser("plan", help="capacity planning: ranked agg/disagg fleets for a load, with cost")
+    _study_flags(plan)
+    from .cli_plan import add_plan_flags
+
+    add_plan_flags(plan)
     sub.add_parser("models", help="list the models AIC can estimate offline")
     return parser
 
@@ -187,6 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if ns.command == "models":
             return _list_models()
+        if ns.command == "plan":
+            from .cli_plan import run_plan
+
+            _split_planner_args(extra)  # plan takes no planner flags: anything left over is unknown
+            return run_plan(ns)
         from .spec import load_spec
 
         spec = load_spec(ns.config, **_overrides(ns, _split_planner_args(extra)))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .candidates import Candidate, Rejection, enumerate_candidates
+from .deployment import Deployment
 from .errors import DataNotAvailable
 from .model import load_model_info
 from .select import Selection, select
@@ -42,6 +43,7 @@ class Profile:
     prefill_surface: PrefillSurface
     decode_surface: DecodeSurface
     timings_s: dict[str, float] = field(default_factory=dict)
+    deployment: Deployment | None = None  # the fleet to deploy for spec.request_rate (capacity planning)
 
 
 def screen(source: PerfSource, candidates: list[Candidate], request_tokens: int) -> tuple[list, list]:
@@ -131,4 +133,5 @@ def estimate(spec: Spec, source: PerfSource | None = None) -> Profile:
         prefill_surface=p_surface,
         decode_surface=d_surface,
         timings_s={"screen": t1 - t0, "sweeps": t2 - t1, "surfaces": t3 - t2, "total": t3 - t0},
+        deployment=selection.sizing.deployment if selection.sizing is not None else None,
     )

@@ -2,7 +2,8 @@
 
 Rule (Dynamo's, kept so results compare): among points whose latency meets the target, the highest
 tokens/s/GPU wins; if no point meets it, the lowest-latency point is returned with a warning. We also
-keep every candidate ranked (alternatives), and size replicas for a target request rate.
+keep every candidate ranked (alternatives), and size the fleet for a target request rate through
+capacity planning (``capacity.py``: agg or disagg, queueing included).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .candidates import Candidate
+from .deployment import Deployment, WorkerRole
 from .surfaces import DecodeSweep, PrefillPoint
 
 
@@ -55,17 +57,55 @@ class PlannerBounds:
 
 @dataclass(frozen=True, slots=True)
 class Sizing:
-    """Replicas for a steady request rate (Dynamo planner's formulas, without correction factors)."""
+    """The smallest fleet for a steady request rate, from capacity planning (``capacity.plan_fleets``).
+
+    ``deployment`` is agg or disagg, over every estimated engine (not only the selected pair);
+    ``meets_sla`` is False when no fleet meets the SLA and the selected pair was sized for
+    throughput alone (Dynamo planner's formulas).
+    """
 
     request_rate: float
-    prefill_replicas: int
-    decode_replicas: int
-    prefill_gpus: int
-    decode_gpus: int
+    deployment: Deployment
+    meets_sla: bool = True
+    ttft_ms: float = math.nan  # predicted mean TTFT of the fleet at the rate (queueing included)
+    itl_ms: float = math.nan
+
+    def _group(self, role: WorkerRole) -> int:
+        g = self.deployment.group(role)
+        return g.replicas if g is not None else 0
+
+    @property
+    def prefill_replicas(self) -> int:
+        return self._group(WorkerRole.PREFILL)
+
+    @property
+    def decode_replicas(self) -> int:
+        return self._group(WorkerRole.DECODE)
+
+    @property
+    def agg_replicas(self) -> int:
+        return self._group(WorkerRole.AGG)
+
+    @property
+    def prefill_gpus(self) -> int:
+        g = self.deployment.group(WorkerRole.PREFILL)
+        return g.num_gpus if g is not None else 0
+
+    @property
+    def decode_gpus(self) -> int:
+        g = self.deployment.group(WorkerRole.DECODE)
+        return g.num_gpus if g is not None else 0
 
     @property
     def total_gpus(self) -> int:
-        return self.prefill_gpus + self.decode_gpus
+        return self.deployment.total_gpus
+
+    def describe(self) -> str:
+        parts = " + ".join(
+            f"{w.replicas} {'' if w.role is WorkerRole.AGG else w.role.value + ' '}x {w.candidate.name}"
+            for w in self.deployment.workers
+        )
+        return f"{self.deployment.mode.value} {parts} = {self.total_gpus} GPUs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,12 +182,36 @@ def planner_bounds(
 def size_replicas(
     request_rate: float, isl: int, osl: int, prefill: PrefillChoice, decode: DecodeChoice
 ) -> Sizing:
-    """Engines needed so prefill input tokens/s and decode output tokens/s keep up with ``request_rate``."""
-    p_gpus = prefill.candidate.num_gpus
-    d_gpus = decode.candidate.num_gpus
-    n_prefill = max(1, math.ceil(request_rate * isl / (prefill.point.thpt_per_gpu * p_gpus)))
-    n_decode = max(1, math.ceil(request_rate * osl / (decode.thpt_per_gpu * d_gpus)))
-    return Sizing(request_rate, n_prefill, n_decode, n_prefill * p_gpus, n_decode * d_gpus)
+    """Throughput-only sizing of one prefill + decode pair (Dynamo planner's formulas, no queueing)."""
+    n_prefill = max(1, math.ceil(request_rate * isl / (prefill.point.thpt_per_gpu * prefill.candidate.num_gpus)))
+    n_decode = max(1, math.ceil(request_rate * osl / (decode.thpt_per_gpu * decode.candidate.num_gpus)))
+    dep = Deployment.disagg(prefill.candidate, decode.candidate, n_prefill, n_decode)
+    return Sizing(request_rate, dep, meets_sla=False)
+
+
+def size_fleet(
+    prefill_points: list[PrefillPoint],
+    decode_sweeps: list[DecodeSweep],
+    *,
+    ttft_target_ms: float,
+    itl_target_ms: float,
+    isl: int,
+    osl: int,
+    request_rate: float,
+) -> Sizing | None:
+    """The minimum-GPU agg or disagg fleet over every engine that meets the mean SLA at ``request_rate``."""
+    from .capacity import plan_fleets
+    from .capacity_engine import tables_from_points
+    from .capacity_types import Load, Sla
+    from .workload import fixed
+
+    tables = tables_from_points(prefill_points, decode_sweeps)
+    result = plan_fleets(tables, fixed(isl, osl), Load(request_rate=request_rate),
+                         Sla.means(ttft_target_ms, itl_target_ms), price_per_gpu_hour=1.0)  # fmt: skip
+    best = result.best
+    if best is None:
+        return None
+    return Sizing(request_rate, best.deployment, True, best.ttft.mean_ms, best.itl.mean_ms)
 
 
 def select(
@@ -176,5 +240,12 @@ def select(
             f"at {decode[0].itl_ms:.2f} ms (concurrency {decode[0].concurrency})"
         )
     bounds = planner_bounds(ttft_target_ms, prefill[0], decode[0], isl, osl)
-    sizing = size_replicas(request_rate, isl, osl, prefill[0], decode[0]) if request_rate else None
+    sizing = None
+    if request_rate:
+        sizing = size_fleet(prefill_points, decode_sweeps, ttft_target_ms=ttft_target_ms,
+                            itl_target_ms=itl_target_ms, isl=isl, osl=osl, request_rate=request_rate)  # fmt: skip
+        if sizing is None:
+            sizing = size_replicas(request_rate, isl, osl, prefill[0], decode[0])
+            warnings.append(f"no fleet meets the SLA at {request_rate:g} requests/s with queueing; "
+                            f"sized the selected engines for throughput only: {sizing.describe()}")  # fmt: skip
     return Selection(prefill, decode, bounds, sizing, tuple(warnings))

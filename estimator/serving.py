@@ -8,7 +8,9 @@ all work this way):
 - each step, every running decode takes one token of the budget ``max_num_batched_tokens``; the rest
   goes to waiting prompts first-come-first-served, chunked (a prompt may span several steps);
 - a prompt's first token comes out of the step that finishes its last chunk;
-- at most ``max_num_seqs`` requests run; clients send the next request when the previous finishes.
+- at most ``max_num_seqs`` requests run; clients send the next request when the previous finishes
+  (``simulate``, a concurrency), or requests arrive at given times (``serving_open.replay_open``, a
+  request rate).
 
 Step time is additive: ``decode_ms(n_decoding, context) + prefill_tokens * prefill_ms(isl) / isl``.
 The step sequence is counted in tokens, so it does not depend on time: every latency is a linear

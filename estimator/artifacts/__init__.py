@@ -36,22 +36,24 @@ def _write_k8s(profile: Any, out_dir: Path) -> Path:
     from .k8s import write_config_with_planner
 
     spec, sel = profile.spec, profile.selection
-    sizing = sel.sizing
+    dep = getattr(profile, "deployment", None)  # a disagg fleet from capacity planning picks the engines
+    groups = {w.role.value: w for w in dep.workers} if dep is not None and dep.mode.value == "disagg" else {}
+    p_group, d_group = groups.get("prefill"), groups.get("decode")
     return write_config_with_planner(
         out_dir / CONFIG_WITH_PLANNER_FILE,
         name=deployment_name(spec.model),
         namespace=None,
         model=spec.model,
         backend=spec.backend.value,
-        prefill=sel.best_prefill.candidate,
-        decode=sel.best_decode.candidate,
+        prefill=p_group.candidate if p_group else sel.best_prefill.candidate,
+        decode=d_group.candidate if d_group else sel.best_decode.candidate,
         ttft_ms=spec.ttft_ms,
         itl_ms=spec.itl_ms,
         prefill_raw=prefill_raw_data(profile.prefill_surface),
         decode_raw=decode_raw_data(profile.decode_surface),
         planner_args=spec.planner_args,
-        prefill_replicas=sizing.prefill_replicas if sizing else 1,
-        decode_replicas=sizing.decode_replicas if sizing else 1,
+        prefill_replicas=p_group.replicas if p_group else 1,
+        decode_replicas=d_group.replicas if d_group else 1,
         gpus_per_node=spec.gpus_per_node,
     )
 

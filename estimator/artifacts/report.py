@@ -211,7 +211,30 @@ def _sizing(sel: Selection) -> dict[str, Any] | None:
         "prefill_gpus": z.prefill_gpus,
         "decode_gpus": z.decode_gpus,
         "total_gpus": z.total_gpus,
+        "mode": z.deployment.mode.value,
+        "workers": [
+            {"role": w.role.value, "candidate": w.candidate.name, "replicas": w.replicas, "gpus": w.num_gpus}
+            for w in z.deployment.workers
+        ],
+        "meets_sla": z.meets_sla,
+        "ttft_ms": z.ttft_ms,
+        "itl_ms": z.itl_ms,
     }
+
+
+def _sizing_line(z: Any, sel: Selection | None = None) -> str:
+    """The fleet capacity planning chose for the request rate (agg or disagg), and whether its engines
+    are the per-GPU-throughput picks above (at a given load a smaller engine can need fewer GPUs)."""
+    how = "queueing included" if z.meets_sla else "throughput only: no fleet meets the SLA"
+    line = f"Sizing at {z.request_rate:g} requests/s ({how}): {z.describe()}"
+    if sel is None:
+        return line
+    picks = {sel.best_prefill.candidate, sel.best_decode.candidate}
+    other = sorted({w.candidate.name for w in z.deployment.workers if w.candidate not in picks})
+    if other:
+        line += (f"\n  (the fewest-GPU fleet at this load uses {', '.join(other)}, not the engine above; "
+                 "`sla-estimate plan` ranks every fleet)")  # fmt: skip
+    return line
 
 
 def write_report(profile: Any, out_dir: str | Path, *, validation: Any = None) -> Path:
@@ -282,14 +305,7 @@ def summary_text(profile: Any, *, validation: Any = None) -> str:
         f"  decode kv cache utilization: upper/lower = {b.decode_kv_upper:.2f}/{b.decode_kv_lower:.2f}",
     ]
     if sel.sizing is not None:
-        z = sel.sizing
-        p_name, d_name = sel.best_prefill.candidate.name, sel.best_decode.candidate.name
-        sizing = (
-            f"Sizing at {z.request_rate:g} requests/s: {z.prefill_replicas} prefill x {p_name} + "
-            f"{z.decode_replicas} decode x {d_name} = {z.total_gpus} GPUs "
-            f"({z.prefill_gpus} prefill, {z.decode_gpus} decode)"
-        )
-        lines += ["", sizing]
+        lines += ["", _sizing_line(sel.sizing, sel)]
     n = spec.num_alternatives
     if n and (len(sel.prefill) > 1 or len(sel.decode) > 1):
         lines += [

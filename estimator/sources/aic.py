@@ -233,3 +233,37 @@ def _checked(out: np.ndarray, c: Candidate, phase: str) -> np.ndarray:
     if not np.all(np.isfinite(out)) or np.any(out <= 0):
         raise DataNotAvailable(f"AIC returned a non-positive or non-finite {phase} latency for {c.name}")
     return out
+
+
+@cache
+def _agg_parts(stack: Stack, c: Candidate) -> tuple[Any, Any, Any]:
+    """(backend, model, database) objects for AIC's own aggregated-serving estimate (``run_agg``)."""
+    _sdk()
+    config = importlib.import_module("aiconfigurator_core.sdk.config")
+    models = importlib.import_module("aiconfigurator_core.sdk.models")
+    factory = importlib.import_module("aiconfigurator_core.sdk.backends.factory")
+    pdb = _perf_database()
+    version = resolve_version(stack)
+    mc = config.ModelConfig(
+        tp_size=c.tp_size, pp_size=1, attention_dp_size=c.attention_dp_size,
+        moe_tp_size=c.moe_tp_size, moe_ep_size=c.moe_ep_size,
+    )  # fmt: skip
+    model = models.get_model(stack.model, mc, stack.backend)
+    return factory.get_backend(stack.backend), model, pdb.get_database(stack.system, stack.backend, version)
+
+
+def run_agg(stack: Stack, candidate: Candidate, concurrency: int, isl: int, osl: int,
+            token_budget: int = 8192) -> tuple[float, float]:  # fmt: skip
+    """AIC's own agg estimate (mixed steps and its queueing factor): (TTFT ms, TPOT ms) at ``concurrency``.
+
+    Kept beside our serving model for comparison; quantisation follows the checkpoint (AIC's defaults).
+    """
+    try:
+        backend, model, db = _agg_parts(stack, candidate)
+        config = importlib.import_module("aiconfigurator_core.sdk.config")
+        rc = config.RuntimeConfig(batch_size=int(concurrency), isl=int(isl), osl=int(osl))
+        result = backend.run_agg(model, db, rc, ctx_tokens=int(token_budget)).get_result_dict()
+        return float(result["ttft"]), float(result["tpot"])
+    except Exception as exc:  # translate every SDK failure at this edge
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DataNotAvailable(f"AIC run_agg cannot estimate {candidate.name} of {stack.model}: {first}") from exc

@@ -1,0 +1,82 @@
+"""Plan settings (load, percentile targets, workload, price, band sizing), checked once into ``PlanSpec``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .capacity_types import Load, Sla, Target
+from .errors import SpecError
+from .spec import Spec, _as_choice, _as_float, _as_int
+from .workload import Workload, fixed, load_workload
+
+PCT_FIELDS = tuple(f"{m}_{p}" for m in ("ttft", "itl") for p in ("p50", "p90", "p99"))
+PLAN_FIELDS = ("request_rate", "concurrency", "gpu_budget", *PCT_FIELDS, "workload", "prefix_hit_rate",
+               "gpu_price", "size_for", "headroom", "top")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSpec:
+    load: Load
+    sla: Sla
+    workload: Workload  # fixed ISL/OSL of the study unless a workload file is given
+    workload_file: str | None = None
+    prefix_hit_rate: float = 0.0
+    gpu_price: float | None = None  # $/GPU-hour; None: the default table
+    size_for: str = "point"  # point | band
+    top: int = 10
+
+
+def _workload(spec: Spec, path: str | None, hit_rate: float) -> Workload:
+    w = load_workload(path, max_tokens=spec.max_context_tokens) if path else fixed(spec.isl, spec.osl)
+    return w.with_prefix_hit_rate(hit_rate) if hit_rate else w
+
+
+def load_plan_spec(
+    spec: Spec, raw: dict[str, Any], *, mean_ttft_given: bool, mean_itl_given: bool
+) -> PlanSpec:
+    """``raw``: plan fields (None: not given). Means apply when given or when no percentile of that metric is."""
+    rate = _as_float("request_rate", raw["request_rate"]) if raw.get("request_rate") is not None else None
+    conc = (
+        _as_int("concurrency", raw["concurrency"], 1, 10_000_000)
+        if raw.get("concurrency") is not None
+        else None
+    )
+    budget = (
+        _as_int("gpu_budget", raw["gpu_budget"], 1, 100_000) if raw.get("gpu_budget") is not None else None
+    )
+    hit = _as_float("prefix_hit_rate", raw.get("prefix_hit_rate") or 0.0, positive=False)
+    if not 0.0 <= hit < 1.0:
+        raise SpecError("prefix_hit_rate", f"must be in [0, 1), got {hit!r}")
+    path = str(raw["workload"]) if raw.get("workload") else None
+    workload = _workload(spec, path, hit)
+    if rate is None and conc is None and budget is None:
+        rate = spec.request_rate or workload.rate_rps  # a trace's own arrival rate
+    if rate is None and conc is None and budget is None:
+        raise SpecError("request_rate", "give one of --request-rate, --concurrency or --gpu-budget")
+    targets = []
+    for metric, mean, given in (
+        ("ttft", spec.ttft_ms, mean_ttft_given),
+        ("itl", spec.itl_ms, mean_itl_given),
+    ):
+        pcts = [Target(metric, p, _as_float(f"{metric}_{p}", raw[f"{metric}_{p}"]))
+                for p in ("p50", "p90", "p99") if raw.get(f"{metric}_{p}") is not None]  # fmt: skip
+        if given or not pcts:
+            targets.append(Target(metric, "mean", mean))
+        targets += pcts
+    headroom = _as_float("headroom", raw.get("headroom") or 0.0, positive=False)
+    if not 0.0 <= headroom < 1.0:
+        raise SpecError("headroom", f"must be in [0, 1), got {headroom!r}")
+    return PlanSpec(
+        load=Load(rate, conc, budget),
+        sla=Sla(tuple(targets), headroom),
+        workload=workload,
+        workload_file=path,
+        prefix_hit_rate=hit,
+        gpu_price=_as_float("gpu_price", raw["gpu_price"]) if raw.get("gpu_price") is not None else None,
+        size_for=_as_choice("size_for", raw.get("size_for") or "point", ("point", "band")),
+        top=_as_int("top", raw.get("top") or 10, 1, 1000),
+    )
+
+
+__all__ = ["PLAN_FIELDS", "PlanSpec", "load_plan_spec"]
