@@ -102,6 +102,8 @@ def make_runner(spec: Any) -> Runner:
         kwargs.setdefault("model", spec.model)
     if v.runner == "local":
         kwargs.setdefault("backend", spec.backend.value)
+        if spec.output_dir:  # engines recorded here; a later run reaps what a kill -9 left
+            kwargs.setdefault("pid_file", f"{spec.output_dir}/engines.pid")
     return cls(**kwargs)
 
 
