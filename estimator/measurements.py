@@ -193,6 +193,11 @@ class MeasurementStore:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
+        self.skipped: list[str] = []  # "file:line: why" for each line the last load() skipped
+
+    def _skip(self, lineno: int, why: str) -> None:
+        self.skipped.append(f"{self.path}:{lineno}: {why}")
+        log.warning("%s:%d: skipping %s", self.path, lineno, why)
 
     def __iter__(self) -> Iterator[Measurement]:
         return iter(self.load())
@@ -201,6 +206,7 @@ class MeasurementStore:
         if not self.path.exists():
             return []
         out: list[Measurement] = []
+        self.skipped = []
         try:
             fh = self.path.open("rb")
         except OSError as exc:
@@ -210,20 +216,18 @@ class MeasurementStore:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    log.warning(
-                        "%s:%d: skipping a line that is not UTF-8 (byte %d)", self.path, lineno, exc.start
-                    )
+                    self._skip(lineno, f"a line that is not UTF-8 (byte {exc.start + 1})")
                     continue
                 if not line.strip():
                     continue
                 try:
                     m = Measurement.from_dict(json.loads(line))
                 except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
-                    log.warning("%s:%d: skipping unreadable record (%s)", self.path, lineno, exc)
+                    self._skip(lineno, f"unreadable record ({type(exc).__name__}: {str(exc)[:120]})")
                     continue
                 why = measurement_problem(m)
                 if why:
-                    log.warning("%s:%d: skipping record (%s)", self.path, lineno, why)
+                    self._skip(lineno, f"record ({why})")
                     continue
                 out.append(m)
         return out

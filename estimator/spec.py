@@ -149,7 +149,10 @@ def _gpu_counts(raw: dict[str, Any]) -> tuple[int, ...]:
             raise SpecError("gpus", "empty GPU list")
         return counts
     lo = _as_int("min_gpus", raw.get("min_gpus", 1), 1, 1024)
-    hi = _as_int("max_gpus", raw.get("max_gpus", raw.get("gpus_per_node", 8)), 1, 1024)
+    if raw.get("max_gpus") is not None:
+        hi = _as_int("max_gpus", raw["max_gpus"], 1, 1024)
+    else:
+        hi = _as_int("gpus_per_node", raw.get("gpus_per_node", 8), 1, 1024)
     counts = tuple(n for n in (2**k for k in range(11)) if lo <= n <= hi)
     if not counts:
         raise SpecError("max_gpus", f"no power of two lies in the GPU range [{lo}, {hi}]")
@@ -174,6 +177,8 @@ def _normalise(raw: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _merge_validate(base: Any, top: Any) -> Any:
     """Flags over the file's ``validate:`` section field by field (runner options key by key)."""
+    if not isinstance(base, dict) and base not in (None, False, True):
+        return base  # not a mapping: _validate_spec names it
     if not isinstance(top, dict):
         return base if top is True and isinstance(base, dict) else top
     if not isinstance(base, dict):

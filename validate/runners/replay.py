@@ -82,8 +82,13 @@ class ReplayRunner(Runner):
                     log.warning("%s: %d rows not used (e.g. row %s: %s)", p, len(skipped), skipped[0].row_id,
                                 skipped[0].reason)  # fmt: skip
                 records += got
-            elif p.exists():
-                records += MeasurementStore(p).load()
+            elif p.is_file():
+                store = MeasurementStore(p)
+                got = store.load()
+                if not got:
+                    why = store.skipped[0] if store.skipped else f"{p}: empty"
+                    raise MeasurementError(f"no usable measurement in {p} ({why})")
+                records += got
             else:
                 raise MeasurementError(f"no recorded measurements at {p}")
         log.info("replay: %d records from %s", len(records), ", ".join(map(str, paths)))
