@@ -9,6 +9,7 @@ NaN/inf/<= 0 latencies are dropped with a warning before calibration, and study 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -25,8 +26,19 @@ from estimator.measurements import Measurement, MeasurementStore, Probe, ProbeKi
 from estimator.sources.base import Stack
 from validate.silicon import bundled_silicon_csv
 
-STUDY = ["--model", "meta-llama/Llama-3.1-8B", "--system", "h100_sxm", "--gpus", "1", "--isl", "1000",
-         "--osl", "100", "--no-plots"]  # fmt: skip
+STUDY = [
+    "--model",
+    "meta-llama/Llama-3.1-8B",
+    "--system",
+    "h100_sxm",
+    "--gpus",
+    "1",
+    "--isl",
+    "1000",
+    "--osl",
+    "100",
+    "--no-plots",
+]
 STACK = Stack("meta-llama/Meta-Llama-3.1-8B", "h100_sxm", "vllm")
 TP1 = Candidate(Mapping.TP, 1)
 
@@ -86,11 +98,19 @@ def _records(tmp: Path, **values) -> str:
 def _npz_dir(tmp: Path) -> str:
     d = tmp / "dynamo" / "selected_prefill_interpolation"
     d.mkdir(parents=True)
-    np.savez(d / "raw_data.npz", prefill_isl=np.arange(100, 2000, 100.0), prefill_ttft=np.ones(19),
-             prefill_thpt_per_gpu=np.ones(19))  # fmt: skip
+    np.savez(
+        d / "raw_data.npz",
+        prefill_isl=np.arange(100, 2000, 100.0),
+        prefill_ttft=np.ones(19),
+        prefill_thpt_per_gpu=np.ones(19),
+    )
     data = (d / "raw_data.npz").read_bytes()
     (d / "raw_data.npz").write_bytes(data[: len(data) // 2])
     return str(tmp / "dynamo")
+
+
+def _silicon_case(col: str, tmp: Path) -> list[str]:
+    return _validate(_silicon(tmp, col))
 
 
 def _validate(measurements: str, *extra: str) -> list[str]:
@@ -119,7 +139,7 @@ CASES = {
     "yaml measurements 5": (
         lambda t: ["validate", "--config", _yaml(t, "validate: {measurements: 5}\n")],
         "measurements",
-    ),  # fmt: skip
+    ),
     "yaml planner_args 3": (lambda t: ["--config", _yaml(t, "planner_args: 3\n")], "planner_args"),
     "yaml planner_args nested": (
         lambda t: ["--config", _yaml(t, "planner_args: {a: [1]}\n")],
@@ -132,11 +152,11 @@ CASES = {
     "yaml deeply nested": (
         lambda t: ["--config", _yaml(t, "model: " + "[" * 5000 + "]" * 5000 + "\n")],
         "config",
-    ),  # fmt: skip
+    ),
     "yaml nested 40": (
         lambda t: ["--config", _yaml(t, "planner_args: " + "[" * 40 + "]" * 40 + "\n")],
         "nests deeper",
-    ),  # fmt: skip
+    ),
     "yaml not utf-8": (
         lambda t: ["--config", _yaml(t, b"isl: 3000\nmodel: \xff\xfe\n")],
         "study.yaml line 2",
@@ -144,11 +164,11 @@ CASES = {
     "yaml python tag": (
         lambda t: ["--config", _yaml(t, "isl: !!python/object/apply:os.system [true]\n")],
         "malformed YAML",
-    ),  # fmt: skip
+    ),
     "yaml duplicate key": (
         lambda t: ["--config", _yaml(t, "isl: 1000\nosl: 10\nisl: 2000\n")],
         "duplicate key 'isl' at line 3",
-    ),  # fmt: skip
+    ),
     "yaml ttft twice": (lambda t: ["--config", _yaml(t, "ttft: 100\nttft_ms: 200\n")], "ttft_ms"),
     "yaml not a file": (lambda t: ["--config", str(t)], "config"),
     # booleans are parsed strictly
@@ -169,12 +189,12 @@ CASES = {
     "source report.json": (
         lambda t: [*STUDY, "--source", _yaml(t, '{"spec": {}, "selection": {}}', "report.json")],
         "report.json",
-    ),  # fmt: skip
+    ),
     "source json list": (lambda t: [*STUDY, "--source", _yaml(t, "[1, 2]", "calib.json")], "calib.json"),
     "source not utf-8": (
         lambda t: [*STUDY, "--source", _yaml(t, b'{"a": "\xff"}', "calib.json")],
         "calib.json line 1",
-    ),  # fmt: skip
+    ),
     "source broken calibration": (
         lambda t: [*STUDY, "--source", _yaml(t, '{"format_version": 1, "theta": [1]}', "calib.json")],
         "calib.json",
@@ -189,7 +209,7 @@ CASES = {
             *STUDY[2:],
             "--model",
             _model_dir(t, {"hidden_size": 256, "num_attention_heads": 0, "num_hidden_layers": 2}),
-        ],  # fmt: skip
+        ],
         "num_attention_heads",
     ),
     "model config list": (lambda t: [*STUDY[2:], "--model", _model_dir(t, [1, 2])], "config.json"),
@@ -198,16 +218,16 @@ CASES = {
             *STUDY[2:],
             "--model",
             _model_dir(t, {"hidden_size": 256, "num_attention_heads": 4, "num_hidden_layers": "two"}),
-        ],  # fmt: skip
+        ],
         "num_hidden_layers",
     ),
     # replay inputs
     "replay truncated npz": (
         lambda t: _validate(_npz_dir(t), "--runner-option", "prefill_candidate=TP1"),
         "raw_data.npz",
-    ),  # fmt: skip
+    ),
     **{
-        f"silicon missing {col}": ((lambda c: lambda t: _validate(_silicon(t, c)))(col), f"'{col}'")
+        f"silicon missing {col}": (functools.partial(_silicon_case, col), f"'{col}'")
         for col in ("tp_size", "id", "isl", "model_path", "mode", "silicon_ttft_ms")
     },
     "record isl 0": (lambda t: _validate(_records(t, probe={"isl": 0})), "recorded.jsonl:1"),
@@ -271,8 +291,10 @@ def test_alias_bomb_is_refused_quickly(tmp_path, capsys):
     assert time.perf_counter() - t0 < 2.0
 
 
-@pytest.mark.parametrize("word, value", [("true", True), ("false", False), ("yes", True), ("no", False),
-                                         ("'False'", False), ("'NO'", False)])  # fmt: skip
+@pytest.mark.parametrize(
+    "word, value",
+    [("true", True), ("false", False), ("yes", True), ("no", False), ("'False'", False), ("'NO'", False)],
+)
 def test_boolean_words_are_parsed_strictly(word, value, tmp_path):
     from estimator.spec import load_spec
 
@@ -284,8 +306,11 @@ def test_validate_section_is_honoured_field_by_field(tmp_path, capsys):
     from estimator.spec import load_spec
 
     rec = _records(tmp_path)
-    cfg = _yaml(tmp_path, f"validate:\n  runner: replay\n  measurements: [{rec}]\n  budget: 2\n"
-                          "  runner_options: {tolerance: 0.2}\n")  # fmt: skip
+    cfg = _yaml(
+        tmp_path,
+        f"validate:\n  runner: replay\n  measurements: [{rec}]\n  budget: 2\n"
+        "  runner_options: {tolerance: 0.2}\n",
+    )
     spec = load_spec(cfg, validate=True)  # `sla-estimate validate --config` with no validation flags
     assert spec.validate.budget == 2 and spec.validate.measurements == (rec,)
     spec = load_spec(cfg, validate={"budget": "3", "runner_options": {"prefill_candidate": "TP1"}})
@@ -304,14 +329,24 @@ def test_unusable_latencies_are_dropped_with_a_warning_before_calibration(tmp_pa
     from validate.workflow import run_validation
 
     store = MeasurementStore(tmp_path / "recorded.jsonl")
-    good = [Measurement(Probe(ProbeKind.PREFILL, STACK, TP1, isl=isl), "synthetic", ttft_ms=0.05 * isl)
-            for isl in (500, 1000, 2000, 4000)]  # fmt: skip
-    bad = [Measurement(Probe(ProbeKind.PREFILL, STACK, TP1, isl=isl), "synthetic", ttft_ms=v)
-           for isl, v in ((700, float("nan")), (800, float("inf")), (900, 0.0), (1100, -3.0))]  # fmt: skip
+    good = [
+        Measurement(Probe(ProbeKind.PREFILL, STACK, TP1, isl=isl), "synthetic", ttft_ms=0.05 * isl)
+        for isl in (500, 1000, 2000, 4000)
+    ]
+    bad = [
+        Measurement(Probe(ProbeKind.PREFILL, STACK, TP1, isl=isl), "synthetic", ttft_ms=v)
+        for isl, v in ((700, float("nan")), (800, float("inf")), (900, 0.0), (1100, -3.0))
+    ]
     store.extend(good + bad)
-    spec = load_spec(model="meta-llama/Llama-3.1-8B", system="h100_sxm", gpus="1", isl=1000, osl=100,
-                     output_dir=str(tmp_path / "out"),
-                     validate={"runner": "replay", "measurements": [str(store.path)], "budget": 2})  # fmt: skip
+    spec = load_spec(
+        model="meta-llama/Llama-3.1-8B",
+        system="h100_sxm",
+        gpus="1",
+        isl=1000,
+        osl=100,
+        output_dir=str(tmp_path / "out"),
+        validate={"runner": "replay", "measurements": [str(store.path)], "budget": 2},
+    )
     with caplog.at_level(logging.WARNING):
         _, result = run_validation(spec)
     text = "\n".join(r.getMessage() for r in caplog.records)
