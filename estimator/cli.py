@@ -172,11 +172,15 @@ def _finish(profile: Any, as_json: bool, t0: float, cached: bool, validation: An
 
 
 def _run_validate(spec: Any, as_json: bool) -> int:
-    from validate.workflow import run_validation
+    from validate.workflow import DEFAULT_OUTPUT_DIR, run_validation
+
+    from .measurements import MeasurementStore
 
     t0 = time.perf_counter()
-    calibrated_profile, result = run_validation(spec)
-    return _finish(calibrated_profile, as_json, t0, cached=False, validation=result)
+    store = MeasurementStore(Path(spec.output_dir or DEFAULT_OUTPUT_DIR) / "measurements.jsonl")
+    with store.exclusive():  # one run per output directory, from the estimate to the last artifact
+        calibrated_profile, result = run_validation(spec)
+        return _finish(calibrated_profile, as_json, t0, cached=False, validation=result)
 
 
 def _list_models() -> int:

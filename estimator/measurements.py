@@ -179,6 +179,9 @@ def usable(records: Iterable[Measurement], where: str = "") -> list[Measurement]
     return out
 
 
+_HELD: set[str] = set()  # lock files this process holds
+
+
 class StoreBusy(MeasurementError):
     """Another run holds the measurement store: measuring the same points twice is refused."""
 
@@ -239,6 +242,10 @@ class MeasurementStore:
     def exclusive(self) -> Iterator[MeasurementStore]:
         """Hold the store for one run; another run (any process) gets ``StoreBusy`` naming its pid."""
         lock_path = self.path.with_name(self.path.name + ".lock")
+        key = os.path.abspath(lock_path)
+        if key in _HELD:  # this process holds it already (the CLI around the workflow): re-entrant
+            yield self
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fh = lock_path.open("a+")
@@ -258,9 +265,11 @@ class MeasurementStore:
             fh.truncate()
             fh.write(f"pid {os.getpid()} on {platform.node()}\n")
             fh.flush()
+            _HELD.add(key)
             try:
                 yield self
             finally:
+                _HELD.discard(key)
                 fh.seek(0)
                 fh.truncate()
                 fcntl.flock(fh, fcntl.LOCK_UN)
