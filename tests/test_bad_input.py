@@ -71,6 +71,13 @@ def _model_dir(tmp: Path, cfg: object) -> str:
     return str(d)
 
 
+def _raw_model_dir(tmp: Path, data: bytes) -> str:
+    d = tmp / "model"
+    d.mkdir()
+    (d / "config.json").write_bytes(data)
+    return str(d)
+
+
 def _silicon(tmp: Path, drop: str) -> str:
     with bundled_silicon_csv().open(newline="") as fh:
         rows = list(csv.DictReader(fh))[:20]
@@ -211,6 +218,10 @@ CASES = {
             _model_dir(t, {"hidden_size": 256, "num_attention_heads": 0, "num_hidden_layers": 2}),
         ],
         "num_attention_heads",
+    ),
+    "model config not utf-8": (
+        lambda t: [*STUDY[2:], "--model", _raw_model_dir(t, b'{"hidden_size": "\xff"}')],
+        "config.json line 1",
     ),
     "model config list": (lambda t: [*STUDY[2:], "--model", _model_dir(t, [1, 2])], "config.json"),
     "model layers string": (
