@@ -177,3 +177,16 @@ def test_codec_is_driven_by_type_hints():
             decode(Outer, bad)
     with pytest.raises(CodecError):
         encode(Outer(Inner(np.array(["x"])), (), (1, "a"), 1.0, 1), Outer)
+
+
+def test_codec_handles_the_shared_deployment_type_unchanged():
+    # a type another engineer may add to Profile: round-trips with no codec change
+    from estimator.candidates import Candidate, Mapping
+    from estimator.deployment import Deployment
+
+    d = Deployment.disagg(Candidate(Mapping.TP, 2), Candidate(Mapping.TEP, 4), 3, 5)
+    assert decode(Deployment, json.loads(json.dumps(encode(d, Deployment)))) == d
+    data = encode(d, Deployment)
+    data["workers"][0]["replicas"] = 0  # the type's own checks run on decode
+    with pytest.raises(CodecError):
+        decode(Deployment, data)
