@@ -212,7 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_validate(spec, ns.json)
         return _run_profile(spec, ns.json)
     except SlaEstimateError as exc:
-        print(f"sla-estimate: error: {exc}", file=sys.stderr)
+        one_line = (
+            str(exc).encode("unicode_escape", "backslashreplace").decode("ascii")
+            if not str(exc).isprintable()
+            else str(exc)
+        )
+        print(f"sla-estimate: error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sla-estimate: interrupted", file=sys.stderr)

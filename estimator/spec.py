@@ -233,7 +233,8 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
     raw.update(flags)
     unknown = sorted(set(raw) - _ALLOWED_KEYS)
     if unknown:
-        raise SpecError(unknown[0], "unknown field")
+        name = unknown[0]
+        raise SpecError(name if name.isidentifier() else repr(name), "unknown field")
     raw = {**DEFAULT_STUDY, **raw}  # any field not given comes from the documented default study
     for name in ("model", "system", "backend", "isl", "osl", "ttft_ms", "itl_ms"):
         if raw.get(name) is None:

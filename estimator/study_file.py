@@ -4,7 +4,8 @@ A study file is small, plain data. ``read_yaml`` refuses, in one line naming the
 files over ``MAX_STUDY_BYTES``, bytes that are not UTF-8, malformed YAML and any tag beyond plain
 data (``!!python/...``), duplicate keys, nesting deeper than ``MAX_DEPTH``, and documents whose
 aliases expand to more than ``MAX_NODES`` values (alias bombs, anywhere in the document) — measured
-on the node graph before anything is built, so a bomb is refused in milliseconds.
+on the node graph before anything is built, so a bomb is refused in milliseconds. Size, item count and
+bracket depth are checked on the text before the (slow, recursive) parser sees it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import yaml
 
 from .errors import SpecError
 
-MAX_STUDY_BYTES = 1 << 20  # 1 MiB: a study is a few dozen lines
+MAX_STUDY_BYTES = 64 << 10  # 64 KiB: a study is a few dozen lines
+MAX_ITEMS = 5_000  # lines + commas before parsing (PyYAML parses ~10k values/s: bound the time too)
 MAX_NODES = 20_000  # values after alias expansion
 MAX_DEPTH = 32
 MAX_TEXT = 4096  # characters in one string field
@@ -76,6 +78,37 @@ def _expanded_size(root: yaml.Node, path: str) -> None:
             raise SpecError("config", f"{path} nests deeper than {MAX_DEPTH} levels; refused")
 
 
+def _flow_depth(text: str) -> int:
+    """Deepest nesting of [ and { outside quotes and comments (the parser recurses per level)."""
+    depth = deepest = 0
+    quote = ""
+    prev = "\n"
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if quote:
+            if c == quote:
+                quote = ""
+            elif c == "\\" and quote == '"':
+                i += 1
+        elif c in "'\"":
+            quote = c
+        elif c == "#" and prev in " \t\n":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            c = "\n"
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        elif c == "\n":
+            quote = ""
+        prev = c
+        i += 1
+    return deepest
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a study file into a mapping of fields; anything unsafe or malformed is a SpecError."""
     p = Path(path)
@@ -97,6 +130,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise SpecError(
             "config", f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})"
         ) from None
+    items = text.count("\n") + text.count(",")
+    if items > MAX_ITEMS:
+        raise SpecError("config", f"{path} holds more than {MAX_ITEMS} lines and items; refused")
+    if _flow_depth(text) > MAX_DEPTH:
+        raise SpecError("config", f"{path} nests deeper than {MAX_DEPTH} levels; refused")
     loader = _StudyLoader(text)
     loader.name = str(path)
     try:
@@ -217,5 +255,5 @@ def as_choice(name: str, v: Any, allowed: tuple[str, ...]) -> str:
     return s
 
 
-__all__ = ["MAX_DEPTH", "MAX_NODES", "MAX_STUDY_BYTES", "as_bool", "as_choice", "as_float", "as_int",
+__all__ = ["MAX_DEPTH", "MAX_ITEMS", "MAX_NODES", "MAX_STUDY_BYTES", "as_bool", "as_choice", "as_float", "as_int",
            "as_text", "read_json", "read_yaml"]  # fmt: skip
