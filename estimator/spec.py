@@ -191,10 +191,15 @@ def _merge_validate(base: Any, top: Any) -> Any:
                 "validate.runner_options", f"expected a mapping of key: value, got {type(opts).__name__}"
             )
         merged["runner_options"] = {**opts, **top["runner_options"]}
+        for key in top["runner_options"]:  # the file's shorthand (validate: {url: ...}) loses to the flag too
+            if key not in {f.name for f in fields(ValidateSpec)}:
+                merged.pop(key, None)
     if top.get("runner") not in (
         None,
         base.get("runner"),
     ):  # another runner: the file's options were for its own
+        known = {f.name for f in fields(ValidateSpec)}
+        merged = {k: v for k, v in merged.items() if k in known or k in top}
         merged["runner_options"] = dict(top.get("runner_options") or {})
     return merged
 

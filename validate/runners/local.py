@@ -181,7 +181,7 @@ class LocalEngineRunner(Runner):
                     env={**os.environ, **self.env},
                     cwd=work,
                     start_new_session=True,
-                    preexec_fn=die_with_parent(os.getpid()),  # SIGTERM when we die, even by SIGKILL
+                    preexec_fn=die_with_parent(os.getpid()),  # noqa: PLW1509 - SIGTERM when we die, even by SIGKILL
                 )
             except OSError as exc:
                 raise EngineStartError(f"cannot run {self.command_[0]}: {exc}") from exc
