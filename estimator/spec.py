@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import enum
 import math
-import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import SlaEstimateError, SpecError
+from .errors import SpecError
 from .model import load_model_info, resolve_model_name
+from .spec_checks import merge_validate, output_dir_field, source_field
 from .study_file import as_bool, as_choice, as_float, as_int, as_text, read_yaml
 
 
@@ -175,53 +175,8 @@ def _normalise(raw: dict[str, Any], where: str) -> dict[str, Any]:
     return raw
 
 
-def _merge_validate(base: Any, top: Any) -> Any:
-    """Flags over the file's ``validate:`` section field by field (runner options key by key)."""
-    if not isinstance(base, dict) and base not in (None, False, True):
-        return base  # not a mapping: _validate_spec names it
-    if not isinstance(top, dict):
-        return base if top is True and isinstance(base, dict) else top
-    if not isinstance(base, dict):
-        return top
-    merged = {**base, **{k: v for k, v in top.items() if k != "runner_options"}}
-    if "runner_options" in top:
-        opts = base.get("runner_options") or {}
-        if not isinstance(opts, dict):
-            raise SpecError(
-                "validate.runner_options", f"expected a mapping of key: value, got {type(opts).__name__}"
-            )
-        merged["runner_options"] = {**opts, **top["runner_options"]}
-        for key in top["runner_options"]:  # the file's shorthand (validate: {url: ...}) loses to the flag too
-            if key not in {f.name for f in fields(ValidateSpec)}:
-                merged.pop(key, None)
-    if top.get("runner") not in (
-        None,
-        base.get("runner"),
-    ):  # another runner: the file's options were for its own
-        known = {f.name for f in fields(ValidateSpec)}
-        merged = {k: v for k, v in merged.items() if k in known or k in top}
-        merged["runner_options"] = dict(top.get("runner_options") or {})
-    return merged
-
-
 def _text_or_none(name: str, v: Any) -> str | None:
     return None if v is None or v == "" else _as_text(name, v)
-
-
-def _output_dir(v: Any) -> str | None:
-    """Refuse an output directory that cannot be one (a file, under a file, not writable) before any work."""
-    if v is None:
-        return None
-    path = Path(_as_text("output_dir", v))
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        what = "is a file" if probe == path else f"is under {probe}, which is a file"
-        raise SpecError("output_dir", f"{path} {what}")
-    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        raise SpecError("output_dir", f"{probe} is not writable")
-    return str(path)
 
 
 def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
@@ -234,7 +189,9 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
     raw: dict[str, Any] = _normalise(read_yaml(config), str(config)) if config else {}
     flags = _normalise({k: v for k, v in overrides.items() if v is not None}, "the flags")
     if "validate" in flags and "validate" in raw:
-        flags["validate"] = _merge_validate(raw["validate"], flags["validate"])
+        flags["validate"] = merge_validate(
+            raw["validate"], flags["validate"], {f.name for f in fields(ValidateSpec)}
+        )
     raw.update(flags)
     unknown = sorted(set(raw) - _ALLOWED_KEYS)
     if unknown:
@@ -282,8 +239,8 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
         ),
         num_alternatives=_as_int("num_alternatives", raw.get("num_alternatives", 3), 0, 100),
         request_rate=None if rate is None else _as_float("request_rate", rate, hi=MAX_REQUEST_RATE),
-        source=_source(raw.get("source", "aic")),
-        output_dir=_output_dir(raw.get("output_dir")),
+        source=source_field(raw.get("source", "aic")),
+        output_dir=output_dir_field(raw.get("output_dir")),
         plots=_as_bool("plots", raw.get("plots", True)),
         strict=_as_bool("strict", raw.get("strict", False)),
         cache=_as_bool("cache", raw.get("cache", True)),
@@ -321,32 +278,6 @@ def _planner_args(v: Any) -> tuple[tuple[str, str], ...]:
             val = "true" if val else "false"
         out.append((name, _as_text(f"planner_args.{name}", val) if val != "" else ""))
     return tuple(out)
-
-
-def _source(v: Any) -> str:
-    """``aic``, ``roofline`` or a calibration JSON that really is one (checked here, applied later)."""
-    name = _as_text("source", v)
-    if name in ("aic", "roofline") or not Path(name).is_file():
-        return name  # an unknown name is refused by make_source, which lists the choices
-    from .study_file import read_json
-
-    doc = read_json("source", name)
-    if not isinstance(doc, dict) or "theta" not in doc or "format_version" not in doc:
-        kind = (
-            "a report.json"
-            if isinstance(doc, dict) and "selection" in doc
-            else f"a JSON {type(doc).__name__}"
-        )
-        raise SpecError("source", f"{name} is {kind}, not a calibration file (from `sla-estimate validate`)")
-    from .sources.calibrated import Correction
-
-    try:
-        Correction.from_dict(doc)
-    except (KeyError, TypeError, ValueError, AttributeError, SlaEstimateError) as exc:
-        raise SpecError(
-            "source", f"{name} is not a usable calibration file ({type(exc).__name__}: {exc})"
-        ) from None
-    return name
 
 
 def _validate_spec(v: Any) -> ValidateSpec | None:
