@@ -253,6 +253,10 @@ CASES = {
         lambda t: _validate(_yaml(t, "[1]\n5\n", "recorded.jsonl")),
         "recorded.jsonl:1",
     ),
+    "runner option nan": (
+        lambda t: _validate(_records(t), "--runner-option", "tolerance=nan"),
+        "runner_options.tolerance",
+    ),
     "measurements missing": (lambda t: _validate(str(t / "nope.jsonl")), "nope.jsonl"),
     # bounded study files
     "alias bomb in model": (lambda t: ["--config", _yaml(t, _bomb("model"))], "expands to more than"),
