@@ -49,19 +49,27 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--source", help="aic (default) | roofline | path to a calibration JSON")
     g.add_argument("--num-alternatives", help="alternatives to print per phase (default 3)")
     o = p.add_argument_group("output")
-    o.add_argument("--output-dir", "-o", help="write npz, plots, config_with_planner.yaml and report.json here")
+    o.add_argument(
+        "--output-dir", "-o", help="write npz, plots, config_with_planner.yaml and report.json here"
+    )
     o.add_argument("--no-plots", dest="plots", action="store_const", const=False, help="skip PNG files")
     o.add_argument("--strict", action="store_const", const=True, help="exit 1 when the SLA is not met")
-    o.add_argument("--no-cache", dest="cache", action="store_const", const=False, help="ignore the profile cache")
+    o.add_argument(
+        "--no-cache", dest="cache", action="store_const", const=False, help="ignore the profile cache"
+    )
     o.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.epilog = "Planner flags: any --planner-<flag>=<value> is passed to Dynamo's Planner as --<flag>=<value>."
+    p.epilog = (
+        "Planner flags: any --planner-<flag>=<value> is passed to Dynamo's Planner as --<flag>=<value>."
+    )
 
 
 def _validate_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("validation")
     g.add_argument("--runner", help="replay | endpoint | local | k8s | gpu (default replay)")
-    g.add_argument("--measurements", action="append", help="recorded measurements for the replay runner (repeatable)")
+    g.add_argument(
+        "--measurements", action="append", help="recorded measurements for the replay runner (repeatable)"
+    )
     g.add_argument("--budget", help="points to measure in total (default 8)")
     g.add_argument("--max-points-per-engine", help="points per engine (default 4)")
     g.add_argument(
@@ -95,6 +103,10 @@ def _split_planner_args(extra: list[str]) -> list[str]:
         if not arg.startswith("--planner-"):
             raise SpecError(arg.split("=")[0].lstrip("-"), "unknown flag")
         flag = arg[len("--planner-") :]
+        if not flag.partition("=")[0].strip():
+            raise SpecError(
+                "planner_args", f"{arg[:60]!r} has an empty flag name (use --planner-<flag>=<value>)"
+            )
         if "=" in flag:
             out.append(flag)
         elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
@@ -165,11 +177,15 @@ def _finish(profile: Any, as_json: bool, t0: float, cached: bool, validation: An
 
 
 def _run_validate(spec: Any, as_json: bool) -> int:
-    from validate.workflow import run_validation
+    from validate.workflow import DEFAULT_OUTPUT_DIR, run_validation
+
+    from .measurements import MeasurementStore
 
     t0 = time.perf_counter()
-    calibrated_profile, result = run_validation(spec)
-    return _finish(calibrated_profile, as_json, t0, cached=False, validation=result)
+    store = MeasurementStore(Path(spec.output_dir or DEFAULT_OUTPUT_DIR) / "measurements.jsonl")
+    with store.exclusive():  # one run per output directory, from the estimate to the last artifact
+        calibrated_profile, result = run_validation(spec)
+        return _finish(calibrated_profile, as_json, t0, cached=False, validation=result)
 
 
 def _list_models() -> int:
@@ -191,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if ns.command == "models":
+            if extra:
+                raise SpecError(extra[0].split("=")[0].lstrip("-") or extra[0], "unknown flag for `models`")
             return _list_models()
         if ns.command == "plan":
             from .cli_plan import run_plan
@@ -204,7 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_validate(spec, ns.json)
         return _run_profile(spec, ns.json)
     except SlaEstimateError as exc:
-        print(f"sla-estimate: error: {exc}", file=sys.stderr)
+        one_line = (
+            str(exc).encode("unicode_escape", "backslashreplace").decode("ascii")
+            if not str(exc).isprintable()
+            else str(exc)
+        )
+        print(f"sla-estimate: error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sla-estimate: interrupted", file=sys.stderr)

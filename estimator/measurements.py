@@ -8,18 +8,22 @@ A torn last line (crash mid-write) is skipped with a warning, never fatal.
 from __future__ import annotations
 
 import enum
+import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .candidates import Candidate
+from .errors import MeasurementError, SpecError
 from .sources.base import Stack
 
 log = logging.getLogger(__name__)
@@ -129,11 +133,74 @@ class Measurement:
         return cls(probe=Probe.from_dict(d["probe"]), **{k: v for k, v in d.items() if k in known})
 
 
+_LATENCIES = ("ttft_ms", "itl_ms", "tpot_ms", "thpt_per_gpu")
+_SPREADS = ("ttft_std_ms", "itl_std_ms")
+
+
+def measurement_problem(m: Measurement) -> str | None:
+    """Why ``m`` must not calibrate anything (NaN/inf/zero/negative latency, a string, ISL <= 0), or None."""
+    p = m.probe
+    for name in ("isl", "osl", "concurrency", "repeats"):
+        v = getattr(p, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            return f"probe {name} must be an integer >= 1, got {v!r}"
+    for name in _LATENCIES + _SPREADS:
+        v = getattr(m, name)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"{name} must be a number, got {type(v).__name__} {str(v)[:40]!r}"
+        if not math.isfinite(v) or (v <= 0 if name in _LATENCIES else v < 0):
+            return f"{name} must be finite and {'> 0' if name in _LATENCIES else '>= 0'}, got {v!r}"
+    kv = m.kv_capacity_tokens
+    if kv is not None and (isinstance(kv, bool) or not isinstance(kv, int) or kv < 0):
+        return f"kv_capacity_tokens must be an integer >= 0, got {kv!r}"
+    if not isinstance(m.samples, dict):
+        return "samples must be a mapping of name: [values]"
+    for name, vals in m.samples.items():
+        if not isinstance(vals, list) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in vals
+        ):
+            return f"samples[{name!r}] must be a list of finite numbers"
+    return None
+
+
+def usable(records: Iterable[Measurement], where: str = "") -> list[Measurement]:
+    """The records fit to calibrate with; each one dropped is named in a warning."""
+    out = []
+    for m in records:
+        why = measurement_problem(m)
+        if why is None:
+            out.append(m)
+        else:
+            p = m.probe
+            log.warning("%signoring %s %s isl %s record (%s)", f"{where}: " if where else "", p.kind.value,
+                        p.candidate.name, p.isl, why)  # fmt: skip
+    return out
+
+
+_HELD: set[str] = set()  # lock files this process holds
+
+
+class StoreBusy(MeasurementError):
+    """Another run holds the measurement store: measuring the same points twice is refused."""
+
+
 class MeasurementStore:
-    """Append-only JSON-lines file of measurements; safe to resume after a crash."""
+    """Append-only JSON-lines file of measurements; safe to resume after a crash.
+
+    A line that is torn, not UTF-8, not a record, or a record with unusable values (NaN, a string
+    latency, ISL <= 0) is skipped with a warning naming ``file:line``; the rest still loads.
+    ``exclusive()`` holds an flock on ``<file>.lock`` so a second run into the same store fails at once.
+    """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
+        self.skipped: list[str] = []  # "file:line: why" for each line the last load() skipped
+
+    def _skip(self, lineno: int, why: str) -> None:
+        self.skipped.append(f"{self.path}:{lineno}: {why}")
+        log.warning("%s:%d: skipping %s", self.path, lineno, why)
 
     def __iter__(self) -> Iterator[Measurement]:
         return iter(self.load())
@@ -142,23 +209,76 @@ class MeasurementStore:
         if not self.path.exists():
             return []
         out: list[Measurement] = []
-        with self.path.open() as fh:
-            for lineno, line in enumerate(fh, 1):
+        self.skipped = []
+        try:
+            fh = self.path.open("rb")
+        except OSError as exc:
+            raise MeasurementError(f"cannot read {self.path}: {exc.strerror}") from None
+        with fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    self._skip(lineno, f"a line that is not UTF-8 (byte {exc.start + 1})")
+                    continue
                 if not line.strip():
                     continue
                 try:
-                    out.append(Measurement.from_dict(json.loads(line)))
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                    log.warning("%s:%d: skipping unreadable record (%s)", self.path, lineno, exc)
+                    m = Measurement.from_dict(json.loads(line))
+                except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+                    self._skip(lineno, f"unreadable record ({type(exc).__name__}: {str(exc)[:120]})")
+                    continue
+                why = measurement_problem(m)
+                if why:
+                    self._skip(lineno, f"record ({why})")
+                    continue
+                out.append(m)
         return out
 
     def keys(self) -> set[str]:
         return {m.probe.key for m in self.load()}
 
+    @contextmanager
+    def exclusive(self) -> Iterator[MeasurementStore]:
+        """Hold the store for one run; another run (any process) gets ``StoreBusy`` naming its pid."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        key = os.path.abspath(lock_path)
+        if key in _HELD:  # this process holds it already (the CLI around the workflow): re-entrant
+            yield self
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fh = lock_path.open("a+")
+        except OSError as exc:
+            raise SpecError("output_dir", f"cannot create {lock_path}: {exc.strerror}") from None
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise StoreBusy(
+                    f"{self.path} is being measured by another run ({holder}); wait for it to finish "
+                    "(a rerun then measures only what is missing) or use another --output-dir"
+                ) from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {platform.node()}\n")
+            fh.flush()
+            _HELD.add(key)
+            try:
+                yield self
+            finally:
+                _HELD.discard(key)
+                fh.seek(0)
+                fh.truncate()
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def append(self, m: Measurement) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(m.to_dict(), sort_keys=True, default=_json_default)
         with self.path.open("a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # appends from several processes never interleave
             fh.seek(0, os.SEEK_END)
             if fh.tell() > 0:  # heal a torn last line so the new record starts on its own line
                 fh.seek(-1, os.SEEK_END)

@@ -8,7 +8,7 @@ holding ``config.json``. Reading the file ourselves keeps a cached study free of
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -54,7 +54,9 @@ class ModelInfo:
     @property
     def num_params(self) -> float:
         """Approximate parameter count (attention + MLP/experts + embeddings)."""
-        attn = self.num_layers * self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+        attn = (
+            self.num_layers * self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+        )
         if self.is_moe:
             mlp = self.num_layers * self.num_experts * 3 * self.hidden_size * self.moe_intermediate_size
         else:
@@ -68,7 +70,9 @@ class ModelInfo:
 
 def bundled_config_dir() -> Path:
     """Folder of Hugging Face configs shipped inside aiconfigurator-core."""
-    return Path(str(metadata.distribution("aiconfigurator-core").locate_file("aiconfigurator_core/model_configs")))
+    return Path(
+        str(metadata.distribution("aiconfigurator-core").locate_file("aiconfigurator_core/model_configs"))
+    )
 
 
 def bundled_models() -> list[str]:
@@ -99,33 +103,56 @@ def resolve_model_name(model: str) -> str:
 
 
 def _read_config(name: str) -> dict:
+    from .study_file import read_json
+
     if os.path.isdir(name):
-        return json.loads((Path(name) / "config.json").read_text())
-    path = bundled_config_dir() / (name.replace("/", "--", 1) + "_config.json")
-    return json.loads(path.read_text())
+        path = Path(name) / "config.json"
+    else:
+        path = bundled_config_dir() / (name.replace("/", "--", 1) + "_config.json")
+    cfg = read_json("model", path, max_bytes=16 << 20)
+    if not isinstance(cfg, dict):
+        raise SpecError("model", f"{path} must hold a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+def _int_field(path: str, cfg: dict, key: str, default: int | None = None, lo: int = 1) -> int:
+    """A config.json integer >= ``lo``; missing/null uses ``default``; anything else names the key."""
+    v = cfg.get(key)
+    if v is None or (v == 0 and default is not None and lo > 0):
+        if default is None:
+            raise SpecError("model", f"{path}: {key} is missing")
+        return default
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or not math.isfinite(v)
+        or v != int(v)
+        or v < lo
+    ):
+        raise SpecError("model", f"{path}: {key} must be an integer >= {lo}, got {str(v)[:40]!r}")
+    return int(v)
 
 
 @cache
 def load_model_info(model: str) -> ModelInfo:
     """Read the shape of ``model`` (already resolved by :func:`resolve_model_name`)."""
-    try:
-        cfg = _read_config(model)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SpecError("model", f"cannot read config of {model!r}: {exc}") from exc
+    cfg = _read_config(model)
+    where = f"config.json of {model}"
     text_cfg = cfg.get("text_config") or cfg
-    try:
-        hidden = int(text_cfg["hidden_size"])
-        heads = int(text_cfg["num_attention_heads"])
-        layers = int(text_cfg["num_hidden_layers"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SpecError("model", f"config of {model!r} lacks {exc}") from exc
-    kv_heads = int(text_cfg.get("num_key_value_heads") or heads)
-    head_dim = int(text_cfg.get("head_dim") or hidden // heads)
-    inter = int(text_cfg.get("intermediate_size") or 4 * hidden)
-    experts = int(
-        text_cfg.get("num_experts") or text_cfg.get("n_routed_experts") or text_cfg.get("num_local_experts") or 0
-    )
+    if not isinstance(text_cfg, dict):
+        raise SpecError("model", f"{where}: text_config must be an object")
+    hidden = _int_field(where, text_cfg, "hidden_size")
+    heads = _int_field(where, text_cfg, "num_attention_heads")
+    layers = _int_field(where, text_cfg, "num_hidden_layers")
+    kv_heads = _int_field(where, text_cfg, "num_key_value_heads", heads)
+    head_dim = _int_field(where, text_cfg, "head_dim", max(1, hidden // heads))
+    inter = _int_field(where, text_cfg, "intermediate_size", 4 * hidden)
+    experts = 0
+    for key in ("num_experts", "n_routed_experts", "num_local_experts"):
+        experts = experts or _int_field(where, text_cfg, key, 0, lo=0)
     quant = cfg.get("quantization_config") or {}
+    if not isinstance(quant, dict):
+        raise SpecError("model", f"{where}: quantization_config must be an object")
     method = str(quant.get("quant_method", "")).lower()
     if method in ("fp8", "modelopt") or "fp8" in str(quant.get("quant_algo", "")).lower():
         bytes_per_param = 1.0
@@ -134,20 +161,25 @@ def load_model_info(model: str) -> ModelInfo:
     else:
         bytes_per_param = 2.0
     block = quant.get("weight_block_size") or [0]
+    if not isinstance(block, list) or not block:
+        raise SpecError("model", f"{where}: weight_block_size must be a list of integers")
+    archs = cfg.get("architectures") or ["unknown"]
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise SpecError("model", f"{where}: architectures must be a list of names")
     return ModelInfo(
         name=model,
-        architecture=(cfg.get("architectures") or ["unknown"])[0],
+        architecture=archs[0],
         num_layers=layers,
         hidden_size=hidden,
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
         intermediate_size=inter,
-        moe_intermediate_size=int(text_cfg.get("moe_intermediate_size") or inter),
+        moe_intermediate_size=_int_field(where, text_cfg, "moe_intermediate_size", inter),
         num_experts=experts,
-        experts_per_token=int(text_cfg.get("num_experts_per_tok") or 0),
-        vocab_size=int(text_cfg.get("vocab_size") or 32000),
-        max_context_tokens=int(text_cfg.get("max_position_embeddings") or 4096),
+        experts_per_token=_int_field(where, text_cfg, "num_experts_per_tok", 0, lo=0),
+        vocab_size=_int_field(where, text_cfg, "vocab_size", 32000),
+        max_context_tokens=_int_field(where, text_cfg, "max_position_embeddings", 4096),
         weight_bytes_per_param=bytes_per_param,
-        quant_block_size=int(block[-1] or 0),
+        quant_block_size=_int_field(where, {"b": block[-1]}, "b", 0, lo=0),
     )

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import SpecError
 from .model import load_model_info, resolve_model_name
+from .spec_checks import merge_validate, output_dir_field, source_field
+from .study_file import as_bool, as_choice, as_float, as_int, as_text, read_yaml
 
 
 class Backend(str, enum.Enum):
@@ -40,7 +41,17 @@ KNOWN_SYSTEMS = (
     "h100_pcie", "h100_sxm", "h200_sxm", "l4", "l40s", "rtx_pro_6000_server",
 )  # fmt: skip
 
-QUANT_MODES = ("bfloat16", "float16", "fp8", "fp8_block", "fp8_static", "int8_wo", "int4_wo", "nvfp4", "w4afp8")
+QUANT_MODES = (
+    "bfloat16",
+    "float16",
+    "fp8",
+    "fp8_block",
+    "fp8_static",
+    "int8_wo",
+    "int4_wo",
+    "nvfp4",
+    "w4afp8",
+)
 KV_QUANT_MODES = ("bfloat16", "float16", "fp8", "int8")
 RUNNER_KINDS = ("replay", "endpoint", "local", "k8s", "gpu")
 
@@ -114,78 +125,58 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _as_int(name: str, v: Any, lo: int = 1, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise SpecError(name, f"expected an integer, got {v!r}")
-    try:
-        f = float(v)
-    except ValueError:
-        raise SpecError(name, f"expected an integer, got {v!r}") from None
-    if f != int(f):
-        raise SpecError(name, f"expected an integer, got {v!r}")
-    i = int(f)
-    if i < lo or (hi is not None and i > hi):
-        raise SpecError(name, f"{i} is out of range [{lo}, {hi if hi is not None else '∞'}]")
-    return i
-
-
-def _as_float(name: str, v: Any, positive: bool = True) -> float:
-    if isinstance(v, bool):
-        raise SpecError(name, f"expected a number, got {v!r}")
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise SpecError(name, f"expected a number, got {v!r}") from None
-    if positive and not f > 0:
-        raise SpecError(name, f"must be > 0, got {v!r}")
-    if not math.isfinite(f):
-        raise SpecError(name, f"must be finite, got {v!r}")
-    return f
-
-
-def _as_choice(name: str, v: Any, allowed: tuple[str, ...]) -> str:
-    s = str(v).lower()
-    if s not in allowed:
-        raise SpecError(name, f"{v!r} is not one of {', '.join(allowed)}")
-    return s
+_as_int, _as_float, _as_choice, _as_bool, _as_text = as_int, as_float, as_choice, as_bool, as_text
+MAX_REQUEST_RATE = 100_000.0  # requests/s: beyond this the sizing is not a plan but an overflow
+MAX_PLANNER_ARGS = 256
+_FLAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def _gpu_counts(raw: dict[str, Any]) -> tuple[int, ...]:
-    if raw.get("gpus") not in (None, "", []):
-        g = raw["gpus"]
-        items = str(g).split(",") if isinstance(g, (str, int)) else list(g)
-        counts = tuple(sorted({_as_int("gpus", x, 1, 1024) for x in items if str(x).strip()}))
+    g = raw.get("gpus")
+    if g is not None and g != "" and g != []:
+        if isinstance(g, str):
+            items: list[Any] = g.split(",")
+        elif isinstance(g, (list, tuple)):
+            items = list(g)
+        elif isinstance(g, (int, float)) and not isinstance(g, bool):
+            items = [g]
+        else:
+            raise SpecError("gpus", f"expected a list of GPU counts like 1,2,4, got {type(g).__name__}")
+        counts = tuple(
+            sorted({_as_int("gpus", x, 1, 1024) for x in items if not (isinstance(x, str) and not x.strip())})
+        )
         if not counts:
             raise SpecError("gpus", "empty GPU list")
         return counts
     lo = _as_int("min_gpus", raw.get("min_gpus", 1), 1, 1024)
-    hi = _as_int("max_gpus", raw.get("max_gpus", raw.get("gpus_per_node", 8)), 1, 1024)
+    if raw.get("max_gpus") is not None:
+        hi = _as_int("max_gpus", raw["max_gpus"], 1, 1024)
+    else:
+        hi = _as_int("gpus_per_node", raw.get("gpus_per_node", 8), 1, 1024)
     counts = tuple(n for n in (2**k for k in range(11)) if lo <= n <= hi)
     if not counts:
         raise SpecError("max_gpus", f"no power of two lies in the GPU range [{lo}, {hi}]")
     return counts
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a study file; malformed YAML or a non-mapping top level is a SpecError."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise SpecError("config", f"cannot read {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError("config", f"malformed YAML in {path}{where}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SpecError("config", f"{path} must hold a mapping of study fields, got {type(data).__name__}")
-    return data
+_ALLOWED_KEYS = {f.name for f in fields(Spec)} | {"gpus", "min_gpus", "max_gpus", "ttft", "itl"} - {
+    "gpu_counts"
+}
 
 
-_ALLOWED_KEYS = {f.name for f in fields(Spec)} | {"gpus", "min_gpus", "max_gpus", "ttft", "itl"} - {"gpu_counts"}
+def _normalise(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Short names (ttft, itl) to long ones; both given in one place is ambiguous."""
+    raw = dict(raw)
+    for short, long in (("ttft", "ttft_ms"), ("itl", "itl_ms")):
+        if short in raw:
+            if long in raw:
+                raise SpecError(long, f"given twice in {where} (as {short} and {long})")
+            raw[long] = raw.pop(short)
+    return raw
+
+
+def _text_or_none(name: str, v: Any) -> str | None:
+    return None if v is None or v == "" else _as_text(name, v)
 
 
 def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
@@ -193,21 +184,25 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
 
     Fields given nowhere come from the built-in default study (``DEFAULT_STUDY``), so a bare
     ``sla-estimate`` runs Qwen3-32B on h200_sxm with vLLM at ISL 3000 / OSL 150, TTFT 200 ms, ITL 20 ms.
+    Flags override the file field by field, the ``validate:`` section included.
     """
-    raw: dict[str, Any] = read_yaml(config) if config else {}
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    for short, long in (("ttft", "ttft_ms"), ("itl", "itl_ms")):
-        if short in raw:
-            raw[long] = raw.pop(short)
+    raw: dict[str, Any] = _normalise(read_yaml(config), str(config)) if config else {}
+    flags = _normalise({k: v for k, v in overrides.items() if v is not None}, "the flags")
+    if "validate" in flags and "validate" in raw:
+        flags["validate"] = merge_validate(
+            raw["validate"], flags["validate"], {f.name for f in fields(ValidateSpec)}
+        )
+    raw.update(flags)
     unknown = sorted(set(raw) - _ALLOWED_KEYS)
     if unknown:
-        raise SpecError(unknown[0], "unknown field")
+        name = unknown[0]
+        raise SpecError(name if name.isidentifier() else repr(name), "unknown field")
     raw = {**DEFAULT_STUDY, **raw}  # any field not given comes from the documented default study
-    for name in ("system", "backend", "isl", "osl", "ttft_ms", "itl_ms"):
+    for name in ("model", "system", "backend", "isl", "osl", "ttft_ms", "itl_ms"):
         if raw.get(name) is None:
             raise SpecError(name, "is required")
 
-    model = resolve_model_name(str(raw["model"]))
+    model = resolve_model_name(_as_text("model", raw["model"]))
     info = load_model_info(model)
     system = _as_choice("system", raw["system"], KNOWN_SYSTEMS)
     backend = Backend(_as_choice("backend", raw["backend"], tuple(b.value for b in Backend)))
@@ -216,18 +211,21 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
     max_ctx = _as_int("max_context_tokens", raw.get("max_context_tokens", 0), 0)
     limit = min(max_ctx, info.max_context_tokens) if max_ctx else info.max_context_tokens
     if isl + osl > limit:
-        raise SpecError("isl", f"ISL {isl} + OSL {osl} = {isl + osl} exceeds the model context of {limit} tokens")
-    gemm = raw.get("gemm_quant")
-    kvq = raw.get("kvcache_quant")
+        raise SpecError(
+            "isl", f"ISL {isl} + OSL {osl} = {isl + osl} exceeds the model context of {limit} tokens"
+        )
+    gemm = _text_or_none("gemm_quant", raw.get("gemm_quant"))
+    kvq = _text_or_none("kvcache_quant", raw.get("kvcache_quant"))
+    rate = raw.get("request_rate")
     spec = Spec(
         model=model,
         system=system,
         backend=backend,
         isl=isl,
         osl=osl,
-        ttft_ms=_as_float("ttft_ms", raw["ttft_ms"]),
-        itl_ms=_as_float("itl_ms", raw["itl_ms"]),
-        backend_version=str(raw["backend_version"]) if raw.get("backend_version") else None,
+        ttft_ms=_as_float("ttft_ms", raw["ttft_ms"], hi=3_600_000.0),
+        itl_ms=_as_float("itl_ms", raw["itl_ms"], hi=3_600_000.0),
+        backend_version=_text_or_none("backend_version", raw.get("backend_version")),
         gpu_counts=_gpu_counts(raw),
         gpus_per_node=_as_int("gpus_per_node", raw.get("gpus_per_node", 8), 1, 1024),
         gemm_quant=_as_choice("gemm_quant", gemm, QUANT_MODES) if gemm else None,
@@ -240,12 +238,12 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
             "num_decode_concurrencies", raw.get("num_decode_concurrencies", 12), 2, 1000
         ),
         num_alternatives=_as_int("num_alternatives", raw.get("num_alternatives", 3), 0, 100),
-        request_rate=_as_float("request_rate", raw["request_rate"]) if raw.get("request_rate") else None,
-        source=str(raw.get("source", "aic")),
-        output_dir=str(raw["output_dir"]) if raw.get("output_dir") else None,
-        plots=bool(raw.get("plots", True)),
-        strict=bool(raw.get("strict", False)),
-        cache=bool(raw.get("cache", True)),
+        request_rate=None if rate is None else _as_float("request_rate", rate, hi=MAX_REQUEST_RATE),
+        source=source_field(raw.get("source", "aic")),
+        output_dir=output_dir_field(raw.get("output_dir")),
+        plots=_as_bool("plots", raw.get("plots", True)),
+        strict=_as_bool("strict", raw.get("strict", False)),
+        cache=_as_bool("cache", raw.get("cache", True)),
         planner_args=_planner_args(raw.get("planner_args", ())),
         validate=_validate_spec(raw.get("validate")),
         seed=_as_int("seed", raw.get("seed", 0), 0),
@@ -257,20 +255,33 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
 
 
 def _planner_args(v: Any) -> tuple[tuple[str, str], ...]:
+    """``flag=value`` strings or a mapping; flag names are checked, values are plain scalars."""
     if isinstance(v, dict):
         items = list(v.items())
-    else:
+    elif isinstance(v, (list, tuple, str)):
         items = []
-        for s in v or ():
-            if "=" not in str(s):
-                raise SpecError("planner_args", f"expected flag=value, got {s!r}")
-            k, _, val = str(s).partition("=")
+        for s in [v] if isinstance(v, str) else v:
+            if not isinstance(s, str) or "=" not in s:
+                raise SpecError("planner_args", f"expected flag=value, got {str(s)[:60]!r}")
+            k, _, val = s.partition("=")
             items.append((k, val))
-    return tuple((str(k).removeprefix("--").removeprefix("planner-"), str(val)) for k, val in items)
+    else:
+        raise SpecError("planner_args", f"expected a list of flag=value or a mapping, got {type(v).__name__}")
+    if len(items) > MAX_PLANNER_ARGS:
+        raise SpecError("planner_args", f"{len(items)} planner flags; at most {MAX_PLANNER_ARGS} are allowed")
+    out = []
+    for k, val in items:
+        name = str(k).strip().removeprefix("--").removeprefix("planner-")
+        if not _FLAG_NAME.match(name):
+            raise SpecError("planner_args", f"{str(k)[:60]!r} is not a flag name (letters, digits, -, _)")
+        if isinstance(val, bool):
+            val = "true" if val else "false"
+        out.append((name, _as_text(f"planner_args.{name}", val) if val != "" else ""))
+    return tuple(out)
 
 
 def _validate_spec(v: Any) -> ValidateSpec | None:
-    if v in (None, False):
+    if v is None or v is False:
         return None
     if v is True:
         return ValidateSpec()
@@ -278,14 +289,47 @@ def _validate_spec(v: Any) -> ValidateSpec | None:
         raise SpecError("validate", f"expected a mapping, got {type(v).__name__}")
     known = {f.name for f in fields(ValidateSpec)}
     opts = {k: val for k, val in v.items() if k not in known}
-    meas = v.get("measurements") or ()
-    meas = (meas,) if isinstance(meas, str) else tuple(str(m) for m in meas)
+    meas = v.get("measurements")
+    if meas is None:
+        meas = ()
+    elif isinstance(meas, str):
+        meas = (_as_text("validate.measurements", meas),)
+    elif isinstance(meas, (list, tuple)):
+        meas = tuple(_as_text("validate.measurements", m) for m in meas)
+    else:
+        raise SpecError(
+            "validate.measurements", f"expected a path or a list of paths, got {type(meas).__name__}"
+        )
+    ro = v.get("runner_options")
+    if ro is None:
+        ro = {}
+    if not isinstance(ro, dict):
+        raise SpecError(
+            "validate.runner_options", f"expected a mapping of key: value, got {type(ro).__name__}"
+        )
+    options = {**ro, **opts}
+    for key, val in options.items():
+        if not isinstance(key, str) or not key:
+            raise SpecError("validate.runner_options", f"option names must be strings, got {key!r}")
+        scalars = (str, int, float, bool, type(None))
+        if not isinstance(val, scalars) and not (
+            isinstance(val, (list, tuple)) and all(isinstance(x, scalars) for x in val)
+        ):
+            raise SpecError(
+                f"runner_options.{key}", f"expected a value or a list of values, got {type(val).__name__}"
+            )
+        if isinstance(val, float) and not math.isfinite(val):
+            raise SpecError(f"runner_options.{key}", f"must be finite, got {val!r}")
     return ValidateSpec(
         runner=_as_choice("validate.runner", v.get("runner", "replay"), RUNNER_KINDS),
         measurements=meas,
         budget=_as_int("validate.budget", v.get("budget", 8), 1, 10_000),
-        max_points_per_engine=_as_int("validate.max_points_per_engine", v.get("max_points_per_engine", 4), 1, 1000),
-        runner_options=tuple(sorted({**dict(v.get("runner_options") or {}), **opts}.items())),
+        max_points_per_engine=_as_int(
+            "validate.max_points_per_engine", v.get("max_points_per_engine", 4), 1, 1000
+        ),
+        runner_options=tuple(
+            sorted({k: tuple(x) if isinstance(x, list) else x for k, x in options.items()}.items())
+        ),
     )
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from estimator.candidates import Candidate, Mapping
-from estimator.sources.base import Stack
 from estimator.measurements import Measurement, MeasurementStore, Probe, ProbeKind
+from estimator.sources.base import Stack
 
 STACK = Stack("meta-llama/Meta-Llama-3.1-8B", "h100_sxm", "vllm")
 
@@ -51,3 +51,44 @@ def test_corrupt_lines_are_skipped_not_fatal(tmp_path):
 
 def test_missing_file_is_empty(tmp_path):
     assert MeasurementStore(tmp_path / "none.jsonl").load() == []
+
+
+def test_non_utf8_line_is_skipped_with_its_line_number(tmp_path, caplog):
+    path = tmp_path / "m.jsonl"
+    store = MeasurementStore(path)
+    store.append(_m(1000, 50.0))
+    with path.open("ab") as fh:
+        fh.write(b'{"probe": "\xff\xfe"}\n')
+    store.append(_m(2000, 90.0))
+    assert [m.probe.isl for m in store.load()] == [1000, 2000]  # resume is not blocked
+    assert f"{path}:2: skipping a line that is not UTF-8" in caplog.text
+    assert store.skipped == [f"{path}:2: a line that is not UTF-8 (byte 12)"]
+
+
+def test_unusable_values_are_skipped_and_named(tmp_path, caplog):
+    path = tmp_path / "m.jsonl"
+    store = MeasurementStore(path)
+    for ttft in (50.0, float("nan"), float("inf"), 0.0, -1.0, "12"):
+        d = _m(1000, 1.0).to_dict()
+        d["ttft_ms"] = ttft
+        with path.open("a") as fh:
+            fh.write(json.dumps(d) + "\n")
+    assert [m.ttft_ms for m in store.load()] == [50.0]
+    assert [s.split(": ", 1)[0] for s in store.skipped] == [f"{path}:{n}" for n in (2, 3, 4, 5, 6)]
+    assert "ttft_ms must be a number, got str" in caplog.text
+
+
+def test_exclusive_store_refuses_a_second_holder_and_is_reentrant(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    store = MeasurementStore(tmp_path / "m.jsonl")
+    with store.exclusive(), MeasurementStore(tmp_path / "m.jsonl").exclusive():  # same process: re-entrant
+        code = ("import sys; from estimator.measurements import MeasurementStore as S, StoreBusy\n"
+                "try:\n    S(sys.argv[1]).exclusive().__enter__()\nexcept StoreBusy as e:\n    print(e)")  # fmt: skip
+        out = subprocess.run([sys.executable, "-c", code, str(store.path)], check=False, capture_output=True, text=True,
+                             env={"PYTHONPATH": str(Path(__file__).parents[1])})  # fmt: skip
+        assert "being measured by another run (pid" in out.stdout, out.stderr
+    with store.exclusive():  # released after the block: a later holder gets it
+        pass

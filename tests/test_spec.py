@@ -81,3 +81,33 @@ def test_malformed_yaml(tmp_path):
         load_spec(lst)
     with pytest.raises(SpecError, match="cannot read"):
         load_spec(tmp_path / "missing.yaml")
+
+
+def test_validate_flags_override_the_file_field_by_field(tmp_path):
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(
+        "validate:\n  runner: endpoint\n  url: http://file:1\n  budget: 2\n  runner_options: {repeats: 5}\n"
+    )
+    v = load_spec(cfg, validate={"runner_options": {"url": "http://flag:2"}}).validate
+    assert v.runner == "endpoint" and v.budget == 2
+    assert dict(v.runner_options) == {"url": "http://flag:2", "repeats": 5}
+    v = load_spec(cfg, validate={"runner": "replay", "measurements": ["m.jsonl"]}).validate
+    assert v.runner == "replay" and v.budget == 2 and v.runner_options == ()  # options were the endpoint's
+    assert load_spec(cfg, validate=True).validate.option("url") == "http://file:1"
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(3, 3), ("3", 3), (3.0, 3), ("3.0", 3), ("+4", 4), ("1e3", 1000)],
+)
+def test_integer_fields_accept_integral_values(value, expected):
+    assert load_spec(isl=value, osl=10).isl == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["nan", "inf", "-inf", "1e400", float("nan"), float("inf"), 10**400, "3.5", True, [3]]
+)
+def test_integer_fields_refuse_the_rest(value):
+    with pytest.raises(SpecError) as err:
+        load_spec(isl=value)
+    assert err.value.field == "isl" and "\n" not in str(err.value)

@@ -18,11 +18,10 @@ from importlib import metadata
 from pathlib import Path
 
 from estimator.candidates import Candidate, Mapping
-from estimator.errors import SpecError
+from estimator.errors import MeasurementError, SpecError
+from estimator.measurements import Measurement, Probe, ProbeKind
 from estimator.model import resolve_model_name
 from estimator.sources.base import Stack
-
-from estimator.measurements import Measurement, Probe, ProbeKind
 
 CONFIG_COLUMNS = (
     "backend", "backend_version", "model_path", "system", "precision", "gemm_quant_mode", "moe_quant_mode",
@@ -81,6 +80,49 @@ def stack_of(row: dict[str, str]) -> Stack:
                  backend_version=row["backend_version"] or None, gemm_quant=gemm)  # fmt: skip
 
 
+REQUIRED_COLUMNS = ("id", "mode", "silicon_ttft_ms", "silicon_tpot_ms", *CONFIG_COLUMNS)
+_INT_COLUMNS = ("isl", "osl", "batch_size")
+
+
+def _rows(path: Path):
+    """(line number, row) of the CSV; a missing column, bad bytes or a broken row names the file and line."""
+    try:
+        fh = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise MeasurementError(f"cannot read {path}: {exc.strerror}") from None
+    with fh:
+        reader = csv.DictReader(fh)
+        try:
+            header = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if missing:
+                raise MeasurementError(
+                    f"{path}: missing column {missing[0]!r} (needs {', '.join(REQUIRED_COLUMNS)})"
+                )
+            for row in reader:
+                if None in row or any(v is None for v in row.values()):
+                    raise MeasurementError(f"{path} line {reader.line_num}: {len(header)} columns expected")
+                yield reader.line_num, row
+        except UnicodeDecodeError as exc:
+            raise MeasurementError(
+                f"{path} line {reader.line_num + 1}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})"
+            ) from None
+        except csv.Error as exc:
+            raise MeasurementError(f"{path} line {reader.line_num}: {exc}") from None
+
+
+def _row_problem(row: dict[str, str]) -> str | None:
+    for c in _INT_COLUMNS:
+        v = _num(row[c])
+        if v is None or not math.isfinite(v) or v < 1 or v != int(v):
+            return f"{c} {row[c]!r} is not a positive integer"
+    for c in ("tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size"):
+        v = _num(row[c]) if row[c] != "" else 0.0
+        if v is None or not math.isfinite(v) or v < 0 or v != int(v):
+            return f"{c} {row[c]!r} is not a non-negative integer"
+    return None
+
+
 def load_silicon(
     path: str | Path | None = None, mode: str = "agg"
 ) -> tuple[list[Measurement], list[Skipped]]:
@@ -88,21 +130,36 @@ def load_silicon(
     path = Path(path) if path else bundled_silicon_csv()
     groups: dict[tuple, list[dict[str, str]]] = {}
     skipped: list[Skipped] = []
-    with path.open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row.get("mode") != mode:
-                continue
-            ttft, tpot = _num(row.get("silicon_ttft_ms", "")), _num(row.get("silicon_tpot_ms", ""))
-            if ttft is None or tpot is None or ttft <= 0 or tpot <= 0:
-                skipped.append(Skipped(row["id"], "no measured TTFT/TPOT"))
-                continue
-            if candidate_of(row) is None:
-                skipped.append(Skipped(row["id"], "parallel mapping is not TP/TEP/DEP "
-                                       f"(tp {row['tp_size']}, pp {row['pp_size']}, adp {row['attention_dp_size']}, "
-                                       f"moe_tp {row['moe_tp_size']}, moe_ep {row['moe_ep_size']})"))  # fmt: skip
-                continue
-            key = tuple(row.get(c, "") for c in CONFIG_COLUMNS)
-            groups.setdefault(key, []).append(row)
+    for line, row in _rows(path):
+        if row["mode"] != mode:
+            continue
+        rid = row["id"] or f"line {line}"
+        ttft, tpot = _num(row["silicon_ttft_ms"]), _num(row["silicon_tpot_ms"])
+        if (
+            ttft is None
+            or tpot is None
+            or not (math.isfinite(ttft) and math.isfinite(tpot))
+            or ttft <= 0
+            or tpot <= 0
+        ):
+            skipped.append(
+                Skipped(
+                    rid,
+                    f"no usable measured TTFT/TPOT ({row['silicon_ttft_ms']!r}, {row['silicon_tpot_ms']!r})",
+                )
+            )
+            continue
+        problem = _row_problem(row)
+        if problem:
+            skipped.append(Skipped(rid, problem))
+            continue
+        if candidate_of(row) is None:
+            skipped.append(Skipped(rid, "parallel mapping is not TP/TEP/DEP "
+                                   f"(tp {row['tp_size']}, pp {row['pp_size']}, adp {row['attention_dp_size']}, "
+                                   f"moe_tp {row['moe_tp_size']}, moe_ep {row['moe_ep_size']})"))  # fmt: skip
+            continue
+        key = tuple(row.get(c, "") for c in CONFIG_COLUMNS)
+        groups.setdefault(key, []).append(row)
     out = [_merge(rows, path) for rows in groups.values()]
     return out, skipped
 

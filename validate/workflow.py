@@ -19,7 +19,7 @@ from estimator.sources import Stack, make_source
 
 from .calibrate import calibrate
 from .calibration_report import CalibrationReport, calibration_report
-from estimator.measurements import MeasurementStore, Probe
+from estimator.measurements import MeasurementStore, Probe, usable
 from .plan import plan_probes
 from .run import RunResult, run_plan
 from .runners import make_runner
@@ -128,10 +128,10 @@ def run_validation(spec: Any) -> tuple[Profile, _BoundResult]:
     v = spec.validate
     probes = plan_probes(raw, budget=v.budget, max_points_per_engine=v.max_points_per_engine)
     store = MeasurementStore(out_dir / "measurements.jsonl")
-    with make_runner(spec) as runner:
+    with store.exclusive(), make_runner(spec) as runner:  # a second run into this directory fails at once
         run = run_plan(probes, runner, store, on_result=lambda m: log.info("measured %s", m.probe.reason))
         recorded = _recorded_for(runner, raw.stack, {m.probe.key for m in run.measurements})
-    measurements = run.measurements + recorded
+    measurements = usable(run.measurements + recorded, "calibration")  # NaN/inf/<= 0 never calibrate
     if not measurements:
         why = "; ".join(e for _, e in run.failures[:3]) or "nothing planned"
         raise CalibrationError(f"no point could be measured ({why})")

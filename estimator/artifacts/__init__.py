@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_output
 from .npz import decode_raw_data, prefill_raw_data, write_decode_npz, write_prefill_npz
 from .report import report_dict, summary_text, write_report
 
@@ -58,6 +59,7 @@ def _write_k8s(profile: Any, out_dir: Path) -> Path:
     )
 
 
+@atomic_output  # staged, then moved into place whole: concurrent or interrupted writes never mix or tear
 def write_artifacts(
     profile: Any, out_dir: str | Path, *, plots: bool = True, validation: Any = None
 ) -> list[Path]:

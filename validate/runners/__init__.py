@@ -40,7 +40,10 @@ def _coerce(kind: str, name: str, value: Any, default: Any) -> Any:
         if isinstance(default, int) and not isinstance(default, bool):
             return int(value)
         if isinstance(default, float):
-            return float(value)
+            f = float(value)
+            if f != f or f in (float("inf"), float("-inf")):  # nan/inf: a timeout that never ends
+                raise ValueError(value)
+            return f
         if isinstance(default, (tuple, list)):
             return tuple(json.loads(value)) if value.startswith("[") else tuple(value.split())
         if isinstance(default, dict):
@@ -102,6 +105,8 @@ def make_runner(spec: Any) -> Runner:
         kwargs.setdefault("model", spec.model)
     if v.runner == "local":
         kwargs.setdefault("backend", spec.backend.value)
+        if spec.output_dir:  # engines recorded here; a later run reaps what a kill -9 left
+            kwargs.setdefault("pid_file", f"{spec.output_dir}/engines.pid")
     return cls(**kwargs)
 
 

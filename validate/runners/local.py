@@ -36,12 +36,16 @@ from .local_process import (
     ENGINE_FLAGS,
     ERROR_LINE,
     OOM_PATTERNS,
+    EnginePidFile,
+    die_with_parent,
     engine_command,
     forget_at_exit,
     free_port,
     parallel_args,
+    reap_leftovers,
     signal_group,
     start_failure_reason,
+    start_watchdog,
     stop_at_exit,
 )
 
@@ -90,6 +94,7 @@ class LocalEngineRunner(Runner):
         warmup: int = 1,
         repeats: int | None = None,
         tokenizer: str = "auto",
+        pid_file: str | os.PathLike[str] | None = None,
     ):
         if backend not in ENGINE_FLAGS:
             raise SpecError("backend", f"{backend!r} is not one of {sorted(ENGINE_FLAGS)}")
@@ -114,6 +119,10 @@ class LocalEngineRunner(Runner):
         self.log_path_: Path | None = None
         self.command_: list[str] | None = None
         self._endpoint: EndpointRunner | None = None
+        self.watchdog_: subprocess.Popen | None = None
+        self.pid_file = EnginePidFile(pid_file) if pid_file else None
+        if self.pid_file is not None:  # engines a killed earlier run of this output directory left behind
+            reap_leftovers(self.pid_file)
 
     # ---- Runner ----------------------------------------------------------------------------------
     def measure(self, probe: Probe) -> Measurement:
@@ -172,10 +181,14 @@ class LocalEngineRunner(Runner):
                     env={**os.environ, **self.env},
                     cwd=work,
                     start_new_session=True,
+                    preexec_fn=die_with_parent(os.getpid()),  # noqa: PLW1509 - SIGTERM when we die, even by SIGKILL
                 )
             except OSError as exc:
                 raise EngineStartError(f"cannot run {self.command_[0]}: {exc}") from exc
         stop_at_exit(self)
+        self.watchdog_ = start_watchdog(self.process_.pid)  # kills the engine's whole group if we are killed
+        if self.pid_file is not None:
+            self.pid_file.add(self.process_.pid, self.command_, self.base_url_)
         self.candidate_ = candidate
         try:
             self._wait_ready(candidate)
@@ -253,3 +266,12 @@ class LocalEngineRunner(Runner):
             while signal_group(pgid, sig) and time.monotonic() < deadline:
                 time.sleep(0.2)
         forget_at_exit(self)
+        watchdog, self.watchdog_ = self.watchdog_, None
+        if watchdog is not None:  # it exits by itself once the group is gone
+            try:
+                watchdog.wait(5.0)
+            except subprocess.TimeoutExpired:
+                watchdog.kill()
+                watchdog.wait()
+        if self.pid_file is not None:
+            self.pid_file.remove(pgid)

@@ -77,9 +77,18 @@ class ReplayRunner(Runner):
             elif p.suffix == ".csv":
                 from ..silicon import load_silicon
 
-                records += load_silicon(p)[0]
-            elif p.exists():
-                records += MeasurementStore(p).load()
+                got, skipped = load_silicon(p)
+                if skipped:
+                    log.warning("%s: %d rows not used (e.g. row %s: %s)", p, len(skipped), skipped[0].row_id,
+                                skipped[0].reason)  # fmt: skip
+                records += got
+            elif p.is_file():
+                store = MeasurementStore(p)
+                got = store.load()
+                if not got:
+                    why = store.skipped[0] if store.skipped else f"{p}: empty"
+                    raise MeasurementError(f"no usable measurement in {p} ({why})")
+                records += got
             else:
                 raise MeasurementError(f"no recorded measurements at {p}")
         log.info("replay: %d records from %s", len(records), ", ".join(map(str, paths)))
@@ -139,13 +148,33 @@ def load_dynamo_dir(
 
 
 def _npz(path: Path) -> dict:
+    """The arrays of a Dynamo ``raw_data.npz``; a truncated, corrupt or pickled file names the path."""
+    import zipfile
+    import zlib
+
     import numpy as np
 
     try:
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise MeasurementError(f"cannot read {path}: {exc}") from exc
+        with np.load(path, allow_pickle=False) as z:
+            return {k: np.asarray(z[k], dtype=float) for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error) as exc:
+        raise MeasurementError(f"cannot read {path}: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _columns(path: Path, z: dict, names: tuple[str, ...]) -> list:
+    missing = [n for n in names if n not in z]
+    if missing:
+        raise MeasurementError(f"{path}: missing array {missing[0]!r}")
+    cols = [z[n].ravel() for n in names]
+    if len({c.size for c in cols}) != 1:
+        raise MeasurementError(f"{path}: arrays {', '.join(names)} differ in length")
+    return cols
+
+
+def _kept(records: list[Measurement], path: Path) -> list[Measurement]:
+    from estimator.measurements import usable
+
+    return usable(records, str(path))
 
 
 def _record(probe: Probe, source: Path, **values) -> Measurement:
@@ -155,31 +184,36 @@ def _record(probe: Probe, source: Path, **values) -> Measurement:
 
 def _prefill_npz(path: Path, stack: Stack, cand: Candidate) -> list[Measurement]:
     z = _npz(path)
-    try:
-        rows = zip(z["prefill_isl"], z["prefill_ttft"], z["prefill_thpt_per_gpu"], strict=True)
-    except KeyError as exc:
-        raise MeasurementError(f"{path}: missing key {exc}") from exc
-    return [_record(Probe(ProbeKind.PREFILL, stack, cand, isl=round(float(isl))), path, ttft_ms=float(ttft),
-                    thpt_per_gpu=float(thpt)) for isl, ttft, thpt in rows]  # fmt: skip
+    out = []
+    for isl, ttft, thpt in zip(*_columns(path, z, ("prefill_isl", "prefill_ttft", "prefill_thpt_per_gpu")), strict=True):
+        if not (math.isfinite(isl) and isl >= 1):
+            log.warning("%s: skipping prefill row with ISL %r", path, float(isl))
+            continue
+        probe = Probe(ProbeKind.PREFILL, stack, cand, isl=round(float(isl)))
+        out.append(_record(probe, path, ttft_ms=float(ttft), thpt_per_gpu=float(thpt)))
+    return _kept(out, path)
 
 
 def _decode_npz(path: Path, stack: Stack, cand: Candidate, osl: int = DYNAMO_DECODE_OSL) -> list[Measurement]:
     """x = kv usage, y = context = isl + osl/2: concurrency = x·max_kv/y, isl = y − osl/2."""
     z = _npz(path)
-    try:
-        max_kv = int(z["max_kv_tokens"].ravel()[0])
-        rows = zip(z["x_kv_usage"], z["y_context_length"], z["z_itl"], z["z_thpt_per_gpu"], strict=True)
-    except KeyError as exc:
-        raise MeasurementError(f"{path}: missing key {exc}") from exc
+    (kv,) = _columns(path, z, ("max_kv_tokens",))
+    if kv.size < 1 or not math.isfinite(kv[0]) or kv[0] < 1:
+        raise MeasurementError(f"{path}: max_kv_tokens must be a positive number")
+    max_kv = int(kv[0])
     out = []
-    for x, y, itl, thpt in rows:
+    names = ("x_kv_usage", "y_context_length", "z_itl", "z_thpt_per_gpu")
+    for x, y, itl, thpt in zip(*_columns(path, z, names), strict=True):
+        if not (math.isfinite(x) and math.isfinite(y) and x > 0 and y > osl / 2):
+            log.warning("%s: skipping decode row with kv usage %r, context %r", path, float(x), float(y))
+            continue
         conc = max(1, round(float(x) * max_kv / float(y)))
         isl = max(1, round(float(y) - osl / 2))
         probe = Probe(ProbeKind.DECODE, stack, cand, isl=isl, osl=osl, concurrency=conc)
         out.append(
             _record(probe, path, itl_ms=float(itl), thpt_per_gpu=float(thpt), kv_capacity_tokens=max_kv)
         )
-    return out
+    return _kept(out, path)
 
 
 def _point_jsons(engine_dir: Path, stack: Stack) -> list[Measurement]:
@@ -191,16 +225,19 @@ def _point_jsons(engine_dir: Path, stack: Stack) -> list[Measurement]:
         if f.parent.name.endswith("_warmup") or "_warmup" in str(f.relative_to(engine_dir)):
             continue  # Dynamo's decode warm-up run (fills the prefix cache), not a measurement
         try:
-            doc = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            doc = json.loads(f.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or not UTF-8
             log.warning("skipping unreadable benchmark result %s (%s)", f, exc)
+            continue
+        if not isinstance(doc, dict):
+            log.warning("skipping benchmark result %s: not a JSON object", f)
             continue
         name = str(f.relative_to(engine_dir))
         isl = _from_name(r"isl(\d+)", name) or _avg(doc, "input_sequence_length")
         osl = _from_name(r"osl(\d+)", name) or _avg(doc, "output_sequence_length") or 1
         conc = _from_name(r"_n(\d+)", name) or _concurrency(doc) or 1
-        if not isl:
-            log.warning("skipping %s: no ISL in its path or content", f)
+        if not isl or not math.isfinite(isl) or isl < 1 or not math.isfinite(osl) or not math.isfinite(conc):
+            log.warning("skipping %s: no usable ISL in its path or content", f)
             continue
         if phase.lower() == "prefill":
             ttft = _avg(doc, "time_to_first_token")
@@ -214,7 +251,7 @@ def _point_jsons(engine_dir: Path, stack: Stack) -> list[Measurement]:
             if itl:
                 out.append(_record(probe, f, itl_ms=itl, ttft_ms=_avg(doc, "time_to_first_token"),
                                    thpt_per_gpu=None if thpt is None else thpt / cand.num_gpus))  # fmt: skip
-    return out
+    return _kept(out, engine_dir)
 
 
 def _from_name(pattern: str, name: str) -> int | None:
@@ -224,7 +261,7 @@ def _from_name(pattern: str, name: str) -> int | None:
 
 def _avg(doc: dict, metric: str) -> float | None:
     v = doc.get(metric)
-    if isinstance(v, dict) and isinstance(v.get("avg"), (int, float)):
+    if isinstance(v, dict) and isinstance(v.get("avg"), (int, float)) and not isinstance(v.get("avg"), bool):
         scale = 1e-6 if v.get("unit") == "ns" else 1.0  # older genai-perf exports in ns
         return float(v["avg"]) * scale
     return None
@@ -242,4 +279,4 @@ def _concurrency(doc: dict) -> int | None:
             else None
         )
     )
-    return int(c) if isinstance(c, (int, float)) else None
+    return int(c) if isinstance(c, (int, float)) and math.isfinite(c) and c >= 1 else None
