@@ -48,6 +48,11 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--request-rate", help="requests/s to size prefill/decode replicas for")
     g.add_argument("--source", help="aic (default) | roofline | path to a calibration JSON")
     g.add_argument("--num-alternatives", help="alternatives to print per phase (default 3)")
+    c = p.add_argument_group("decisions under uncertainty")
+    c.add_argument(
+        "--confidence", metavar="LEVEL",
+        help="pick the best engine whose probability of meeting every target (from the bands) is >= LEVEL, e.g. 0.9",
+    )  # fmt: skip
     o = p.add_argument_group("output")
     o.add_argument(
         "--output-dir", "-o", help="write npz, plots, config_with_planner.yaml and report.json here"
@@ -72,6 +77,11 @@ def _validate_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--budget", help="points to measure in total (default 8)")
     g.add_argument("--max-points-per-engine", help="points per engine (default 4)")
+    g.add_argument(
+        "--until-confident", nargs="?", const="0.9", metavar="LEVEL",
+        help="measure one point at a time, re-ranking with bands, until the recommendation is this sure "
+        "(default 0.9) or the budget is spent",
+    )  # fmt: skip
     g.add_argument(
         "--runner-option", action="append", default=[], metavar="KEY=VALUE",
         help="runner setting, e.g. url=http://host:8000, namespace=dynamo, python=/path/bin/python",
@@ -122,14 +132,14 @@ def _overrides(ns: argparse.Namespace, planner: list[str]) -> dict[str, Any]:
     keys = (
         "model", "system", "backend", "backend_version", "isl", "osl", "ttft", "itl", "min_gpus", "max_gpus",
         "gpus", "gpus_per_node", "gemm_quant", "kvcache_quant", "max_context_tokens", "request_rate", "source",
-        "num_alternatives", "output_dir", "plots", "strict", "cache",
+        "num_alternatives", "output_dir", "plots", "strict", "cache", "confidence",
     )  # fmt: skip
     out = {k: getattr(ns, k, None) for k in keys}
     if planner:
         out["planner_args"] = planner
     if ns.command == "validate":
         v: dict[str, Any] = {}
-        for key in ("runner", "measurements", "budget", "max_points_per_engine"):
+        for key in ("runner", "measurements", "budget", "max_points_per_engine", "until_confident"):
             if getattr(ns, key, None) is not None:
                 v[key] = getattr(ns, key)
         opts = {}

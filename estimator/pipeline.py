@@ -102,6 +102,7 @@ def estimate(spec: Spec, source: PerfSource | None = None) -> Profile:
         isl=spec.isl,
         osl=spec.osl,
         request_rate=spec.request_rate,
+        confidence=spec.confidence,
     )
     p_surface = prefill_surface(
         source,

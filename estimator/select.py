@@ -165,6 +165,50 @@ def rank_decode(sweeps: list[DecodeSweep], itl_target_ms: float) -> tuple[Decode
     return tuple(ok + bad)
 
 
+# ---- decisions under uncertainty (``--confidence``) ---------------------------------------------
+def rank_prefill_confident(
+    points: list[PrefillPoint], ttft_target_ms: float, level: float
+) -> tuple[PrefillChoice, ...]:
+    """Like ``rank_prefill``, but a point meets the SLA when P(TTFT <= target) >= ``level`` (from its band)."""
+    from .confidence import prob_within
+
+    p_ok = [float(prob_within(ttft_target_ms, p.ttft_low_ms, p.ttft_high_ms)) >= level for p in points]
+    ok = [PrefillChoice(p, True) for p, good in zip(points, p_ok, strict=True) if good]
+    bad = [PrefillChoice(p, False) for p, good in zip(points, p_ok, strict=True) if not good]
+    ok.sort(key=lambda c: (-c.point.thpt_per_gpu, c.candidate.num_gpus))
+    bad.sort(key=lambda c: (c.point.ttft_ms, c.candidate.num_gpus))
+    return tuple(ok + bad)
+
+
+def best_decode_point_confident(sweep: DecodeSweep, itl_target_ms: float, level: float) -> DecodeChoice:
+    """Highest tokens/s/GPU whose P(ITL <= target) >= ``level``, else the lowest-ITL point (meets_sla False)."""
+    from .confidence import prob_within
+
+    ok = np.flatnonzero(prob_within(itl_target_ms, sweep.itl_low_ms, sweep.itl_high_ms) >= level)
+    meets = ok.size > 0
+    i = int(ok[np.argmax(sweep.thpt_per_gpu[ok])]) if meets else int(np.argmin(sweep.itl_ms))
+    return DecodeChoice(
+        candidate=sweep.candidate,
+        concurrency=int(sweep.concurrency[i]),
+        context_tokens=sweep.context_tokens,
+        itl_ms=float(sweep.itl_ms[i]),
+        thpt_per_gpu=float(sweep.thpt_per_gpu[i]),
+        kv_capacity_tokens=sweep.kv_capacity_tokens,
+        itl_low_ms=float(sweep.itl_low_ms[i]),
+        itl_high_ms=float(sweep.itl_high_ms[i]),
+        meets_sla=meets,
+    )
+
+
+def rank_decode_confident(
+    sweeps: list[DecodeSweep], itl_target_ms: float, level: float
+) -> tuple[DecodeChoice, ...]:
+    best = [best_decode_point_confident(s, itl_target_ms, level) for s in sweeps]
+    ok = sorted((c for c in best if c.meets_sla), key=lambda c: (-c.thpt_per_gpu, c.candidate.num_gpus))
+    bad = sorted((c for c in best if not c.meets_sla), key=lambda c: (c.itl_ms, c.candidate.num_gpus))
+    return tuple(ok + bad)
+
+
 def planner_bounds(
     ttft_target_ms: float, prefill: PrefillChoice, decode: DecodeChoice, isl: int, osl: int
 ) -> PlannerBounds:
@@ -223,20 +267,27 @@ def select(
     isl: int,
     osl: int,
     request_rate: float | None = None,
+    confidence: float | None = None,
 ) -> Selection:
+    """``confidence`` (0-1): meeting a target means its probability is at least that (``rank_*_confident``)."""
     if not prefill_points or not decode_sweeps:
         raise ValueError("no candidate could be estimated for prefill and decode")
-    prefill = rank_prefill(prefill_points, ttft_target_ms)
-    decode = rank_decode(decode_sweeps, itl_target_ms)
+    if confidence is None:
+        prefill = rank_prefill(prefill_points, ttft_target_ms)
+        decode = rank_decode(decode_sweeps, itl_target_ms)
+    else:
+        prefill = rank_prefill_confident(prefill_points, ttft_target_ms, confidence)
+        decode = rank_decode_confident(decode_sweeps, itl_target_ms, confidence)
     warnings = []
+    sure = "" if confidence is None else f" with probability >= {confidence:g}"
     if not prefill[0].meets_sla:
         warnings.append(
-            f"no prefill engine meets TTFT {ttft_target_ms:g} ms; closest is {prefill[0].candidate.name} "
+            f"no prefill engine meets TTFT {ttft_target_ms:g} ms{sure}; closest is {prefill[0].candidate.name} "
             f"at {prefill[0].point.ttft_ms:.1f} ms"
         )
     if not decode[0].meets_sla:
         warnings.append(
-            f"no decode engine meets ITL {itl_target_ms:g} ms; closest is {decode[0].candidate.name} "
+            f"no decode engine meets ITL {itl_target_ms:g} ms{sure}; closest is {decode[0].candidate.name} "
             f"at {decode[0].itl_ms:.2f} ms (concurrency {decode[0].concurrency})"
         )
     bounds = planner_bounds(ttft_target_ms, prefill[0], decode[0], isl, osl)

@@ -65,6 +65,7 @@ class ValidateSpec:
     budget: int = 8  # total points to measure
     max_points_per_engine: int = 4
     runner_options: tuple[tuple[str, Any], ...] = ()  # runner-specific settings (url, namespace, ...)
+    until_confident: float | None = None  # measure one point at a time until the decision is this sure
 
     def option(self, name: str, default: Any = None) -> Any:
         return dict(self.runner_options).get(name, default)
@@ -101,6 +102,7 @@ class Spec:
     planner_args: tuple[tuple[str, str], ...] = ()
     validate: ValidateSpec | None = None
     seed: int = 0
+    confidence: float | None = None  # pick by P(meeting every target) >= this, not by the point estimate
 
     @property
     def decode_context_tokens(self) -> int:
@@ -129,6 +131,16 @@ _as_int, _as_float, _as_choice, _as_bool, _as_text = as_int, as_float, as_choice
 MAX_REQUEST_RATE = 100_000.0  # requests/s: beyond this the sizing is not a plan but an overflow
 MAX_PLANNER_ARGS = 256
 _FLAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _as_probability(name: str, v: Any) -> float | None:
+    """A confidence level strictly between 0 and 1, or None when not given."""
+    if v is None:
+        return None
+    f = _as_float(name, v)
+    if not f < 1:
+        raise SpecError(name, f"must be a probability in (0, 1), got {v!r}")
+    return f
 
 
 def _gpu_counts(raw: dict[str, Any]) -> tuple[int, ...]:
@@ -247,6 +259,7 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
         planner_args=_planner_args(raw.get("planner_args", ())),
         validate=_validate_spec(raw.get("validate")),
         seed=_as_int("seed", raw.get("seed", 0), 0),
+        confidence=_as_probability("confidence", raw.get("confidence")),
     )
     too_big = [n for n in spec.gpu_counts if n > spec.gpus_per_node]
     if too_big:
@@ -330,6 +343,7 @@ def _validate_spec(v: Any) -> ValidateSpec | None:
         runner_options=tuple(
             sorted({k: tuple(x) if isinstance(x, list) else x for k, x in options.items()}.items())
         ),
+        until_confident=_as_probability("validate.until_confident", v.get("until_confident")),
     )
 
 

@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 
 from estimator.candidates import Candidate, Mapping
-from estimator.select import planner_bounds, rank_decode, rank_prefill, select, size_replicas
+from estimator.select import (
+    best_decode_point,
+    best_decode_point_confident,
+    planner_bounds,
+    rank_decode,
+    rank_prefill,
+    rank_prefill_confident,
+    select,
+    size_replicas,
+)
 from estimator.surfaces import DecodeSweep, PrefillPoint
 
 TP = {n: Candidate(Mapping.TP, n) for n in (1, 2, 4, 8)}
@@ -75,3 +84,41 @@ def test_size_replicas():
     s = size_replicas(10.0, 3000, 150, p, d)  # 30k input tok/s, 1.5k output tok/s
     assert (s.prefill_replicas, s.decode_replicas) == (2, 1)
     assert (s.prefill_gpus, s.decode_gpus, s.total_gpus) == (4, 4, 8)
+
+
+# ---- --confidence: P(meeting the target) from the band -----------------------------------------
+def pp_band(n, ttft, low, high, thpt):
+    return PrefillPoint(TP[n], 3000, ttft, thpt, low, high)
+
+
+def test_prefill_confident_prefers_the_sure_engine():
+    # TP1: point 190 ms <= 200 but band (150, 250): P(TTFT <= 200) = Phi(ln(200/193.65)/0.1553) = 0.58
+    # TP2: band (140, 160): certain to meet 200 ms
+    points = [pp_band(1, 190, 150, 250, 12000), pp_band(2, 150, 140, 160, 10000)]
+    assert rank_prefill(points, 200)[0].candidate.name == "TP1"
+    ranked = rank_prefill_confident(points, 200, 0.9)
+    assert [c.candidate.name for c in ranked] == ["TP2", "TP1"] and not ranked[1].meets_sla
+    assert rank_prefill_confident(points, 200, 0.5)[0].candidate.name == "TP1"  # 0.58 >= 0.5
+
+
+def test_decode_confident_backs_off_from_the_boundary():
+    # band = itl x (0.8, 1.25): sigma 0.13566, centre = itl. conc 32 at 19 ms: P(<= 20) = Phi(0.378) = 0.647;
+    # conc 8 at 15 ms: P = Phi(ln(4/3)/0.13566) = Phi(2.121) = 0.983
+    conc, itl = np.array([1.0, 8.0, 32.0]), np.array([10.0, 15.0, 19.0])
+    s = DecodeSweep(TP[1], 100_000, 3075, conc, itl, conc / itl * 1000, itl * 0.8, itl * 1.25)
+    assert best_decode_point(s, 20).concurrency == 32
+    assert best_decode_point_confident(s, 20, 0.9).concurrency == 8
+    assert best_decode_point_confident(s, 20, 0.6).concurrency == 32
+
+
+def test_select_confidence_zero_width_bands_equal_point_rule():
+    args = ([pp(1, 250, 12000), pp(2, 150, 10000)], [sweep(1, [1, 8, 32], [10, 15, 25])])
+    kw = {"ttft_target_ms": 200, "itl_target_ms": 20, "isl": 3000, "osl": 150}
+    a, b = select(*args, **kw), select(*args, **kw, confidence=0.9)
+    assert a.best_prefill == b.best_prefill and a.best_decode == b.best_decode
+
+
+def test_select_confidence_warning_names_the_level():
+    sel = select([pp_band(1, 190, 150, 250, 12000)], [sweep(1, [1], [10])], ttft_target_ms=200,
+                 itl_target_ms=20, isl=3000, osl=150, confidence=0.9)  # fmt: skip
+    assert any("with probability >= 0.9" in w for w in sel.warnings)

@@ -13,16 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from estimator.errors import CalibrationError
+from estimator.measurements import MeasurementStore, Probe, usable
 from estimator.pipeline import Profile, estimate
 from estimator.select import Selection
 from estimator.sources import Stack, make_source
 
 from .calibrate import calibrate
 from .calibration_report import CalibrationReport, calibration_report
-from estimator.measurements import MeasurementStore, Probe, usable
 from .plan import plan_probes
 from .run import RunResult, run_plan
 from .runners import make_runner
+from .sequential import SequentialResult, run_until_confident
 
 log = logging.getLogger(__name__)
 DEFAULT_OUTPUT_DIR = "profiling_results"
@@ -40,6 +41,7 @@ class ValidationResult:
     report: CalibrationReport
     raw_selection: Selection
     num_recorded: int = 0
+    sequential: SequentialResult | None = None  # --until-confident: the steps and the final confidence
 
     def changes(self, calibrated: Selection) -> dict[str, Any]:
         raw_p, raw_d = self.raw_selection.best_prefill, self.raw_selection.best_decode
@@ -64,6 +66,7 @@ class ValidationResult:
             "recorded_points_used": self.num_recorded,
             "failures": [{"probe": p.to_dict(), "error": e} for p, e in self.run.failures],
             "report": self.report.to_dict(),
+            **({"sequential": self.sequential.to_dict()} if self.sequential else {}),
             **({"recommendation_change": self.changes(calibrated)} if calibrated else {}),
         }
 
@@ -90,6 +93,8 @@ class ValidationResult:
                 c = ch[phase]
                 moved = "unchanged" if c["raw"] == c["calibrated"] else f"changed from {c['raw']}"
                 lines.append(f"  {phase} recommendation {c['calibrated']} ({moved})")
+        if self.sequential is not None:
+            lines += ["  " + line for line in self.sequential.summary_lines()]
         lines.append(f"  calibration saved: {self.calibration_path}")
         return "\n".join(lines)
 
@@ -126,11 +131,18 @@ def run_validation(spec: Any) -> tuple[Profile, _BoundResult]:
     base = make_source(spec.source, Stack.from_spec(spec))
     raw = estimate(spec, base)
     v = spec.validate
-    probes = plan_probes(raw, budget=v.budget, max_points_per_engine=v.max_points_per_engine)
     store = MeasurementStore(out_dir / "measurements.jsonl")
+    sequential = None
     with store.exclusive(), make_runner(spec) as runner:  # a second run into this directory fails at once
-        run = run_plan(probes, runner, store, on_result=lambda m: log.info("measured %s", m.probe.reason))
-        recorded = _recorded_for(runner, raw.stack, {m.probe.key for m in run.measurements})
+        if v.until_confident is not None:
+            sequential = run_until_confident(raw, base, runner, store, level=v.until_confident, budget=v.budget,
+                                             calibrate_fn=calibrate)  # fmt: skip
+            probes = [s.probe for s in sequential.steps]
+            run, recorded = sequential.run, []  # only what the loop measured: stopping early is the point
+        else:
+            probes = plan_probes(raw, budget=v.budget, max_points_per_engine=v.max_points_per_engine)
+            run = run_plan(probes, runner, store, on_result=lambda m: log.info("measured %s", m.probe.reason))
+            recorded = _recorded_for(runner, raw.stack, {m.probe.key for m in run.measurements})
     measurements = usable(run.measurements + recorded, "calibration")  # NaN/inf/<= 0 never calibrate
     if not measurements:
         why = "; ".join(e for _, e in run.failures[:3]) or "nothing planned"
@@ -150,5 +162,6 @@ def run_validation(spec: Any) -> tuple[Profile, _BoundResult]:
         report=report,
         raw_selection=raw.selection,
         num_recorded=len(recorded),
+        sequential=sequential,
     )
     return profile, _BoundResult(result, profile.selection)

@@ -194,6 +194,7 @@ def report_dict(profile: Any, *, validation: Any = None, created: datetime | Non
         "warnings": list(sel.warnings),
         "timings_s": dict(profile.timings_s),
         "surfaces": _surfaces(profile.prefill_surface, profile.decode_surface),
+        "sla_probability": sla_probability(profile),
     }
     if validation is not None:
         report["validation"] = validation.to_dict() if hasattr(validation, "to_dict") else validation
@@ -316,12 +317,51 @@ def summary_text(profile: Any, *, validation: Any = None) -> str:
             f"  prefill #{i}: {_prefill_line(c)}" for i, c in enumerate(sel.prefill[1 : n + 1], start=2)
         ]
         lines += [f"  decode  #{i}: {_decode_line(c)}" for i, c in enumerate(sel.decode[1 : n + 1], start=2)]
+    lines += ["", *sla_probability_lines(profile)]
     if profile.rejections:
         lines += ["", "Rejected candidates:"]
         lines += [f"  {r.candidate.name} ({_gpus(r.candidate)}): {r.reason}" for r in profile.rejections]
     if validation is not None and hasattr(validation, "summary_text"):
         lines += ["", validation.summary_text()]
     return "\n".join(lines)
+
+
+# ---- probability of meeting the SLA (from each source's band, estimator/confidence.py) --------------
+
+
+def sla_probability(profile: Any) -> dict[str, Any]:
+    """P(meeting the target) of the pick and every alternative, per phase, and of both picks together."""
+    from ..confidence import prob_within
+
+    spec, sel = profile.spec, profile.selection
+    prefill = [{"rank": i + 1, "candidate": c.candidate.name,
+                "p_meets_ttft": float(prob_within(spec.ttft_ms, c.point.ttft_low_ms, c.point.ttft_high_ms))}
+               for i, c in enumerate(sel.prefill)]  # fmt: skip
+    decode = [{"rank": i + 1, "candidate": c.candidate.name, "concurrency": c.concurrency,
+               "p_meets_itl": float(prob_within(spec.itl_ms, c.itl_low_ms, c.itl_high_ms))}
+              for i, c in enumerate(sel.decode)]  # fmt: skip
+    return {
+        "rule": "point estimate" if spec.confidence is None else f"probability >= {spec.confidence:g}",
+        "confidence": spec.confidence,
+        "band_model": "lognormal with the 90 % band as its 5 %/95 % points; targets independent",
+        "pick": prefill[0]["p_meets_ttft"] * decode[0]["p_meets_itl"],
+        "prefill": prefill,
+        "decode": decode,
+    }
+
+
+def sla_probability_lines(profile: Any) -> list[str]:
+    d = sla_probability(profile)
+    n = profile.spec.num_alternatives
+    alt_p = ", ".join(f"{x['candidate']} {x['p_meets_ttft']:.0%}" for x in d["prefill"][1 : n + 1])
+    alt_d = ", ".join(f"{x['candidate']} {x['p_meets_itl']:.0%}" for x in d["decode"][1 : n + 1])
+    return [
+        f"Probability of meeting the SLA (rule: {d['rule']}): both picks {d['pick']:.0%}; "
+        f"prefill {d['prefill'][0]['candidate']} {d['prefill'][0]['p_meets_ttft']:.0%}"
+        + (f" (alternatives: {alt_p})" if alt_p else "")
+        + f"; decode {d['decode'][0]['candidate']} {d['decode'][0]['p_meets_itl']:.0%}"
+        + (f" (alternatives: {alt_d})" if alt_d else ""),
+    ]
 
 
 __all__ = ["REPORT_FILE", "jsonable", "package_versions", "report_dict", "summary_text", "write_report"]

@@ -1,0 +1,299 @@
+"""Decision regret on AIC's silicon_sample.csv: which deployment would each rule pick, and was it right?
+
+Scenario (stated in ``docs/decision_regret.md``): a decision group is one model/system/backend/quantisation
+at one ISL/OSL; its options are the measured (engine, concurrency) rows of the group. Several SLAs per
+group come from the measured spread (TTFT and TPOT targets at quantiles of the options' measured values).
+Each rule picks the option with the highest predicted output tokens/s/GPU that it believes meets the SLA:
+
+- ``raw``: AIC through our serving model, point estimate (zero-width band);
+- ``k3-point``: a k = 3 calibration (3 measured rows of every engine of the family), point estimate;
+- ``k3-conf<L>``: the same calibration, option certified when P(TTFT <= T) * P(TPOT <= P) >= L, with the
+  probabilities from the 90 % band (``estimator/confidence.py``).
+
+Scored on silicon: a pick that misses the SLA has regret 1 (it is not a usable deployment); otherwise
+regret = 1 - its measured tokens/s/GPU / the best measured tokens/s/GPU among options meeting the SLA.
+The training rows are never options. Rows are deduplicated first (``validate/silicon.py``).
+
+    python benchmarks/decision_regret.py [--splits 3] [--max-families N]
+
+Reuses the AIC terms cache of ``benchmarks/silicon_calibration.py`` (``out/silicon_calibration/targets.json``)
+and writes ``benchmarks/results/decision_regret.json`` (the tables) and ``out/decision_regret/picks.csv`` (every
+pick, ~5 MB, not committed); prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import importlib.util
+import itertools
+import json
+import logging
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from estimator.confidence import prob_within
+from estimator.sources.calibrated import Target
+
+
+def _silicon_benchmark():
+    """benchmarks/silicon_calibration.py as a module (AIC terms cache, raw estimate, leave-family-out prior)."""
+    spec = importlib.util.spec_from_file_location(
+        "silicon_calibration", ROOT / "benchmarks" / "silicon_calibration.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+SC = _silicon_benchmark()
+SLA_QUANTILES = (0.3, 0.6, 0.9)  # TTFT and TPOT targets at these quantiles of the group's measured values
+LEVELS = (0.5, 0.8, 0.9, 0.95)
+RELIABILITY: list[tuple[float, bool]] = []  # (P(meets) from the k = 3 bands, met on silicon) of every option
+
+
+# ---- the calibration API: used here and nowhere else in this script ----------------------------------
+def observation(d: dict) -> Target:
+    """One cached measured value with its source terms (``targets.json`` of silicon_calibration.py)."""
+    return Target(**d)
+
+
+def calibrated_bands(
+    train: list[Target], test: list[Target], prior: dict
+) -> list[tuple[float, float, float]]:
+    """(point, low, high) ms, 90 % band, of each test target after calibrating on ``train`` with ``prior``."""
+    from validate.calibrate import fit_correction
+
+    corr = fit_correction(train, prior=prior)
+    return [corr.band(t) for t in test]
+
+
+def num_gpus(engine: str) -> int:
+    return int(re.search(r"(\d+)$", engine).group(1))  # TP4, TEP8, DEP8: n GPUs
+
+
+def thpt_per_gpu(engine: str, concurrency: float, osl: float, ttft_ms: float, tpot_ms: float) -> float:
+    """Output tokens/s/GPU of closed-loop clients: each request takes TTFT + (OSL - 1) TPOT."""
+    return concurrency * osl * 1000.0 / (ttft_ms + (osl - 1) * tpot_ms) / num_gpus(engine)
+
+
+def option_record(row: dict, pred: dict[str, tuple[float, float, float]]) -> dict:
+    meas = {t["kind"]: t["measured_ms"] for t in row["targets"]}
+    raw = {t["kind"]: SC.raw_ms(observation(t)) for t in row["targets"]}
+    e, c, osl = row["engine"], row["concurrency"], row["osl"]
+    return {
+        "engine": e, "concurrency": c,
+        "meas_ttft": meas["ttft"], "meas_tpot": meas["tpot"],
+        "meas_thpt": thpt_per_gpu(e, c, osl, meas["ttft"], meas["tpot"]),
+        "raw_ttft": raw["ttft"], "raw_tpot": raw["tpot"], "raw_thpt": thpt_per_gpu(e, c, osl, raw["ttft"], raw["tpot"]),
+        "cal_ttft": pred["ttft"], "cal_tpot": pred["tpot"],
+        "cal_thpt": thpt_per_gpu(e, c, osl, pred["ttft"][0], pred["tpot"][0]),
+    }  # fmt: skip
+
+
+def p_meets(o: dict, ttft_t: float, tpot_t: float) -> float:
+    """P(TTFT <= target and TPOT <= target) from the calibrated 90 % bands (estimator/confidence.py)."""
+    return float(prob_within(ttft_t, *o["cal_ttft"][1:]) * prob_within(tpot_t, *o["cal_tpot"][1:]))
+
+
+def pick(options: list[dict], rule: str, ttft_t: float, tpot_t: float) -> tuple[int, bool, float]:
+    """(index of the pick, whether the rule certified it, the rule's P(meeting the SLA) for it)."""
+    if rule == "raw":
+        prob = [float(o["raw_ttft"] <= ttft_t and o["raw_tpot"] <= tpot_t) for o in options]
+        thpt = [o["raw_thpt"] for o in options]
+        level = 1.0
+        closeness = [max(o["raw_ttft"] / ttft_t, o["raw_tpot"] / tpot_t) for o in options]
+    else:
+        thpt = [o["cal_thpt"] for o in options]
+        closeness = [max(o["cal_ttft"][0] / ttft_t, o["cal_tpot"][0] / tpot_t) for o in options]
+        if rule == "k3-point":
+            prob = [float(o["cal_ttft"][0] <= ttft_t and o["cal_tpot"][0] <= tpot_t) for o in options]
+            level = 1.0
+        else:
+            prob = [p_meets(o, ttft_t, tpot_t) for o in options]
+            if rule == "k3-expected":  # the most usable throughput on average: P(meets) x tokens/s/GPU
+                i = int(np.argmax([p * t for p, t in zip(prob, thpt, strict=True)]))
+                return i, True, prob[i]
+            level = float(rule.removeprefix("k3-conf"))
+    ok = [i for i, p in enumerate(prob) if p >= level]
+    if ok:
+        i = max(ok, key=lambda i: thpt[i])
+        return i, True, prob[i]
+    # nothing certified: the point rules take the closest to the SLA (Dynamo's fallback), the
+    # probability rule the most probable option; the pick is flagged uncertified either way
+    i = int(np.argmin(closeness)) if level == 1.0 else int(np.argmax(prob))
+    return i, False, prob[i]
+
+
+def decisions(
+    rows: list[dict], splits: int, min_rows: int, seed: int, max_families: int | None
+) -> list[dict]:
+    fams: dict[str, list[dict]] = collections.defaultdict(list)
+    for r in rows:
+        fams[r["family"]].append(r)
+    fam_thetas = SC._family_thetas(rows)
+    names = sorted(fams)
+    if max_families and len(names) > max_families:
+        names = sorted(random.Random(seed).sample(names, max_families))
+    rules = ("raw", "k3-point", *(f"k3-conf{lv:g}" for lv in LEVELS), "k3-expected")
+    out = []
+    for fam in names:
+        by_engine: dict[str, list[dict]] = collections.defaultdict(list)
+        for r in fams[fam]:
+            by_engine[r["engine"]].append(r)
+        by_engine = {e: v for e, v in by_engine.items() if len(v) >= min_rows}
+        if not by_engine:
+            continue
+        prior = SC._prior_without(fam_thetas, fam)
+        for split in range(splits):
+            rng = random.Random(f"{seed}|{fam}|3|{split}")  # the k = 3 split of silicon_calibration.py
+            train, test = [], []
+            for _, v in sorted(by_engine.items()):
+                idx = list(range(len(v)))
+                rng.shuffle(idx)
+                train += [v[i] for i in idx[:3]]
+                test += [v[i] for i in idx[3:]]
+            flat = [observation(t) for r in test for t in r["targets"]]
+            bands = iter(calibrated_bands([observation(t) for r in train for t in r["targets"]], flat, prior))
+            options_by_group: dict[tuple, list[dict]] = collections.defaultdict(list)
+            for r in test:
+                pred = {t["kind"]: next(bands) for t in r["targets"]}
+                options_by_group[(r["isl"], r["osl"])].append(option_record(r, pred))
+            for (isl, osl), options in sorted(options_by_group.items()):
+                if len(options) < 3:
+                    continue
+                out += score_group(fam, split, isl, osl, options, rules)
+    return out
+
+
+def score_group(
+    fam: str, split: int, isl: int, osl: int, options: list[dict], rules: tuple[str, ...]
+) -> list[dict]:
+    out = []
+    mt = np.array([o["meas_ttft"] for o in options])
+    mp = np.array([o["meas_tpot"] for o in options])
+    seen = set()
+    for qt in SLA_QUANTILES:
+        for qp in SLA_QUANTILES:
+            ttft_t, tpot_t = float(np.quantile(mt, qt)), float(np.quantile(mp, qp))
+            feasible = [
+                i for i, o in enumerate(options) if o["meas_ttft"] <= ttft_t and o["meas_tpot"] <= tpot_t
+            ]
+            if not feasible or (ttft_t, tpot_t) in seen:
+                continue
+            seen.add((ttft_t, tpot_t))
+            best = max(options[i]["meas_thpt"] for i in feasible)
+            RELIABILITY.extend((p_meets(o, ttft_t, tpot_t), i in feasible) for i, o in enumerate(options))
+            for rule in rules:
+                i, certified, p = pick(options, rule, ttft_t, tpot_t)
+                o = options[i]
+                meets = i in feasible
+                out.append({"family": fam, "split": split, "isl": isl, "osl": osl, "n_options": len(options),
+                            "n_feasible": len(feasible), "sla_ttft_ms": ttft_t, "sla_tpot_ms": tpot_t,
+                            "rule": rule, "engine": o["engine"], "concurrency": o["concurrency"],
+                            "certified": certified, "p_meets": p, "meets_on_silicon": meets,
+                            "regret": (1.0 - o["meas_thpt"] / best) if meets else 1.0,
+                            "thpt_loss_if_met": (1.0 - o["meas_thpt"] / best) if meets else None})  # fmt: skip
+    return out
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    table = []
+    for rule in dict.fromkeys(r["rule"] for r in results):
+        rs = [r for r in results if r["rule"] == rule]
+        regret = np.array([r["regret"] for r in rs])
+        loss = np.array([r["thpt_loss_if_met"] for r in rs if r["thpt_loss_if_met"] is not None])
+        table.append({
+            "rule": rule, "decisions": len(rs),
+            "miss_rate": float(np.mean([not r["meets_on_silicon"] for r in rs])),
+            "mean_regret": float(regret.mean()), "median_regret": float(np.median(regret)),
+            "median_loss_when_met": float(np.median(loss)) if loss.size else None,
+            "mean_loss_when_met": float(loss.mean()) if loss.size else None,
+            "uncertified_rate": float(np.mean([not r["certified"] for r in rs])),
+            "miss_rate_certified": float(np.mean([not r["meets_on_silicon"] for r in rs if r["certified"]] or [0.0])),
+        })  # fmt: skip
+    return table
+
+
+def reliability(bins: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.97, 1.0001)) -> list[dict]:
+    """How often options met the SLA on silicon, per bin of the probability the bands gave them."""
+    p = np.array([x for x, _ in RELIABILITY])
+    met = np.array([y for _, y in RELIABILITY], dtype=float)
+    out = []
+    for lo, hi in itertools.pairwise(bins):
+        m = (p >= lo) & (p < hi)
+        if m.any():
+            out.append({"p_low": lo, "p_high": min(hi, 1.0), "options": int(m.sum()),
+                        "mean_p": float(p[m].mean()), "met_on_silicon": float(met[m].mean())})  # fmt: skip
+    return out
+
+
+def print_table(table: list[dict]) -> None:
+    print("| rule | decisions | SLA missed on silicon | mean regret | median regret | mean loss when met "
+          "| nothing certified | missed among certified |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for t in table:
+        print(f"| {t['rule']} | {t['decisions']} | {t['miss_rate']:.1%} | {t['mean_regret']:.1%} | "
+              f"{t['median_regret']:.1%} | {t['mean_loss_when_met']:.1%} | {t['uncertified_rate']:.1%} | "
+              f"{t['miss_rate_certified']:.1%} |")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--targets-cache", default=str(ROOT / "out" / "silicon_calibration" / "targets.json"))
+    ap.add_argument("--out", default=str(ROOT / "out" / "decision_regret"), help="where picks.csv goes")
+    ap.add_argument("--summary", default=str(ROOT / "benchmarks" / "results" / "decision_regret.json"))
+    ap.add_argument("--splits", type=int, default=3)
+    ap.add_argument(
+        "--min-rows", type=int, default=5, help="engines with fewer rows are left out (3 train + 2)"
+    )
+    ap.add_argument("--max-families", type=int, default=None, help="subsample families (seeded) to save time")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    t0 = time.time()
+    rows, _ = SC.build_targets(Path(args.targets_cache))
+    t1 = time.time()
+    results = decisions(rows, args.splits, args.min_rows, args.seed, args.max_families)
+    table = summarise(results)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "picks.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(results[0]))
+        w.writeheader()
+        w.writerows(results)
+    groups = {(r["family"], r["isl"], r["osl"]) for r in results}
+    summary = {"decision_groups": len(groups), "families": len({r["family"] for r in results}),
+               "decisions_per_rule": table[0]["decisions"], "splits": args.splits, "min_rows": args.min_rows,
+               "max_families": args.max_families, "sla_quantiles": SLA_QUANTILES, "table": table, "reliability": reliability(),
+               "seconds": {"aic_terms": round(t1 - t0, 1), "decisions": round(time.time() - t1, 1)},
+               "command": "python benchmarks/decision_regret.py " + " ".join(argv or sys.argv[1:])}  # fmt: skip
+    Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.summary).write_text(json.dumps(summary, indent=1))
+    print(f"{len(groups)} decision groups (model/system/backend/quant x ISL/OSL) in {summary['families']} families, "
+          f"{args.splits} splits, {table[0]['decisions']} decisions per rule")  # fmt: skip
+    print_table(table)
+    print("\nreliability of P(meets SLA) from the k = 3 bands, every option x SLA:")
+    print("| P from the bands | options | mean P | met on silicon |")
+    print("|---|---|---|---|")
+    for b in summary["reliability"]:
+        print(
+            f"| {b['p_low']:.2f}-{b['p_high']:.2f} | {b['options']} | {b['mean_p']:.2f} | {b['met_on_silicon']:.2f} |"
+        )
+    print(
+        f"AIC terms {t1 - t0:.0f} s, decisions {time.time() - t1:.0f} s; wrote {args.summary} and {out / 'picks.csv'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

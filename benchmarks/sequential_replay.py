@@ -1,0 +1,112 @@
+"""The until-confident loop on replayed real records, against the one-shot plan and all the data.
+
+Data: the H100 GPU-runner records of models/measurements/ (Llama-3.1-8B shape, TP1 and TP2, 63 points).
+For each SLA and level: run ``validate --until-confident LEVEL`` with the replay runner (it can measure
+only recorded points), and compare its recommendation and point count with (a) the one-shot plan of
+``--budget`` points and (b) the recommendation calibrated on every record ("all the data").
+
+    python benchmarks/sequential_replay.py [--budget 8] [--max-budget 16]
+
+Prints one table of runs and the step-by-step confidence; writes benchmarks/results/sequential_replay.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from estimator.pipeline import estimate
+from estimator.sources import Stack, make_source
+from estimator.spec import load_spec
+from validate.calibrate import calibrate
+from validate.runners.replay import ReplayRunner
+from validate.workflow import run_validation
+
+RECORDS = ROOT / "models" / "measurements"
+FILES = [
+    str(RECORDS / "h100_llama31_8b_gpu_runner.jsonl"),
+    str(RECORDS / "h100_llama31_8b_gpu_runner_tp2.jsonl"),
+]
+STUDY = {"model": "meta-llama/Llama-3.1-8B", "system": "h100_sxm", "gpus": "1,2", "isl": 3000, "osl": 150}
+SLAS = ({"ttft": 200, "itl": 12}, {"ttft": 200, "itl": 20}, {"ttft": 100, "itl": 15})
+LEVELS = (0.8, 0.9)
+
+
+def engines(sel) -> tuple[str, str]:
+    return sel.best_prefill.candidate.name, sel.best_decode.candidate.name
+
+
+def all_data(spec) -> tuple[str, str]:
+    base = make_source("aic", Stack.from_spec(spec))
+    return engines(estimate(spec, calibrate(base, ReplayRunner.from_paths(FILES).records)).selection)
+
+
+def one_run(sla: dict, validate: dict, out: Path) -> dict:
+    spec = load_spec(**STUDY, **sla, plots=False, cache=False, output_dir=str(out),
+                     validate={"runner": "replay", "measurements": FILES, **validate})  # fmt: skip
+    t0 = time.perf_counter()
+    profile, result = run_validation(spec)
+    seq = result.result.sequential
+    return {
+        "recommendation": engines(profile.selection),
+        "points": len(result.result.run.measurements),
+        "confidence": seq.decision.confidence if seq and seq.decision else None,
+        "stopped_because": seq.stopped_because if seq else "one-shot plan",
+        "steps": [(s.points_measured, s.confidence_after) for s in seq.steps] if seq else [],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=int, default=8, help="the one-shot plan's budget")
+    ap.add_argument(
+        "--max-budget", type=int, default=16, help="the loop's budget (it stops earlier when confident)"
+    )
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sequential_replay.json"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, sla in enumerate(SLAS):
+            spec = load_spec(**STUDY, **sla)
+            want = all_data(spec)
+            oneshot = one_run(sla, {"budget": args.budget}, Path(tmp) / f"one{i}")
+            for level in LEVELS:
+                r = one_run(
+                    sla, {"budget": args.max_budget, "until_confident": level}, Path(tmp) / f"seq{i}_{level}"
+                )
+                rows.append(
+                    {"sla": sla, "level": level, "all_data": want, "one_shot": oneshot, "sequential": r}
+                )
+    print(f"| TTFT / ITL (ms) | level | all data | one-shot ({args.budget} pts) | until confident | points "
+          f"| confidence | stopped |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        s, o = r["sequential"], r["one_shot"]
+        conf = "-" if s["confidence"] is None else f"{s['confidence']:.0%}"
+        print(f"| {r['sla']['ttft']} / {r['sla']['itl']} | {r['level']:.0%} | {'/'.join(r['all_data'])} | "
+              f"{'/'.join(o['recommendation'])} | {'/'.join(s['recommendation'])} | {s['points']} | {conf} "
+              f"| {s['stopped_because']} |")  # fmt: skip
+    print("\nconfidence after each point (points measured: confidence):")
+    for r in rows:
+        steps = ", ".join(f"{n}: {'-' if c is None else f'{c:.0%}'}" for n, c in r["sequential"]["steps"])
+        print(f"  TTFT {r['sla']['ttft']} / ITL {r['sla']['itl']}, level {r['level']:.0%}: {steps}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    doc = {"command": "python benchmarks/sequential_replay.py " + " ".join(argv or sys.argv[1:]),
+           "records": [Path(f).name for f in FILES], "study": STUDY, "runs": rows}  # fmt: skip
+    Path(args.out).write_text(json.dumps(doc, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Probabilities of meeting an SLA target, from a source's 90 % band alone.
+
+Every ``PerfSource`` answers with a band (``prefill_ttft_band``, ``decode_itl_band``: (low, high) ms,
+a two-sided 90 % interval; zero width means certain). We read a band as a lognormal whose 5 % and
+95 % points are its ends:
+
+    log latency ~ Normal(mu, sigma),  mu = (log low + log high) / 2,
+                                      sigma = (log high - log low) / (2 * 1.6449)
+
+so ``P(latency <= target) = Phi((log target - mu) / sigma)``. This needs nothing but the band, so it
+works for any source (raw AIC: certain; regression: the prior's width; calibration: its posterior)
+and keeps working when the way bands are computed changes. A zero-width band gives 1 when the value
+is within the target and 0 otherwise, i.e. the point-estimate rule.
+
+Several targets (TTFT and ITL) are combined as independent: ``P(all) = prod P(each)``. Errors of
+one deployment's TTFT and ITL tend to move together (positively correlated), and then the product
+is a lower bound of the joint probability: the rule stays on the safe side.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy.special import ndtr
+
+BAND_Z = 1.6448536269514722  # a 90 % two-sided band ends at the 5 % and 95 % points: z = Phi^-1(0.95)
+_CERTAIN_REL = 1e-9  # relative band width below which a band counts as zero width
+
+
+def lognormal_from_band(low: Any, high: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of log latency whose 5 %/95 % points are ``low``/``high`` (sigma 0: certain)."""
+    lo = np.asarray(low, dtype=float)
+    hi = np.asarray(high, dtype=float)
+    if np.any(lo <= 0) or np.any(hi < lo):
+        raise ValueError("a band needs 0 < low <= high")
+    mu = 0.5 * (np.log(lo) + np.log(hi))
+    sigma = (np.log(hi) - np.log(lo)) / (2 * BAND_Z)
+    return mu, np.where(hi - lo <= _CERTAIN_REL * hi, 0.0, sigma)
+
+
+def prob_within(target: float, low: Any, high: Any) -> np.ndarray:
+    """P(latency <= ``target``) for each band; elementwise over arrays of bands."""
+    if not target > 0 or not math.isfinite(target):
+        raise ValueError(f"target must be a positive finite number, got {target!r}")
+    mu, sigma = lognormal_from_band(low, high)
+    lt = math.log(target)
+    safe = np.where(sigma > 0, sigma, 1.0)
+    p = ndtr((lt - mu) / safe)
+    certain = (np.exp(mu) <= target * (1 + 1e-12)).astype(float)
+    return np.where(sigma > 0, p, certain)
+
+
+def prob_all(*probs: Any) -> np.ndarray:
+    """P(every target is met) from the per-target probabilities, taken as independent (see module doc)."""
+    out = np.ones(np.broadcast(*[np.asarray(p, float) for p in probs]).shape) if probs else np.ones(())
+    for p in probs:
+        out = out * np.asarray(p, dtype=float)
+    return out
+
+
+def quantile(q: float, low: Any, high: Any) -> np.ndarray:
+    """The ``q`` quantile (0 < q < 1) of the band's lognormal, ms."""
+    from scipy.special import ndtri
+
+    mu, sigma = lognormal_from_band(low, high)
+    return np.exp(mu + sigma * float(ndtri(q)))
+
+
+def draw(low: Any, high: Any, z: Any) -> np.ndarray:
+    """Latencies for standard-normal draws ``z`` (broadcast against the bands): exp(mu + sigma z)."""
+    mu, sigma = lognormal_from_band(low, high)
+    return np.exp(mu + sigma * np.asarray(z, dtype=float))
+
+
+__all__ = ["BAND_Z", "draw", "lognormal_from_band", "prob_all", "prob_within", "quantile"]

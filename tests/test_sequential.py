@@ -1,0 +1,182 @@
+"""The until-confident loop: decision probability by sampling bands, probe choice, and a replay run on real records.
+
+The replay data are the GPU-runner records of the H100 study (models/measurements/, Llama-3.1-8B TP1 and TP2,
+50 points). The recommendation "all the data gives" is the one calibrated on every record.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from estimator.candidates import Candidate, Mapping
+from estimator.cli import main
+from estimator.measurements import MeasurementStore, Probe, ProbeKind
+from estimator.pipeline import estimate
+from estimator.select import select
+from estimator.sources import make_source
+from estimator.sources.base import Stack
+from estimator.spec import load_spec
+from estimator.surfaces import DecodeSweep, PrefillPoint
+from validate.calibrate import calibrate
+from validate.next_probe import nearest, probe_scores
+from validate.sequential import decision_confidence
+
+TP = {n: Candidate(Mapping.TP, n) for n in (1, 2, 4)}
+RECORDS = Path(__file__).resolve().parents[1] / "models" / "measurements"
+FILES = [RECORDS / "h100_llama31_8b_gpu_runner.jsonl", RECORDS / "h100_llama31_8b_gpu_runner_tp2.jsonl"]
+STUDY = {"model": "meta-llama/Llama-3.1-8B", "system": "h100_sxm", "gpus": "1,2", "itl": 12}
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLA_ESTIMATE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def sweep(n, conc, itl, rel_low=1.0, rel_high=1.0):
+    conc, itl = np.asarray(conc, float), np.asarray(itl, float)
+    return DecodeSweep(TP[n], 10**6, 3075, conc, itl, conc / itl * 1000 / n, itl * rel_low, itl * rel_high)
+
+
+def test_prefill_probability_by_hand():
+    # TP1: TTFT 100 ms, band (80, 125), 30k tok/s/GPU; TP2 certain at 24k. TP1 is the best exactly when its
+    # TTFT < 100 * 30k / 24k = 125 ms, its band's 95 % point: P = 0.95 (both always meet 200 ms)
+    points = [PrefillPoint(TP[1], 3000, 100, 30000, 80, 125), PrefillPoint(TP[2], 3000, 60, 24000, 60, 60)]
+    sweeps = [sweep(1, [1, 8], [10, 15])]
+    sel = select(points, sweeps, ttft_target_ms=200, itl_target_ms=20, isl=3000, osl=150)
+    d = decision_confidence(points, sweeps, sel, 200, 20, draws=20000)
+    assert sel.best_prefill.candidate == TP[1]
+    assert d.p_prefill == pytest.approx(0.95, abs=0.01)
+    assert d.p_decode == 1.0 and d.confidence == pytest.approx(d.p_prefill)
+    assert d.p_best["prefill"]["TP2"] == pytest.approx(0.05, abs=0.01)
+
+
+def test_zero_width_bands_are_certain():
+    points = [PrefillPoint(TP[1], 3000, 100, 30000, 100, 100), PrefillPoint(TP[2], 3000, 60, 24000, 60, 60)]
+    sweeps = [sweep(1, [1, 8, 32], [10, 15, 25]), sweep(2, [1, 16, 64], [8, 12, 19])]
+    sel = select(points, sweeps, ttft_target_ms=200, itl_target_ms=20, isl=3000, osl=150)
+    d = decision_confidence(points, sweeps, sel, 200, 20)
+    assert (d.p_prefill, d.p_decode) == (1.0, 1.0)
+
+
+def test_decode_probability_counts_best_engine_not_its_concurrency():
+    # TP1 certain: best 8/15*1000 = 533 tok/s/GPU (conc 8 within 20 ms). TP2: ITL 12 and 19 ms at conc 16 and 64,
+    # band x(0.8, 1.25), one draw z for both points. Even when conc 64 misses 20 ms, conc 16 gives 8000/ITL16
+    # tok/s/GPU > 533 while ITL16 < 15 ms, i.e. z < ln(1.25)/sigma = 1.645: P(TP2 best) = 0.95
+    sweeps = [sweep(1, [1, 8, 32], [10, 15, 25]), sweep(2, [16, 64], [12, 19], 0.8, 1.25)]
+    points = [PrefillPoint(TP[1], 3000, 100, 30000, 100, 100)]
+    sel = select(points, sweeps, ttft_target_ms=200, itl_target_ms=20, isl=3000, osl=150)
+    assert sel.best_decode.candidate == TP[2]
+    d = decision_confidence(points, sweeps, sel, 200, 20, draws=20000)
+    assert d.p_decode == pytest.approx(0.95, abs=0.01)
+
+
+def test_probe_scores_favour_contested_engines():
+    spec = load_spec(model="meta-llama/Llama-3.1-8B", system="h100_sxm", gpus="1,2")
+    profile = estimate(spec)
+    src = make_source("aic", profile.stack)
+    points = [PrefillPoint(TP[1], 3000, 100, 30000, 80, 125), PrefillPoint(TP[2], 3000, 60, 24000, 60, 60)]
+    sweeps = [sweep(1, [1, 8], [10, 15])]
+    sel = select(points, sweeps, ttft_target_ms=200, itl_target_ms=20, isl=3000, osl=150)
+    d = decision_confidence(points, sweeps, sel, 200, 20)
+    pool = [Probe(ProbeKind.PREFILL, profile.stack, TP[1], isl=3000), Probe(ProbeKind.DECODE, profile.stack, TP[1],
+            isl=3000, osl=150, concurrency=8)]  # fmt: skip
+    # raw AIC bands have zero width: nothing left to learn anywhere, every score is 0
+    assert [s for s, _ in probe_scores(src, d, pool, spec)] == [0.0, 0.0]
+    assert (
+        nearest(pool, Probe(ProbeKind.DECODE, profile.stack, TP[1], isl=3000, osl=150, concurrency=10))
+        == pool[1]
+    )
+
+
+def _all_data_recommendation(spec):
+    from validate.runners.replay import ReplayRunner
+
+    base = make_source("aic", Stack.from_spec(spec))
+    records = ReplayRunner.from_paths(FILES).records
+    cal = calibrate(base, records)
+    sel = estimate(spec, cal).selection
+    return sel.best_prefill.candidate.name, sel.best_decode.candidate.name
+
+
+def test_until_confident_on_replay_reaches_the_all_data_recommendation(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SLA_ESTIMATE_PROGRESS", "1")  # a progress bar on stderr although it is no terminal
+    spec = load_spec(**STUDY)
+    want = _all_data_recommendation(spec)
+    out = tmp_path / "seq"
+    flags = ["--model", STUDY["model"], "--system", STUDY["system"], "--gpus", "1,2", "--itl", "12", "--no-plots",
+             "--runner", "replay", *(a for f in FILES for a in ("--measurements", str(f))), "--budget", "8"]  # fmt: skip
+    assert main(["validate", *flags, "--until-confident", "0.8", "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "until confident" in captured.err and "point" in captured.err  # tqdm: points done / budget
+    seq = json.loads((out / "report.json").read_text())["validation"]["sequential"]
+    assert seq["stopped_because"].startswith("confidence")
+    assert seq["confidence"] >= 0.8 and seq["points_measured"] < 8
+    assert (seq["recommendation"]["prefill"], seq["recommendation"]["decode"]) == want
+    assert len(MeasurementStore(out / "measurements.jsonl").load()) == seq["points_measured"]
+    steps = seq["steps"]
+    assert [s["points_measured"] for s in steps] == list(range(1, len(steps) + 1))
+    assert steps[0]["confidence_after"] is None and all(s["confidence_after"] is not None for s in steps[1:])
+    assert all(s["why"] for s in steps)
+    assert "confidence in the recommendation (prefill TP1, decode TP2)" in text
+    # the one-shot plan spends its whole budget on the same data
+    assert main(["validate", *flags, "-o", str(tmp_path / "oneshot")]) == 0
+    one = json.loads((tmp_path / "oneshot" / "report.json").read_text())["validation"]
+    assert len(one["planned"]) == 8 and "sequential" not in one
+
+
+def test_failed_probe_is_reported_and_the_loop_goes_on(tmp_path):
+    from estimator.errors import MeasurementError
+    from validate.runners.replay import ReplayRunner
+    from validate.sequential import run_until_confident
+
+    class Flaky(ReplayRunner):
+        """Fails the first decode probe it is asked for."""
+
+        failed = False
+
+        def measure(self, probe):
+            if probe.kind is ProbeKind.DECODE and not Flaky.failed:
+                Flaky.failed = True
+                raise MeasurementError("engine went away", probe)
+            return super().measure(probe)
+
+    spec = load_spec(**STUDY, cache=False)
+    profile = estimate(spec)
+    base = make_source("aic", profile.stack)
+    runner = Flaky(ReplayRunner.from_paths(FILES).records)
+    store = MeasurementStore(tmp_path / "m.jsonl")
+    res = run_until_confident(
+        profile, base, runner, store, level=0.99, budget=4, calibrate_fn=calibrate, progress=False
+    )
+    assert res.steps[1].error and "engine went away" in res.steps[1].error
+    assert len(res.run.failures) == 1 and len(res.run.measurements) == 4
+    assert len(store.load()) == 4 and res.stopped_because == "budget of 4 points spent"
+    # a rerun answers what is stored from the store and measures only the rest: nothing is measured twice
+    again = run_until_confident(profile, base, ReplayRunner.from_paths(FILES), store, level=0.99, budget=4,
+                                calibrate_fn=calibrate, progress=False)  # fmt: skip
+    assert again.run.reused >= 1 and again.run.measured >= 1 and not again.run.failures
+    keys = [m.probe.key for m in store.load()]
+    assert len(keys) == len(set(keys)) == 4 + again.run.measured
+
+
+def test_generated_pool_keeps_what_the_runner_can_measure():
+    from validate.next_probe import candidate_probes
+
+    class OneEngine:
+        """A runner that says it runs TP2 only (the capability contract's ``can_measure``)."""
+
+        def can_measure(self, probe):
+            return None if probe.candidate == TP[2] else "runs TP2 only"
+
+    profile = estimate(load_spec(**STUDY, cache=False))
+    pool = candidate_probes(profile, OneEngine())
+    assert pool and {p.candidate for p in pool} == {TP[2]}
+    assert {p.kind for p in pool} == {ProbeKind.PREFILL, ProbeKind.DECODE}
+    everything = candidate_probes(profile, object())  # a runner that does not say: every engine
+    assert {p.candidate for p in everything} == {TP[1], TP[2]}
+    assert {p.isl for p in everything if p.kind is ProbeKind.PREFILL} == {750, 3000, 6000}

@@ -1,0 +1,287 @@
+"""Measure one point at a time until the recommendation is confident (``validate --until-confident``).
+
+Loop: measure the first planned points (the selected prefill and decode engines at the workload), then
+repeat: recalibrate on everything measured, re-rank with bands, estimate the probability that the
+recommendation is right, and measure the probe that can change the decision most, until that
+probability reaches the level or the budget is spent.
+
+*Probability that the recommendation is right* (``decision_confidence``), from the bands alone (any
+source, see ``estimator/confidence.py``): draw every engine's latency from its band's lognormal (one
+draw per engine and phase, shared over its operating points, independent between engines); in each
+draw apply Dynamo's rule to the drawn values. Prefill is right when the recommended engine meets the
+TTFT target and has the highest tokens/s/GPU of those that do; decode when the recommended engine has
+the highest tokens/s/GPU at its best concurrency within the ITL target (only the engine is kept, as in
+Dynamo; the concurrency is a planner setting). Confidence = P(prefill right) × P(decode right).
+Independent engines overstate the doubt when errors are shared (a common scale moves all engines
+alike), so the loop stops late rather than early.
+
+*Next probe*: the measurable point whose band is widest where the decision is contested, near the
+contested engine's operating point (``validate/next_probe.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from estimator.confidence import draw
+from estimator.errors import CalibrationError
+from estimator.measurements import Measurement, MeasurementStore, Probe
+from estimator.select import Selection, select
+from estimator.sources.base import PerfSource
+from estimator.surfaces import DecodeSweep, PrefillPoint, decode_sweep, prefill_point
+
+from .next_probe import candidate_probes, nearest, probe_scores
+from .plan import plan_probes
+from .run import RunResult, run_plan
+
+log = logging.getLogger(__name__)
+NUM_DRAWS = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The recommendation on one source and how sure it is (probabilities from the bands)."""
+
+    selection: Selection
+    p_prefill: float  # P(recommended prefill engine meets TTFT and is the best that does)
+    p_decode: float  # P(recommended decode engine is the best within ITL)
+    p_best: dict[str, dict[str, float]]  # phase -> engine name -> P(it is the best of its phase)
+
+    @property
+    def confidence(self) -> float:
+        return self.p_prefill * self.p_decode
+
+    @property
+    def engines(self) -> tuple[str, str]:
+        return self.selection.best_prefill.candidate.name, self.selection.best_decode.candidate.name
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    index: int
+    probe: Probe
+    why: str
+    confidence_before: float | None  # None: before the first calibration
+    confidence_after: float | None
+    prefill: str
+    decode: str
+    points_measured: int
+    elapsed_s: float
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.index, "probe": self.probe.to_dict(), "why": self.why,
+                "confidence_before": self.confidence_before, "confidence_after": self.confidence_after,
+                "recommendation": {"prefill": self.prefill, "decode": self.decode},
+                "points_measured": self.points_measured, "elapsed_s": round(self.elapsed_s, 2),
+                **({"error": self.error} if self.error else {})}  # fmt: skip
+
+
+@dataclass
+class SequentialResult:
+    level: float
+    budget: int
+    steps: list[Step] = field(default_factory=list)
+    run: RunResult = field(default_factory=RunResult)
+    decision: Decision | None = None
+    source: PerfSource | None = None  # the last calibration
+    stopped_because: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.decision
+        return {"level": self.level, "budget": self.budget, "points_measured": len(self.run.measurements),
+                "confidence": d.confidence if d else None, "p_prefill": d.p_prefill if d else None,
+                "p_decode": d.p_decode if d else None, "recommendation": dict(zip(("prefill", "decode"),
+                d.engines, strict=True)) if d else None, "p_best": d.p_best if d else None,
+                "stopped_because": self.stopped_because, "steps": [s.to_dict() for s in self.steps]}  # fmt: skip
+
+    def summary_lines(self) -> list[str]:
+        head = (f"Until confident ({self.level:.0%}): {len(self.run.measurements)} points measured "
+                f"(budget {self.budget}); stopped: {self.stopped_because}")  # fmt: skip
+        lines = [head]
+        for s in self.steps:
+            what = (
+                f"{s.probe.kind.value} {s.probe.candidate.name} isl {s.probe.isl} conc {s.probe.concurrency}"
+            )
+            lines.append(f"  step {s.index}: {what}: confidence {_pct(s.confidence_before)} -> {_pct(s.confidence_after)} "
+                         f"(prefill {s.prefill}, decode {s.decode}){' FAILED: ' + s.error[:80] if s.error else ''}")  # fmt: skip
+            lines.append(f"      why: {s.why}")
+        if self.decision:
+            p, dec = self.decision.engines
+            lines.append(f"  confidence in the recommendation (prefill {p}, decode {dec}): "
+                         f"{self.decision.confidence:.0%} (prefill {self.decision.p_prefill:.0%}, "
+                         f"decode {self.decision.p_decode:.0%})")  # fmt: skip
+        return lines
+
+
+def _pct(p: float | None) -> str:
+    return "-" if p is None else f"{p:.0%}"
+
+
+# ---- the decision and its probability ------------------------------------------------------------
+def rank(source: PerfSource, profile: Any) -> tuple[list[PrefillPoint], list[DecodeSweep], Selection]:
+    """Points, sweeps and selection of the profile's usable candidates on ``source`` (no surfaces)."""
+    spec = profile.spec
+    points = [prefill_point(source, c, spec.isl) for c in profile.candidates]
+    sweeps = [s for c in profile.candidates if (s := decode_sweep(source, c, spec.isl, spec.osl,
+              num_points=2 * spec.num_decode_concurrencies, cap=spec.max_concurrency)) is not None]  # fmt: skip
+    if not points or not sweeps:
+        raise CalibrationError(
+            "no candidate engine can be estimated for prefill and decode on the calibration"
+        )
+    sel = select(points, sweeps, ttft_target_ms=spec.ttft_ms, itl_target_ms=spec.itl_ms, isl=spec.isl,
+                 osl=spec.osl, confidence=spec.confidence)  # fmt: skip
+    return points, sweeps, sel
+
+
+def decision_confidence(
+    points: list[PrefillPoint], sweeps: list[DecodeSweep], sel: Selection, ttft_target_ms: float,
+    itl_target_ms: float, *, draws: int = NUM_DRAWS, seed: int = 0,
+) -> Decision:  # fmt: skip
+    """P(the recommendation is right) by sampling each engine's band (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    # prefill: one TTFT draw per engine; thpt scales as 1 / TTFT
+    lo = np.array([p.ttft_low_ms for p in points])
+    hi = np.array([p.ttft_high_ms for p in points])
+    ttft = draw(lo, hi, rng.standard_normal((draws, len(points))))
+    thpt = np.array([p.thpt_per_gpu * p.ttft_ms for p in points]) / ttft
+    thpt = np.where(ttft <= ttft_target_ms, thpt, -np.inf)
+    best_p = np.where(np.isfinite(thpt.max(axis=1)), np.argmax(thpt, axis=1), -1)
+    rec_p = [p.candidate for p in points].index(sel.best_prefill.candidate)
+    p_names = [p.candidate.name for p in points]
+    # decode: one quantile draw per engine, shared over its concurrencies
+    z = rng.standard_normal((draws, len(sweeps)))
+    best_thpt = np.empty((draws, len(sweeps)))
+    for j, s in enumerate(sweeps):
+        itl = draw(s.itl_low_ms[None, :], s.itl_high_ms[None, :], z[:, j : j + 1])
+        t = np.where(
+            itl <= itl_target_ms, s.concurrency[None, :] * 1000.0 / itl / s.candidate.num_gpus, -np.inf
+        )
+        best_thpt[:, j] = t.max(axis=1)
+    best_d = np.where(np.isfinite(best_thpt.max(axis=1)), np.argmax(best_thpt, axis=1), -1)
+    rec_d = [s.candidate for s in sweeps].index(sel.best_decode.candidate)
+    d_names = [s.candidate.name for s in sweeps]
+    return Decision(
+        sel,
+        float(np.mean(best_p == rec_p)),
+        float(np.mean(best_d == rec_d)),
+        {"prefill": {n: float(np.mean(best_p == i)) for i, n in enumerate(p_names)},
+         "decode": {n: float(np.mean(best_d == i)) for i, n in enumerate(d_names)}},
+    )  # fmt: skip
+
+
+# ---- the loop ------------------------------------------------------------------------------------------
+def run_until_confident(
+    profile: Any, base: PerfSource, runner: Any, store: MeasurementStore, *, level: float, budget: int,
+    calibrate_fn: Callable[[PerfSource, list[Measurement]], PerfSource], progress: bool | None = None,
+) -> SequentialResult:  # fmt: skip
+    """The loop for one study (``profile``: the raw estimate on ``base``); appends every result to ``store``."""
+    spec = profile.spec
+    res = SequentialResult(level, budget)
+    pool = candidate_probes(profile, runner)
+    first: list[Probe] = []
+    for p in plan_probes(profile, budget=2, max_points_per_engine=1):  # the selected engines at the workload
+        exact = next((x for x in pool if x.key == p.key), None)
+        q = p if not pool else (_with_reason(exact, p.reason) if exact else nearest(pool, p))
+        if q is not None and q.key not in {f.key for f in first}:
+            first.append(q if q.key == p.key else _with_reason(q, f"nearest measurable point to: {p.reason}"))
+    t0 = time.perf_counter()
+    bar = _progress(budget, progress)
+    conf: float | None = None  # no calibration yet: the raw source's zero-width bands claim certainty
+    queue = [(p, p.reason) for p in first]
+    try:
+        while True:
+            if not queue:
+                if len(res.run.measurements) >= budget:
+                    res.stopped_because = f"budget of {budget} points spent"
+                    break
+                queue = _next_probe(res, pool, spec)
+                if not queue:
+                    res.stopped_because = res.stopped_because or "no measurable point left"
+                    break
+            probe, why = queue.pop(0)
+            if bar is not None:
+                shown = "-" if conf is None else f"{conf:.0%}"
+                bar.set_postfix_str(f"{probe.kind.value} {probe.candidate.name} isl {probe.isl} "
+                                    f"conc {probe.concurrency}, confidence {shown}")  # fmt: skip
+            pool = [p for p in pool if p.key != probe.key]
+            one = run_plan([probe], runner, store)
+            res.run.reused += one.reused
+            res.run.measured += one.measured
+            res.run.failures += one.failures
+            res.run.measurements += one.measurements
+            error = one.failures[0][1] if one.failures else None
+            before = conf
+            if res.run.measurements and not queue:  # the first planned points are fitted together
+                try:
+                    res.source = calibrate_fn(base, res.run.measurements)
+                    points, sweeps, sel = rank(res.source, profile)
+                    res.decision = decision_confidence(
+                        points, sweeps, sel, spec.ttft_ms, spec.itl_ms, seed=spec.seed
+                    )
+                    conf = res.decision.confidence
+                except CalibrationError as exc:
+                    error = error or str(exc)
+            names = res.decision.engines if res.decision else ("-", "-")
+            res.steps.append(Step(len(res.steps) + 1, probe, why, before, conf, *names, len(res.run.measurements),
+                                  time.perf_counter() - t0, error))  # fmt: skip
+            if bar is not None:
+                bar.update(len(res.run.measurements) - bar.n)
+            log.info("step %d: %s -> confidence %s", len(res.steps), probe.reason, conf)
+            if conf is not None and conf >= level and not queue:
+                res.stopped_because = f"confidence {conf:.0%} reached the level {level:.0%}"
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    return res
+
+
+def _next_probe(res: SequentialResult, pool: list[Probe], spec: Any) -> list[tuple[Probe, str]]:
+    if res.decision is None or res.source is None:
+        res.stopped_because = "the first planned points could not be measured or calibrated"
+        return []
+    if not pool:
+        return []
+    scored = probe_scores(res.source, res.decision, pool, spec)
+    i = int(np.argmax([s for s, _ in scored]))
+    if scored[i][0] <= 0:
+        res.stopped_because = "no measurable point can change the decision"
+        return []
+    why = f"{scored[i][1]} (score {scored[i][0]:.3g}, highest of {len(pool)})"
+    return [(_with_reason(pool[i], why), why)]
+
+
+def _with_reason(p: Probe, reason: str) -> Probe:
+    import dataclasses
+
+    return dataclasses.replace(p, reason=reason)
+
+
+def _progress(total: int, asked: bool | None):
+    """A tqdm bar on stderr when it is a terminal, or when asked (``SLA_ESTIMATE_PROGRESS=1``)."""
+    if asked is None:
+        asked = sys.stderr.isatty() or os.environ.get("SLA_ESTIMATE_PROGRESS") == "1"
+    if not asked:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="until confident", unit="point", file=sys.stderr)
+
+
+__all__ = [
+    "Decision",
+    "SequentialResult",
+    "Step",
+    "decision_confidence",
+    "probe_scores",
+    "run_until_confident",
+]
