@@ -1,0 +1,189 @@
+"""Fitting the calibration model (``estimator/calibration.py``): MAP, Laplace posterior, data-driven noise.
+
+The fit is the MAP of a Gaussian model on log residuals (robust soft-L1 loss) with a Gaussian prior on
+every named parameter. The variance of each point is its measurement spread (the runner's repetitions)
+plus a model discrepancy per kind (TTFT, per-token time). The discrepancy is an empirical-Bayes estimate
+from the fit's own residuals: the residual sum of squares over the residual degrees of freedom (points
+minus the leverage the parameters used up), with the prior's guess counting as ``discrepancy_weight``
+pseudo-points only. Bands then use Student-t tails for those degrees of freedom, so a fit with few
+points says how little it knows instead of falling back to the prior's width.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from .calibration import (
+    ENGINE_NAMES,
+    KINDS,
+    SHARED_NAMES,
+    Correction,
+    Noise,
+    Observation,
+    Parameters,
+    SharedParameters,
+    parameter_names,
+    predict_ms,
+)
+from .errors import CalibrationError
+from .sources.residual_gp import ResidualField, ResidualPoint
+
+# Generic prior (mean, sd) of each shared parameter: raw estimates within a factor e, mild slopes, small overheads.
+GENERIC_SHARED = {
+    "alpha_prefill": (0.0, 1.0),
+    "beta_isl": (0.0, 0.25),
+    "alpha_decode": (0.0, 1.0),
+    "beta_batch": (0.0, 0.15),
+    "beta_context": (0.0, 0.15),
+    "log_step_ms": (math.log(0.5), 1.5),
+    "log_overhead_ms": (math.log(5.0), 1.5),
+    "logit_burst": (-1.0, 1.5),
+    "logit_sync": (-1.0, 1.5),
+    "beta_burst_osl": (0.0, 1.0),
+    "beta_sync_osl": (0.0, 1.0),
+    "alpha_ttft": (0.0, 0.3),
+}
+assert tuple(GENERIC_SHARED) == SHARED_NAMES
+
+
+@dataclass(frozen=True)
+class Prior:
+    """What is believed before the points: (mean, sd) per shared parameter, the sd of an engine's offset,
+    and a guess of the model discrepancy per kind worth ``discrepancy_weight`` points."""
+
+    shared: Mapping[str, tuple[float, float]] = field(default_factory=lambda: dict(GENERIC_SHARED))
+    engine_sd: float = 0.15
+    engine_step_sd: float = 0.5
+    discrepancy: Mapping[str, float] = field(default_factory=lambda: {"ttft": 0.20, "tpot": 0.06})
+    discrepancy_weight: float = 1.0
+
+    def engine_prior_sd(self) -> dict[str, float]:
+        return {n: self.engine_step_sd if n == "delta_step" else self.engine_sd for n in ENGINE_NAMES}
+
+    def updated(self, shared: Mapping[str, tuple[float, float]]) -> Prior:
+        """This prior with some shared parameters' (mean, sd) replaced (unknown names refused)."""
+        unknown = set(shared) - set(SHARED_NAMES)
+        if unknown:
+            raise CalibrationError(f"prior names unknown parameters {sorted(unknown)}")
+        return replace(self, shared={**self.shared, **shared})
+
+
+def data_hash(observations: Sequence[Observation]) -> str:
+    blob = json.dumps([[o.engine, o.kind, round(o.measured_ms or 0.0, 6), o.isl, o.batch, o.context]
+                       for o in observations])  # fmt: skip
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def fit(observations: Sequence[Observation], prior: Prior | None = None, meta: Mapping[str, Any] | None = None,
+        residual_field: bool = True) -> Correction:  # fmt: skip
+    """Posterior of the correction given measured ``observations`` (at least one). Raises CalibrationError."""
+    prior = prior or Prior()
+    good = [o for o in observations if o.measured_ms is not None and o.measured_ms > 0 and math.isfinite(o.measured_ms)]
+    if not good:
+        raise CalibrationError("no usable measured points to calibrate on")
+    engines = tuple(sorted({o.engine for o in good}))
+    names = parameter_names(engines)
+    mu0 = np.array([prior.shared[n][0] for n in SHARED_NAMES] + [0.0] * (len(names) - len(SHARED_NAMES)))
+    sd0 = np.array([prior.shared[n][1] for n in SHARED_NAMES]
+                   + [prior.engine_step_sd if n.startswith("delta_step[") else prior.engine_sd
+                      for n in names[len(SHARED_NAMES):]])  # fmt: skip
+    y = np.log([o.measured_ms for o in good])
+    meas_sd = np.array([o.noise_sd for o in good])
+    kinds = [o.kind for o in good]
+    idx = {k: np.array([i for i, kk in enumerate(kinds) if kk == k], int) for k in KINDS}
+
+    def unpack(th: np.ndarray) -> Parameters:
+        return Parameters.from_values(dict(zip(names, th, strict=True)), engines)
+
+    def log_pred(th: np.ndarray) -> np.ndarray:
+        p = unpack(th)
+        return np.log(np.maximum([predict_ms(o, p) for o in good], 1e-9))
+
+    def residuals(th: np.ndarray, sd: np.ndarray) -> np.ndarray:
+        return np.concatenate([(y - log_pred(th)) / sd, (th - mu0) / sd0])
+
+    disc = {k: float(prior.discrepancy[k]) for k in KINDS}
+    theta, dof = mu0.copy(), {k: 0.0 for k in KINDS}
+    for _ in range(3):  # MAP at fixed noise, then the noise from the residuals (empirical Bayes)
+        sd = np.sqrt(meas_sd**2 + np.array([disc[k] for k in kinds]) ** 2)
+        res = least_squares(residuals, theta, args=(sd,), loss="soft_l1", f_scale=2.0, max_nfev=200 * theta.size)
+        theta = res.x
+        jac = _jacobian(lambda th, sd=sd: residuals(th, sd), theta)
+        cov = np.linalg.pinv(jac.T @ jac)
+        jd = jac[: len(good)]
+        leverage = np.einsum("ij,jk,ik->i", jd, cov, jd)
+        raw = y - log_pred(theta)
+        for k in KINDS:
+            i = idx[k]
+            if not i.size:
+                continue
+            dof[k] = max(i.size - float(np.sum(leverage[i])), 0.0)
+            w = prior.discrepancy_weight
+            total = (float(np.sum(raw[i] ** 2)) + w * prior.discrepancy[k] ** 2) / (dof[k] + w)
+            disc[k] = math.sqrt(max(total - float(np.mean(meas_sd[i] ** 2)), 1e-6))
+    sd = np.sqrt(meas_sd**2 + np.array([disc[k] for k in kinds]) ** 2)
+    jac = _jacobian(lambda th: residuals(th, sd), theta)
+    cov = np.linalg.pinv(jac.T @ jac)
+    mean = unpack(theta)
+    noise = Noise(
+        discrepancy={k: disc[k] for k in KINDS if idx[k].size},
+        measurement={k: float(np.median(meas_sd[idx[k]])) for k in KINDS if idx[k].size},
+        dof={k: dof[k] + prior.discrepancy_weight for k in KINDS if idx[k].size},
+    )
+    field_ = None
+    agg = [o for o in good if o.is_agg]
+    if agg and residual_field:
+        field_ = ResidualField([ResidualPoint(o.engine, o.kind, o.concurrency, o.isl, o.osl,
+                                              math.log(o.measured_ms / predict_ms(o, mean))) for o in agg])  # fmt: skip
+    return Correction(mean, cov, noise, prior.engine_prior_sd(), len(good), data_hash(good), dict(meta or {}), field_)
+
+
+def _jacobian(f, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    f0 = f(x)
+    out = np.empty((f0.size, x.size))
+    for j in range(x.size):
+        xj = x.copy()
+        xj[j] += eps
+        out[:, j] = (f(xj) - f0) / eps
+    return out
+
+
+def prior_from_fits(shared: Sequence[SharedParameters], generic: Prior | None = None) -> dict[str, tuple[float, float]]:
+    """Median and robust spread (1.48 x MAD, kept between 0.1 and the generic sd) of the shared parameters
+    of several fitted deployments; empty below two."""
+    generic = generic or Prior()
+    if len(shared) < 2:
+        return {}
+    out = {}
+    for n in SHARED_NAMES:
+        v = np.array([getattr(s, n) for s in shared])
+        med = float(np.median(v))
+        mad = 1.4826 * float(np.median(np.abs(v - med)))
+        out[n] = (med, float(min(max(mad, 0.1), generic.shared[n][1])))
+    return out
+
+
+def learn_prior(families: Mapping[str, Sequence[Observation]], min_points: int = 10) -> dict[str, tuple[float, float]]:
+    """The shared part of a prior learned from other deployments, each fitted on all its points."""
+    return prior_from_fits([fit(obs, residual_field=False).mean.shared for obs in families.values()
+                            if len(obs) >= min_points])  # fmt: skip
+
+
+# Levels and overheads belong to one deployment and never transfer; the phase slopes transfer only to agg
+# calibrations (they absorb the serving model's bias there, while prefill/decode probes observe them).
+LEVEL_PARAMETERS = ("alpha_prefill", "alpha_decode", "log_step_ms", "log_overhead_ms")
+SHAPE_PARAMETERS = ("beta_isl", "beta_batch", "beta_context")
+
+
+def transferable(learned: Mapping[str, tuple[float, float]], agg: bool) -> dict[str, tuple[float, float]]:
+    """The part of a learned prior that applies to a new deployment (``agg``: calibrating on agg points)."""
+    drop = LEVEL_PARAMETERS + (() if agg else SHAPE_PARAMETERS)
+    return {k: v for k, v in learned.items() if k in SHARED_NAMES and k not in drop}
