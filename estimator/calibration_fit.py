@@ -64,6 +64,9 @@ class Prior:
     engine_step_sd: float = 0.5
     discrepancy: Mapping[str, float] = field(default_factory=lambda: {"ttft": 0.20, "tpot": 0.06})
     discrepancy_weight: float = 1.0
+    ard: tuple[str, ...] = ("beta_isl", "beta_batch", "beta_context")  # prior sd re-estimated (ARD)
+    ard_iterations: int = 3
+    cv_folds: int = 8  # folds of the cross-validated noise estimate (0: evidence only, from the residuals)
 
     def engine_prior_sd(self) -> dict[str, float]:
         return {n: self.engine_step_sd if n == "delta_step" else self.engine_sd for n in ENGINE_NAMES}
@@ -89,54 +92,40 @@ def fit(observations: Sequence[Observation], prior: Prior | None = None, meta: M
     good = [o for o in observations if o.measured_ms is not None and o.measured_ms > 0 and math.isfinite(o.measured_ms)]
     if not good:
         raise CalibrationError("no usable measured points to calibrate on")
-    engines = tuple(sorted({o.engine for o in good}))
-    names = parameter_names(engines)
-    mu0 = np.array([prior.shared[n][0] for n in SHARED_NAMES] + [0.0] * (len(names) - len(SHARED_NAMES)))
-    sd0 = np.array([prior.shared[n][1] for n in SHARED_NAMES]
-                   + [prior.engine_step_sd if n.startswith("delta_step[") else prior.engine_sd
-                      for n in names[len(SHARED_NAMES):]])  # fmt: skip
-    y = np.log([o.measured_ms for o in good])
-    meas_sd = np.array([o.noise_sd for o in good])
+    pb = _Problem(good, prior)
     kinds = [o.kind for o in good]
     idx = {k: np.array([i for i, kk in enumerate(kinds) if kk == k], int) for k in KINDS}
-
-    def unpack(th: np.ndarray) -> Parameters:
-        return Parameters.from_values(dict(zip(names, th, strict=True)), engines)
-
-    def log_pred(th: np.ndarray) -> np.ndarray:
-        p = unpack(th)
-        return np.log(np.maximum([predict_ms(o, p) for o in good], 1e-9))
-
-    def residuals(th: np.ndarray, sd: np.ndarray) -> np.ndarray:
-        return np.concatenate([(y - log_pred(th)) / sd, (th - mu0) / sd0])
-
+    present = [k for k in KINDS if idx[k].size]
     disc = {k: float(prior.discrepancy[k]) for k in KINDS}
-    theta, dof = mu0.copy(), {k: 0.0 for k in KINDS}
-    for _ in range(3):  # MAP at fixed noise, then the noise from the residuals (empirical Bayes)
-        sd = np.sqrt(meas_sd**2 + np.array([disc[k] for k in kinds]) ** 2)
-        res = least_squares(residuals, theta, args=(sd,), loss="soft_l1", f_scale=2.0, max_nfev=200 * theta.size)
-        theta = res.x
-        jac = _jacobian(lambda th, sd=sd: residuals(th, sd), theta)
-        cov = np.linalg.pinv(jac.T @ jac)
-        jd = jac[: len(good)]
-        leverage = np.einsum("ij,jk,ik->i", jd, cov, jd)
-        raw = y - log_pred(theta)
-        for k in KINDS:
+    everything = np.ones(len(good), bool)
+    theta, dof = pb.mu0.copy(), {}
+    for _ in range(2):  # MAP at fixed noise, then the noise from the residuals (empirical Bayes)
+        theta, cov = pb.map(everything, pb.sd(disc), theta)
+        leverage = pb.leverage(theta, cov, disc)
+        raw = pb.y - pb.log_pred(theta)
+        for k in present:
             i = idx[k]
-            if not i.size:
-                continue
             dof[k] = max(i.size - float(np.sum(leverage[i])), 0.0)
             w = prior.discrepancy_weight
             total = (float(np.sum(raw[i] ** 2)) + w * prior.discrepancy[k] ** 2) / (dof[k] + w)
-            disc[k] = math.sqrt(max(total - float(np.mean(meas_sd[i] ** 2)), 1e-6))
-    sd = np.sqrt(meas_sd**2 + np.array([disc[k] for k in kinds]) ** 2)
-    jac = _jacobian(lambda th: residuals(th, sd), theta)
-    cov = np.linalg.pinv(jac.T @ jac)
-    mean = unpack(theta)
+            disc[k] = math.sqrt(max(total - float(np.mean(pb.meas_sd[i] ** 2)), MIN_DISCREPANCY**2))
+        dof = {k: dof[k] + prior.discrepancy_weight for k in present}
+    for _ in range(prior.ard_iterations):  # ARD: the evidence decides whether the data need the slopes
+        pb.relevance(theta, cov, prior)
+        theta, cov = pb.map(everything, pb.sd(disc), theta)
+    folds = _folds(good, prior.cv_folds)
+    if folds is not None:  # what the points say about predicting a point left out: the noise from that
+        for _ in range(2):
+            sq = pb.cross_validated_excess(folds, disc, theta)
+            disc = {k: math.sqrt(max(float(np.mean(sq[idx[k]])), MIN_DISCREPANCY**2)) if idx[k].size else disc[k]
+                    for k in KINDS}  # fmt: skip
+        dof = {k: float(idx[k].size) for k in present}
+    theta, cov = pb.map(everything, pb.sd(disc), theta)
+    mean = pb.unpack(theta)
     noise = Noise(
-        discrepancy={k: disc[k] for k in KINDS if idx[k].size},
-        measurement={k: float(np.median(meas_sd[idx[k]])) for k in KINDS if idx[k].size},
-        dof={k: dof[k] + prior.discrepancy_weight for k in KINDS if idx[k].size},
+        discrepancy={k: disc[k] for k in present},
+        measurement={k: float(np.median(pb.meas_sd[idx[k]])) for k in present},
+        dof=dof,
     )
     field_ = None
     agg = [o for o in good if o.is_agg]
@@ -144,6 +133,79 @@ def fit(observations: Sequence[Observation], prior: Prior | None = None, meta: M
         field_ = ResidualField([ResidualPoint(o.engine, o.kind, o.concurrency, o.isl, o.osl,
                                               math.log(o.measured_ms / predict_ms(o, mean))) for o in agg])  # fmt: skip
     return Correction(mean, cov, noise, prior.engine_prior_sd(), len(good), data_hash(good), dict(meta or {}), field_)
+
+
+MIN_DISCREPANCY = 0.005  # log sd: below the spread of repeated runs on one GPU
+
+
+def _folds(obs: Sequence[Observation], max_folds: int) -> np.ndarray | None:
+    """Fold of each observation (the TTFT and TPOT of one agg measurement share one); None below 2 groups."""
+    groups: dict[tuple, int] = {}
+    gid = [groups.setdefault((o.engine, o.isl, o.osl, o.concurrency, o.batch if not o.is_agg else 0.0,
+                              o.context if not o.is_agg else 0.0), len(groups)) for o in obs]  # fmt: skip
+    if max_folds < 2 or len(groups) < 2:
+        return None
+    return np.array(gid) % min(max_folds, len(groups))
+
+
+class _Problem:
+    """The observations, the prior as vectors over the parameter names, and the MAP fit on a subset."""
+
+    def __init__(self, obs: list[Observation], prior: Prior):
+        self.obs, self.engines = obs, tuple(sorted({o.engine for o in obs}))
+        self.names = parameter_names(self.engines)
+        extra = self.names[len(SHARED_NAMES) :]
+        self.mu0 = np.array([prior.shared[n][0] for n in SHARED_NAMES] + [0.0] * len(extra))
+        self.sd0 = np.array([prior.shared[n][1] for n in SHARED_NAMES]
+                            + [prior.engine_step_sd if n.startswith("delta_step[") else prior.engine_sd for n in extra])  # fmt: skip
+        self.y = np.log([o.measured_ms for o in obs])
+        self.meas_sd = np.array([o.noise_sd for o in obs])
+        self.kinds = [o.kind for o in obs]
+
+    def unpack(self, th: np.ndarray) -> Parameters:
+        return Parameters.from_values(dict(zip(self.names, th, strict=True)), self.engines)
+
+    def log_pred(self, th: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        p = self.unpack(th)
+        obs = self.obs if rows is None else [o for o, r in zip(self.obs, rows, strict=True) if r]
+        return np.log(np.maximum([predict_ms(o, p) for o in obs], 1e-9))
+
+    def sd(self, disc: Mapping[str, float]) -> np.ndarray:
+        return np.sqrt(self.meas_sd**2 + np.array([disc[k] for k in self.kinds]) ** 2)
+
+    def _residuals(self, th: np.ndarray, rows: np.ndarray, sd: np.ndarray) -> np.ndarray:
+        return np.concatenate([(self.y[rows] - self.log_pred(th, rows)) / sd[rows], (th - self.mu0) / self.sd0])
+
+    def map(self, rows: np.ndarray, sd: np.ndarray, theta0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """MAP on the observations in ``rows`` (robust soft-L1 loss) and its Laplace covariance."""
+        res = least_squares(self._residuals, theta0, args=(rows, sd), loss="soft_l1", f_scale=2.0,
+                            max_nfev=200 * theta0.size)  # fmt: skip
+        jac = _jacobian(lambda th: self._residuals(th, rows, sd), res.x)
+        return res.x, np.linalg.pinv(jac.T @ jac)
+
+    def relevance(self, th: np.ndarray, cov: np.ndarray, prior: Prior) -> None:
+        """MacKay's ARD update of the prior sd of the ``prior.ard`` parameters (between 0.01 and their prior sd)."""
+        for n in prior.ard:
+            j = self.names.index(n)
+            gamma = max(1.0 - cov[j, j] / self.sd0[j] ** 2, 1e-6)
+            sd = math.sqrt((th[j] - self.mu0[j]) ** 2 / gamma)
+            self.sd0[j] = min(max(sd, 0.01), prior.shared[n][1])
+
+    def leverage(self, th: np.ndarray, cov: np.ndarray, disc: Mapping[str, float]) -> np.ndarray:
+        jd = _jacobian(lambda t: self.log_pred(t), th) / self.sd(disc)[:, None]
+        return np.einsum("ij,jk,ik->i", jd, cov, jd)
+
+    def cross_validated_excess(self, folds: np.ndarray, disc: Mapping[str, float], theta: np.ndarray) -> np.ndarray:
+        """Per observation: squared error when its fold is left out, minus the parameter and measurement
+        variance the left-out fit already predicts (what the discrepancy must explain)."""
+        sd, out = self.sd(disc), np.zeros(len(self.obs))
+        for f in np.unique(folds):
+            rest, left = folds != f, folds == f
+            th, cov = self.map(rest, sd, theta)
+            g = _jacobian(lambda t, left=left: self.log_pred(t, left), th)
+            var = np.einsum("ij,jk,ik->i", g, cov, g) + self.meas_sd[left] ** 2
+            out[left] = (self.y[left] - self.log_pred(th, left)) ** 2 - var
+        return out
 
 
 def _jacobian(f, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:

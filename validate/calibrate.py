@@ -111,9 +111,19 @@ def bundled_prior(backend: str, path: Path = PRIOR_FILE) -> dict[str, tuple[floa
         return {}
 
 
+# Runners that time the engine's forward passes alone (no HTTP, tokenisation or detokenisation): their
+# records carry no per-request overhead, so its prior is a few microseconds instead of a few ms.
+ENGINE_ONLY_RUNNERS = ("gpu",)
+NO_OVERHEAD_PRIOR = {"log_overhead_ms": (math.log(0.05), 1.0)}
+
+
 def default_prior(source: PerfSource, measurements: list[Measurement]) -> Prior:
-    """The generic prior, updated with the transferable part of the bundled per-backend one."""
-    return Prior().updated(transferable(bundled_prior(source.stack.backend), agg=has_agg(measurements)))
+    """The generic prior, updated with the transferable part of the bundled per-backend one (and no
+    request overhead when every record comes from a runner that times the engine alone)."""
+    prior = Prior().updated(transferable(bundled_prior(source.stack.backend), agg=has_agg(measurements)))
+    if measurements and all(m.runner in ENGINE_ONLY_RUNNERS for m in measurements):
+        prior = prior.updated(NO_OVERHEAD_PRIOR)
+    return prior
 
 
 def calibrate(source: PerfSource, measurements: list[Measurement], prior: Prior | None = None) -> CalibratedSource:
