@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -25,15 +24,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from estimator.sources.calibrated import Target
-from validate.calibrate import fit_correction
+from estimator.calibration import Observation
+from estimator.calibration_fit import Prior, fit
 
 
 def model_ceiling(fams: dict[str, list[dict]]) -> dict[str, list[float]]:
     err: dict[str, list[float]] = collections.defaultdict(list)
     for rows in fams.values():
-        ts = [Target(**t) for r in rows for t in r["targets"]]
-        corr = dataclasses.replace(fit_correction(ts), residual=None)
+        ts = [Observation.from_dict(t) for r in rows for t in r["targets"]]
+        corr = fit(ts, Prior(cv_folds=0), residual_field=False)
         for t in ts:
             err[t.kind].append(abs(corr.predict(t) / t.measured_ms - 1) * 100)
     return err

@@ -235,7 +235,8 @@ def prior_from_fits(shared: Sequence[SharedParameters], generic: Prior | None = 
 
 def learn_prior(families: Mapping[str, Sequence[Observation]], min_points: int = 10) -> dict[str, tuple[float, float]]:
     """The shared part of a prior learned from other deployments, each fitted on all its points."""
-    return prior_from_fits([fit(obs, residual_field=False).mean.shared for obs in families.values()
+    evidence_only = Prior(cv_folds=0)  # many points each: the residuals alone tell the noise
+    return prior_from_fits([fit(obs, evidence_only, residual_field=False).mean.shared for obs in families.values()
                             if len(obs) >= min_points])  # fmt: skip
 
 
