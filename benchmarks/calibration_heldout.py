@@ -51,7 +51,9 @@ def load_records(root: Path) -> tuple[dict[Stack, list[Measurement]], int]:
                 continue
             seen.add(m.probe.key)
             s = m.probe.stack
-            out[Stack(s.model, s.system, s.backend, s.backend_version, s.gemm_quant, s.kvcache_quant)].append(m)
+            out[Stack(s.model, s.system, s.backend, s.backend_version, s.gemm_quant, s.kvcache_quant)].append(
+                m
+            )
     return dict(out), dropped
 
 
@@ -137,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no *gpu_runner*.jsonl records under {args.measurements}", file=sys.stderr)
         return 2
     result: dict = {"duplicates_dropped": dropped, "stacks": []}
-    print("| stack | split | phase | n | AIC median | held-out median | max | 90% band coverage | median half-width | half-width / median error | targets |")
+    print(
+        "| stack | split | phase | n | AIC median | held-out median | max | 90% band coverage | median half-width | half-width / median error | targets |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for stack, records in sorted(stacks.items(), key=lambda kv: str(kv[0])):
         base = AicSource(stack)

@@ -28,11 +28,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from estimator.calibration import SHARED_NAMES, Observation, identity
+from estimator.calibration_fit import Prior, fit, learn_prior, prior_from_fits, transferable
 from estimator.errors import SlaEstimateError
 from estimator.sources.aic import AicSource
 from estimator.sources.base import Stack
-from estimator.calibration import SHARED_NAMES, Observation, identity
-from estimator.calibration_fit import Prior, fit, learn_prior, prior_from_fits, transferable
 from validate.calibrate import PRIOR_FORMAT_VERSION, observations_for
 from validate.silicon import load_silicon
 
@@ -174,7 +174,9 @@ def summarise(results: list[dict]) -> list[dict]:
                                                              for r in rs]))  # fmt: skip
             half = np.array([(r["band_high_ms"] - r["band_low_ms"]) / 2 / r["ours_ms"] * 100 for r in rs])
             line[f"{kind}_band_median_half_width_pct"] = float(np.median(half))
-            line[f"{kind}_band_half_width_over_error"] = float(np.median(half) / line[f"{kind}_ours_median_pct"])
+            line[f"{kind}_band_half_width_over_error"] = float(
+                np.median(half) / line[f"{kind}_ours_median_pct"]
+            )
         table.append(line)
     return table
 
@@ -201,8 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-rows", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ks", default="1,2,3,4")
-    ap.add_argument("--cv-folds", type=int, default=Prior().cv_folds,
-                    help="folds of the cross-validated noise estimate (0: from the residuals only)")
+    ap.add_argument(
+        "--cv-folds",
+        type=int,
+        default=Prior().cv_folds,
+        help="folds of the cross-validated noise estimate (0: from the residuals only)",
+    )
     ap.add_argument(
         "--write-prior", metavar="PATH", help="also fit the per-backend prior on all rows and write it"
     )
@@ -216,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, why = build_targets(out / "targets.json")
     t1 = time.time()
     ks = [int(k) for k in args.ks.split(",")]
-    results = evaluate(rows, ks, args.splits, args.min_rows, args.seed, not args.no_pooled_prior, args.cv_folds)
+    results = evaluate(
+        rows, ks, args.splits, args.min_rows, args.seed, not args.no_pooled_prior, args.cv_folds
+    )
     table = summarise(results)
     with (out / "results.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(results[0]))

@@ -236,7 +236,7 @@ class Correction:
     mean: Parameters
     cov: np.ndarray
     noise: Noise
-    engine_prior_sd: Mapping[str, float]  # prior sd of each offset of ``EngineOffsets``: an unmeasured engine's
+    engine_prior_sd: Mapping[str, float]  # per ``EngineOffsets`` field: what an unmeasured engine may be off
     n_points: int = 0
     data_hash: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
@@ -346,4 +346,6 @@ def identity() -> Correction:
     shared = SharedParameters(log_step_ms=-30.0, log_overhead_ms=-30.0)  # e^-30 ms: none
     zeros = {k: 0.0 for k in KINDS}
     no_offsets = {n: 0.0 for n in ENGINE_NAMES}
-    return Correction(Parameters(shared), np.zeros((len(SHARED_NAMES),) * 2), Noise(zeros, zeros, zeros), no_offsets)
+    return Correction(
+        Parameters(shared), np.zeros((len(SHARED_NAMES),) * 2), Noise(zeros, zeros, zeros), no_offsets
+    )

@@ -89,7 +89,11 @@ def fit(observations: Sequence[Observation], prior: Prior | None = None, meta: M
         residual_field: bool = True) -> Correction:  # fmt: skip
     """Posterior of the correction given measured ``observations`` (at least one). Raises CalibrationError."""
     prior = prior or Prior()
-    good = [o for o in observations if o.measured_ms is not None and o.measured_ms > 0 and math.isfinite(o.measured_ms)]
+    good = [
+        o
+        for o in observations
+        if o.measured_ms is not None and o.measured_ms > 0 and math.isfinite(o.measured_ms)
+    ]
     if not good:
         raise CalibrationError("no usable measured points to calibrate on")
     pb = _Problem(good, prior)
@@ -132,7 +136,9 @@ def fit(observations: Sequence[Observation], prior: Prior | None = None, meta: M
     if agg and residual_field:
         field_ = ResidualField([ResidualPoint(o.engine, o.kind, o.concurrency, o.isl, o.osl,
                                               math.log(o.measured_ms / predict_ms(o, mean))) for o in agg])  # fmt: skip
-    return Correction(mean, cov, noise, prior.engine_prior_sd(), len(good), data_hash(good), dict(meta or {}), field_)
+    return Correction(
+        mean, cov, noise, prior.engine_prior_sd(), len(good), data_hash(good), dict(meta or {}), field_
+    )
 
 
 MIN_DISCREPANCY = 0.005  # log sd: below the spread of repeated runs on one GPU
@@ -174,7 +180,9 @@ class _Problem:
         return np.sqrt(self.meas_sd**2 + np.array([disc[k] for k in self.kinds]) ** 2)
 
     def _residuals(self, th: np.ndarray, rows: np.ndarray, sd: np.ndarray) -> np.ndarray:
-        return np.concatenate([(self.y[rows] - self.log_pred(th, rows)) / sd[rows], (th - self.mu0) / self.sd0])
+        return np.concatenate(
+            [(self.y[rows] - self.log_pred(th, rows)) / sd[rows], (th - self.mu0) / self.sd0]
+        )
 
     def map(self, rows: np.ndarray, sd: np.ndarray, theta0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """MAP on the observations in ``rows`` (robust soft-L1 loss) and its Laplace covariance."""
@@ -195,7 +203,9 @@ class _Problem:
         jd = _jacobian(lambda t: self.log_pred(t), th) / self.sd(disc)[:, None]
         return np.einsum("ij,jk,ik->i", jd, cov, jd)
 
-    def cross_validated_excess(self, folds: np.ndarray, disc: Mapping[str, float], theta: np.ndarray) -> np.ndarray:
+    def cross_validated_excess(
+        self, folds: np.ndarray, disc: Mapping[str, float], theta: np.ndarray
+    ) -> np.ndarray:
         """Per observation: squared error when its fold is left out, minus the parameter and measurement
         variance the left-out fit already predicts (what the discrepancy must explain)."""
         sd, out = self.sd(disc), np.zeros(len(self.obs))
@@ -218,7 +228,9 @@ def _jacobian(f, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     return out
 
 
-def prior_from_fits(shared: Sequence[SharedParameters], generic: Prior | None = None) -> dict[str, tuple[float, float]]:
+def prior_from_fits(
+    shared: Sequence[SharedParameters], generic: Prior | None = None
+) -> dict[str, tuple[float, float]]:
     """Median and robust spread (1.48 x MAD, kept between 0.1 and the generic sd) of the shared parameters
     of several fitted deployments; empty below two."""
     generic = generic or Prior()
@@ -233,7 +245,9 @@ def prior_from_fits(shared: Sequence[SharedParameters], generic: Prior | None = 
     return out
 
 
-def learn_prior(families: Mapping[str, Sequence[Observation]], min_points: int = 10) -> dict[str, tuple[float, float]]:
+def learn_prior(
+    families: Mapping[str, Sequence[Observation]], min_points: int = 10
+) -> dict[str, tuple[float, float]]:
     """The shared part of a prior learned from other deployments, each fitted on all its points."""
     evidence_only = Prior(cv_folds=0)  # many points each: the residuals alone tell the noise
     return prior_from_fits([fit(obs, evidence_only, residual_field=False).mean.shared for obs in families.values()

@@ -8,10 +8,12 @@ import json
 import numpy as np
 import pytest
 
+from estimator.calibration import FORMAT_VERSION, Parameters
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import CalibrationError
+from estimator.measurements import Measurement, Probe, ProbeKind
 from estimator.pipeline import estimate
-from estimator.calibration import FORMAT_VERSION, Parameters
+from estimator.serving import SchedulerConfig, predict_agg
 from estimator.sources import make_source
 from estimator.sources.aic import AicSource
 from estimator.sources.base import PerfSource, Stack
@@ -20,8 +22,6 @@ from estimator.sources.roofline import RooflineSource
 from estimator.spec import load_spec
 from validate.calibrate import calibrate, collect_observations
 from validate.calibration_report import calibration_report
-from estimator.measurements import Measurement, Probe, ProbeKind
-from estimator.serving import SchedulerConfig, predict_agg
 
 STACK = Stack("meta-llama/Meta-Llama-3.1-8B", "h100_sxm", "vllm")
 TP1, TP2, TP4 = (Candidate(Mapping.TP, n) for n in (1, 2, 4))

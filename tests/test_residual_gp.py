@@ -8,14 +8,14 @@ import math
 import numpy as np
 import pytest
 
+from estimator.measurements import Measurement, Probe, ProbeKind
+from estimator.serving import SchedulerConfig, predict_agg
 from estimator.sources.base import Stack
 from estimator.sources.calibrated import CalibratedSource
 from estimator.sources.residual_gp import HYPER, ResidualField, ResidualPoint
 from estimator.sources.roofline import RooflineSource
 from tests.test_calibrate import TP1, TP2, Distorted
 from validate.calibrate import calibrate, collect_observations
-from estimator.measurements import Measurement, Probe, ProbeKind
-from estimator.serving import SchedulerConfig, predict_agg
 
 STACK = Stack("meta-llama/Meta-Llama-3.1-8B", "h100_sxm", "vllm")
 
@@ -38,7 +38,9 @@ def test_field_interpolates_near_points_and_reverts_far_away():
     assert abs(at_point[0] - _pattern(16, 1024)) < 0.01 and at_point[1] < far_var / 20
     assert gp.predict("TP2", "tpot", 32, 2048, 512) is None  # no TPOT points: no field
     again = ResidualField.from_dict(gp.to_dict())
-    assert again.predict("TP4", "ttft", 8, 3000, 512) == pytest.approx(gp.predict("TP4", "ttft", 8, 3000, 512))
+    assert again.predict("TP4", "ttft", 8, 3000, 512) == pytest.approx(
+        gp.predict("TP4", "ttft", 8, 3000, 512)
+    )
 
 
 def _agg(truth, cand, c, isl, osl, cfg):
@@ -65,7 +67,9 @@ def test_calibration_uses_the_field_for_agg_only(tmp_path):
     assert band.low_ms < held.ttft_ms < band.high_ms
     # phase surfaces (what selection uses) do not go through the agg field
     plain = CalibratedSource(base, dataclasses.replace(cal.correction, residual=None))
-    np.testing.assert_allclose(cal.prefill_ttft_ms(TP2, [1000, 4000]), plain.prefill_ttft_ms(TP2, [1000, 4000]))
+    np.testing.assert_allclose(
+        cal.prefill_ttft_ms(TP2, [1000, 4000]), plain.prefill_ttft_ms(TP2, [1000, 4000])
+    )
     # the field is saved with the calibration
     cal.save(tmp_path / "cal.json")
     again = CalibratedSource.load(tmp_path / "cal.json", base)

@@ -32,7 +32,9 @@ PRIOR_FILE = Path(__file__).resolve().parents[1] / "models" / "calibration_prior
 PRIOR_FORMAT_VERSION = 1  # of the prior file (shared parameter names unchanged since)
 
 
-def observations_for(source: PerfSource, m: Measurement, config: SchedulerConfig | None = None) -> list[Observation]:
+def observations_for(
+    source: PerfSource, m: Measurement, config: SchedulerConfig | None = None
+) -> list[Observation]:
     """The measured values of ``m`` as observations over ``source``'s terms (raises SourceError subclasses)."""
     p, eng = m.probe, m.probe.candidate
     if p.kind is ProbeKind.PREFILL and m.ttft_ms:
@@ -126,7 +128,9 @@ def default_prior(source: PerfSource, measurements: list[Measurement]) -> Prior:
     return prior
 
 
-def calibrate(source: PerfSource, measurements: list[Measurement], prior: Prior | None = None) -> CalibratedSource:
+def calibrate(
+    source: PerfSource, measurements: list[Measurement], prior: Prior | None = None
+) -> CalibratedSource:
     """Fit a correction of ``source`` from ``measurements`` of its stack (others are ignored).
 
     ``prior`` defaults to ``default_prior`` (the bundled per-backend prior, ``models/calibration_prior.json``).
@@ -149,6 +153,7 @@ def calibrate(source: PerfSource, measurements: list[Measurement], prior: Prior 
 def same_deployment(stack: Stack, measurements: list[Measurement]) -> list[Measurement]:
     """Measurements of the same model/system/backend, quantisation equal where both state it (versions may
     differ: that is one reason raw estimates miss, and what calibration absorbs)."""
+
     def same(a: Stack) -> bool:
         if (a.model.lower(), a.system, a.backend) != (stack.model.lower(), stack.system, stack.backend):
             return False

@@ -36,7 +36,9 @@ class CalibratedSource(PerfSource):
     def _prefill(self, candidate: Candidate, isl: Any) -> list[Observation]:
         isl = as_positive_array("isl", isl)
         base = self.base.prefill_ttft_ms(candidate, isl)
-        return [Observation.prefill(candidate.name, float(p), float(x)) for p, x in zip(base, isl, strict=True)]
+        return [
+            Observation.prefill(candidate.name, float(p), float(x)) for p, x in zip(base, isl, strict=True)
+        ]
 
     def _decode(self, candidate: Candidate, batch: Any, context: Any) -> list[Observation]:
         b, ctx = np.broadcast_arrays(as_positive_array("batch", batch), as_positive_array("context", context))
@@ -53,7 +55,9 @@ class CalibratedSource(PerfSource):
     def prefill_ttft_band(self, candidate: Candidate, isl: Any) -> tuple[np.ndarray, np.ndarray]:
         return _low_high(self.correction.bands(self._prefill(candidate, isl)))
 
-    def decode_itl_band(self, candidate: Candidate, batch: Any, context: Any) -> tuple[np.ndarray, np.ndarray]:
+    def decode_itl_band(
+        self, candidate: Candidate, batch: Any, context: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
         return _low_high(self.correction.bands(self._decode(candidate, batch, context)))
 
     def kv_capacity_tokens(self, candidate: Candidate) -> int:
@@ -84,7 +88,9 @@ class CalibratedSource(PerfSource):
         source are the ones it was fitted for."""
         doc = read_calibration(path)
         if doc["base_source"] != base.name:
-            raise CalibrationError(f"calibration {path} was fitted on the {doc['base_source']!r} source, not {base.name!r}")
+            raise CalibrationError(
+                f"calibration {path} was fitted on the {doc['base_source']!r} source, not {base.name!r}"
+            )
         differ = stack_differences(Stack(**doc["stack"]), base.stack)
         if differ:
             raise CalibrationError(f"calibration {path} is for another stack: " + "; ".join(differ))

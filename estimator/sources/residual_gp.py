@@ -61,7 +61,9 @@ class ResidualField:
                    np.array([p.log_residual for p in ps]))  # fmt: skip
             self._gps[kind] = (gp, engines)
 
-    def predict(self, engine: str, kind: str, concurrency: float, isl: float, osl: float) -> tuple[float, float] | None:
+    def predict(
+        self, engine: str, kind: str, concurrency: float, isl: float, osl: float
+    ) -> tuple[float, float] | None:
         """(mean, variance) of the log residual at one agg input, noise included; None for a kind never measured."""
         if kind not in self._gps:
             return None
@@ -75,7 +77,9 @@ class ResidualField:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ResidualField:
-        if {k: tuple(v) for k, v in d["hyper"].items()} != HYPER or tuple(d["length_scales"]) != LENGTH_SCALES:
+        if {k: tuple(v) for k, v in d["hyper"].items()} != HYPER or tuple(
+            d["length_scales"]
+        ) != LENGTH_SCALES:
             raise ValueError("residual field was fitted with other hyperparameters")
         return cls([ResidualPoint(str(r["engine"]), str(r["kind"]), float(r["concurrency"]), float(r["isl"]),
                                   float(r["osl"]), float(r["log_residual"])) for r in d["points"]])  # fmt: skip
