@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
+from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from .errors import CalibrationError
@@ -228,6 +229,23 @@ class Band:
     high_ms: float
 
 
+@dataclass(frozen=True, slots=True)
+class Predictive:
+    """log(value) ~ log(point_ms) + log_sd * T, T Student-t with ``dof`` (normal when dof is 0)."""
+
+    point_ms: float
+    log_sd: float
+    dof: float
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile of the value in ms."""
+        z = float(student_t.ppf(q, self.dof)) if self.dof > 0 else float(norm.ppf(q))
+        return self.point_ms * math.exp(z * self.log_sd)
+
+    def band(self, level: float = BAND_LEVEL) -> Band:
+        return Band(self.point_ms, self.quantile(0.5 - level / 2), self.quantile(0.5 + level / 2))
+
+
 @dataclass(frozen=True)
 class Correction:
     """A fitted correction: the posterior mean, its covariance over ``mean.names``, the noise and an
@@ -252,25 +270,31 @@ class Correction:
         field_ = self._field(obs)
         return mid * math.exp(field_[0]) if field_ is not None else mid
 
-    def bands(self, observations: Sequence[Observation], level: float = BAND_LEVEL) -> list[Band]:
-        """Band of each observation: Laplace posterior of the parameters plus the noise of its kind,
-        with Student-t tails for the degrees of freedom behind the noise estimate."""
+    def predictive(self, observations: Sequence[Observation]) -> list[Predictive]:
+        """Predictive distribution of each observation: log(measured) ~ log(point) + log_sd * t(dof).
+
+        log_sd: Laplace posterior of the parameters (the prior of the offsets for an unmeasured engine)
+        plus the noise of the kind, or the residual field's posterior where it applies. For sampling
+        (decisions under uncertainty) and for bands.
+        """
         if not observations:
             return []
         grads = self._log_grads(observations)
         out = []
         for obs, g in zip(observations, grads, strict=True):
-            mid = self.predict(obs)
             field_ = self._field(obs)
             var = float(g @ self.cov @ g)
             var += field_[1] if field_ is not None else self.noise.sd(obs.kind) ** 2
             if obs.engine not in self.mean.engines:  # only the prior knows an unmeasured engine's offsets
                 var += self._unmeasured_var(obs)
-            dof = self.noise.dof.get(obs.kind, 0.0)
-            q = float(student_t.ppf(0.5 + level / 2, dof)) if dof > 0 else _z(level)
-            half = q * math.sqrt(max(var, 0.0))
-            out.append(Band(mid, mid * math.exp(-half), mid * math.exp(half)))
+            out.append(
+                Predictive(self.predict(obs), math.sqrt(max(var, 0.0)), self.noise.dof.get(obs.kind, 0.0))
+            )
         return out
+
+    def bands(self, observations: Sequence[Observation], level: float = BAND_LEVEL) -> list[Band]:
+        """Central band of probability ``level`` of each observation (see ``predictive``)."""
+        return [p.band(level) for p in self.predictive(observations)]
 
     def band(self, obs: Observation, level: float = BAND_LEVEL) -> Band:
         return self.bands([obs], level)[0]
@@ -333,12 +357,6 @@ class Correction:
                        dict(d.get("meta", {})), field_)  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"calibration file is malformed: {type(exc).__name__}: {exc}") from exc
-
-
-def _z(level: float) -> float:
-    from scipy.stats import norm
-
-    return float(norm.ppf(0.5 + level / 2))
 
 
 def identity() -> Correction:
