@@ -33,6 +33,7 @@ from .calibration import (
     parameter_names,
     predict_ms,
 )
+from .calibration_vector import VectorModel
 from .errors import CalibrationError
 from .sources.residual_gp import ResidualField, ResidualPoint
 
@@ -164,6 +165,7 @@ class _Problem:
         self.mu0 = np.array([prior.shared[n][0] for n in SHARED_NAMES] + [0.0] * len(extra))
         self.sd0 = np.array([prior.shared[n][1] for n in SHARED_NAMES]
                             + [prior.engine_step_sd if n.startswith("delta_step[") else prior.engine_sd for n in extra])  # fmt: skip
+        self.model = VectorModel(obs, self.names)
         self.y = np.log([o.measured_ms for o in obs])
         self.meas_sd = np.array([o.noise_sd for o in obs])
         self.kinds = [o.kind for o in obs]
@@ -172,9 +174,12 @@ class _Problem:
         return Parameters.from_values(dict(zip(self.names, th, strict=True)), self.engines)
 
     def log_pred(self, th: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        p = self.unpack(th)
-        obs = self.obs if rows is None else [o for o, r in zip(self.obs, rows, strict=True) if r]
-        return np.log(np.maximum([predict_ms(o, p) for o in obs], 1e-9))
+        lp = self.model.log_pred(th)[0]
+        return lp if rows is None else lp[rows]
+
+    def log_jac(self, th: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        j = self.model.log_jacobian(th)
+        return j if rows is None else j[rows]
 
     def sd(self, disc: Mapping[str, float]) -> np.ndarray:
         return np.sqrt(self.meas_sd**2 + np.array([disc[k] for k in self.kinds]) ** 2)
@@ -184,11 +189,14 @@ class _Problem:
             [(self.y[rows] - self.log_pred(th, rows)) / sd[rows], (th - self.mu0) / self.sd0]
         )
 
+    def _residual_jac(self, th: np.ndarray, rows: np.ndarray, sd: np.ndarray) -> np.ndarray:
+        return np.vstack([-self.log_jac(th, rows) / sd[rows][:, None], np.diag(1.0 / self.sd0)])
+
     def map(self, rows: np.ndarray, sd: np.ndarray, theta0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """MAP on the observations in ``rows`` (robust soft-L1 loss) and its Laplace covariance."""
-        res = least_squares(self._residuals, theta0, args=(rows, sd), loss="soft_l1", f_scale=2.0,
+        res = least_squares(self._residuals, theta0, jac=self._residual_jac, args=(rows, sd), loss="soft_l1", f_scale=2.0,
                             max_nfev=200 * theta0.size)  # fmt: skip
-        jac = _jacobian(lambda th: self._residuals(th, rows, sd), res.x)
+        jac = self._residual_jac(res.x, rows, sd)
         return res.x, np.linalg.pinv(jac.T @ jac)
 
     def relevance(self, th: np.ndarray, cov: np.ndarray, prior: Prior) -> None:
@@ -200,7 +208,7 @@ class _Problem:
             self.sd0[j] = min(max(sd, 0.01), prior.shared[n][1])
 
     def leverage(self, th: np.ndarray, cov: np.ndarray, disc: Mapping[str, float]) -> np.ndarray:
-        jd = _jacobian(lambda t: self.log_pred(t), th) / self.sd(disc)[:, None]
+        jd = self.log_jac(th) / self.sd(disc)[:, None]
         return np.einsum("ij,jk,ik->i", jd, cov, jd)
 
     def cross_validated_excess(
@@ -212,20 +220,10 @@ class _Problem:
         for f in np.unique(folds):
             rest, left = folds != f, folds == f
             th, cov = self.map(rest, sd, theta)
-            g = _jacobian(lambda t, left=left: self.log_pred(t, left), th)
+            g = self.log_jac(th, left)
             var = np.einsum("ij,jk,ik->i", g, cov, g) + self.meas_sd[left] ** 2
             out[left] = (self.y[left] - self.log_pred(th, left)) ** 2 - var
         return out
-
-
-def _jacobian(f, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    f0 = f(x)
-    out = np.empty((f0.size, x.size))
-    for j in range(x.size):
-        xj = x.copy()
-        xj[j] += eps
-        out[:, j] = (f(xj) - f0) / eps
-    return out
 
 
 def prior_from_fits(

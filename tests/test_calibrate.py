@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from estimator.calibration import FORMAT_VERSION, Parameters
+from estimator.calibration import FORMAT_VERSION, Parameters, predict_ms
+from estimator.calibration_vector import VectorModel
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import CalibrationError
 from estimator.measurements import Measurement, Probe, ProbeKind
@@ -259,3 +260,19 @@ def test_parameters_are_named_and_the_correction_immutable(setup):
         Parameters.from_values({k: v for k, v in values.items() if k != "beta_isl"}, cal.correction.engines)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cal.correction.noise = None
+
+
+def test_vectorised_model_agrees_with_the_reference_prediction(setup):
+    """The fit's numpy evaluation and ``predict_ms`` are one formula (prefill, decode, agg, unmeasured engine)."""
+    base, truth, cal, ms = setup
+    cfg = SchedulerConfig(token_budget=8192, max_num_seqs=1024, waves=3, warmup_waves=1, stagger=True)
+    ttft, tpot = predict_agg(truth, TP1, 16, 2000, 200, cfg)
+    agg = Measurement(Probe(ProbeKind.AGG, STACK, TP4, isl=2000, osl=200, concurrency=16), "synthetic",
+                      ttft_ms=ttft, tpot_ms=tpot)  # fmt: skip
+    obs = collect_observations(base, ms + [agg])[0]
+    names = cal.correction.mean.names
+    rng = np.random.default_rng(0)
+    theta = np.array([cal.correction.mean.values()[n] for n in names]) + rng.normal(0, 0.1, len(names))
+    params = Parameters.from_values(dict(zip(names, theta, strict=True)), cal.correction.engines)
+    ref = np.log([predict_ms(o, params) for o in obs])
+    np.testing.assert_allclose(VectorModel(obs, names).log_pred(theta)[0], ref, rtol=1e-12, atol=1e-12)
