@@ -21,6 +21,8 @@ import argparse
 import collections
 import json
 import math
+import os
+import platform
 import random
 import sys
 from pathlib import Path
@@ -128,6 +130,17 @@ def verdict(s: dict) -> str:
     return "met" if not misses else "missed: " + ", ".join(misses)
 
 
+def _rounded(x):
+    """Floats to 5 significant digits: raw results stay readable and small."""
+    if isinstance(x, float):
+        return float(f"{x:.5g}")
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return x
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--measurements", default=str(ROOT / "models" / "measurements"))
@@ -166,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{s['sharpness']:.2f} | {verdict(s)} |")  # fmt: skip
         result["stacks"].append(entry)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+    result["machine"] = f"{platform.node()} ({os.cpu_count()} CPUs), {platform.platform()}"
+    Path(args.out).write_text(json.dumps(_rounded(result), separators=(",", ":"), default=str) + "\n")
     print(f"raw results: {args.out}; {dropped} repeated points dropped")
     return 0
 
