@@ -6,8 +6,8 @@ Every measured (or queried) latency is an ``Observation``: the base source's ter
 
 with ``log a_p = alpha_prefill + delta_prefill[e] + beta_isl log(isl/1024)`` and
 ``log a_d = alpha_decode + delta_decode[e] + beta_batch log(batch/16) + beta_context log(context/2048)``:
-one log-ratio per phase shared by the engines of a model/system/backend, a per-engine offset shrunk
-toward 0, and mild slopes. Aggregated-serving points mix three arrival regimes of the serving model
+and ``step_ms = exp(log_step_ms + delta_step[e])``: one log-ratio per phase shared by the engines of a
+model/system/backend, per-engine offsets shrunk toward 0, and mild slopes. Aggregated-serving points mix three arrival regimes of the serving model
 (staggered steady state, burst, synchronised), with weights that depend on OSL.
 
 ``Correction`` is the fitted posterior (``estimator.calibration_fit.fit``): named parameters

@@ -16,7 +16,6 @@ Saved as JSON data (points and hyperparameters); loading refits the same GP.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -88,8 +87,3 @@ class ResidualField:
 def _x(engine: str, concurrency: float, isl: float, osl: float, engines: tuple[str, ...]) -> np.ndarray:
     scaled = np.log([max(concurrency, 1.0), max(isl, 1.0), max(osl, 1.0)]) / np.asarray(LENGTH_SCALES)
     return np.concatenate([scaled, [1.0 if engine == e else 0.0 for e in engines]])
-
-
-def is_agg(concurrency: float, burst_terms: Any) -> bool:
-    """Agg points carry the concurrency and the burst terms; prefill/decode probes do not."""
-    return burst_terms is not None and concurrency >= 1 and math.isfinite(concurrency)
