@@ -16,15 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
+from estimator.measurements import MeasurementStore, ProbeKind
 from estimator.sources.aic import AicSource
 from estimator.sources.base import Stack
 from validate.calibrate import calibrate
-from estimator.measurements import MeasurementStore, ProbeKind
 
 ROOT = Path(__file__).resolve().parents[1]
 TP1 = ROOT / "models/measurements/h100_llama31_8b_gpu_runner.jsonl"
 TP2 = ROOT / "models/measurements/h100_llama31_8b_gpu_runner_tp2.jsonl"
-PICK = {(ProbeKind.PREFILL, 512, 1), (ProbeKind.PREFILL, 8192, 1), (ProbeKind.DECODE, 1024, 8), (ProbeKind.DECODE, 4096, 64)}
+PICK = {
+    (ProbeKind.PREFILL, 512, 1),
+    (ProbeKind.PREFILL, 8192, 1),
+    (ProbeKind.DECODE, 1024, 8),
+    (ProbeKind.DECODE, 4096, 64),
+}
 
 
 def point(m) -> tuple:
@@ -66,8 +71,13 @@ def main() -> None:
                          "band": [lo, hi], "raw_err_pct": 100 * (raw / meas - 1),
                          "cal_err_pct": 100 * (cv / meas - 1), "covered": lo <= meas <= hi,
                          "half_width_pct": 100 * (hi - lo) / 2 / cv})  # fmt: skip
-    print(f"calibrated on {len(train)} TP1 points: " + ", ".join(f"{k.value} ctx {c} batch {b}" for k, c, b in sorted(PICK, key=str)))
-    print(f"{'set':16} {'phase':8} {'n':>3} {'AIC median |err|':>17} {'calibrated':>11} {'p90 AIC':>8} {'p90 cal':>8} {'band covers':>12} {'half-width':>11}")
+    print(
+        f"calibrated on {len(train)} TP1 points: "
+        + ", ".join(f"{k.value} ctx {c} batch {b}" for k, c, b in sorted(PICK, key=str))
+    )
+    print(
+        f"{'set':16} {'phase':8} {'n':>3} {'AIC median |err|':>17} {'calibrated':>11} {'p90 AIC':>8} {'p90 cal':>8} {'band covers':>12} {'half-width':>11}"
+    )
     summary = []
     for label in ("TP1 held out", "TP2 (transfer)"):
         for kind in ("prefill", "decode"):
