@@ -16,15 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
+from estimator.measurements import MeasurementStore, ProbeKind
 from estimator.sources.aic import AicSource
 from estimator.sources.base import Stack
 from validate.calibrate import calibrate
-from estimator.measurements import MeasurementStore, ProbeKind
 
 ROOT = Path(__file__).resolve().parents[1]
 TP1 = ROOT / "models/measurements/h100_llama31_8b_gpu_runner.jsonl"
 TP2 = ROOT / "models/measurements/h100_llama31_8b_gpu_runner_tp2.jsonl"
-PICK = {(ProbeKind.PREFILL, 512, 1), (ProbeKind.PREFILL, 8192, 1), (ProbeKind.DECODE, 1024, 8), (ProbeKind.DECODE, 4096, 64)}
+PICK = {
+    (ProbeKind.PREFILL, 512, 1),
+    (ProbeKind.PREFILL, 8192, 1),
+    (ProbeKind.DECODE, 1024, 8),
+    (ProbeKind.DECODE, 4096, 64),
+}
 
 
 def point(m) -> tuple:
@@ -64,9 +69,15 @@ def main() -> None:
             rows.append({"set": label, "kind": m.probe.kind.value, "batch": m.probe.concurrency,
                          "context": point(m)[1], "measured_ms": meas, "aic_ms": raw, "calibrated_ms": cv,
                          "band": [lo, hi], "raw_err_pct": 100 * (raw / meas - 1),
-                         "cal_err_pct": 100 * (cv / meas - 1), "covered": lo <= meas <= hi})  # fmt: skip
-    print(f"calibrated on {len(train)} TP1 points: " + ", ".join(f"{k.value} ctx {c} batch {b}" for k, c, b in sorted(PICK, key=str)))
-    print(f"{'set':16} {'phase':8} {'n':>3} {'AIC median |err|':>17} {'calibrated':>11} {'p90 AIC':>8} {'p90 cal':>8} {'band covers':>12}")
+                         "cal_err_pct": 100 * (cv / meas - 1), "covered": lo <= meas <= hi,
+                         "half_width_pct": 100 * (hi - lo) / 2 / cv})  # fmt: skip
+    print(
+        f"calibrated on {len(train)} TP1 points: "
+        + ", ".join(f"{k.value} ctx {c} batch {b}" for k, c, b in sorted(PICK, key=str))
+    )
+    print(
+        f"{'set':16} {'phase':8} {'n':>3} {'AIC median |err|':>17} {'calibrated':>11} {'p90 AIC':>8} {'p90 cal':>8} {'band covers':>12} {'half-width':>11}"
+    )
     summary = []
     for label in ("TP1 held out", "TP2 (transfer)"):
         for kind in ("prefill", "decode"):
@@ -74,12 +85,14 @@ def main() -> None:
             raw = np.abs([r["raw_err_pct"] for r in rs])
             cal_e = np.abs([r["cal_err_pct"] for r in rs])
             cov = float(np.mean([r["covered"] for r in rs]))
+            half = float(np.median([r["half_width_pct"] for r in rs]))
             summary.append({"set": label, "phase": kind, "n": len(rs), "aic_median": float(np.median(raw)),
                             "cal_median": float(np.median(cal_e)), "aic_p90": float(np.quantile(raw, 0.9)),
-                            "cal_p90": float(np.quantile(cal_e, 0.9)), "coverage": cov})  # fmt: skip
+                            "cal_p90": float(np.quantile(cal_e, 0.9)), "coverage": cov,
+                            "median_half_width_pct": half})  # fmt: skip
             s = summary[-1]
             print(f"{label:16} {kind:8} {s['n']:>3} {s['aic_median']:>16.1f}% {s['cal_median']:>10.1f}% "
-                  f"{s['aic_p90']:>7.1f}% {s['cal_p90']:>7.1f}% {100 * cov:>11.0f}%")  # fmt: skip
+                  f"{s['aic_p90']:>7.1f}% {s['cal_p90']:>7.1f}% {100 * cov:>11.0f}% {half:>10.1f}%")  # fmt: skip
     out = ROOT / "benchmarks/results/h100_calibration.json"
     out.write_text(json.dumps({"train": [point(m)[1:] + (point(m)[0].value,) for m in train], "summary": summary,
                                "rows": rows}, indent=2, default=str))  # fmt: skip

@@ -22,28 +22,21 @@ import logging
 import random
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from estimator.calibration import SHARED_NAMES, Observation, identity
+from estimator.calibration_fit import Prior, fit, learn_prior, prior_from_fits, transferable
 from estimator.errors import SlaEstimateError
 from estimator.sources.aic import AicSource
 from estimator.sources.base import Stack
-from estimator.sources.calibrated import SHARED, Target
-from validate.calibrate import (
-    fit_correction,
-    learn_prior,
-    prior_from_thetas,
-    targets_for,
-    transferable,
-    uncalibrated,
-)
+from validate.calibrate import PRIOR_FORMAT_VERSION, observations_for
 from validate.silicon import load_silicon
 
-TARGETS_FORMAT = 2  # bump when Target gains fields: a cache of another format is recomputed
+TARGETS_FORMAT = 3  # bump when Observation changes: a cache of another format is recomputed
 
 
 def build_targets(cache: Path) -> tuple[list[dict], collections.Counter]:
@@ -61,7 +54,7 @@ def build_targets(cache: Path) -> tuple[list[dict], collections.Counter]:
         stack = Stack(p.stack.model, p.stack.system, p.stack.backend, None, p.stack.gemm_quant)
         src = sources.setdefault(stack, AicSource(stack))
         try:
-            ts = targets_for(src, m)
+            ts = observations_for(src, m)
         except SlaEstimateError as exc:
             why[_reason(str(exc))] += 1
             continue
@@ -69,7 +62,7 @@ def build_targets(cache: Path) -> tuple[list[dict], collections.Counter]:
             "family": f"{stack.model}|{stack.system}|{stack.backend}|{stack.gemm_quant}",
             "engine": p.candidate.name, "isl": p.isl, "osl": p.osl, "concurrency": p.concurrency,
             "version": p.stack.backend_version, "row_ids": m.extra.get("row_ids", []),
-            "targets": [asdict(t) for t in ts],
+            "targets": [t.to_dict() for t in ts],
         })  # fmt: skip
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"format": TARGETS_FORMAT, "rows": rows, "unestimable": dict(why)}))
@@ -89,23 +82,23 @@ def _reason(msg: str) -> str:
     return "other AIC error: " + msg[:80]
 
 
-def raw_ms(t: Target) -> float:
+def raw_ms(t: Observation) -> float:
     """The uncalibrated estimate: serving model on raw AIC, regime weights at their prior, no overheads."""
     return _NEUTRAL.predict(t)
 
 
-_NEUTRAL = uncalibrated()
+_NEUTRAL = identity()
 
 
-def family_targets(rows: list[dict]) -> dict[str, list[Target]]:
-    out: dict[str, list[Target]] = collections.defaultdict(list)
+def family_targets(rows: list[dict]) -> dict[str, list[Observation]]:
+    out: dict[str, list[Observation]] = collections.defaultdict(list)
     for r in rows:
-        out[r["family"]] += [Target(**t) for t in r["targets"]]
+        out[r["family"]] += [Observation.from_dict(t) for t in r["targets"]]
     return out
 
 
 def evaluate(
-    rows: list[dict], ks: list[int], splits: int, min_rows: int, seed: int, pooled_prior: bool
+    rows: list[dict], ks: list[int], splits: int, min_rows: int, seed: int, pooled_prior: bool, cv_folds: int
 ) -> list[dict]:
     fams: dict[str, dict[str, list[dict]]] = collections.defaultdict(lambda: collections.defaultdict(list))
     for r in rows:
@@ -116,7 +109,8 @@ def evaluate(
         engines = {e: v for e, v in engines.items() if len(v) >= min_rows}
         if not engines:
             continue
-        prior = _prior_without(fam_thetas, fam) if pooled_prior else None
+        learned = _prior_without(fam_thetas, fam) if pooled_prior else {}
+        prior = Prior(cv_folds=cv_folds).updated(learned)
         for k in ks:
             for split in range(splits):
                 rng = random.Random(f"{seed}|{fam}|{k}|{split}")
@@ -128,14 +122,16 @@ def evaluate(
                     test += [v[i] for i in idx[k:]]
                 if not train:
                     continue
-                corr = fit_correction([Target(**t) for r in train for t in r["targets"]], prior=prior)
+                corr = fit([Observation.from_dict(t) for r in train for t in r["targets"]], prior)
                 for r in test:
                     mine = [x for x in train if x["engine"] == r["engine"]]
                     for td in r["targets"]:
-                        t = Target(**td)
+                        t = Observation.from_dict(td)
                         ratio = float(np.median([x["targets"][_idx(x, t.kind)]["measured_ms"]
-                                                 / raw_ms(Target(**x["targets"][_idx(x, t.kind)])) for x in mine]))  # fmt: skip
-                        mid, lo, hi = corr.band(t)
+                                                 / raw_ms(Observation.from_dict(x["targets"][_idx(x, t.kind)]))
+                                                 for x in mine]))  # fmt: skip
+                        b = corr.band(t)
+                        mid, lo, hi = b.point_ms, b.low_ms, b.high_ms
                         out.append({"family": fam, "engine": r["engine"], "k": k, "split": split, "kind": t.kind,
                                     "isl": r["isl"], "osl": r["osl"], "concurrency": r["concurrency"],
                                     "measured_ms": t.measured_ms, "raw_ms": raw_ms(t),
@@ -144,17 +140,17 @@ def evaluate(
     return out
 
 
-def _family_thetas(rows: list[dict], min_targets: int = 10) -> dict[str, np.ndarray]:
+def _family_thetas(rows: list[dict], min_targets: int = 10) -> dict:
     """Shared parameters of each family fitted on all its rows (the raw material of the priors)."""
-    return {fam: fit_correction(ts).theta[: len(SHARED)] for fam, ts in family_targets(rows).items()
-            if len(ts) >= min_targets}  # fmt: skip
+    return {fam: fit(ts, Prior(cv_folds=0), residual_field=False).mean.shared
+            for fam, ts in family_targets(rows).items() if len(ts) >= min_targets}  # fmt: skip
 
 
-def _prior_without(thetas: dict[str, np.ndarray], fam: str) -> dict[str, tuple[float, float]]:
+def _prior_without(thetas: dict, fam: str) -> dict[str, tuple[float, float]]:
     """The prior of ``fam``'s backend learned from the other families (``fam`` itself left out)."""
     backend = fam.split("|")[2]
     return transferable(
-        prior_from_thetas([t for f, t in thetas.items() if f != fam and f.split("|")[2] == backend]), True
+        prior_from_fits([t for f, t in thetas.items() if f != fam and f.split("|")[2] == backend]), True
     )
 
 
@@ -176,21 +172,28 @@ def summarise(results: list[dict]) -> list[dict]:
                 line[f"{kind}_{name}_p90_pct"] = float(np.percentile(err, 90))
             line[f"{kind}_band90_coverage"] = float(np.mean([r["band_low_ms"] <= r["measured_ms"] <= r["band_high_ms"]
                                                              for r in rs]))  # fmt: skip
+            half = np.array([(r["band_high_ms"] - r["band_low_ms"]) / 2 / r["ours_ms"] * 100 for r in rs])
+            line[f"{kind}_band_median_half_width_pct"] = float(np.median(half))
+            line[f"{kind}_band_half_width_over_error"] = float(
+                np.median(half) / line[f"{kind}_ours_median_pct"]
+            )
         table.append(line)
     return table
 
 
 def print_table(table: list[dict]) -> None:
     print(
-        "| k | kind | n | raw med | raw p90 | median-ratio med | median-ratio p90 | ours med | ours p90 | 90% band coverage |"
+        "| k | kind | n | raw med | raw p90 | median-ratio med | median-ratio p90 | ours med | ours p90 "
+        "| 90% band coverage | median half-width | half-width / median error |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for line in table:
         for kind in ("ttft", "tpot"):
             g = {k[len(kind) + 1 :]: v for k, v in line.items() if k.startswith(kind + "_")}
             print(f"| {line['k']} | {kind.upper()} | {g['n']} | {g['raw_median_pct']:.1f} % | {g['raw_p90_pct']:.0f} % | "
                   f"{g['baseline_median_pct']:.1f} % | {g['baseline_p90_pct']:.0f} % | {g['ours_median_pct']:.1f} % | "
-                  f"{g['ours_p90_pct']:.0f} % | {g['band90_coverage']:.2f} |")  # fmt: skip
+                  f"{g['ours_p90_pct']:.0f} % | {g['band90_coverage']:.2f} | ±{g['band_median_half_width_pct']:.1f} % | "
+                  f"{g['band_half_width_over_error']:.2f} |")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-rows", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ks", default="1,2,3,4")
+    ap.add_argument(
+        "--cv-folds",
+        type=int,
+        default=Prior().cv_folds,
+        help="folds of the cross-validated noise estimate (0: from the residuals only)",
+    )
     ap.add_argument(
         "--write-prior", metavar="PATH", help="also fit the per-backend prior on all rows and write it"
     )
@@ -213,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, why = build_targets(out / "targets.json")
     t1 = time.time()
     ks = [int(k) for k in args.ks.split(",")]
-    results = evaluate(rows, ks, args.splits, args.min_rows, args.seed, not args.no_pooled_prior)
+    results = evaluate(
+        rows, ks, args.splits, args.min_rows, args.seed, not args.no_pooled_prior, args.cv_folds
+    )
     table = summarise(results)
     with (out / "results.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(results[0]))
@@ -221,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         w.writerows(results)
     n_groups = len({(r["family"], r["engine"]) for r in results})
     summary = {"configurations_estimated": len(rows), "unestimable": dict(why), "groups_scored": n_groups,
-               "splits": args.splits, "min_rows": args.min_rows, "table": table,
+               "splits": args.splits, "min_rows": args.min_rows, "cv_folds": args.cv_folds, "table": table,
                "seconds": {"aic_terms": round(t1 - t0, 1), "evaluation": round(time.time() - t1, 1)}}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(
@@ -244,7 +255,6 @@ def write_prior(path: Path, rows: list[dict]) -> None:
     import hashlib
     from importlib import metadata
 
-    from estimator.sources.calibrated import FORMAT_VERSION
     from validate.silicon import bundled_silicon_csv
 
     csv_path = bundled_silicon_csv()
@@ -255,8 +265,8 @@ def write_prior(path: Path, rows: list[dict]) -> None:
         backends[backend] = {"prior": {k: list(v) for k, v in learn_prior(mine).items()},
                              "families": sorted(f for f, ts in mine.items() if len(ts) >= 10)}  # fmt: skip
     doc = {
-        "format_version": FORMAT_VERSION,
-        "parameter_names": list(SHARED),
+        "format_version": PRIOR_FORMAT_VERSION,
+        "parameter_names": list(SHARED_NAMES),
         "what": "prior (mean, sd) of the calibration's shared parameters per backend: median and robust spread "
                 "over model/system families of silicon_sample.csv, each fitted on all its agg rows",
         "generated_by": "python benchmarks/silicon_calibration.py --write-prior models/calibration_prior.json",

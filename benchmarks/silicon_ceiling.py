@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -25,15 +24,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from estimator.sources.calibrated import Target
-from validate.calibrate import fit_correction
+from estimator.calibration import Observation
+from estimator.calibration_fit import Prior, fit
 
 
 def model_ceiling(fams: dict[str, list[dict]]) -> dict[str, list[float]]:
     err: dict[str, list[float]] = collections.defaultdict(list)
     for rows in fams.values():
-        ts = [Target(**t) for r in rows for t in r["targets"]]
-        corr = dataclasses.replace(fit_correction(ts), residual=None)
+        ts = [Observation.from_dict(t) for r in rows for t in r["targets"]]
+        corr = fit(ts, Prior(cv_folds=0), residual_field=False)
         for t in ts:
             err[t.kind].append(abs(corr.predict(t) / t.measured_ms - 1) * 100)
     return err
@@ -45,7 +44,9 @@ def neighbour_ceiling(fams: dict[str, list[dict]]) -> dict[str, list[float]]:
         for kind_i, kind in enumerate(("ttft", "tpot")):
             table: dict[str, dict[tuple, float]] = collections.defaultdict(dict)
             for r in rows:
-                table[r["engine"]][(r["isl"], r["osl"], r["concurrency"])] = r["targets"][kind_i]["measured_ms"]
+                table[r["engine"]][(r["isl"], r["osl"], r["concurrency"])] = r["targets"][kind_i][
+                    "measured_ms"
+                ]
             for eng, mine in table.items():
                 for x, y in mine.items():
                     preds = []
@@ -66,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     path = Path(args.out) / "targets.json"
     if not path.exists():
-        print(f"error: {path} missing; run benchmarks/silicon_calibration.py --out {args.out} first", file=sys.stderr)
+        print(
+            f"error: {path} missing; run benchmarks/silicon_calibration.py --out {args.out} first",
+            file=sys.stderr,
+        )
         return 2
     rows = json.loads(path.read_text())["rows"]
     groups = collections.Counter((r["family"], r["engine"]) for r in rows)
@@ -77,10 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     out = {}
     print("| ceiling | kind | n | median abs % error | p90 |")
     print("|---|---|---|---|---|")
-    for name, fn in (("model (all rows, in-sample)", model_ceiling), ("neighbours (leave-one-out)", neighbour_ceiling)):
+    for name, fn in (
+        ("model (all rows, in-sample)", model_ceiling),
+        ("neighbours (leave-one-out)", neighbour_ceiling),
+    ):
         for kind, e in fn(fams).items():
-            out[f"{name}|{kind}"] = {"n": len(e), "median_pct": float(np.median(e)), "p90_pct": float(np.percentile(e, 90))}
-            print(f"| {name} | {kind.upper()} | {len(e)} | {np.median(e):.1f} % | {np.percentile(e, 90):.0f} % |")
+            out[f"{name}|{kind}"] = {
+                "n": len(e),
+                "median_pct": float(np.median(e)),
+                "p90_pct": float(np.percentile(e, 90)),
+            }
+            print(
+                f"| {name} | {kind.upper()} | {len(e)} | {np.median(e):.1f} % | {np.percentile(e, 90):.0f} % |"
+            )
     (Path(args.out) / "ceiling.json").write_text(json.dumps(out, indent=1))
     return 0
 

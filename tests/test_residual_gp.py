@@ -8,14 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from estimator.sources.base import Stack
-from estimator.sources.calibrated import CalibratedSource
-from estimator.sources.residual_gp import HYPER, ResidualGP, ResidualPoint
-from estimator.sources.roofline import RooflineSource
-from tests.test_calibrate import TP1, TP2, Distorted
-from validate.calibrate import calibrate, collect_targets
 from estimator.measurements import Measurement, Probe, ProbeKind
 from estimator.serving import SchedulerConfig, predict_agg
+from estimator.sources.base import Stack
+from estimator.sources.calibrated import CalibratedSource
+from estimator.sources.residual_gp import HYPER, ResidualField, ResidualPoint
+from estimator.sources.roofline import RooflineSource
+from tests.test_calibrate import TP1, TP2, Distorted
+from validate.calibrate import calibrate, collect_observations
 
 STACK = Stack("meta-llama/Meta-Llama-3.1-8B", "h100_sxm", "vllm")
 
@@ -28,17 +28,23 @@ def _pattern(c: float, isl: float) -> float:
 def test_field_interpolates_near_points_and_reverts_far_away():
     pts = [ResidualPoint(e, "ttft", c, isl, 512, _pattern(c, isl))
            for e in ("TP1", "TP2") for c in (4, 16, 64) for isl in (1024, 4096)]  # fmt: skip
-    gp = ResidualGP(pts)
+    gp = ResidualField(pts)
     for c, isl in ((32, 2048), (8, 1024)):  # between measured inputs
         assert abs(gp.predict("TP2", "ttft", c, isl, 512)[0] - _pattern(c, isl)) < 0.05
     at_point = gp.predict("TP2", "ttft", 16, 1024, 512)
     shared, engine, noise = HYPER["ttft"]
     far_mean, far_var = gp.predict("TP2", "ttft", 4096, 1_000_000, 512)
-    assert abs(far_mean) < 0.01 and far_var == pytest.approx(shared**2 + engine**2 + noise**2, rel=1e-3)
-    assert abs(at_point[0] - _pattern(16, 1024)) < 0.01 and at_point[1] < far_var / 20
+    assert abs(far_mean) < 0.01  # far from every point: back to the parametric prediction ...
+    assert far_var == pytest.approx(
+        shared**2 + engine**2 + noise**2, rel=1e-3
+    )  # ... with the prior's variance
+    assert abs(at_point[0] - _pattern(16, 1024)) < 0.01
+    assert at_point[1] < far_var / 20
     assert gp.predict("TP2", "tpot", 32, 2048, 512) is None  # no TPOT points: no field
-    again = ResidualGP.from_list(gp.to_list())
-    assert again.predict("TP4", "ttft", 8, 3000, 512) == pytest.approx(gp.predict("TP4", "ttft", 8, 3000, 512))
+    again = ResidualField.from_dict(gp.to_dict())
+    assert again.predict("TP4", "ttft", 8, 3000, 512) == pytest.approx(
+        gp.predict("TP4", "ttft", 8, 3000, 512)
+    )
 
 
 def _agg(truth, cand, c, isl, osl, cfg):
@@ -56,16 +62,20 @@ def test_calibration_uses_the_field_for_agg_only(tmp_path):
     ms += [_agg(truth, TP2, c, 2048, 256, cfg) for c in (4, 64)]
     cal = calibrate(base, ms, prior={})
     held = _agg(truth, TP2, 16, 2048, 256, cfg)  # TP2 never measured at c = 16; TP1 was, nearby
-    t_ttft, _ = collect_targets(base, [held])[0]
+    t_ttft, _ = collect_observations(base, [held])[0]
     with_field = cal.correction.predict(t_ttft)
     without = dataclasses.replace(cal.correction, residual=None).predict(t_ttft)
     err, err0 = abs(with_field / held.ttft_ms - 1), abs(without / held.ttft_ms - 1)
-    assert err < 0.1 and err < 0.7 * err0
-    _, lo, hi = cal.correction.band(t_ttft)
-    assert lo < held.ttft_ms < hi
+    assert err < 0.1
+    assert err < 0.7 * err0
+    band = cal.correction.band(t_ttft)
+    assert band.low_ms < held.ttft_ms
+    assert held.ttft_ms < band.high_ms
     # phase surfaces (what selection uses) do not go through the agg field
     plain = CalibratedSource(base, dataclasses.replace(cal.correction, residual=None))
-    np.testing.assert_allclose(cal.prefill_ttft_ms(TP2, [1000, 4000]), plain.prefill_ttft_ms(TP2, [1000, 4000]))
+    np.testing.assert_allclose(
+        cal.prefill_ttft_ms(TP2, [1000, 4000]), plain.prefill_ttft_ms(TP2, [1000, 4000])
+    )
     # the field is saved with the calibration
     cal.save(tmp_path / "cal.json")
     again = CalibratedSource.load(tmp_path / "cal.json", base)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SpecError
+from ..errors import CalibrationError, SpecError
 from .base import PerfSource, Stack
 
 SOURCE_NAMES = ("aic", "roofline")
 
 
 def make_source(name: str, stack: Stack) -> PerfSource:
-    """``aic``, ``roofline``, or a path to a fitted calibration JSON (applied on top of AIC)."""
+    """``aic``, ``roofline``, or a path to a fitted calibration JSON, applied on top of the base source the
+    file records (CalibrationError when the file's stack or base source does not match)."""
     if name == "aic":
         from .aic import AicSource
 
@@ -21,10 +22,16 @@ def make_source(name: str, stack: Stack) -> PerfSource:
 
         return RooflineSource(stack)
     if Path(name).is_file():
-        from .aic import AicSource
-        from .calibrated import CalibratedSource
+        from .calibrated import CalibratedSource, read_calibration
 
-        return CalibratedSource.load(name, base=AicSource(stack))
+        base_name = read_calibration(name)["base_source"]
+        if base_name == CalibratedSource.name or Path(base_name).suffix:
+            raise CalibrationError(f"calibration {name} is fitted on another calibration ({base_name!r})")
+        try:
+            base = make_source(base_name, stack)
+        except SpecError as exc:
+            raise CalibrationError(f"calibration {name} records base source {base_name!r}: {exc}") from exc
+        return CalibratedSource.load(name, base=base)
     raise SpecError("source", f"{name!r} is not one of {', '.join(SOURCE_NAMES)} nor a calibration file")
 
 

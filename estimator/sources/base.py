@@ -8,8 +8,13 @@ and one candidate engine (parallel mapping on n GPUs), vectorised over numpy arr
   engine (all attention-DP ranks together) at mean context ``context`` tokens, ms;
 - ``kv_capacity_tokens(candidate)``: KV-cache tokens the whole engine holds (0 if weights do not fit).
 
-Bands (``*_band``) give an uncertainty interval; an uncalibrated source returns its point value
-for both ends. Unsupported engines raise ``DataNotAvailable``, never NaN.
+and, for the same inputs, a 90 % band ``(low, high)`` of arrays of the same shape:
+
+- ``prefill_ttft_band(candidate, isl)`` and ``decode_itl_band(candidate, batch, context)``.
+
+Every source answers the bands through this one interface (surfaces, selection and capacity planning
+never ask which source they hold): a raw model (AIC, roofline) has zero width, a regression its
+prediction interval, a calibration its posterior. Unsupported engines raise ``DataNotAvailable``, never NaN.
 """
 
 from __future__ import annotations
@@ -82,13 +87,16 @@ class PerfSource(ABC):
     def kv_capacity_tokens(self, candidate: Candidate) -> int:
         """KV-cache capacity of the whole engine in tokens; 0 when the weights do not fit."""
 
-    # ---- optional -----------------------------------------------------------------------------
+    # ---- bands (part of the contract; this default is a raw model's zero width) ----------------
     def prefill_ttft_band(self, candidate: Candidate, isl: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(low, high) TTFT band in ms; equal to the point estimate unless calibrated."""
+        """(low, high) 90 % TTFT band in ms per ISL. A source that knows its uncertainty overrides this."""
         v = self.prefill_ttft_ms(candidate, isl)
         return v, v
 
-    def decode_itl_band(self, candidate: Candidate, batch: Any, context: Any) -> tuple[np.ndarray, np.ndarray]:
+    def decode_itl_band(
+        self, candidate: Candidate, batch: Any, context: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) 90 % ITL band in ms per (batch, context). A source that knows its uncertainty overrides this."""
         v = self.decode_itl_ms(candidate, batch, context)
         return v, v
 

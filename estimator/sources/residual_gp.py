@@ -1,29 +1,34 @@
-"""Kriging of what the phase correction leaves in aggregated-serving points.
+"""Residual field: a Gaussian process over what the phase correction leaves in aggregated-serving points.
 
 Why: after the phase scales and arrival-regime mix are fitted, agg TTFT (and to a lesser degree TPOT)
 still misses in a pattern that is smooth over the probe's inputs and shared by the engines of one
 deployment (the benchmark client's arrival pattern, admission details the scheduler replay does not
-know). A Gaussian process on the log residuals of the measured agg points, over (log concurrency,
-log ISL, log OSL), carries that pattern to unmeasured inputs: one component shared by all engines,
-one per engine. Far from every measured point its mean returns to 0 and its variance to the prior,
-so it only corrects where measurements say something.
+know). scikit-learn's ``GaussianProcessRegressor`` on the log residuals of the measured agg points, over
+(log concurrency, log ISL, log OSL), carries that pattern to unmeasured inputs: one component shared by
+all engines plus one per engine (an RBF over one-hot engine coordinates that only matches an engine
+with itself). Far from every measured point its mean returns to 0 and its variance to the prior, so it
+only corrects where measurements say something.
 
 The hyperparameters are fixed (log units), not fitted per calibration: with 1-4 points per engine a
 per-fit marginal-likelihood optimum is noise. Chosen on the silicon benchmark (docs/silicon_calibration.md).
+Saved as JSON data (points and hyperparameters); loading refits the same GP.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import RBF, ConstantKernel
 
 # Per kind: sd of the shared and of the per-engine component, and the noise sd (log units); TTFT leaves a
 # larger pattern than TPOT. Length scales of (log c, log ISL, log OSL): OSL matters least.
 HYPER = {"ttft": (0.4, 0.2, 0.05), "tpot": (0.15, 0.08, 0.03)}
 LENGTH_SCALES = (0.7, 0.7, 2.0)
+_IGNORE, _MATCH = 1e9, 1e-3  # length scales of the engine coordinates: ignored / only equal engines match
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,56 +41,49 @@ class ResidualPoint:
     log_residual: float  # log(measured / corrected prediction)
 
 
-def _x(concurrency: float, isl: float, osl: float) -> np.ndarray:
-    return np.log([max(concurrency, 1.0), max(isl, 1.0), max(osl, 1.0)]) / np.asarray(LENGTH_SCALES)
-
-
-class ResidualGP:
-    """Posterior of the log-residual field of one kind per deployment, from its measured agg points."""
+class ResidualField:
+    """Posterior of the log-residual field of each kind for one deployment, from its measured agg points."""
 
     def __init__(self, points: list[ResidualPoint]):
-        self.points = list(points)
-        self._fit: dict[str, tuple[np.ndarray, list[str], np.ndarray, np.ndarray]] = {}
+        self.points = tuple(points)
+        self._gps: dict[str, tuple[GaussianProcessRegressor, tuple[str, ...]]] = {}
         for kind in sorted({p.kind for p in self.points}):
             ps = [p for p in self.points if p.kind == kind]
-            x = np.array([_x(p.concurrency, p.isl, p.osl) for p in ps])
-            engines = [p.engine for p in ps]
-            k = self._kernel(kind, x, engines, x, engines) + HYPER[kind][2] ** 2 * np.eye(len(ps))
-            chol = np.linalg.cholesky(k)
-            alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, np.array([p.log_residual for p in ps])))
-            self._fit[kind] = (x, engines, chol, alpha)
+            engines = tuple(sorted({p.engine for p in ps}))
+            shared, engine_sd, noise = HYPER[kind]
+            n = len(engines)
+            k = ConstantKernel(shared**2, "fixed") * RBF([1.0] * 3 + [_IGNORE] * n, "fixed") + ConstantKernel(
+                engine_sd**2, "fixed"
+            ) * RBF([1.0] * 3 + [_MATCH] * n, "fixed")
+            gp = GaussianProcessRegressor(k, alpha=noise**2, optimizer=None, normalize_y=False)
+            gp.fit(np.array([_x(p.engine, p.concurrency, p.isl, p.osl, engines) for p in ps]),
+                   np.array([p.log_residual for p in ps]))  # fmt: skip
+            self._gps[kind] = (gp, engines)
 
-    @staticmethod
-    def _kernel(kind: str, xa: np.ndarray, ea: list[str], xb: np.ndarray, eb: list[str]) -> np.ndarray:
-        shared, engine, _ = HYPER[kind]
-        d2 = ((xa[:, None, :] - xb[None, :, :]) ** 2).sum(-1)
-        same = np.asarray(ea, dtype=object)[:, None] == np.asarray(eb, dtype=object)[None, :]
-        return (shared**2 + engine**2 * same) * np.exp(-0.5 * d2)
-
-    def predict(self, engine: str, kind: str, concurrency: float, isl: float, osl: float) -> tuple[float, float] | None:
+    def predict(
+        self, engine: str, kind: str, concurrency: float, isl: float, osl: float
+    ) -> tuple[float, float] | None:
         """(mean, variance) of the log residual at one agg input, noise included; None for a kind never measured."""
-        if kind not in self._fit:
+        if kind not in self._gps:
             return None
-        shared, eng_sd, noise = HYPER[kind]
-        x, engines, chol, alpha = self._fit[kind]
-        xs = _x(concurrency, isl, osl)[None, :]
-        ks = self._kernel(kind, xs, [engine], x, engines)[0]
-        v = np.linalg.solve(chol, ks)
-        return float(ks @ alpha), max(shared**2 + eng_sd**2 - float(v @ v), 0.0) + noise**2
+        gp, engines = self._gps[kind]
+        mean, std = gp.predict(_x(engine, concurrency, isl, osl, engines)[None, :], return_std=True)
+        return float(mean[0]), float(std[0]) ** 2 + HYPER[kind][2] ** 2
 
-    def to_list(self) -> list[dict[str, Any]]:
-        return [
-            {"engine": p.engine, "kind": p.kind, "concurrency": p.concurrency, "isl": p.isl, "osl": p.osl,
-             "log_residual": p.log_residual}
-            for p in self.points
-        ]  # fmt: skip
+    def to_dict(self) -> dict[str, Any]:
+        return {"hyper": {k: list(v) for k, v in HYPER.items()}, "length_scales": list(LENGTH_SCALES),
+                "points": [asdict(p) for p in self.points]}  # fmt: skip
 
     @classmethod
-    def from_list(cls, rows: list[dict[str, Any]]) -> ResidualGP:
+    def from_dict(cls, d: Mapping[str, Any]) -> ResidualField:
+        if {k: tuple(v) for k, v in d["hyper"].items()} != HYPER or tuple(
+            d["length_scales"]
+        ) != LENGTH_SCALES:
+            raise ValueError("residual field was fitted with other hyperparameters")
         return cls([ResidualPoint(str(r["engine"]), str(r["kind"]), float(r["concurrency"]), float(r["isl"]),
-                                  float(r["osl"]), float(r["log_residual"])) for r in rows])  # fmt: skip
+                                  float(r["osl"]), float(r["log_residual"])) for r in d["points"]])  # fmt: skip
 
 
-def is_agg(concurrency: float, burst_terms: Any) -> bool:
-    """Agg targets carry the concurrency and the burst terms; prefill/decode probes do not."""
-    return burst_terms is not None and concurrency >= 1 and math.isfinite(concurrency)
+def _x(engine: str, concurrency: float, isl: float, osl: float, engines: tuple[str, ...]) -> np.ndarray:
+    scaled = np.log([max(concurrency, 1.0), max(isl, 1.0), max(osl, 1.0)]) / np.asarray(LENGTH_SCALES)
+    return np.concatenate([scaled, [1.0 if engine == e else 0.0 for e in engines]])

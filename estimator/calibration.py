@@ -1,0 +1,315 @@
+"""The calibration model: a correction of a performance source's terms, its parameters and posterior.
+
+Every measured (or queried) latency is an ``Observation``: the base source's terms it is made of,
+
+    y_ms = a_p(isl) * prefill_ms + a_d(batch, context) * decode_ms + step_ms * steps + overhead_ms * requests
+
+with ``log a_p = alpha_prefill + delta_prefill[e] + beta_isl log(isl/1024)`` and
+``log a_d = alpha_decode + delta_decode[e] + beta_batch log(batch/16) + beta_context log(context/2048)``:
+and ``step_ms = exp(log_step_ms + delta_step[e])``: one log-ratio per phase shared by the engines of a
+model/system/backend, per-engine offsets shrunk toward 0, and mild slopes. Aggregated-serving points mix three arrival regimes of the serving model
+(staggered steady state, burst, synchronised), with weights that depend on OSL.
+
+``Correction`` is the fitted posterior (``estimator.calibration_fit.fit``): named parameters
+(``Parameters``), their Laplace covariance, the model-discrepancy noise per kind and the measurement
+noise seen in the repetitions, and optionally a residual field over agg inputs. It predicts a point and
+a band for any observation; an engine that was never measured uses the shared part only and gets the
+engine offset's prior variance on top. Files are JSON data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+from scipy.stats import norm
+from scipy.stats import t as student_t
+
+from .calibration_params import (
+    ENGINE_NAMES,
+    SHARED_NAMES,
+    EngineOffsets,
+    Parameters,
+    SharedParameters,
+    parameter_names,
+)
+from .errors import CalibrationError
+from .serving import ServingTerms
+from .sources.residual_gp import ResidualField
+
+FORMAT_VERSION = 2
+KINDS = ("ttft", "tpot")  # TTFT (prefill / agg TTFT) and per-token decode time (decode ITL / agg TPOT)
+BAND_LEVEL = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """A latency split into what each phase scale multiplies: prefill ms, decode ms and engine steps."""
+
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    steps: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One latency (measured, or to be predicted when ``measured_ms`` is None) over the base source's terms.
+
+    ``noise_sd``: relative spread of one repetition of the measurement (log units; 0 when unknown).
+    Agg observations carry the burst and synchronised regimes and the clients (``concurrency``).
+    """
+
+    engine: str
+    kind: str
+    steady: Parts
+    requests: float  # request overheads inside the value: 1 for a TTFT, 0 for a per-token time
+    isl: float
+    batch: float
+    context: float
+    osl: float = 1.0
+    burst: Parts | None = None
+    sync: Parts | None = None
+    concurrency: float = 0.0
+    measured_ms: float | None = None
+    noise_sd: float = 0.0
+
+    @classmethod
+    def prefill(cls, engine: str, prefill_ms: float, isl: float, **kw: Any) -> Observation:
+        """TTFT of one request: one prefill, one engine step, one request overhead."""
+        return cls(engine, "ttft", Parts(prefill_ms, 0.0, 1.0), 1.0, isl, 1.0, isl, **kw)
+
+    @classmethod
+    def decode(cls, engine: str, decode_ms: float, batch: float, context: float, **kw: Any) -> Observation:
+        """ITL: one decode step of ``batch`` requests at ``context`` tokens."""
+        return cls(engine, "tpot", Parts(0.0, decode_ms, 1.0), 0.0, context, batch, context, **kw)
+
+    @classmethod
+    def agg(
+        cls, engine: str, kind: str, regimes: Sequence[ServingTerms], isl: float, osl: float, concurrency: float,
+        **kw: Any,
+    ) -> Observation:  # fmt: skip
+        """Agg TTFT or TPOT from the serving model's (steady, burst, synchronised) terms."""
+        parts = [_parts(t, kind) for t in regimes]
+        steady = regimes[0]
+        return cls(engine, kind, parts[0], 1.0 if kind == "ttft" else 0.0, isl, steady.batch, steady.context_tokens,
+                   osl, parts[1], parts[2], float(concurrency), **kw)  # fmt: skip
+
+    @property
+    def is_agg(self) -> bool:
+        return self.burst is not None and self.sync is not None and self.concurrency >= 1
+
+    def with_measured(self, measured_ms: float | None) -> Observation:
+        return replace(self, measured_ms=measured_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Observation:
+        known = {f.name for f in fields(cls)}
+        extra = set(d) - known
+        if extra:
+            raise CalibrationError(f"observation has unknown fields {sorted(extra)}")
+        parts = {k: Parts(**d[k]) for k in ("steady", "burst", "sync") if d.get(k) is not None}
+        return cls(**{**d, **parts})
+
+
+def _parts(t: ServingTerms, kind: str) -> Parts:
+    if kind == "ttft":
+        return Parts(t.ttft_prefill_ms, t.ttft_decode_ms, t.ttft_steps)
+    return Parts(t.tpot_prefill_ms, t.tpot_decode_ms, t.tpot_steps)
+
+
+def predict_ms(obs: Observation, p: Parameters) -> float:
+    """The parametric prediction of ``obs`` under parameters ``p`` (no residual field)."""
+    sh, off = p.shared, p.offsets(obs.engine)
+    a_p = math.exp(sh.alpha_prefill + off.delta_prefill + sh.beta_isl * math.log(obs.isl / 1024.0))
+    a_d = math.exp(sh.alpha_decode + off.delta_decode + sh.beta_batch * math.log(max(obs.batch, 1.0) / 16.0)
+                   + sh.beta_context * math.log(obs.context / 2048.0))  # fmt: skip
+    step, over = math.exp(sh.log_step_ms + off.delta_step), math.exp(sh.log_overhead_ms)
+
+    def lat(x: Parts) -> float:
+        return a_p * x.prefill_ms + a_d * x.decode_ms + step * x.steps
+
+    if obs.burst is None or obs.sync is None:
+        return lat(obs.steady) + over * obs.requests
+    lo = math.log(max(obs.osl, 1.0) / 1024.0)
+    z = np.array([0.0, sh.logit_burst + sh.beta_burst_osl * lo, sh.logit_sync + sh.beta_sync_osl * lo])
+    w = np.exp(z - z.max())
+    w /= w.sum()
+    mix = w[0] * lat(obs.steady) + w[1] * lat(obs.burst) + w[2] * lat(obs.sync)
+    if obs.kind == "ttft":
+        mix *= math.exp(sh.alpha_ttft + off.delta_ttft)
+    return float(mix + over * obs.requests)
+
+
+@dataclass(frozen=True, slots=True)
+class Noise:
+    """Per kind: model discrepancy (log sd, estimated by the fit), measurement spread of one repetition
+    (median over the fitted points), and the degrees of freedom behind the discrepancy estimate."""
+
+    discrepancy: Mapping[str, float]
+    measurement: Mapping[str, float]
+    dof: Mapping[str, float]
+
+    def sd(self, kind: str) -> float:
+        return math.hypot(self.discrepancy.get(kind, 0.0), self.measurement.get(kind, 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """A prediction in ms with its central band (``level``: its probability)."""
+
+    point_ms: float
+    low_ms: float
+    high_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Predictive:
+    """log(value) ~ log(point_ms) + log_sd * T, T Student-t with ``dof`` (normal when dof is 0)."""
+
+    point_ms: float
+    log_sd: float
+    dof: float
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile of the value in ms."""
+        z = float(student_t.ppf(q, self.dof)) if self.dof > 0 else float(norm.ppf(q))
+        return self.point_ms * math.exp(z * self.log_sd)
+
+    def band(self, level: float = BAND_LEVEL) -> Band:
+        return Band(self.point_ms, self.quantile(0.5 - level / 2), self.quantile(0.5 + level / 2))
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A fitted correction: the posterior mean, its covariance over ``mean.names``, the noise and an
+    optional residual field over agg inputs. Immutable: a refit returns a new one."""
+
+    mean: Parameters
+    cov: np.ndarray
+    noise: Noise
+    engine_prior_sd: Mapping[str, float]  # per ``EngineOffsets`` field: what an unmeasured engine may be off
+    n_points: int = 0
+    data_hash: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    residual: ResidualField | None = None
+
+    @property
+    def engines(self) -> tuple[str, ...]:
+        return tuple(self.mean.engines)
+
+    def predict(self, obs: Observation) -> float:
+        """Point prediction in ms (the residual field included where it applies)."""
+        mid = predict_ms(obs, self.mean)
+        field_ = self._field(obs)
+        return mid * math.exp(field_[0]) if field_ is not None else mid
+
+    def predictive(self, observations: Sequence[Observation]) -> list[Predictive]:
+        """Predictive distribution of each observation: log(measured) ~ log(point) + log_sd * t(dof).
+
+        log_sd: Laplace posterior of the parameters (the prior of the offsets for an unmeasured engine)
+        plus the noise of the kind, or the residual field's posterior where it applies. For sampling
+        (decisions under uncertainty) and for bands.
+        """
+        if not observations:
+            return []
+        grads = self._log_grads(observations)
+        out = []
+        for obs, g in zip(observations, grads, strict=True):
+            field_ = self._field(obs)
+            var = float(g @ self.cov @ g)
+            var += field_[1] if field_ is not None else self.noise.sd(obs.kind) ** 2
+            if obs.engine not in self.mean.engines:  # only the prior knows an unmeasured engine's offsets
+                var += self._unmeasured_var(obs)
+            out.append(
+                Predictive(self.predict(obs), math.sqrt(max(var, 0.0)), self.noise.dof.get(obs.kind, 0.0))
+            )
+        return out
+
+    def bands(self, observations: Sequence[Observation], level: float = BAND_LEVEL) -> list[Band]:
+        """Central band of probability ``level`` of each observation (see ``predictive``)."""
+        return [p.band(level) for p in self.predictive(observations)]
+
+    def band(self, obs: Observation, level: float = BAND_LEVEL) -> Band:
+        return self.bands([obs], level)[0]
+
+    def _field(self, obs: Observation) -> tuple[float, float] | None:
+        if self.residual is None or not obs.is_agg:
+            return None
+        return self.residual.predict(obs.engine, obs.kind, obs.concurrency, obs.isl, obs.osl)
+
+    def _unmeasured_var(self, obs: Observation, eps: float = 1e-4) -> float:
+        base = math.log(predict_ms(obs, self.mean))
+        var = 0.0
+        for name in ENGINE_NAMES:
+            p = Parameters(self.mean.shared, {**self.mean.engines, obs.engine: EngineOffsets(**{name: eps})})
+            g = (math.log(predict_ms(obs, p)) - base) / eps
+            var += (g * self.engine_prior_sd.get(name, 0.0)) ** 2
+        return var
+
+    def _log_grads(self, observations: Sequence[Observation], eps: float = 1e-4) -> np.ndarray:
+        """d log(prediction) / d parameter for each observation (rows) and parameter (``mean.names``)."""
+        values, names = self.mean.values(), self.mean.names
+        base = np.log([predict_ms(o, self.mean) for o in observations])
+        out = np.empty((len(observations), len(names)))
+        for j, n in enumerate(names):
+            p = Parameters.from_values({**values, n: values[n] + eps}, self.engines)
+            out[:, j] = (np.log([predict_ms(o, p) for o in observations]) - base) / eps
+        return out
+
+    # ---- persistence (JSON data) ------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "feature_names": ["log(isl/1024)", "log(batch/16)", "log(context/2048)"],
+            "engines": list(self.engines),
+            "parameters": self.mean.values(),
+            "covariance": {"names": list(self.mean.names), "matrix": self.cov.tolist()},
+            "noise": {"discrepancy": dict(self.noise.discrepancy), "measurement": dict(self.noise.measurement),
+                      "dof": dict(self.noise.dof)},
+            "engine_prior_sd": dict(self.engine_prior_sd),
+            "n_points": self.n_points,
+            "training_data_hash": self.data_hash,
+            "meta": dict(self.meta),
+            "residual_field": self.residual.to_dict() if self.residual is not None else None,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Correction:
+        if d.get("format_version") != FORMAT_VERSION:
+            raise CalibrationError(f"calibration format {d.get('format_version')!r} is not {FORMAT_VERSION}")
+        try:
+            engines = tuple(d["engines"])
+            mean = Parameters.from_values(d["parameters"], engines)
+            cov = np.asarray(d["covariance"]["matrix"], float)
+            if tuple(d["covariance"]["names"]) != mean.names or cov.shape != (len(mean.names),) * 2:
+                raise CalibrationError("calibration covariance does not match its parameters")
+            n = d["noise"]
+            noise = Noise(dict(n["discrepancy"]), dict(n["measurement"]), dict(n["dof"]))
+            field_ = ResidualField.from_dict(d["residual_field"]) if d.get("residual_field") else None
+            return cls(mean, cov, noise, dict(d["engine_prior_sd"]), int(d["n_points"]), str(d["training_data_hash"]),
+                       dict(d.get("meta", {})), field_)  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CalibrationError(f"calibration file is malformed: {type(exc).__name__}: {exc}") from exc
+
+
+def identity() -> Correction:
+    """The uncalibrated correction: source terms unscaled, no overheads, arrival regimes at their prior."""
+    shared = SharedParameters(log_step_ms=-30.0, log_overhead_ms=-30.0)  # e^-30 ms: none
+    zeros = {k: 0.0 for k in KINDS}
+    no_offsets = {n: 0.0 for n in ENGINE_NAMES}
+    return Correction(
+        Parameters(shared), np.zeros((len(SHARED_NAMES),) * 2), Noise(zeros, zeros, zeros), no_offsets
+    )
+
+
+__all__ = [
+    "BAND_LEVEL", "ENGINE_NAMES", "FORMAT_VERSION", "KINDS", "SHARED_NAMES", "Band", "Correction", "EngineOffsets",
+    "Noise", "Observation", "Parameters", "Parts", "Predictive", "SharedParameters", "identity",
+    "parameter_names", "predict_ms",
+]  # fmt: skip
