@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from estimator.confidence import prob_within
-from estimator.sources.calibrated import Target
+from estimator.calibration import Observation
+from estimator.calibration_fit import Prior, fit
 
 
 def _silicon_benchmark():
@@ -62,19 +63,17 @@ RELIABILITY: list[tuple[float, bool]] = []  # (P(meets) from the k = 3 bands, me
 
 
 # ---- the calibration API: used here and nowhere else in this script ----------------------------------
-def observation(d: dict) -> Target:
+def observation(d: dict) -> Observation:
     """One cached measured value with its source terms (``targets.json`` of silicon_calibration.py)."""
-    return Target(**d)
+    return Observation.from_dict(d)
 
 
 def calibrated_bands(
-    train: list[Target], test: list[Target], prior: dict
+    train: list[Observation], test: list[Observation], prior: dict
 ) -> list[tuple[float, float, float]]:
-    """(point, low, high) ms, 90 % band, of each test target after calibrating on ``train`` with ``prior``."""
-    from validate.calibrate import fit_correction
-
-    corr = fit_correction(train, prior=prior)
-    return [corr.band(t) for t in test]
+    """(point, low, high) ms, 90 % band, of each test value after calibrating on ``train`` with ``prior``."""
+    corr = fit(train, Prior().updated(prior))
+    return [(b.point_ms, b.low_ms, b.high_ms) for b in corr.bands(test)]
 
 
 def num_gpus(engine: str) -> int:

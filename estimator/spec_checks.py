@@ -59,14 +59,14 @@ def source_field(v: Any) -> str:
     if name in ("aic", "roofline") or not Path(name).is_file():
         return name  # an unknown name is refused by make_source, which lists the choices
     doc = read_json("source", name)
-    if not isinstance(doc, dict) or "theta" not in doc or "format_version" not in doc:
+    if not isinstance(doc, dict) or "format_version" not in doc or "base_source" not in doc:
         kind = (
             "a report.json"
             if isinstance(doc, dict) and "selection" in doc
             else f"a JSON {type(doc).__name__}"
         )
         raise SpecError("source", f"{name} is {kind}, not a calibration file (from `sla-estimate validate`)")
-    from .sources.calibrated import Correction
+    from .calibration import Correction
 
     try:
         Correction.from_dict(doc)
