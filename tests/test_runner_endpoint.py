@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
-from typing import Self
 
 import pytest
 from engine_server import KV_CAPACITY_TOKENS
+from sse_standin import SseStandIn
 
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import BadResponse, EndpointTimeout, SpecError
-from estimator.sources.base import Stack
 from estimator.measurements import Probe, ProbeKind
+from estimator.sources.base import Stack
 from validate.runners.endpoint import EndpointRunner
 from validate.runners.metrics import parse_metrics, parse_prometheus
 from validate.runners.prompts import exact_text_prompt
@@ -32,100 +31,8 @@ def probe(kind: ProbeKind, isl: int, osl: int = 1, concurrency: int = 1, repeats
     return Probe(kind, STACK, TP1, isl=isl, osl=osl, concurrency=concurrency, repeats=repeats)
 
 
-# ---- stand-in server for failure cases --------------------------------------------------------------
-class SseStandIn:
-    """Loopback HTTP server; each POST /v1/completions takes the next behaviour from ``behaviours``:
-    "ok" (full stream), "drop" (half the tokens, then the connection closes), "500", "stall" (1 token, then silence)."""
-
-    def __init__(self, behaviours: list[str]):
-        self.behaviours = list(behaviours)
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        self.ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-    async def _shutdown(self) -> None:
-        self.server.close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = self.server.sockets[0].getsockname()[1]
-        self.ready.set()
-        self.loop.run_forever()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                method, path = head.split(b" ")[:2]
-                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1]) if b"ength:" in head else 0
-                body = json.loads(await reader.readexactly(length)) if length else {}
-                if method == b"POST" and path == b"/v1/completions":
-                    if not await self._complete(body, writer):
-                        return
-                else:
-                    writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-    async def _complete(self, body: dict, writer: asyncio.StreamWriter) -> bool:
-        """Answer one completion; False if the connection must close."""
-        behaviour = self.behaviours.pop(0) if self.behaviours else "ok"
-        if behaviour == "500":
-            msg = b'{"error": "engine crashed"}'
-            writer.write(
-                b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\n\r\n%s" % (len(msg), msg)
-            )
-            return True
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-        )
-        n_tokens = {"ok": body["max_tokens"], "drop": body["max_tokens"] // 2, "stall": 1}[behaviour]
-        for i in range(n_tokens):
-            chunk = {"choices": [{"index": 0, "text": f" t{i}", "token_ids": [7]}]}
-            _write_chunk(writer, f"data: {json.dumps(chunk)}\n\n".encode())
-            await writer.drain()
-            await asyncio.sleep(0.002)
-        if behaviour == "drop":
-            return False  # close mid-stream: no terminating chunk
-        if behaviour == "stall":
-            await asyncio.sleep(3600)
-        usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": n_tokens}
-        _write_chunk(
-            writer, f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode()
-        )
-        _write_chunk(writer, b"")
-        return True
-
-
-def _write_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
-    writer.write(b"%x\r\n%s\r\n" % (len(data), data))
-
-
 def standin_runner(url: str, **kw) -> EndpointRunner:
+    kw.setdefault("candidate", "TP1")
     return EndpointRunner(url, model="standin", tokenizer="token_ids", warmup=0, **kw)
 
 

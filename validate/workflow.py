@@ -59,6 +59,7 @@ class ValidationResult:
             "measurements": self.measurements_path,
             "calibration": self.calibration_path,
             "planned": [p.to_dict() for p in self.probes],
+            "not_planned": [n.to_dict() for n in getattr(self.probes, "not_planned", ())],
             "measured_now": self.run.measured,
             "reused_from_previous_run": self.run.reused,
             "recorded_points_used": self.num_recorded,
@@ -82,6 +83,7 @@ class ValidationResult:
                 + (f"; leave-one-out after calibration {loo:.1f} %" if loo is not None else "")
                 + (f"; band covers {100 * cov:.0f} %" if cov is not None else "")
             )
+        lines += self.probes.summary_lines() if hasattr(self.probes, "summary_lines") else []
         for probe, err in self.run.failures[:5]:
             lines.append(f"  failed: {probe.kind.value} {probe.candidate.name} isl {probe.isl}: {err[:120]}")
         if calibrated is not None:
@@ -126,9 +128,9 @@ def run_validation(spec: Any) -> tuple[Profile, _BoundResult]:
     base = make_source(spec.source, Stack.from_spec(spec))
     raw = estimate(spec, base)
     v = spec.validate
-    probes = plan_probes(raw, budget=v.budget, max_points_per_engine=v.max_points_per_engine)
     store = MeasurementStore(out_dir / "measurements.jsonl")
-    with make_runner(spec) as runner:
+    with make_runner(spec) as runner:  # planned for this runner: only what it can measure
+        probes = plan_probes(raw, budget=v.budget, max_points_per_engine=v.max_points_per_engine, runner=runner)
         run = run_plan(probes, runner, store, on_result=lambda m: log.info("measured %s", m.probe.reason))
         recorded = _recorded_for(runner, raw.stack, {m.probe.key for m in run.measurements})
     measurements = run.measurements + recorded

@@ -28,8 +28,8 @@ import httpx
 
 from estimator.candidates import Candidate
 from estimator.errors import EngineStartError, MeasurementError, SpecError
-
 from estimator.measurements import Measurement, Probe
+
 from .base import Runner
 from .endpoint import EndpointRunner
 from .local_process import (
@@ -117,6 +117,7 @@ class LocalEngineRunner(Runner):
 
     # ---- Runner ----------------------------------------------------------------------------------
     def measure(self, probe: Probe) -> Measurement:
+        self.require(probe)  # any candidate and kind: it starts whatever is asked
         if self.candidate_ != probe.candidate or not self.is_running():
             self.start(probe.candidate)
         try:
@@ -188,6 +189,7 @@ class LocalEngineRunner(Runner):
             warmup=self.warmup,
             repeats=self.repeats,
             tokenizer=self.tokenizer,
+            candidate=candidate,  # the engine it just started: the endpoint refuses any other
         )
         return self.base_url_
 

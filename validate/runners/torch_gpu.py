@@ -22,10 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from estimator.errors import EngineStartError, MeasurementError
-
+from estimator.candidates import Candidate, Mapping
+from estimator.errors import EngineStartError, MeasurementError, ProbeNotSupported
 from estimator.measurements import Measurement, Probe, ProbeKind
-from .base import Runner
+
+from .base import Capabilities, Runner
 from .torch_kv import (
     EXACT_KV_ATTENTION,
     ExactKvCache,
@@ -212,17 +213,17 @@ class TorchGpuRunner(Runner):
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
 
+    def capabilities(self) -> Capabilities:
+        """Prefill and decode of the model it builds, at the TP size of its process group (CPU: TP1)."""
+        return Capabilities(
+            kinds=self.kinds,
+            candidates=frozenset({Candidate(Mapping.TP, self.tp_size)}),
+            models=frozenset({self.model}),
+            why=f"tp_size={self.tp_size} on {self.device}",
+        )
+
     def _check(self, probe: Probe) -> None:
-        if probe.kind not in self.kinds:
-            raise MeasurementError(
-                f"gpu runner measures prefill and decode probes, not {probe.kind.value}", probe
-            )
-        if probe.candidate.name != f"TP{self.tp_size}":
-            raise MeasurementError(f"runner runs TP{self.tp_size}, probe asks {probe.candidate.name}", probe)
-        if probe.stack.model != self.model:
-            raise MeasurementError(
-                f"runner built for {self.model!r}, probe asks {probe.stack.model!r}", probe
-            )
+        self.require(probe)
         if probe.isl < 1 or probe.concurrency < 1:
             raise MeasurementError(
                 f"isl and concurrency must be >= 1, got {probe.isl}, {probe.concurrency}", probe
@@ -252,7 +253,7 @@ class TorchGpuRunner(Runner):
         batch, context = probe.concurrency, probe.context_tokens
         need = batch * (context + 1)
         if need > self._dev.kv_capacity_tokens:
-            raise MeasurementError(f"batch {batch} at context {context} needs {need} KV tokens; "
+            raise ProbeNotSupported(f"batch {batch} at context {context} needs {need} KV tokens; "
                                    f"capacity is {self._dev.kv_capacity_tokens}", probe)  # fmt: skip
         cache = ExactKvCache.allocate(self._model.config, batch, context + 1, self.device, self._model.dtype)
         cache.fill_random(context, self.seed)
