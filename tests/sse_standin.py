@@ -1,6 +1,7 @@
 """A stand-in OpenAI completions server on loopback (stdlib asyncio), for the endpoint runner's tests.
 
-A real HTTP server that streams SSE chunks of one token each. Each POST ``/v1/completions`` takes the
+A real HTTP server that streams SSE chunks of one token each (a request without ``stream`` gets one
+JSON answer with ``usage``; ``/health`` answers 200). Each streamed POST ``/v1/completions`` takes the
 next behaviour from ``behaviours``: "ok" (full stream), "drop" (half the tokens, then the connection
 closes), "500", "stall" (1 token, then silence). ``/metrics`` serves vLLM-named TTFT and ITL histogram
 sums and counts timed by the stand-in itself (so they agree with the client), or, with
@@ -75,6 +76,8 @@ class SseStandIn:
                 if method == b"POST" and path == b"/v1/completions":
                     if not await self._complete(body, writer):
                         return
+                elif method == b"GET" and path == b"/health":
+                    _send(writer, 200, b"", b"text/plain")
                 elif method == b"GET" and path == b"/metrics":
                     _send(writer, 200, self._metrics().encode(), b"text/plain")
                 elif method == b"GET" and path.startswith(b"/server_info") and self.parallel is not None:
@@ -104,6 +107,13 @@ class SseStandIn:
         """Answer one completion; False if the connection must close."""
         self.requests += 1
         t0 = time.perf_counter()
+        prompt = body["prompt"]
+        usage = {"prompt_tokens": len(prompt) if isinstance(prompt, list) else len(prompt.split()),
+                 "completion_tokens": body["max_tokens"]}  # fmt: skip
+        if not body.get("stream"):  # untimed requests (counting prompt tokens): one JSON answer
+            answer = {"choices": [{"index": 0, "text": " t0"}], "usage": usage}
+            _send(writer, 200, json.dumps(answer).encode(), b"application/json")
+            return True
         behaviour = self.behaviours.pop(0) if self.behaviours else "ok"
         if behaviour == "500":
             _send(writer, 500, b'{"error": "engine crashed"}', b"application/json")
@@ -112,12 +122,16 @@ class SseStandIn:
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
         )
         n_tokens = {"ok": body["max_tokens"], "drop": body["max_tokens"] // 2, "stall": 1}[behaviour]
-        last = t0
+        last, pending = t0, []
         for i in range(n_tokens):
             if i and not self.burst:
                 await asyncio.sleep(self.token_delay_s)
             chunk = {"choices": [{"index": 0, "text": f" t{i}", "token_ids": [7]}]}
-            _write_chunk(writer, f"data: {json.dumps(chunk)}\n\n".encode())
+            event = f"data: {json.dumps(chunk)}\n\n".encode()
+            if self.burst:  # one write for the whole stream: the client reads it all at once
+                pending.append(event)
+            else:
+                _write_chunk(writer, event)
             if not self.burst:
                 await writer.drain()
             now = time.perf_counter()
@@ -127,15 +141,15 @@ class SseStandIn:
                 claimed = self.server_itl_ms / 1e3 if self.server_itl_ms is not None else now - last
                 self._observe("inter_token_latency", claimed)
             last = now
+        if pending:
+            _write_chunk(writer, b"".join(pending))
         if behaviour == "drop":
             await writer.drain()
             return False  # close mid-stream: no terminating chunk
         if behaviour == "stall":
             await writer.drain()
             await asyncio.sleep(3600)
-        prompt = body["prompt"]
-        usage = {"prompt_tokens": len(prompt) if isinstance(prompt, list) else len(prompt.split()),
-                 "completion_tokens": n_tokens}  # fmt: skip
+        usage["completion_tokens"] = n_tokens
         _write_chunk(
             writer, f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode()
         )

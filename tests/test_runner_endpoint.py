@@ -16,7 +16,13 @@ from engine_server import KV_CAPACITY_TOKENS
 from sse_standin import SseStandIn
 
 from estimator.candidates import Candidate, Mapping
-from estimator.errors import BadResponse, EndpointTimeout, SpecError
+from estimator.errors import (
+    BadResponse,
+    EndpointTimeout,
+    ImplausibleMeasurement,
+    ProbeNotSupported,
+    SpecError,
+)
 from estimator.measurements import Probe, ProbeKind
 from estimator.sources.base import Stack
 from validate.runners.endpoint import EndpointRunner
@@ -179,3 +185,86 @@ def test_over_long_prompt_is_http_400_from_real_server(vllm_url: str):
     with pytest.raises(BadResponse) as info:
         r.measure(probe(ProbeKind.PREFILL, isl=5000, repeats=1))
     assert info.value.status_code == 400 and "maximum context length" in info.value.body
+
+
+# ---- which engine it measures ---------------------------------------------------------------------------
+def test_endpoint_refuses_a_probe_for_another_engine_and_sends_nothing():
+    with SseStandIn() as srv:
+        r = standin_runner(srv.url, candidate="TP2")
+        with pytest.raises(ProbeNotSupported, match="runs TP2 .*candidate=TP2.*, not TP1"):
+            r.measure(probe(ProbeKind.PREFILL, isl=16))
+        assert srv.requests == 0  # refused before anything was measured: no mislabelled record
+        m = r.measure(Probe(ProbeKind.PREFILL, STACK, Candidate(Mapping.TP, 2), isl=16, repeats=2))
+    assert m.probe.candidate.name == "TP2"
+
+
+def test_endpoint_with_no_known_engine_refuses_every_probe():
+    with SseStandIn() as srv:  # answers /server_info with 404, as vLLM without dev mode
+        r = standin_runner(srv.url, candidate=None)
+        reason = r.can_measure(probe(ProbeKind.PREFILL, isl=16))
+        with pytest.raises(ProbeNotSupported):
+            r.measure(probe(ProbeKind.PREFILL, isl=16))
+        assert srv.requests == 0
+    assert "candidate=TP2" in reason and "HTTP 404" in reason
+
+
+@pytest.mark.parametrize(
+    "parallel, engine",
+    [
+        ({"tensor_parallel_size": 4}, "TP4"),
+        ({"tensor_parallel_size": 8, "enable_expert_parallel": True}, "TEP8"),
+        ({"tensor_parallel_size": 1, "data_parallel_size": 8, "enable_expert_parallel": True}, "DEP8"),
+    ],
+)
+def test_endpoint_reads_its_engine_from_server_info(parallel, engine):
+    with SseStandIn(parallel=parallel) as srv:
+        caps = standin_runner(srv.url, candidate=None).capabilities()
+    assert [c.name for c in caps.candidates] == [engine] and "server_info" in caps.why
+
+
+def test_endpoint_refuses_everything_when_user_and_server_disagree():
+    with SseStandIn(parallel={"tensor_parallel_size": 4}) as srv:
+        r = standin_runner(srv.url, candidate="TP2")
+        reasons = [
+            r.can_measure(Probe(ProbeKind.PREFILL, STACK, Candidate(Mapping.TP, n), isl=16)) for n in (2, 4)
+        ]
+    assert all(reasons) and "server reports TP4" in reasons[0]
+
+
+def test_bad_candidate_option_is_a_spec_error():
+    with pytest.raises(SpecError, match="runner_options.candidate"):
+        EndpointRunner("http://127.0.0.1:1", candidate="TPX")
+
+
+# ---- cross-check with the server's own numbers ------------------------------------------------------------
+def test_agreeing_server_numbers_are_recorded_as_checked():
+    with SseStandIn(token_delay_s=0.004) as srv:
+        m = standin_runner(srv.url).measure(probe(ProbeKind.DECODE, isl=16, osl=12, concurrency=2))
+    check = m.extra["server_check"]
+    assert check["ok"] is True and check["itl_ms"]["server"] == m.extra["server_itl_ms"]
+    assert m.extra["server_itl_ms"] > 2.0  # the stand-in's own clock saw its 4 ms token delay
+
+
+def test_itl_far_below_the_servers_is_measured_again_then_raised_with_the_flagged_record():
+    # all tokens in one burst: the client sees ~0 ms between tokens, the server says 1.0 ms
+    with SseStandIn(burst=True, server_itl_ms=1.0) as srv:
+        r = standin_runner(srv.url)
+        with pytest.raises(ImplausibleMeasurement, match="itl_ms 0.0[0-9]+ vs the server's 1.000") as info:
+            r.measure(probe(ProbeKind.DECODE, isl=16, osl=40, concurrency=1, repeats=2))
+        assert srv.requests == 2 * (1 + 2)  # two attempts of a prefix-cache warm-up wave and two waves
+    flagged = info.value.measurement
+    assert flagged.extra["server_check"]["ok"] is False
+    assert flagged.extra["server_check"]["first_attempt"]["ok"] is False
+    assert flagged.itl_ms < 0.1 and flagged.extra["server_itl_ms"] == pytest.approx(1.0)
+
+
+def test_run_plan_keeps_implausible_records_aside(tmp_path):
+    from estimator.measurements import MeasurementStore
+    from validate.run import rejected_store, run_plan
+
+    store = MeasurementStore(tmp_path / "m.jsonl")
+    with SseStandIn(burst=True, server_itl_ms=1.0) as srv:
+        res = run_plan([probe(ProbeKind.DECODE, isl=16, osl=40, repeats=1)], standin_runner(srv.url), store)
+    assert store.load() == [] and len(res.failures) == 1 and "disagrees" in res.failures[0][1]
+    (kept,) = rejected_store(store).load()
+    assert kept.extra["server_check"]["ok"] is False and kept.probe.osl == 40

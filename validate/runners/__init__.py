@@ -47,7 +47,7 @@ def _coerce(kind: str, name: str, value: Any, default: Any) -> Any:
             return json.loads(value)
     except ValueError:
         raise SpecError(f"runner_options.{name}", f"{value!r} is not valid for the {kind} runner") from None
-    if name in ("port", "repeats", "warmup_iters", "min_iters", "tp_size") and value.isdigit():
+    if name in ("port", "repeats", "warmup_iters", "min_iters", "tp_size", "gpus") and value.isdigit():
         return int(value)
     return value
 

@@ -26,14 +26,16 @@ class Capabilities:
     """What one runner can measure. ``None`` means any (the runner starts whatever is asked).
 
     ``candidates``: the engines it can run (an endpoint: the one it points at; a GPU runner: the TP
-    size it has GPUs for); ``models``: model ids, compared case-insensitively; ``why``: where the
-    candidate set comes from, for messages (e.g. "runner option candidate=TP2").
+    size it has GPUs for); ``max_gpus``: the most GPUs one engine may take (a local machine's GPUs, a
+    node for a plain Kubernetes Deployment); ``models``: model ids, compared case-insensitively; ``why``:
+    where the candidate limits come from, for messages (e.g. "runner option candidate=TP2").
     """
 
     kinds: frozenset[ProbeKind]
     candidates: frozenset[Candidate] | None = None
     models: frozenset[str] | None = None
     why: str = ""
+    max_gpus: int | None = None
 
     def refusal(self, probe: Probe) -> str | None:
         """Why ``probe`` is outside these capabilities, or None."""
@@ -44,6 +46,9 @@ class Capabilities:
             have = ", ".join(sorted(c.name for c in self.candidates)) or "no engine"
             why = f" ({self.why})" if self.why else ""
             return f"runs {have}{why}, not {probe.candidate.name}"
+        if self.max_gpus is not None and probe.candidate.num_gpus > self.max_gpus:
+            why = f" ({self.why})" if self.why else ""
+            return f"gives one engine at most {self.max_gpus} GPUs{why}; {probe.candidate.name} needs more"
         if self.models is not None and probe.stack.model.lower() not in {m.lower() for m in self.models}:
             return f"runs {', '.join(sorted(self.models))}, not {probe.stack.model}"
         return None

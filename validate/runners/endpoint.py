@@ -117,7 +117,7 @@ class EndpointRunner(Runner):
         if self._capabilities is not None:
             return self._capabilities
         kinds = frozenset(ProbeKind)
-        reported, where, answered = server_candidate(self.base_url, min(5.0, self.timeout_s))
+        reported, where, answered = server_candidate(self.base_url, min(30.0, self.timeout_s))
         given = self.candidate
         if given is not None and reported is not None and given != reported:
             caps = Capabilities(kinds, frozenset(), why=f"runner option candidate={given.name}, "

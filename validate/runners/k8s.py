@@ -33,7 +33,7 @@ from estimator.candidates import Candidate
 from estimator.errors import DeploymentError, MeasurementError, SpecError
 from estimator.measurements import Measurement, Probe
 
-from .base import Runner
+from .base import Capabilities, Runner
 from .k8s_engine import Engine, EngineKey, api_call, kube
 from .k8s_objects import PortForward, measurement_graph, plain_manifests
 
@@ -93,6 +93,13 @@ class KubernetesRunner(Runner):
         self._cancel = threading.Event()  # set when measure_many is interrupted: workers stop early
 
     # ---- public -----------------------------------------------------------------------------------
+    def capabilities(self) -> Capabilities:
+        """Every kind, any candidate it can deploy; a plain Deployment (one pod) fits on one node."""
+        if self.mode == "plain" or (self.mode == "auto" and not self._use_dynamo()):
+            why = f"a plain Deployment runs on one node of gpus_per_node={self.gpus_per_node}"
+            return Capabilities(frozenset(self.kinds), max_gpus=self.gpus_per_node, why=why)
+        return Capabilities(frozenset(self.kinds))
+
     def measure(self, probe: Probe) -> Measurement:
         self.require(probe)  # any candidate and kind: it deploys whatever is asked
         key = EngineKey.of(probe)

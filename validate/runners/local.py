@@ -30,7 +30,7 @@ from estimator.candidates import Candidate
 from estimator.errors import EngineStartError, MeasurementError, SpecError
 from estimator.measurements import Measurement, Probe
 
-from .base import Runner
+from .base import Capabilities, Runner
 from .endpoint import EndpointRunner
 from .local_process import (
     ENGINE_FLAGS,
@@ -44,6 +44,19 @@ from .local_process import (
     start_failure_reason,
     stop_at_exit,
 )
+
+
+def visible_gpus() -> int:
+    """GPUs an engine started here can use: ``CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi -L``'s count."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return len([d for d in env.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU ")) if out.returncode == 0 else 0
+
 
 # the command-line helpers are re-exported from local_process: tests and callers import them from here
 __all__ = [
@@ -68,6 +81,8 @@ class LocalEngineRunner(Runner):
 
     ``python`` runs the launcher module (default: this interpreter); ``command`` replaces the launcher
     (e.g. ``["vllm", "serve"]``). ``extra_args`` go to the engine unchanged; ``env`` is added to ours.
+    ``gpus``: how many GPUs an engine may take here; None counts them (``CUDA_VISIBLE_DEVICES``, else
+    ``nvidia-smi -L``); with none, the engine runs on the CPU and only one-GPU candidates (TP1) apply.
     """
 
     name: ClassVar[str] = "local"
@@ -90,6 +105,7 @@ class LocalEngineRunner(Runner):
         warmup: int = 1,
         repeats: int | None = None,
         tokenizer: str = "auto",
+        gpus: int | None = None,
     ):
         if backend not in ENGINE_FLAGS:
             raise SpecError("backend", f"{backend!r} is not one of {sorted(ENGINE_FLAGS)}")
@@ -108,6 +124,7 @@ class LocalEngineRunner(Runner):
         self.warmup = warmup
         self.repeats = repeats
         self.tokenizer = tokenizer
+        self.gpus = gpus
         self.process_: subprocess.Popen | None = None
         self.candidate_: Candidate | None = None
         self.base_url_: str | None = None
@@ -116,6 +133,13 @@ class LocalEngineRunner(Runner):
         self._endpoint: EndpointRunner | None = None
 
     # ---- Runner ----------------------------------------------------------------------------------
+    def capabilities(self) -> Capabilities:
+        """Every kind, any candidate it can start: at most the machine's GPUs (one on a CPU-only machine)."""
+        if self.gpus is None:
+            self.gpus = visible_gpus()
+        where = f"{self.gpus} GPUs on this machine" if self.gpus else "no GPU on this machine: a CPU engine"
+        return Capabilities(frozenset(self.kinds), max_gpus=max(1, self.gpus), why=where)
+
     def measure(self, probe: Probe) -> Measurement:
         self.require(probe)  # any candidate and kind: it starts whatever is asked
         if self.candidate_ != probe.candidate or not self.is_running():

@@ -36,7 +36,7 @@ from .torch_kv import (
     last_token_logits,
     register_exact_kv_attention,
 )
-from .torch_timing import DeviceCeilings, measure_device, median, roofline_floors, std, time_step_ms
+from .torch_timing import DeviceCeilings, mean, measure_device, roofline_floors, std, time_step_ms
 from .torch_tp import add_tp_collectives, shard_config
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ class TorchGpuRunner(Runner):
         vocab = self._model.get_output_embeddings().weight.shape[0]
         ids = torch.randint(0, vocab, (1, probe.isl), device=self.device)
         samples, eager_ms = self._time_step(lambda: last_token_logits(self._model, ids), iters)
-        ttft_ms = median(samples)
+        ttft_ms = mean(samples)
         isl = probe.isl
         layers, _, head_dim = kv_shape(self._model.config)
         heads = self._model.config.get_text_config().num_attention_heads
@@ -263,7 +263,7 @@ class TorchGpuRunner(Runner):
         pos = torch.full((batch, 1), context, device=self.device, dtype=torch.long)
         samples, eager_ms = self._time_step(lambda: last_token_logits(self._model, ids, pos), iters)
         del cache
-        itl_ms = median(samples)
+        itl_ms = mean(samples)
         bytes_moved = self.weight_bytes_read_per_step + need * self.kv_bytes_per_token
         flops = 2 * (self.weight_bytes_read_per_step // self._model.dtype.itemsize) * batch
         extra = self._floors(itl_ms, bytes_moved, flops)
