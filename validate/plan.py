@@ -107,16 +107,15 @@ def plan_probes(profile: Any, *, budget: int = 8, max_points_per_engine: int = 4
         tiers[1].append(decode(ch.candidate, ch.concurrency, f"decode runner-up {why}"))
 
     caps = runner.capabilities() if runner is not None else None
-    wanted = {p.candidate for p in tiers[0] + tiers[1]}
+    wanted = {(p.kind, p.candidate) for p in tiers[0] + tiers[1]}
     for c in sorted(caps.candidates if caps and caps.candidates else (), key=lambda c: c.name):
-        if c in wanted:
-            continue  # already planned above
         why = f"the engine the runner measures ({caps.why}): its correction calibrates the others"
-        d_choice = next((ch for ch in sel.decode if ch.candidate == c), None)
-        tiers[1].append(prefill(c, spec.isl, f"prefill at the workload ISL on {why}"))
-        n = d_choice.concurrency if d_choice else 1
-        tiers[1].append(decode(c, n, f"decode at {'its chosen' if d_choice else 'single-request'} "
-                               f"concurrency on {why}"))  # fmt: skip
+        if (ProbeKind.PREFILL, c) not in wanted:
+            tiers[1].append(prefill(c, spec.isl, f"prefill at the workload ISL on {why}"))
+        if (ProbeKind.DECODE, c) not in wanted:
+            d_choice = next((ch for ch in sel.decode if ch.candidate == c), None)
+            n, at = (d_choice.concurrency, "its chosen") if d_choice else (1, "single-request")
+            tiers[1].append(decode(c, n, f"decode at {at} concurrency on {why}"))
 
     for p in tiers[0] + tiers[1]:  # spread on every engine we measure anyway
         if p.kind is ProbeKind.PREFILL:
