@@ -48,7 +48,8 @@ class Capabilities:
             return f"runs {have}{why}, not {probe.candidate.name}"
         if self.max_gpus is not None and probe.candidate.num_gpus > self.max_gpus:
             why = f" ({self.why})" if self.why else ""
-            return f"gives one engine at most {self.max_gpus} GPUs{why}; {probe.candidate.name} needs more"
+            gpus = f"{self.max_gpus} GPU" + ("s" if self.max_gpus != 1 else "")
+            return f"gives one engine at most {gpus}{why}; {probe.candidate.name} needs more"
         if self.models is not None and probe.stack.model.lower() not in {m.lower() for m in self.models}:
             return f"runs {', '.join(sorted(self.models))}, not {probe.stack.model}"
         return None
