@@ -135,7 +135,8 @@ def run_validation(spec: Any) -> tuple[Profile, _BoundResult]:
         recorded = _recorded_for(runner, raw.stack, {m.probe.key for m in run.measurements})
     measurements = run.measurements + recorded
     if not measurements:
-        why = "; ".join(e for _, e in run.failures[:3]) or "nothing planned"
+        why = "; ".join(e for _, e in run.failures[:3]) or "; ".join(
+            f"nothing planned: {n.why_not}" for n in probes.unmeasurable()[:1]) or "nothing planned"  # fmt: skip
         raise CalibrationError(f"no point could be measured ({why})")
     calibrated = calibrate(base, measurements)
     report = calibration_report(base, measurements)

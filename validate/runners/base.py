@@ -42,6 +42,8 @@ class Capabilities:
         if probe.kind not in self.kinds:
             kinds = ", ".join(sorted(k.value for k in self.kinds)) or "no"
             return f"measures {kinds} probes, not {probe.kind.value}"
+        if self.candidates is not None and not self.candidates:
+            return f"knows of no engine it can measure ({self.why})"
         if self.candidates is not None and probe.candidate not in self.candidates:
             have = ", ".join(sorted(c.name for c in self.candidates)) or "no engine"
             why = f" ({self.why})" if self.why else ""

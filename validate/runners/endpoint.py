@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 PREFILL_OSL = 2  # prefill probes need only the first token; the second confirms the stream goes on
 METRICS_POLL_S = 0.5
+SERVER_INFO_TIMEOUT_S = 60.0  # vLLM's first /server_info collects its environment (pip, GPUs): seconds
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -117,7 +118,7 @@ class EndpointRunner(Runner):
         if self._capabilities is not None:
             return self._capabilities
         kinds = frozenset(ProbeKind)
-        reported, where, answered = server_candidate(self.base_url, min(30.0, self.timeout_s))
+        reported, where, answered = server_candidate(self.base_url, SERVER_INFO_TIMEOUT_S)
         given = self.candidate
         if given is not None and reported is not None and given != reported:
             caps = Capabilities(kinds, frozenset(), why=f"runner option candidate={given.name}, "
