@@ -31,13 +31,17 @@ MAX_RUNNERS_UP = 2
 
 @dataclass(frozen=True, slots=True)
 class NotPlanned:
-    """A point the planner wanted but left out: ``probe.reason`` says why it was wanted, ``why_not`` why not."""
+    """A point the planner wanted but left out: ``probe.reason`` says why it was wanted, ``why_not`` why not.
+
+    ``measurable``: the runner could measure it (left out for the budget or the per-engine cap).
+    """
 
     probe: Probe
     why_not: str
+    measurable: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"probe": self.probe.to_dict(), "why_not": self.why_not}
+        return {"probe": self.probe.to_dict(), "why_not": self.why_not, "measurable": self.measurable}
 
 
 class Plan(list):
@@ -49,7 +53,7 @@ class Plan(list):
 
     def unmeasurable(self) -> list[NotPlanned]:
         """The points left out because the runner cannot measure them (not for the budget)."""
-        return [n for n in self.not_planned if not n.why_not.startswith(BUDGET_PREFIX)]
+        return [n for n in self.not_planned if not n.measurable]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,9 +69,6 @@ class Plan(list):
         if len(out) > limit:
             lines.append(f"  ... and {len(out) - limit} more points the runner cannot measure")
         return lines
-
-
-BUDGET_PREFIX = "over the "
 
 
 def plan_probes(profile: Any, *, budget: int = 8, max_points_per_engine: int = 4, runner: Any = None) -> Plan:
@@ -145,9 +146,11 @@ def plan_probes(profile: Any, *, budget: int = 8, max_points_per_engine: int = 4
         if reason is not None:
             left_out.append(NotPlanned(p, f"the {runner.name} runner {reason}"))
         elif len(chosen) >= budget:
-            left_out.append(NotPlanned(p, f"{BUDGET_PREFIX}budget of {budget} points"))
+            left_out.append(NotPlanned(p, f"over the budget of {budget} points", measurable=True))
         elif per_engine.get(engine, 0) >= max_points_per_engine:
-            left_out.append(NotPlanned(p, f"{BUDGET_PREFIX}cap of {max_points_per_engine} points per engine"))
+            left_out.append(
+                NotPlanned(p, f"over the cap of {max_points_per_engine} points per engine", measurable=True)
+            )
         else:
             per_engine[engine] = per_engine.get(engine, 0) + 1
             chosen.append(p)
