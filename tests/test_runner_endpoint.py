@@ -28,6 +28,7 @@ from estimator.sources.base import Stack
 from validate.runners.endpoint import EndpointRunner
 from validate.runners.metrics import parse_metrics, parse_prometheus
 from validate.runners.prompts import exact_text_prompt
+from validate.runners.server_check import server_check
 
 STACK = Stack("tiny-llama", "cpu", "vllm")
 TP1 = Candidate(Mapping.TP, 1)
@@ -245,17 +246,29 @@ def test_agreeing_server_numbers_are_recorded_as_checked():
     assert m.extra["server_itl_ms"] > 2.0  # the stand-in's own clock saw its 4 ms token delay
 
 
+def test_the_issues_example_is_a_disagreement():
+    """An endpoint decode probe stored ITL 0.015 ms while the server's own metric said 1.0 ms (issue 11)."""
+    check = server_check(ProbeKind.DECODE, {"itl_ms": 0.015}, {"server_itl_ms": 1.0})
+    assert check["ok"] is False and check["itl_ms"]["ok"] is False
+    assert server_check(ProbeKind.DECODE, {"itl_ms": 0.9}, {"server_itl_ms": 1.0})["ok"] is True
+    assert server_check(ProbeKind.DECODE, {"itl_ms": 4.0}, {"server_itl_ms": 1.0})["ok"] is False
+    # TTFT one way: the client may see the first token later than the engine sent it, never earlier
+    assert server_check(ProbeKind.PREFILL, {"ttft_ms": 90.0}, {"server_ttft_ms": 10.0})["ok"] is True
+    assert server_check(ProbeKind.PREFILL, {"ttft_ms": 2.0}, {"server_ttft_ms": 10.0})["ok"] is False
+    assert server_check(ProbeKind.PREFILL, {"ttft_ms": 2.0}, {})["ok"] is None  # nothing to check against
+
+
 def test_itl_far_below_the_servers_is_measured_again_then_raised_with_the_flagged_record():
-    # all tokens in one burst: the client sees ~0 ms between tokens, the server says 1.0 ms
-    with SseStandIn(burst=True, server_itl_ms=1.0) as srv:
+    # all tokens in one burst: the client sees ~0 ms between tokens, the server says 50 ms
+    with SseStandIn(burst=True, server_itl_ms=50.0) as srv:
         r = standin_runner(srv.url)
-        with pytest.raises(ImplausibleMeasurement, match="itl_ms 0.0[0-9]+ vs the server's 1.000") as info:
+        with pytest.raises(ImplausibleMeasurement, match=r"itl_ms [0-9.]+ vs the server's 50.000") as info:
             r.measure(probe(ProbeKind.DECODE, isl=16, osl=40, concurrency=1, repeats=2))
         assert srv.requests == 2 * (1 + 2)  # two attempts of a prefix-cache warm-up wave and two waves
     flagged = info.value.measurement
     assert flagged.extra["server_check"]["ok"] is False
     assert flagged.extra["server_check"]["first_attempt"]["ok"] is False
-    assert flagged.itl_ms < 0.1 and flagged.extra["server_itl_ms"] == pytest.approx(1.0)
+    assert flagged.itl_ms < 50.0 / 3 and flagged.extra["server_itl_ms"] == pytest.approx(50.0)
 
 
 def test_run_plan_keeps_implausible_records_aside(tmp_path):
@@ -263,7 +276,7 @@ def test_run_plan_keeps_implausible_records_aside(tmp_path):
     from validate.run import rejected_store, run_plan
 
     store = MeasurementStore(tmp_path / "m.jsonl")
-    with SseStandIn(burst=True, server_itl_ms=1.0) as srv:
+    with SseStandIn(burst=True, server_itl_ms=50.0) as srv:
         res = run_plan([probe(ProbeKind.DECODE, isl=16, osl=40, repeats=1)], standin_runner(srv.url), store)
     assert store.load() == [] and len(res.failures) == 1 and "disagrees" in res.failures[0][1]
     (kept,) = rejected_store(store).load()

@@ -27,7 +27,7 @@ from typing import ClassVar
 import httpx
 
 from estimator.candidates import Candidate
-from estimator.errors import ImplausibleMeasurement, MeasurementError, SpecError
+from estimator.errors import BadResponse, ImplausibleMeasurement, MeasurementError, SpecError
 from estimator.measurements import Measurement, Probe, ProbeKind
 
 from .base import Capabilities, Runner
@@ -275,6 +275,10 @@ class EndpointRunner(Runner):
                 wave = await self._wave(client, prompts, probe.osl)
                 timings += wave
                 itls = [t.itl_ms for t in wave if t.itl_ms is not None]
+                if not itls:  # every token came in the first chunk: no time between tokens to measure
+                    raise BadResponse(
+                        f"no request of the wave streamed a token after its first chunk (osl {probe.osl})"
+                    )
                 samples.setdefault("itl_ms", []).append(statistics.fmean(itls))
                 samples.setdefault("ttft_prefix_cached_ms", []).append(
                     statistics.fmean(t.ttft_ms for t in wave)
