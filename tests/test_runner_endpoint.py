@@ -154,7 +154,16 @@ def test_prefill_probe_real_server(runner: EndpointRunner):
 
 @pytest.mark.engine
 def test_decode_probe_real_server(runner: EndpointRunner):
-    m = runner.measure(probe(ProbeKind.DECODE, isl=300, osl=48, concurrency=4, repeats=2))
+    p = probe(ProbeKind.DECODE, isl=300, osl=48, concurrency=4, repeats=2)
+    try:
+        m = runner.measure(p)
+    except ImplausibleMeasurement as exc:
+        # the CPU server's frontend, starved of CPU, can deliver a stream in bursts: then the client's ITL
+        # is far below the engine's, twice, and the record must come flagged (benchmarks/server_check_agreement.py)
+        check = exc.measurement.extra["server_check"]
+        assert check["ok"] is False and check["first_attempt"]["ok"] is False
+        assert check["itl_ms"]["ok"] is False and exc.measurement.probe == p
+        pytest.skip(f"the server delivered the stream in bursts twice: {exc}")
     assert m.extra["prompt_tokens"] == 300 and m.extra["warnings"] == []
     assert len(m.samples["itl_ms"]) == 2 and m.itl_ms > 0 and m.itl_std_ms >= 0 and m.thpt_per_gpu > 0
     assert m.extra["num_preemptions"] == 0

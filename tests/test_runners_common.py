@@ -24,7 +24,7 @@ import pytest
 from sse_standin import SseStandIn
 
 from estimator.candidates import Candidate, Mapping
-from estimator.errors import ProbeNotSupported
+from estimator.errors import ImplausibleMeasurement, ProbeNotSupported
 from estimator.measurements import Measurement, Probe, ProbeKind
 from estimator.sources.base import Stack
 from validate.runners.base import Capabilities, Runner
@@ -65,9 +65,15 @@ class Case:
     cleanup: list[Callable[[], Any]] = field(default_factory=list)
 
     def measurement(self, probe: Probe) -> Measurement:
-        """Measured once per case and probe (engine runs are slow)."""
+        """Measured once per case and probe (engine runs are slow). A record the runner flagged as
+        implausible (the real vLLM CPU server's frontend can burst tokens when starved of CPU) is
+        checked like any other: it is still a record of this probe."""
         if probe.key not in self.measured:
-            self.measured[probe.key] = self.runner.measure(probe)
+            try:
+                self.measured[probe.key] = self.runner.measure(probe)
+            except ImplausibleMeasurement as exc:
+                assert exc.measurement.extra["server_check"]["ok"] is False
+                self.measured[probe.key] = exc.measurement
         return self.measured[probe.key]
 
 
@@ -241,7 +247,7 @@ def test_context_manager_closes_and_close_is_idempotent(case):
     runner = case.runner
     with runner as entered:
         assert entered is runner
-        entered.measure(case.supported[0])
+        assert entered.measure(case.supported[0]).probe == case.supported[0]  # a prefill probe: TTFT only
     case.after_close(runner)
     runner.close()
     runner.close()
