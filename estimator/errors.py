@@ -5,7 +5,10 @@
     ├── SourceError                      a performance source failed
     │   └── DataNotAvailable             the source has no data for this engine/point
     ├── MeasurementError                 a runner could not measure
+    │   ├── ProbeNotSupported            the runner cannot measure this probe (other engine, kind, model)
+    │   ├── ImplausibleMeasurement       the client's numbers disagree with the server's own, twice
     │   ├── EngineStartError             engine did not come up (OOM, crash, not ready in time)
+    │   │   └── ExactKvMismatch          the GPU runner's exact-KV attention disagrees with the stock one
     │   ├── EndpointError                the serving endpoint misbehaved
     │   │   ├── EndpointTimeout          no progress within the timeout
     │   │   └── BadResponse              HTTP error status or malformed stream
@@ -46,8 +49,28 @@ class MeasurementError(SlaEstimateError):
         super().__init__(message)
 
 
+class ProbeNotSupported(MeasurementError):
+    """The runner cannot measure this probe: another engine, probe kind or model than the one it runs.
+
+    Raised before anything is measured, so no record is ever labelled with an engine it did not run.
+    """
+
+
+class ImplausibleMeasurement(MeasurementError):
+    """The client's timing disagrees with the server's own metrics beyond the stated tolerance, also when
+    measured again. ``measurement`` is the flagged record (kept aside, never calibrated on)."""
+
+    def __init__(self, message: str, probe: object | None = None, measurement: object | None = None):
+        self.measurement = measurement
+        super().__init__(message, probe)
+
+
 class EngineStartError(MeasurementError):
     """The engine process or pod did not become ready (out of memory, crash, timeout)."""
+
+
+class ExactKvMismatch(EngineStartError):
+    """The GPU runner's exact-KV attention gives other logits than transformers' stock attention (fp32)."""
 
 
 class EndpointError(MeasurementError):

@@ -105,7 +105,16 @@ def hardware_summary() -> str:
 class Measurement:
     """The outcome of one probe. Latencies in ms, throughputs in tokens/s/GPU; None where not measured.
 
-    ``*_std_ms`` is the spread (standard deviation) over repetitions; ``samples`` the raw values.
+    Repetitions and their spread (the same meaning for every runner): a runner measures a probe
+    ``probe.repeats`` times (the endpoint: requests for prefill, waves of ``concurrency`` requests for
+    decode, requests per client for agg; the GPU runner: at least its ``min_iters`` timed steps).
+    ``samples[f]`` holds one value per repetition of field ``f`` (``ttft_ms``, ``itl_ms``, ``tpot_ms``,
+    ``thpt_per_gpu``; an agg probe's ``itl_ms`` is its ``tpot_ms`` and is sampled under that name);
+    ``f`` is their mean and ``ttft_std_ms`` / ``itl_std_ms`` their sample standard deviation (n - 1):
+    the noise of ONE repetition, so the standard error of the stored mean is
+    ``std / sqrt(len(samples[f]))``. None where fewer than two repetitions were made or the source
+    recorded none (replayed Dynamo or AIC data): the spread is unknown then, not zero.
+    ``extra["server_check"]`` (endpoint, local, k8s) compares the client's numbers with the server's own.
     """
 
     probe: Probe

@@ -21,6 +21,7 @@ ENGINE_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_SERVER_DEV_MODE": "1",  # /server_info: the server says which engine (TP size) it runs
 }
 SERVER_ARGS = ("--max-model-len", "4096", "--dtype", "bfloat16", "--num-gpu-blocks-override", "64")
 KV_CAPACITY_TOKENS = 8192  # 64 blocks x 128 tokens (vLLM CPU block size)

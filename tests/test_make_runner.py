@@ -19,10 +19,23 @@ def _spec(tmp_path, runner: str, options: str) -> object:
 
 
 def test_endpoint_from_yaml(tmp_path):
-    spec = _spec(tmp_path, "endpoint", "    url: http://127.0.0.1:9\n    timeout_s: '12.5'\n    repeats: '2'\n")
+    spec = _spec(
+        tmp_path, "endpoint", "    url: http://127.0.0.1:9\n    timeout_s: '12.5'\n    repeats: '2'\n"
+    )
     r = make_runner(spec)
     assert (r.name, r.base_url, r.timeout_s, r.repeats) == ("endpoint", "http://127.0.0.1:9", 12.5, 2)
     assert spec.validate.budget == 4
+
+
+def test_endpoint_engine_from_the_candidate_option(tmp_path):
+    r = make_runner(_spec(tmp_path, "endpoint", "    url: http://127.0.0.1:9\n    candidate: TEP8\n"))
+    assert r.candidate is not None and (r.candidate.mapping.value, r.candidate.num_gpus) == ("TEP", 8)
+    assert [c.name for c in r.capabilities().candidates] == ["TEP8"]  # nothing listens: the option decides
+
+
+def test_local_gpus_option_limits_the_candidates(tmp_path):
+    r = make_runner(_spec(tmp_path, "local", "    python: /usr/bin/python3\n    gpus: '2'\n"))
+    assert r.gpus == 2 and r.capabilities().max_gpus == 2
 
 
 def test_local_gets_model_and_backend_from_the_study(tmp_path):
@@ -45,6 +58,7 @@ def test_k8s_and_gpu_construct_without_touching_anything(tmp_path):
         ("endpoint", "    timeout_s: '3'\n", "runner_options.url"),
         ("endpoint", "    url: http://x\n    timeout_s: soon\n", "runner_options.timeout_s"),
         ("local", "    colour: red\n", "runner_options.colour"),
+        ("endpoint", "    url: http://x\n    candidate: XP3\n", "runner_options.candidate"),
         ("replay", "    prefill_candidate: XP3\n", "measurements"),
     ],
 )

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from estimator.measurements import ProbeKind
 from estimator.pipeline import estimate
 from estimator.sources.base import Stack
 from estimator.sources.roofline import RooflineSource
 from estimator.spec import load_spec
-from estimator.measurements import ProbeKind
-from validate.plan import plan_probes
+from validate.plan import CLOSE, plan_probes
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,98 @@ def test_spread_and_runners_up(profile):
         if p.kind is ProbeKind.DECODE and p.candidate == profile.selection.best_decode.candidate
     ]
     assert min(p.concurrency for p in dec) == 1
-    runners = [p for p in probes if "runner-up" in p.reason]
-    for p in runners:  # every runner-up is a real contender: close in throughput or near the SLA
-        assert "could overtake" in p.reason
     assert plan_probes(profile, budget=0) == []
+
+
+def _choice(profile, probe):
+    sel = profile.selection
+    choices = sel.prefill if probe.kind is ProbeKind.PREFILL else sel.decode
+    return next(ch for ch in choices if ch.candidate == probe.candidate)
+
+
+def test_runners_up_are_real_contenders_and_their_reasons_state_the_numbers(profile):
+    sel, spec = profile.selection, profile.spec
+    runners = [p for p in plan_probes(profile, budget=50, max_points_per_engine=4) if "runner-up" in p.reason]
+    assert {p.kind for p in runners} == {ProbeKind.PREFILL, ProbeKind.DECODE}
+    for p in runners:
+        ch = _choice(profile, p)
+        if p.kind is ProbeKind.PREFILL:
+            thpt, top, latency, target = (
+                ch.point.thpt_per_gpu,
+                sel.best_prefill.point.thpt_per_gpu,
+                ch.point.ttft_ms,
+                spec.ttft_ms,
+            )
+        else:
+            thpt, top, latency, target = ch.thpt_per_gpu, sel.best_decode.thpt_per_gpu, ch.itl_ms, spec.itl_ms
+            assert p.concurrency == ch.concurrency  # measured where it would run
+        assert p.candidate not in (
+            sel.best_prefill.candidate if p.kind is ProbeKind.PREFILL else sel.best_decode.candidate,
+        )
+        assert (ch.meets_sla and thpt >= (1 - CLOSE) * top) or abs(latency / target - 1) <= CLOSE
+        assert f"{thpt / top * 100:.0f} % of the selected engine's tokens/s/GPU" in p.reason
+        assert f"{latency:.2f} ms vs target {target:g} ms" in p.reason
+
+
+# ---- planning for a runner: only what it can measure -----------------------------------------------------
+def test_an_endpoint_runner_gets_probes_for_its_own_engine_only(profile):
+    from validate.runners.endpoint import EndpointRunner
+
+    runner = EndpointRunner("http://127.0.0.1:9", candidate="TP2")  # nothing listens: the option decides
+    plan = plan_probes(profile, budget=8, max_points_per_engine=4, runner=runner)
+    assert plan and {p.candidate.name for p in plan} == {"TP2"}
+    assert {p.kind for p in plan} == {ProbeKind.PREFILL, ProbeKind.DECODE}
+    left = plan.unmeasurable()
+    best = profile.selection.best_prefill
+    assert any(n.probe.candidate == best.candidate and n.probe.isl == 3000 for n in left)  # said, not dropped
+    assert all("endpoint runner runs TP2" in n.why_not for n in left)
+    assert any("not planned: prefill TP1 isl 3000" in line for line in plan.summary_lines())
+
+
+def test_the_runners_engine_is_planned_even_when_the_ranking_does_not_reach_it(profile):
+    from validate.runners.endpoint import EndpointRunner
+
+    sel = profile.selection
+    ranked = {p.candidate for p in plan_probes(profile, budget=50) if p.kind is ProbeKind.DECODE}
+    outsider = next(ch for ch in sel.decode if ch.candidate not in ranked)  # no decode probe without a runner
+    plan = plan_probes(
+        profile, budget=8, runner=EndpointRunner("http://127.0.0.1:9", candidate=outsider.candidate)
+    )
+    dec = [p for p in plan if p.kind is ProbeKind.DECODE]
+    assert outsider.concurrency in {p.concurrency for p in dec}
+    assert all(p.candidate == outsider.candidate for p in plan)
+    assert any("the engine the runner measures" in p.reason for p in dec)
+
+
+def test_an_endpoint_that_does_not_know_its_engine_plans_nothing_and_says_why(profile):
+    from validate.runners.endpoint import EndpointRunner
+
+    plan = plan_probes(profile, budget=8, runner=EndpointRunner("http://127.0.0.1:9"))
+    assert list(plan) == [] and plan.not_planned
+    assert all("candidate=TP2" in n.why_not for n in plan.not_planned)
+
+
+def test_a_replay_runner_gets_only_points_it_holds(profile):
+    from estimator.measurements import Measurement
+    from validate.runners.replay import ReplayRunner
+
+    full = plan_probes(profile, budget=100, max_points_per_engine=100)  # every point it wants
+    held = [p for p in full if p.kind is ProbeKind.PREFILL][:2]
+    runner = ReplayRunner([Measurement(p, "recorded", ttft_ms=10.0) for p in held])
+    plan = plan_probes(profile, budget=8, runner=runner)
+    assert [p.key for p in plan] == [p.key for p in held]
+    assert {p.key for p in full} - {p.key for p in held} <= {n.probe.key for n in plan.unmeasurable()}
+    reasons = (
+        "holds no recorded prefill point",
+        "measures prefill probes, not decode",
+        "(the recorded measurements), not TP",
+    )
+    assert all(any(r in n.why_not for r in reasons) for n in plan.unmeasurable())
+
+
+def test_budget_cuts_are_reported_apart_from_what_cannot_be_measured(profile):
+    plan = plan_probes(profile, budget=3, max_points_per_engine=4)
+    assert len(plan) == 3 and plan.unmeasurable() == []
+    assert plan.not_planned and all(
+        n.measurable and n.why_not.startswith("over the ") for n in plan.not_planned
+    )

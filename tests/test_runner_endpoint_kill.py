@@ -64,12 +64,12 @@ def test_server_stalled_then_killed_mid_stream(tiny_model_dir: Path, tmp_path: P
         url = engine.base_url_
         helpers.append(_signaller(url, pgid, (0, signal.SIGSTOP), (8, signal.SIGCONT)))
         with pytest.raises(EndpointTimeout) as timeout:
-            EndpointRunner(url, timeout_s=3, warmup=0).measure(probe)
+            EndpointRunner(url, timeout_s=3, warmup=0, candidate=TP1).measure(probe)
         helpers.pop().wait(timeout=60)  # the server runs again
 
         helpers.append(_signaller(url, pgid, (0, signal.SIGKILL)))
         with pytest.raises(BadResponse) as broken:
-            EndpointRunner(url, timeout_s=30, warmup=0).measure(probe)
+            EndpointRunner(url, timeout_s=30, warmup=0, candidate=TP1).measure(probe)
     finally:
         for h in helpers:
             h.wait(timeout=30)

@@ -451,3 +451,10 @@ def test_real_vllm_server_measured_through_the_port_forward(vllm_url, tiny_model
     assert decode.itl_ms > 0 and decode.thpt_per_gpu > 0
     assert decode.kv_capacity_tokens == KV_CAPACITY_TOKENS  # read from /metrics through the tunnel
     assert cluster.forwarded and cluster.live() == []
+
+
+def test_capabilities_plain_deployments_fit_on_one_node_dynamo_spans_nodes():
+    plain = KubernetesRunner(mode="plain", gpus_per_node=8)
+    probe16 = _probe(cand=Candidate(Mapping.TP, 16))
+    assert "at most 8 GPUs" in plain.can_measure(probe16) and plain.can_measure(_probe()) is None
+    assert KubernetesRunner(mode="dynamo").can_measure(probe16) is None

@@ -167,3 +167,22 @@ def test_real_vllm_start_with_bad_model_dir_fails_fast(tmp_path: Path):
     assert exc.reason == "exited" and exc.exit_code != 0  # detected by the exit, not the 300 s timeout
     assert str(bad) in "".join(exc.log_tail) and exc.log_tail
     assert not runner.is_running()
+
+
+@pytest.mark.parametrize("visible, count", [("0,1", 2), ("3", 1), ("", 0), ("-1", 0)])
+def test_visible_gpus_from_cuda_visible_devices(monkeypatch, visible, count):
+    from validate.runners.local import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert visible_gpus() == count
+
+
+def test_local_runner_refuses_an_engine_larger_than_the_machine():
+    from estimator.errors import ProbeNotSupported
+
+    r = LocalEngineRunner("m", python=sys.executable, gpus=0)  # a CPU machine: TP1 only
+    probe = Probe(ProbeKind.PREFILL, Stack("m", "cpu", "vllm"), Candidate(Mapping.TP, 2), isl=8)
+    assert "at most 1 GPU (no GPU on this machine" in r.can_measure(probe)
+    with pytest.raises(ProbeNotSupported):
+        r.measure(probe)
+    assert r.process_ is None  # nothing was started

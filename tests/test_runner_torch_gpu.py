@@ -124,7 +124,7 @@ def test_exact_kv_attention_matches_stock_eager_attention(batch, prompt_len):
     [
         ({"kind": ProbeKind.AGG}, "not agg"),
         ({"cand": Candidate(Mapping.TP, 2)}, "TP1"),
-        ({"model": "someone/else"}, "probe asks"),
+        ({"model": "someone/else"}, "not someone/else"),
         ({"isl": 0}, ">= 1"),
         ({"concurrency": 2}, "batch 1"),
         ({"kind": ProbeKind.DECODE, "isl": 10**7, "concurrency": 10**7}, "capacity"),

@@ -20,7 +20,7 @@ from estimator.sources import Stack, make_source
 
 from .calibrate import calibrate
 from .calibration_report import CalibrationReport, calibration_report
-from .plan import plan_probes
+from .plan import Plan, plan_probes
 from .run import RunResult, run_plan
 from .runners import make_runner
 from .sequential import SequentialResult, run_until_confident
@@ -61,6 +61,7 @@ class ValidationResult:
             "measurements": self.measurements_path,
             "calibration": self.calibration_path,
             "planned": [p.to_dict() for p in self.probes],
+            "not_planned": [n.to_dict() for n in getattr(self.probes, "not_planned", ())],
             "measured_now": self.run.measured,
             "reused_from_previous_run": self.run.reused,
             "recorded_points_used": self.num_recorded,
@@ -85,6 +86,7 @@ class ValidationResult:
                 + (f"; leave-one-out after calibration {loo:.1f} %" if loo is not None else "")
                 + (f"; band covers {100 * cov:.0f} %" if cov is not None else "")
             )
+        lines += self.probes.summary_lines() if hasattr(self.probes, "summary_lines") else []
         for probe, err in self.run.failures[:5]:
             lines.append(f"  failed: {probe.kind.value} {probe.candidate.name} isl {probe.isl}: {err[:120]}")
         if calibrated is not None:
@@ -137,15 +139,18 @@ def run_validation(spec: Any) -> tuple[Profile, _BoundResult]:
         if v.until_confident is not None:
             sequential = run_until_confident(raw, base, runner, store, level=v.until_confident, budget=v.budget,
                                              calibrate_fn=calibrate)  # fmt: skip
-            probes = [s.probe for s in sequential.steps]
+            probes = Plan(s.probe for s in sequential.steps)
             run, recorded = sequential.run, []  # only what the loop measured: stopping early is the point
         else:
-            probes = plan_probes(raw, budget=v.budget, max_points_per_engine=v.max_points_per_engine)
+            probes = plan_probes(
+                raw, budget=v.budget, max_points_per_engine=v.max_points_per_engine, runner=runner
+            )  # planned for this runner: only what it can measure
             run = run_plan(probes, runner, store, on_result=lambda m: log.info("measured %s", m.probe.reason))
             recorded = _recorded_for(runner, raw.stack, {m.probe.key for m in run.measurements})
     measurements = usable(run.measurements + recorded, "calibration")  # NaN/inf/<= 0 never calibrate
     if not measurements:
-        why = "; ".join(e for _, e in run.failures[:3]) or "nothing planned"
+        why = "; ".join(e for _, e in run.failures[:3]) or "; ".join(
+            f"nothing planned: {n.why_not}" for n in probes.unmeasurable()[:1]) or "nothing planned"  # fmt: skip
         raise CalibrationError(f"no point could be measured ({why})")
     calibrated = calibrate(base, measurements)
     report = calibration_report(base, measurements)

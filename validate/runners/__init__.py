@@ -15,7 +15,7 @@ from estimator.candidates import Candidate
 from estimator.errors import SpecError
 from estimator.sources.base import Stack
 
-from .base import Runner
+from .base import Capabilities, Runner
 
 # kind -> (module, class); imported only when chosen (torch, kubernetes are optional extras)
 RUNNERS = {
@@ -50,12 +50,14 @@ def _coerce(kind: str, name: str, value: Any, default: Any) -> Any:
             return json.loads(value)
     except ValueError:
         raise SpecError(f"runner_options.{name}", f"{value!r} is not valid for the {kind} runner") from None
-    if name in ("port", "repeats", "warmup_iters", "min_iters", "tp_size") and value.isdigit():
+    if name in ("port", "repeats", "warmup_iters", "min_iters", "tp_size", "gpus") and value.isdigit():
         return int(value)
     return value
 
 
-def runner_kwargs(kind: str, factory: Any, options: dict[str, Any], reserved: tuple[str, ...] = ()) -> dict[str, Any]:
+def runner_kwargs(
+    kind: str, factory: Any, options: dict[str, Any], reserved: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Options checked against ``factory``'s keyword parameters and converted to their defaults' types."""
     params = inspect.signature(factory).parameters
     allowed = {n: p for n, p in params.items() if n not in reserved and p.kind is not p.VAR_KEYWORD}
@@ -63,7 +65,9 @@ def runner_kwargs(kind: str, factory: Any, options: dict[str, Any], reserved: tu
     for key, value in options.items():
         name = _ALIASES.get(key, key)
         if name not in allowed:
-            raise SpecError(f"runner_options.{key}", f"unknown for the {kind} runner; known: {', '.join(sorted(allowed))}")
+            raise SpecError(
+                f"runner_options.{key}", f"unknown for the {kind} runner; known: {', '.join(sorted(allowed))}"
+            )
         default = allowed[name].default
         out[name] = _coerce(kind, name, value, None if default is inspect.Parameter.empty else default)
     return out
@@ -88,7 +92,9 @@ def make_runner(spec: Any) -> Runner:
     options = dict(v.runner_options)
     if v.runner == "replay":
         if not v.measurements:
-            raise SpecError("measurements", "the replay runner needs --measurements FILE|DIR (jsonl, csv, Dynamo dir)")
+            raise SpecError(
+                "measurements", "the replay runner needs --measurements FILE|DIR (jsonl, csv, Dynamo dir)"
+            )
         kw = {}
         for key in ("prefill_candidate", "decode_candidate"):
             if key in options:
@@ -110,4 +116,4 @@ def make_runner(spec: Any) -> Runner:
     return cls(**kwargs)
 
 
-__all__ = ["RUNNERS", "Runner", "make_runner", "runner_kwargs"]
+__all__ = ["RUNNERS", "Capabilities", "Runner", "make_runner", "runner_kwargs"]

@@ -6,6 +6,12 @@ and are unique per request, except in decode probes, whose prompts are sent once
 cache so that the measured waves skip prefill. KV capacity comes from ``/metrics`` (``metrics.py``),
 never from logs.
 
+It measures one engine: the deployment at ``base_url``. Which candidate that is comes from the user
+(runner option ``candidate=TP2``) or from the server where it says (vLLM's ``/server_info``); a probe
+for any other candidate is refused with ``ProbeNotSupported``, and with neither source every probe is.
+Each measurement is cross-checked with the server's own TTFT/ITL histograms (``server_check.py``): a
+disagreement beyond the tolerance is measured once more, then raised as ``ImplausibleMeasurement``.
+
 Errors (classified in ``stream.py``): ``BadResponse`` or ``EndpointTimeout``. Each carries ``partial``:
 the samples of the repetitions finished before the failure, and ``tokens_received`` of the failing request.
 """
@@ -20,28 +26,33 @@ from typing import ClassVar
 
 import httpx
 
-from estimator.errors import MeasurementError, SpecError
-
+from estimator.candidates import Candidate
+from estimator.errors import BadResponse, ImplausibleMeasurement, MeasurementError, SpecError
 from estimator.measurements import Measurement, Probe, ProbeKind
-from .base import Runner
+
+from .base import Capabilities, Runner
 from .endpoint_server import (
     TOKENIZER_STRATEGIES,
     exact_prompts,
     pick_tokenizer_strategy,
     served_model,
+    server_candidate,
     server_software,
 )
 from .metrics import MetricsPeak, engine_extra, poll_metrics, scrape_metrics
+from .server_check import describe, server_check
 from .stream import RequestTiming, stream_completion
 
 log = logging.getLogger(__name__)
 
 PREFILL_OSL = 2  # prefill probes need only the first token; the second confirms the stream goes on
 METRICS_POLL_S = 0.5
+SERVER_INFO_TIMEOUT_S = 60.0  # vLLM's first /server_info collects its environment (pip, GPUs): seconds
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation of repetitions (None from one: its spread is unknown)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 class EndpointRunner(Runner):
@@ -50,6 +61,7 @@ class EndpointRunner(Runner):
     Parameters
     ----------
     base_url : server root, e.g. ``http://127.0.0.1:8000`` (no ``/v1``).
+    candidate : the engine the server runs, e.g. ``"TP2"``; None: ask the server (vLLM ``/server_info``).
     model : served model name; None asks ``/v1/models`` and takes the first.
     timeout_s : longest wait for any data from the server before ``EndpointTimeout``.
     warmup : unmeasured requests (prefill, agg) or waves (decode prefix warm-up) before measuring.
@@ -73,6 +85,7 @@ class EndpointRunner(Runner):
         tokenizer: str = "auto",
         vllm_extensions: bool = True,
         token_id_range: tuple[int, int] = (100, 1000),
+        candidate: str | Candidate | None = None,
     ):
         if api != "completions":
             raise SpecError("api", f"only 'completions' is supported, got {api!r}")
@@ -87,6 +100,11 @@ class EndpointRunner(Runner):
         self.tokenizer = tokenizer
         self.vllm_extensions = vllm_extensions
         self.token_id_range = token_id_range
+        try:
+            self.candidate = Candidate.parse(candidate) if isinstance(candidate, str) else candidate
+        except ValueError as exc:
+            raise SpecError("runner_options.candidate", str(exc)) from None
+        self._capabilities: Capabilities | None = None
         # fresh prompts per runner instance, so that no run hits the prefix cache of an earlier one
         self._seed = random.SystemRandom().getrandbits(40)
         self.kv_capacity_tokens_: int | None = None
@@ -95,6 +113,27 @@ class EndpointRunner(Runner):
         self.software_: dict[str, str] = {}
 
     # ---- public -------------------------------------------------------------------------------
+    def capabilities(self) -> Capabilities:
+        """Every probe kind, on the one engine this endpoint runs (asked of the server once it answers)."""
+        if self._capabilities is not None:
+            return self._capabilities
+        kinds = frozenset(ProbeKind)
+        reported, where, answered = server_candidate(self.base_url, SERVER_INFO_TIMEOUT_S)
+        given = self.candidate
+        if given is not None and reported is not None and given != reported:
+            caps = Capabilities(kinds, frozenset(), why=f"runner option candidate={given.name}, "
+                                f"but the server reports {reported.name} ({where})")  # fmt: skip
+        elif given is not None:
+            caps = Capabilities(kinds, frozenset({given}), why=f"runner option candidate={given.name}")
+        elif reported is not None:
+            caps = Capabilities(kinds, frozenset({reported}), why=f"reported by the server, {where}")
+        else:
+            caps = Capabilities(kinds, frozenset(), why=f"the server does not say which engine it runs "
+                                f"({where}); give the runner option candidate=TP2 (or TEP8, DEP8)")  # fmt: skip
+        if answered:
+            self._capabilities = caps
+        return caps
+
     def measure(self, probe: Probe) -> Measurement:
         if probe.isl < 1 or probe.osl < 1 or probe.concurrency < 1:
             raise SpecError("probe", f"isl, osl and concurrency must be >= 1 (got {probe.to_dict()})")
@@ -102,7 +141,23 @@ class EndpointRunner(Runner):
             raise SpecError(
                 "probe", f"{probe.kind.value} probes need osl >= 2 to time tokens after the first"
             )
-        return asyncio.run(self._measure(probe))
+        self.require(probe)
+        first = asyncio.run(self._measure(probe))
+        check = first.extra["server_check"]
+        if check["ok"] is not False:
+            return first
+        log.warning("%s %s: %s; measuring once more", probe.kind.value, probe.candidate.name, describe(check))
+        second = asyncio.run(self._measure(probe))
+        second.extra["server_check"]["first_attempt"] = check
+        if second.extra["server_check"]["ok"] is not False:
+            return second
+        raise ImplausibleMeasurement(
+            f"{probe.kind.value} {probe.candidate.name} isl {probe.isl} concurrency {probe.concurrency} at "
+            f"{self.base_url}: the client's timing disagrees with the server's own metrics twice: "
+            f"{describe(second.extra['server_check'])}",
+            probe,
+            measurement=second,
+        )
 
     # ---- orchestration ------------------------------------------------------------------------
     async def _measure(self, probe: Probe) -> Measurement:
@@ -138,6 +193,7 @@ class EndpointRunner(Runner):
             prompt_tokens=prompt_tokens[0] if len(set(prompt_tokens)) == 1 else prompt_tokens,
             tokenizer_strategy=self.tokenizer_,
             warnings=warnings + extra.pop("_warnings", []),
+            server_check=server_check(probe.kind, fields, extra),
         )
         return Measurement(
             probe=probe,
@@ -189,16 +245,20 @@ class EndpointRunner(Runner):
         prompts = await self._prompts(client, self.warmup + self._repeats(probe), probe.isl)
         for prompt in prompts[: self.warmup]:
             await self._stream(client, prompt, PREFILL_OSL)
+        before = await scrape_metrics(client)
         timings = []
         for prompt in prompts[self.warmup :]:
             timings.append(await self._stream(client, prompt, PREFILL_OSL))
             samples.setdefault("ttft_ms", []).append(timings[-1].ttft_ms)
+        after = await scrape_metrics(client)
         ttft_ms, ttft_std_ms = _mean_std(samples["ttft_ms"])
         cand = probe.candidate
         thpt = probe.isl / ttft_ms * 1000 / cand.num_gpus * cand.attention_dp_size
+        extra = engine_extra(before, after)
+        extra.pop("server_itl_ms", None)  # one token after the first: not a decode measurement
         return (
             {"ttft_ms": ttft_ms, "ttft_std_ms": ttft_std_ms, "thpt_per_gpu": thpt},
-            {"_prompt_tokens": [t.prompt_tokens for t in timings], "osl": PREFILL_OSL},
+            extra | {"_prompt_tokens": [t.prompt_tokens for t in timings], "osl": PREFILL_OSL},
         )
 
     async def _decode(self, client, probe: Probe, samples: dict) -> tuple[dict, dict]:
@@ -215,8 +275,14 @@ class EndpointRunner(Runner):
                 wave = await self._wave(client, prompts, probe.osl)
                 timings += wave
                 itls = [t.itl_ms for t in wave if t.itl_ms is not None]
+                if not itls:  # every token came in the first chunk: no time between tokens to measure
+                    raise BadResponse(
+                        f"no request of the wave streamed a token after its first chunk (osl {probe.osl})"
+                    )
                 samples.setdefault("itl_ms", []).append(statistics.fmean(itls))
-                samples.setdefault("ttft_ms", []).append(statistics.fmean(t.ttft_ms for t in wave))
+                samples.setdefault("ttft_prefix_cached_ms", []).append(
+                    statistics.fmean(t.ttft_ms for t in wave)
+                )
                 samples.setdefault("thpt_per_gpu", []).append(_output_rate(wave) / probe.candidate.num_gpus)
         finally:
             poller.cancel()
@@ -226,7 +292,8 @@ class EndpointRunner(Runner):
             "_prompt_tokens": [t.prompt_tokens for t in timings],
             "_warnings": _short_outputs(timings, probe.osl),
         }
-        extra["ttft_prefix_cached_ms"] = statistics.fmean(samples["ttft_ms"])
+        extra["ttft_prefix_cached_ms"] = statistics.fmean(samples["ttft_prefix_cached_ms"])
+        extra.pop("server_ttft_ms", None)  # TTFT of prefix-cached prompts: not what this probe measures
         return (
             {
                 "itl_ms": itl_ms,
@@ -263,6 +330,7 @@ class EndpointRunner(Runner):
         after = await scrape_metrics(client)
         ttft_ms, ttft_std_ms = _mean_std(samples["ttft_ms"])
         tpot = samples.get("tpot_ms")
+        tpot_ms, tpot_std_ms = _mean_std(tpot) if tpot else (None, None)
         extra = engine_extra(before, after, stats) | {
             "_prompt_tokens": [t.prompt_tokens for t in timings],
             "_warnings": _short_outputs(timings, probe.osl),
@@ -271,8 +339,9 @@ class EndpointRunner(Runner):
             {
                 "ttft_ms": ttft_ms,
                 "ttft_std_ms": ttft_std_ms,
-                "tpot_ms": statistics.fmean(tpot) if tpot else None,
-                "itl_ms": statistics.fmean(tpot) if tpot else None,
+                "tpot_ms": tpot_ms,
+                "itl_ms": tpot_ms,
+                "itl_std_ms": tpot_std_ms,
                 "thpt_per_gpu": _output_rate(timings) / probe.candidate.num_gpus,
             },
             extra,

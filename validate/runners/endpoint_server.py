@@ -1,4 +1,4 @@
-"""What EndpointRunner asks the server before timing: served model, version, and exact-length prompts.
+"""What EndpointRunner asks the server before timing: its engine, served model, version, exact-length prompts.
 
 These requests are untimed and happen before a probe's measured requests: discovery once per runner,
 prompts once per probe. The tokenizer strategy decides how a prompt gets its exact token count:
@@ -14,6 +14,7 @@ import random
 
 import httpx
 
+from estimator.candidates import Candidate, Mapping
 from estimator.errors import BadResponse
 
 from .prompts import exact_text_prompt, random_token_ids
@@ -21,6 +22,40 @@ from .stream import BODY_EXCERPT_CHARS, endpoint_error, request_json
 
 TOKENIZER_STRATEGIES = ("auto", "tokenize", "token_ids", "usage")
 MAX_CONCURRENT_COUNTS = 8  # token-count requests in flight while building text prompts
+
+
+def server_candidate(base_url: str, timeout_s: float = 5.0) -> tuple[Candidate | None, str, bool]:
+    """The engine the server says it runs: (candidate or None, where that came from or why not, answered).
+
+    vLLM states its parallel config at ``/server_info`` (served with ``VLLM_SERVER_DEV_MODE=1``):
+    TP n; TP n with expert parallelism = TEP n; data parallel n with expert parallelism and TP 1 = DEP n.
+    Pipeline parallelism and plain data-parallel replicas are no single candidate. ``answered`` is False
+    when the server could not be reached (worth asking again later).
+    """
+    try:
+        r = httpx.get(f"{base_url}/server_info", params={"config_format": "json"}, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        return None, f"{base_url} unreachable: {type(exc).__name__}", False
+    if r.status_code != 200:
+        return (
+            None,
+            f"/server_info answered HTTP {r.status_code} (vLLM serves it with VLLM_SERVER_DEV_MODE=1)",
+            True,
+        )
+    try:
+        par = r.json()["vllm_config"]["parallel_config"]
+        tp, dp = int(par.get("tensor_parallel_size", 1)), int(par.get("data_parallel_size", 1))
+        pp, ep = int(par.get("pipeline_parallel_size", 1)), bool(par.get("enable_expert_parallel", False))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None, "/server_info has no parallel_config", True
+    where = f"/server_info: tensor_parallel_size {tp}, data_parallel_size {dp}, expert parallel {ep}"
+    if pp > 1:
+        return None, f"{where}, pipeline_parallel_size {pp}: not a TP/TEP/DEP engine", True
+    if dp == 1:
+        return Candidate(Mapping.TEP if ep else Mapping.TP, tp), where, True
+    if ep and tp == 1:
+        return Candidate(Mapping.DEP, dp), where, True
+    return None, f"{where}: data-parallel replicas are no single TP/TEP/DEP engine", True
 
 
 async def served_model(client: httpx.AsyncClient, *, base_url: str, timeout_s: float) -> str:

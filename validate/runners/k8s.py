@@ -29,10 +29,11 @@ from dataclasses import replace
 from typing import Any
 
 from estimator.artifacts.k8s import DGD_GROUP, DGD_PLURAL, HTTP_PORT
+from estimator.candidates import Candidate
 from estimator.errors import DeploymentError, MeasurementError, SpecError
-
 from estimator.measurements import Measurement, Probe
-from .base import Runner
+
+from .base import Capabilities, Runner
 from .k8s_engine import Engine, EngineKey, api_call, kube
 from .k8s_objects import PortForward, measurement_graph, plain_manifests
 
@@ -92,7 +93,15 @@ class KubernetesRunner(Runner):
         self._cancel = threading.Event()  # set when measure_many is interrupted: workers stop early
 
     # ---- public -----------------------------------------------------------------------------------
+    def capabilities(self) -> Capabilities:
+        """Every kind, any candidate it can deploy; a plain Deployment (one pod) fits on one node."""
+        if self.mode == "plain" or (self.mode == "auto" and not self._use_dynamo()):
+            why = f"a plain Deployment runs on one node of gpus_per_node={self.gpus_per_node}"
+            return Capabilities(frozenset(self.kinds), max_gpus=self.gpus_per_node, why=why)
+        return Capabilities(frozenset(self.kinds))
+
     def measure(self, probe: Probe) -> Measurement:
+        self.require(probe)  # any candidate and kind: it deploys whatever is asked
         key = EngineKey.of(probe)
         engine = self._live.get(key)
         if engine is None:
@@ -236,7 +245,7 @@ class KubernetesRunner(Runner):
             else:
                 engine.forward = PortForward(self._api().configuration, self.namespace, pod, HTTP_PORT)
                 url = engine.forward.start()
-            engine.endpoint = (self.endpoint_factory or self._default_endpoint(spec["model"]))(url)
+            engine.endpoint = (self.endpoint_factory or self._default_endpoint(spec["model"], cand))(url)
             return engine
         except BaseException:
             self._stop(engine)
@@ -266,10 +275,12 @@ class KubernetesRunner(Runner):
         if self._cancel.is_set():
             raise MeasurementError("cancelled")
 
-    def _default_endpoint(self, model: str) -> Callable[[str], Runner]:
+    def _default_endpoint(self, model: str, candidate: Candidate) -> Callable[[str], Runner]:
         from .endpoint import EndpointRunner
 
-        return lambda url: EndpointRunner(base_url=url, model=model, timeout_s=self.request_timeout_s)
+        return lambda url: EndpointRunner(
+            base_url=url, model=model, timeout_s=self.request_timeout_s, candidate=candidate
+        )
 
     def _guard_signals(self) -> None:
         """SIGTERM unwinds like Ctrl-C, so ``finally`` blocks delete what was created; atexit as backstop."""

@@ -25,9 +25,9 @@ from estimator.artifacts.k8s import (
 )
 from estimator.candidates import Candidate
 from estimator.errors import DeploymentError, MeasurementError
+from estimator.measurements import Probe, ProbeKind
 from estimator.sources.base import Stack
 
-from estimator.measurements import Probe, ProbeKind
 from .base import Runner
 from .k8s_objects import ENGINE_LABEL, PortForward, measurement_graph, plain_manifests, pod_problem, pod_ready
 

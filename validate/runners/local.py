@@ -28,9 +28,9 @@ import httpx
 
 from estimator.candidates import Candidate
 from estimator.errors import EngineStartError, MeasurementError, SpecError
-
 from estimator.measurements import Measurement, Probe
-from .base import Runner
+
+from .base import Capabilities, Runner
 from .endpoint import EndpointRunner
 from .local_process import (
     ENGINE_FLAGS,
@@ -48,6 +48,19 @@ from .local_process import (
     start_watchdog,
     stop_at_exit,
 )
+
+
+def visible_gpus() -> int:
+    """GPUs an engine started here can use: ``CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi -L``'s count."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return len([d for d in env.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU ")) if out.returncode == 0 else 0
+
 
 # the command-line helpers are re-exported from local_process: tests and callers import them from here
 __all__ = [
@@ -72,6 +85,8 @@ class LocalEngineRunner(Runner):
 
     ``python`` runs the launcher module (default: this interpreter); ``command`` replaces the launcher
     (e.g. ``["vllm", "serve"]``). ``extra_args`` go to the engine unchanged; ``env`` is added to ours.
+    ``gpus``: how many GPUs an engine may take here; None counts them (``CUDA_VISIBLE_DEVICES``, else
+    ``nvidia-smi -L``); with none, the engine runs on the CPU and only one-GPU candidates (TP1) apply.
     """
 
     name: ClassVar[str] = "local"
@@ -95,6 +110,7 @@ class LocalEngineRunner(Runner):
         repeats: int | None = None,
         tokenizer: str = "auto",
         pid_file: str | os.PathLike[str] | None = None,
+        gpus: int | None = None,
     ):
         if backend not in ENGINE_FLAGS:
             raise SpecError("backend", f"{backend!r} is not one of {sorted(ENGINE_FLAGS)}")
@@ -113,6 +129,7 @@ class LocalEngineRunner(Runner):
         self.warmup = warmup
         self.repeats = repeats
         self.tokenizer = tokenizer
+        self.gpus = gpus
         self.process_: subprocess.Popen | None = None
         self.candidate_: Candidate | None = None
         self.base_url_: str | None = None
@@ -125,7 +142,15 @@ class LocalEngineRunner(Runner):
             reap_leftovers(self.pid_file)
 
     # ---- Runner ----------------------------------------------------------------------------------
+    def capabilities(self) -> Capabilities:
+        """Every kind, any candidate it can start: at most the machine's GPUs (one on a CPU-only machine)."""
+        if self.gpus is None:
+            self.gpus = visible_gpus()
+        where = f"{self.gpus} GPUs on this machine" if self.gpus else "no GPU on this machine: a CPU engine"
+        return Capabilities(frozenset(self.kinds), max_gpus=max(1, self.gpus), why=where)
+
     def measure(self, probe: Probe) -> Measurement:
+        self.require(probe)  # any candidate and kind: it starts whatever is asked
         if self.candidate_ != probe.candidate or not self.is_running():
             self.start(probe.candidate)
         try:
@@ -201,6 +226,7 @@ class LocalEngineRunner(Runner):
             warmup=self.warmup,
             repeats=self.repeats,
             tokenizer=self.tokenizer,
+            candidate=candidate,  # the engine it just started: the endpoint refuses any other
         )
         return self.base_url_
 

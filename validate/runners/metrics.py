@@ -70,6 +70,8 @@ class EngineMetrics:
     num_requests_waiting: float | None = None
     itl_seconds_sum: float | None = None  # the server's own inter-token latency histogram
     itl_seconds_count: float | None = None
+    ttft_seconds_sum: float | None = None  # the server's own time-to-first-token histogram
+    ttft_seconds_count: float | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -115,6 +117,12 @@ def parse_metrics(text: str) -> EngineMetrics:
         ),
         itl_seconds_count=_sum(
             samples, "vllm:inter_token_latency_seconds_count", "vllm:time_per_output_token_seconds_count"
+        ),
+        ttft_seconds_sum=_sum(
+            samples, "vllm:time_to_first_token_seconds_sum", "sglang:time_to_first_token_seconds_sum"
+        ),
+        ttft_seconds_count=_sum(
+            samples, "vllm:time_to_first_token_seconds_count", "sglang:time_to_first_token_seconds_count"
         ),
         warnings=warnings,
     )
@@ -169,21 +177,26 @@ async def poll_metrics(client: httpx.AsyncClient, peak: MetricsPeak, interval_s:
         peak.num_requests_running = max(peak.num_requests_running or 0.0, m.num_requests_running or 0.0)
 
 
-def engine_extra(before: EngineMetrics, after: EngineMetrics, peak: MetricsPeak) -> dict[str, Any]:
-    """Server-side view of the measured span: preemptions, peak KV usage, the server's own ITL."""
-    extra: dict[str, Any] = {
-        "kv_usage_peak_frac": peak.kv_usage_frac,
-        "num_running_peak": peak.num_requests_running,
-    }
+def engine_extra(
+    before: EngineMetrics, after: EngineMetrics, peak: MetricsPeak | None = None
+) -> dict[str, Any]:
+    """Server-side view of the measured span: preemptions, peak KV usage, the server's own TTFT and ITL
+    (means over the requests of the span, from the histograms' sum and count)."""
+    extra: dict[str, Any] = {}
+    if peak is not None:
+        extra.update(kv_usage_peak_frac=peak.kv_usage_frac, num_running_peak=peak.num_requests_running)
     if before.num_preemptions is not None and after.num_preemptions is not None:
         extra["num_preemptions"] = after.num_preemptions - before.num_preemptions
-    if None not in (
-        before.itl_seconds_count,
-        after.itl_seconds_count,
-        before.itl_seconds_sum,
-        after.itl_seconds_sum,
-    ):
-        n = after.itl_seconds_count - before.itl_seconds_count
-        if n > 0:
-            extra["server_itl_ms"] = (after.itl_seconds_sum - before.itl_seconds_sum) / n * 1e3
+    for key, name in (("server_itl_ms", "itl_seconds"), ("server_ttft_ms", "ttft_seconds")):
+        mean = _histogram_mean_ms(before, after, name)
+        if mean is not None:
+            extra[key] = mean
     return extra
+
+
+def _histogram_mean_ms(before: EngineMetrics, after: EngineMetrics, name: str) -> float | None:
+    values = [getattr(m, f"{name}_{part}") for m in (before, after) for part in ("sum", "count")]
+    if None in values:
+        return None
+    sum0, n0, sum1, n1 = values
+    return (sum1 - sum0) / (n1 - n0) * 1e3 if n1 > n0 else None

@@ -11,7 +11,7 @@ Sources it reads (``ReplayRunner.from_paths``):
 
 Matching: the probe key first; otherwise the nearest record of the same engine (stack, candidate)
 and kind whose ISL, OSL (not for prefill) and concurrency each lie within ``tolerance`` (relative,
-default 10 %). Nothing close enough -> ``MeasurementError``. Stacks match on model, system and
+default 10 %). Nothing close enough -> ``ProbeNotSupported`` (``can_measure`` says so before). Stacks match on model, system and
 backend; version and quantisation only where both sides state them.
 """
 
@@ -27,10 +27,10 @@ from pathlib import Path
 
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import MeasurementError
+from estimator.measurements import Measurement, MeasurementStore, Probe, ProbeKind
 from estimator.sources.base import Stack
 
-from estimator.measurements import Measurement, MeasurementStore, Probe, ProbeKind
-from .base import Runner
+from .base import Capabilities, Runner
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +94,31 @@ class ReplayRunner(Runner):
         log.info("replay: %d records from %s", len(records), ", ".join(map(str, paths)))
         return cls(records, tolerance)
 
+    def capabilities(self) -> Capabilities:
+        """What it holds: the kinds, engines and models of its records (``can_measure`` also needs a near point)."""
+        return Capabilities(
+            kinds=frozenset(m.probe.kind for m in self.records),
+            candidates=frozenset(m.probe.candidate for m in self.records),
+            models=frozenset(m.probe.stack.model for m in self.records),
+            why="the recorded measurements",
+        )
+
+    def can_measure(self, probe: Probe) -> str | None:
+        reason = super().can_measure(probe)
+        if reason is None and self._match(probe) is None:
+            reason = (f"holds no recorded {probe.kind.value} point of {probe.candidate.name} on "
+                      f"{probe.stack.system}/{probe.stack.backend} within {self.tolerance:.0%} of isl "
+                      f"{probe.isl}, osl {probe.osl}, concurrency {probe.concurrency}")  # fmt: skip
+        return reason
+
     def measure(self, probe: Probe) -> Measurement:
-        m = self._by_key.get(probe.key) or self._nearest(probe)
-        if m is None:
-            raise MeasurementError(f"no recorded {probe.kind.value} point of {probe.candidate.name} near isl {probe.isl}, "
-                                   f"osl {probe.osl}, concurrency {probe.concurrency}", probe)  # fmt: skip
+        self.require(probe)
+        m = self._match(probe)
         extra = {**m.extra, "replayed_from": m.probe.to_dict()}
         return dataclasses.replace(m, probe=probe, runner=self.name, extra=extra)
+
+    def _match(self, probe: Probe) -> Measurement | None:
+        return self._by_key.get(probe.key) or self._nearest(probe)  # the key includes the stack
 
     def _nearest(self, probe: Probe) -> Measurement | None:
         best, best_d = None, math.inf

@@ -22,20 +22,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from estimator.errors import EngineStartError, MeasurementError
-
+from estimator.candidates import Candidate, Mapping
+from estimator.errors import EngineStartError, MeasurementError, ProbeNotSupported
 from estimator.measurements import Measurement, Probe, ProbeKind
-from .base import Runner
+
+from .base import Capabilities, Runner
+from .torch_floors import WeightSplit, count_experts_read, weight_split
 from .torch_kv import (
     EXACT_KV_ATTENTION,
     ExactKvCache,
     attach_kv_cache,
     attention_modules,
+    check_exact_kv,
     kv_shape,
     last_token_logits,
     register_exact_kv_attention,
 )
-from .torch_timing import DeviceCeilings, measure_device, median, roofline_floors, std, time_step_ms
+from .torch_timing import DeviceCeilings, mean, measure_device, roofline_floors, std, time_step_ms
 from .torch_tp import add_tp_collectives, shard_config
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,8 @@ class TorchGpuRunner(Runner):
 
     ``model`` is the id probes carry (an AIC bundled id or a local directory); ``model_path`` a
     directory with ``config.json`` (and optional safetensors) to build from instead, for machines
-    without aiconfigurator-core. ``kv_reserve_fraction`` of total memory is kept free for activations
+    without aiconfigurator-core. ``check_exact_kv``: before timing, prove the exact-KV attention right
+    for this model's shape in fp32 (``torch_kv.check_exact_kv``; ``ExactKvMismatch`` if not). ``kv_reserve_fraction`` of total memory is kept free for activations
     and graph pools (vLLM's 0.92 utilisation) when sizing the KV capacity. ``tp_size`` > 1 needs an
     initialised NCCL process group of that size (torchrun) and a ``device`` of this rank.
     """
@@ -57,7 +61,7 @@ class TorchGpuRunner(Runner):
     def __init__(self, model: str, *, model_path: str | None = None, device: str = "cuda",
                  dtype: str = "bfloat16", use_cuda_graph: bool | None = None, warmup_iters: int = 3,
                  min_iters: int = 10, kv_reserve_fraction: float = 0.08, tp_size: int = 1,
-                 seed: int = 0):  # fmt: skip
+                 seed: int = 0, check_exact_kv: bool = True):  # fmt: skip
         self.model = model
         self.model_path = model_path
         self.device = device
@@ -68,7 +72,10 @@ class TorchGpuRunner(Runner):
         self.kv_reserve_fraction = kv_reserve_fraction
         self.tp_size = tp_size
         self.seed = seed
+        self.check_exact_kv = check_exact_kv
+        self.exact_kv_rel_err_: float | None = None
         self._model: Any = None
+        self._weights: WeightSplit | None = None
         self._dev: DeviceCeilings | None = None
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -95,12 +102,20 @@ class TorchGpuRunner(Runner):
         torch.manual_seed(self.seed)
         path = self._config_source()
         try:
-            self._model = self._build(path, torch, transformers)
-            self._dev = measure_device(torch, transformers, self.device, self._model.dtype,
+            model = self._build(path, torch, transformers)
+            if self.check_exact_kv:  # before any timing: ExactKvMismatch if our attention is wrong here
+                self.exact_kv_rel_err_ = check_exact_kv(model.config, self.device)
+                log.info(
+                    "exact-KV attention = stock sdpa in fp32 (relative error %.2g)", self.exact_kv_rel_err_
+                )
+            self._model = model
+            self._dev = measure_device(torch, transformers, self.device, model.dtype,
                                        self.kv_bytes_per_token, self.kv_reserve_fraction)  # fmt: skip
         except _oom_types() as exc:
+            self._model = None
             raise EngineStartError(f"{self.model}: weights do not fit on {self.device}: {exc}") from exc
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            self._model = None
             raise EngineStartError(f"cannot build {self.model} from {path}: {exc}") from exc
         log.info("built %s on %s: %.1f GB weights, copy %.0f GB/s, KV capacity %d tokens", self.model,
                  self._dev.name, self.weight_bytes / 1e9, self._dev.copy_bytes_per_s / 1e9,
@@ -168,10 +183,17 @@ class TorchGpuRunner(Runner):
         return sum(p.numel() * p.element_size() for p in self._model.parameters())
 
     @property
+    def weights(self) -> WeightSplit:
+        """The built model's weights split into the dense part and routed experts (``torch_floors.py``)."""
+        if self._weights is None:
+            self._weights = weight_split(self._model)
+        return self._weights
+
+    @property
     def weight_bytes_read_per_step(self) -> int:
-        """All weights but the input embedding table (a lookup reads a few rows), unless it is tied."""
-        emb, out = self._model.get_input_embeddings().weight, self._model.get_output_embeddings().weight
-        return self.weight_bytes - (0 if emb is out else emb.numel() * emb.element_size())
+        """The most a step can read: all weights but the input embedding table (a lookup reads a few rows,
+        unless it is tied), every expert included. A step of an MoE model reads less (``_weight_floor``)."""
+        return self.weights.bytes_read(self.weights.max_experts_read)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -189,7 +211,8 @@ class TorchGpuRunner(Runner):
         d = self._dev
         return {"device": d.name, "software": dict(d.software), "copy_gb_per_s": d.copy_bytes_per_s / 1e9,
                 "matmul_tflops": d.matmul_flops_per_s / 1e12, "kv_capacity_tokens": d.kv_capacity_tokens,
-                "weight_bytes": self.weight_bytes, "kv_bytes_per_token": self.kv_bytes_per_token}  # fmt: skip
+                "weight_bytes": self.weight_bytes, "kv_bytes_per_token": self.kv_bytes_per_token,
+                "exact_kv_rel_err": self.exact_kv_rel_err_}  # fmt: skip
 
     # ---- probes -------------------------------------------------------------------------------
     def measure(self, probe: Probe) -> Measurement:
@@ -212,17 +235,17 @@ class TorchGpuRunner(Runner):
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
 
+    def capabilities(self) -> Capabilities:
+        """Prefill and decode of the model it builds, at the TP size of its process group (CPU: TP1)."""
+        return Capabilities(
+            kinds=self.kinds,
+            candidates=frozenset({Candidate(Mapping.TP, self.tp_size)}),
+            models=frozenset({self.model}),
+            why=f"tp_size={self.tp_size} on {self.device}",
+        )
+
     def _check(self, probe: Probe) -> None:
-        if probe.kind not in self.kinds:
-            raise MeasurementError(
-                f"gpu runner measures prefill and decode probes, not {probe.kind.value}", probe
-            )
-        if probe.candidate.name != f"TP{self.tp_size}":
-            raise MeasurementError(f"runner runs TP{self.tp_size}, probe asks {probe.candidate.name}", probe)
-        if probe.stack.model != self.model:
-            raise MeasurementError(
-                f"runner built for {self.model!r}, probe asks {probe.stack.model!r}", probe
-            )
+        self.require(probe)
         if probe.isl < 1 or probe.concurrency < 1:
             raise MeasurementError(
                 f"isl and concurrency must be >= 1, got {probe.isl}, {probe.concurrency}", probe
@@ -233,17 +256,19 @@ class TorchGpuRunner(Runner):
     def _prefill(self, probe: Probe, iters: int, torch: Any) -> Measurement:
         vocab = self._model.get_output_embeddings().weight.shape[0]
         ids = torch.randint(0, vocab, (1, probe.isl), device=self.device)
-        samples, eager_ms = self._time_step(lambda: last_token_logits(self._model, ids), iters)
-        ttft_ms = median(samples)
+        step = lambda: last_token_logits(self._model, ids)
+        weight_bytes, moe = self._weight_floor(step)
+        samples, eager_ms = self._time_step(step, iters)
+        ttft_ms = mean(samples)
         isl = probe.isl
         layers, _, head_dim = kv_shape(self._model.config)
         heads = self._model.config.get_text_config().num_attention_heads
         attn_flops = 2 * layers * heads * head_dim * isl * isl  # causal half of QK^T and PV
-        head = self._model.get_output_embeddings().weight.numel()  # the LM head runs on the last token only
-        body = self.weight_bytes_read_per_step // self._model.dtype.itemsize - head
+        head = self.weights.head_params  # the LM head runs on the last token only
+        body = self.weights.active_params_per_token - head
         flops = 2 * body * isl + 2 * head + attn_flops
-        bytes_moved = self.weight_bytes_read_per_step + isl * self.kv_bytes_per_token
-        extra = self._floors(ttft_ms, bytes_moved, flops)
+        bytes_moved = weight_bytes + isl * self.kv_bytes_per_token
+        extra = self._floors(ttft_ms, bytes_moved, flops) | moe
         extra.update(eager_ttft_ms=eager_ms, launch_bound=bool(eager_ms and eager_ms > 1.15 * ttft_ms))
         return self._measurement(probe, samples, extra, ttft_ms=ttft_ms, ttft_std_ms=std(samples),
                                  thpt_per_gpu=isl / ttft_ms * 1e3 / self.tp_size)  # fmt: skip
@@ -252,7 +277,7 @@ class TorchGpuRunner(Runner):
         batch, context = probe.concurrency, probe.context_tokens
         need = batch * (context + 1)
         if need > self._dev.kv_capacity_tokens:
-            raise MeasurementError(f"batch {batch} at context {context} needs {need} KV tokens; "
+            raise ProbeNotSupported(f"batch {batch} at context {context} needs {need} KV tokens; "
                                    f"capacity is {self._dev.kv_capacity_tokens}", probe)  # fmt: skip
         cache = ExactKvCache.allocate(self._model.config, batch, context + 1, self.device, self._model.dtype)
         cache.fill_random(context, self.seed)
@@ -260,15 +285,28 @@ class TorchGpuRunner(Runner):
         vocab = self._model.get_output_embeddings().weight.shape[0]
         ids = torch.randint(0, vocab, (batch, 1), device=self.device)
         pos = torch.full((batch, 1), context, device=self.device, dtype=torch.long)
-        samples, eager_ms = self._time_step(lambda: last_token_logits(self._model, ids, pos), iters)
+        step = lambda: last_token_logits(self._model, ids, pos)
+        weight_bytes, moe = self._weight_floor(step)
+        samples, eager_ms = self._time_step(step, iters)
         del cache
-        itl_ms = median(samples)
-        bytes_moved = self.weight_bytes_read_per_step + need * self.kv_bytes_per_token
-        flops = 2 * (self.weight_bytes_read_per_step // self._model.dtype.itemsize) * batch
-        extra = self._floors(itl_ms, bytes_moved, flops)
+        itl_ms = mean(samples)
+        bytes_moved = weight_bytes + need * self.kv_bytes_per_token
+        flops = 2 * self.weights.active_params_per_token * batch
+        extra = self._floors(itl_ms, bytes_moved, flops) | moe
         extra.update(eager_itl_ms=eager_ms, kv_tokens_read=need)
         return self._measurement(probe, samples, extra, itl_ms=itl_ms, itl_std_ms=std(samples),
                                  thpt_per_gpu=batch / itl_ms * 1e3 / self.tp_size)  # fmt: skip
+
+    def _weight_floor(self, step: Callable[[], Any]) -> tuple[int, dict[str, Any]]:
+        """Weight bytes this step reads at least; for MoE, with the experts its tokens are routed to."""
+        w = self.weights
+        if not w.is_moe:
+            return w.bytes_read(), {}
+        counted = count_experts_read(self._model, step)
+        info = {"moe_experts_read": counted if counted is not None else w.min_experts_read,
+                "moe_experts_counted": counted is not None, "moe_experts_total": w.max_experts_read,
+                "moe_top_k": w.top_k}  # fmt: skip
+        return w.bytes_read(counted), info
 
     def _time_step(self, step: Callable[[], Any], iters: int) -> tuple[list[float], float | None]:
         return time_step_ms(
@@ -295,7 +333,7 @@ class TorchGpuRunner(Runner):
 
     def close(self) -> None:
         if self._model is not None:
-            self._model = None
+            self._model, self._weights = None, None
             if self.device.startswith("cuda"):
                 import torch
 

@@ -121,6 +121,10 @@ def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
-def std(xs: list[float]) -> float:
-    """Population standard deviation; 0 for a single sample."""
-    return float(statistics.pstdev(xs)) if len(xs) > 1 else 0.0
+def mean(xs: list[float]) -> float:
+    return float(statistics.fmean(xs))
+
+
+def std(xs: list[float]) -> float | None:
+    """Sample standard deviation (n - 1) of repeated timings; None for one sample (spread unknown)."""
+    return float(statistics.stdev(xs)) if len(xs) > 1 else None
