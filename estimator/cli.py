@@ -55,7 +55,14 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     o.add_argument("--no-cache", dest="cache", action="store_const", const=False, help="ignore the profile cache")
     o.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.epilog = "Planner flags: any --planner-<flag>=<value> is passed to Dynamo's Planner as --<flag>=<value>."
+    d = p.add_argument_group("Dynamo hand-over")
+    d.add_argument("--dgdr", help="read the study from a DynamoGraphDeploymentRequest (nvidia.com/v1beta1) YAML")
+    d.add_argument("--dynamo-version", help="artifact layout: 1.6 (final_config.yaml, default) | 0.7 (legacy)")
+    d.add_argument("--runtime-image", help="image tag (e.g. 1.6.1) or reference whose registry/tag every image uses")
+    p.epilog = (
+        "Planner flags: any --planner-<field>=<value> goes into planner_config.json (Dynamo 1.6) "
+        "or to the Planner as --<field>=<value> (--dynamo-version 0.7)."
+    )
 
 
 def _validate_flags(p: argparse.ArgumentParser) -> None:
@@ -106,6 +113,7 @@ def _overrides(ns: argparse.Namespace, planner: list[str]) -> dict[str, Any]:
         "model", "system", "backend", "backend_version", "isl", "osl", "ttft", "itl", "min_gpus", "max_gpus",
         "gpus", "gpus_per_node", "gemm_quant", "kvcache_quant", "max_context_tokens", "request_rate", "source",
         "num_alternatives", "output_dir", "plots", "strict", "cache",
+        "dgdr", "dynamo_version", "runtime_image",
     )  # fmt: skip
     out = {k: getattr(ns, k, None) for k in keys}
     if planner:

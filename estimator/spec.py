@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ KNOWN_SYSTEMS = (
 QUANT_MODES = ("bfloat16", "float16", "fp8", "fp8_block", "fp8_static", "int8_wo", "int4_wo", "nvfp4", "w4afp8")
 KV_QUANT_MODES = ("bfloat16", "float16", "fp8", "int8")
 RUNNER_KINDS = ("replay", "endpoint", "local", "k8s", "gpu")
+DYNAMO_VERSIONS = ("1.6", "0.7")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,12 @@ class Spec:
     planner_args: tuple[tuple[str, str], ...] = ()
     validate: ValidateSpec | None = None
     seed: int = 0
+    # Dynamo hand-over (artifacts/dynamo16.py): layout, images, features a DGDR may ask for.
+    dynamo_version: str = "1.6"  # "1.6": final_config.yaml (v1beta1); "0.7": config_with_planner.yaml
+    runtime_image: str | None = None  # image tag ("1.6.1") or reference whose registry and tag all images share
+    total_gpus: int | None = None  # the fleet's GPU budget (DGDR hardware.totalGpus): planner max_gpu_budget
+    kv_router: bool = False  # DGDR features.kvRouter: KV-aware routing in the frontend
+    runtime_version_override: str | None = None  # DGDR runtimeVersionOverride, set on every component
 
     @property
     def decode_context_tokens(self) -> int:
@@ -193,8 +201,23 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
 
     Fields given nowhere come from the built-in default study (``DEFAULT_STUDY``), so a bare
     ``sla-estimate`` runs Qwen3-32B on h200_sxm with vLLM at ISL 3000 / OSL 150, TTFT 200 ms, ITL 20 ms.
+    A DynamoGraphDeploymentRequest (``--dgdr FILE``, or a ``--config`` file whose ``kind`` says so)
+    is read by ``dgdr.py`` into the same raw fields first.
     """
-    raw: dict[str, Any] = read_yaml(config) if config else {}
+    dgdr_path = overrides.pop("dgdr", None)
+    if dgdr_path and config:
+        raise SpecError("dgdr", "give either --config or --dgdr, not both")
+    raw: dict[str, Any] = read_yaml(dgdr_path or config) if (dgdr_path or config) else {}
+    from .dgdr import is_dgdr
+
+    if dgdr_path or is_dgdr(raw):
+        from .dgdr import load_dgdr_spec
+
+        return load_dgdr_spec(raw, overrides, _spec_from_raw)
+    return _spec_from_raw(raw, overrides)
+
+
+def _spec_from_raw(raw: dict[str, Any], overrides: dict[str, Any]) -> Spec:
     raw.update({k: v for k, v in overrides.items() if v is not None})
     for short, long in (("ttft", "ttft_ms"), ("itl", "itl_ms")):
         if short in raw:
@@ -249,6 +272,11 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
         planner_args=_planner_args(raw.get("planner_args", ())),
         validate=_validate_spec(raw.get("validate")),
         seed=_as_int("seed", raw.get("seed", 0), 0),
+        dynamo_version=_as_choice("dynamo_version", raw.get("dynamo_version", "1.6"), DYNAMO_VERSIONS),
+        runtime_image=_image(raw.get("runtime_image")),
+        total_gpus=_as_int("total_gpus", raw["total_gpus"], 1, 1_000_000) if raw.get("total_gpus") else None,
+        kv_router=bool(raw.get("kv_router", False)),
+        runtime_version_override=str(raw["runtime_version_override"]) if raw.get("runtime_version_override") else None,
     )
     too_big = [n for n in spec.gpu_counts if n > spec.gpus_per_node]
     if too_big:
@@ -267,6 +295,16 @@ def _planner_args(v: Any) -> tuple[tuple[str, str], ...]:
             k, _, val = str(s).partition("=")
             items.append((k, val))
     return tuple((str(k).removeprefix("--").removeprefix("planner-"), str(val)) for k, val in items)
+
+
+def _image(v: Any) -> str | None:
+    """A bare tag (``1.6.1``) or an image reference ``[registry/]name[:tag]`` without spaces."""
+    if v in (None, ""):
+        return None
+    s = str(v)
+    if not re.fullmatch(r"[A-Za-z0-9._/:@-]+", s) or s.endswith((":", "/")):
+        raise SpecError("runtime_image", f"{v!r} is neither an image tag nor an image reference")
+    return s
 
 
 def _validate_spec(v: Any) -> ValidateSpec | None:
