@@ -49,6 +49,7 @@ def main() -> int:
     result: dict = {
         "planner_config": cfg.model_dump(mode="json", exclude={"scheduling", "plugin_registration"}),
         "dgd_validates": Config.model_validate(dgd).apiVersion,
+        "planner_fields": sorted(PlannerConfig.model_fields),
     }
     mode = "agg" if cfg.mode == "agg" else "disagg"
     result["template"] = load_dgd_template(dgd_backend(dgd), mode)
