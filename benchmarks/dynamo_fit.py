@@ -22,17 +22,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from estimator.artifacts import write_artifacts  # noqa: E402
-from estimator.pipeline import estimate  # noqa: E402
-from estimator.spec import load_spec  # noqa: E402
+from estimator.artifacts import write_artifacts
+from estimator.pipeline import estimate
+from estimator.spec import load_spec
 
 DYNAMO_PYTHON = Path(os.environ.get("SLA_ESTIMATE_DYNAMO_PYTHON", ROOT / ".venv-dynamo" / "bin" / "python"))
 STUDIES = {
-    "Llama-3.1-8B h100 vLLM ISL 3000": dict(model="meta-llama/Llama-3.1-8B", system="h100_sxm", backend="vllm",
-                                            isl=3000, osl=150, ttft=200, itl=20),
-    "Qwen3-32B h200 vLLM ISL 3000 (DGDR example)": dict(dgdr=str(ROOT / "examples" / "dgdr_qwen3_32b.yaml")),
-    "Qwen3-30B-A3B h200 SGLang ISL 4000": dict(model="Qwen/Qwen3-30B-A3B", system="h200_sxm", backend="sglang",
-                                               isl=4000, osl=150, ttft=200, itl=20),
+    "Llama-3.1-8B h100 vLLM ISL 3000": {"model": "meta-llama/Llama-3.1-8B", "system": "h100_sxm", "backend": "vllm",
+                                            "isl": 3000, "osl": 150, "ttft": 200, "itl": 20},
+    "Qwen3-32B h200 vLLM ISL 3000 (DGDR example)": {"dgdr": str(ROOT / "examples" / "dgdr_qwen3_32b.yaml")},
+    "Qwen3-30B-A3B h200 SGLang ISL 4000": {"model": "Qwen/Qwen3-30B-A3B", "system": "h200_sxm", "backend": "sglang",
+                                               "isl": 4000, "osl": 150, "ttft": 200, "itl": 20},
 }  # fmt: skip
 
 
@@ -60,7 +60,9 @@ def main() -> int:
                                               "prefill_kept", "decode_kept")}  # fmt: skip
         rows.append(row)
 
-    print(f"{'study':<46}{'data':<14}{'TTFT ours':>10}{'Dynamo':>9}{'err':>7}{'rps ours':>10}{'Dynamo':>9}{'err':>7}")
+    print(
+        f"{'study':<46}{'data':<14}{'TTFT ours':>10}{'Dynamo':>9}{'err':>7}{'rps ours':>10}{'Dynamo':>9}{'err':>7}"
+    )
     for r in rows:
         for label in ("full_range", "planner_data"):
             d = r[label]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
@@ -135,7 +134,8 @@ def dgdr_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
         raise SpecError("sla.e2eLatency", "not supported: give sla.ttft and sla.itl")
     if sla.get("optimizationType") not in (None, "throughput"):
         raise SpecError(
-            "sla.optimizationType", f"{sla['optimizationType']!r}: sla-estimate maximises throughput under the SLA"
+            "sla.optimizationType",
+            f"{sla['optimizationType']!r}: sla-estimate maximises throughput under the SLA",
         )
     out["ttft_ms"] = sla.get("ttft", DYNAMO_DEFAULTS["ttft"])
     out["itl_ms"] = sla.get("itl", DYNAMO_DEFAULTS["itl"])
@@ -163,7 +163,9 @@ def dgdr_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
     if strategy not in ("rapid", "thorough"):
         raise SpecError("searchStrategy", f"{strategy!r} is not one of rapid, thorough")
     if strategy == "thorough":
-        _warn("searchStrategy", "thorough: this estimate comes from AIC; measure with `sla-estimate validate`")
+        _warn(
+            "searchStrategy", "thorough: this estimate comes from AIC; measure with `sla-estimate validate`"
+        )
     if spec.get("autoApply") is not None:
         _warn("autoApply", "ignored (sla-estimate writes final_config.yaml; apply it with kubectl)")
     return out
@@ -202,10 +204,10 @@ def _features(features: Mapping[str, Any]) -> dict[str, Any]:
         out["kv_router"] = True
     mocker = _mapping("features.mocker", features.get("mocker"))
     if mocker.get("enabled"):
-        raise SpecError("features.mocker", "mocker deployments are not supported (sla-estimate sizes real engines)")
+        raise SpecError(
+            "features.mocker", "mocker deployments are not supported (sla-estimate sizes real engines)"
+        )
     return out
-
-
 
 
 def load_dgdr_spec(doc: Mapping[str, Any], overrides: dict[str, Any], build: Any) -> Any:

@@ -64,11 +64,11 @@ def main() -> int:
         result["configmap_matches_npz"] = all(
             [f.wall_time for f in fpms[t]] == [f.wall_time for f in npz_fpms[t]] for t in SubComponentType
         )
-        kw = dict(
-            max_num_fpm_samples=cfg.max_num_fpm_samples,
-            min_observations=cfg.load_min_observations,
-            bucket_count=cfg.fpm_sample_bucket_size,
-        )
+        kw = {
+            "max_num_fpm_samples": cfg.max_num_fpm_samples,
+            "min_observations": cfg.load_min_observations,
+            "bucket_count": cfg.fpm_sample_bucket_size,
+        }
         prefill = PrefillRegressionModel(**kw)
         prefill.load_benchmark_fpms(fpms[SubComponentType.PREFILL])
         p_rps, p_ttft = prefill.find_best_engine_prefill_rps(args.ttft, args.isl)

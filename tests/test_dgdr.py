@@ -23,7 +23,11 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def _dgdr(tmp_path: Path, spec: dict, **top) -> Path:
-    doc = {"apiVersion": "nvidia.com/v1beta1", "kind": "DynamoGraphDeploymentRequest", "metadata": {"name": "x"}}
+    doc = {
+        "apiVersion": "nvidia.com/v1beta1",
+        "kind": "DynamoGraphDeploymentRequest",
+        "metadata": {"name": "x"},
+    }
     doc |= top
     doc["spec"] = spec
     path = tmp_path / "dgdr.yaml"
@@ -95,12 +99,19 @@ def test_concurrency_becomes_a_rate_with_a_warning(tmp_path, caplog):
         (lambda d: d["spec"]["features"].update(mocker={"enabled": True}), "features.mocker"),
         (lambda d: d["spec"].update(colour="red"), "spec.colour"),
         (lambda d: d["spec"]["features"]["planner"].update(aic_perf_model={}), "planner_args.aic_perf_model"),
-        (lambda d: d["spec"]["features"]["planner"].update(prefill_engine_num_gpu=2), "prefill_engine_num_gpu"),
+        (
+            lambda d: d["spec"]["features"]["planner"].update(prefill_engine_num_gpu=2),
+            "prefill_engine_num_gpu",
+        ),
         (lambda d: d["spec"]["features"]["planner"].update(no_such_field=1), "planner_args.no_such_field"),
     ],
 )
 def test_bad_dgdr_is_one_line_naming_the_field_exit_2(tmp_path, capsys, mutate, field):
-    doc = {"apiVersion": "nvidia.com/v1beta1", "kind": "DynamoGraphDeploymentRequest", "spec": json.loads(json.dumps(BASE))}
+    doc = {
+        "apiVersion": "nvidia.com/v1beta1",
+        "kind": "DynamoGraphDeploymentRequest",
+        "spec": json.loads(json.dumps(BASE)),
+    }
     mutate(doc)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(doc))

@@ -84,10 +84,18 @@ def _parallel_args(backend: str, c: Candidate) -> tuple[str, ...]:
 def worker_args(backend: str, model: str, c: Candidate, role: Role) -> tuple[str, ...]:
     """Arguments after ``python3 -m dynamo.<backend>``, as the 1.6 templates and modifiers lay them out."""
     if backend == "vllm":
-        mode = () if role is Role.AGG else ("--disaggregation-mode", role.value, "--kv-transfer-config", _VLLM_KV[role])
+        mode = (
+            ()
+            if role is Role.AGG
+            else ("--disaggregation-mode", role.value, "--kv-transfer-config", _VLLM_KV[role])
+        )
         return ("--model", model, *_parallel_args(backend, c), *mode)
     if backend == "sglang":
-        mode = () if role is Role.AGG else ("--disaggregation-mode", role.value, *_SGLANG_DISAGG, "--host", "0.0.0.0")
+        mode = (
+            ()
+            if role is Role.AGG
+            else ("--disaggregation-mode", role.value, *_SGLANG_DISAGG, "--host", "0.0.0.0")
+        )
         head = ("--model-path", model, "--served-model-name", model, "--page-size", "16")
         return (*head, *_parallel_args(backend, c), "--trust-remote-code", *mode)
     if backend == "trtllm":
@@ -132,7 +140,10 @@ class Component:
             c["env"] = [{"name": k, "value": v} for k, v in self.env]
         if self.num_gpus:
             gpus = min(self.num_gpus, self.gpus_per_node)
-            c["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}, "requests": {"ephemeral-storage": "2Gi"}}
+            c["resources"] = {
+                "limits": {"nvidia.com/gpu": str(gpus)},
+                "requests": {"ephemeral-storage": "2Gi"},
+            }
         pod: dict[str, Any] = {"containers": [c]}
         if self.config_maps:
             c["volumeMounts"] = [{"name": n, "mountPath": p, "readOnly": True} for n, p in self.config_maps]
@@ -166,7 +177,12 @@ class GraphDeployment:
 def _config_map(prefix: str, data: Mapping[str, str]) -> dict[str, Any]:
     """A ConfigMap named ``<prefix>-<8 hex of its content>`` (Dynamo: a random suffix; ours is stable)."""
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{prefix}-{digest}"}, "data": dict(data)}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"{prefix}-{digest}"},
+        "data": dict(data),
+    }
 
 
 _ROLE = {WorkerRole.PREFILL: Role.PREFILL, WorkerRole.DECODE: Role.DECODE, WorkerRole.AGG: Role.AGG}
@@ -214,7 +230,9 @@ def final_config(
     if profile_data:
         cm = ProfileData.from_raw(prefill_raw, decode_raw).to_config_map(None)
         docs.append(_config_map("planner-profile-data", cm["data"]))
-    planner_mounts = tuple((d["metadata"]["name"], p) for d, p in zip(docs, (PLANNER_CONFIG_MOUNT, PROFILE_DATA_MOUNT)))
+    planner_mounts = tuple(
+        (d["metadata"]["name"], p) for d, p in zip(docs, (PLANNER_CONFIG_MOUNT, PROFILE_DATA_MOUNT))
+    )
 
     image = image_for(b.runtime, runtime_image)
     frontend_env = (("DYN_ROUTER_MODE", "kv"),) if kv_router else ()
@@ -265,4 +283,11 @@ def _with_override(c: Component, version: str) -> Component:
     return replace(c, runtime_version_override=version)
 
 
-__all__ = ["DGD_API_VERSION", "DYNAMO_RUNTIME_VERSION", "Component", "GraphDeployment", "final_config", "image_for"]
+__all__ = [
+    "DGD_API_VERSION",
+    "DYNAMO_RUNTIME_VERSION",
+    "Component",
+    "GraphDeployment",
+    "final_config",
+    "image_for",
+]

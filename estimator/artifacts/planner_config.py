@@ -20,21 +20,71 @@ from ..errors import SpecError
 # PlannerConfig's fields in ai-dynamo 1.6.1 (``namespace`` and the Prometheus connection settings are
 # excluded from its dump and come from the pod's environment).
 PLANNER_FIELDS = frozenset(
-    """advisory aic_interpolation ais_perf_model backend control_api_port decode_engine_num_gpu
-    decode_min_endpoint decode_scale_down_kv_rate decode_scale_up_kv_rate enable_load_scaling
-    enable_power_awareness enable_throughput_scaling environment fpm_sample_bucket_size
-    global_planner_namespace itl_ms kalman_min_points kalman_q_level kalman_q_trend kalman_r
-    live_dashboard_port load_adjustment_interval_seconds load_min_observations load_predictor
-    load_predictor_log1p load_predictor_warmup_trace load_scaling_down_sensitivity log_dir max_gpu_budget
-    max_num_fpm_samples max_throughput_scaling_replicas metric_pulling_prometheus_ca_bundle
-    metric_pulling_prometheus_endpoint metric_pulling_prometheus_extra_query_params
-    metric_pulling_prometheus_request_timeout_seconds metric_pulling_prometheus_ssl_verify
-    metric_pulling_prometheus_token metric_pulling_prometheus_token_file metric_reporting_prometheus_port
-    min_endpoint min_gpu_budget mode model_name namespace optimization_target plugin_registration
-    pre_deployment_sweeping_mode prefill_engine_num_gpu prefill_min_endpoint prefill_scale_down_queue_tokens
-    prefill_scale_up_queue_tokens profile_results_dir prophet_window_size report_filename
-    report_interval_hours report_output_dir report_write_gzip_log scheduling speculative_nextn
-    throughput_adjustment_interval_seconds throughput_metrics_source total_gpu_power_limit ttft_ms""".split()
+    [
+        "advisory",
+        "aic_interpolation",
+        "ais_perf_model",
+        "backend",
+        "control_api_port",
+        "decode_engine_num_gpu",
+        "decode_min_endpoint",
+        "decode_scale_down_kv_rate",
+        "decode_scale_up_kv_rate",
+        "enable_load_scaling",
+        "enable_power_awareness",
+        "enable_throughput_scaling",
+        "environment",
+        "fpm_sample_bucket_size",
+        "global_planner_namespace",
+        "itl_ms",
+        "kalman_min_points",
+        "kalman_q_level",
+        "kalman_q_trend",
+        "kalman_r",
+        "live_dashboard_port",
+        "load_adjustment_interval_seconds",
+        "load_min_observations",
+        "load_predictor",
+        "load_predictor_log1p",
+        "load_predictor_warmup_trace",
+        "load_scaling_down_sensitivity",
+        "log_dir",
+        "max_gpu_budget",
+        "max_num_fpm_samples",
+        "max_throughput_scaling_replicas",
+        "metric_pulling_prometheus_ca_bundle",
+        "metric_pulling_prometheus_endpoint",
+        "metric_pulling_prometheus_extra_query_params",
+        "metric_pulling_prometheus_request_timeout_seconds",
+        "metric_pulling_prometheus_ssl_verify",
+        "metric_pulling_prometheus_token",
+        "metric_pulling_prometheus_token_file",
+        "metric_reporting_prometheus_port",
+        "min_endpoint",
+        "min_gpu_budget",
+        "mode",
+        "model_name",
+        "namespace",
+        "optimization_target",
+        "plugin_registration",
+        "pre_deployment_sweeping_mode",
+        "prefill_engine_num_gpu",
+        "prefill_min_endpoint",
+        "prefill_scale_down_queue_tokens",
+        "prefill_scale_up_queue_tokens",
+        "profile_results_dir",
+        "prophet_window_size",
+        "report_filename",
+        "report_interval_hours",
+        "report_output_dir",
+        "report_write_gzip_log",
+        "scheduling",
+        "speculative_nextn",
+        "throughput_adjustment_interval_seconds",
+        "throughput_metrics_source",
+        "total_gpu_power_limit",
+        "ttft_ms",
+    ]
 )
 _ALIASES = {
     "ttft": "ttft_ms",
@@ -94,7 +144,9 @@ def planner_config(
     user = user_settings(planner_args)
     allowed = ("agg",) if mode == "agg" else ("disagg", "prefill", "decode")
     if "mode" in user and user["mode"] not in allowed:
-        raise SpecError("planner_args.mode", f"{user['mode']!r} does not fit a {mode} deployment ({', '.join(allowed)})")
+        raise SpecError(
+            "planner_args.mode", f"{user['mode']!r} does not fit a {mode} deployment ({', '.join(allowed)})"
+        )
     cfg: dict[str, Any] = {
         "environment": "kubernetes",
         "backend": backend,

@@ -121,7 +121,9 @@ def plot_decode_performance(
             ax.fill_betweenx(s.thpt_per_gpu, s.itl_low_ms, s.itl_high_ms, color=line.get_color(), alpha=0.15)
         if b is not None:
             ax.plot([b.itl_ms], [b.thpt_per_gpu], "D", ms=8, color=line.get_color(), mec="k")
-    _ring_selected(ax, chosen.itl_ms, chosen.thpt_per_gpu, f"selected: {chosen.candidate.name}, n={chosen.concurrency}")
+    _ring_selected(
+        ax, chosen.itl_ms, chosen.thpt_per_gpu, f"selected: {chosen.candidate.name}, n={chosen.concurrency}"
+    )
     ax.axvline(itl_target_ms, color=_TARGET, ls="--", label=f"ITL target {itl_target_ms:g} ms")
     ctx = sweeps[0].context_tokens if sweeps else 0
     ax.set_xlabel("Inter-token latency, ITL (ms)")
@@ -207,7 +209,9 @@ def _hull_grid(
     for j in range(xs.size):
         col = per_row[:, j]
         ok = np.isfinite(col)
-        out[:, j] = np.interp(gy[:, j], rows[ok], col[ok], left=np.nan, right=np.nan) if ok.sum() > 1 else np.nan
+        out[:, j] = (
+            np.interp(gy[:, j], rows[ok], col[ok], left=np.nan, right=np.nan) if ok.sum() > 1 else np.nan
+        )
     return out
 
 
@@ -290,7 +294,9 @@ def _other_jobs(profile: Any, out: Path) -> list[Path]:
         ),
         plot_decode_performance(profile.decode_sweeps, sel, spec.itl_ms, out / "decode_performance.png"),
     ]
-    return paths + plot_prefill_interpolation(profile.prefill_surface, spec.isl, spec.ttft_ms, out / PREFILL_DIR)
+    return paths + plot_prefill_interpolation(
+        profile.prefill_surface, spec.isl, spec.ttft_ms, out / PREFILL_DIR
+    )
 
 
 def _child(profile: Any, out: Path) -> None:  # pragma: no cover - runs in the forked process
@@ -321,7 +327,10 @@ def write_plots(profile: Any, out_dir: str | Path, *, parallel: bool = True) -> 
     paths = _other_jobs(profile, out)
     if child is not None:
         child.join()
-        decode_paths = [out / DECODE_DIR / n for n in ("decode_itl_interpolation.png", "decode_throughput_interpolation.png")]
+        decode_paths = [
+            out / DECODE_DIR / n
+            for n in ("decode_itl_interpolation.png", "decode_throughput_interpolation.png")
+        ]
         if child.exitcode == 0 and all(p.is_file() for p in decode_paths):
             paths += decode_paths
         else:

@@ -34,7 +34,7 @@ def _target(name: str) -> str | None:
 
 
 def _missing(qualname: str) -> type:
-    def __init__(self, *args, **kwargs):  # noqa: ANN001, ARG001
+    def __init__(self, *args, **kwargs):
         raise NotImplementedError(f"{qualname} needs aisimulate 0.13 (not installable offline)")
 
     return type(qualname.rsplit(".", 1)[-1], (), {"__init__": __init__, "__module__": "sla_estimate_aliases"})
@@ -44,19 +44,19 @@ class _AliasLoader(importlib.abc.Loader):
     def __init__(self, target: str) -> None:
         self.target = target
 
-    def create_module(self, spec):  # noqa: ANN001
+    def create_module(self, spec):
         module = importlib.import_module(self.target)
         for attr in _AIS_ONLY.get(self.target, ()):
             if not hasattr(module, attr):
                 setattr(module, attr, _missing(f"{self.target}.{attr}"))
         return module
 
-    def exec_module(self, module) -> None:  # noqa: ANN001
+    def exec_module(self, module) -> None:
         return None
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):  # noqa: ANN001, ARG002
+    def find_spec(self, name, path=None, target=None):
         real = _target(name)
         if real is None:
             return None
