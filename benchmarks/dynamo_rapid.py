@@ -33,13 +33,18 @@ DYNAMO_PYTHON = Path(os.environ.get("SLA_ESTIMATE_DYNAMO_PYTHON", ROOT / ".venv-
 
 
 def dgdr_spec(model: str, system: str) -> dict:
+    """What Dynamo's profiler needs to run offline: AIC's bundled model id (no download), an image
+    (required by its validator; the default 1.6.1 planner image, which is also our default tag), and
+    ``trustRemoteCode`` (it refuses to write the DGD for a remote model ref otherwise; we ignore it)."""
     return {
         "model": model,
         "backend": "vllm",
+        "image": "nvcr.io/nvidia/ai-dynamo/dynamo-planner:1.6.1",
         "hardware": {"gpuSku": system, "totalGpus": 8, "numGpusPerNode": 8},
         "workload": {"isl": 3000, "osl": 150},
         "sla": {"ttft": 200.0, "itl": 20.0},
         "searchStrategy": "rapid",
+        "overrides": {"trustRemoteCode": True},
     }
 
 
@@ -51,7 +56,7 @@ def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, subprocess.Compl
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="meta-llama/Llama-3.1-8B")
+    ap.add_argument("--model", default="meta-llama/Meta-Llama-3.1-8B")  # AIC's bundled id
     ap.add_argument("--system", default="h100_sxm")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dynamo_rapid.json"))

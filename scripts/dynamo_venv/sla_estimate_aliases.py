@@ -43,16 +43,21 @@ def _missing(qualname: str) -> type:
 class _AliasLoader(importlib.abc.Loader):
     def __init__(self, target: str) -> None:
         self.target = target
+        self.real_spec = None
 
-    def create_module(self, spec):
+    def create_module(self, spec):  # noqa: ANN001
         module = importlib.import_module(self.target)
         for attr in _AIS_ONLY.get(self.target, ()):
             if not hasattr(module, attr):
                 setattr(module, attr, _missing(f"{self.target}.{attr}"))
+        self.real_spec = module.__spec__
         return module
 
-    def exec_module(self, module) -> None:
-        return None
+    def exec_module(self, module) -> None:  # noqa: ANN001
+        # The import system stamps the alias spec on the shared module; give the real one back so
+        # importlib.resources and relative imports still see the real package.
+        module.__spec__ = self.real_spec
+        module.__loader__ = self.real_spec.loader
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):
