@@ -97,7 +97,6 @@ _RETIRED = {"aic_perf_model": "retired in Dynamo 1.6 (use pre_deployment_sweepin
 _OWNED = frozenset({"prefill_engine_num_gpu", "decode_engine_num_gpu", "profile_results_dir", "backend"})
 PROFILE_DATA_MOUNT = "/workspace/profiling_results"
 PLANNER_CONFIG_MOUNT = "/workspace/planner_config"
-MAX_FPM_SAMPLES = 64  # PlannerConfig.max_num_fpm_samples default: the regressions keep this many points
 
 
 def _value(text: str) -> Any:
@@ -167,10 +166,4 @@ def planner_config(
     return cfg
 
 
-def fpm_sample_limit(planner_args: tuple[tuple[str, str], ...]) -> int:
-    """How many profile points the planner's regressions keep (``max_num_fpm_samples``)."""
-    v = user_settings(planner_args).get("max_num_fpm_samples", MAX_FPM_SAMPLES)
-    return int(v) if isinstance(v, int) and v > 0 else MAX_FPM_SAMPLES
-
-
-__all__ = ["PLANNER_FIELDS", "PROFILE_DATA_MOUNT", "fpm_sample_limit", "planner_config", "user_settings"]
+__all__ = ["PLANNER_FIELDS", "PROFILE_DATA_MOUNT", "planner_config", "user_settings"]
