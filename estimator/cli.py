@@ -140,6 +140,10 @@ def _run_profile(spec: Any, as_json: bool) -> int:
     from .pipeline import estimate
 
     t0 = time.perf_counter()
+    if spec.plots and spec.output_dir:  # plot processes import matplotlib while the estimate runs
+        from .artifacts.plots import prestart_plot_workers
+
+        prestart_plot_workers()
     profile = profile_cache.load_profile(spec) if spec.cache else None
     cached = profile is not None
     if profile is None:

@@ -7,9 +7,8 @@ Files (names as Dynamo's profiler writes them, so existing tooling finds them):
 - ``selected_prefill_interpolation/prefill_ttft_interpolation.png`` and
   ``prefill_throughput_interpolation.png``: the selected prefill engine over ISL.
 - ``selected_decode_interpolation/decode_itl_interpolation.png`` and
-  ``decode_throughput_interpolation.png``: 3-D surfaces of the selected decode engine over
-  (active-KV fraction × context length). Context is drawn on a log10 axis, because the surface's
-  contexts are spaced geometrically from short prompts to the model's limit.
+  ``decode_throughput_interpolation.png``: maps of the selected decode engine over (active-KV
+  fraction × context length, log axis) with the ITL target as a contour.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ _DPI = 100
 # Rendering cost, measured (benchmarks/profile_speed.py): a second layout pass (bbox_inches="tight"),
 # mathtext tick labels on log axes and zlib level 6 were most of it. Fixed margins, plain tick
 # labels and a fast PNG level keep every figure under ~0.1 s of CPU.
-_MARGINS = {"left": 0.1, "right": 0.97, "bottom": 0.11, "top": 0.92}
+_MARGINS = {"left": 0.13, "right": 0.97, "bottom": 0.11, "top": 0.92}
 _SELECTED = "#d62728"
 _TARGET = "#555555"
 
@@ -215,15 +214,19 @@ def _hull_grid(
     return out
 
 
-def plot_decode_surfaces(surface: DecodeSurface, context_tokens: int, out_dir: Path) -> list[Path]:
-    """3-D ITL and throughput surfaces over (KV usage, log10 context), sampled points drawn on top."""
-    plt = _pyplot()
+def plot_decode_surfaces(
+    surface: DecodeSurface, context_tokens: int, out_dir: Path, itl_target_ms: float | None = None
+) -> list[Path]:
+    """ITL and throughput maps over (KV usage, context length, log scale): colour = value, the sampled
+    points on top, the workload's context row drawn, and the ITL target as a contour. Drawn in 2-D:
+    a third of the cost of the former 3-D surfaces, and the target line is readable."""
+    _pyplot()
     from matplotlib import cm
-    from matplotlib.ticker import FuncFormatter
 
     c = surface.candidate
     x = np.asarray(surface.kv_usage)
-    logy = np.log10(np.asarray(surface.context_tokens))
+    ctx = np.asarray(surface.context_tokens, dtype=float)
+    logy = np.log10(ctx)
     paths = []
     series = (
         ("decode_itl_interpolation.png", surface.itl_ms, "ITL (ms)", "Decode ITL", cm.coolwarm),
@@ -235,55 +238,47 @@ def plot_decode_surfaces(surface: DecodeSurface, context_tokens: int, out_dir: P
             cm.viridis,
         ),
     )
-    gx, gy = np.meshgrid(np.linspace(0, x.max(), 40), np.linspace(logy.min(), logy.max(), 40))
+    gx, gy = np.meshgrid(np.linspace(0, x.max(), 60), np.linspace(logy.min(), logy.max(), 60))
     for name, z, zlabel, title, cmap in series:
         z = np.asarray(z)
-        fig = plt.figure(figsize=(9, 7))
-        fig.subplots_adjust(left=0.0, right=0.95, bottom=0.03, top=0.95)
-        ax = fig.add_subplot(111, projection="3d")
+        fig, ax = _figure((8, 5.5))
         gz = _hull_grid(x, logy, z, gx, gy)
         if gz is None:  # one context row or one usage column: no area to draw, points only
-            mappable = ax.scatter(x, logy, z, s=18, c=z, cmap=cmap, depthshade=False, label="sampled points")
+            mappable = ax.scatter(x, ctx, s=24, c=z, cmap=cmap, label="sampled points")
         else:
-            mappable = ax.plot_surface(
-                gx,
-                gy,
-                np.ma.masked_invalid(gz),
-                cmap=cmap,
-                vmin=z.min(),
-                vmax=z.max(),
-                linewidth=0,
-                alpha=0.8,
+            masked = np.ma.masked_invalid(gz)
+            mappable = ax.pcolormesh(
+                gx, 10**gy, masked, cmap=cmap, vmin=z.min(), vmax=z.max(), shading="auto"
             )
-            ax.scatter(x, logy, z, s=6, c="k", depthshade=False, label="sampled points")
-        row = np.isclose(surface.context_tokens, context_tokens)
-        if np.any(row):
-            order = np.argsort(x[row])
-            ax.plot(
-                x[row][order],
-                logy[row][order],
-                z[row][order],
-                color="k",
-                lw=2.5,
-                zorder=10,
-                label=f"workload context {context_tokens} tokens",
-            )
-        cbar = fig.colorbar(mappable, ax=ax, shrink=0.55, aspect=12, pad=0.1)
-        cbar.set_label(zlabel)
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{10**v:,.0f}"))
+            ax.scatter(x, ctx, s=5, c="k", label="sampled points")
+            if (
+                itl_target_ms is not None
+                and name.startswith("decode_itl")
+                and z.min() < itl_target_ms < z.max()
+            ):
+                ax.contour(
+                    gx, 10**gy, masked, levels=[itl_target_ms], colors="k", linewidths=1.5, linestyles="--"
+                )
+                ax.plot([], [], "k--", label=f"ITL target {itl_target_ms:g} ms")
+        ax.axhline(
+            context_tokens, color=_SELECTED, lw=1.5, ls=":", label=f"workload context {context_tokens} tokens"
+        )
+        ax.set_yscale("log")
+        _plain_log_axis(ax.yaxis)
+        fig.colorbar(mappable, ax=ax).set_label(zlabel)
         ax.set_xlabel("Active KV usage (fraction of capacity)")
-        ax.set_ylabel("Context length (tokens, log scale)", labelpad=12)
-        ax.set_zlabel(zlabel)
+        ax.set_ylabel("Context length (tokens, log scale)")
         ax.set_title(f"{title}, selected engine {c.name} (KV capacity {surface.kv_capacity_tokens:,} tokens)")
-        ax.view_init(elev=25, azim=-60)
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="upper right")
         paths.append(_save(fig, out_dir / name))
     return paths
 
 
 def _decode_jobs(profile: Any, out: Path) -> list[Path]:
     spec = profile.spec
-    return plot_decode_surfaces(profile.decode_surface, spec.decode_context_tokens, out / DECODE_DIR)
+    return plot_decode_surfaces(
+        profile.decode_surface, spec.decode_context_tokens, out / DECODE_DIR, spec.itl_ms
+    )
 
 
 def _other_jobs(profile: Any, out: Path) -> list[Path]:
@@ -299,47 +294,114 @@ def _other_jobs(profile: Any, out: Path) -> list[Path]:
     )
 
 
-def _child(profile: Any, out: Path) -> None:  # pragma: no cover - runs in the forked process
+_PARTS = {"decode": _decode_jobs, "other": _other_jobs}
+_WORKERS: list[Any] = []
+
+
+def _serve(conn: Any) -> None:  # pragma: no cover - runs in the forked process
+    """Import matplotlib now; draw one part of a profile when it arrives; report the files."""
     import os
 
     try:
-        _decode_jobs(profile, out)
-    except BaseException:  # noqa: BLE001 - the parent re-renders on any failure
+        _pyplot()
+        msg = conn.recv()
+    except BaseException:  # noqa: BLE001 - the parent draws everything itself then
         os._exit(1)
+    if msg is not None:
+        profile, out, part = msg
+        try:
+            conn.send((True, [str(p) for p in _PARTS[part](profile, Path(out))]))
+        except BaseException as exc:  # noqa: BLE001 - reported; the parent redraws this part
+            conn.send((False, repr(exc)))
     os._exit(0)
 
 
-def write_plots(profile: Any, out_dir: str | Path, *, parallel: bool = True) -> list[Path]:
-    """All plots of a ``Profile``; returns the files written.
+class _PlotWorker:
+    """A forked process that imports matplotlib while the estimate runs, then draws one part."""
 
-    With ``parallel`` (and ``fork`` available) the two 3-D decode surfaces, half the rendering cost,
-    are drawn by a forked child while this process draws the rest; its completion is awaited, and
-    if it fails the parent draws them itself, so the files are the same either way.
-    """
-    out = Path(out_dir)
-    child = None
-    if parallel:
+    def __init__(self) -> None:
         import multiprocessing as mp
 
-        if "fork" in mp.get_all_start_methods():
-            child = mp.get_context("fork").Process(target=_child, args=(profile, out), daemon=True)
-            child.start()
-    paths = _other_jobs(profile, out)
-    if child is not None:
-        child.join()
-        decode_paths = [
-            out / DECODE_DIR / n
-            for n in ("decode_itl_interpolation.png", "decode_throughput_interpolation.png")
-        ]
-        if child.exitcode == 0 and all(p.is_file() for p in decode_paths):
-            paths += decode_paths
-        else:
-            log.warning("plot process failed (exit %s); drawing the decode surfaces here", child.exitcode)
-            paths += _decode_jobs(profile, out)
-    else:
-        paths += _decode_jobs(profile, out)
+        ctx = mp.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child,), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def submit(self, profile: Any, out: Path, part: str) -> bool:
+        try:
+            self.conn.send((profile, str(out), part))
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def result(self) -> list[Path] | None:
+        try:
+            ok, payload = self.conn.recv()
+        except (EOFError, OSError):
+            ok, payload = False, "plot process exited"
+        self.proc.join(timeout=30)
+        if not ok:
+            log.warning("plot process failed (%s); drawing its part here", payload)
+            return None
+        return [Path(p) for p in payload]
+
+
+def prestart_plot_workers(count: int = 2) -> None:
+    """Fork ``count`` plot processes now, before AI Configurator loads (no threads yet, so forking is
+    safe), so that importing matplotlib, about a third of the plot cost, overlaps the estimate, and
+    the figures are then drawn on two cores. ``write_plots`` uses them; unused ones die with us."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        return
+    while len(_WORKERS) < count:
+        _WORKERS.append(_PlotWorker())
+
+
+def write_plots(profile: Any, out_dir: str | Path, *, parallel: bool = True) -> list[Path]:
+    """All plots of a ``Profile``; returns the files written (the same files however they are drawn).
+
+    With ``parallel``, the parts (the two decode maps; the other four figures) go to the
+    processes ``prestart_plot_workers`` forked, or to one forked now for the decode part; completion
+    is awaited, and a part whose process failed is drawn here.
+    """
+    out = Path(out_dir)
+    parts = ["decode", "other"]
+    workers: dict[str, Any] = {}
+    if parallel:
+        if not _WORKERS:
+            _pyplot()  # imported once, before forking, so the child does not import it again
+            prestart_plot_workers(1)
+        for part in parts:
+            if _WORKERS:
+                w = _WORKERS.pop()
+                if w.submit(profile, out, part):
+                    workers[part] = w
+    paths: list[Path] = []
+    for part in parts:
+        if part not in workers:
+            paths += _PARTS[part](profile, out)
+    for part, w in workers.items():
+        got = w.result()
+        paths += got if got is not None else _PARTS[part](profile, out)
+    order = {p.name: i for i, p in enumerate(_ALL_FILES)}
+    paths.sort(key=lambda p: order.get(p.name, len(order)))
     log.debug("wrote %d plots under %s", len(paths), out)
     return paths
+
+
+_ALL_FILES = tuple(
+    Path(n)
+    for n in (
+        "prefill_performance.png",
+        "decode_performance.png",
+        "prefill_ttft_interpolation.png",
+        "prefill_throughput_interpolation.png",
+        "decode_itl_interpolation.png",
+        "decode_throughput_interpolation.png",
+    )
+)
 
 
 __all__ = [
@@ -347,5 +409,6 @@ __all__ = [
     "plot_decode_surfaces",
     "plot_prefill_interpolation",
     "plot_prefill_performance",
+    "prestart_plot_workers",
     "write_plots",
 ]
