@@ -141,9 +141,9 @@ def _run_profile(spec: Any, as_json: bool) -> int:
 
     t0 = time.perf_counter()
     if spec.plots and spec.output_dir:  # plot processes import matplotlib while the estimate runs
-        from .artifacts.plots import prestart_plot_workers
+        from .artifacts.plot_workers import prestart
 
-        prestart_plot_workers()
+        prestart()
     profile = profile_cache.load_profile(spec) if spec.cache else None
     cached = profile is not None
     if profile is None:

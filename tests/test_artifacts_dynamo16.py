@@ -30,15 +30,15 @@ DECODE = {
 
 
 def _docs(dep: Deployment, backend: str = "vllm", **kw):
-    args = dict(
-        name="m-disagg",
-        model="org/m",
-        backend=backend,
-        ttft_ms=200,
-        itl_ms=20,
-        prefill_raw=PREFILL,
-        decode_raw=DECODE,
-    )
+    args = {
+        "name": "m-disagg",
+        "model": "org/m",
+        "backend": backend,
+        "ttft_ms": 200,
+        "itl_ms": 20,
+        "prefill_raw": PREFILL,
+        "decode_raw": DECODE,
+    }
     return final_config(dep, **(args | kw))
 
 

@@ -25,7 +25,7 @@ from .npz import DECODE_DIR, PREFILL_DIR
 
 log = logging.getLogger(__name__)
 
-_DPI = 100
+_DPI = 80
 # Rendering cost, measured (benchmarks/profile_speed.py): a second layout pass (bbox_inches="tight"),
 # mathtext tick labels on log axes and zlib level 6 were most of it. Fixed margins, plain tick
 # labels and a fast PNG level keep every figure under ~0.1 s of CPU.
@@ -63,10 +63,38 @@ def _figure(figsize: tuple[float, float]) -> tuple[Any, Any]:
 
 def _plain_log_axis(axis: Any) -> None:
     """Log scale with plain-number major labels and no minor labels (mathtext labels are slow)."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, NullLocator
 
     axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
-    axis.set_minor_formatter(NullFormatter())
+    axis.set_minor_locator(NullLocator())  # each tick is two lines and a label: minor ones cost most
+
+
+def warm_up() -> None:
+    """Draw one throw-away figure with every element the real ones use (text, legend, log axes, a
+    colour map, a contour, a colorbar, PNG encoding): the first draw in a process loads fonts and
+    builds caches, which costs more than the figures themselves. ``plot_workers`` calls this before
+    forking, so every figure process starts warm."""
+    import io
+
+    fig, ax = _figure((8, 5.5))
+    grid = np.arange(16.0).reshape(4, 4)
+    ax.errorbar([1.0, 2.0], [1.0, 2.0], xerr=[[0.1, 0.1], [0.1, 0.1]], fmt="o", label="a")
+    ax.annotate("TP1", (1.0, 1.0), xytext=(6, 6), textcoords="offset points")
+    ax.fill_between([1.0, 2.0], [0.5, 1.5], [1.5, 2.5], alpha=0.2)
+    mesh = ax.pcolormesh(np.arange(4.0), np.arange(1.0, 5.0), grid, shading="auto")
+    ax.contour(np.arange(4.0), np.arange(1.0, 5.0), grid, levels=[7.5], linestyles="--")
+    ax.axvline(1.5, ls="--", label="target")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_log_axis(ax.xaxis)
+    _plain_log_axis(ax.yaxis)
+    fig.colorbar(mesh, ax=ax).set_label("ITL (ms)")
+    ax.set_xlabel("x (tokens)")
+    ax.set_title("warm-up")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.savefig(io.BytesIO(), format="png", dpi=_DPI, pil_kwargs={"compress_level": 1})
+    _pyplot().close(fig)
 
 
 def _has_band(low: np.ndarray, high: np.ndarray) -> bool:
@@ -136,7 +164,7 @@ def plot_decode_performance(
 
 
 def plot_prefill_interpolation(
-    surface: PrefillSurface, isl: int, ttft_target_ms: float, out_dir: Path
+    surface: PrefillSurface, isl: int, ttft_target_ms: float, out_dir: Path, only: str | None = None
 ) -> list[Path]:
     """TTFT and tokens/s/GPU of the selected prefill engine over ISL, with the band when calibrated."""
     c = surface.candidate
@@ -163,6 +191,8 @@ def plot_prefill_interpolation(
         ),
     )
     for name, y, lo, hi, ylabel, what in series:
+        if only is not None and name != only:
+            continue
         fig, ax = _figure((8, 5))
         ax.plot(surface.isl, y, "o-", ms=3, label=f"{c.name} estimate")
         if band:
@@ -215,13 +245,18 @@ def _hull_grid(
 
 
 def plot_decode_surfaces(
-    surface: DecodeSurface, context_tokens: int, out_dir: Path, itl_target_ms: float | None = None
+    surface: DecodeSurface,
+    context_tokens: int,
+    out_dir: Path,
+    itl_target_ms: float | None = None,
+    only: str | None = None,
 ) -> list[Path]:
     """ITL and throughput maps over (KV usage, context length, log scale): colour = value, the sampled
     points on top, the workload's context row drawn, and the ITL target as a contour. Drawn in 2-D:
     a third of the cost of the former 3-D surfaces, and the target line is readable."""
     _pyplot()
     from matplotlib import cm
+    from matplotlib.ticker import FuncFormatter
 
     c = surface.candidate
     x = np.asarray(surface.kv_usage)
@@ -238,33 +273,40 @@ def plot_decode_surfaces(
             cm.viridis,
         ),
     )
-    gx, gy = np.meshgrid(np.linspace(0, x.max(), 60), np.linspace(logy.min(), logy.max(), 60))
+    gx, gy = np.meshgrid(np.linspace(0, x.max(), 48), np.linspace(logy.min(), logy.max(), 48))
     for name, z, zlabel, title, cmap in series:
+        if only is not None and name != only:
+            continue
         z = np.asarray(z)
         fig, ax = _figure((8, 5.5))
         gz = _hull_grid(x, logy, z, gx, gy)
         if gz is None:  # one context row or one usage column: no area to draw, points only
-            mappable = ax.scatter(x, ctx, s=24, c=z, cmap=cmap, label="sampled points")
-        else:
+            mappable = ax.scatter(x, logy, s=24, c=z, cmap=cmap, label="sampled points")
+        else:  # the grid is regular in (usage, log10 context): an image, cheaper than a mesh
             masked = np.ma.masked_invalid(gz)
-            mappable = ax.pcolormesh(
-                gx, 10**gy, masked, cmap=cmap, vmin=z.min(), vmax=z.max(), shading="auto"
+            extent = (0.0, float(x.max()), float(logy.min()), float(logy.max()))
+            mappable = ax.imshow(
+                masked, extent=extent, origin="lower", aspect="auto", cmap=cmap, vmin=z.min(), vmax=z.max()
             )
-            ax.scatter(x, ctx, s=5, c="k", label="sampled points")
+            ax.scatter(x, logy, s=5, c="k", label="sampled points")
             if (
                 itl_target_ms is not None
                 and name.startswith("decode_itl")
                 and z.min() < itl_target_ms < z.max()
             ):
                 ax.contour(
-                    gx, 10**gy, masked, levels=[itl_target_ms], colors="k", linewidths=1.5, linestyles="--"
+                    gx, gy, masked, levels=[itl_target_ms], colors="k", linewidths=1.5, linestyles="--"
                 )
                 ax.plot([], [], "k--", label=f"ITL target {itl_target_ms:g} ms")
         ax.axhline(
-            context_tokens, color=_SELECTED, lw=1.5, ls=":", label=f"workload context {context_tokens} tokens"
+            np.log10(context_tokens),
+            color=_SELECTED,
+            lw=1.5,
+            ls=":",
+            label=f"workload context {context_tokens} tokens",
         )
-        ax.set_yscale("log")
-        _plain_log_axis(ax.yaxis)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{10**v:,.0f}"))
+        ax.locator_params(nbins=6)
         fig.colorbar(mappable, ax=ax).set_label(zlabel)
         ax.set_xlabel("Active KV usage (fraction of capacity)")
         ax.set_ylabel("Context length (tokens, log scale)")
@@ -274,141 +316,75 @@ def plot_decode_surfaces(
     return paths
 
 
-def _decode_jobs(profile: Any, out: Path) -> list[Path]:
+def _prefill_performance(profile: Any, out: Path) -> list[Path]:
     spec = profile.spec
-    return plot_decode_surfaces(
-        profile.decode_surface, spec.decode_context_tokens, out / DECODE_DIR, spec.itl_ms
-    )
-
-
-def _other_jobs(profile: Any, out: Path) -> list[Path]:
-    spec, sel = profile.spec, profile.selection
-    paths = [
+    return [
         plot_prefill_performance(
-            profile.prefill_points, sel, spec.ttft_ms, spec.isl, out / "prefill_performance.png"
-        ),
-        plot_decode_performance(profile.decode_sweeps, sel, spec.itl_ms, out / "decode_performance.png"),
+            profile.prefill_points, profile.selection, spec.ttft_ms, spec.isl, out / "prefill_performance.png"
+        )
     ]
-    return paths + plot_prefill_interpolation(
-        profile.prefill_surface, spec.isl, spec.ttft_ms, out / PREFILL_DIR
-    )
 
 
-_PARTS = {"decode": _decode_jobs, "other": _other_jobs}
-_WORKERS: list[Any] = []
+def _decode_performance(profile: Any, out: Path) -> list[Path]:
+    return [
+        plot_decode_performance(
+            profile.decode_sweeps, profile.selection, profile.spec.itl_ms, out / "decode_performance.png"
+        )
+    ]
 
 
-def _serve(conn: Any) -> None:  # pragma: no cover - runs in the forked process
-    """Import matplotlib now; draw one part of a profile when it arrives; report the files."""
-    import os
+def _prefill_interpolation(name: str) -> Any:
+    def draw(profile: Any, out: Path) -> list[Path]:
+        spec = profile.spec
+        return plot_prefill_interpolation(
+            profile.prefill_surface, spec.isl, spec.ttft_ms, out / PREFILL_DIR, name
+        )
 
-    try:
-        _pyplot()
-        msg = conn.recv()
-    except BaseException:  # noqa: BLE001 - the parent draws everything itself then
-        os._exit(1)
-    if msg is not None:
-        profile, out, part = msg
-        try:
-            conn.send((True, [str(p) for p in _PARTS[part](profile, Path(out))]))
-        except BaseException as exc:  # noqa: BLE001 - reported; the parent redraws this part
-            conn.send((False, repr(exc)))
-    os._exit(0)
+    return draw
 
 
-class _PlotWorker:
-    """A forked process that imports matplotlib while the estimate runs, then draws one part."""
+def _decode_map(name: str) -> Any:
+    def draw(profile: Any, out: Path) -> list[Path]:
+        spec = profile.spec
+        return plot_decode_surfaces(
+            profile.decode_surface, spec.decode_context_tokens, out / DECODE_DIR, spec.itl_ms, name
+        )
 
-    def __init__(self) -> None:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("fork")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child,), daemon=True)
-        self.proc.start()
-        child.close()
-
-    def submit(self, profile: Any, out: Path, part: str) -> bool:
-        try:
-            self.conn.send((profile, str(out), part))
-            return True
-        except (OSError, ValueError):
-            return False
-
-    def result(self) -> list[Path] | None:
-        try:
-            ok, payload = self.conn.recv()
-        except (EOFError, OSError):
-            ok, payload = False, "plot process exited"
-        self.proc.join(timeout=30)
-        if not ok:
-            log.warning("plot process failed (%s); drawing its part here", payload)
-            return None
-        return [Path(p) for p in payload]
+    return draw
 
 
-def prestart_plot_workers(count: int = 2) -> None:
-    """Fork ``count`` plot processes now, before AI Configurator loads (no threads yet, so forking is
-    safe), so that importing matplotlib, about a third of the plot cost, overlaps the estimate, and
-    the figures are then drawn on two cores. ``write_plots`` uses them; unused ones die with us."""
-    import multiprocessing as mp
-
-    if "fork" not in mp.get_all_start_methods():
-        return
-    while len(_WORKERS) < count:
-        _WORKERS.append(_PlotWorker())
+# One entry per PNG, in the order write_plots returns them (plot_workers draws each in its own process).
+FIGURES: dict[str, Any] = {
+    "prefill_performance.png": _prefill_performance,
+    "decode_performance.png": _decode_performance,
+    "prefill_ttft_interpolation.png": _prefill_interpolation("prefill_ttft_interpolation.png"),
+    "prefill_throughput_interpolation.png": _prefill_interpolation("prefill_throughput_interpolation.png"),
+    "decode_itl_interpolation.png": _decode_map("decode_itl_interpolation.png"),
+    "decode_throughput_interpolation.png": _decode_map("decode_throughput_interpolation.png"),
+}
 
 
 def write_plots(profile: Any, out_dir: str | Path, *, parallel: bool = True) -> list[Path]:
     """All plots of a ``Profile``; returns the files written (the same files however they are drawn).
 
-    With ``parallel``, the parts (the two decode maps; the other four figures) go to the
-    processes ``prestart_plot_workers`` forked, or to one forked now for the decode part; completion
-    is awaited, and a part whose process failed is drawn here.
+    ``parallel``: one forked process per figure (``plot_workers``), awaited; sequential otherwise.
     """
     out = Path(out_dir)
-    parts = ["decode", "other"]
-    workers: dict[str, Any] = {}
     if parallel:
-        if not _WORKERS:
-            _pyplot()  # imported once, before forking, so the child does not import it again
-            prestart_plot_workers(1)
-        for part in parts:
-            if _WORKERS:
-                w = _WORKERS.pop()
-                if w.submit(profile, out, part):
-                    workers[part] = w
-    paths: list[Path] = []
-    for part in parts:
-        if part not in workers:
-            paths += _PARTS[part](profile, out)
-    for part, w in workers.items():
-        got = w.result()
-        paths += got if got is not None else _PARTS[part](profile, out)
-    order = {p.name: i for i, p in enumerate(_ALL_FILES)}
-    paths.sort(key=lambda p: order.get(p.name, len(order)))
+        from .plot_workers import draw_parallel
+
+        paths = draw_parallel(profile, out)
+    else:
+        paths = [p for draw in FIGURES.values() for p in draw(profile, out)]
     log.debug("wrote %d plots under %s", len(paths), out)
     return paths
 
 
-_ALL_FILES = tuple(
-    Path(n)
-    for n in (
-        "prefill_performance.png",
-        "decode_performance.png",
-        "prefill_ttft_interpolation.png",
-        "prefill_throughput_interpolation.png",
-        "decode_itl_interpolation.png",
-        "decode_throughput_interpolation.png",
-    )
-)
-
-
 __all__ = [
+    "FIGURES",
     "plot_decode_performance",
     "plot_decode_surfaces",
     "plot_prefill_interpolation",
     "plot_prefill_performance",
-    "prestart_plot_workers",
     "write_plots",
 ]
