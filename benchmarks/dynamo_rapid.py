@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -48,10 +49,12 @@ def dgdr_spec(model: str, system: str) -> dict:
     }
 
 
-def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, subprocess.CompletedProcess]:
-    t0 = time.perf_counter()
+def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Wall seconds and CPU seconds (user + system of the run and every process it waited for)."""
+    r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False)
-    return time.perf_counter() - t0, proc
+    wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), proc
 
 
 def main() -> int:
@@ -84,6 +87,7 @@ def main() -> int:
     spec_file.write_text(yaml.safe_dump(dgdr_spec(args.model, args.system)))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SLA_ESTIMATE_CACHE_DIR": str(work / "cache")}
     runs: dict[str, list[float]] = {"dynamo_rapid": [], "ours_with_plots": [], "ours_no_plots": []}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
     commands = {
         "dynamo_rapid": lambda i: [str(DYNAMO_PYTHON), "-m", "dynamo.profiler", "--config", str(spec_file),
                                    "--output-dir", str(work / f"dyn{i}")],
@@ -95,7 +99,7 @@ def main() -> int:
     load_before = os.getloadavg()
     for i in range(args.repeats):
         for name, cmd in commands.items():
-            wall, proc = timed(cmd(i), ROOT, env)
+            wall, cpu_s, proc = timed(cmd(i), ROOT, env)
             if proc.returncode != 0:
                 print(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
                 return 1
@@ -104,17 +108,26 @@ def main() -> int:
                 print(f"{name} wrote no final_config.yaml in {out_dir}")
                 return 1
             runs[name].append(wall)
-            print(f"run {i + 1}/{args.repeats} {name}: {wall:.2f} s", flush=True)
+            cpu[name].append(cpu_s)
+            print(f"run {i + 1}/{args.repeats} {name}: {wall:.2f} s wall, {cpu_s:.2f} s CPU", flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     ratio = {k: med["dynamo_rapid"] / med[k] for k in ("ours_with_plots", "ours_no_plots")}
-    print(f"\n{'run':<18}{'median s':>10}{'min s':>8}{'×faster':>9}")
+    ratio_cpu = {k: med_cpu["dynamo_rapid"] / med_cpu[k] for k in ("ours_with_plots", "ours_no_plots")}
+    print(f"\n{'run':<18}{'median s':>10}{'min s':>8}{'×faster':>9}{'CPU s':>8}{'×less CPU':>11}")
     for k, v in runs.items():
-        print(f"{k:<18}{med[k]:>10.2f}{min(v):>8.2f}{ratio.get(k, 1.0):>9.1f}")
+        print(
+            f"{k:<18}{med[k]:>10.2f}{min(v):>8.2f}{ratio.get(k, 1.0):>9.1f}"
+            f"{med_cpu[k]:>8.2f}{ratio_cpu.get(k, 1.0):>11.1f}"
+        )
     result = {
         "study": dgdr_spec(args.model, args.system),
         "runs_s": runs,
         "median_s": med,
         "speedup_vs_dynamo_rapid": ratio,
+        "cpu_s": cpu,
+        "median_cpu_s": med_cpu,
+        "cpu_ratio_vs_dynamo_rapid": ratio_cpu,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_before": load_before,
                     "loadavg_after": os.getloadavg(), "python": platform.python_version()},
     }  # fmt: skip

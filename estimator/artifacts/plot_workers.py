@@ -31,33 +31,40 @@ GROUPS = (
 
 
 def _serve(conn: Any) -> None:  # pragma: no cover - runs in a forked process
+    """Draw the figures named in the one job that arrives (none if our end closes first)."""
     try:
-        msg = conn.recv()
+        profile, out, names = conn.recv()
     except (EOFError, OSError):
-        os._exit(0)
-    profile, out, names = msg
+        return
     try:
         conn.send((True, [str(p) for n in names for p in plots.FIGURES[n](profile, Path(out))]))
-    except BaseException as exc:  # noqa: BLE001 - reported; the parent draws this figure
+    except BaseException as exc:  # noqa: BLE001 - reported; the parent draws these figures
         conn.send((False, repr(exc)))
-    os._exit(0)
 
 
 def _importer(ends: list[Any]) -> None:  # pragma: no cover - runs in a forked process
+    status = 1
     try:
         plots._pyplot()
         plots.warm_up()
+        siblings = []
         for k in range(1, len(ends)):
-            if os.fork() == 0:
+            pid = os.fork()
+            if pid == 0:
                 for j, c in enumerate(ends):
                     if j != k:
                         c.close()
                 _serve(ends[k])
+                os._exit(0)
+            siblings.append(pid)
         for c in ends[1:]:
             c.close()
         _serve(ends[0])
-    except BaseException:  # noqa: BLE001 - the parent draws everything itself then
-        os._exit(1)
+        for pid in siblings:  # reaped here, so their CPU time adds up in the parent's rusage
+            os.waitpid(pid, 0)
+        status = 0
+    finally:
+        os._exit(status)
 
 
 class _Pool:
