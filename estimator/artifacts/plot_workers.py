@@ -1,9 +1,9 @@
-"""Draw a profile's figures in parallel, in three forked processes, so plots cost little wall time.
+"""Draw a profile's figures in parallel, in two forked processes, so plots cost little wall time.
 
 Plotting is CPU-bound matplotlib work (importing it is about a third). ``prestart`` forks one process
 early, before AI Configurator loads (no threads yet, so forking is safe): it imports matplotlib while
 the estimate runs (and draws a throw-away figure: the first draw in a process loads fonts and caches),
-then forks two siblings, which inherit all of it. ``draw_parallel`` sends each process two figures (the
+then forks a sibling, which inherits all of it. ``draw_parallel`` sends each process three figures (the
 pickled profile, the output directory, the names) down its own pipe and awaits every answer; figures
 whose process failed, or did not answer in time, are drawn here, so the files are the same either way.
 Processes that never get a job exit when our end of their pipe closes. (On a machine whose CPU share is
@@ -22,11 +22,11 @@ from . import plots
 log = logging.getLogger(__name__)
 _TIMEOUT_S = 300.0
 _POOL: _Pool | None = None
-# Two figures per process, balanced by measured cost (the decode maps are the dearest).
+# Three figures per process, balanced by measured cost (the decode maps are the dearest). Two processes
+# use both cores of a small machine; a third cost more CPU (fork, copy-on-write, unpickling) than it saved.
 GROUPS = (
-    ("decode_itl_interpolation.png", "prefill_performance.png"),
-    ("decode_throughput_interpolation.png", "decode_performance.png"),
-    ("prefill_ttft_interpolation.png", "prefill_throughput_interpolation.png"),
+    ("decode_itl_interpolation.png", "prefill_performance.png", "prefill_ttft_interpolation.png"),
+    ("decode_throughput_interpolation.png", "decode_performance.png", "prefill_throughput_interpolation.png"),
 )
 
 
@@ -45,8 +45,12 @@ def _serve(conn: Any) -> None:  # pragma: no cover - runs in a forked process
 def _importer(ends: list[Any]) -> None:  # pragma: no cover - runs in a forked process
     status = 1
     try:
+        import gc
+
+        gc.disable()  # short-lived: matplotlib's many small objects would trigger collections for nothing
         plots._pyplot()
         plots.warm_up()
+        gc.freeze()  # what the siblings inherit stays shared: no copy-on-write from collector passes
         siblings = []
         for k in range(1, len(ends)):
             pid = os.fork()
