@@ -10,7 +10,7 @@ The anchor needs the Dynamo venv with the profiler's deps:
     DYNAMO_PROFILER=1 bash scripts/setup_dynamo_venv.sh      # ai-dynamo==1.6.1 --no-deps,
         # aiconfigurator==0.12.0 (+ -core) behind an aisimulate -> aiconfigurator import alias,
         # a stand-in for the repo-root `deploy` package the wheel imports
-    python benchmarks/dynamo_rapid.py --repeats 3      # -> benchmarks/results/dynamo_rapid.json
+    python benchmarks/dynamo_rapid.py --repeats 5      # -> benchmarks/results/dynamo_rapid.json
 """
 
 from __future__ import annotations
