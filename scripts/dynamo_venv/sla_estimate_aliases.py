@@ -45,7 +45,7 @@ class _AliasLoader(importlib.abc.Loader):
         self.target = target
         self.real_spec = None
 
-    def create_module(self, spec):  # noqa: ANN001
+    def create_module(self, spec):
         module = importlib.import_module(self.target)
         for attr in _AIS_ONLY.get(self.target, ()):
             if not hasattr(module, attr):
@@ -53,7 +53,7 @@ class _AliasLoader(importlib.abc.Loader):
         self.real_spec = module.__spec__
         return module
 
-    def exec_module(self, module) -> None:  # noqa: ANN001
+    def exec_module(self, module) -> None:
         # The import system stamps the alias spec on the shared module; give the real one back so
         # importlib.resources and relative imports still see the real package.
         module.__spec__ = self.real_spec

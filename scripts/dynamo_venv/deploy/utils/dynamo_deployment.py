@@ -11,11 +11,11 @@ class DeploymentFailedError(Exception):
 
 
 class DynamoDeploymentClient:
-    def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ARG002
+    def __init__(self, *args, **kwargs):
         raise RuntimeError("deploying profiling candidates needs a Kubernetes cluster (thorough mode)")
 
 
-async def cleanup_remaining_deployments(deployment_clients, namespace=None, *args, **kwargs):  # noqa: ANN001, ARG001
+async def cleanup_remaining_deployments(deployment_clients, namespace=None, *args, **kwargs):
     """The profiler calls this at the end of every run; rapid mode creates no deployment to clean."""
     if deployment_clients:
         raise RuntimeError("cleaning up profiling deployments needs a Kubernetes cluster (thorough mode)")
