@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import plots
+from . import plot_style, plots
 
 log = logging.getLogger(__name__)
 _TIMEOUT_S = 300.0
@@ -48,8 +48,8 @@ def _importer(ends: list[Any]) -> None:  # pragma: no cover - runs in a forked p
         import gc
 
         gc.disable()  # short-lived: matplotlib's many small objects would trigger collections for nothing
-        plots._pyplot()
-        plots.warm_up()
+        plot_style.pyplot()
+        plot_style.warm_up()
         gc.freeze()  # what the siblings inherit stays shared: no copy-on-write from collector passes
         siblings = []
         for k in range(1, len(ends)):

@@ -1,4 +1,4 @@
-"""The profile's PNG plots; the only module that imports matplotlib (Agg backend, imported on first use).
+"""The profile's PNG plots (matplotlib through ``plot_style``; decode maps in ``plot_decode``).
 
 Files (names as Dynamo's profiler writes them, so existing tooling finds them):
 
@@ -20,81 +20,16 @@ from typing import Any
 import numpy as np
 
 from ..select import Selection
-from ..surfaces import DecodeSurface, DecodeSweep, PrefillPoint, PrefillSurface, prefill_thpt_per_gpu
+from ..surfaces import DecodeSweep, PrefillPoint, PrefillSurface, prefill_thpt_per_gpu
 from .npz import DECODE_DIR, PREFILL_DIR
+from .plot_decode import plot_decode_surfaces
+from .plot_style import SELECTED as _SELECTED
+from .plot_style import TARGET as _TARGET
+from .plot_style import figure as _figure
+from .plot_style import plain_log_axis as _plain_log_axis
+from .plot_style import save as _save
 
 log = logging.getLogger(__name__)
-
-_DPI = 80
-# Rendering cost, measured (benchmarks/profile_speed.py): a second layout pass (bbox_inches="tight"),
-# mathtext tick labels on log axes and zlib level 6 were most of it. Fixed margins, plain tick
-# labels and a fast PNG level keep every figure under ~0.1 s of CPU.
-_MARGINS = {"left": 0.13, "right": 0.97, "bottom": 0.11, "top": 0.92}
-_SELECTED = "#d62728"
-_TARGET = "#555555"
-
-
-def _pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend; a missing install names the extra to add."""
-    try:
-        import matplotlib
-    except ImportError as exc:  # pragma: no cover - matplotlib is a core dependency today
-        raise ImportError(
-            "plots need matplotlib: pip install 'sla-estimate[plot]' or pass --no-plots"
-        ) from exc
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, metadata={"Software": None}, pil_kwargs={"compress_level": 1})
-    _pyplot().close(fig)
-    return path
-
-
-def _figure(figsize: tuple[float, float]) -> tuple[Any, Any]:
-    fig, ax = _pyplot().subplots(figsize=figsize)
-    fig.subplots_adjust(**_MARGINS)
-    return fig, ax
-
-
-def _plain_log_axis(axis: Any) -> None:
-    """Log scale with plain-number major labels and no minor labels (mathtext labels are slow)."""
-    from matplotlib.ticker import FuncFormatter, NullLocator
-
-    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
-    axis.set_minor_locator(NullLocator())  # each tick is two lines and a label: minor ones cost most
-
-
-def warm_up() -> None:
-    """Draw one throw-away figure with every element the real ones use (text, legend, log axes, a
-    colour map, a contour, a colorbar, PNG encoding): the first draw in a process loads fonts and
-    builds caches, which costs more than the figures themselves. ``plot_workers`` calls this before
-    forking, so every figure process starts warm."""
-    import io
-
-    fig, ax = _figure((8, 5.5))
-    grid = np.arange(16.0).reshape(4, 4)
-    ax.errorbar([1.0, 2.0], [1.0, 2.0], xerr=[[0.1, 0.1], [0.1, 0.1]], fmt="o", label="a")
-    ax.annotate("TP1", (1.0, 1.0), xytext=(6, 6), textcoords="offset points")
-    ax.fill_between([1.0, 2.0], [0.5, 1.5], [1.5, 2.5], alpha=0.2)
-    mesh = ax.pcolormesh(np.arange(4.0), np.arange(1.0, 5.0), grid, shading="auto")
-    ax.contour(np.arange(4.0), np.arange(1.0, 5.0), grid, levels=[7.5], linestyles="--")
-    ax.axvline(1.5, ls="--", label="target")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    _plain_log_axis(ax.xaxis)
-    _plain_log_axis(ax.yaxis)
-    fig.colorbar(mesh, ax=ax).set_label("ITL (ms)")
-    ax.set_xlabel("x (tokens)")
-    ax.set_title("warm-up")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.savefig(io.BytesIO(), format="png", dpi=_DPI, pil_kwargs={"compress_level": 1})
-    _pyplot().close(fig)
 
 
 def _has_band(low: np.ndarray, high: np.ndarray) -> bool:
@@ -214,104 +149,6 @@ def plot_prefill_interpolation(
         )
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-        paths.append(_save(fig, out_dir / name))
-    return paths
-
-
-def _hull_grid(
-    x: np.ndarray, y: np.ndarray, z: np.ndarray, gx: np.ndarray, gy: np.ndarray
-) -> np.ndarray | None:
-    """Interpolate rows of equal ``y`` onto (gx, gy): linear in x along each row (NaN beyond its ends),
-    then linear in y between neighbouring rows. The decode surface is sampled row by row, so this is
-    its natural grid (and ~1000× cheaper than a Delaunay ``griddata``). None if it spans no area."""
-    rows = np.unique(y)
-    if rows.size < 2 or np.unique(x).size < 2:
-        return None
-    xs = gx[0]
-    per_row = np.empty((rows.size, xs.size))
-    for k, r in enumerate(rows):
-        sel = y == r
-        order = np.argsort(x[sel])
-        rx, rz = x[sel][order], z[sel][order]
-        per_row[k] = np.interp(xs, rx, rz, left=np.nan, right=np.nan) if rx.size > 1 else np.nan
-    out = np.empty(gx.shape)
-    for j in range(xs.size):
-        col = per_row[:, j]
-        ok = np.isfinite(col)
-        out[:, j] = (
-            np.interp(gy[:, j], rows[ok], col[ok], left=np.nan, right=np.nan) if ok.sum() > 1 else np.nan
-        )
-    return out
-
-
-def plot_decode_surfaces(
-    surface: DecodeSurface,
-    context_tokens: int,
-    out_dir: Path,
-    itl_target_ms: float | None = None,
-    only: str | None = None,
-) -> list[Path]:
-    """ITL and throughput maps over (KV usage, context length, log scale): colour = value, the sampled
-    points on top, the workload's context row drawn, and the ITL target as a contour. Drawn in 2-D:
-    a third of the cost of the former 3-D surfaces, and the target line is readable."""
-    _pyplot()
-    from matplotlib import cm
-    from matplotlib.ticker import FuncFormatter
-
-    c = surface.candidate
-    x = np.asarray(surface.kv_usage)
-    ctx = np.asarray(surface.context_tokens, dtype=float)
-    logy = np.log10(ctx)
-    paths = []
-    series = (
-        ("decode_itl_interpolation.png", surface.itl_ms, "ITL (ms)", "Decode ITL", cm.coolwarm),
-        (
-            "decode_throughput_interpolation.png",
-            surface.thpt_per_gpu,
-            "tokens/s/GPU",
-            "Decode throughput",
-            cm.viridis,
-        ),
-    )
-    gx, gy = np.meshgrid(np.linspace(0, x.max(), 48), np.linspace(logy.min(), logy.max(), 48))
-    for name, z, zlabel, title, cmap in series:
-        if only is not None and name != only:
-            continue
-        z = np.asarray(z)
-        fig, ax = _figure((8, 5.5))
-        gz = _hull_grid(x, logy, z, gx, gy)
-        if gz is None:  # one context row or one usage column: no area to draw, points only
-            mappable = ax.scatter(x, logy, s=24, c=z, cmap=cmap, label="sampled points")
-        else:  # the grid is regular in (usage, log10 context): an image, cheaper than a mesh
-            masked = np.ma.masked_invalid(gz)
-            extent = (0.0, float(x.max()), float(logy.min()), float(logy.max()))
-            mappable = ax.imshow(
-                masked, extent=extent, origin="lower", aspect="auto", cmap=cmap, vmin=z.min(), vmax=z.max()
-            )
-            ax.scatter(x, logy, s=5, c="k", label="sampled points")
-            if (
-                itl_target_ms is not None
-                and name.startswith("decode_itl")
-                and z.min() < itl_target_ms < z.max()
-            ):
-                ax.contour(
-                    gx, gy, masked, levels=[itl_target_ms], colors="k", linewidths=1.5, linestyles="--"
-                )
-                ax.plot([], [], "k--", label=f"ITL target {itl_target_ms:g} ms")
-        ax.axhline(
-            np.log10(context_tokens),
-            color=_SELECTED,
-            lw=1.5,
-            ls=":",
-            label=f"workload context {context_tokens} tokens",
-        )
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{10**v:,.0f}"))
-        ax.locator_params(nbins=6)
-        fig.colorbar(mappable, ax=ax).set_label(zlabel)
-        ax.set_xlabel("Active KV usage (fraction of capacity)")
-        ax.set_ylabel("Context length (tokens, log scale)")
-        ax.set_title(f"{title}, selected engine {c.name} (KV capacity {surface.kv_capacity_tokens:,} tokens)")
-        ax.legend(fontsize=8, loc="upper right")
         paths.append(_save(fig, out_dir / name))
     return paths
 
