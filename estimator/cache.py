@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 FORMAT = "sla-estimate-profile"
 FORMAT_VERSION = 2  # 1 was a pickle
 MAX_ENTRY_BYTES = 64 * 1024 * 1024
-_OUTPUT_ONLY = {"output_dir", "plots", "strict", "cache", "validate", "num_alternatives"}
+_OUTPUT_ONLY = {
+    "output_dir", "plots", "strict", "cache", "validate", "num_alternatives",
+    "dynamo_version", "runtime_image", "kv_router", "runtime_version_override",  # how artifacts are rendered
+}  # fmt: skip
 
 
 def cache_dir() -> Path:

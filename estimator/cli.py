@@ -64,8 +64,13 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     )
     o.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    d = p.add_argument_group("Dynamo hand-over")
+    d.add_argument("--dgdr", help="read the study from a DynamoGraphDeploymentRequest (nvidia.com/v1beta1) YAML")
+    d.add_argument("--dynamo-version", help="artifact layout: 1.6 (final_config.yaml, default) | 0.7 (legacy)")
+    d.add_argument("--runtime-image", help="image tag (e.g. 1.6.1) or reference whose registry/tag every image uses")
     p.epilog = (
-        "Planner flags: any --planner-<flag>=<value> is passed to Dynamo's Planner as --<flag>=<value>."
+        "Planner flags: any --planner-<field>=<value> goes into planner_config.json (Dynamo 1.6) "
+        "or to the Planner as --<field>=<value> (--dynamo-version 0.7)."
     )
 
 
@@ -133,6 +138,7 @@ def _overrides(ns: argparse.Namespace, planner: list[str]) -> dict[str, Any]:
         "model", "system", "backend", "backend_version", "isl", "osl", "ttft", "itl", "min_gpus", "max_gpus",
         "gpus", "gpus_per_node", "gemm_quant", "kvcache_quant", "max_context_tokens", "request_rate", "source",
         "num_alternatives", "output_dir", "plots", "strict", "cache", "confidence",
+        "dgdr", "dynamo_version", "runtime_image",
     )  # fmt: skip
     out = {k: getattr(ns, k, None) for k in keys}
     if planner:
@@ -159,6 +165,10 @@ def _run_profile(spec: Any, as_json: bool) -> int:
     from .pipeline import estimate
 
     t0 = time.perf_counter()
+    if spec.plots and spec.output_dir:  # plot processes import matplotlib while the estimate runs
+        from .artifacts.plot_workers import prestart
+
+        prestart()
     profile = profile_cache.load_profile(spec) if spec.cache else None
     cached = profile is not None
     if profile is None:

@@ -21,6 +21,8 @@ from .surfaces import (
     PrefillSurface,
     decode_surface,
     decode_sweep,
+    planner_decode_surface,
+    planner_prefill_surface,
     prefill_point,
     prefill_surface,
 )
@@ -44,6 +46,9 @@ class Profile:
     decode_surface: DecodeSurface
     timings_s: dict[str, float] = field(default_factory=dict)
     deployment: Deployment | None = None  # the fleet to deploy for spec.request_rate (capacity planning)
+    # Dynamo 1.6's planner data (npz + profile ConfigMap): points near the workload its linear fits hold on.
+    planner_prefill_surface: PrefillSurface | None = None
+    planner_decode_surface: DecodeSurface | None = None
 
 
 def screen(source: PerfSource, candidates: list[Candidate], request_tokens: int) -> tuple[list, list]:
@@ -121,6 +126,19 @@ def estimate(spec: Spec, source: PerfSource | None = None) -> Profile:
         num_concurrencies=spec.num_decode_concurrencies,
         cap=spec.max_concurrency,
     )
+    best_d = selection.best_decode
+    planner_p = planner_prefill_surface(
+        source, selection.best_prefill.candidate, isl=spec.isl, max_isl=spec.max_context_tokens
+    )
+    planner_d = planner_decode_surface(
+        source,
+        best_d.candidate,
+        isl=spec.isl,
+        osl=spec.osl,
+        best_concurrency=best_d.concurrency,
+        max_context=spec.max_context_tokens,
+        cap=spec.max_concurrency,
+    )
     t3 = time.perf_counter()
     return Profile(
         spec=spec,
@@ -135,4 +153,6 @@ def estimate(spec: Spec, source: PerfSource | None = None) -> Profile:
         decode_surface=d_surface,
         timings_s={"screen": t1 - t0, "sweeps": t2 - t1, "surfaces": t3 - t2, "total": t3 - t0},
         deployment=selection.sizing.deployment if selection.sizing is not None else None,
+        planner_prefill_surface=planner_p,
+        planner_decode_surface=planner_d,
     )

@@ -54,6 +54,7 @@ QUANT_MODES = (
 )
 KV_QUANT_MODES = ("bfloat16", "float16", "fp8", "int8")
 RUNNER_KINDS = ("replay", "endpoint", "local", "k8s", "gpu")
+DYNAMO_VERSIONS = ("1.6", "0.7")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,12 @@ class Spec:
     validate: ValidateSpec | None = None
     seed: int = 0
     confidence: float | None = None  # pick by P(meeting every target) >= this, not by the point estimate
+    # Dynamo hand-over (artifacts/dynamo16.py): layout, images, features a DGDR may ask for.
+    dynamo_version: str = "1.6"  # "1.6": final_config.yaml (v1beta1); "0.7": config_with_planner.yaml
+    runtime_image: str | None = None  # image tag ("1.6.1") or reference whose registry and tag all images share
+    total_gpus: int | None = None  # the fleet's GPU budget (DGDR hardware.totalGpus): planner max_gpu_budget
+    kv_router: bool = False  # DGDR features.kvRouter: KV-aware routing in the frontend
+    runtime_version_override: str | None = None  # DGDR runtimeVersionOverride, set on every component
 
     @property
     def decode_context_tokens(self) -> int:
@@ -196,9 +203,26 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
 
     Fields given nowhere come from the built-in default study (``DEFAULT_STUDY``), so a bare
     ``sla-estimate`` runs Qwen3-32B on h200_sxm with vLLM at ISL 3000 / OSL 150, TTFT 200 ms, ITL 20 ms.
-    Flags override the file field by field, the ``validate:`` section included.
+    Flags override the file field by field, the ``validate:`` section included. A
+    DynamoGraphDeploymentRequest (``--dgdr FILE``, or a ``--config`` file whose ``kind`` says so)
+    is read by ``dgdr.py`` into the same raw fields first.
     """
-    raw: dict[str, Any] = _normalise(read_yaml(config), str(config)) if config else {}
+    dgdr_path = overrides.pop("dgdr", None)
+    if dgdr_path and config:
+        raise SpecError("dgdr", "give either --config or --dgdr, not both")
+    path = dgdr_path or config
+    doc: dict[str, Any] = read_yaml(path) if path else {}
+    from .dgdr import is_dgdr
+
+    if dgdr_path or is_dgdr(doc):
+        from .dgdr import load_dgdr_spec
+
+        return load_dgdr_spec(doc, overrides, _spec_from_raw)
+    return _spec_from_raw(_normalise(doc, str(config)) if config else {}, overrides)
+
+
+def _spec_from_raw(raw: dict[str, Any], overrides: dict[str, Any]) -> Spec:
+    raw = _normalise(raw, "the study")
     flags = _normalise({k: v for k, v in overrides.items() if v is not None}, "the flags")
     if "validate" in flags and "validate" in raw:
         flags["validate"] = merge_validate(
@@ -260,6 +284,11 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
         validate=_validate_spec(raw.get("validate")),
         seed=_as_int("seed", raw.get("seed", 0), 0),
         confidence=_as_probability("confidence", raw.get("confidence")),
+        dynamo_version=_as_choice("dynamo_version", raw.get("dynamo_version", "1.6"), DYNAMO_VERSIONS),
+        runtime_image=_image(raw.get("runtime_image")),
+        total_gpus=_as_int("total_gpus", raw["total_gpus"], 1, 1_000_000) if raw.get("total_gpus") else None,
+        kv_router=_as_bool("kv_router", raw.get("kv_router", False)),
+        runtime_version_override=str(raw["runtime_version_override"]) if raw.get("runtime_version_override") else None,
     )
     too_big = [n for n in spec.gpu_counts if n > spec.gpus_per_node]
     if too_big:
@@ -291,6 +320,16 @@ def _planner_args(v: Any) -> tuple[tuple[str, str], ...]:
             val = "true" if val else "false"
         out.append((name, _as_text(f"planner_args.{name}", val) if val != "" else ""))
     return tuple(out)
+
+
+def _image(v: Any) -> str | None:
+    """A bare tag (``1.6.1``) or an image reference ``[registry/]name[:tag]`` without spaces."""
+    if v in (None, ""):
+        return None
+    s = str(v)
+    if not re.fullmatch(r"[A-Za-z0-9._/:@-]+", s) or s.endswith((":", "/")):
+        raise SpecError("runtime_image", f"{v!r} is neither an image tag nor an image reference")
+    return s
 
 
 def _validate_spec(v: Any) -> ValidateSpec | None:

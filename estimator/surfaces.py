@@ -206,3 +206,81 @@ def decode_surface(
         itl_low_ms=lo,
         itl_high_ms=hi,
     )
+
+
+# ---- planner data: points Dynamo 1.6's linear regressions fit right ---------------------------------
+DYNAMO_PREFILL_MAX_TOKENS = 32768  # Dynamo's profiler caps prefill sweeps here (profiler/utils/defaults.py)
+
+
+def planner_isl_grid(isl: int, max_isl: int, num_points: int = 24) -> np.ndarray:
+    """ISLs for Dynamo 1.6's prefill regression (wall time linear in prefill tokens): a ×2 band each
+    side of the workload ISL, geometric (densest at the ISL), within Dynamo's 32k cap when the ISL is
+    below it. Over a ×4 range the quadratic attention term is small, so the fit holds at the ISL."""
+    top = max(isl, min(max_isl, 2 * isl))
+    if isl <= DYNAMO_PREFILL_MAX_TOKENS:
+        top = min(top, DYNAMO_PREFILL_MAX_TOKENS)
+    lo = max(1.0, isl / 2)
+    half = max(2, num_points // 2)
+    pts = np.concatenate([np.geomspace(lo, isl, half + 1), np.geomspace(isl, max(top, isl), half)])
+    return np.unique(np.round(pts))
+
+
+def planner_prefill_surface(
+    source: PerfSource, candidate: Candidate, *, isl: int, max_isl: int, num_points: int = 24
+) -> PrefillSurface:
+    x = planner_isl_grid(isl, max_isl, num_points)
+    ttft = source.prefill_ttft_ms(candidate, x)
+    lo, hi = source.prefill_ttft_band(candidate, x)
+    return PrefillSurface(candidate, x, ttft, prefill_thpt_per_gpu(candidate, x, ttft), lo, hi)
+
+
+def planner_decode_surface(
+    source: PerfSource,
+    candidate: Candidate,
+    *,
+    isl: int,
+    osl: int,
+    best_concurrency: int,
+    max_context: int,
+    cap: int,
+    num_contexts: int = 5,
+    num_concurrencies: int = 8,
+) -> DecodeSurface:
+    """Decode points for Dynamo 1.6's decode regression (wall time linear in requests and KV tokens):
+    contexts ×½..×2 around ISL+OSL/2 and, at each, concurrencies ¼..2× the selected operating point
+    (within what KV holds), so the fit crosses the ITL target where our surface does."""
+    capacity = source.kv_capacity_tokens(candidate)
+    step = candidate.attention_dp_size
+    ctx0 = isl + osl // 2
+    top_ctx = max(ctx0, max_context - osl)
+    ctxs = np.unique(np.round(np.clip(ctx0 * np.geomspace(0.5, 2.0, num_contexts), 1, top_ctx)))
+    if ctx0 not in ctxs:
+        ctxs = np.unique(np.append(ctxs, ctx0))
+    rows_c, rows_x = [], []
+    for ctx in ctxs:
+        n_max = min(cap, int(capacity // max(1, ctx)))
+        if n_max < step:
+            continue
+        hi = max(step, min(n_max, 2 * best_concurrency))
+        lo = max(step, min(hi, best_concurrency // 4))
+        raw = np.geomspace(lo, hi, num_concurrencies)
+        conc = np.unique(np.maximum(step, np.round(raw / step) * step)).astype(float)
+        rows_c.append(conc[conc <= n_max])
+        rows_x.append(np.full(rows_c[-1].shape, float(ctx)))
+    if not rows_c:
+        raise ValueError(f"{candidate.name}: KV cache of {capacity} tokens holds no decode request")
+    conc = np.concatenate(rows_c)
+    ctx_arr = np.concatenate(rows_x)
+    itl = source.decode_itl_ms(candidate, conc, ctx_arr)
+    lo_b, hi_b = source.decode_itl_band(candidate, conc, ctx_arr)
+    return DecodeSurface(
+        candidate=candidate,
+        kv_capacity_tokens=capacity,
+        kv_usage=conc * ctx_arr / capacity,
+        context_tokens=ctx_arr,
+        concurrency=conc,
+        itl_ms=itl,
+        thpt_per_gpu=decode_thpt_per_gpu(candidate, conc, itl),
+        itl_low_ms=lo_b,
+        itl_high_ms=hi_b,
+    )

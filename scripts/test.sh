@@ -7,6 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python3 -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[test]"
 bash scripts/setup_engine_venv.sh "${SLA_ESTIMATE_ENGINE_VENV:-$PWD/.venv-engine}"
 export SLA_ESTIMATE_ENGINE_PYTHON="${SLA_ESTIMATE_ENGINE_VENV:-$PWD/.venv-engine}/bin/python"
+bash scripts/setup_dynamo_venv.sh  # .venv-dynamo: Dynamo 1.6.1 for the `dynamo` tests
 
 set +e
 python3 -m pytest -q -p no:cacheprovider "$@"

@@ -29,7 +29,7 @@ PNG_FILES = (
     "selected_decode_interpolation/decode_itl_interpolation.png",
     "selected_decode_interpolation/decode_throughput_interpolation.png",
 )
-OTHER_FILES = ("report.json", "config_with_planner.yaml")
+OTHER_FILES = ("report.json", "final_config.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +78,9 @@ def test_prefill_npz_has_dynamos_keys_dtypes_and_units(written, profile):
     assert isl.dtype == np.int64 and ttft.dtype == np.float64 and thpt.dtype == np.float64
     assert isl.ndim == ttft.ndim == thpt.ndim == 1 and isl.shape == ttft.shape == thpt.shape
     assert np.all(np.diff(isl) > 0) and np.all(ttft > 0)
-    cand = profile.prefill_surface.candidate
+    cand = profile.planner_prefill_surface.candidate
     np.testing.assert_allclose(thpt, isl / ttft * 1000.0 / cand.num_gpus * cand.attention_dp_size, rtol=1e-9)
-    np.testing.assert_array_equal(ttft, profile.prefill_surface.ttft_ms)  # ms, as estimated
+    np.testing.assert_array_equal(ttft, profile.planner_prefill_surface.ttft_ms)  # ms, as estimated
     i = int(np.flatnonzero(isl == profile.spec.isl)[0])  # the workload ISL is sampled
     assert ttft[i] == pytest.approx(profile.selection.best_prefill.point.ttft_ms)
 
@@ -91,7 +91,7 @@ def test_decode_npz_has_dynamos_keys_dtypes_and_units(written, profile):
         assert sorted(data.files) == sorted(npz.DECODE_KEYS)
         arrays = {k: data[k] for k in data.files}
     kv = arrays.pop("max_kv_tokens")
-    assert kv.shape == (1,) and kv.dtype == np.int64 and kv[0] == profile.decode_surface.kv_capacity_tokens
+    assert kv.shape == (1,) and kv.dtype == np.int64 and kv[0] == profile.planner_decode_surface.kv_capacity_tokens
     shapes = {a.shape for a in arrays.values()}
     assert len(shapes) == 1 and len(next(iter(shapes))) == 1
     assert all(a.dtype == np.float64 and np.all(np.isfinite(a)) for a in arrays.values())
@@ -105,7 +105,7 @@ def test_decode_npz_has_dynamos_keys_dtypes_and_units(written, profile):
     # Dynamo's definitions: x = concurrency * context / max_kv_tokens, thpt = concurrency / ITL / GPUs
     concurrency = x * kv[0] / y
     np.testing.assert_allclose(concurrency, np.round(concurrency), atol=1e-6)
-    gpus = profile.decode_surface.candidate.num_gpus
+    gpus = profile.planner_decode_surface.candidate.num_gpus
     np.testing.assert_allclose(thpt, concurrency / itl * 1000.0 / gpus, rtol=1e-9)
     assert np.any(y == profile.spec.decode_context_tokens)  # the workload's context is a sampled row
 
@@ -140,8 +140,8 @@ def test_read_back_and_bad_files(written, tmp_path):
 
 def test_configmap_carries_the_npz_data(written):
     out, _ = written
-    docs = list(yaml.safe_load_all((out / "config_with_planner.yaml").read_text()))
-    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    docs = list(yaml.safe_load_all((out / "final_config.yaml").read_text()))
+    cm = next(d for d in docs if d["metadata"]["name"].startswith("planner-profile-data-"))
     prefill = json.loads(cm["data"]["prefill_raw_data.json"])
     decode = json.loads(cm["data"]["decode_raw_data.json"])
     p, d = npz.read_prefill_npz(out), npz.read_decode_npz(out)

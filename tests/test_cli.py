@@ -23,11 +23,11 @@ def private_cache(tmp_path, monkeypatch):
 
 def test_profile_writes_every_file(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main([*STUDY, "-o", str(out), "--planner-adjustment-interval=60"]) == 0
+    assert main([*STUDY, "-o", str(out), "--planner-load-adjustment-interval=60"]) == 0
     text = capsys.readouterr().out
     assert "Prefill engine: TP" in text and "Decode engine:" in text and "prefill queue size" in text
     for rel in (
-        "report.json", "config_with_planner.yaml", "prefill_performance.png", "decode_performance.png",
+        "report.json", "final_config.yaml", "prefill_performance.png", "decode_performance.png",
         "selected_prefill_interpolation/raw_data.npz", "selected_decode_interpolation/raw_data.npz",
         "selected_prefill_interpolation/prefill_ttft_interpolation.png",
         "selected_decode_interpolation/decode_itl_interpolation.png",
@@ -35,9 +35,9 @@ def test_profile_writes_every_file(tmp_path, capsys):
         assert (out / rel).is_file() and (out / rel).stat().st_size > 0, rel
     report = json.loads((out / "report.json").read_text())
     assert report["spec"]["isl"] == 3000 and report["spec"]["gpu_counts"] == [1, 2, 4]
-    docs = list(yaml.safe_load_all((out / "config_with_planner.yaml").read_text()))
-    planner_args = json.dumps(docs)
-    assert "--adjustment-interval=60" in planner_args
+    docs = list(yaml.safe_load_all((out / "final_config.yaml").read_text()))
+    planner_config = json.loads(docs[0]["data"]["planner_config.json"])
+    assert planner_config["load_adjustment_interval_seconds"] == 60
     d = np.load(out / "selected_decode_interpolation/raw_data.npz")
     assert set(d.files) == {"max_kv_tokens", "x_kv_usage", "y_context_length", "z_itl", "z_thpt_per_gpu"}
 

@@ -4,10 +4,16 @@
 
     out_dir/
       report.json                                   every number, the choice, reasons, provenance
-      config_with_planner.yaml                      ConfigMap + DynamoGraphDeployment (artifacts.k8s)
+      final_config.yaml                             Dynamo 1.6: planner/profile ConfigMaps + v1beta1 DGD
+                                                    (config_with_planner.yaml with dynamo_version 0.7)
       prefill_performance.png, decode_performance.png                      (plots=True)
       selected_prefill_interpolation/raw_data.npz   (+ prefill_*_interpolation.png)
       selected_decode_interpolation/raw_data.npz    (+ decode_*_interpolation.png)
+
+For Dynamo 1.6 the npz files (and the profile-data ConfigMap) hold the planner data: points near the
+workload where Dynamo's linear regressions reproduce our surfaces (``profile.planner_*_surface``);
+plots and report.json keep the full surfaces. The deployment rendered is ``profile.deployment`` when
+set (a sized fleet, agg or disagg), else the selected prefill + decode engines (``deployment_of``).
 """
 
 from __future__ import annotations
@@ -18,18 +24,75 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_output
+from ..deployment import Deployment
 from .npz import decode_raw_data, prefill_raw_data, write_decode_npz, write_prefill_npz
 from .report import report_dict, summary_text, write_report
 
 log = logging.getLogger(__name__)
 
 CONFIG_WITH_PLANNER_FILE = "config_with_planner.yaml"
+FINAL_CONFIG_FILE = "final_config.yaml"
 
 
-def deployment_name(model: str) -> str:
+def deployment_name(model: str, mode: str = "disagg") -> str:
     """A DNS-1123 name for the DynamoGraphDeployment, from the model's last path part."""
     slug = re.sub(r"[^a-z0-9]+", "-", Path(model.rstrip("/")).name.lower()).strip("-")
-    return (slug[:48].rstrip("-") or "model") + "-disagg"
+    return (slug[:48].rstrip("-") or "model") + f"-{mode}"
+
+
+def deployment_of(profile: Any) -> Deployment:
+    """``profile.deployment`` if a fleet was sized, else the selected prefill + decode engines."""
+    dep = getattr(profile, "deployment", None)
+    if dep is not None:
+        return dep
+    sel = profile.selection
+    sizing = getattr(sel, "sizing", None)
+    return Deployment.disagg(
+        sel.best_prefill.candidate,
+        sel.best_decode.candidate,
+        sizing.prefill_replicas if sizing else 1,
+        sizing.decode_replicas if sizing else 1,
+    )
+
+
+def planner_surfaces(profile: Any) -> tuple[Any, Any]:
+    """The surfaces whose points go to Dynamo 1.6's planner (full surfaces when none were sampled)."""
+    spec = profile.spec
+    if getattr(spec, "dynamo_version", "1.6") == "0.7":
+        return profile.prefill_surface, profile.decode_surface
+    return (
+        getattr(profile, "planner_prefill_surface", None) or profile.prefill_surface,
+        getattr(profile, "planner_decode_surface", None) or profile.decode_surface,
+    )
+
+
+def _write_final_config(profile: Any, out_dir: Path) -> Path:
+    """``final_config.yaml`` (Dynamo 1.6) for ``deployment_of(profile)``, rendered by ``artifacts.dynamo16``."""
+    from .dynamo16 import final_config
+    from .k8s import render_yaml
+
+    spec = profile.spec
+    dep = deployment_of(profile)
+    p_surf, d_surf = planner_surfaces(profile)
+    docs = final_config(
+        dep,
+        name=deployment_name(spec.model, dep.mode.value),
+        model=spec.model,
+        backend=spec.backend.value,
+        ttft_ms=spec.ttft_ms,
+        itl_ms=spec.itl_ms,
+        prefill_raw=prefill_raw_data(p_surf),
+        decode_raw=decode_raw_data(d_surf),
+        planner_args=spec.planner_args,
+        runtime_image=getattr(spec, "runtime_image", None),
+        gpus_per_node=spec.gpus_per_node,
+        max_gpu_budget=getattr(spec, "total_gpus", None),
+        kv_router=getattr(spec, "kv_router", False),
+        runtime_version_override=getattr(spec, "runtime_version_override", None),
+    )
+    path = out_dir / FINAL_CONFIG_FILE
+    path.write_text(render_yaml(docs))
+    return path
 
 
 def _write_k8s(profile: Any, out_dir: Path) -> Path:
@@ -69,10 +132,12 @@ def write_artifacts(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    p_surf, d_surf = planner_surfaces(profile)
+    legacy = getattr(profile.spec, "dynamo_version", "1.6") == "0.7"
     paths = [
-        write_prefill_npz(profile.prefill_surface, out),
-        write_decode_npz(profile.decode_surface, out),
-        _write_k8s(profile, out),
+        write_prefill_npz(p_surf, out),
+        write_decode_npz(d_surf, out),
+        _write_k8s(profile, out) if legacy else _write_final_config(profile, out),
     ]
     if plots:
         from .plots import write_plots
@@ -83,4 +148,13 @@ def write_artifacts(
     return paths
 
 
-__all__ = ["CONFIG_WITH_PLANNER_FILE", "deployment_name", "report_dict", "summary_text", "write_artifacts"]
+__all__ = [
+    "CONFIG_WITH_PLANNER_FILE",
+    "FINAL_CONFIG_FILE",
+    "deployment_name",
+    "deployment_of",
+    "planner_surfaces",
+    "report_dict",
+    "summary_text",
+    "write_artifacts",
+]

@@ -1,4 +1,4 @@
-"""The profile's PNG plots; the only module that imports matplotlib (Agg backend, imported on first use).
+"""The profile's PNG plots (matplotlib through ``plot_style``; decode maps in ``plot_decode``).
 
 Files (names as Dynamo's profiler writes them, so existing tooling finds them):
 
@@ -7,9 +7,8 @@ Files (names as Dynamo's profiler writes them, so existing tooling finds them):
 - ``selected_prefill_interpolation/prefill_ttft_interpolation.png`` and
   ``prefill_throughput_interpolation.png``: the selected prefill engine over ISL.
 - ``selected_decode_interpolation/decode_itl_interpolation.png`` and
-  ``decode_throughput_interpolation.png``: 3-D surfaces of the selected decode engine over
-  (active-KV fraction × context length). Context is drawn on a log10 axis, because the surface's
-  contexts are spaced geometrically from short prompts to the model's limit.
+  ``decode_throughput_interpolation.png``: maps of the selected decode engine over (active-KV
+  fraction × context length, log axis) with the ITL target as a contour.
 """
 
 from __future__ import annotations
@@ -21,35 +20,16 @@ from typing import Any
 import numpy as np
 
 from ..select import Selection
-from ..surfaces import DecodeSurface, DecodeSweep, PrefillPoint, PrefillSurface, prefill_thpt_per_gpu
+from ..surfaces import DecodeSweep, PrefillPoint, PrefillSurface, prefill_thpt_per_gpu
 from .npz import DECODE_DIR, PREFILL_DIR
+from .plot_decode import plot_decode_surfaces
+from .plot_style import SELECTED as _SELECTED
+from .plot_style import TARGET as _TARGET
+from .plot_style import figure as _figure
+from .plot_style import plain_log_axis as _plain_log_axis
+from .plot_style import save as _save
 
 log = logging.getLogger(__name__)
-
-_DPI = 120
-_SELECTED = "#d62728"
-_TARGET = "#555555"
-
-
-def _pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend; a missing install names the extra to add."""
-    try:
-        import matplotlib
-    except ImportError as exc:  # pragma: no cover - matplotlib is a core dependency today
-        raise ImportError(
-            "plots need matplotlib: pip install 'sla-estimate[plot]' or pass --no-plots"
-        ) from exc
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, bbox_inches="tight", metadata={"Software": None})
-    _pyplot().close(fig)
-    return path
 
 
 def _has_band(low: np.ndarray, high: np.ndarray) -> bool:
@@ -65,8 +45,7 @@ def plot_prefill_performance(
     points: tuple[PrefillPoint, ...], selection: Selection, ttft_target_ms: float, isl: int, path: Path
 ) -> Path:
     """One marker per candidate; the recommendation circled; the TTFT target as a vertical line."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = _figure((8, 5.5))
     chosen = selection.best_prefill.candidate
     for p in sorted(points, key=lambda q: (q.candidate.mapping.value, q.candidate.num_gpus)):
         err = None
@@ -91,8 +70,7 @@ def plot_decode_performance(
     sweeps: tuple[DecodeSweep, ...], selection: Selection, itl_target_ms: float, path: Path
 ) -> Path:
     """One line per candidate over concurrency; each line's best point under the target marked."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = _figure((8, 5.5))
     best_by_name = {c.candidate.name: c for c in selection.decode}
     chosen = selection.best_decode
     for s in sorted(sweeps, key=lambda q: (q.candidate.mapping.value, q.candidate.num_gpus)):
@@ -105,7 +83,9 @@ def plot_decode_performance(
             ax.fill_betweenx(s.thpt_per_gpu, s.itl_low_ms, s.itl_high_ms, color=line.get_color(), alpha=0.15)
         if b is not None:
             ax.plot([b.itl_ms], [b.thpt_per_gpu], "D", ms=8, color=line.get_color(), mec="k")
-    _ring_selected(ax, chosen.itl_ms, chosen.thpt_per_gpu, f"selected: {chosen.candidate.name}, n={chosen.concurrency}")
+    _ring_selected(
+        ax, chosen.itl_ms, chosen.thpt_per_gpu, f"selected: {chosen.candidate.name}, n={chosen.concurrency}"
+    )
     ax.axvline(itl_target_ms, color=_TARGET, ls="--", label=f"ITL target {itl_target_ms:g} ms")
     ctx = sweeps[0].context_tokens if sweeps else 0
     ax.set_xlabel("Inter-token latency, ITL (ms)")
@@ -119,10 +99,9 @@ def plot_decode_performance(
 
 
 def plot_prefill_interpolation(
-    surface: PrefillSurface, isl: int, ttft_target_ms: float, out_dir: Path
+    surface: PrefillSurface, isl: int, ttft_target_ms: float, out_dir: Path, only: str | None = None
 ) -> list[Path]:
     """TTFT and tokens/s/GPU of the selected prefill engine over ISL, with the band when calibrated."""
-    plt = _pyplot()
     c = surface.candidate
     band = _has_band(surface.ttft_low_ms, surface.ttft_high_ms)
     paths = []
@@ -147,7 +126,9 @@ def plot_prefill_interpolation(
         ),
     )
     for name, y, lo, hi, ylabel, what in series:
-        fig, ax = plt.subplots(figsize=(8, 5))
+        if only is not None and name != only:
+            continue
+        fig, ax = _figure((8, 5))
         ax.plot(surface.isl, y, "o-", ms=3, label=f"{c.name} estimate")
         if band:
             ax.fill_between(surface.isl, lo, hi, alpha=0.2, label="uncertainty band")
@@ -155,8 +136,10 @@ def plot_prefill_interpolation(
         if what == "TTFT":
             ax.axhline(ttft_target_ms, color=_TARGET, ls="--", label=f"TTFT target {ttft_target_ms:g} ms")
         ax.set_xscale("log")  # the grid is dense around the workload ISL and spans the model's context
+        _plain_log_axis(ax.xaxis)
         if what == "TTFT":
             ax.set_yscale("log")
+            _plain_log_axis(ax.yaxis)
         else:
             ax.set_ylim(bottom=0)
         ax.set_xlabel("Input sequence length, ISL (tokens, log scale)")
@@ -164,109 +147,78 @@ def plot_prefill_interpolation(
         ax.set_title(
             f"Prefill {what} vs ISL, selected engine {c.name} ({c.num_gpus} GPU{'s' * (c.num_gpus > 1)})"
         )
-        ax.grid(True, which="both", alpha=0.3)
+        ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         paths.append(_save(fig, out_dir / name))
     return paths
 
 
-def _hull_grid(
-    x: np.ndarray, y: np.ndarray, z: np.ndarray, gx: np.ndarray, gy: np.ndarray
-) -> np.ndarray | None:
-    """Linear interpolation onto (gx, gy), NaN outside the sampled hull; None if the points span no area."""
-    from scipy.interpolate import griddata
-    from scipy.spatial import QhullError
-
-    if np.unique(x).size < 2 or np.unique(y).size < 2:
-        return None
-    try:
-        return griddata((x, y), z, (gx, gy), method="linear")
-    except QhullError:
-        return None
-
-
-def plot_decode_surfaces(surface: DecodeSurface, context_tokens: int, out_dir: Path) -> list[Path]:
-    """3-D ITL and throughput surfaces over (KV usage, log10 context), sampled points drawn on top."""
-    plt = _pyplot()
-    from matplotlib import cm
-    from matplotlib.ticker import FuncFormatter
-
-    c = surface.candidate
-    x = np.asarray(surface.kv_usage)
-    logy = np.log10(np.asarray(surface.context_tokens))
-    paths = []
-    series = (
-        ("decode_itl_interpolation.png", surface.itl_ms, "ITL (ms)", "Decode ITL", cm.coolwarm),
-        (
-            "decode_throughput_interpolation.png",
-            surface.thpt_per_gpu,
-            "tokens/s/GPU",
-            "Decode throughput",
-            cm.viridis,
-        ),
-    )
-    gx, gy = np.meshgrid(np.linspace(0, x.max(), 60), np.linspace(logy.min(), logy.max(), 60))
-    for name, z, zlabel, title, cmap in series:
-        z = np.asarray(z)
-        fig = plt.figure(figsize=(9, 7))
-        ax = fig.add_subplot(111, projection="3d")
-        gz = _hull_grid(x, logy, z, gx, gy)
-        if gz is None:  # one context row or one usage column: no area to draw, points only
-            mappable = ax.scatter(x, logy, z, s=18, c=z, cmap=cmap, depthshade=False, label="sampled points")
-        else:
-            mappable = ax.plot_surface(
-                gx,
-                gy,
-                np.ma.masked_invalid(gz),
-                cmap=cmap,
-                vmin=z.min(),
-                vmax=z.max(),
-                linewidth=0,
-                alpha=0.8,
-            )
-            ax.scatter(x, logy, z, s=6, c="k", depthshade=False, label="sampled points")
-        row = np.isclose(surface.context_tokens, context_tokens)
-        if np.any(row):
-            order = np.argsort(x[row])
-            ax.plot(
-                x[row][order],
-                logy[row][order],
-                z[row][order],
-                color="k",
-                lw=2.5,
-                zorder=10,
-                label=f"workload context {context_tokens} tokens",
-            )
-        cbar = fig.colorbar(mappable, ax=ax, shrink=0.55, aspect=12, pad=0.1)
-        cbar.set_label(zlabel)
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{10**v:,.0f}"))
-        ax.set_xlabel("Active KV usage (fraction of capacity)")
-        ax.set_ylabel("Context length (tokens, log scale)", labelpad=12)
-        ax.set_zlabel(zlabel)
-        ax.set_title(f"{title}, selected engine {c.name} (KV capacity {surface.kv_capacity_tokens:,} tokens)")
-        ax.view_init(elev=25, azim=-60)
-        ax.legend(fontsize=8, loc="upper left")
-        paths.append(_save(fig, out_dir / name))
-    return paths
-
-
-def write_plots(profile: Any, out_dir: str | Path) -> list[Path]:
-    """All plots of a ``Profile``; returns the files written."""
-    out = Path(out_dir)
-    spec, sel = profile.spec, profile.selection
-    paths = [
+def _prefill_performance(profile: Any, out: Path) -> list[Path]:
+    spec = profile.spec
+    return [
         plot_prefill_performance(
-            profile.prefill_points, sel, spec.ttft_ms, spec.isl, out / "prefill_performance.png"
-        ),
-        plot_decode_performance(profile.decode_sweeps, sel, spec.itl_ms, out / "decode_performance.png"),
+            profile.prefill_points, profile.selection, spec.ttft_ms, spec.isl, out / "prefill_performance.png"
+        )
     ]
-    paths += plot_prefill_interpolation(profile.prefill_surface, spec.isl, spec.ttft_ms, out / PREFILL_DIR)
-    paths += plot_decode_surfaces(profile.decode_surface, spec.decode_context_tokens, out / DECODE_DIR)
+
+
+def _decode_performance(profile: Any, out: Path) -> list[Path]:
+    return [
+        plot_decode_performance(
+            profile.decode_sweeps, profile.selection, profile.spec.itl_ms, out / "decode_performance.png"
+        )
+    ]
+
+
+def _prefill_interpolation(name: str) -> Any:
+    def draw(profile: Any, out: Path) -> list[Path]:
+        spec = profile.spec
+        return plot_prefill_interpolation(
+            profile.prefill_surface, spec.isl, spec.ttft_ms, out / PREFILL_DIR, name
+        )
+
+    return draw
+
+
+def _decode_map(name: str) -> Any:
+    def draw(profile: Any, out: Path) -> list[Path]:
+        spec = profile.spec
+        return plot_decode_surfaces(
+            profile.decode_surface, spec.decode_context_tokens, out / DECODE_DIR, spec.itl_ms, name
+        )
+
+    return draw
+
+
+# One entry per PNG, in the order write_plots returns them (plot_workers draws each in its own process).
+FIGURES: dict[str, Any] = {
+    "prefill_performance.png": _prefill_performance,
+    "decode_performance.png": _decode_performance,
+    "prefill_ttft_interpolation.png": _prefill_interpolation("prefill_ttft_interpolation.png"),
+    "prefill_throughput_interpolation.png": _prefill_interpolation("prefill_throughput_interpolation.png"),
+    "decode_itl_interpolation.png": _decode_map("decode_itl_interpolation.png"),
+    "decode_throughput_interpolation.png": _decode_map("decode_throughput_interpolation.png"),
+}
+
+
+def write_plots(profile: Any, out_dir: str | Path, *, parallel: bool = True) -> list[Path]:
+    """All plots of a ``Profile``; returns the files written (the same files however they are drawn).
+
+    ``parallel``: one forked process per figure (``plot_workers``), awaited; sequential otherwise.
+    """
+    out = Path(out_dir)
+    if parallel:
+        from .plot_workers import draw_parallel
+
+        paths = draw_parallel(profile, out)
+    else:
+        paths = [p for draw in FIGURES.values() for p in draw(profile, out)]
     log.debug("wrote %d plots under %s", len(paths), out)
     return paths
 
 
 __all__ = [
+    "FIGURES",
     "plot_decode_performance",
     "plot_decode_surfaces",
     "plot_prefill_interpolation",

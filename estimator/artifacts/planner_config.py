@@ -1,0 +1,169 @@
+"""``planner_config.json``: the serialised ``PlannerConfig`` Dynamo 1.6's Planner starts from.
+
+Dynamo 1.6 runs ``python3 -m dynamo.planner --config .../planner_config.json`` (a pydantic
+``PlannerConfig``, ``dynamo/planner/config/planner_config.py``). We write the fields the profile
+decides (mode, SLA, engine GPU counts, the thorough profile data) and the user's ``--planner-<field>``
+or DGDR ``features.planner`` settings on top; ``optimization_target`` defaults to ``sla`` because
+throughput-based scaling is silently off otherwise. Field names are checked here against the
+wheel's (``PLANNER_FIELDS``; tests/test_dynamo_planner.py compares them with the real class).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import yaml
+
+from ..errors import SpecError
+
+# PlannerConfig's fields in ai-dynamo 1.6.1 (``namespace`` and the Prometheus connection settings are
+# excluded from its dump and come from the pod's environment).
+PLANNER_FIELDS = frozenset(
+    [
+        "advisory",
+        "aic_interpolation",
+        "ais_perf_model",
+        "backend",
+        "control_api_port",
+        "decode_engine_num_gpu",
+        "decode_min_endpoint",
+        "decode_scale_down_kv_rate",
+        "decode_scale_up_kv_rate",
+        "enable_load_scaling",
+        "enable_power_awareness",
+        "enable_throughput_scaling",
+        "environment",
+        "fpm_sample_bucket_size",
+        "global_planner_namespace",
+        "itl_ms",
+        "kalman_min_points",
+        "kalman_q_level",
+        "kalman_q_trend",
+        "kalman_r",
+        "live_dashboard_port",
+        "load_adjustment_interval_seconds",
+        "load_min_observations",
+        "load_predictor",
+        "load_predictor_log1p",
+        "load_predictor_warmup_trace",
+        "load_scaling_down_sensitivity",
+        "log_dir",
+        "max_gpu_budget",
+        "max_num_fpm_samples",
+        "max_throughput_scaling_replicas",
+        "metric_pulling_prometheus_ca_bundle",
+        "metric_pulling_prometheus_endpoint",
+        "metric_pulling_prometheus_extra_query_params",
+        "metric_pulling_prometheus_request_timeout_seconds",
+        "metric_pulling_prometheus_ssl_verify",
+        "metric_pulling_prometheus_token",
+        "metric_pulling_prometheus_token_file",
+        "metric_reporting_prometheus_port",
+        "min_endpoint",
+        "min_gpu_budget",
+        "mode",
+        "model_name",
+        "namespace",
+        "optimization_target",
+        "plugin_registration",
+        "pre_deployment_sweeping_mode",
+        "prefill_engine_num_gpu",
+        "prefill_min_endpoint",
+        "prefill_scale_down_queue_tokens",
+        "prefill_scale_up_queue_tokens",
+        "profile_results_dir",
+        "prophet_window_size",
+        "report_filename",
+        "report_interval_hours",
+        "report_output_dir",
+        "report_write_gzip_log",
+        "scheduling",
+        "speculative_nextn",
+        "throughput_adjustment_interval_seconds",
+        "throughput_metrics_source",
+        "total_gpu_power_limit",
+        "ttft_ms",
+    ]
+)
+_ALIASES = {
+    "ttft": "ttft_ms",
+    "itl": "itl_ms",
+    "throughput_adjustment_interval": "throughput_adjustment_interval_seconds",
+    "load_adjustment_interval": "load_adjustment_interval_seconds",
+}
+_RETIRED = {"aic_perf_model": "retired in Dynamo 1.6 (use pre_deployment_sweeping_mode)"}
+# Set from the profile; a user value would contradict the deployment it is written for.
+_OWNED = frozenset({"prefill_engine_num_gpu", "decode_engine_num_gpu", "profile_results_dir", "backend"})
+PROFILE_DATA_MOUNT = "/workspace/profiling_results"
+PLANNER_CONFIG_MOUNT = "/workspace/planner_config"
+
+
+def _value(text: str) -> Any:
+    """A pass-through value: YAML/JSON scalars and mappings (``true``, ``5``, ``{"a": 1}``), else text."""
+    try:
+        return yaml.safe_load(text) if isinstance(text, str) else text
+    except yaml.YAMLError:
+        return text
+
+
+def user_settings(planner_args: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """``--planner-<field>=<value>`` / ``features.planner`` as PlannerConfig fields, names checked."""
+    out: dict[str, Any] = {}
+    for key, text in planner_args:
+        name = str(key).removeprefix("--").removeprefix("planner-").replace("-", "_")
+        name = _ALIASES.get(name, name)
+        if name in _RETIRED:
+            raise SpecError(f"planner_args.{name}", _RETIRED[name])
+        if name not in PLANNER_FIELDS:
+            raise SpecError(f"planner_args.{name}", "not a field of Dynamo 1.6's PlannerConfig")
+        if name in _OWNED:
+            raise SpecError(f"planner_args.{name}", "is set from the profiling results; remove it")
+        out[name] = _value(text)
+    return out
+
+
+def planner_config(
+    *,
+    mode: str,
+    backend: str,
+    model: str,
+    ttft_ms: float,
+    itl_ms: float,
+    prefill_num_gpus: int | None,
+    decode_num_gpus: int,
+    profile_data: bool,
+    planner_args: tuple[tuple[str, str], ...] = (),
+    max_gpu_budget: int | None = None,
+) -> dict[str, Any]:
+    """The JSON object of ``planner_config.json``; user settings win where they are allowed."""
+    for field, v in (("ttft_ms", ttft_ms), ("itl_ms", itl_ms)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise SpecError(field, f"expected a positive number of ms, got {v!r}")
+    user = user_settings(planner_args)
+    allowed = ("agg",) if mode == "agg" else ("disagg", "prefill", "decode")
+    if "mode" in user and user["mode"] not in allowed:
+        raise SpecError(
+            "planner_args.mode", f"{user['mode']!r} does not fit a {mode} deployment ({', '.join(allowed)})"
+        )
+    cfg: dict[str, Any] = {
+        "environment": "kubernetes",
+        "backend": backend,
+        "mode": mode,
+        "optimization_target": "sla",
+        "model_name": model,
+        "ttft_ms": float(ttft_ms),
+        "itl_ms": float(itl_ms),
+        "decode_engine_num_gpu": int(decode_num_gpus),
+        "pre_deployment_sweeping_mode": "thorough" if profile_data else "none",
+        "profile_results_dir": PROFILE_DATA_MOUNT,
+    }
+    if prefill_num_gpus is not None:
+        cfg["prefill_engine_num_gpu"] = int(prefill_num_gpus)
+    if max_gpu_budget is not None:
+        cfg["max_gpu_budget"] = int(max_gpu_budget)
+    cfg.update(user)
+    return cfg
+
+
+__all__ = ["PLANNER_FIELDS", "PROFILE_DATA_MOUNT", "planner_config", "user_settings"]

@@ -1,0 +1,207 @@
+"""Dynamo 1.6.1's own code on our output (the `dynamo` venv: scripts/setup_dynamo_venv.sh).
+
+For a dense 8B (Llama-3.1-8B / h100_sxm / vLLM), a 32B (Qwen3-32B / h200_sxm, from the committed DGDR
+example) and an MoE (Qwen3-30B-A3B / SGLang) study: Dynamo's ``PlannerConfig`` accepts our
+``planner_config.json`` with our SLA; its prefill regression fitted on our profile data predicts TTFT
+at the workload ISL within 5 % of our surface, and its decode regression the decode engine's best
+request rate within 10 % of ours; our DGD passes Dynamo's typed DGD model and has the structure of the
+packaged v1beta1 template for that backend and mode. Also agg and TRT-LLM deployments (hand-made).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from estimator.artifacts import write_artifacts
+from estimator.artifacts.planner_config import PLANNER_FIELDS
+from estimator.deployment import Deployment
+from estimator.pipeline import estimate
+from estimator.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+DYNAMO_PYTHON = Path(os.environ.get("SLA_ESTIMATE_DYNAMO_PYTHON", ROOT / ".venv-dynamo" / "bin" / "python"))
+pytestmark = [
+    pytest.mark.dynamo,
+    pytest.mark.skipif(not DYNAMO_PYTHON.exists(), reason=f"no Dynamo venv at {DYNAMO_PYTHON}"),
+]
+
+STUDIES = {
+    "dense-8b": {
+        "model": "meta-llama/Llama-3.1-8B",
+        "system": "h100_sxm",
+        "backend": "vllm",
+        "isl": 3000,
+        "osl": 150,
+    },
+    "qwen3-32b-dgdr": {"dgdr": str(ROOT / "examples" / "dgdr_qwen3_32b.yaml")},
+    "moe-30b-a3b": {
+        "model": "Qwen/Qwen3-30B-A3B",
+        "system": "h200_sxm",
+        "backend": "sglang",
+        "isl": 4000,
+        "osl": 150,
+    },
+}
+
+
+def run_dynamo(out: Path, spec) -> dict:
+    cmd = [str(DYNAMO_PYTHON), str(ROOT / "tests" / "dynamo_check.py"), str(out)]
+    cmd += [
+        "--isl",
+        str(spec.isl),
+        "--osl",
+        str(spec.osl),
+        "--ttft",
+        str(spec.ttft_ms),
+        "--itl",
+        str(spec.itl_ms),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=out, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module", params=sorted(STUDIES))
+def study(request, tmp_path_factory):
+    kw = dict(STUDIES[request.param])
+    if "dgdr" not in kw:
+        kw |= {"ttft": 200, "itl": 20}
+    spec = load_spec(None, **kw)
+    profile = estimate(spec)
+    out = tmp_path_factory.mktemp(request.param)
+    write_artifacts(profile, out, plots=False)
+    return profile, out, run_dynamo(out, spec)
+
+
+def test_planner_config_is_accepted_with_our_sla_and_engines(study):
+    profile, _, res = study
+    cfg, sel = res["planner_config"], profile.selection
+    assert cfg["ttft_ms"] == profile.spec.ttft_ms and cfg["itl_ms"] == profile.spec.itl_ms
+    assert cfg["optimization_target"] == "sla" and cfg["enable_throughput_scaling"] is True
+    assert cfg["mode"] == "disagg" and cfg["pre_deployment_sweeping_mode"] == "thorough"
+    assert cfg["prefill_engine_num_gpu"] == sel.best_prefill.candidate.num_gpus
+    assert cfg["decode_engine_num_gpu"] == sel.best_decode.candidate.num_gpus
+    assert cfg["profile_results_dir"] == "/workspace/profiling_results"
+    assert cfg["backend"] == profile.spec.backend.value
+    if profile.spec.total_gpus:
+        assert cfg["max_gpu_budget"] == profile.spec.total_gpus
+
+
+def test_dynamos_prefill_regression_reproduces_our_ttft(study):
+    profile, _, res = study
+    ours = profile.selection.best_prefill.point.ttft_ms
+    assert res["configmap_matches_npz"]
+    assert res["prefill_kept"] == res["prefill_points"]  # nothing retired by the sample limit
+    assert res["prefill_ttft_ms"] == pytest.approx(ours, rel=0.05)
+
+
+def test_dynamos_decode_regression_reproduces_our_best_rate(study):
+    profile, _, res = study
+    best = profile.selection.best_decode
+    ours_rps = best.concurrency / (best.itl_ms / 1000.0) / profile.spec.osl
+    assert res["decode_kept"] == res["decode_points"]
+    assert res["decode_rps"] == pytest.approx(ours_rps, rel=0.10)
+    assert res["decode_itl_ms"] <= profile.spec.itl_ms
+
+
+def test_dgd_has_the_packaged_template_structure(study):
+    _, out, res = study
+    dgd = next(
+        d for d in yaml.safe_load_all((out / "final_config.yaml").read_text()) if d["kind"] != "ConfigMap"
+    )
+    assert res["dgd_validates"] == "nvidia.com/v1beta1"
+    assert_template_structure(dgd, res["template"])
+
+
+def test_our_planner_field_list_is_dynamos(study):
+    _, _, res = study
+    assert set(res["planner_fields"]) == PLANNER_FIELDS
+
+
+# Template flags whose values name the template's example model or engine-config file.
+_MODEL_FLAGS = {"--model", "--model-path", "--served-model-name", "--extra-engine-args", "--tp"}
+
+
+def _flags(args: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for i, a in enumerate(args):
+        if a.startswith("--"):
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            out[a] = None if nxt is None or nxt.startswith("--") else nxt
+    return out
+
+
+def assert_template_structure(ours: dict, template: dict) -> None:
+    assert ours["apiVersion"] == template["apiVersion"] and ours["kind"] == template["kind"]
+    comps = {c["name"]: c for c in ours["spec"]["components"]}
+    tmpl = {c["name"]: c for c in template["spec"]["components"]}
+    assert set(comps) == set(tmpl) | {"Planner"}
+    assert comps["Planner"]["type"] == "planner"
+    for name, t in tmpl.items():
+        c = comps[name]
+        # a lone agg worker is retyped "decode" when the Planner scales it (as Dynamo's profiler does)
+        assert c["type"] == t["type"] or (t["type"], c["type"]) == ("worker", "decode"), name
+        (tc,), (oc,) = t["podTemplate"]["spec"]["containers"], c["podTemplate"]["spec"]["containers"]
+        assert oc["name"] == tc["name"] == "main"
+        assert oc["command"] == tc["command"], name
+        assert oc.get("workingDir") == tc.get("workingDir"), name
+        assert oc["envFrom"] == tc["envFrom"], name
+        assert oc["image"].rsplit(":", 1)[0] == tc["image"].rsplit(":", 1)[0], name
+        assert oc["image"].endswith(":1.6.1")
+        assert set(oc.get("resources", {}).get("limits", {})) == set(
+            tc.get("resources", {}).get("limits", {})
+        )
+        ours_flags, t_flags = _flags(oc.get("args", [])), _flags(tc.get("args", []))
+        for flag, value in t_flags.items():
+            if flag == "--extra-engine-args":  # a model-specific file; we pass --override-engine-args
+                assert "--override-engine-args" in ours_flags, name
+                continue
+            assert flag in ours_flags, (name, flag)
+            if flag not in _MODEL_FLAGS:
+                assert ours_flags[flag] == value, (name, flag)
+
+
+class _WithDeployment:
+    """A Profile with ``deployment`` set, as the capacity planner will hand it over."""
+
+    def __init__(self, profile, deployment):
+        self._p, self.deployment = profile, deployment
+
+    def __getattr__(self, name):
+        return getattr(self._p, name)
+
+
+@pytest.mark.parametrize("backend", ["vllm", "sglang", "trtllm"])
+@pytest.mark.parametrize("mode", ["agg", "disagg"])
+def test_every_backend_and_mode_matches_its_template(backend, mode, tmp_path):
+    spec = load_spec(None, model="meta-llama/Llama-3.1-8B", system="h100_sxm", backend=backend, gpus="1,2")
+    profile = estimate(spec)
+    sel = profile.selection
+    dep = (
+        Deployment.agg(sel.best_decode.candidate, replicas=3)
+        if mode == "agg"
+        else Deployment.disagg(sel.best_prefill.candidate, sel.best_decode.candidate, 2, 1)
+    )
+    write_artifacts(_WithDeployment(profile, dep), tmp_path, plots=False)
+    res = run_dynamo(tmp_path, spec)
+    docs = list(yaml.safe_load_all((tmp_path / "final_config.yaml").read_text()))
+    dgd = docs[-1]
+    assert res["dgd_validates"] == "nvidia.com/v1beta1"
+    assert_template_structure(dgd, res["template"])
+    assert res["planner_config"]["mode"] == mode
+    workers = [c for c in dgd["spec"]["components"] if c["type"] in ("prefill", "decode")]
+    assert sorted(c["replicas"] for c in workers) == ([3] if mode == "agg" else [1, 2])
+    if mode == "agg":  # Dynamo emits no profile data for agg picks
+        assert [d["metadata"]["name"].rsplit("-", 1)[0] for d in docs[:-1]] == ["planner-config"]
+        assert res["planner_config"]["pre_deployment_sweeping_mode"] == "none"
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
