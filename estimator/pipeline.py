@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .candidates import Candidate, Rejection, enumerate_candidates
-from .deployment import Deployment
+from .deployment import Deployment, WorkerRole
 from .errors import DataNotAvailable
 from .model import load_model_info
-from .select import Selection, select
+from .select import DecodeChoice, Selection, select
 from .sources import PerfSource, Stack, make_source
 from .spec import Spec
 from .surfaces import (
@@ -69,6 +69,22 @@ def screen(source: PerfSource, candidates: list[Candidate], request_tokens: int)
     return kept, dropped
 
 
+def surface_engines(selection: Selection, deployment: Deployment | None) -> tuple[Candidate, DecodeChoice]:
+    """The engines the surfaces (and so Dynamo's profile data) describe: those of the fleet that is
+    deployed when capacity planning sized one (an agg engine serves both phases), else the selection's."""
+    if deployment is None:
+        return selection.best_prefill.candidate, selection.best_decode
+    groups = {w.role: w.candidate for w in deployment.workers}
+    prefill = groups.get(WorkerRole.PREFILL) or groups[WorkerRole.AGG]
+    decode = groups.get(WorkerRole.DECODE) or groups[WorkerRole.AGG]
+    choice = next((d for d in selection.decode if d.candidate == decode), None)
+    if choice is None:
+        log.warning("decode engine %s of the fleet has no ranked operating point; surfaces use %s",
+                    decode.name, selection.best_decode.candidate.name)  # fmt: skip
+        choice = selection.best_decode
+    return prefill, choice
+
+
 def estimate(spec: Spec, source: PerfSource | None = None) -> Profile:
     """Run the study with ``source`` (default: the one the spec names)."""
     t0 = time.perf_counter()
@@ -109,16 +125,18 @@ def estimate(spec: Spec, source: PerfSource | None = None) -> Profile:
         request_rate=spec.request_rate,
         confidence=spec.confidence,
     )
+    deployment = selection.sizing.deployment if selection.sizing is not None else None
+    prefill_engine, best_d = surface_engines(selection, deployment)
     p_surface = prefill_surface(
         source,
-        selection.best_prefill.candidate,
+        prefill_engine,
         isl=spec.isl,
         max_isl=spec.max_context_tokens - 512 if spec.max_context_tokens > 1024 else spec.max_context_tokens,
         num_points=spec.num_prefill_points,
     )
     d_surface = decode_surface(
         source,
-        selection.best_decode.candidate,
+        best_d.candidate,
         isl=spec.isl,
         osl=spec.osl,
         max_context=spec.max_context_tokens,
@@ -126,10 +144,7 @@ def estimate(spec: Spec, source: PerfSource | None = None) -> Profile:
         num_concurrencies=spec.num_decode_concurrencies,
         cap=spec.max_concurrency,
     )
-    best_d = selection.best_decode
-    planner_p = planner_prefill_surface(
-        source, selection.best_prefill.candidate, isl=spec.isl, max_isl=spec.max_context_tokens
-    )
+    planner_p = planner_prefill_surface(source, prefill_engine, isl=spec.isl, max_isl=spec.max_context_tokens)
     planner_d = planner_decode_surface(
         source,
         best_d.candidate,
@@ -152,7 +167,7 @@ def estimate(spec: Spec, source: PerfSource | None = None) -> Profile:
         prefill_surface=p_surface,
         decode_surface=d_surface,
         timings_s={"screen": t1 - t0, "sweeps": t2 - t1, "surfaces": t3 - t2, "total": t3 - t0},
-        deployment=selection.sizing.deployment if selection.sizing is not None else None,
+        deployment=deployment,
         planner_prefill_surface=planner_p,
         planner_decode_surface=planner_d,
     )

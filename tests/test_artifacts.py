@@ -16,6 +16,7 @@ from estimator import artifacts
 from estimator.artifacts import npz, write_artifacts
 from estimator.artifacts.report import REPORT_FILE, report_dict, summary_text
 from estimator.errors import SlaEstimateError
+from estimator.deployment import Deployment
 from estimator.pipeline import estimate
 from estimator.select import select
 from estimator.spec import load_spec
@@ -82,7 +83,8 @@ def test_prefill_npz_has_dynamos_keys_dtypes_and_units(written, profile):
     np.testing.assert_allclose(thpt, isl / ttft * 1000.0 / cand.num_gpus * cand.attention_dp_size, rtol=1e-9)
     np.testing.assert_array_equal(ttft, profile.planner_prefill_surface.ttft_ms)  # ms, as estimated
     i = int(np.flatnonzero(isl == profile.spec.isl)[0])  # the workload ISL is sampled
-    assert ttft[i] == pytest.approx(profile.selection.best_prefill.point.ttft_ms)
+    point = next(p for p in profile.prefill_points if p.candidate == cand)  # the deployed engine's estimate
+    assert ttft[i] == pytest.approx(point.ttft_ms)
 
 
 def test_decode_npz_has_dynamos_keys_dtypes_and_units(written, profile):
@@ -138,8 +140,12 @@ def test_read_back_and_bad_files(written, tmp_path):
         npz.read_decode_npz(bad)
 
 
-def test_configmap_carries_the_npz_data(written):
-    out, _ = written
+def test_configmap_carries_the_npz_data(profile, tmp_path):
+    """A disagg deployment carries its profile data (an agg one, as Dynamo's, has no profile ConfigMap)."""
+    sel = profile.selection
+    disagg = Deployment.disagg(sel.best_prefill.candidate, sel.best_decode.candidate)
+    out = tmp_path / "disagg"
+    write_artifacts(dataclasses.replace(profile, deployment=disagg), out, plots=False)
     docs = list(yaml.safe_load_all((out / "final_config.yaml").read_text()))
     cm = next(d for d in docs if d["metadata"]["name"].startswith("planner-profile-data-"))
     prefill = json.loads(cm["data"]["prefill_raw_data.json"])
@@ -277,3 +283,12 @@ def test_band_and_validation_appear_in_summary_and_report(profile, tmp_path):
     report = json.loads((tmp_path / REPORT_FILE).read_text())
     assert report["validation"] == {"points": 3, "ttft_error": 0.12}
     assert report["selection"]["prefill"][0]["ttft_low_ms"] == 1.0
+
+
+def test_surfaces_describe_the_deployed_fleet(profile):
+    """At 5 req/s the fewest-GPU fleet is agg TP8 x 2 (not the TP4 prefill pick): Dynamo's data must be TP8's."""
+    (group,) = profile.deployment.workers
+    assert group.candidate != profile.selection.best_prefill.candidate
+    for surface in (profile.prefill_surface, profile.decode_surface,
+                    profile.planner_prefill_surface, profile.planner_decode_surface):  # fmt: skip
+        assert surface.candidate == group.candidate

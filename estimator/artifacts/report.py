@@ -233,8 +233,8 @@ def _sizing_line(z: Any, sel: Selection | None = None) -> str:
     picks = {sel.best_prefill.candidate, sel.best_decode.candidate}
     other = sorted({w.candidate.name for w in z.deployment.workers if w.candidate not in picks})
     if other:
-        line += (f"\n  (the fewest-GPU fleet at this load uses {', '.join(other)}, not the engine above; "
-                 "`sla-estimate plan` ranks every fleet)")  # fmt: skip
+        line += (f"\n  (the fewest-GPU fleet at this load uses {', '.join(other)}, not the engine above; the "
+                 "surfaces and Dynamo profile data describe the fleet's engines; `sla-estimate plan` ranks every fleet)")  # fmt: skip
     return line
 
 
