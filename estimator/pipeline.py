@@ -69,6 +69,12 @@ def screen(source: PerfSource, candidates: list[Candidate], request_tokens: int)
     return kept, dropped
 
 
+def fleet_modes(spec: Spec) -> tuple[str, ...]:
+    """agg and disagg, unless the planner's ``mode`` (``--planner-mode``, DGDR ``features.planner.mode``) fixes one."""
+    mode = str(dict(spec.planner_args).get("mode", "")).strip('"')  # DGDR values arrive JSON-encoded
+    return (mode,) if mode in ("agg", "disagg") else ("agg", "disagg")
+
+
 def surface_engines(selection: Selection, deployment: Deployment | None) -> tuple[Candidate, DecodeChoice]:
     """The engines the surfaces (and so Dynamo's profile data) describe: those of the fleet that is
     deployed when capacity planning sized one (an agg engine serves both phases), else the selection's."""
@@ -124,6 +130,7 @@ def estimate(spec: Spec, source: PerfSource | None = None) -> Profile:
         osl=spec.osl,
         request_rate=spec.request_rate,
         confidence=spec.confidence,
+        modes=fleet_modes(spec),
     )
     deployment = selection.sizing.deployment if selection.sizing is not None else None
     prefill_engine, best_d = surface_engines(selection, deployment)

@@ -242,8 +242,9 @@ def size_fleet(
     isl: int,
     osl: int,
     request_rate: float,
+    modes: tuple[str, ...] = ("agg", "disagg"),
 ) -> Sizing | None:
-    """The minimum-GPU agg or disagg fleet over every engine that meets the mean SLA at ``request_rate``."""
+    """The minimum-GPU fleet of ``modes`` over every engine that meets the mean SLA at ``request_rate``."""
     from .capacity import plan_fleets
     from .capacity_engine import tables_from_points
     from .capacity_types import Load, Sla
@@ -251,7 +252,7 @@ def size_fleet(
 
     tables = tables_from_points(prefill_points, decode_sweeps)
     result = plan_fleets(tables, fixed(isl, osl), Load(request_rate=request_rate),
-                         Sla.means(ttft_target_ms, itl_target_ms), price_per_gpu_hour=1.0)  # fmt: skip
+                         Sla.means(ttft_target_ms, itl_target_ms), price_per_gpu_hour=1.0, modes=modes)  # fmt: skip
     best = result.best
     if best is None:
         return None
@@ -268,8 +269,10 @@ def select(
     osl: int,
     request_rate: float | None = None,
     confidence: float | None = None,
+    modes: tuple[str, ...] = ("agg", "disagg"),
 ) -> Selection:
-    """``confidence`` (0-1): meeting a target means its probability is at least that (``rank_*_confident``)."""
+    """``confidence`` (0-1): meeting a target means its probability is at least that (``rank_*_confident``).
+    ``modes``: the serving modes a sized fleet may use (the planner's ``mode`` when the user fixes it)."""
     if not prefill_points or not decode_sweeps:
         raise ValueError("no candidate could be estimated for prefill and decode")
     if confidence is None:
@@ -294,7 +297,8 @@ def select(
     sizing = None
     if request_rate:
         sizing = size_fleet(prefill_points, decode_sweeps, ttft_target_ms=ttft_target_ms,
-                            itl_target_ms=itl_target_ms, isl=isl, osl=osl, request_rate=request_rate)  # fmt: skip
+                            itl_target_ms=itl_target_ms, isl=isl, osl=osl, request_rate=request_rate,
+                            modes=modes)  # fmt: skip
         if sizing is None:
             sizing = size_replicas(request_rate, isl, osl, prefill[0], decode[0])
             warnings.append(f"no fleet meets the SLA at {request_rate:g} requests/s with queueing; "
