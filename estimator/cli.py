@@ -46,7 +46,7 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kvcache-quant", help="override KV-cache quantisation (e.g. fp8)")
     g.add_argument("--max-context-tokens", help="cap the context the surfaces span (default: the model's)")
     g.add_argument("--request-rate", help="requests/s to size prefill/decode replicas for")
-    g.add_argument("--source", help="aic (default) | roofline | path to a calibration JSON")
+    g.add_argument("--source", help="aic (default) | roofline | regression:NAME|PATH | path to a calibration JSON")
     g.add_argument("--num-alternatives", help="alternatives to print per phase (default 3)")
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", "-o", help="write npz, plots, config_with_planner.yaml and report.json here")
@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="profile, measure a few points, calibrate, then recommend")
     _study_flags(val)
     _validate_flags(val)
-    sub.add_parser("models", help="list the models AIC can estimate offline")
+    from .cli_models import add_models_parser
+
+    add_models_parser(sub)  # models: list, fit, distill, show (estimator/cli_models.py)
     return parser
 
 
@@ -167,13 +169,6 @@ def _run_validate(spec: Any, as_json: bool) -> int:
     return _finish(calibrated_profile, as_json, t0, cached=False, validation=result)
 
 
-def _list_models() -> int:
-    from .model import bundled_models
-
-    print("\n".join(bundled_models()))
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
@@ -186,7 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if ns.command == "models":
-            return _list_models()
+            from .cli_models import run_models
+
+            if extra:
+                raise SpecError(extra[0].split("=")[0].lstrip("-"), "unknown flag")
+            return run_models(ns)
         from .spec import load_spec
 
         spec = load_spec(ns.config, **_overrides(ns, _split_planner_args(extra)))

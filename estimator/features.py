@@ -27,7 +27,15 @@ from .model import ModelInfo, bundled_config_dir, load_model_info
 TERM_NAMES = (
     "gemm_flops_ms", "attn_flops_ms", "weight_ms", "kv_ms", "act_ms", "comm_ms", "sync_ms", "layer_ms", "const_ms",
 )  # fmt: skip
-_BYTES = {"fp8": 1.0, "fp8_block": 1.0, "int8": 1.0, "nvfp4": 0.5625, "fp4": 0.5625, "mxfp4": 0.53, "int4_wo": 0.53}
+_BYTES = {
+    "fp8": 1.0,
+    "fp8_block": 1.0,
+    "int8": 1.0,
+    "nvfp4": 0.5625,
+    "fp4": 0.5625,
+    "mxfp4": 0.53,
+    "int4_wo": 0.53,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +77,11 @@ def _config(info: ModelInfo) -> dict:
     from pathlib import Path
 
     p = Path(info.name)
-    path = p / "config.json" if p.is_dir() else bundled_config_dir() / (info.name.replace("/", "--", 1) + "_config.json")
+    path = (
+        p / "config.json"
+        if p.is_dir()
+        else bundled_config_dir() / (info.name.replace("/", "--", 1) + "_config.json")
+    )
     cfg = json.loads(path.read_text())
     return cfg.get("text_config") or cfg
 
@@ -82,7 +94,13 @@ def model_shape(model: str) -> ModelShape:
         cfg = _config(info)
     except (OSError, ValueError) as exc:
         raise SourceError(f"cannot read config of {model!r}: {exc}") from exc
-    h, layers, heads, kvh, hd = info.hidden_size, info.num_layers, info.num_heads, info.num_kv_heads, info.head_dim
+    h, layers, heads, kvh, hd = (
+        info.hidden_size,
+        info.num_layers,
+        info.num_heads,
+        info.num_kv_heads,
+        info.head_dim,
+    )
     kv_lora = int(cfg.get("kv_lora_rank") or 0)
     if kv_lora:
         rope, nope = int(cfg.get("qk_rope_head_dim") or 64), int(cfg.get("qk_nope_head_dim") or 128)
@@ -148,7 +166,9 @@ def kv_bytes_per_token_per_gpu(shape: ModelShape, cand: Candidate, prec: Precisi
 def weight_bytes_per_gpu(shape: ModelShape, cand: Candidate, prec: Precision) -> float:
     """Resident weight bytes on one GPU (attention/dense split by TP, experts by TP × EP)."""
     tp, n = cand.tp_size, cand.num_gpus
-    dense = shape.num_layers * shape.attn_params_per_layer + shape.dense_mlp_params + shape.shared_expert_params
+    dense = (
+        shape.num_layers * shape.attn_params_per_layer + shape.dense_mlp_params + shape.shared_expert_params
+    )
     dense += 2 * shape.vocab_size * shape.hidden_size
     experts = shape.num_moe_layers * shape.num_experts * shape.expert_params
     return (dense / tp + experts / n) * prec.weight_bytes
@@ -162,7 +182,13 @@ def _experts_touched(shape: ModelShape, tokens: np.ndarray) -> np.ndarray:
 
 
 def step_terms(
-    shape: ModelShape, hw: HardwareSpec, cand: Candidate, prec: Precision, tokens: Any, batch: Any, context: Any
+    shape: ModelShape,
+    hw: HardwareSpec,
+    cand: Candidate,
+    prec: Precision,
+    tokens: Any,
+    batch: Any,
+    context: Any,
 ) -> np.ndarray:
     """Terms (n, len(TERM_NAMES)) of one step on the busiest GPU.
 
@@ -207,7 +233,9 @@ def step_terms(
     return np.stack(cols, axis=1) * 1000.0
 
 
-def prefill_terms(shape: ModelShape, hw: HardwareSpec, cand: Candidate, prec: Precision, isl: Any) -> np.ndarray:
+def prefill_terms(
+    shape: ModelShape, hw: HardwareSpec, cand: Candidate, prec: Precision, isl: Any
+) -> np.ndarray:
     """One request of ISL tokens on one attention rank (batch 1, no prefix)."""
     isl = np.asarray(isl, dtype=float)
     return step_terms(shape, hw, cand, prec, isl, np.ones_like(isl), isl)

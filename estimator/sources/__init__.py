@@ -11,7 +11,7 @@ SOURCE_NAMES = ("aic", "roofline")
 
 
 def make_source(name: str, stack: Stack) -> PerfSource:
-    """``aic``, ``roofline``, or a path to a fitted calibration JSON (applied on top of AIC)."""
+    """``aic``, ``roofline``, ``regression:NAME|PATH``, or a path to a fitted calibration JSON (on top of AIC)."""
     if name == "aic":
         from .aic import AicSource
 
@@ -20,6 +20,10 @@ def make_source(name: str, stack: Stack) -> PerfSource:
         from .roofline import RooflineSource
 
         return RooflineSource(stack)
+    if name.startswith("regression:"):  # a fitted regression model: bundled name or file path
+        from .regression import RegressionSource, resolve_model_path
+
+        return RegressionSource(stack, str(resolve_model_path(name.removeprefix("regression:"))))
     if Path(name).is_file():
         from .aic import AicSource
         from .calibrated import CalibratedSource

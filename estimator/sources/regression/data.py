@@ -40,7 +40,9 @@ class _Rows:
         self.kv_backend: list[str] = []
         self.kv_rows: list[np.ndarray] = []
 
-    def add(self, kind: str, stack: Stack, design: np.ndarray, features: np.ndarray, y: np.ndarray, origin: str) -> None:
+    def add(
+        self, kind: str, stack: Stack, design: np.ndarray, features: np.ndarray, y: np.ndarray, origin: str
+    ) -> None:
         n = y.size
         for k, v in (("kind", kind), ("backend", stack.backend), ("model", stack.model), ("system", stack.system),
                      ("origin", origin)):  # fmt: skip
@@ -74,7 +76,9 @@ def _place(terms: np.ndarray, phase_index: int) -> np.ndarray:
     return out
 
 
-def measurement_rows(records: Iterable[Measurement], origin: str = "measured") -> tuple[TrainingSet, list[str]]:
+def measurement_rows(
+    records: Iterable[Measurement], origin: str = "measured"
+) -> tuple[TrainingSet, list[str]]:
     """Rows from measurements of any kind; returns (rows, reasons for the records left out)."""
     rows, skipped = _Rows(), []
     engines: dict[tuple, EngineFeatures] = {}
@@ -147,7 +151,9 @@ def agg_design(ef: EngineFeatures, concurrency: int, isl: int, osl: int) -> tupl
     return ttft[None, :], tpot[None, :]
 
 
-def aic_rows(stacks: Iterable[Stack], gpu_counts: tuple[int, ...] = (1, 2, 4, 8)) -> tuple[TrainingSet, list[str]]:
+def aic_rows(
+    stacks: Iterable[Stack], gpu_counts: tuple[int, ...] = (1, 2, 4, 8)
+) -> tuple[TrainingSet, list[str]]:
     """Distillation rows: AIC's prefill/decode grids and KV capacity of every engine it can estimate."""
     from ...candidates import enumerate_candidates
     from ...model import load_model_info
@@ -175,5 +181,7 @@ def aic_rows(stacks: Iterable[Stack], gpu_counts: tuple[int, ...] = (1, 2, 4, 8)
                     rows.add("decode", stack, _place(t, 1), f, src.decode_itl_ms(c, b, ctx), "aic")
                 rows.add_kv(ef, float(kv))
             except SlaEstimateError as exc:
-                skipped.append(f"{stack.model} {stack.system}/{stack.backend} {c.name}: {str(exc).splitlines()[0][:120]}")
+                skipped.append(
+                    f"{stack.model} {stack.system}/{stack.backend} {c.name}: {str(exc).splitlines()[0][:120]}"
+                )
     return rows.build(), skipped

@@ -44,15 +44,21 @@ class EngineFeatures:
     precision: Precision
 
     @classmethod
-    def of(cls, stack: Stack, candidate: Candidate, hardware: dict[str, HardwareSpec] | None = None) -> EngineFeatures:
+    def of(
+        cls, stack: Stack, candidate: Candidate, hardware: dict[str, HardwareSpec] | None = None
+    ) -> EngineFeatures:
         shape = model_shape(stack.model)
         hw = (hardware or {}).get(stack.system) or hardware_spec(stack.system)
         return cls(stack, candidate, shape, hw, Precision.of(shape, stack.gemm_quant, stack.kvcache_quant))
 
-    def _features(self, terms: np.ndarray, tokens: np.ndarray, batch: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+    def _features(
+        self, terms: np.ndarray, tokens: np.ndarray, batch: np.ndarray, ctx: np.ndarray
+    ) -> np.ndarray:
         d = descriptors(self.shape, self.hw, self.candidate, self.precision)
         logs = np.log(np.maximum(terms[:, :6], 1e-6))
-        ratio = np.log(np.maximum(terms[:, 0] + terms[:, 1], 1e-6) / np.maximum(terms[:, 2] + terms[:, 3], 1e-6))
+        ratio = np.log(
+            np.maximum(terms[:, 0] + terms[:, 1], 1e-6) / np.maximum(terms[:, 2] + terms[:, 3], 1e-6)
+        )
         per_point = np.column_stack([logs, np.log(tokens), np.log(batch), np.log(ctx), ratio])
         engine = np.array([*d.values(), BACKEND_CODES.get(self.stack.backend, 3.0)])
         return np.hstack([per_point, np.broadcast_to(engine, (terms.shape[0], engine.size))])

@@ -73,7 +73,9 @@ def resolve_model_path(name_or_path: str) -> Path:
     bundled = MODELS_DIR / f"{name_or_path.removesuffix('.json')}.json"
     if bundled.is_file() and os.sep not in name_or_path:
         return bundled
-    raise SourceError(f"no regression model {name_or_path!r}: not a file, nor one of {', '.join(bundled_names())}")
+    raise SourceError(
+        f"no regression model {name_or_path!r}: not a file, nor one of {', '.join(bundled_names())}"
+    )
 
 
 def bundled_names() -> list[str]:
@@ -97,7 +99,9 @@ def load_model_file(name_or_path: str) -> ModelFile:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SourceError(f"{path}: not a readable regression model file ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise SourceError(f"{path}: not a regression model file (format {doc.get('format') if isinstance(doc, dict) else None!r})")
+        raise SourceError(
+            f"{path}: not a regression model file (format {doc.get('format') if isinstance(doc, dict) else None!r})"
+        )
     if doc.get("format_version") != FORMAT_VERSION:
         raise SourceError(f"{path}: model format version {doc.get('format_version')!r}, this sla-estimate reads "
                           f"{FORMAT_VERSION}: refit it with `sla-estimate models fit`")  # fmt: skip

@@ -152,7 +152,9 @@ class PerfRegressor:
         backends = np.broadcast_to(np.asarray(backend), terms.shape[:1])
         out = np.empty(terms.shape[0])
         for b in np.unique(backends):
-            c = np.asarray(self.coef_.get(str(b), self.coef_[POOLED]))[phase_index * K : (phase_index + 1) * K]
+            c = np.asarray(self.coef_.get(str(b), self.coef_[POOLED]))[
+                phase_index * K : (phase_index + 1) * K
+            ]
             m = backends == b
             out[m] = terms[m] @ c
         return np.maximum(out, 1e-6)
@@ -173,7 +175,9 @@ class PerfRegressor:
 
     def kv_params(self, backend: str) -> tuple[float, float, float]:
         self._check()
-        return tuple(self.kv_.get(backend) or self.kv_.get(POOLED) or DEFAULT_KV.get(backend, (0.9, 2e9, 1.0)))  # type: ignore[return-value]
+        return tuple(
+            self.kv_.get(backend) or self.kv_.get(POOLED) or DEFAULT_KV.get(backend, (0.9, 2e9, 1.0))
+        )  # type: ignore[return-value]
 
     # ---- files --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -204,7 +208,11 @@ def _fit_kv(data: TrainingSet) -> dict[str, tuple[float, float, float]]:
     rows = data.kv_rows
     for backend in sorted(set(data.kv_backend.tolist())):
         m = data.kv_backend == backend
-        free, mem, act = rows[m, 0] + rows[m, 1], rows[m, 2], rows[m, 3]  # kv bytes + weights = a*mem - b - c*act
+        free, mem, act = (
+            rows[m, 0] + rows[m, 1],
+            rows[m, 2],
+            rows[m, 3],
+        )  # kv bytes + weights = a*mem - b - c*act
         if m.sum() >= 3:
             a = np.stack([mem, -np.ones_like(mem), -act], axis=1)
             sol, *_ = np.linalg.lstsq(a / free[:, None], np.ones_like(free), rcond=None)

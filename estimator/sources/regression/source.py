@@ -79,7 +79,9 @@ class RegressionSource(PerfSource):
 
             engines[c] = {
                 "features": ef,
-                "prefill": MonotoneCurve(prefill, prefill_lin) if reg.has_residual("prefill") else prefill_lin,
+                "prefill": MonotoneCurve(prefill, prefill_lin)
+                if reg.has_residual("prefill")
+                else prefill_lin,
                 "decode": MonotoneSurface(decode, decode_lin) if reg.has_residual("decode") else decode_lin,
             }
         return engines[c]
@@ -106,13 +108,20 @@ class RegressionSource(PerfSource):
         v, f = self.prefill_ttft_ms(candidate, isl), self._band_factor("prefill")
         return v / f, v * f
 
-    def decode_itl_band(self, candidate: Candidate, batch: Any, context: Any) -> tuple[np.ndarray, np.ndarray]:
+    def decode_itl_band(
+        self, candidate: Candidate, batch: Any, context: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
         v, f = self.decode_itl_ms(candidate, batch, context), self._band_factor("decode")
         return v / f, v * f
 
     def provenance(self) -> dict[str, Any]:
         self._fitted()
-        out = {**super().provenance(), "model_file": None, "model_sha256": None, "fitted_in_memory": self.file_ is None}
+        out = {
+            **super().provenance(),
+            "model_file": None,
+            "model_sha256": None,
+            "fitted_in_memory": self.file_ is None,
+        }
         if self.file_ is not None:
             p = self.file_.provenance
             out.update(model_file=self.file_.path, model_name=self.file_.name, model_sha256=self.file_.sha256,

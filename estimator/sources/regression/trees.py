@@ -51,7 +51,10 @@ class TreeEnsemble:
             "baseline": float(self.baseline),
             "depth": int(self.depth),
             "trees": [
-                {k: getattr(self, k)[t, : sizes[t]].tolist() for k in ("feature", "threshold", "left", "right", "value")}
+                {
+                    k: getattr(self, k)[t, : sizes[t]].tolist()
+                    for k in ("feature", "threshold", "left", "right", "value")
+                }
                 for t in range(len(sizes))
             ],
         }
