@@ -45,6 +45,8 @@ def _fit_flags(p: argparse.ArgumentParser) -> None:
         "--no-residual", action="store_true", help="linear roofline terms only (no boosted residual)"
     )
     p.add_argument("--group-by", choices=("model", "system"), default="model", help="cross-validation folds")
+    p.add_argument("--max-iter", type=int, default=150, help="boosting rounds of the residual (default 150)")
+    p.add_argument("--max-leaf-nodes", type=int, default=15, help="leaves per residual tree (default 15)")
 
 
 def run_models(ns: argparse.Namespace) -> int:
@@ -79,7 +81,7 @@ def _fit(ns: argparse.Namespace) -> int:
     from .sources.regression.data import aic_rows, measurement_rows
     from .sources.regression.fitting import fit_model_file
 
-    params = {"residual": not ns.no_residual}
+    params = {"residual": not ns.no_residual, "max_iter": ns.max_iter, "max_leaf_nodes": ns.max_leaf_nodes}
     if ns.models_command == "fit":
         from validate.runners.replay import ReplayRunner
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import numpy as np
 
 ISL_GRID = np.geomspace(1.0, 2.0**21, 85)  # 4 nodes per octave
-BATCH_GRID = np.geomspace(1.0, 2.0**14, 43)  # 3 per octave
-CONTEXT_GRID = np.geomspace(16.0, 2.0**21, 52)  # 3 per octave
+BATCH_GRID = np.geomspace(1.0, 2.0**14, 29)  # 2 per octave
+CONTEXT_GRID = np.geomspace(16.0, 2.0**21, 35)  # 2 per octave
 
 Model = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x, y) arrays -> ms
 

@@ -96,18 +96,25 @@ class PerfRegressor:
     ----------
     residual : bool
         Add boosted trees on the log ratio to the linear part (direct prefill/decode rows only).
+    base : "linear" (non-negative roofline-term fit) or "roofline" (max(compute, memory) + comm, unfitted:
+        the trees then model log efficiency measured / roofline; kept to compare the two designs).
     max_iter, max_leaf_nodes, learning_rate : boosting settings.
     """
 
     def __init__(self, *, residual: bool = True, max_iter: int = 150, max_leaf_nodes: int = 15,
-                 learning_rate: float = 0.1) -> None:  # fmt: skip
+                 learning_rate: float = 0.1, max_depth: int = 6, base: str = "linear") -> None:  # fmt: skip
+        self.base = base
+        self.max_depth = max_depth
         self.residual = residual
         self.max_iter = max_iter
         self.max_leaf_nodes = max_leaf_nodes
         self.learning_rate = learning_rate
 
     def get_params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("residual", "max_iter", "max_leaf_nodes", "learning_rate")}
+        return {
+            k: getattr(self, k)
+            for k in ("residual", "max_iter", "max_leaf_nodes", "learning_rate", "max_depth", "base")
+        }
 
     # ---- fit ----------------------------------------------------------------------------------
     def fit(self, data: TrainingSet) -> PerfRegressor:
@@ -136,6 +143,7 @@ class PerfRegressor:
                 base = self._linear(data.backend[mask], data.design[mask][:, i * K : (i + 1) * K], i)
                 est = HistGradientBoostingRegressor(
                     max_iter=self.max_iter, max_leaf_nodes=self.max_leaf_nodes, learning_rate=self.learning_rate,
+                    max_depth=self.max_depth,
                     l2_regularization=1.0, early_stopping=False, random_state=0,
                 ).fit(data.features[mask], np.log(data.y_ms[mask] / base))  # fmt: skip
                 self.trees_[phase] = from_sklearn(est)
@@ -149,6 +157,15 @@ class PerfRegressor:
             raise NotFittedError("this regression model is not fitted: call fit() or load a model file")
 
     def _linear(self, backend: np.ndarray | str, terms: np.ndarray, phase_index: int) -> np.ndarray:
+        if self.base == "roofline":  # the plain roofline: the trees then learn log efficiency alone
+            return (
+                np.maximum(terms[:, 0] + terms[:, 1], terms[:, 2] + terms[:, 3] + terms[:, 4]) + terms[:, 5]
+            )
+        if isinstance(backend, str):
+            c = np.asarray(self.coef_.get(backend, self.coef_[POOLED]))[
+                phase_index * K : (phase_index + 1) * K
+            ]
+            return np.maximum(terms @ c, 1e-6)
         backends = np.broadcast_to(np.asarray(backend), terms.shape[:1])
         out = np.empty(terms.shape[0])
         for b in np.unique(backends):

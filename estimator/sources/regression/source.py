@@ -3,7 +3,8 @@
 Interchangeable with AIC wherever a source is taken (``--source regression:aic-distilled`` or
 ``regression:PATH``). It answers any model whose config.json we can read on any system whose peaks
 we know (from the model file, else AIC's system YAML), so it also covers engines AIC refuses.
-Bands are the model's cross-validated log error (p90) around the point, when the file has it.
+Bands are the model's log error (p90) around the point: in-sample for models in its training data,
+leave-one-model-out for the others (the width a model it has never seen should expect).
 """
 
 from __future__ import annotations
@@ -100,9 +101,12 @@ class RegressionSource(PerfSource):
 
     # ---- bands and provenance -----------------------------------------------------------------
     def _band_factor(self, phase: str) -> float:
+        """exp(p90 |log error|): in-sample for a model the file was trained on, else its leave-one-out error."""
         self._fitted()
-        cv = ((self.file_.provenance if self.file_ else {}).get("cv") or {}).get(phase) or {}
-        return float(np.exp(cv.get("log_abs_p90", 0.0)))
+        prov = self.file_.provenance if self.file_ else {}
+        trained = self.stack.model in (prov.get("training_summary") or {}).get("models", {})
+        errors = (prov.get("in_sample") if trained else prov.get("cv")) or {}
+        return float(np.exp((errors.get(phase) or {}).get("log_abs_p90", 0.0)))
 
     def prefill_ttft_band(self, candidate: Candidate, isl: Any) -> tuple[np.ndarray, np.ndarray]:
         v, f = self.prefill_ttft_ms(candidate, isl), self._band_factor("prefill")

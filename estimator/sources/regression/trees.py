@@ -9,6 +9,7 @@ prediction walks every tree at once, level by level.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from ...errors import SourceError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class TreeEnsemble:
     """``baseline + sum_t tree_t(x)``; node arrays of shape (trees, max_nodes)."""
 
@@ -29,20 +30,32 @@ class TreeEnsemble:
     n_nodes: np.ndarray  # real nodes of each tree (the rest is padding)
     depth: int
 
+    @cached_property
+    def _flat(self) -> tuple[np.ndarray, ...]:
+        """1-D node arrays over all trees; leaves (and padding) loop to themselves, so a walk needs no mask."""
+        trees, width = self.feature.shape
+        offset = (np.arange(trees) * width)[:, None]
+        leaf = self.feature < 0
+        own = offset + np.arange(width)[None, :]
+        feature = np.where(leaf, 0, self.feature).ravel()
+        threshold = np.where(leaf, np.inf, self.threshold).ravel()
+        left = np.where(leaf, own, offset + self.left).ravel()
+        right = np.where(leaf, own, offset + self.right).ravel()
+        return feature, threshold, left, right, self.value.ravel(), offset.ravel()
+
     def predict(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=float)
+        x = np.ascontiguousarray(x, dtype=float)
         n, trees = x.shape[0], self.feature.shape[0]
         if trees == 0:
             return np.full(n, self.baseline)
-        rows = np.arange(trees)[None, :]
-        node = np.zeros((n, trees), dtype=np.int64)
+        feature, threshold, left, right, value, roots = self._flat
+        row = (np.arange(n) * x.shape[1])[:, None]
+        flat_x = x.ravel()
+        node = np.broadcast_to(roots, (n, trees))
         for _ in range(self.depth):
-            feat = self.feature[rows, node]
-            leaf = feat < 0
-            xv = np.take_along_axis(x, np.where(leaf, 0, feat), axis=1)
-            nxt = np.where(xv <= self.threshold[rows, node], self.left[rows, node], self.right[rows, node])
-            node = np.where(leaf, node, nxt)
-        return self.baseline + self.value[rows, node].sum(axis=1)
+            go_left = flat_x.take(row + feature.take(node)) <= threshold.take(node)
+            node = np.where(go_left, left.take(node), right.take(node))
+        return self.baseline + value.take(node).sum(axis=1)
 
     def to_dict(self) -> dict[str, Any]:
         """Ragged lists (each tree's real nodes only) for a JSON file; floats keep every bit."""

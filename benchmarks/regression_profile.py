@@ -1,0 +1,146 @@
+"""The AIC-distilled surrogate as a drop-in for AIC: same engines selected? how far apart? how fast?
+
+For the default study and every support-matrix study (benchmarks/support_matrix.py: 5 models x
+h100/h200 x vllm/sglang/trtllm at ISL 3000 / OSL 150, TTFT 200 / ITL 20 ms), runs the estimate with
+``aic`` and with ``regression:aic-distilled`` and reports whether the selected prefill and decode
+engines agree, and the largest difference of the surrogate from AIC on AIC's selected surfaces
+(prefill TTFT over ISL, decode ITL over the (concurrency, context) grid, KV capacity). Then times a
+cold CLI profile with the surrogate in a fresh process (``--no-cache``) and checks with
+``python -X importtime`` that aiconfigurator is never imported.
+
+    python benchmarks/regression_profile.py [--repeats 5]
+
+Writes benchmarks/results/regression_profile.json and docs/regression_profile.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from estimator.errors import SlaEstimateError
+from estimator.pipeline import estimate
+from estimator.sources import Stack, make_source
+from estimator.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ["meta-llama/Meta-Llama-3.1-8B", "meta-llama/Meta-Llama-3.1-70B", "Qwen/Qwen3-32B",
+          "Qwen/Qwen3-30B-A3B", "deepseek-ai/DeepSeek-V3"]  # fmt: skip
+STUDIES = [{}] + [{"model": m, "system": s, "backend": b} for m in MODELS for s in ("h100_sxm", "h200_sxm")
+                  for b in ("vllm", "sglang", "trtllm")]  # fmt: skip
+SOURCE = "regression:aic-distilled"
+
+
+def compare(study: dict) -> dict:
+    row: dict = {"study": study or "default"}
+    try:
+        a = estimate(load_spec(**study, cache=False))
+    except SlaEstimateError as exc:
+        return {**row, "aic": f"fails: {str(exc)[:80]}"}
+    r = estimate(load_spec(**study, source=SOURCE, cache=False))
+    sa, sr = a.selection, r.selection
+    row.update(
+        aic=f"{sa.best_prefill.candidate.name} / {sa.best_decode.candidate.name}",
+        regression=f"{sr.best_prefill.candidate.name} / {sr.best_decode.candidate.name}",
+        same=(
+            sa.best_prefill.candidate == sr.best_prefill.candidate
+            and sa.best_decode.candidate == sr.best_decode.candidate
+        ),
+    )
+    src = make_source(SOURCE, Stack.from_spec(a.spec))
+    ps, ds = a.prefill_surface, a.decode_surface
+    pre = src.prefill_ttft_ms(ps.candidate, ps.isl) / ps.ttft_ms - 1.0
+    dec = src.decode_itl_ms(ds.candidate, ds.concurrency, ds.context_tokens) / ds.itl_ms - 1.0
+    kv = src.kv_capacity_tokens(ds.candidate) / ds.kv_capacity_tokens - 1.0
+    row.update(prefill_max_pct=float(np.max(np.abs(pre)) * 100), prefill_median_pct=float(np.median(np.abs(pre)) * 100),
+               decode_max_pct=float(np.max(np.abs(dec)) * 100), decode_median_pct=float(np.median(np.abs(dec)) * 100),
+               kv_pct=float(kv * 100))  # fmt: skip
+    return row
+
+
+def cold_profile_s(repeats: int) -> tuple[list[float], bool]:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "SLA_ESTIMATE_CACHE_DIR": tmp, "PYTHONPATH": str(ROOT)}
+        cmd = [
+            sys.executable,
+            "-m",
+            "estimator.cli",
+            "--source",
+            SOURCE,
+            "--no-cache",
+            "--no-plots",
+            "-o",
+            f"{tmp}/o",
+        ]
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+            times.append(time.perf_counter() - t0)
+        imp = subprocess.run([sys.executable, "-X", "importtime", *cmd[1:]], env=env, cwd=ROOT,
+                             capture_output=True, text=True, check=True)  # fmt: skip
+    return times, "aiconfigurator" in imp.stderr
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    rows = []
+    for st in STUDIES:
+        row = compare(st)
+        rows.append(row)
+        print(json.dumps(row))
+    times, imported = cold_profile_s(args.repeats)
+    meta = {"machine": f"{platform.node()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+    done = [r for r in rows if "same" in r]
+    summary = {
+        "studies": len(rows), "compared": len(done), "same_engines": sum(r["same"] for r in done),
+        "largest_prefill_pct": max(r["prefill_max_pct"] for r in done),
+        "largest_decode_pct": max(r["decode_max_pct"] for r in done),
+        "largest_kv_pct": max(abs(r["kv_pct"]) for r in done),
+        "cold_profile_s_median": statistics.median(times), "cold_profile_s": times, "aiconfigurator_imported": imported,
+    }  # fmt: skip
+    (ROOT / "benchmarks/results/regression_profile.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=2) + "\n"
+    )
+    lines = ["# AIC-distilled surrogate vs AIC (generated)", "",
+             f"`python benchmarks/regression_profile.py` on {meta['machine']}, {meta['date']}.", "",
+             (f"- same prefill and decode engines in {summary['same_engines']} of {summary['compared']} studies "
+             f"({summary['studies'] - summary['compared']} fail with AIC as well)"),
+             (f"- largest difference on AIC's selected surfaces: prefill TTFT {summary['largest_prefill_pct']:.1f} %, "
+             f"decode ITL {summary['largest_decode_pct']:.1f} %, KV capacity {summary['largest_kv_pct']:.1f} %"),
+             (f"- cold CLI profile (`--source {SOURCE} --no-cache --no-plots -o DIR`, fresh process): median "
+             f"{summary['cold_profile_s_median']:.2f} s over {len(times)} runs; aiconfigurator imported: {imported}"), "",
+             "| study | AIC prefill / decode | surrogate | same | prefill max / median % | decode max / median % | KV % |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        name = (
+            r["study"]
+            if isinstance(r["study"], str)
+            else f"{r['study']['model']} {r['study']['system']} {r['study']['backend']}"
+        )
+        if "same" not in r:
+            lines.append(f"| {name} | {r['aic']} | — | — | — | — | — |")
+            continue
+        lines.append(f"| {name} | {r['aic']} | {r['regression']} | {'yes' if r['same'] else 'NO'} | "
+                     f"{r['prefill_max_pct']:.1f} / {r['prefill_median_pct']:.1f} | "
+                     f"{r['decode_max_pct']:.1f} / {r['decode_median_pct']:.1f} | {r['kv_pct']:+.1f} |")  # fmt: skip
+    (ROOT / "docs/regression_profile.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:8]))
+
+
+if __name__ == "__main__":
+    main()
