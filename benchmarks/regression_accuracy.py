@@ -14,9 +14,9 @@ all, and the regression's error on the rows AIC cannot estimate. Also compares, 
 for the common stacks, three designs: linear terms only, boosted trees on log(measured / roofline),
 and linear terms plus a boosted residual (leave-one-model-out).
 
-    python benchmarks/regression_accuracy.py [--cache benchmarks/results/regression_cache]
+    python benchmarks/regression_accuracy.py [--cache out/regression_cache]
 
-Prints the tables; writes benchmarks/results/regression_accuracy.json and docs/regression_accuracy.md.
+Prints the tables; writes benchmarks/results/regression_accuracy.json and the generated block of docs/regression.md.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def _reason(msg: str) -> str:
                        ("unsupported", "unsupported configuration")):  # fmt: skip
         if key in low:
             return label
-    return msg.splitlines()[0][:60]
+    return msg.splitlines()[0].split(": ", 1)[-1][:60]
 
 
 def distilled_predictions(data: TrainingSet, extra: dict[str, np.ndarray], cache: Path) -> np.ndarray:
@@ -183,7 +183,7 @@ def _table(title: str, kinds: tuple[str, ...], rows: list[tuple[str, dict[str, t
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cache", default=str(ROOT / "benchmarks/results/regression_cache"))
+    ap.add_argument("--cache", default=str(ROOT / "out/regression_cache"), help="row caches (delete to recompute)")
     ap.add_argument("--skip-variants", action="store_true", help="skip the design comparison on AIC points")
     args = ap.parse_args()
     logging.getLogger("aiconfigurator_core").setLevel(logging.ERROR)
@@ -258,6 +258,7 @@ def main() -> None:
             adata, _ = _load_set(path)
         else:
             adata, _ = aic_rows(DISTILL_STACKS)
+            cache.mkdir(parents=True, exist_ok=True)
             _save_set(path, adata, {})
         variants = {"linear roofline terms": {"residual": False},
                     "boosted trees on log(AIC / roofline)": {"residual": True, "base": "roofline"},
@@ -275,7 +276,19 @@ def main() -> None:
     text = "\n".join(md) + "\n"
     print(text)
     (ROOT / "benchmarks/results/regression_accuracy.json").write_text(json.dumps(out, indent=2) + "\n")
-    (ROOT / "docs/regression_accuracy.md").write_text("# Regression accuracy (generated)\n\n" + text)
+    write_section(ROOT / "docs/regression.md", "accuracy", text)
+
+
+def write_section(path: Path, name: str, text: str) -> None:
+    """Replace the generated block between <!-- NAME:start --> and <!-- NAME:end --> (appended if absent)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    doc = path.read_text() if path.exists() else ""
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in doc and end in doc:
+        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end) :]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    path.write_text(doc)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ cold CLI profile with the surrogate in a fresh process (``--no-cache``) and chec
 
     python benchmarks/regression_profile.py [--repeats 5]
 
-Writes benchmarks/results/regression_profile.json and docs/regression_profile.md.
+Writes benchmarks/results/regression_profile.json and the generated block of docs/regression.md.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from estimator.errors import SlaEstimateError
 from estimator.pipeline import estimate
@@ -116,7 +117,7 @@ def main() -> None:
     (ROOT / "benchmarks/results/regression_profile.json").write_text(
         json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=2) + "\n"
     )
-    lines = ["# AIC-distilled surrogate vs AIC (generated)", "",
+    lines = ["", "",
              f"`python benchmarks/regression_profile.py` on {meta['machine']}, {meta['date']}.", "",
              (f"- same prefill and decode engines in {summary['same_engines']} of {summary['compared']} studies "
              f"({summary['studies'] - summary['compared']} fail with AIC as well)"),
@@ -138,7 +139,9 @@ def main() -> None:
         lines.append(f"| {name} | {r['aic']} | {r['regression']} | {'yes' if r['same'] else 'NO'} | "
                      f"{r['prefill_max_pct']:.1f} / {r['prefill_median_pct']:.1f} | "
                      f"{r['decode_max_pct']:.1f} / {r['decode_median_pct']:.1f} | {r['kv_pct']:+.1f} |")  # fmt: skip
-    (ROOT / "docs/regression_profile.md").write_text("\n".join(lines) + "\n")
+    from regression_accuracy import write_section
+
+    write_section(ROOT / "docs/regression.md", "profile", "\n".join(lines[2:]))
     print("\n".join(lines[:8]))
 
 

@@ -5,7 +5,9 @@ Both training and prediction go through :class:`EngineFeatures`, so the two can 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -20,7 +22,9 @@ from ...features import (
     prefill_terms,
     weight_bytes_per_gpu,
 )
+from ...errors import SpecError
 from ...hardware import HardwareSpec, hardware_spec
+from ...model import bundled_models, resolve_model_name
 from ..base import Stack
 
 BACKEND_CODES = {"vllm": 0.0, "sglang": 1.0, "trtllm": 2.0}
@@ -31,6 +35,30 @@ FEATURE_NAMES = (
     "log_bw", "log_peak", "backend",
 )  # fmt: skip
 ACTIVATION_TOKENS = 8192  # the engines' default token budget: activation memory reserved per GPU
+
+
+def shape_of(model: str) -> ModelShape:
+    """The model's shape; an id we lack whose name matches a bundled config is read from that config.
+
+    Real deployments name checkpoints by publisher and quantisation (``nvidia/Qwen3-32B-NVFP4``,
+    ``zhipuai/GLM-5`` for ``zai-org/GLM-5``): same shape, and the data states the quantisation.
+    """
+    try:
+        return model_shape(model)
+    except SpecError:
+        org, _, name = model.partition("/")
+        base = re.sub(r"-(fp8|nvfp4|fp4)$", "", name, flags=re.IGNORECASE)
+        for guess in (f"{o}/{base}" for o in (org, *_bundled_orgs())):
+            try:
+                return model_shape(resolve_model_name(guess))
+            except SpecError:
+                continue
+        raise
+
+
+@cache
+def _bundled_orgs() -> tuple[str, ...]:
+    return tuple(sorted({m.split("/", 1)[0] for m in bundled_models()}))
 
 
 @dataclass(frozen=True, slots=True)
