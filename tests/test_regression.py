@@ -233,3 +233,22 @@ def test_distilled_answers_without_importing_aic():
             "s.kv_capacity_tokens(c); print(any(m.startswith(('aiconfigurator', 'sklearn')) for m in sys.modules))")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert r.stdout.strip() == "False"
+
+
+def test_validate_calibrates_the_regression_source(tmp_path, monkeypatch):
+    """validate with --source regression:...: recorded GPU-runner points calibrate the surrogate's surfaces."""
+    from estimator.cli import main
+
+    monkeypatch.setenv("SLA_ESTIMATE_CACHE_DIR", str(tmp_path / "cache"))
+    rec = [
+        str(ROOT / "models/measurements" / f)
+        for f in ("h100_llama31_8b_gpu_runner.jsonl", "h100_llama31_8b_gpu_runner_tp2.jsonl")
+    ]
+    argv = ["validate", "--model", "meta-llama/Llama-3.1-8B", "--system", "h100_sxm", "--gpus", "1,2", "--no-plots",
+            "--source", "regression:aic-distilled", "--runner", "replay", "--json", "-o", str(tmp_path / "out")]  # fmt: skip
+    for r in rec:
+        argv += ["--measurements", r]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (tmp_path / "out" / "calibration.json").is_file()
+    assert "regression" in json.dumps(report["provenance"]["source"])
