@@ -92,7 +92,7 @@ def cold_profile_s(repeats: int) -> tuple[list[float], bool]:
             times.append(time.perf_counter() - t0)
         imp = subprocess.run([sys.executable, "-X", "importtime", *cmd[1:]], env=env, cwd=ROOT,
                              capture_output=True, text=True, check=True)  # fmt: skip
-    return times, "aiconfigurator" in imp.stderr
+    return times, cpu, "aiconfigurator" in imp.stderr
 
 
 def main() -> None:
@@ -104,15 +104,17 @@ def main() -> None:
         row = compare(st)
         rows.append(row)
         print(json.dumps(row))
-    times, imported = cold_profile_s(args.repeats)
-    meta = {"machine": f"{platform.node()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+    times, cpu, imported = cold_profile_s(args.repeats)
+    meta = {"machine": f"{platform.node()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
+            "load_average": os.getloadavg()}  # fmt: skip
     done = [r for r in rows if "same" in r]
     summary = {
         "studies": len(rows), "compared": len(done), "same_engines": sum(r["same"] for r in done),
         "largest_prefill_pct": max(r["prefill_max_pct"] for r in done),
         "largest_decode_pct": max(r["decode_max_pct"] for r in done),
         "largest_kv_pct": max(abs(r["kv_pct"]) for r in done),
-        "cold_profile_s_median": statistics.median(times), "cold_profile_s": times, "aiconfigurator_imported": imported,
+        "cold_profile_s_median": statistics.median(times), "cold_profile_s": times,
+        "cold_profile_cpu_s_median": statistics.median(cpu), "cold_profile_cpu_s": cpu, "aiconfigurator_imported": imported,
     }  # fmt: skip
     (ROOT / "benchmarks/results/regression_profile.json").write_text(
         json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=2) + "\n"
@@ -124,7 +126,8 @@ def main() -> None:
              (f"- largest difference on AIC's selected surfaces: prefill TTFT {summary['largest_prefill_pct']:.1f} %, "
              f"decode ITL {summary['largest_decode_pct']:.1f} %, KV capacity {summary['largest_kv_pct']:.1f} %"),
              (f"- cold CLI profile (`--source {SOURCE} --no-cache --no-plots -o DIR`, fresh process): median "
-             f"{summary['cold_profile_s_median']:.2f} s over {len(times)} runs; aiconfigurator imported: {imported}"), "",
+             f"{summary['cold_profile_s_median']:.2f} s wall, {summary['cold_profile_cpu_s_median']:.2f} s CPU (user + sys) "
+                f"over {len(times)} runs (load average {meta['load_average'][0]:.1f}); aiconfigurator imported: {imported}"), "",
              "| study | AIC prefill / decode | surrogate | same | prefill max / median % | decode max / median % | KV % |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:

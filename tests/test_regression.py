@@ -252,3 +252,25 @@ def test_validate_calibrates_the_regression_source(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert (tmp_path / "out" / "calibration.json").is_file()
     assert "regression" in json.dumps(report["provenance"]["source"])
+
+
+def test_cli_models_fit_show_and_use(tmp_path, capsys, monkeypatch):
+    from estimator.cli import main
+    from estimator.measurements import MeasurementStore
+
+    monkeypatch.setenv("SLA_ESTIMATE_CACHE_DIR", str(tmp_path / "cache"))
+    store = MeasurementStore(tmp_path / "m.jsonl")
+    store.extend(_direct_records(LLAMA) + _direct_records(QWEN))
+    out = tmp_path / "mine.json"
+    assert main(["models", "fit", "--measurements", str(store.path), "--no-residual", "-o", str(out)]) == 0
+    assert main(["models", "show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "leave-one-model-out" in shown and load_model_file(str(out)).sha256 in shown
+    assert (
+        main(["--model", "Qwen/Qwen3-32B", "--system", "h200_sxm", "--source", f"regression:{out}", "--json"])
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out.split("\n(")[0])
+    assert report["provenance"]["source"]["model_sha256"] == load_model_file(str(out)).sha256
+    assert main(["models", "fit", "--measurements", str(tmp_path / "missing.jsonl"), "-o", str(out)]) == 2
+    assert main(["models", "show", "no-such-model"]) == 2
