@@ -71,7 +71,10 @@ def compare(study: dict) -> dict:
     return row
 
 
-def cold_profile_s(repeats: int) -> tuple[list[float], bool]:
+def cold_profile_s(repeats: int) -> tuple[list[float], list[float], bool]:
+    """Wall and CPU (user + sys) seconds of fresh-process profiles; whether aiconfigurator got imported."""
+    import resource
+
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "SLA_ESTIMATE_CACHE_DIR": tmp, "PYTHONPATH": str(ROOT)}
         cmd = [
@@ -85,11 +88,14 @@ def cold_profile_s(repeats: int) -> tuple[list[float], bool]:
             "-o",
             f"{tmp}/o",
         ]
-        times = []
+        times, cpu = [], []
         for _ in range(repeats):
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
             times.append(time.perf_counter() - t0)
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
         imp = subprocess.run([sys.executable, "-X", "importtime", *cmd[1:]], env=env, cwd=ROOT,
                              capture_output=True, text=True, check=True)  # fmt: skip
     return times, cpu, "aiconfigurator" in imp.stderr
