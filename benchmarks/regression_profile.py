@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from estimator.candidates import Candidate
 from estimator.errors import SlaEstimateError
 from estimator.pipeline import estimate
 from estimator.sources import Stack, make_source
@@ -44,27 +45,52 @@ STUDIES = [{}] + [{"model": m, "system": s, "backend": b} for m in MODELS for s 
 SOURCE = "regression:aic-distilled"
 
 
-def compare(study: dict) -> dict:
+CACHE = ROOT / "out/regression_cache/aic_profiles.json"
+
+
+def _summary(p) -> dict:
+    """What the comparison needs of a profile: the selected engines and their surfaces."""
+    sel, ps, ds = p.selection, p.prefill_surface, p.decode_surface
+    return {
+        "prefill": sel.best_prefill.candidate.name, "decode": sel.best_decode.candidate.name,
+        "prefill_surface": {"candidate": ps.candidate.name, "isl": ps.isl.tolist(), "ttft_ms": ps.ttft_ms.tolist()},
+        "decode_surface": {"candidate": ds.candidate.name, "concurrency": ds.concurrency.tolist(),
+                           "context": ds.context_tokens.tolist(), "itl_ms": ds.itl_ms.tolist(),
+                           "kv_capacity_tokens": int(ds.kv_capacity_tokens)},
+    }  # fmt: skip
+
+
+def _aic(study: dict, cache: dict) -> dict:
+    """AIC's result for a study, kept in out/ so a rerun of this benchmark skips the AIC work."""
+    key = json.dumps(study, sort_keys=True)
+    if key not in cache:
+        try:
+            cache[key] = _summary(estimate(load_spec(**study, cache=False)))
+        except SlaEstimateError as exc:
+            cache[key] = {"error": str(exc)[:80]}
+        CACHE.parent.mkdir(parents=True, exist_ok=True)
+        CACHE.write_text(json.dumps(cache))
+    return cache[key]
+
+
+def compare(study: dict, cache: dict) -> dict:
     row: dict = {"study": study or "default"}
-    try:
-        a = estimate(load_spec(**study, cache=False))
-    except SlaEstimateError as exc:
-        return {**row, "aic": f"fails: {str(exc)[:80]}"}
+    a = _aic(study, cache)
+    if "error" in a:
+        return {**row, "aic": f"fails: {a['error']}"}
     r = estimate(load_spec(**study, source=SOURCE, cache=False))
-    sa, sr = a.selection, r.selection
+    sr = r.selection
     row.update(
-        aic=f"{sa.best_prefill.candidate.name} / {sa.best_decode.candidate.name}",
+        aic=f"{a['prefill']} / {a['decode']}",
         regression=f"{sr.best_prefill.candidate.name} / {sr.best_decode.candidate.name}",
-        same=(
-            sa.best_prefill.candidate == sr.best_prefill.candidate
-            and sa.best_decode.candidate == sr.best_decode.candidate
-        ),
+        same=a["prefill"] == sr.best_prefill.candidate.name and a["decode"] == sr.best_decode.candidate.name,
     )
-    src = make_source(SOURCE, Stack.from_spec(a.spec))
-    ps, ds = a.prefill_surface, a.decode_surface
-    pre = src.prefill_ttft_ms(ps.candidate, ps.isl) / ps.ttft_ms - 1.0
-    dec = src.decode_itl_ms(ds.candidate, ds.concurrency, ds.context_tokens) / ds.itl_ms - 1.0
-    kv = src.kv_capacity_tokens(ds.candidate) / ds.kv_capacity_tokens - 1.0
+    src = make_source(SOURCE, Stack.from_spec(r.spec))
+    ps, ds = a["prefill_surface"], a["decode_surface"]
+    pc, dc = Candidate.parse(ps["candidate"]), Candidate.parse(ds["candidate"])
+    pre = src.prefill_ttft_ms(pc, ps["isl"]) / np.array(ps["ttft_ms"]) - 1.0
+    dec = src.decode_itl_ms(dc, ds["concurrency"], ds["context"]) / np.array(ds["itl_ms"]) - 1.0
+    kv = src.kv_capacity_tokens(dc) / ds["kv_capacity_tokens"] - 1.0
     row.update(prefill_max_pct=float(np.max(np.abs(pre)) * 100), prefill_median_pct=float(np.median(np.abs(pre)) * 100),
                decode_max_pct=float(np.max(np.abs(dec)) * 100), decode_median_pct=float(np.median(np.abs(dec)) * 100),
                kv_pct=float(kv * 100))  # fmt: skip
@@ -106,8 +132,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     rows = []
+    cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
     for st in STUDIES:
-        row = compare(st)
+        row = compare(st, cache)
         rows.append(row)
         print(json.dumps(row))
     times, cpu, imported = cold_profile_s(args.repeats)
