@@ -76,29 +76,36 @@ def _load_set(path: Path) -> tuple[TrainingSet, dict[str, np.ndarray]]:
         return d, {k[2:]: z[k] for k in z.files if k.startswith("x_")}
 
 
-def measured_rows(cache: Path) -> tuple[TrainingSet, dict[str, np.ndarray]]:
-    """Regression rows of every silicon config and GPU-runner point, with AIC's prediction for each row."""
-    path = cache / "measured_rows.npz"
-    if path.exists():
-        return _load_set(path)
+def _records() -> tuple[list, int, int]:
     silicon, not_representable = load_silicon()
-    gpu = [
-        m for f in sorted((ROOT / "models/measurements").glob("*.jsonl")) for m in MeasurementStore(f).load()
-    ]
-    parts, config, engine, aic, aic_why, reg_why = (
-        [],
-        [],
-        [],
-        [],
-        collections.Counter(),
-        collections.Counter(),
-    )
+    runs = sorted((ROOT / "models/measurements").glob("*.jsonl"))
+    return silicon + [m for f in runs for m in MeasurementStore(f).load()], len(silicon), len(not_representable)
+
+
+def measured_rows(cache: Path) -> tuple[TrainingSet, dict[str, np.ndarray]]:
+    """Regression rows of every silicon config and GPU-runner point, with AIC's prediction for each row.
+
+    Cached in ``cache``; configurations missing from the cache (new records, or ones the regression
+    could not describe before) are computed and added.
+    """
+    path = cache / "measured_rows.npz"
+    records, n_silicon, n_not_repr = _records()
+    old, extra = _load_set(path) if path.exists() else (None, {})
+    done = set(extra["config"].tolist()) if old is not None else set()
+    todo = [i for i in range(len(records)) if i not in done]
+    if old is not None and todo == [int(i) for i in extra.get("skipped", np.array([], dtype=int))]:
+        return old, extra
+    parts, config, engine, aic = ([old] if old is not None else []), [], [], []
+    aic_why = collections.Counter(json.loads(str(extra["aic_why"])) if old is not None else {})
+    reg_why, skipped = collections.Counter(), []
     sources: dict[Stack, AicSource] = {}
-    for i, m in enumerate(silicon + gpu):
+    for i in todo:
+        m = records[i]
         p = m.probe
-        rows, skipped = measurement_rows([m], origin="silicon" if i < len(silicon) else "gpu-runner")
-        if skipped:
-            reg_why[skipped[0].split(": ", 1)[-1][:70]] += 1
+        rows, why = measurement_rows([m], origin="silicon" if i < n_silicon else "gpu-runner")
+        if why:
+            reg_why[why[0].split(": ", 1)[-1][:70]] += 1
+            skipped.append(i)
             continue
         stack = Stack(p.stack.model, p.stack.system, p.stack.backend, None, p.stack.gemm_quant)
         src = sources.setdefault(stack, AicSource(stack))
@@ -117,9 +124,16 @@ def measured_rows(cache: Path) -> tuple[TrainingSet, dict[str, np.ndarray]]:
         engine += [p.candidate.name] * len(rows)
         aic += pred
     data = TrainingSet.concat(parts)
-    extra = {"config": np.array(config), "engine": np.array(engine), "aic": np.array(aic, dtype=float),
-             "not_representable": np.array([len(not_representable)]),
-             "aic_why": np.array(json.dumps(dict(aic_why))), "reg_why": np.array(json.dumps(dict(reg_why)))}  # fmt: skip
+    prev = (extra["config"], extra["engine"], extra["aic"]) if old is not None else ([], [], [])
+    extra = {
+        "config": np.concatenate([prev[0], np.array(config, dtype=int)]).astype(int),
+        "engine": np.concatenate([prev[1], np.array(engine, dtype=str)]).astype(str),
+        "aic": np.concatenate([prev[2], np.array(aic, dtype=float)]).astype(float),
+        "not_representable": np.array([n_not_repr]),
+        "skipped": np.array(skipped, dtype=int),
+        "aic_why": np.array(json.dumps(dict(aic_why))),
+        "reg_why": np.array(json.dumps(dict(reg_why))),
+    }
     cache.mkdir(parents=True, exist_ok=True)
     _save_set(path, data, extra)
     return data, extra
@@ -140,11 +154,7 @@ def distilled_predictions(data: TrainingSet, extra: dict[str, np.ndarray], cache
     path = cache / "distilled_predictions.npy"
     if path.exists():
         return np.load(path)
-    silicon, _ = load_silicon()
-    gpu = [
-        m for f in sorted((ROOT / "models/measurements").glob("*.jsonl")) for m in MeasurementStore(f).load()
-    ]
-    records = silicon + gpu
+    records, _, _ = _records()
     out = np.full(len(data), np.nan)
     sources: dict[Stack, RegressionSource] = {}
     for i in np.unique(extra["config"]):

@@ -47,6 +47,7 @@ def _fit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-by", choices=("model", "system"), default="model", help="cross-validation folds")
     p.add_argument("--max-iter", type=int, default=150, help="boosting rounds of the residual (default 150)")
     p.add_argument("--max-leaf-nodes", type=int, default=15, help="leaves per residual tree (default 15)")
+    p.add_argument("--max-depth", type=int, default=6, help="depth limit of the residual trees (default 6)")
 
 
 def run_models(ns: argparse.Namespace) -> int:
@@ -81,7 +82,8 @@ def _fit(ns: argparse.Namespace) -> int:
     from .sources.regression.data import aic_rows, measurement_rows
     from .sources.regression.fitting import fit_model_file
 
-    params = {"residual": not ns.no_residual, "max_iter": ns.max_iter, "max_leaf_nodes": ns.max_leaf_nodes}
+    params = {"residual": not ns.no_residual, "max_iter": ns.max_iter, "max_leaf_nodes": ns.max_leaf_nodes,
+              "max_depth": ns.max_depth}
     if ns.models_command == "fit":
         from validate.runners.replay import ReplayRunner
 

@@ -12,6 +12,7 @@ from functools import cache
 import numpy as np
 
 from ...candidates import Candidate
+from ...errors import SpecError
 from ...features import (
     ModelShape,
     Precision,
@@ -22,7 +23,6 @@ from ...features import (
     prefill_terms,
     weight_bytes_per_gpu,
 )
-from ...errors import SpecError
 from ...hardware import HardwareSpec, hardware_spec
 from ...model import bundled_models, resolve_model_name
 from ..base import Stack
@@ -75,7 +75,7 @@ class EngineFeatures:
     def of(
         cls, stack: Stack, candidate: Candidate, hardware: dict[str, HardwareSpec] | None = None
     ) -> EngineFeatures:
-        shape = model_shape(stack.model)
+        shape = shape_of(stack.model)
         hw = (hardware or {}).get(stack.system) or hardware_spec(stack.system)
         return cls(stack, candidate, shape, hw, Precision.of(shape, stack.gemm_quant, stack.kvcache_quant))
 
