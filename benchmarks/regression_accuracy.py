@@ -82,18 +82,23 @@ def _records() -> tuple[list, int, int]:
     return silicon + [m for f in runs for m in MeasurementStore(f).load()], len(silicon), len(not_representable)
 
 
-def measured_rows(cache: Path) -> tuple[TrainingSet, dict[str, np.ndarray]]:
+def measured_rows(cache: Path, parts: tuple[int, int] = (0, 1)) -> tuple[TrainingSet, dict[str, np.ndarray]]:
     """Regression rows of every silicon config and GPU-runner point, with AIC's prediction for each row.
 
     Cached in ``cache``; configurations missing from the cache (new records, or ones the regression
-    could not describe before) are computed and added.
+    could not describe before) are computed and added. ``parts=(k, n)``: only configurations i with
+    i % n == k, into their own file (run n processes, then once without ``parts`` to merge).
     """
-    path = cache / "measured_rows.npz"
+    if parts[1] > 1:
+        path = cache / f"measured_rows.part{parts[0]}of{parts[1]}.npz"
+    else:
+        _merge_parts(cache)
+    path = path if parts[1] > 1 else cache / "measured_rows.npz"
     records, n_silicon, n_not_repr = _records()
     old, extra = _load_set(path) if path.exists() else (None, {})
     done = set(extra["config"].tolist()) if old is not None else set()
-    todo = [i for i in range(len(records)) if i not in done]
-    if old is not None and todo == [int(i) for i in extra.get("skipped", np.array([], dtype=int))]:
+    todo = [i for i in range(len(records)) if i not in done and i % parts[1] == parts[0]]
+    if old is not None and todo == sorted(int(i) for i in extra.get("skipped", np.array([], dtype=int))):
         return old, extra
     parts, config, engine, aic = ([old] if old is not None else []), [], [], []
     aic_why = collections.Counter(json.loads(str(extra["aic_why"])) if old is not None else {})
@@ -137,6 +142,31 @@ def measured_rows(cache: Path) -> tuple[TrainingSet, dict[str, np.ndarray]]:
     cache.mkdir(parents=True, exist_ok=True)
     _save_set(path, data, extra)
     return data, extra
+
+
+def _merge_parts(cache: Path) -> None:
+    """Fold part files written by parallel runs into the main cache (configurations in index order)."""
+    files = sorted(cache.glob("measured_rows.part*.npz"))
+    main = cache / "measured_rows.npz"
+    if not files:
+        return
+    loaded = [_load_set(f) for f in ([main] if main.exists() else []) + files]
+    data = TrainingSet.concat([d for d, _ in loaded])
+    config = np.concatenate([e["config"] for _, e in loaded]).astype(int)
+    order = np.argsort(config, kind="stable")
+    data = data.subset(order)
+    extra = {"config": config[order],
+             "engine": np.concatenate([e["engine"] for _, e in loaded]).astype(str)[order],
+             "aic": np.concatenate([e["aic"] for _, e in loaded]).astype(float)[order],
+             "not_representable": loaded[0][1]["not_representable"],
+             "skipped": np.sort(np.concatenate([e.get("skipped", np.array([], dtype=int)) for _, e in loaded])).astype(int),
+             "aic_why": np.array(json.dumps(sum((collections.Counter(json.loads(str(e["aic_why"]))) for _, e in loaded),
+                                                collections.Counter()))),
+             "reg_why": np.array(json.dumps(sum((collections.Counter(json.loads(str(e["reg_why"]))) for _, e in loaded),
+                                                collections.Counter())))}  # fmt: skip
+    _save_set(main, data, extra)
+    for f in files:
+        f.unlink()
 
 
 def _reason(msg: str) -> str:

@@ -151,7 +151,10 @@ class Precision:
         else:  # inferred from the checkpoint, as AIC does
             wb = shape.weight_bytes_per_param
             q = {1.0: "fp8", 0.5625: "nvfp4"}.get(wb, "bfloat16")
-        kv = 1.0 if (kvcache_quant or "").lower() in ("fp8", "int8") else 2.0
+        if kvcache_quant:
+            kv = 1.0 if kvcache_quant.lower() in ("fp8", "int8") else 2.0
+        else:  # as AIC infers it: a quantised checkpoint (fp8, nvfp4) serves an fp8 KV cache
+            kv = 1.0 if shape.weight_bytes_per_param < 2.0 else 2.0
         return cls(q, wb, kv)
 
 
