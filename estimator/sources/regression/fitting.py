@@ -63,14 +63,27 @@ def cross_validate(
     return pred, int(keys.size)
 
 
-def fit_model_file(data: TrainingSet, name: str, *, params: dict[str, Any] | None = None, group_by: str = "model",
-                   notes: str = "", sources: list[str] | None = None) -> ModelFile:  # fmt: skip
+def fit_model_file(
+    data: TrainingSet,
+    name: str,
+    *,
+    params: dict[str, Any] | None = None,
+    group_by: str = "model",
+    notes: str = "",
+    sources: list[str] | None = None,
+) -> ModelFile:
     """Cross-validate, fit on everything, and wrap with provenance."""
     params = params or {}
     pred, folds = cross_validate(data, params, group_by)
-    ok = np.isfinite(pred)
-    cv = error_summary(pred[ok], data.subset(ok)) if ok.any() else {}
     reg = PerfRegressor(**params).fit(data)
+    return assemble(data, name, reg, pred, folds, group_by=group_by, notes=notes, sources=sources)
+
+
+def assemble(data: TrainingSet, name: str, reg: PerfRegressor, cv_pred: np.ndarray, folds: int, *,
+             group_by: str = "model", notes: str = "", sources: list[str] | None = None) -> ModelFile:  # fmt: skip
+    """The model file of a fitted regressor and its out-of-fold predictions (folds may run in parallel)."""
+    ok = np.isfinite(cv_pred)
+    cv = error_summary(cv_pred[ok], data.subset(ok)) if ok.any() else {}
     hardware: dict[str, HardwareSpec] = {s: hardware_spec(s) for s in sorted(set(data.system.tolist()))}
     provenance = {
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
