@@ -179,9 +179,14 @@ def _reason(msg: str) -> str:
     return msg.splitlines()[0].split(": ", 1)[-1][:60]
 
 
-def distilled_predictions(data: TrainingSet, extra: dict[str, np.ndarray], cache: Path) -> np.ndarray:
-    """The bundled AIC-distilled surrogate on every measured row (through the serving model for agg)."""
-    path = cache / "distilled_predictions.npy"
+def distilled_predictions(data: TrainingSet, extra: dict[str, np.ndarray], cache: Path, silicon: bool) -> np.ndarray:
+    """The bundled AIC-distilled surrogate on the measured rows (through the serving model for agg rows).
+
+    ``silicon`` False: the GPU-runner rows only (the silicon rows take minutes of serving replays).
+    """
+    from estimator.sources.regression import load_model_file
+
+    path = cache / f"distilled_{load_model_file('aic-distilled').sha256[:12]}_{int(silicon)}.npy"
     if path.exists():
         return np.load(path)
     records, _, _ = _records()
@@ -190,6 +195,8 @@ def distilled_predictions(data: TrainingSet, extra: dict[str, np.ndarray], cache
     for i in np.unique(extra["config"]):
         m, rows = records[i], np.nonzero(extra["config"] == i)[0]
         p = m.probe
+        if p.kind is ProbeKind.AGG and not silicon:
+            continue
         src = sources.setdefault(p.stack, RegressionSource(p.stack, "aic-distilled"))
         try:
             if p.kind is ProbeKind.AGG:
@@ -202,6 +209,25 @@ def distilled_predictions(data: TrainingSet, extra: dict[str, np.ndarray], cache
             pass
     np.save(path, out)
     return out
+
+
+def _fold(data: TrainingSet, params: dict, group: str) -> np.ndarray:
+    from estimator.sources.regression import PerfRegressor
+
+    test = data.model == group
+    return predict_rows(PerfRegressor(**params).fit(data.subset(~test)), data.subset(test))
+
+
+def _parallel_cv(data: TrainingSet, params: dict, workers: int) -> np.ndarray:
+    """Leave-one-model-out predictions, one process per fold (same numbers as ``cross_validate``)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    pred = np.full(len(data), np.nan)
+    groups = np.unique(data.model)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for g, p in zip(groups, pool.map(_fold, [data] * len(groups), [params] * len(groups), groups), strict=True):
+            pred[data.model == g] = p
+    return pred
 
 
 def _err(pred: np.ndarray, y: np.ndarray) -> tuple[int, float, float]:
@@ -225,6 +251,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default=str(ROOT / "out/regression_cache"), help="row caches (delete to recompute)")
     ap.add_argument("--skip-variants", action="store_true", help="skip the design comparison on AIC points")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="processes for the design comparison")
+    ap.add_argument("--distilled-on-silicon", action="store_true", help="also score aic-distilled on silicon rows")
     args = ap.parse_args()
     logging.getLogger("aiconfigurator_core").setLevel(logging.ERROR)
     cache = Path(args.cache)
@@ -232,7 +260,7 @@ def main() -> None:
     data, extra = measured_rows(cache)
     lomo, _ = cross_validate(data, {"residual": False}, "model")
     loso, _ = cross_validate(data, {"residual": False}, "system")
-    distilled = distilled_predictions(data, extra, cache)
+    distilled = distilled_predictions(data, extra, cache, args.distilled_on_silicon)
     aic = extra["aic"]
     out: dict = {"meta": {"machine": f"{platform.node()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
                           "python": platform.python_version()}}  # fmt: skip
@@ -266,13 +294,13 @@ def main() -> None:
     both = sil & aic_ok
     rows = [("AIC (raw, serving model)", errs(aic, both, agg)), ("regression, leave-one-model-out", errs(lomo, both, agg)),
             ("regression, leave-one-system-out", errs(loso, both, agg)),
-            ("aic-distilled (no measurements)", errs(distilled, both, agg))]  # fmt: skip
+            ("aic-distilled (no measurements)", errs(distilled, both, agg))][: 4 if args.distilled_on_silicon else 3]  # fmt: skip
     md += _table("silicon_sample.csv, rows both AIC and the regression estimate", agg, rows)
     out["silicon_common"] = {n: e for n, e in rows}
     only = sil & ~aic_ok
     rows = [("regression, leave-one-model-out", errs(lomo, only, agg)),
             ("regression, leave-one-system-out", errs(loso, only, agg)),
-            ("aic-distilled (no measurements)", errs(distilled, only, agg))]  # fmt: skip
+            ("aic-distilled (no measurements)", errs(distilled, only, agg))][: 3 if args.distilled_on_silicon else 2]  # fmt: skip
     md += _table("silicon_sample.csv, rows AIC cannot estimate", agg, rows)
     out["silicon_aic_cannot"] = {n: e for n, e in rows}
     # ---- GPU runner -------------------------------------------------------------------------
@@ -305,7 +333,7 @@ def main() -> None:
                     "linear terms + boosted residual": {"residual": True}}  # fmt: skip
         rows = []
         for name, params in variants.items():
-            pred, _ = cross_validate(adata, params, "model")
+            pred = _parallel_cv(adata, params, args.workers)
             rows.append((name, {k: _err(pred[adata.kind == k], adata.y_ms[adata.kind == k]) for k in phases}))
         md += _table(f"Designs, leave-one-model-out on AIC's own points ({len(adata)} points, "
                      f"{len(DISTILL_STACKS)} stacks)", phases, rows)  # fmt: skip
