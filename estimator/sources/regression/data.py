@@ -28,6 +28,7 @@ from .engine import FEATURE_NAMES, EngineFeatures
 from .regressor import K, TrainingSet
 
 log = logging.getLogger(__name__)
+GPU_RUNNER = "gpu-runner"
 DISTILL_ISL = np.unique(np.round(np.geomspace(64, 131072, 23)))
 DISTILL_BATCH = np.unique(np.round(np.geomspace(1, 1024, 16)))
 DISTILL_CONTEXT = np.unique(np.round(np.geomspace(128, 131072, 11)))
@@ -41,19 +42,20 @@ class _Rows:
         self.kv_rows: list[np.ndarray] = []
 
     def add(
-        self, kind: str, stack: Stack, design: np.ndarray, features: np.ndarray, y: np.ndarray, origin: str
-    ) -> None:
+        self, kind: str, stack: Stack, design: np.ndarray, features: np.ndarray, y: np.ndarray, origin: str,
+        backend: str | None = None,
+    ) -> None:  # fmt: skip
         n = y.size
-        for k, v in (("kind", kind), ("backend", stack.backend), ("model", stack.model), ("system", stack.system),
+        for k, v in (("kind", kind), ("backend", backend or stack.backend), ("model", stack.model), ("system", stack.system),
                      ("origin", origin)):  # fmt: skip
             self.cols[k].extend([v] * n)
         self.cols["design"].append(np.atleast_2d(design))
         self.cols["features"].append(np.atleast_2d(features))
         self.cols["y_ms"].append(np.atleast_1d(y))
 
-    def add_kv(self, ef: EngineFeatures, tokens: float) -> None:
+    def add_kv(self, ef: EngineFeatures, tokens: float, backend: str | None = None) -> None:
         if tokens > 0:
-            self.kv_backend.append(ef.stack.backend)
+            self.kv_backend.append(backend or ef.stack.backend)
             self.kv_rows.append(ef.kv_row(tokens))
 
     def build(self) -> TrainingSet:
@@ -87,25 +89,35 @@ def measurement_rows(
         try:
             key = (p.stack, p.candidate)
             ef = engines.get(key) or engines.setdefault(key, EngineFeatures.of(p.stack, p.candidate))
+            group = coefficient_key(m)
             if p.kind is ProbeKind.PREFILL and m.ttft_ms:
                 t, f = ef.prefill(np.array([float(p.isl)]))
-                rows.add("prefill", p.stack, _place(t, 0), f, np.array([m.ttft_ms]), origin)
+                rows.add("prefill", p.stack, _place(t, 0), f, np.array([m.ttft_ms]), origin, group)
             elif p.kind is ProbeKind.DECODE and m.itl_ms:
                 t, f = ef.decode(np.array([float(p.concurrency)]), np.array([float(p.context_tokens)]))
-                rows.add("decode", p.stack, _place(t, 1), f, np.array([m.itl_ms]), origin)
+                rows.add("decode", p.stack, _place(t, 1), f, np.array([m.itl_ms]), origin, group)
             elif p.kind is ProbeKind.AGG and m.ttft_ms and (m.tpot_ms or m.itl_ms):
                 ttft_row, tpot_row = agg_design(ef, p.concurrency, p.isl, p.osl)
                 nan = np.full((1, len(FEATURE_NAMES)), np.nan)
-                rows.add("ttft", p.stack, ttft_row, nan, np.array([m.ttft_ms]), origin)
-                rows.add("tpot", p.stack, tpot_row, nan, np.array([m.tpot_ms or m.itl_ms]), origin)
+                rows.add("ttft", p.stack, ttft_row, nan, np.array([m.ttft_ms]), origin, group)
+                rows.add("tpot", p.stack, tpot_row, nan, np.array([m.tpot_ms or m.itl_ms]), origin, group)
             else:
                 skipped.append(f"{p.kind.value} {p.candidate.name} of {p.stack.model}: no latency recorded")
                 continue
             if m.kv_capacity_tokens:
-                rows.add_kv(ef, float(m.kv_capacity_tokens))
+                rows.add_kv(ef, float(m.kv_capacity_tokens), group)
         except SlaEstimateError as exc:
             skipped.append(f"{p.stack.model} on {p.stack.system}: {str(exc).splitlines()[0][:160]}")
     return rows.build(), skipped
+
+
+def coefficient_key(m: Measurement) -> str:
+    """Which coefficient set a record trains: its backend, except the transformers-based GPU runner.
+
+    The ``gpu`` runner times a plain transformers model, not the serving engine its stack names, so
+    its points form their own group (``gpu-runner``) instead of pulling that engine's coefficients.
+    """
+    return GPU_RUNNER if m.runner == "gpu" else m.probe.stack.backend
 
 
 class _Basis(PerfSource):
