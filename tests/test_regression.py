@@ -149,9 +149,11 @@ def test_residual_output_stays_monotone():
     assert src.regressor_.has_residual("prefill")
     assert np.all(np.diff(src.prefill_ttft_ms(c, np.geomspace(1, 300_000, 200))) >= 0)
     b = np.geomspace(1, 3000, 60)
-    assert np.all(np.diff(src.decode_itl_ms(c, b, np.full_like(b, 3000))) >= 0)
+    by_batch = src.decode_itl_ms(c, b, np.full_like(b, 3000))
+    assert np.all(np.diff(by_batch) >= -1e-12 * by_batch[1:])
     ctx = np.geomspace(1, 500_000, 60)
-    assert np.all(np.diff(src.decode_itl_ms(c, np.full_like(ctx, 16), ctx)) >= 0)
+    by_ctx = src.decode_itl_ms(c, np.full_like(ctx, 16), ctx)
+    assert np.all(np.diff(by_ctx) >= -1e-12 * by_ctx[1:])
 
 
 def test_saved_model_round_trips_bit_exactly(tmp_path):

@@ -29,6 +29,11 @@ def _locate(grid: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     return i, np.clip(w, 0.0, 1.0), xc
 
 
+def _lerp(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """a + (b - a) w, kept inside [a, b]: equal nodes give exactly their value (no rounding wiggle)."""
+    return np.clip(a + (b - a) * w, np.minimum(a, b), np.maximum(a, b))
+
+
 class MonotoneCurve:
     """f(isl) non-decreasing: ``model(isl)`` on ISL_GRID, running max, log-log interpolation."""
 
@@ -39,7 +44,7 @@ class MonotoneCurve:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         i, w, xc = _locate(ISL_GRID, x)
         lv = np.log(self.values)
-        out = np.exp(lv[i] * (1 - w) + lv[i + 1] * w)
+        out = np.exp(_lerp(lv[i], lv[i + 1], w))
         return out * np.where(xc != x, self.linear(x) / self.linear(xc), 1.0)
 
 
@@ -62,9 +67,9 @@ class MonotoneSurface:
         i, wi, bc = _locate(BATCH_GRID, batch)
         j, wj, cc = _locate(CONTEXT_GRID, context)
         lv = np.log(self._values(int(i.max()) + 1, int(j.max()) + 1))
-        top = lv[i, j] * (1 - wj) + lv[i, j + 1] * wj
-        bottom = lv[i + 1, j] * (1 - wj) + lv[i + 1, j + 1] * wj
-        out = np.exp(top * (1 - wi) + bottom * wi)
+        top = _lerp(lv[i, j], lv[i, j + 1], wj)
+        bottom = _lerp(lv[i + 1, j], lv[i + 1, j + 1], wj)
+        out = np.exp(_lerp(top, bottom, wi))
         outside = (bc != batch) | (cc != context)
         if outside.any():
             out = out * np.where(outside, self.linear(batch, context) / self.linear(bc, cc), 1.0)
