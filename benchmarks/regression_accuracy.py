@@ -79,7 +79,11 @@ def _load_set(path: Path) -> tuple[TrainingSet, dict[str, np.ndarray]]:
 def _records() -> tuple[list, int, int]:
     silicon, not_representable = load_silicon()
     runs = sorted((ROOT / "models/measurements").glob("*.jsonl"))
-    return silicon + [m for f in runs for m in MeasurementStore(f).load()], len(silicon), len(not_representable)
+    return (
+        silicon + [m for f in runs for m in MeasurementStore(f).load()],
+        len(silicon),
+        len(not_representable),
+    )
 
 
 def measured_rows(cache: Path, parts: tuple[int, int] = (0, 1)) -> tuple[TrainingSet, dict[str, np.ndarray]]:
@@ -179,7 +183,9 @@ def _reason(msg: str) -> str:
     return msg.splitlines()[0].split(": ", 1)[-1][:60]
 
 
-def distilled_predictions(data: TrainingSet, extra: dict[str, np.ndarray], cache: Path, silicon: bool) -> np.ndarray:
+def distilled_predictions(
+    data: TrainingSet, extra: dict[str, np.ndarray], cache: Path, silicon: bool
+) -> np.ndarray:
     """The bundled AIC-distilled surrogate on the measured rows (through the serving model for agg rows).
 
     ``silicon`` False: the GPU-runner rows only (the silicon rows take minutes of serving replays).
@@ -219,7 +225,12 @@ def design_comparison(adata: TrainingSet, variants: dict, cache: Path, workers: 
     rows = []
     for name, params in variants.items():
         pred = _parallel_cv(adata, params, workers)
-        rows.append((name, {k: _err(pred[adata.kind == k], adata.y_ms[adata.kind == k]) for k in ("prefill", "decode")}))
+        rows.append(
+            (
+                name,
+                {k: _err(pred[adata.kind == k], adata.y_ms[adata.kind == k]) for k in ("prefill", "decode")},
+            )
+        )
     path.write_text(json.dumps(rows))
     return rows
 
@@ -238,7 +249,9 @@ def _parallel_cv(data: TrainingSet, params: dict, workers: int) -> np.ndarray:
     pred = np.full(len(data), np.nan)
     groups = np.unique(data.model)
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for g, p in zip(groups, pool.map(_fold, [data] * len(groups), [params] * len(groups), groups), strict=True):
+        for g, p in zip(
+            groups, pool.map(_fold, [data] * len(groups), [params] * len(groups), groups), strict=True
+        ):
             pred[data.model == g] = p
     return pred
 
@@ -262,10 +275,16 @@ def _table(title: str, kinds: tuple[str, ...], rows: list[tuple[str, dict[str, t
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cache", default=str(ROOT / "out/regression_cache"), help="row caches (delete to recompute)")
+    ap.add_argument(
+        "--cache", default=str(ROOT / "out/regression_cache"), help="row caches (delete to recompute)"
+    )
     ap.add_argument("--skip-variants", action="store_true", help="skip the design comparison on AIC points")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="processes for the design comparison")
-    ap.add_argument("--distilled-on-silicon", action="store_true", help="also score aic-distilled on silicon rows")
+    ap.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 2, help="processes for the design comparison"
+    )
+    ap.add_argument(
+        "--distilled-on-silicon", action="store_true", help="also score aic-distilled on silicon rows"
+    )
     args = ap.parse_args()
     logging.getLogger("aiconfigurator_core").setLevel(logging.ERROR)
     cache = Path(args.cache)

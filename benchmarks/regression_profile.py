@@ -89,7 +89,10 @@ def compare(study: dict, cache: dict) -> dict:
     )
     # where the choice differs: how much AIC's own tokens/s/GPU of the surrogate's engine falls short of AIC's best
     gaps = []
-    for phase, mine in (("prefill", sr.best_prefill.candidate.name), ("decode", sr.best_decode.candidate.name)):
+    for phase, mine in (
+        ("prefill", sr.best_prefill.candidate.name),
+        ("decode", sr.best_decode.candidate.name),
+    ):
         thpt = a[f"{phase}_thpt"]
         if mine != a[phase] and a[phase] in thpt:
             gaps.append(100.0 * (1.0 - thpt.get(mine, 0.0) / thpt[a[phase]]))

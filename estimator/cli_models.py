@@ -82,8 +82,12 @@ def _fit(ns: argparse.Namespace) -> int:
     from .sources.regression.data import aic_rows, measurement_rows
     from .sources.regression.fitting import fit_model_file
 
-    params = {"residual": not ns.no_residual, "max_iter": ns.max_iter, "max_leaf_nodes": ns.max_leaf_nodes,
-              "max_depth": ns.max_depth}
+    params = {
+        "residual": not ns.no_residual,
+        "max_iter": ns.max_iter,
+        "max_leaf_nodes": ns.max_leaf_nodes,
+        "max_depth": ns.max_depth,
+    }
     if ns.models_command == "fit":
         from validate.runners.replay import ReplayRunner
 
