@@ -63,6 +63,10 @@ def profile_key(spec: Spec) -> str:
     fields: dict[str, Any] = {k: v for k, v in spec.to_dict().items() if k not in _OUTPUT_ONLY}
     if spec.source not in ("aic", "roofline") and Path(spec.source).is_file():
         fields["source_sha256"] = hashlib.sha256(Path(spec.source).read_bytes()).hexdigest()
+    if spec.source.startswith("regression:"):  # the fitted model file's bytes, wherever it lives
+        from .sources.regression import resolve_model_path
+
+        fields["source_sha256"] = hashlib.sha256(resolve_model_path(spec.source[11:]).read_bytes()).hexdigest()
     if os.path.isdir(spec.model):
         fields["model_config_sha256"] = hashlib.sha256(
             (Path(spec.model) / "config.json").read_bytes()

@@ -46,7 +46,7 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kvcache-quant", help="override KV-cache quantisation (e.g. fp8)")
     g.add_argument("--max-context-tokens", help="cap the context the surfaces span (default: the model's)")
     g.add_argument("--request-rate", help="requests/s to size prefill/decode replicas for")
-    g.add_argument("--source", help="aic (default) | roofline | path to a calibration JSON")
+    g.add_argument("--source", help="aic (default) | roofline | regression:NAME|PATH | path to a calibration JSON")
     g.add_argument("--num-alternatives", help="alternatives to print per phase (default 3)")
     c = p.add_argument_group("decisions under uncertainty")
     c.add_argument(
@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_plan import add_plan_flags
 
     add_plan_flags(plan)
-    sub.add_parser("models", help="list the models AIC can estimate offline")
+    from .cli_models import add_models_parser
+
+    add_models_parser(sub)  # models: list, fit, distill, show (estimator/cli_models.py)
     return parser
 
 
@@ -208,13 +210,6 @@ def _run_validate(spec: Any, as_json: bool) -> int:
         return _finish(calibrated_profile, as_json, t0, cached=False, validation=result)
 
 
-def _list_models() -> int:
-    from .model import bundled_models
-
-    print("\n".join(bundled_models()))
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
@@ -227,9 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if ns.command == "models":
+            from .cli_models import run_models
+
             if extra:
                 raise SpecError(extra[0].split("=")[0].lstrip("-") or extra[0], "unknown flag for `models`")
-            return _list_models()
+            return run_models(ns)
         if ns.command == "plan":
             from .cli_plan import run_plan
 

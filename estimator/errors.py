@@ -3,7 +3,8 @@
     SlaEstimateError
     ├── SpecError (also ValueError)      bad user input; names the field
     ├── SourceError                      a performance source failed
-    │   └── DataNotAvailable             the source has no data for this engine/point
+    │   ├── DataNotAvailable             the source has no data for this engine/point
+    │   └── NotFittedError               a learned source was asked before fit/load
     ├── MeasurementError                 a runner could not measure
     │   ├── ProbeNotSupported            the runner cannot measure this probe (other engine, kind, model)
     │   ├── ImplausibleMeasurement       the client's numbers disagree with the server's own, twice
@@ -39,6 +40,10 @@ class SourceError(SlaEstimateError):
 
 class DataNotAvailable(SourceError):
     """The source cannot estimate this engine or point (missing kernel data, unsupported model)."""
+
+
+class NotFittedError(SourceError):
+    """A learned source (the regression) was asked for a prediction before ``fit`` or loading a model."""
 
 
 class MeasurementError(SlaEstimateError):

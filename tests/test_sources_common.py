@@ -52,12 +52,19 @@ def _synthetic(base):
     return out
 
 
-FACTORIES = {"aic": _aic, "roofline": _roofline, "calibrated": _calibrated}
+def _regression(stack):
+    from estimator.sources.regression import RegressionSource
+
+    return RegressionSource(stack, "aic-distilled")
+
+
+FACTORIES = {"aic": _aic, "roofline": _roofline, "calibrated": _calibrated, "regression": _regression}
 # A configuration each source cannot estimate.
 UNSUPPORTED = {
     "aic": (Stack("nvidia/DeepSeek-V3.1-NVFP4", "h100_sxm", "vllm"), Candidate(Mapping.TEP, 8)),
     "roofline": (Stack("meta-llama/Meta-Llama-3.1-8B", "no_such_gpu", "vllm"), Candidate(Mapping.TP, 1)),
     "calibrated": (Stack("nvidia/DeepSeek-V3.1-NVFP4", "h100_sxm", "vllm"), Candidate(Mapping.TEP, 8)),
+    "regression": (Stack("meta-llama/Meta-Llama-3.1-8B", "no_such_gpu", "vllm"), Candidate(Mapping.TP, 1)),
 }
 
 

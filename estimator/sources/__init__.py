@@ -11,8 +11,8 @@ SOURCE_NAMES = ("aic", "roofline")
 
 
 def make_source(name: str, stack: Stack) -> PerfSource:
-    """``aic``, ``roofline``, or a path to a fitted calibration JSON, applied on top of the base source the
-    file records (CalibrationError when the file's stack or base source does not match)."""
+    """``aic``, ``roofline``, ``regression:NAME|PATH``, or a path to a fitted calibration JSON, applied on top
+    of the base source the file records (CalibrationError when the file's stack or base source does not match)."""
     if name == "aic":
         from .aic import AicSource
 
@@ -21,6 +21,10 @@ def make_source(name: str, stack: Stack) -> PerfSource:
         from .roofline import RooflineSource
 
         return RooflineSource(stack)
+    if name.startswith("regression:"):  # a fitted regression model: bundled name or file path
+        from .regression import RegressionSource, resolve_model_path
+
+        return RegressionSource(stack, str(resolve_model_path(name.removeprefix("regression:"))))
     if Path(name).is_file():
         from .calibrated import CalibratedSource, read_calibration
 

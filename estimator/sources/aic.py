@@ -267,3 +267,35 @@ def run_agg(stack: Stack, candidate: Candidate, concurrency: int, isl: int, osl:
     except Exception as exc:  # translate every SDK failure at this edge
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise DataNotAvailable(f"AIC run_agg cannot estimate {candidate.name} of {stack.model}: {first}") from exc
+
+
+@cache
+def system_hardware(system: str) -> dict[str, Any]:
+    """GPU peaks of ``system`` from AIC's system YAML, read as plain data (the SDK is not imported).
+
+    Keys match ``estimator.hardware.HardwareSpec``. Raises DataNotAvailable for an unknown system.
+    """
+    import yaml
+
+    root = metadata.distribution(_DIST).locate_file("aiconfigurator_core/systems")
+    path = root / f"{system}.yaml"  # type: ignore[operator]
+    try:
+        doc = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        gpu, node = doc["gpu"], doc.get("node") or {}
+        bf16 = float(gpu.get("bfloat16_tc_flops") or gpu["float16_tc_flops"])
+        return {
+            "system": system,
+            "bf16_flops": bf16,
+            "fp8_flops": float(gpu.get("fp8_tc_flops") or 0.0),
+            "fp4_flops": float(gpu.get("fp4_tc_flops") or 0.0),
+            "mem_bw": float(gpu["mem_bw"]),
+            "mem_capacity": float(gpu["mem_capacity"]),
+            "intra_node_bw": float(node.get("intra_node_bw") or node.get("pcie_bw") or 64e9),
+            "inter_node_bw": float(node.get("inter_node_bw") or 25e9),
+            "gpus_per_node": int(node.get("num_gpus_per_node") or 8),
+            "collective_latency_s": float(node.get("p2p_latency") or 1e-5),
+        }
+    except FileNotFoundError:
+        raise DataNotAvailable(f"AIC has no system description for {system!r}") from None
+    except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
+        raise SourceError(f"cannot read AIC's system file for {system!r}: {exc}") from exc

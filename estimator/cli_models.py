@@ -1,0 +1,156 @@
+"""``sla-estimate models``: list bundled models, and fit / distill / show regression model files.
+
+sla-estimate models                          # Hugging Face ids AIC bundles (usable offline)
+sla-estimate models fit --measurements PATH ... -o models/NAME.json
+sla-estimate models distill --model M --system S --backend B ... -o models/NAME.json
+sla-estimate models show NAME|PATH           # provenance and cross-validated error
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .errors import SpecError
+
+_COMMON_MODELS = ("meta-llama/Meta-Llama-3.1-8B", "meta-llama/Meta-Llama-3.1-70B", "Qwen/Qwen3-32B",
+                  "Qwen/Qwen3-30B-A3B", "deepseek-ai/DeepSeek-V3")  # fmt: skip
+
+
+def add_models_parser(sub: Any) -> None:
+    models = sub.add_parser("models", help="list bundled models; fit, distill or show regression models")
+    msub = models.add_subparsers(dest="models_command", parser_class=type(models))
+    fit = msub.add_parser("fit", help="fit a regression model on recorded measurements")
+    fit.add_argument("--measurements", action="append", required=True,
+                     help="measurements.jsonl, silicon_sample.csv or a Dynamo profile dir (repeatable)")  # fmt: skip
+    fit.add_argument("--stack", help="model=...,system=...,backend=... for Dynamo profile dirs")
+    fit.add_argument("--prefill-candidate", help="selected prefill engine of a Dynamo dir, e.g. TP2")
+    fit.add_argument("--decode-candidate", help="selected decode engine of a Dynamo dir, e.g. TP4")
+    _fit_flags(fit)
+    dist = msub.add_parser("distill", help="fit a regression model on points generated from AIC")
+    dist.add_argument("--model", action="append", help=f"repeatable (default: {', '.join(_COMMON_MODELS)})")
+    dist.add_argument("--system", action="append", help="repeatable (default: h100_sxm, h200_sxm, b200_sxm)")
+    dist.add_argument("--backend", action="append", help="repeatable (default: vllm, sglang, trtllm)")
+    _fit_flags(dist)
+    show = msub.add_parser("show", help="provenance and measured error of a regression model")
+    show.add_argument("name", help="bundled name (e.g. aic-distilled) or path to a model file")
+    show.add_argument("--json", action="store_true", help="print the provenance as JSON")
+
+
+def _fit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", "-o", required=True, help="model file to write (JSON)")
+    p.add_argument("--name", help="model name recorded in the file (default: the file stem)")
+    p.add_argument(
+        "--no-residual", action="store_true", help="linear roofline terms only (no boosted residual)"
+    )
+    p.add_argument("--group-by", choices=("model", "system"), default="model", help="cross-validation folds")
+    p.add_argument("--max-iter", type=int, default=150, help="boosting rounds of the residual (default 150)")
+    p.add_argument("--max-leaf-nodes", type=int, default=15, help="leaves per residual tree (default 15)")
+    p.add_argument("--max-depth", type=int, default=6, help="depth limit of the residual trees (default 6)")
+
+
+def run_models(ns: argparse.Namespace) -> int:
+    cmd = getattr(ns, "models_command", None)
+    if cmd is None:
+        from .model import bundled_models
+
+        print("\n".join(bundled_models()))
+        return 0
+    if cmd == "show":
+        return _show(ns)
+    return _fit(ns)
+
+
+def _parse_stack(text: str | None) -> Any:
+    from .sources.base import Stack
+
+    if not text:
+        return None
+    try:
+        kv = dict(item.split("=", 1) for item in text.split(","))
+        return Stack(model=kv.pop("model"), system=kv.pop("system"), backend=kv.pop("backend"), **kv)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SpecError("stack", f"expected model=...,system=...,backend=..., got {text!r} ({exc})") from None
+
+
+def _fit(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .errors import MeasurementError
+    from .sources.base import Stack
+    from .sources.regression.data import aic_rows, measurement_rows
+    from .sources.regression.fitting import fit_model_file
+
+    params = {
+        "residual": not ns.no_residual,
+        "max_iter": ns.max_iter,
+        "max_leaf_nodes": ns.max_leaf_nodes,
+        "max_depth": ns.max_depth,
+    }
+    if ns.models_command == "fit":
+        from validate.runners.replay import ReplayRunner
+
+        from .candidates import Candidate
+
+        try:
+            runner = ReplayRunner.from_paths(
+                ns.measurements, stack=_parse_stack(ns.stack),
+                prefill_candidate=Candidate.parse(ns.prefill_candidate) if ns.prefill_candidate else None,
+                decode_candidate=Candidate.parse(ns.decode_candidate) if ns.decode_candidate else None,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise SpecError("candidate", str(exc)) from None
+        except MeasurementError as exc:
+            raise SpecError("measurements", str(exc)) from None
+        data, skipped = measurement_rows(runner.records)
+        sources = [str(p) for p in ns.measurements]
+        notes = "fitted on measurements"
+    else:
+        from .model import resolve_model_name
+
+        models = [resolve_model_name(m) for m in (ns.model or _COMMON_MODELS)]
+        stacks = [Stack(m, s, b) for m in models for s in (ns.system or ("h100_sxm", "h200_sxm", "b200_sxm"))
+                  for b in (ns.backend or ("vllm", "sglang", "trtllm"))]  # fmt: skip
+        data, skipped = aic_rows(stacks)
+        sources = [f"aic:{s.model}@{s.system}/{s.backend}" for s in stacks]
+        notes = "distilled from AIC (aiconfigurator-core SILICON data, current backend versions)"
+    if len(data) < 2 * len(set(data.backend.tolist())) + 2:
+        raise SpecError("measurements", f"only {len(data)} usable rows ({len(skipped)} left out: "
+                        f"{'; '.join(skipped[:3])})")  # fmt: skip
+    mf = fit_model_file(data, ns.name or Path(ns.output).stem, params=params, group_by=ns.group_by,
+                        notes=notes + (f"; {len(skipped)} records left out" if skipped else ""), sources=sources)  # fmt: skip
+    path = mf.save(ns.output)
+    print(f"wrote {path}: {len(data)} rows ({len(skipped)} left out)")
+    print(_error_table(mf.provenance))
+    return 0
+
+
+def _error_table(prov: dict[str, Any]) -> str:
+    lines = [f"cross-validated error ({prov.get('cv_scheme', '?')}):"]
+    for kind, e in sorted((prov.get("cv") or {}).items()):
+        lines.append(
+            f"  {kind:8} {e['rows']:6d} rows  median {e['median_abs_pct']:6.1f} %  p90 {e['p90_abs_pct']:6.1f} %"
+        )
+    return "\n".join(lines)
+
+
+def _show(ns: argparse.Namespace) -> int:
+    from .sources.regression import load_model_file
+
+    mf = load_model_file(ns.name)
+    if ns.json:
+        print(json.dumps({"name": mf.name, "path": mf.path, "sha256": mf.sha256, **mf.provenance}, indent=2))
+        return 0
+    p = mf.provenance
+    s = p.get("training_summary", {})
+    print(f"{mf.name}: {mf.path}")
+    print(f"  sha256 {mf.sha256}")
+    print(f"  created {p.get('created_utc')}; {p.get('notes', '')}")
+    print(f"  training data sha256 {p.get('training_sha256')}: {s.get('rows')} rows {s.get('kinds')}")
+    print(f"  systems {', '.join(s.get('systems', {}))}; backends {', '.join(s.get('backends', {}))}")
+    print(f"  models ({len(s.get('models', {}))}): {', '.join(list(s.get('models', {}))[:8])}"
+          + (" ..." if len(s.get("models", {})) > 8 else ""))  # fmt: skip
+    print(f"  residual trees: {', '.join(mf.regressor.trees_) or 'none'}; packages {p.get('packages')}")
+    print(_error_table(p))
+    return 0

@@ -1,0 +1,199 @@
+"""Training rows for the regression: from measurements of every kind, and from AIC itself.
+
+- prefill / decode measurements (our jsonl, the GPU runner, Dynamo profile dirs read by the replay
+  runner): one direct row each, target TTFT or ITL;
+- aggregated-serving measurements (``silicon_sample.csv``): two rows, TTFT and TPOT, whose design
+  is the serving model's per-term sums. The serving model's step sequence does not depend on time,
+  so its TTFT/TPOT are linear in the step-time coefficients: three replays per row (decode step time
+  1, n, and the MoE expert-touch share g(n)) give every term's contribution exactly;
+- AIC points (:func:`aic_rows`): prefill and decode grids of each engine, and its KV capacity.
+
+Rows the regression cannot describe (unknown model config, unknown system) are returned as skips
+with the reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from ...candidates import Candidate
+from ...errors import SlaEstimateError
+from ...measurements import Measurement, ProbeKind
+from ..base import PerfSource, Stack
+from .engine import FEATURE_NAMES, EngineFeatures
+from .regressor import K, TrainingSet
+
+log = logging.getLogger(__name__)
+GPU_RUNNER = "gpu-runner"
+DISTILL_ISL = np.unique(np.round(np.geomspace(64, 131072, 23)))
+DISTILL_BATCH = np.unique(np.round(np.geomspace(1, 1024, 16)))
+DISTILL_CONTEXT = np.unique(np.round(np.geomspace(128, 131072, 11)))
+
+
+class _Rows:
+    def __init__(self) -> None:
+        self.cols: dict[str, list] = {k: [] for k in ("kind", "backend", "model", "system", "design", "features",
+                                                      "y_ms", "origin")}  # fmt: skip
+        self.kv_backend: list[str] = []
+        self.kv_rows: list[np.ndarray] = []
+
+    def add(
+        self, kind: str, stack: Stack, design: np.ndarray, features: np.ndarray, y: np.ndarray, origin: str,
+        backend: str | None = None,
+    ) -> None:  # fmt: skip
+        n = y.size
+        for k, v in (("kind", kind), ("backend", backend or stack.backend), ("model", stack.model), ("system", stack.system),
+                     ("origin", origin)):  # fmt: skip
+            self.cols[k].extend([v] * n)
+        self.cols["design"].append(np.atleast_2d(design))
+        self.cols["features"].append(np.atleast_2d(features))
+        self.cols["y_ms"].append(np.atleast_1d(y))
+
+    def add_kv(self, ef: EngineFeatures, tokens: float, backend: str | None = None) -> None:
+        if tokens > 0:
+            self.kv_backend.append(backend or ef.stack.backend)
+            self.kv_rows.append(ef.kv_row(tokens))
+
+    def build(self) -> TrainingSet:
+        c = self.cols
+        width = 2 * K
+        return TrainingSet(
+            kind=np.array(c["kind"], dtype=str), backend=np.array(c["backend"], dtype=str),
+            model=np.array(c["model"], dtype=str), system=np.array(c["system"], dtype=str),
+            design=np.vstack(c["design"]) if c["design"] else np.zeros((0, width)),
+            features=np.vstack(c["features"]) if c["features"] else np.zeros((0, len(FEATURE_NAMES))),
+            y_ms=np.concatenate(c["y_ms"]) if c["y_ms"] else np.zeros(0), origin=np.array(c["origin"], dtype=str),
+            kv_backend=np.array(self.kv_backend, dtype=str),
+            kv_rows=np.vstack(self.kv_rows) if self.kv_rows else np.zeros((0, 4)),
+        )  # fmt: skip
+
+
+def _place(terms: np.ndarray, phase_index: int) -> np.ndarray:
+    out = np.zeros((terms.shape[0], 2 * K))
+    out[:, phase_index * K : (phase_index + 1) * K] = terms
+    return out
+
+
+def measurement_rows(
+    records: Iterable[Measurement], origin: str = "measured"
+) -> tuple[TrainingSet, list[str]]:
+    """Rows from measurements of any kind; returns (rows, reasons for the records left out)."""
+    rows, skipped = _Rows(), []
+    engines: dict[tuple, EngineFeatures] = {}
+    for m in records:
+        p = m.probe
+        try:
+            key = (p.stack, p.candidate)
+            ef = engines.get(key) or engines.setdefault(key, EngineFeatures.of(p.stack, p.candidate))
+            group = coefficient_key(m)
+            if p.kind is ProbeKind.PREFILL and m.ttft_ms:
+                t, f = ef.prefill(np.array([float(p.isl)]))
+                rows.add("prefill", p.stack, _place(t, 0), f, np.array([m.ttft_ms]), origin, group)
+            elif p.kind is ProbeKind.DECODE and m.itl_ms:
+                t, f = ef.decode(np.array([float(p.concurrency)]), np.array([float(p.context_tokens)]))
+                rows.add("decode", p.stack, _place(t, 1), f, np.array([m.itl_ms]), origin, group)
+            elif p.kind is ProbeKind.AGG and m.ttft_ms and (m.tpot_ms or m.itl_ms):
+                ttft_row, tpot_row = agg_design(ef, p.concurrency, p.isl, p.osl)
+                nan = np.full((1, len(FEATURE_NAMES)), np.nan)
+                rows.add("ttft", p.stack, ttft_row, nan, np.array([m.ttft_ms]), origin, group)
+                rows.add("tpot", p.stack, tpot_row, nan, np.array([m.tpot_ms or m.itl_ms]), origin, group)
+            else:
+                skipped.append(f"{p.kind.value} {p.candidate.name} of {p.stack.model}: no latency recorded")
+                continue
+            if m.kv_capacity_tokens:
+                rows.add_kv(ef, float(m.kv_capacity_tokens), group)
+        except SlaEstimateError as exc:
+            skipped.append(f"{p.stack.model} on {p.stack.system}: {str(exc).splitlines()[0][:160]}")
+    return rows.build(), skipped
+
+
+def coefficient_key(m: Measurement) -> str:
+    """Which coefficient set a record trains: its backend, except the transformers-based GPU runner.
+
+    The ``gpu`` runner times a plain transformers model, not the serving engine its stack names, so
+    its points form their own group (``gpu-runner``) instead of pulling that engine's coefficients.
+    """
+    return GPU_RUNNER if m.runner == "gpu" else m.probe.stack.backend
+
+
+class _Basis(PerfSource):
+    """A stand-in source whose decode step time is one basis function of the per-rank batch."""
+
+    name = "basis"
+
+    def __init__(self, stack: Stack, fn: Any, dp: int):
+        super().__init__(stack)
+        self.fn, self.dp = fn, dp
+
+    def prefill_ttft_ms(self, candidate: Candidate, isl: Any) -> np.ndarray:
+        return np.asarray(isl, dtype=float)  # 1 ms per token: the replay returns token counts
+
+    def decode_itl_ms(self, candidate: Candidate, batch: Any, context: Any) -> np.ndarray:
+        return self.fn(np.asarray(batch, dtype=float) / self.dp)
+
+    def kv_capacity_tokens(self, candidate: Candidate) -> int:
+        return 0
+
+
+def agg_design(ef: EngineFeatures, concurrency: int, isl: int, osl: int) -> tuple[np.ndarray, np.ndarray]:
+    """Design rows (1, 2K) of mean TTFT and TPOT under aggregated serving, from the serving model."""
+    from ...serving import serving_terms
+
+    c, dp, shape = ef.candidate, ef.candidate.attention_dp_size, ef.shape
+    share = (shape.experts_per_token / shape.num_experts) if shape.is_moe else 0.0
+    basis = [lambda n: np.ones_like(n), lambda n: n, lambda n: 1.0 - (1.0 - share) ** (n * dp)]
+    if not shape.is_moe:
+        basis = basis[:2]
+    sims = [serving_terms(_Basis(ef.stack, fn, dp), c, concurrency, isl, osl) for fn in basis]
+    tokens_ttft, tokens_tpot = sims[0].ttft_prefill_ms, sims[0].tpot_prefill_ms
+    # each decode term as alpha + beta n + gamma g(n) over the batches the replay can visit
+    n = np.arange(1, max(2, int(np.ceil(concurrency / dp))) + 1, dtype=float)
+    dterms, _ = ef.decode(n * dp, np.full_like(n, isl + osl / 2.0))
+    a = np.column_stack([fn(n) for fn in basis])
+    coef, *_ = np.linalg.lstsq(a, dterms, rcond=None)  # (len(basis), K)
+    s_ttft = np.array([s.ttft_decode_ms for s in sims])
+    s_tpot = np.array([s.tpot_decode_ms for s in sims])
+    pterms = ef.prefill(np.array([float(isl)]))[0][0] / isl
+    ttft = np.concatenate([tokens_ttft * pterms, s_ttft @ coef])
+    tpot = np.concatenate([tokens_tpot * pterms, s_tpot @ coef])
+    return ttft[None, :], tpot[None, :]
+
+
+def aic_rows(
+    stacks: Iterable[Stack], gpu_counts: tuple[int, ...] = (1, 2, 4, 8)
+) -> tuple[TrainingSet, list[str]]:
+    """Distillation rows: AIC's prefill/decode grids and KV capacity of every engine it can estimate."""
+    from ...candidates import enumerate_candidates
+    from ...model import load_model_info
+    from ..aic import AicSource
+
+    rows, skipped = _Rows(), []
+    for stack in stacks:
+        src = AicSource(stack)
+        info = load_model_info(stack.model)
+        cands, _ = enumerate_candidates(info, gpu_counts)
+        for c in cands:
+            try:
+                kv = src.kv_capacity_tokens(c)
+                if kv <= 0:
+                    continue
+                ef = EngineFeatures.of(stack, c)
+                isl = DISTILL_ISL[DISTILL_ISL <= info.max_context_tokens]
+                t, f = ef.prefill(isl)
+                rows.add("prefill", stack, _place(t, 0), f, src.prefill_ttft_ms(c, isl), "aic")
+                b, ctx = (x.ravel() for x in np.meshgrid(DISTILL_BATCH, DISTILL_CONTEXT))
+                keep = (ctx <= info.max_context_tokens) & (b * ctx <= 1.5 * kv) & (b >= c.attention_dp_size)
+                b, ctx = b[keep], ctx[keep]
+                if b.size:
+                    t, f = ef.decode(b, ctx)
+                    rows.add("decode", stack, _place(t, 1), f, src.decode_itl_ms(c, b, ctx), "aic")
+                rows.add_kv(ef, float(kv))
+            except SlaEstimateError as exc:
+                skipped.append(
+                    f"{stack.model} {stack.system}/{stack.backend} {c.name}: {str(exc).splitlines()[0][:120]}"
+                )
+    return rows.build(), skipped

@@ -1,0 +1,76 @@
+"""Monotone read-out of a learned step-time model on a fixed log grid.
+
+Why: boosted trees are not monotone in ISL, batch or context by themselves, and physics says the
+answers must be. The model is evaluated on a fixed grid (so the answer at a point never depends on
+which other points were asked for), a running maximum makes it non-decreasing along each axis, and
+queries interpolate in log-log space. Beyond the grid the value follows the linear part's growth.
+Grid nodes are computed on first need and kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+ISL_GRID = np.geomspace(1.0, 2.0**21, 85)  # 4 nodes per octave
+BATCH_GRID = np.geomspace(1.0, 2.0**14, 29)  # 2 per octave
+CONTEXT_GRID = np.geomspace(16.0, 2.0**21, 35)  # 2 per octave
+
+Model = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x, y) arrays -> ms
+
+
+def _locate(grid: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower node index, weight of the upper node in log space, x clamped to the grid)."""
+    xc = np.clip(x, grid[0], grid[-1])
+    i = np.clip(np.searchsorted(grid, xc, side="right") - 1, 0, grid.size - 2)
+    lg = np.log(grid)
+    w = (np.log(xc) - lg[i]) / (lg[i + 1] - lg[i])
+    return i, np.clip(w, 0.0, 1.0), xc
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """a + (b - a) w, kept inside [a, b]: equal nodes give exactly their value (no rounding wiggle)."""
+    return np.clip(a + (b - a) * w, np.minimum(a, b), np.maximum(a, b))
+
+
+class MonotoneCurve:
+    """f(isl) non-decreasing: ``model(isl)`` on ISL_GRID, running max, log-log interpolation."""
+
+    def __init__(self, model: Callable[[np.ndarray], np.ndarray], linear: Callable[[np.ndarray], np.ndarray]):
+        self.model, self.linear = model, linear
+        self.values = np.maximum.accumulate(model(ISL_GRID))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        i, w, xc = _locate(ISL_GRID, x)
+        lv = np.log(self.values)
+        out = np.exp(_lerp(lv[i], lv[i + 1], w))
+        return out * np.where(xc != x, self.linear(x) / self.linear(xc), 1.0)
+
+
+class MonotoneSurface:
+    """f(batch, context) non-decreasing in both: lazy grid of nodes, running max over both axes."""
+
+    def __init__(self, model: Model, linear: Model):
+        self.model, self.linear = model, linear
+        self.raw = np.full((BATCH_GRID.size, CONTEXT_GRID.size), np.nan)
+
+    def _values(self, i_max: int, j_max: int) -> np.ndarray:
+        block = self.raw[: i_max + 1, : j_max + 1]
+        todo = np.isnan(block)
+        if todo.any():
+            bi, cj = np.nonzero(todo)
+            block[bi, cj] = self.model(BATCH_GRID[bi], CONTEXT_GRID[cj])
+        return np.maximum.accumulate(np.maximum.accumulate(block, axis=0), axis=1)
+
+    def __call__(self, batch: np.ndarray, context: np.ndarray) -> np.ndarray:
+        i, wi, bc = _locate(BATCH_GRID, batch)
+        j, wj, cc = _locate(CONTEXT_GRID, context)
+        lv = np.log(self._values(int(i.max()) + 1, int(j.max()) + 1))
+        top = _lerp(lv[i, j], lv[i, j + 1], wj)
+        bottom = _lerp(lv[i + 1, j], lv[i + 1, j + 1], wj)
+        out = np.exp(_lerp(top, bottom, wi))
+        outside = (bc != batch) | (cc != context)
+        if outside.any():
+            out = out * np.where(outside, self.linear(batch, context) / self.linear(bc, cc), 1.0)
+        return out

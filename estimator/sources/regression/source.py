@@ -1,0 +1,139 @@
+"""RegressionSource: the PerfSource answered by a learned model instead of AIC's kernel database.
+
+Interchangeable with AIC wherever a source is taken (``--source regression:aic-distilled`` or
+``regression:PATH``). It answers any model whose config.json we can read on any system whose peaks
+we know (from the model file, else AIC's system YAML), so it also covers engines AIC refuses.
+Bands are the model's log error (p90) around the point: in-sample for models in its training data,
+leave-one-model-out for the others (the width a model it has never seen should expect).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ...candidates import Candidate
+from ...errors import DataNotAvailable, NotFittedError, SourceError, SpecError
+from ..base import PerfSource, Stack, as_positive_array
+from .engine import EngineFeatures
+from .files import ModelFile, load_model_file
+from .monotone import MonotoneCurve, MonotoneSurface
+from .regressor import PerfRegressor, TrainingSet
+
+
+class RegressionSource(PerfSource):
+    """Learned step times. ``model``: a fitted file's path or bundled name; or call :meth:`fit`.
+
+    Parameters
+    ----------
+    stack : what is served.
+    model : str or None; loaded on first use.
+    params : PerfRegressor settings used by :meth:`fit`.
+    """
+
+    name = "regression"
+
+    def __init__(self, stack: Stack, model: str | None = None, params: dict[str, Any] | None = None):
+        super().__init__(stack)
+        self.model = model
+        self.params = params
+
+    # ---- fit/predict contract -----------------------------------------------------------------
+    def fit(self, data: TrainingSet) -> RegressionSource:
+        self.regressor_ = PerfRegressor(**(self.params or {})).fit(data)
+        self.file_ = None
+        self._engines: dict[Candidate, Any] = {}
+        return self
+
+    def _fitted(self) -> PerfRegressor:
+        if not hasattr(self, "regressor_"):
+            if self.model is None:
+                raise NotFittedError("RegressionSource has no model: call fit() or give a model file")
+            self.file_: ModelFile | None = load_model_file(self.model)
+            self.regressor_ = self.file_.regressor
+        return self.regressor_
+
+    def _engine(self, c: Candidate) -> dict[str, Any]:
+        reg = self._fitted()
+        engines = self.__dict__.setdefault("_engines", {})
+        if c not in engines:
+            self.check_supported(c)
+            hardware = self.file_.hardware if self.file_ is not None else None
+            try:
+                ef = EngineFeatures.of(self.stack, c, hardware)
+            except SpecError as exc:
+                raise DataNotAvailable(f"regression cannot describe {self.stack.model}: {exc}") from exc
+            backend = self.stack.backend
+
+            def prefill(isl: np.ndarray) -> np.ndarray:
+                return reg.predict("prefill", backend, *ef.prefill(isl))
+
+            def prefill_lin(isl: np.ndarray) -> np.ndarray:
+                return reg.predict_linear("prefill", backend, ef.prefill(isl)[0])
+
+            def decode(b: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+                return reg.predict("decode", backend, *ef.decode(b, ctx))
+
+            def decode_lin(b: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+                return reg.predict_linear("decode", backend, ef.decode(b, ctx)[0])
+
+            engines[c] = {
+                "features": ef,
+                "prefill": MonotoneCurve(prefill, prefill_lin)
+                if reg.has_residual("prefill")
+                else prefill_lin,
+                "decode": MonotoneSurface(decode, decode_lin) if reg.has_residual("decode") else decode_lin,
+            }
+        return engines[c]
+
+    def prefill_ttft_ms(self, candidate: Candidate, isl: Any) -> np.ndarray:
+        isl = as_positive_array("isl", isl)
+        return _checked(self._engine(candidate)["prefill"](isl), candidate)
+
+    def decode_itl_ms(self, candidate: Candidate, batch: Any, context: Any) -> np.ndarray:
+        b, ctx = np.broadcast_arrays(as_positive_array("batch", batch), as_positive_array("context", context))
+        return _checked(self._engine(candidate)["decode"](b.astype(float), ctx.astype(float)), candidate)
+
+    def kv_capacity_tokens(self, candidate: Candidate) -> int:
+        e = self._engine(candidate)
+        return e["features"].kv_capacity(*self._fitted().kv_params(self.stack.backend))
+
+    # ---- bands and provenance -----------------------------------------------------------------
+    def _band_factor(self, phase: str) -> float:
+        """exp(p90 |log error|): in-sample for a model the file was trained on, else its leave-one-out error."""
+        self._fitted()
+        prov = self.file_.provenance if self.file_ else {}
+        trained = self.stack.model in (prov.get("training_summary") or {}).get("models", {})
+        errors = (prov.get("in_sample") if trained else prov.get("cv")) or {}
+        return float(np.exp((errors.get(phase) or {}).get("log_abs_p90", 0.0)))
+
+    def prefill_ttft_band(self, candidate: Candidate, isl: Any) -> tuple[np.ndarray, np.ndarray]:
+        v, f = self.prefill_ttft_ms(candidate, isl), self._band_factor("prefill")
+        return v / f, v * f
+
+    def decode_itl_band(
+        self, candidate: Candidate, batch: Any, context: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        v, f = self.decode_itl_ms(candidate, batch, context), self._band_factor("decode")
+        return v / f, v * f
+
+    def provenance(self) -> dict[str, Any]:
+        self._fitted()
+        out = {
+            **super().provenance(),
+            "model_file": None,
+            "model_sha256": None,
+            "fitted_in_memory": self.file_ is None,
+        }
+        if self.file_ is not None:
+            p = self.file_.provenance
+            out.update(model_file=self.file_.path, model_name=self.file_.name, model_sha256=self.file_.sha256,
+                       training_sha256=p.get("training_sha256"), cv=p.get("cv"))  # fmt: skip
+        return out
+
+
+def _checked(out: np.ndarray, c: Candidate) -> np.ndarray:
+    if not np.all(np.isfinite(out)) or np.any(out <= 0):
+        raise SourceError(f"regression produced a non-positive or non-finite latency for {c.name}")
+    return out
