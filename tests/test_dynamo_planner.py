@@ -22,7 +22,7 @@ import yaml
 from estimator.artifacts import write_artifacts
 from estimator.artifacts.planner_config import PLANNER_FIELDS
 from estimator.deployment import Deployment
-from estimator.pipeline import estimate
+from estimator.pipeline import estimate, surface_engines
 from estimator.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,8 +86,9 @@ def test_planner_config_is_accepted_with_our_sla_and_engines(study):
     assert cfg["ttft_ms"] == profile.spec.ttft_ms and cfg["itl_ms"] == profile.spec.itl_ms
     assert cfg["optimization_target"] == "sla" and cfg["enable_throughput_scaling"] is True
     assert cfg["mode"] == "disagg" and cfg["pre_deployment_sweeping_mode"] == "thorough"
-    assert cfg["prefill_engine_num_gpu"] == sel.best_prefill.candidate.num_gpus
-    assert cfg["decode_engine_num_gpu"] == sel.best_decode.candidate.num_gpus
+    prefill, decode = surface_engines(sel, profile.deployment)  # the deployed fleet's engines
+    assert cfg["prefill_engine_num_gpu"] == prefill.num_gpus
+    assert cfg["decode_engine_num_gpu"] == decode.candidate.num_gpus
     assert cfg["profile_results_dir"] == "/workspace/profiling_results"
     assert cfg["backend"] == profile.spec.backend.value
     if profile.spec.total_gpus:
@@ -96,7 +97,8 @@ def test_planner_config_is_accepted_with_our_sla_and_engines(study):
 
 def test_dynamos_prefill_regression_reproduces_our_ttft(study):
     profile, _, res = study
-    ours = profile.selection.best_prefill.point.ttft_ms
+    prefill, _ = surface_engines(profile.selection, profile.deployment)
+    ours = next(p for p in profile.prefill_points if p.candidate == prefill).ttft_ms
     assert res["configmap_matches_npz"]
     assert res["prefill_kept"] == res["prefill_points"]  # nothing retired by the sample limit
     assert res["prefill_ttft_ms"] == pytest.approx(ours, rel=0.05)
@@ -104,7 +106,7 @@ def test_dynamos_prefill_regression_reproduces_our_ttft(study):
 
 def test_dynamos_decode_regression_reproduces_our_best_rate(study):
     profile, _, res = study
-    best = profile.selection.best_decode
+    _, best = surface_engines(profile.selection, profile.deployment)
     ours_rps = best.concurrency / (best.itl_ms / 1000.0) / profile.spec.osl
     assert res["decode_kept"] == res["decode_points"]
     assert res["decode_rps"] == pytest.approx(ours_rps, rel=0.10)
