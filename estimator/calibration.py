@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
+from scipy.special import ndtr, stdtrit
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
@@ -43,6 +44,7 @@ from .sources.residual_gp import ResidualField
 FORMAT_VERSION = 2
 KINDS = ("ttft", "tpot")  # TTFT (prefill / agg TTFT) and per-token decode time (decode ITL / agg TPOT)
 BAND_LEVEL = 0.9
+_MAX_LOG_RATIO = 50.0  # a draw beyond e^50 x the point (Student-t tails with few dof) is clipped there
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,14 +245,66 @@ class Correction:
             return None
         return self.residual.predict(obs.engine, obs.kind, obs.concurrency, obs.isl, obs.osl)
 
-    def _unmeasured_var(self, obs: Observation, eps: float = 1e-4) -> float:
+    def _unmeasured_var(self, obs: Observation) -> float:
+        return float(np.sum((self._unmeasured_grad(obs) * self._engine_prior_sd()) ** 2))
+
+    def _engine_prior_sd(self) -> np.ndarray:
+        return np.array([self.engine_prior_sd.get(name, 0.0) for name in ENGINE_NAMES])
+
+    def _unmeasured_grad(self, obs: Observation, eps: float = 1e-4) -> np.ndarray:
+        """d log(prediction) / d offset (``ENGINE_NAMES``) of an engine that has no fitted offsets."""
         base = math.log(predict_ms(obs, self.mean))
-        var = 0.0
-        for name in ENGINE_NAMES:
+        out = np.empty(len(ENGINE_NAMES))
+        for j, name in enumerate(ENGINE_NAMES):
             p = Parameters(self.mean.shared, {**self.mean.engines, obs.engine: EngineOffsets(**{name: eps})})
-            g = (math.log(predict_ms(obs, p)) - base) / eps
-            var += (g * self.engine_prior_sd.get(name, 0.0)) ** 2
-        return var
+            out[j] = (math.log(predict_ms(obs, p)) - base) / eps
+        return out
+
+    # ---- joint draws (decisions that compare engines or combine targets) ---------------------------
+    def sample(self, observations: Sequence[Observation], n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` joint draws (rows) of each observation's value in ms (columns), from the posterior.
+
+        Built from the same parts as ``predictive``, so that every column's distribution is exactly that
+        observation's ``Predictive`` (its band's ends are the draws' 5 %/95 % points):
+        - a parameter vector from the Laplace posterior N(mean, cov), through the linearisation the bands
+          use (d log prediction / d parameter): the shared phase scales move every engine, and the TTFT
+          and TPOT of one deployment, together;
+        - an engine never measured: its offsets from their prior, one draw per engine;
+        - the discrepancy noise of the kind (or the residual field's sd on agg inputs): one standard
+          normal per (engine, kind), shared by that engine's observations of that kind (the model's
+          misfit moves one engine's curve), independent between engines and kinds;
+        - the sum, standardised, taken to the Student-t of the kind's ``dof`` (a Gaussian copula).
+        """
+        m = len(observations)
+        if m == 0:
+            return np.empty((n, 0))
+        pred = self.predictive(observations)
+        x = _gaussian(rng, self.cov, n) @ self._log_grads(observations).T
+        unmeasured: dict[str, list[int]] = {}
+        discrepancy: dict[tuple[str, str], list[int]] = {}
+        for i, obs in enumerate(observations):
+            if obs.engine not in self.mean.engines:
+                unmeasured.setdefault(obs.engine, []).append(i)
+            discrepancy.setdefault((obs.engine, obs.kind), []).append(i)
+        prior_sd = self._engine_prior_sd()
+        for idx in unmeasured.values():
+            grads = np.array([self._unmeasured_grad(observations[i]) for i in idx])
+            x[:, idx] += (rng.standard_normal((n, len(ENGINE_NAMES))) * prior_sd) @ grads.T
+        for idx in discrepancy.values():
+            sd = np.array([self._noise_sd(observations[i]) for i in idx])
+            x[:, idx] += rng.standard_normal((n, 1)) * sd[None, :]
+        log_sd = np.array([p.log_sd for p in pred])
+        dof = np.array([p.dof for p in pred])
+        z = x / np.where(log_sd > 0, log_sd, 1.0)[None, :]
+        q = np.clip(ndtr(z), 1e-15, 1 - 1e-15)
+        t = np.where(dof[None, :] > 0, stdtrit(np.where(dof > 0, dof, 1.0)[None, :], q), z)
+        log_ratio = np.clip(log_sd[None, :] * t, -_MAX_LOG_RATIO, _MAX_LOG_RATIO)  # dof 1-2: heavy tails
+        return np.array([p.point_ms for p in pred])[None, :] * np.exp(log_ratio)
+
+    def _noise_sd(self, obs: Observation) -> float:
+        """The non-parametric part of ``predictive``'s log sd: the residual field's where it applies, else the kind's noise."""
+        field_ = self._field(obs)
+        return math.sqrt(max(field_[1], 0.0)) if field_ is not None else self.noise.sd(obs.kind)
 
     def _log_grads(self, observations: Sequence[Observation], eps: float = 1e-4) -> np.ndarray:
         """d log(prediction) / d parameter for each observation (rows) and parameter (``mean.names``)."""
@@ -296,6 +350,12 @@ class Correction:
                        dict(d.get("meta", {})), field_)  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"calibration file is malformed: {type(exc).__name__}: {exc}") from exc
+
+
+def _gaussian(rng: np.random.Generator, cov: np.ndarray, n: int) -> np.ndarray:
+    """``n`` draws (rows) of N(0, cov); a singular or slightly indefinite cov (rounding) is clipped to PSD."""
+    w, v = np.linalg.eigh(0.5 * (cov + cov.T))
+    return rng.standard_normal((n, len(w))) @ (v * np.sqrt(np.clip(w, 0.0, None))).T
 
 
 def identity() -> Correction:
