@@ -220,7 +220,9 @@ class Correction:
         """
         if not observations:
             return []
-        grads = self._log_grads(observations)
+        return self._predictive(observations, self._log_grads(observations))
+
+    def _predictive(self, observations: Sequence[Observation], grads: np.ndarray) -> list[Predictive]:
         out = []
         for obs, g in zip(observations, grads, strict=True):
             field_ = self._field(obs)
@@ -278,8 +280,9 @@ class Correction:
         m = len(observations)
         if m == 0:
             return np.empty((n, 0))
-        pred = self.predictive(observations)
-        x = _gaussian(rng, self.cov, n) @ self._log_grads(observations).T
+        grads = self._log_grads(observations)
+        pred = self._predictive(observations, grads)
+        x = _gaussian(rng, self.cov, n) @ grads.T
         unmeasured: dict[str, list[int]] = {}
         discrepancy: dict[tuple[str, str], list[int]] = {}
         for i, obs in enumerate(observations):

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import multivariate_normal
+from scipy.stats import multivariate_normal, norm
 
 from estimator.calibration import Correction, EngineOffsets, Noise, Observation, Parameters, SharedParameters
 from estimator.candidates import Candidate, Mapping
@@ -25,12 +25,12 @@ N = 40000
 
 
 class Flat(PerfSource):
-    """A base source with fixed values and a ×(0.8, 1.25) band: TTFT 100 ms / n GPUs, ITL 10 ms."""
+    """A base source with fixed values and a ×(0.8, 1.25) band: TTFT 100 ms / n^0.8 (n GPUs), ITL 10 ms."""
 
     name = "flat"
 
     def prefill_ttft_ms(self, candidate, isl):
-        return np.full(np.atleast_1d(isl).shape, 100.0 / candidate.num_gpus)
+        return np.full(np.atleast_1d(isl).shape, 100.0 / candidate.num_gpus**0.8)
 
     def decode_itl_ms(self, candidate, batch, context):
         return np.full(np.broadcast(np.atleast_1d(batch), np.atleast_1d(context)).shape, 10.0)
@@ -141,3 +141,41 @@ def test_sample_handles_heavy_tails_and_no_observations():
     d = c.sample(obs, 5000, np.random.default_rng(0))
     assert np.all(np.isfinite(d)) and np.all(d > 0)
     assert c.sample([], 10, np.random.default_rng(0)).shape == (10, 0)
+
+
+def test_selection_reports_both_picks_jointly_when_the_source_has_joint_draws():
+    from estimator.select import select
+    from estimator.surfaces import decode_sweep, prefill_point
+
+    for src, joint in ((Flat(STACK), False), (CalibratedSource(Flat(STACK), correction(rho_phases=0.9)), True)):
+        points = [prefill_point(src, TP[n], 1024) for n in (1, 2)]
+        sweeps = [decode_sweep(src, TP[n], 1024, 2048, num_points=8, cap=256) for n in (1, 2)]
+        sel = select(points, sweeps, ttft_target_ms=1.1 * points[0].ttft_ms, itl_target_ms=11.0, isl=1024,
+                     osl=2048, source=src)  # fmt: skip
+        p, d = sel.best_prefill, sel.best_decode
+        product = float(prob_within(1.1 * points[0].ttft_ms, p.point.ttft_low_ms, p.point.ttft_high_ms)
+                        * prob_within(11.0, d.itl_low_ms, d.itl_high_ms))  # fmt: skip
+        if joint:
+            assert sel.p_meets_sla > product + 0.02
+        else:
+            assert sel.p_meets_sla == pytest.approx(product)
+
+
+def test_decision_confidence_ranks_engines_on_joint_draws():
+    # TP1 prefills 2^0.2 = 1.149x the tokens/s/GPU of TP2. Independent bands (log sd 0.106 each): P(TP1 best)
+    # = Phi(ln 1.149 / (0.106 sqrt 2)) = 0.82; a shared scale leaves only the offsets and noise to tell them
+    # apart (sd sqrt(2 (0.0009 + 0.0004)) = 0.051): Phi(2.72) = 0.997
+    from estimator.select import select
+    from estimator.surfaces import decode_sweep, prefill_point
+    from validate.sequential import decision_confidence
+
+    src = CalibratedSource(Flat(STACK), correction())
+    points = [prefill_point(src, TP[n], 1024) for n in (1, 2)]
+    sweeps = [decode_sweep(src, TP[1], 1024, 2048, num_points=4, cap=64)]
+    sel = select(points, sweeps, ttft_target_ms=500, itl_target_ms=50, isl=1024, osl=2048)
+    assert sel.best_prefill.candidate == TP[1]
+    joint = decision_confidence(points, sweeps, sel, 500, 50, source=src, draws=20000)
+    apart = decision_confidence(points, sweeps, sel, 500, 50, draws=20000)
+    assert joint.p_prefill == pytest.approx(0.997, abs=0.003)
+    assert apart.p_prefill == pytest.approx(float(norm.cdf(math.log(2**0.2) / (math.sqrt(2 * 0.0113)))), abs=0.01)
+    assert joint.confidence == pytest.approx(joint.p_prefill * joint.p_decode, abs=0.003)  # one decode engine
