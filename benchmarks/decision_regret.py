@@ -35,6 +35,7 @@ import importlib.util
 import itertools
 import json
 import logging
+import math
 import random
 import re
 import sys
@@ -68,6 +69,7 @@ LEVELS = (0.5, 0.8, 0.9, 0.95)
 EV_LEVELS = (0.8, 0.9)  # levels also scored with the expected-throughput fallback
 RELIABILITY: list[tuple[float, bool]] = []  # (joint P(meets) at k = 3, met on silicon) of every option x SLA
 RELIABILITY_PRODUCT: list[tuple[float, bool]] = []  # the same with P(meets) as the product of the bands' P
+DEPENDENCE: list[tuple[float, float, float]] = []  # per option: posterior corr(log TTFT, log TPOT), log errors
 
 
 # ---- the calibration API: used here and nowhere else in this script ----------------------------------
@@ -193,7 +195,11 @@ def decisions(
                 kinds = [t["kind"] for t in r["targets"]]
                 cols = [col + kinds.index("ttft"), col + kinds.index("tpot")]
                 col += len(kinds)
-                options_by_group[(r["isl"], r["osl"])].append(option_record(r, pred, draws[:, cols]))
+                o = option_record(r, pred, draws[:, cols])
+                options_by_group[(r["isl"], r["osl"])].append(o)
+                logs = np.log(o["cal_draws"].astype(float))
+                DEPENDENCE.append((float(np.corrcoef(logs.T)[0, 1]), math.log(o["meas_ttft"] / pred["ttft"][0]),
+                                   math.log(o["meas_tpot"] / pred["tpot"][0])))  # fmt: skip
             for (isl, osl), options in sorted(options_by_group.items()):
                 if len(options) < 3:
                     continue
@@ -251,6 +257,36 @@ def summarise(results: list[dict]) -> list[dict]:
     return table
 
 
+def dependence() -> dict:
+    """How much TTFT and TPOT of one option move together: in the posterior draws, and in the actual errors."""
+    from scipy.stats import spearmanr
+
+    d = np.array(DEPENDENCE)
+    q = np.quantile(d[:, 0], [0.1, 0.5, 0.9])
+    return {"options": len(d), "posterior_corr_p10_median_p90": [float(x) for x in q],
+            "error_corr_pearson": float(np.corrcoef(d[:, 1], d[:, 2])[0, 1]),
+            "error_corr_spearman": float(spearmanr(d[:, 1], d[:, 2]).statistic)}  # fmt: skip
+
+
+def by_certification(results: list[dict], rules: tuple[str, ...] = ("k3-conf0.8", "k3-conf0.9", "k3-conf0.9/ev")) -> list[dict]:
+    """Each probability rule's certified and fallback decisions apart, with the point rule on the same decisions."""
+    key = ("family", "split", "isl", "osl", "sla_ttft_ms", "sla_tpot_ms")
+    point = {tuple(r[k] for k in key): r for r in results if r["rule"] == "k3-point"}
+    out = []
+    for rule in rules:
+        for cert in (True, False):
+            rs = [r for r in results if r["rule"] == rule and r["certified"] is cert]
+            if not rs:
+                continue
+            pt = [point[tuple(r[k] for k in key)] for r in rs]
+            out.append({"rule": rule, "certified": cert, "decisions": len(rs),
+                        "miss_rate": float(np.mean([not r["meets_on_silicon"] for r in rs])),
+                        "mean_regret": float(np.mean([r["regret"] for r in rs])),
+                        "point_miss_rate": float(np.mean([not r["meets_on_silicon"] for r in pt])),
+                        "point_mean_regret": float(np.mean([r["regret"] for r in pt]))})  # fmt: skip
+    return out
+
+
 def reliability(
     pairs: list[tuple[float, bool]], bins: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.97, 1.0001)
 ) -> list[dict]:
@@ -304,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"decision_groups": len(groups), "families": len({r["family"] for r in results}),
                "decisions_per_rule": table[0]["decisions"], "splits": args.splits, "min_rows": args.min_rows,
                "max_families": args.max_families, "sla_quantiles": SLA_QUANTILES, "table": table, "reliability": reliability(RELIABILITY),
-               "reliability_product": reliability(RELIABILITY_PRODUCT),
+               "reliability_product": reliability(RELIABILITY_PRODUCT), "dependence": dependence(),
+               "by_certification": by_certification(results),
                "seconds": {"aic_terms": round(t1 - t0, 1), "decisions": round(time.time() - t1, 1)},
                "command": "python benchmarks/decision_regret.py " + " ".join(argv or sys.argv[1:])}  # fmt: skip
     Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
@@ -319,6 +356,17 @@ def main(argv: list[str] | None = None) -> int:
         for b in summary[key]:
             print(f"| {b['p_low']:.2f}-{b['p_high']:.2f} | {b['options']} | {b['mean_p']:.2f} | "
                   f"{b['met_on_silicon']:.2f} |")  # fmt: skip
+    print("\ncertified and fallback decisions apart, with the point rule on the same decisions:")
+    print("| rule | picks | decisions | SLA missed | mean regret | k3-point missed | k3-point mean regret |")
+    print("|---|---|---|---|---|---|---|")
+    for b in summary["by_certification"]:
+        print(f"| {b['rule']} | {'certified' if b['certified'] else 'fallback'} | {b['decisions']} | "
+              f"{b['miss_rate']:.1%} | {b['mean_regret']:.1%} | {b['point_miss_rate']:.1%} | {b['point_mean_regret']:.1%} |")  # fmt: skip
+    dep = summary["dependence"]
+    p10, med, p90 = dep["posterior_corr_p10_median_p90"]
+    print(f"\nTTFT and TPOT of one option ({dep['options']} options x splits): posterior corr of the logs "
+          f"median {med:.3f} (10-90 %: {p10:.3f} to {p90:.3f}); actual log errors: Pearson "
+          f"{dep['error_corr_pearson']:.3f}, Spearman {dep['error_corr_spearman']:.3f}")  # fmt: skip
     print(
         f"AIC terms {t1 - t0:.0f} s, decisions {time.time() - t1:.0f} s; wrote {args.summary} and {out / 'picks.csv'}"
     )
