@@ -69,7 +69,7 @@ LEVELS = (0.5, 0.8, 0.9, 0.95)
 EV_LEVELS = (0.8, 0.9)  # levels also scored with the expected-throughput fallback
 RELIABILITY: list[tuple[float, bool]] = []  # (joint P(meets) at k = 3, met on silicon) of every option x SLA
 RELIABILITY_PRODUCT: list[tuple[float, bool]] = []  # the same with P(meets) as the product of the bands' P
-DEPENDENCE: list[tuple[float, float, float]] = []  # per option: posterior corr(log TTFT, log TPOT), log errors
+DEPENDENCE: list[tuple[float, float, float]] = []  # per option: posterior corr of log TTFT/TPOT, log errors
 
 
 # ---- the calibration API: used here and nowhere else in this script ----------------------------------
@@ -225,7 +225,9 @@ def score_group(
             seen.add((ttft_t, tpot_t))
             best = max(options[i]["meas_thpt"] for i in feasible)
             RELIABILITY.extend((p_meets(o, ttft_t, tpot_t), i in feasible) for i, o in enumerate(options))
-            RELIABILITY_PRODUCT.extend((p_meets(o, ttft_t, tpot_t, joint=False), i in feasible) for i, o in enumerate(options))
+            RELIABILITY_PRODUCT.extend(
+                (p_meets(o, ttft_t, tpot_t, joint=False), i in feasible) for i, o in enumerate(options)
+            )
             for rule in rules:
                 i, certified, p = pick(options, rule, ttft_t, tpot_t)
                 o = options[i]
@@ -258,7 +260,7 @@ def summarise(results: list[dict]) -> list[dict]:
 
 
 def dependence() -> dict:
-    """How much TTFT and TPOT of one option move together: in the posterior draws, and in the actual errors."""
+    """How much TTFT and TPOT of one option move together: in the posterior draws and in the actual errors."""
     from scipy.stats import spearmanr
 
     d = np.array(DEPENDENCE)
@@ -268,8 +270,10 @@ def dependence() -> dict:
             "error_corr_spearman": float(spearmanr(d[:, 1], d[:, 2]).statistic)}  # fmt: skip
 
 
-def by_certification(results: list[dict], rules: tuple[str, ...] = ("k3-conf0.8", "k3-conf0.9", "k3-conf0.9/ev")) -> list[dict]:
-    """Each probability rule's certified and fallback decisions apart, with the point rule on the same decisions."""
+def by_certification(
+    results: list[dict], rules: tuple[str, ...] = ("k3-conf0.8", "k3-conf0.9", "k3-conf0.9/ev")
+) -> list[dict]:
+    """Each probability rule's certified and fallback decisions apart, and the point rule on the same ones."""
     key = ("family", "split", "isl", "osl", "sla_ttft_ms", "sla_tpot_ms")
     point = {tuple(r[k] for k in key): r for r in results if r["rule"] == "k3-point"}
     out = []

@@ -66,7 +66,8 @@ def one_shot(spec, budget: int) -> dict:
         if q is not None:
             chosen.append(q)
     measured = [runner.measure(q) for q in chosen]
-    return {"recommendation": engines(estimate(spec, calibrate(base, measured)).selection), "points": len(measured)}
+    sel = estimate(spec, calibrate(base, measured)).selection
+    return {"recommendation": engines(sel), "points": len(measured)}
 
 
 def one_run(sla: dict, validate: dict, out: Path) -> dict:
@@ -81,7 +82,8 @@ def one_run(sla: dict, validate: dict, out: Path) -> dict:
         "points": len(measured),
         "confidence": seq.decision.confidence if seq and seq.decision else None,
         "stopped_because": seq.stopped_because if seq else "one-shot plan",
-        "steps": [(s.points_measured, s.confidence_after, f"{s.prefill}/{s.decode}") for s in seq.steps] if seq else [],
+        "steps": [(s.points_measured, s.confidence_after, f"{s.prefill}/{s.decode}") for s in seq.steps]
+        if seq else [],
         "p_prefill": seq.decision.p_prefill if seq and seq.decision else None,
         "p_decode": seq.decision.p_decode if seq and seq.decision else None,
         "seconds": round(time.perf_counter() - t0, 1),

@@ -15,7 +15,8 @@ model/system/backend, per-engine offsets shrunk toward 0, and mild slopes. Aggre
 noise seen in the repetitions, and optionally a residual field over agg inputs. It predicts a point and
 a band for any observation; an engine that was never measured uses the shared part only and gets the
 engine offset's prior variance on top. ``Correction.sample`` draws several observations jointly from the
-same posterior (a shared phase scale moves them together), for decisions that compare engines. Files are JSON data.
+same posterior (a shared phase scale moves them together), for decisions that compare engines.
+Files are JSON data.
 """
 
 from __future__ import annotations
@@ -310,7 +311,7 @@ class Correction:
         return np.array([p.point_ms for p in pred])[None, :] * np.exp(log_ratio)
 
     def _noise_sd(self, obs: Observation) -> float:
-        """The non-parametric part of the log sd: the residual field's where it applies, else the kind's noise."""
+        """The non-parametric part of the log sd: the residual field's where it applies, else the noise."""
         field_ = self._field(obs)
         return math.sqrt(max(field_[1], 0.0)) if field_ is not None else self.noise.sd(obs.kind)
 

@@ -113,7 +113,8 @@ def prob_all_within(
     if source.draws_are_joint:
         return prob_all_met(source.latency_draws(queries, n, np.random.default_rng(seed)), targets_ms)
     lows, highs = source.query_bands(queries)
-    return float(prob_all(*(prob_within(t, lo, hi) for t, lo, hi in zip(targets_ms, lows, highs, strict=True))))
+    marginals = (prob_within(t, lo, hi) for t, lo, hi in zip(targets_ms, lows, highs, strict=True))
+    return float(prob_all(*marginals))
 
 
 __all__ = [

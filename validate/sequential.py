@@ -150,7 +150,9 @@ def decision_confidence(
     source, from the points' and sweeps' bands (one quantile per engine and phase, independent engines)."""
     rng = np.random.default_rng(seed)
     queries = [LatencyQuery.ttft(p.candidate, p.isl) for p in points]
-    queries += [LatencyQuery.itl(s.candidate, float(c), float(s.context_tokens)) for s in sweeps for c in s.concurrency]
+    queries += [
+        LatencyQuery.itl(s.candidate, float(c), float(s.context_tokens)) for s in sweeps for c in s.concurrency
+    ]
     if source is not None:
         drawn = source.latency_draws(queries, draws, rng)
     else:

@@ -4,9 +4,9 @@ The correction itself (parameters, posterior, bands) is ``estimator/calibration.
 only turns the ``PerfSource`` questions into ``Observation`` queries of it, so selection, plots and
 artifacts run on a calibrated source unchanged, with the correction's posterior as the band. Measured
 KV capacities replace the base source's estimate. Joint draws (``latency_draws``) come from the
-correction's posterior (``Correction.sample``): a shared phase scale moves every engine together. A calibration file records the full stack (model,
-system, backend, version, quantisation) and the base source it was fitted on; loading it on another
-stack or another base source raises ``CalibrationError``.
+correction's posterior (``Correction.sample``): a shared phase scale moves every engine together.
+A calibration file records the full stack (model, system, backend, version, quantisation) and the base
+source it was fitted on; loading it on another stack or another base source raises ``CalibrationError``.
 """
 
 from __future__ import annotations
