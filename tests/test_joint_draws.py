@@ -87,7 +87,8 @@ def test_calibrated_draws_share_the_phase_scale_between_engines():
     r = log_corr(d)
     assert r[0, 1] == pytest.approx(0.01 / 0.0113, abs=0.01)  # 0.885
     # TP4 was never measured: its offset has the prior's sd 0.2, so it follows the shared scale less
-    assert r[0, 2] == pytest.approx(0.01 / math.sqrt(0.0113 * (0.01 + 0.04 + 0.0004)), abs=0.01)  # 0.396
+    # (sampling sd of this correlation at 40000 draws: ~0.005)
+    assert r[0, 2] == pytest.approx(0.01 / math.sqrt(0.0113 * (0.01 + 0.04 + 0.0004)), abs=0.025)  # 0.419
     assert src.draws_are_joint
 
 
