@@ -7,8 +7,13 @@ Each rule picks the option with the highest predicted output tokens/s/GPU that i
 
 - ``raw``: AIC through our serving model, point estimate (zero-width band);
 - ``k3-point``: a k = 3 calibration (3 measured rows of every engine of the family), point estimate;
-- ``k3-conf<L>``: the same calibration, option certified when P(TTFT <= T) * P(TPOT <= P) >= L, with the
-  probabilities from the 90 % band (``estimator/confidence.py``).
+- ``k3-conf<L>``: the same calibration, option certified when P(TTFT <= T and TPOT <= P) >= L, estimated
+  from joint draws of the calibration's posterior (``Correction.sample``: one parameter vector per draw moves
+  the TTFT and TPOT of an option together; ``estimator/confidence.py``'s ``prob_all_met``); when none is
+  certified, the most probable option;
+- ``k3-conf<L>/ev``: the same certification; when none is certified, the option of highest expected usable
+  throughput, P(meets) x predicted tokens/s/GPU (flagged uncertified either way);
+- ``k3-conf<L>/product``: the previous rule, P(TTFT <= T) * P(TPOT <= P) from the 90 % bands (independent).
 
 Scored on silicon: a pick that misses the SLA has regret 1 (it is not a usable deployment); otherwise
 regret = 1 - its measured tokens/s/GPU / the best measured tokens/s/GPU among options meeting the SLA.
@@ -30,10 +35,12 @@ import importlib.util
 import itertools
 import json
 import logging
+import math
 import random
 import re
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from estimator.confidence import prob_within
+from estimator.confidence import NUM_DRAWS, prob_all_met, prob_within
 from estimator.calibration import Observation
 from estimator.calibration_fit import Prior, fit
 
@@ -59,7 +66,10 @@ def _silicon_benchmark():
 SC = _silicon_benchmark()
 SLA_QUANTILES = (0.3, 0.6, 0.9)  # TTFT and TPOT targets at these quantiles of the group's measured values
 LEVELS = (0.5, 0.8, 0.9, 0.95)
-RELIABILITY: list[tuple[float, bool]] = []  # (P(meets) from the k = 3 bands, met on silicon) of every option
+EV_LEVELS = (0.8, 0.9)  # levels also scored with the expected-throughput fallback
+RELIABILITY: list[tuple[float, bool]] = []  # (joint P(meets) at k = 3, met on silicon) of every option x SLA
+RELIABILITY_PRODUCT: list[tuple[float, bool]] = []  # the same with P(meets) as the product of the bands' P
+DEPENDENCE: list[tuple[float, float, float]] = []  # per option: posterior corr of log TTFT/TPOT, log errors
 
 
 # ---- the calibration API: used here and nowhere else in this script ----------------------------------
@@ -68,12 +78,15 @@ def observation(d: dict) -> Observation:
     return Observation.from_dict(d)
 
 
-def calibrated_bands(
-    train: list[Observation], test: list[Observation], prior: dict
-) -> list[tuple[float, float, float]]:
-    """(point, low, high) ms, 90 % band, of each test value after calibrating on ``train`` with ``prior``."""
+def calibrated_predictions(
+    train: list[Observation], test: list[Observation], prior: dict, seed: str
+) -> tuple[list[tuple[float, float, float]], np.ndarray]:
+    """(point, low, high) ms, 90 % band, of each test value after calibrating on ``train`` with ``prior``, and
+    ``NUM_DRAWS`` joint draws of all test values from the calibration's posterior (rows: draws)."""
     corr = fit(train, Prior().updated(prior))
-    return [(b.point_ms, b.low_ms, b.high_ms) for b in corr.bands(test)]
+    bands = [(b.point_ms, b.low_ms, b.high_ms) for b in corr.bands(test)]
+    rng = np.random.default_rng(zlib.crc32(seed.encode()))
+    return bands, corr.sample(test, NUM_DRAWS, rng).astype(np.float32)
 
 
 def num_gpus(engine: str) -> int:
@@ -85,7 +98,7 @@ def thpt_per_gpu(engine: str, concurrency: float, osl: float, ttft_ms: float, tp
     return concurrency * osl * 1000.0 / (ttft_ms + (osl - 1) * tpot_ms) / num_gpus(engine)
 
 
-def option_record(row: dict, pred: dict[str, tuple[float, float, float]]) -> dict:
+def option_record(row: dict, pred: dict[str, tuple[float, float, float]], draws: np.ndarray) -> dict:
     meas = {t["kind"]: t["measured_ms"] for t in row["targets"]}
     raw = {t["kind"]: SC.raw_ms(observation(t)) for t in row["targets"]}
     e, c, osl = row["engine"], row["concurrency"], row["osl"]
@@ -96,17 +109,22 @@ def option_record(row: dict, pred: dict[str, tuple[float, float, float]]) -> dic
         "raw_ttft": raw["ttft"], "raw_tpot": raw["tpot"], "raw_thpt": thpt_per_gpu(e, c, osl, raw["ttft"], raw["tpot"]),
         "cal_ttft": pred["ttft"], "cal_tpot": pred["tpot"],
         "cal_thpt": thpt_per_gpu(e, c, osl, pred["ttft"][0], pred["tpot"][0]),
+        "cal_draws": draws,  # (NUM_DRAWS, 2): joint draws of (TTFT, TPOT)
     }  # fmt: skip
 
 
-def p_meets(o: dict, ttft_t: float, tpot_t: float) -> float:
-    """P(TTFT <= target and TPOT <= target) from the calibrated 90 % bands (estimator/confidence.py)."""
+def p_meets(o: dict, ttft_t: float, tpot_t: float, joint: bool = True) -> float:
+    """P(TTFT <= target and TPOT <= target) from the calibration: joint draws (default), or the product of
+    the two probabilities read from the 90 % bands (``joint`` False: the independent reading)."""
+    if joint:
+        return prob_all_met(o["cal_draws"], [ttft_t, tpot_t])
     return float(prob_within(ttft_t, *o["cal_ttft"][1:]) * prob_within(tpot_t, *o["cal_tpot"][1:]))
 
 
 def pick(options: list[dict], rule: str, ttft_t: float, tpot_t: float) -> tuple[int, bool, float]:
     """(index of the pick, whether the rule certified it, the rule's P(meeting the SLA) for it)."""
-    if rule == "raw":
+    base, _, variant = rule.partition("/")
+    if base == "raw":
         prob = [float(o["raw_ttft"] <= ttft_t and o["raw_tpot"] <= tpot_t) for o in options]
         thpt = [o["raw_thpt"] for o in options]
         level = 1.0
@@ -114,22 +132,27 @@ def pick(options: list[dict], rule: str, ttft_t: float, tpot_t: float) -> tuple[
     else:
         thpt = [o["cal_thpt"] for o in options]
         closeness = [max(o["cal_ttft"][0] / ttft_t, o["cal_tpot"][0] / tpot_t) for o in options]
-        if rule == "k3-point":
+        if base == "k3-point":
             prob = [float(o["cal_ttft"][0] <= ttft_t and o["cal_tpot"][0] <= tpot_t) for o in options]
             level = 1.0
         else:
-            prob = [p_meets(o, ttft_t, tpot_t) for o in options]
-            if rule == "k3-expected":  # the most usable throughput on average: P(meets) x tokens/s/GPU
+            prob = [p_meets(o, ttft_t, tpot_t, joint=variant != "product") for o in options]
+            if base == "k3-expected":  # the most usable throughput on average: P(meets) x tokens/s/GPU
                 i = int(np.argmax([p * t for p, t in zip(prob, thpt, strict=True)]))
                 return i, True, prob[i]
-            level = float(rule.removeprefix("k3-conf"))
+            level = float(base.removeprefix("k3-conf"))
     ok = [i for i, p in enumerate(prob) if p >= level]
     if ok:
         i = max(ok, key=lambda i: thpt[i])
         return i, True, prob[i]
-    # nothing certified: the point rules take the closest to the SLA (Dynamo's fallback), the
-    # probability rule the most probable option; the pick is flagged uncertified either way
-    i = int(np.argmin(closeness)) if level == 1.0 else int(np.argmax(prob))
+    # nothing certified: the point rules take the closest to the SLA (Dynamo's fallback), the probability
+    # rules the most probable option, or ("/ev") the highest expected usable throughput; flagged uncertified
+    if level == 1.0:
+        i = int(np.argmin(closeness))
+    elif variant == "ev":
+        i = int(np.argmax([p * t for p, t in zip(prob, thpt, strict=True)]))
+    else:
+        i = int(np.argmax(prob))
     return i, False, prob[i]
 
 
@@ -143,7 +166,8 @@ def decisions(
     names = sorted(fams)
     if max_families and len(names) > max_families:
         names = sorted(random.Random(seed).sample(names, max_families))
-    rules = ("raw", "k3-point", *(f"k3-conf{lv:g}" for lv in LEVELS), "k3-expected")
+    rules = ("raw", "k3-point", *(f"k3-conf{lv:g}" for lv in LEVELS), *(f"k3-conf{lv:g}/ev" for lv in EV_LEVELS),
+             "k3-conf0.9/product", "k3-expected")  # fmt: skip
     out = []
     for fam in names:
         by_engine: dict[str, list[dict]] = collections.defaultdict(list)
@@ -162,11 +186,20 @@ def decisions(
                 train += [v[i] for i in idx[:3]]
                 test += [v[i] for i in idx[3:]]
             flat = [observation(t) for r in test for t in r["targets"]]
-            bands = iter(calibrated_bands([observation(t) for r in train for t in r["targets"]], flat, prior))
+            train_obs = [observation(t) for r in train for t in r["targets"]]
+            band_list, draws = calibrated_predictions(train_obs, flat, prior, f"{seed}|{fam}|{split}")
+            bands, col = iter(band_list), 0
             options_by_group: dict[tuple, list[dict]] = collections.defaultdict(list)
             for r in test:
                 pred = {t["kind"]: next(bands) for t in r["targets"]}
-                options_by_group[(r["isl"], r["osl"])].append(option_record(r, pred))
+                kinds = [t["kind"] for t in r["targets"]]
+                cols = [col + kinds.index("ttft"), col + kinds.index("tpot")]
+                col += len(kinds)
+                o = option_record(r, pred, draws[:, cols])
+                options_by_group[(r["isl"], r["osl"])].append(o)
+                logs = np.log(o["cal_draws"].astype(float))
+                DEPENDENCE.append((float(np.corrcoef(logs.T)[0, 1]), math.log(o["meas_ttft"] / pred["ttft"][0]),
+                                   math.log(o["meas_tpot"] / pred["tpot"][0])))  # fmt: skip
             for (isl, osl), options in sorted(options_by_group.items()):
                 if len(options) < 3:
                     continue
@@ -192,6 +225,9 @@ def score_group(
             seen.add((ttft_t, tpot_t))
             best = max(options[i]["meas_thpt"] for i in feasible)
             RELIABILITY.extend((p_meets(o, ttft_t, tpot_t), i in feasible) for i, o in enumerate(options))
+            RELIABILITY_PRODUCT.extend(
+                (p_meets(o, ttft_t, tpot_t, joint=False), i in feasible) for i, o in enumerate(options)
+            )
             for rule in rules:
                 i, certified, p = pick(options, rule, ttft_t, tpot_t)
                 o = options[i]
@@ -223,10 +259,44 @@ def summarise(results: list[dict]) -> list[dict]:
     return table
 
 
-def reliability(bins: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.97, 1.0001)) -> list[dict]:
-    """How often options met the SLA on silicon, per bin of the probability the bands gave them."""
-    p = np.array([x for x, _ in RELIABILITY])
-    met = np.array([y for _, y in RELIABILITY], dtype=float)
+def dependence() -> dict:
+    """How much TTFT and TPOT of one option move together: in the posterior draws and in the actual errors."""
+    from scipy.stats import spearmanr
+
+    d = np.array(DEPENDENCE)
+    q = np.quantile(d[:, 0], [0.1, 0.5, 0.9])
+    return {"options": len(d), "posterior_corr_p10_median_p90": [float(x) for x in q],
+            "error_corr_pearson": float(np.corrcoef(d[:, 1], d[:, 2])[0, 1]),
+            "error_corr_spearman": float(spearmanr(d[:, 1], d[:, 2]).statistic)}  # fmt: skip
+
+
+def by_certification(
+    results: list[dict], rules: tuple[str, ...] = ("k3-conf0.8", "k3-conf0.9", "k3-conf0.9/ev")
+) -> list[dict]:
+    """Each probability rule's certified and fallback decisions apart, and the point rule on the same ones."""
+    key = ("family", "split", "isl", "osl", "sla_ttft_ms", "sla_tpot_ms")
+    point = {tuple(r[k] for k in key): r for r in results if r["rule"] == "k3-point"}
+    out = []
+    for rule in rules:
+        for cert in (True, False):
+            rs = [r for r in results if r["rule"] == rule and r["certified"] is cert]
+            if not rs:
+                continue
+            pt = [point[tuple(r[k] for k in key)] for r in rs]
+            out.append({"rule": rule, "certified": cert, "decisions": len(rs),
+                        "miss_rate": float(np.mean([not r["meets_on_silicon"] for r in rs])),
+                        "mean_regret": float(np.mean([r["regret"] for r in rs])),
+                        "point_miss_rate": float(np.mean([not r["meets_on_silicon"] for r in pt])),
+                        "point_mean_regret": float(np.mean([r["regret"] for r in pt]))})  # fmt: skip
+    return out
+
+
+def reliability(
+    pairs: list[tuple[float, bool]], bins: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.97, 1.0001)
+) -> list[dict]:
+    """How often options met the SLA on silicon, per bin of the probability the calibration gave them."""
+    p = np.array([x for x, _ in pairs])
+    met = np.array([y for _, y in pairs], dtype=float)
     out = []
     for lo, hi in itertools.pairwise(bins):
         m = (p >= lo) & (p < hi)
@@ -273,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     groups = {(r["family"], r["isl"], r["osl"]) for r in results}
     summary = {"decision_groups": len(groups), "families": len({r["family"] for r in results}),
                "decisions_per_rule": table[0]["decisions"], "splits": args.splits, "min_rows": args.min_rows,
-               "max_families": args.max_families, "sla_quantiles": SLA_QUANTILES, "table": table, "reliability": reliability(),
+               "max_families": args.max_families, "sla_quantiles": SLA_QUANTILES, "table": table, "reliability": reliability(RELIABILITY),
+               "reliability_product": reliability(RELIABILITY_PRODUCT), "dependence": dependence(),
+               "by_certification": by_certification(results),
                "seconds": {"aic_terms": round(t1 - t0, 1), "decisions": round(time.time() - t1, 1)},
                "command": "python benchmarks/decision_regret.py " + " ".join(argv or sys.argv[1:])}  # fmt: skip
     Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
@@ -281,13 +353,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(groups)} decision groups (model/system/backend/quant x ISL/OSL) in {summary['families']} families, "
           f"{args.splits} splits, {table[0]['decisions']} decisions per rule")  # fmt: skip
     print_table(table)
-    print("\nreliability of P(meets SLA) from the k = 3 bands, every option x SLA:")
-    print("| P from the bands | options | mean P | met on silicon |")
-    print("|---|---|---|---|")
-    for b in summary["reliability"]:
-        print(
-            f"| {b['p_low']:.2f}-{b['p_high']:.2f} | {b['options']} | {b['mean_p']:.2f} | {b['met_on_silicon']:.2f} |"
-        )
+    for key, what in (("reliability", "joint draws"), ("reliability_product", "product of the bands' P")):
+        print(f"\nreliability of P(meets SLA) at k = 3 ({what}), every option x SLA:")
+        print("| P | options | mean P | met on silicon |")
+        print("|---|---|---|---|")
+        for b in summary[key]:
+            print(f"| {b['p_low']:.2f}-{b['p_high']:.2f} | {b['options']} | {b['mean_p']:.2f} | "
+                  f"{b['met_on_silicon']:.2f} |")  # fmt: skip
+    print("\ncertified and fallback decisions apart, with the point rule on the same decisions:")
+    print("| rule | picks | decisions | SLA missed | mean regret | k3-point missed | k3-point mean regret |")
+    print("|---|---|---|---|---|---|---|")
+    for b in summary["by_certification"]:
+        print(f"| {b['rule']} | {'certified' if b['certified'] else 'fallback'} | {b['decisions']} | "
+              f"{b['miss_rate']:.1%} | {b['mean_regret']:.1%} | {b['point_miss_rate']:.1%} | {b['point_mean_regret']:.1%} |")  # fmt: skip
+    dep = summary["dependence"]
+    p10, med, p90 = dep["posterior_corr_p10_median_p90"]
+    print(f"\nTTFT and TPOT of one option ({dep['options']} options x splits): posterior corr of the logs "
+          f"median {med:.3f} (10-90 %: {p10:.3f} to {p90:.3f}); actual log errors: Pearson "
+          f"{dep['error_corr_pearson']:.3f}, Spearman {dep['error_corr_spearman']:.3f}")  # fmt: skip
     print(
         f"AIC terms {t1 - t0:.0f} s, decisions {time.time() - t1:.0f} s; wrote {args.summary} and {out / 'picks.csv'}"
     )

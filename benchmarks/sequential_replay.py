@@ -3,7 +3,10 @@
 Data: the H100 GPU-runner records of models/measurements/ (Llama-3.1-8B shape, TP1 and TP2, 63 points).
 For each SLA and level: run ``validate --until-confident LEVEL`` with the replay runner (it can measure
 only recorded points), and compare its recommendation and point count with (a) the one-shot plan of
-``--budget`` points and (b) the recommendation calibrated on every record ("all the data").
+``--budget`` points (``validate/plan.py``), each mapped to the nearest recorded point of its engine as the
+loop maps its first points, calibrated on those points only, and (b) the recommendation calibrated on
+every record ("all the data"). (``validate --runner replay`` without the loop plans only exact recorded
+points, none here, and calibrates on every record: that would be "all the data" again.)
 
     python benchmarks/sequential_replay.py [--budget 8] [--max-budget 16]
 
@@ -27,6 +30,8 @@ from estimator.pipeline import estimate
 from estimator.sources import Stack, make_source
 from estimator.spec import load_spec
 from validate.calibrate import calibrate
+from validate.next_probe import candidate_probes, nearest
+from validate.plan import plan_probes
 from validate.runners.replay import ReplayRunner
 from validate.workflow import run_validation
 
@@ -37,7 +42,7 @@ FILES = [
 ]
 STUDY = {"model": "meta-llama/Llama-3.1-8B", "system": "h100_sxm", "gpus": "1,2", "isl": 3000, "osl": 150}
 SLAS = ({"ttft": 200, "itl": 12}, {"ttft": 200, "itl": 20}, {"ttft": 100, "itl": 15})
-LEVELS = (0.8, 0.9)
+LEVELS = (0.8, 0.9, 0.95)
 
 
 def engines(sel) -> tuple[str, str]:
@@ -49,18 +54,38 @@ def all_data(spec) -> tuple[str, str]:
     return engines(estimate(spec, calibrate(base, ReplayRunner.from_paths(FILES).records)).selection)
 
 
+def one_shot(spec, budget: int) -> dict:
+    """The one-shot plan of ``budget`` points on the nearest recorded points, calibrated on those alone."""
+    base = make_source("aic", Stack.from_spec(spec))
+    raw = estimate(spec, base)
+    runner = ReplayRunner.from_paths(FILES)
+    pool = candidate_probes(raw, runner)
+    chosen: list = []
+    for p in plan_probes(raw, budget=budget):
+        q = nearest([x for x in pool if x.key not in {c.key for c in chosen}], p)
+        if q is not None:
+            chosen.append(q)
+    measured = [runner.measure(q) for q in chosen]
+    sel = estimate(spec, calibrate(base, measured)).selection
+    return {"recommendation": engines(sel), "points": len(measured)}
+
+
 def one_run(sla: dict, validate: dict, out: Path) -> dict:
     spec = load_spec(**STUDY, **sla, plots=False, cache=False, output_dir=str(out),
                      validate={"runner": "replay", "measurements": FILES, **validate})  # fmt: skip
     t0 = time.perf_counter()
     profile, result = run_validation(spec)
     seq = result.result.sequential
+    measured = result.result.run.measurements
     return {
         "recommendation": engines(profile.selection),
-        "points": len(result.result.run.measurements),
+        "points": len(measured),
         "confidence": seq.decision.confidence if seq and seq.decision else None,
         "stopped_because": seq.stopped_because if seq else "one-shot plan",
-        "steps": [(s.points_measured, s.confidence_after) for s in seq.steps] if seq else [],
+        "steps": [(s.points_measured, s.confidence_after, f"{s.prefill}/{s.decode}") for s in seq.steps]
+        if seq else [],
+        "p_prefill": seq.decision.p_prefill if seq and seq.decision else None,
+        "p_decode": seq.decision.p_decode if seq and seq.decision else None,
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
@@ -79,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, sla in enumerate(SLAS):
             spec = load_spec(**STUDY, **sla)
             want = all_data(spec)
-            oneshot = one_run(sla, {"budget": args.budget}, Path(tmp) / f"one{i}")
+            oneshot = one_shot(spec, args.budget)
             for level in LEVELS:
                 r = one_run(
                     sla, {"budget": args.max_budget, "until_confident": level}, Path(tmp) / f"seq{i}_{level}"
@@ -87,18 +112,18 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(
                     {"sla": sla, "level": level, "all_data": want, "one_shot": oneshot, "sequential": r}
                 )
-    print(f"| TTFT / ITL (ms) | level | all data | one-shot ({args.budget} pts) | until confident | points "
-          f"| confidence | stopped |")  # fmt: skip
+    print(f"| TTFT / ITL (ms) | level | all data | one-shot ({rows[0]['one_shot']['points']} pts) | until confident | points "
+          f"| confidence (prefill, decode) | stopped |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         s, o = r["sequential"], r["one_shot"]
-        conf = "-" if s["confidence"] is None else f"{s['confidence']:.0%}"
+        conf = "-" if s["confidence"] is None else f"{s['confidence']:.0%} ({s['p_prefill']:.0%}, {s['p_decode']:.0%})"
         print(f"| {r['sla']['ttft']} / {r['sla']['itl']} | {r['level']:.0%} | {'/'.join(r['all_data'])} | "
               f"{'/'.join(o['recommendation'])} | {'/'.join(s['recommendation'])} | {s['points']} | {conf} "
               f"| {s['stopped_because']} |")  # fmt: skip
-    print("\nconfidence after each point (points measured: confidence):")
+    print("\nconfidence after each point (points measured: confidence, recommendation):")
     for r in rows:
-        steps = ", ".join(f"{n}: {'-' if c is None else f'{c:.0%}'}" for n, c in r["sequential"]["steps"])
+        steps = ", ".join(f"{n}: {'-' if c is None else f'{c:.0%}'} {e}" for n, c, e in r["sequential"]["steps"])
         print(f"  TTFT {r['sla']['ttft']} / ITL {r['sla']['itl']}, level {r['level']:.0%}: {steps}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     doc = {"command": "python benchmarks/sequential_replay.py " + " ".join(argv or sys.argv[1:]),

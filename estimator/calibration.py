@@ -14,7 +14,9 @@ model/system/backend, per-engine offsets shrunk toward 0, and mild slopes. Aggre
 (``Parameters``), their Laplace covariance, the model-discrepancy noise per kind and the measurement
 noise seen in the repetitions, and optionally a residual field over agg inputs. It predicts a point and
 a band for any observation; an engine that was never measured uses the shared part only and gets the
-engine offset's prior variance on top. Files are JSON data.
+engine offset's prior variance on top. ``Correction.sample`` draws several observations jointly from the
+same posterior (a shared phase scale moves them together), for decisions that compare engines.
+Files are JSON data.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
+from scipy.special import ndtr, stdtrit
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
@@ -43,6 +46,7 @@ from .sources.residual_gp import ResidualField
 FORMAT_VERSION = 2
 KINDS = ("ttft", "tpot")  # TTFT (prefill / agg TTFT) and per-token decode time (decode ITL / agg TPOT)
 BAND_LEVEL = 0.9
+_MAX_LOG_RATIO = 50.0  # a draw beyond e^50 x the point (Student-t tails with few dof) is clipped there
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +266,64 @@ class Correction:
             out[:, j] = (np.log([predict_ms(o, p) for o in observations]) - base) / eps
         return out
 
+    # ---- joint draws (decisions that compare engines or combine targets) ---------------------------
+    def sample(self, observations: Sequence[Observation], n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` joint draws (rows) of each observation's value in ms (columns), from the posterior.
+
+        Every column's distribution is exactly that observation's ``Predictive`` (its band's ends are the
+        draws' 5 %/95 % points); the dependence between columns comes from a Gaussian sum of
+        - a parameter vector from the Laplace posterior N(mean, cov), through the linearisation the bands
+          use (d log prediction / d parameter): the shared phase scales move every engine, and the TTFT
+          and TPOT of one deployment, together;
+        - an engine never measured: its offsets from their prior, one draw per engine;
+        - the discrepancy noise of the kind (or the residual field's sd on agg inputs): one standard
+          normal per (engine, kind), shared by that engine's observations of that kind (the model's
+          misfit moves one engine's curve), independent between engines and kinds;
+        standardised and taken to each observation's Student-t (a Gaussian copula).
+        """
+        if not observations:
+            return np.empty((n, 0))
+        pred = self.predictive(observations)
+        grads = self._log_grads(observations)
+        x = _gaussian(rng, self.cov, n) @ grads.T
+        var = np.einsum("ij,jk,ik->i", grads, self.cov, grads)
+        unmeasured: dict[str, list[int]] = {}
+        discrepancy: dict[tuple[str, str], list[int]] = {}
+        for i, obs in enumerate(observations):
+            if obs.engine not in self.mean.engines:
+                unmeasured.setdefault(obs.engine, []).append(i)
+            discrepancy.setdefault((obs.engine, obs.kind), []).append(i)
+        prior_sd = np.array([self.engine_prior_sd.get(name, 0.0) for name in ENGINE_NAMES])
+        for idx in unmeasured.values():
+            g_off = np.array([self._offset_grad(observations[i]) for i in idx]) * prior_sd[None, :]
+            x[:, idx] += rng.standard_normal((n, len(ENGINE_NAMES))) @ g_off.T
+            var[idx] += np.sum(g_off**2, axis=1)
+        for idx in discrepancy.values():
+            sd = np.array([self._noise_sd(observations[i]) for i in idx])
+            x[:, idx] += rng.standard_normal((n, 1)) * sd[None, :]
+            var[idx] += sd**2
+        log_sd = np.array([p.log_sd for p in pred])
+        dof = np.array([p.dof for p in pred])
+        z = x / np.sqrt(np.where(var > 0, var, 1.0))[None, :]
+        q = np.clip(ndtr(z), 1e-15, 1 - 1e-15)
+        t = np.where(dof[None, :] > 0, stdtrit(np.where(dof > 0, dof, 1.0)[None, :], q), z)
+        log_ratio = np.clip(log_sd[None, :] * t, -_MAX_LOG_RATIO, _MAX_LOG_RATIO)  # dof 1-2: heavy tails
+        return np.array([p.point_ms for p in pred])[None, :] * np.exp(log_ratio)
+
+    def _noise_sd(self, obs: Observation) -> float:
+        """The non-parametric part of the log sd: the residual field's where it applies, else the noise."""
+        field_ = self._field(obs)
+        return math.sqrt(max(field_[1], 0.0)) if field_ is not None else self.noise.sd(obs.kind)
+
+    def _offset_grad(self, obs: Observation, eps: float = 1e-4) -> np.ndarray:
+        """d log(prediction) / d offset (``ENGINE_NAMES``) of an engine that has no fitted offsets."""
+        base = math.log(predict_ms(obs, self.mean))
+        out = np.empty(len(ENGINE_NAMES))
+        for j, name in enumerate(ENGINE_NAMES):
+            p = Parameters(self.mean.shared, {**self.mean.engines, obs.engine: EngineOffsets(**{name: eps})})
+            out[j] = (math.log(predict_ms(obs, p)) - base) / eps
+        return out
+
     # ---- persistence (JSON data) ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -296,6 +358,12 @@ class Correction:
                        dict(d.get("meta", {})), field_)  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"calibration file is malformed: {type(exc).__name__}: {exc}") from exc
+
+
+def _gaussian(rng: np.random.Generator, cov: np.ndarray, n: int) -> np.ndarray:
+    """``n`` draws (rows) of N(0, cov); a singular or slightly indefinite cov (rounding) is clipped to PSD."""
+    w, v = np.linalg.eigh(0.5 * (cov + cov.T))
+    return rng.standard_normal((n, len(w))) @ (v * np.sqrt(np.clip(w, 0.0, None))).T
 
 
 def identity() -> Correction:

@@ -12,19 +12,26 @@ works for any source (raw AIC: certain; regression: the prior's width; calibrati
 and keeps working when the way bands are computed changes. A zero-width band gives 1 when the value
 is within the target and 0 otherwise, i.e. the point-estimate rule.
 
-Several targets (TTFT and ITL) are combined as independent: ``P(all) = prod P(each)``. Errors of
-one deployment's TTFT and ITL tend to move together (positively correlated), and then the product
-is a lower bound of the joint probability: the rule stays on the safe side.
+Several targets (TTFT and ITL) are combined by ``prob_all_within``: from the source's joint draws
+(``PerfSource.latency_draws``) when the source knows how its errors move together
+(``draws_are_joint``, a calibration: one scale per phase shared by the engines, TTFT and TPOT of one
+deployment drawn from the same parameter vector), else as independent, ``P(all) = prod P(each)``
+(``prob_all``). With positively correlated errors the product is a lower bound of the joint probability.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.special import ndtr
 
+if TYPE_CHECKING:
+    from .sources.base import LatencyQuery, PerfSource
+
+NUM_DRAWS = 4000  # joint draws behind a probability: sampling sd <= 0.8 percentage points
 BAND_Z = 1.6448536269514722  # a 90 % two-sided band ends at the 5 % and 95 % points: z = Phi^-1(0.95)
 _CERTAIN_REL = 1e-9  # relative band width below which a band counts as zero width
 
@@ -69,9 +76,48 @@ def quantile(q: float, low: Any, high: Any) -> np.ndarray:
 
 
 def draw(low: Any, high: Any, z: Any) -> np.ndarray:
-    """Latencies for standard-normal draws ``z`` (broadcast against the bands): exp(mu + sigma z)."""
+    """Latencies for standard-normal draws ``z`` (broadcast against the bands): exp(mu + sigma z); a
+    zero-width band gives its value exactly."""
     mu, sigma = lognormal_from_band(low, high)
-    return np.exp(mu + sigma * np.asarray(z, dtype=float))
+    z = np.asarray(z, dtype=float)
+    return np.where(sigma > 0, np.exp(mu + sigma * z), np.asarray(low, dtype=float) + 0.0 * z)
 
 
-__all__ = ["BAND_Z", "draw", "lognormal_from_band", "prob_all", "prob_within", "quantile"]
+def band_draws(
+    low: Any, high: Any, groups: Sequence[Hashable], n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """(n, len(groups)) draws from each band's lognormal, one standard-normal quantile per distinct group
+    (shared by the columns of that group, independent between groups): the draws of a source that knows
+    nothing beyond its bands (``PerfSource.latency_draws``)."""
+    index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    z = rng.standard_normal((n, len(index)))
+    cols = np.array([index[g] for g in groups], dtype=int)
+    return draw(np.asarray(low, float)[None, :], np.asarray(high, float)[None, :], z[:, cols])
+
+
+def prob_all_met(draws: np.ndarray, targets_ms: Any) -> float:
+    """Share of the joint draws (rows) in which every column is within its target."""
+    d = np.asarray(draws, dtype=float)
+    t = np.asarray(targets_ms, dtype=float) * (1 + 1e-12)
+    return float(np.mean(np.all(d <= t[None, :], axis=1)))
+
+
+def prob_all_within(
+    source: PerfSource, queries: Sequence[LatencyQuery], targets_ms: Sequence[float], *,
+    n: int = NUM_DRAWS, seed: int = 0,
+) -> float:  # fmt: skip
+    """P(every query's latency is within its target): from joint draws when the source has them
+    (``draws_are_joint``), else the product of the marginal probabilities from the bands (exact)."""
+    if len(queries) != len(targets_ms):
+        raise ValueError("one target per query")
+    if source.draws_are_joint:
+        return prob_all_met(source.latency_draws(queries, n, np.random.default_rng(seed)), targets_ms)
+    lows, highs = source.query_bands(queries)
+    marginals = (prob_within(t, lo, hi) for t, lo, hi in zip(targets_ms, lows, highs, strict=True))
+    return float(prob_all(*marginals))
+
+
+__all__ = [
+    "BAND_Z", "NUM_DRAWS", "band_draws", "draw", "lognormal_from_band", "prob_all", "prob_all_met",
+    "prob_all_within", "prob_within", "quantile",
+]  # fmt: skip

@@ -131,6 +131,7 @@ def estimate(spec: Spec, source: PerfSource | None = None) -> Profile:
         request_rate=spec.request_rate,
         confidence=spec.confidence,
         modes=fleet_modes(spec),
+        source=source,
     )
     deployment = selection.sizing.deployment if selection.sizing is not None else None
     prefill_engine, best_d = surface_engines(selection, deployment)

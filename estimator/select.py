@@ -15,6 +15,7 @@ import numpy as np
 
 from .candidates import Candidate
 from .deployment import Deployment, WorkerRole
+from .sources.base import LatencyQuery, PerfSource
 from .surfaces import DecodeSweep, PrefillPoint
 
 
@@ -117,6 +118,9 @@ class Selection:
     bounds: PlannerBounds
     sizing: Sizing | None
     warnings: tuple[str, ...]
+    # P(the prefill pick meets TTFT and the decode pick meets ITL): from the source's joint draws where it
+    # has them, else the product of the two (``confidence.prob_all_within``); None: no source was given
+    p_meets_sla: float | None = None
 
     @property
     def best_prefill(self) -> PrefillChoice:
@@ -270,9 +274,11 @@ def select(
     request_rate: float | None = None,
     confidence: float | None = None,
     modes: tuple[str, ...] = ("agg", "disagg"),
+    source: PerfSource | None = None,
 ) -> Selection:
     """``confidence`` (0-1): meeting a target means its probability is at least that (``rank_*_confident``).
-    ``modes``: the serving modes a sized fleet may use (the planner's ``mode`` when the user fixes it)."""
+    ``modes``: the serving modes a sized fleet may use (the planner's ``mode`` when the user fixes it).
+    ``source``: the source the points come from, for P(both picks meet their targets) (``p_meets_sla``)."""
     if not prefill_points or not decode_sweeps:
         raise ValueError("no candidate could be estimated for prefill and decode")
     if confidence is None:
@@ -303,4 +309,12 @@ def select(
             sizing = size_replicas(request_rate, isl, osl, prefill[0], decode[0])
             warnings.append(f"no fleet meets the SLA at {request_rate:g} requests/s with queueing; "
                             f"sized the selected engines for throughput only: {sizing.describe()}")  # fmt: skip
-    return Selection(prefill, decode, bounds, sizing, tuple(warnings))
+    p_all = None
+    if source is not None:
+        from .confidence import prob_all_within
+
+        pick_p, pick_d = prefill[0], decode[0]
+        queries = [LatencyQuery.ttft(pick_p.candidate, pick_p.point.isl),
+                   LatencyQuery.itl(pick_d.candidate, pick_d.concurrency, pick_d.context_tokens)]  # fmt: skip
+        p_all = prob_all_within(source, queries, [ttft_target_ms, itl_target_ms])
+    return Selection(prefill, decode, bounds, sizing, tuple(warnings), p_all)

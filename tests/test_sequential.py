@@ -181,3 +181,20 @@ def test_generated_pool_keeps_what_the_runner_can_measure():
     everything = candidate_probes(profile, object())  # a runner that does not say: every engine
     assert {p.candidate for p in everything} == {TP[1], TP[2]}
     assert {p.isl for p in everything if p.kind is ProbeKind.PREFILL} == {750, 3000, 6000}
+
+
+def test_until_confident_at_the_default_level_stops_before_the_one_shot_budget(tmp_path):
+    # issue 11's target: at 0.9 the loop reaches the all-data recommendation with fewer points than the
+    # one-shot plan's budget (8); the joint draws of the calibration (one phase scale shared by the engines)
+    # make this possible, the independent reading of the bands never got past 89 % within 16 points
+    from validate.runners.replay import ReplayRunner
+    from validate.sequential import run_until_confident
+
+    spec = load_spec(**STUDY, cache=False)
+    profile = estimate(spec)
+    base = make_source("aic", profile.stack)
+    res = run_until_confident(profile, base, ReplayRunner.from_paths(FILES), MeasurementStore(tmp_path / "m.jsonl"),
+                              level=0.9, budget=16, calibrate_fn=calibrate, progress=False)  # fmt: skip
+    assert res.stopped_because.startswith("confidence")
+    assert res.decision.confidence >= 0.9 and len(res.run.measurements) < 8
+    assert res.decision.engines == _all_data_recommendation(spec)

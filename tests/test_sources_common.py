@@ -173,3 +173,23 @@ def test_kv_capacity_of_an_unsupported_configuration(make):
     else:
         kv = src.kv_capacity_tokens(cand)
         assert isinstance(kv, int) and kv >= 0
+
+
+def test_draws_match_the_band(make):
+    # the joint draws of the contract: one column per query, whose 5 %/95 % points are the query's band
+    from estimator.sources.base import LatencyQuery
+
+    for src, cands in _each(make):
+        c = cands[0]
+        queries = [LatencyQuery.ttft(c, 3000), LatencyQuery.ttft(cands[-1], 1000), LatencyQuery.itl(c, 8, 3075),
+                   LatencyQuery.itl(c, 64, 3075)]  # fmt: skip
+        d = src.latency_draws(queries, 20000, np.random.default_rng(1))
+        assert d.shape == (20000, 4) and np.all(np.isfinite(d)) and np.all(d > 0)
+        lo, hi = src.query_bands(queries)
+        width = np.log(hi / lo)
+        q05, q95 = np.quantile(d, [0.05, 0.95], axis=0)
+        if np.all(width == 0):
+            assert np.array_equal(d, np.broadcast_to(lo, d.shape)), f"{src.name}: zero-width band, varying draws"
+        else:
+            assert np.all(np.abs(np.log(q05 / lo)) <= 0.08 * width + 1e-12), f"{src.name}: 5 % point {q05} vs {lo}"
+            assert np.all(np.abs(np.log(q95 / hi)) <= 0.08 * width + 1e-12), f"{src.name}: 95 % point {q95} vs {hi}"

@@ -5,15 +5,15 @@ repeat: recalibrate on everything measured, re-rank with bands, estimate the pro
 recommendation is right, and measure the probe that can change the decision most, until that
 probability reaches the level or the budget is spent.
 
-*Probability that the recommendation is right* (``decision_confidence``), from the bands alone (any
-source, see ``estimator/confidence.py``): draw every engine's latency from its band's lognormal (one
-draw per engine and phase, shared over its operating points, independent between engines); in each
-draw apply Dynamo's rule to the drawn values. Prefill is right when the recommended engine meets the
-TTFT target and has the highest tokens/s/GPU of those that do; decode when the recommended engine has
-the highest tokens/s/GPU at its best concurrency within the ITL target (only the engine is kept, as in
-Dynamo; the concurrency is a planner setting). Confidence = P(prefill right) × P(decode right).
-Independent engines overstate the doubt when errors are shared (a common scale moves all engines
-alike), so the loop stops late rather than early.
+*Probability that the recommendation is right* (``decision_confidence``), by sampling the source's
+posterior jointly (``PerfSource.latency_draws``: for a calibration one parameter vector per draw, so a
+shared phase scale moves every engine alike; for a source that knows only its bands, one quantile per
+engine and phase, independent between engines): the TTFT of every engine at the workload ISL and the ITL
+of every engine over its sweep, in one draw; in each draw apply Dynamo's rule to the drawn values.
+Prefill is right when the recommended engine meets the TTFT target and has the highest tokens/s/GPU of
+those that do; decode when the recommended engine has the highest tokens/s/GPU at its best concurrency
+within the ITL target (only the engine is kept, as in Dynamo; the concurrency is a planner setting).
+Confidence = P(prefill right and decode right), over the same draws.
 
 *Next probe*: the measurable point whose band is widest where the decision is contested, near the
 contested engine's operating point (``validate/next_probe.py``).
@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from estimator.confidence import draw
+from estimator.confidence import NUM_DRAWS, band_draws
 from estimator.errors import CalibrationError
 from estimator.measurements import Measurement, MeasurementStore, Probe
 from estimator.select import Selection, select
-from estimator.sources.base import PerfSource
+from estimator.sources.base import LatencyQuery, PerfSource
 from estimator.surfaces import DecodeSweep, PrefillPoint, decode_sweep, prefill_point
 
 from .next_probe import candidate_probes, nearest, probe_scores
@@ -43,7 +43,6 @@ from .plan import plan_probes
 from .run import RunResult, run_plan
 
 log = logging.getLogger(__name__)
-NUM_DRAWS = 4000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +53,11 @@ class Decision:
     p_prefill: float  # P(recommended prefill engine meets TTFT and is the best that does)
     p_decode: float  # P(recommended decode engine is the best within ITL)
     p_best: dict[str, dict[str, float]]  # phase -> engine name -> P(it is the best of its phase)
+    p_both: float | None = None  # P(both right) over the same joint draws; None: taken as independent
 
     @property
     def confidence(self) -> float:
-        return self.p_prefill * self.p_decode
+        return self.p_prefill * self.p_decode if self.p_both is None else self.p_both
 
     @property
     def engines(self) -> tuple[str, str]:
@@ -144,37 +144,47 @@ def rank(source: PerfSource, profile: Any) -> tuple[list[PrefillPoint], list[Dec
 
 def decision_confidence(
     points: list[PrefillPoint], sweeps: list[DecodeSweep], sel: Selection, ttft_target_ms: float,
-    itl_target_ms: float, *, draws: int = NUM_DRAWS, seed: int = 0,
+    itl_target_ms: float, *, source: PerfSource | None = None, draws: int = NUM_DRAWS, seed: int = 0,
 ) -> Decision:  # fmt: skip
-    """P(the recommendation is right) by sampling each engine's band (see the module docstring)."""
+    """P(the recommendation is right) by sampling ``source`` jointly (see the module docstring); without a
+    source, from the points' and sweeps' bands (one quantile per engine and phase, independent engines)."""
     rng = np.random.default_rng(seed)
-    # prefill: one TTFT draw per engine; thpt scales as 1 / TTFT
-    lo = np.array([p.ttft_low_ms for p in points])
-    hi = np.array([p.ttft_high_ms for p in points])
-    ttft = draw(lo, hi, rng.standard_normal((draws, len(points))))
+    queries = [LatencyQuery.ttft(p.candidate, p.isl) for p in points]
+    queries += [
+        LatencyQuery.itl(s.candidate, float(c), float(s.context_tokens)) for s in sweeps for c in s.concurrency
+    ]
+    if source is not None:
+        drawn = source.latency_draws(queries, draws, rng)
+    else:
+        lows = np.concatenate([[p.ttft_low_ms for p in points], *(s.itl_low_ms for s in sweeps)])
+        highs = np.concatenate([[p.ttft_high_ms for p in points], *(s.itl_high_ms for s in sweeps)])
+        drawn = band_draws(lows, highs, [(q.candidate.name, q.kind) for q in queries], draws, rng)
+    # prefill: thpt scales as 1 / TTFT
+    ttft = drawn[:, : len(points)]
     thpt = np.array([p.thpt_per_gpu * p.ttft_ms for p in points]) / ttft
     thpt = np.where(ttft <= ttft_target_ms, thpt, -np.inf)
     best_p = np.where(np.isfinite(thpt.max(axis=1)), np.argmax(thpt, axis=1), -1)
     rec_p = [p.candidate for p in points].index(sel.best_prefill.candidate)
-    p_names = [p.candidate.name for p in points]
-    # decode: one quantile draw per engine, shared over its concurrencies
-    z = rng.standard_normal((draws, len(sweeps)))
+    # decode: each engine's best concurrency within the ITL target in each draw
     best_thpt = np.empty((draws, len(sweeps)))
+    col = len(points)
     for j, s in enumerate(sweeps):
-        itl = draw(s.itl_low_ms[None, :], s.itl_high_ms[None, :], z[:, j : j + 1])
+        itl = drawn[:, col : col + s.concurrency.size]
+        col += s.concurrency.size
         t = np.where(
             itl <= itl_target_ms, s.concurrency[None, :] * 1000.0 / itl / s.candidate.num_gpus, -np.inf
         )
         best_thpt[:, j] = t.max(axis=1)
     best_d = np.where(np.isfinite(best_thpt.max(axis=1)), np.argmax(best_thpt, axis=1), -1)
     rec_d = [s.candidate for s in sweeps].index(sel.best_decode.candidate)
-    d_names = [s.candidate.name for s in sweeps]
+    right_p, right_d = best_p == rec_p, best_d == rec_d
     return Decision(
         sel,
-        float(np.mean(best_p == rec_p)),
-        float(np.mean(best_d == rec_d)),
-        {"prefill": {n: float(np.mean(best_p == i)) for i, n in enumerate(p_names)},
-         "decode": {n: float(np.mean(best_d == i)) for i, n in enumerate(d_names)}},
+        float(np.mean(right_p)),
+        float(np.mean(right_d)),
+        {"prefill": {p.candidate.name: float(np.mean(best_p == i)) for i, p in enumerate(points)},
+         "decode": {s.candidate.name: float(np.mean(best_d == i)) for i, s in enumerate(sweeps)}},
+        float(np.mean(right_p & right_d)),
     )  # fmt: skip
 
 
@@ -225,7 +235,7 @@ def run_until_confident(
                     res.source = calibrate_fn(base, res.run.measurements)
                     points, sweeps, sel = rank(res.source, profile)
                     res.decision = decision_confidence(
-                        points, sweeps, sel, spec.ttft_ms, spec.itl_ms, seed=spec.seed
+                        points, sweeps, sel, spec.ttft_ms, spec.itl_ms, source=res.source, seed=spec.seed
                     )
                     conf = res.decision.confidence
                 except CalibrationError as exc:

@@ -343,8 +343,10 @@ def sla_probability(profile: Any) -> dict[str, Any]:
     return {
         "rule": "point estimate" if spec.confidence is None else f"probability >= {spec.confidence:g}",
         "confidence": spec.confidence,
-        "band_model": "lognormal with the 90 % band as its 5 %/95 % points; targets independent",
-        "pick": prefill[0]["p_meets_ttft"] * decode[0]["p_meets_itl"],
+        "band_model": "lognormal with the 90 % band as its 5 %/95 % points; both picks together from the "
+                      "source's joint draws where it has them (a calibration), else independent",
+        "pick": sel.p_meets_sla if sel.p_meets_sla is not None
+        else prefill[0]["p_meets_ttft"] * decode[0]["p_meets_itl"],
         "prefill": prefill,
         "decode": decode,
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CalibrationError, SpecError
-from .base import PerfSource, Stack
+from .base import LatencyQuery, PerfSource, Stack
 
 SOURCE_NAMES = ("aic", "roofline")
 
@@ -39,4 +39,4 @@ def make_source(name: str, stack: Stack) -> PerfSource:
     raise SpecError("source", f"{name!r} is not one of {', '.join(SOURCE_NAMES)} nor a calibration file")
 
 
-__all__ = ["SOURCE_NAMES", "PerfSource", "Stack", "make_source"]
+__all__ = ["SOURCE_NAMES", "LatencyQuery", "PerfSource", "Stack", "make_source"]

@@ -12,6 +12,12 @@ and, for the same inputs, a 90 % band ``(low, high)`` of arrays of the same shap
 
 - ``prefill_ttft_band(candidate, isl)`` and ``decode_itl_band(candidate, batch, context)``.
 
+and joint draws of several latencies at once, ``latency_draws(queries, n, rng)`` (``LatencyQuery``: a TTFT or
+an ITL of one engine), for decisions that compare engines or combine targets. The default knows nothing
+beyond the bands: each engine and phase gets one lognormal quantile from its band, shared by its points,
+independent of every other engine and phase (``draws_are_joint`` False). A source that knows how its errors
+move together (a calibration: one scale per phase shared by the engines) overrides it and says so.
+
 Every source answers the bands through this one interface (surfaces, selection and capacity planning
 never ask which source they hold): a raw model (AIC, roofline) has zero width, a regression its
 prediction interval, a calibration its posterior. Unsupported engines raise ``DataNotAvailable``, never NaN.
@@ -21,7 +27,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -53,6 +60,26 @@ class Stack:
             gemm_quant=spec.gemm_quant,
             kvcache_quant=spec.kvcache_quant,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyQuery:
+    """One latency to draw: the TTFT of ``candidate`` at ``isl`` (``kind`` "ttft", batch 1), or one decode
+    step of ``batch`` requests at ``context`` tokens (``kind`` "itl")."""
+
+    kind: Literal["ttft", "itl"]
+    candidate: Candidate
+    isl: float = 1.0
+    batch: float = 1.0
+    context: float = 1.0
+
+    @classmethod
+    def ttft(cls, candidate: Candidate, isl: float) -> LatencyQuery:
+        return cls("ttft", candidate, isl=float(isl))
+
+    @classmethod
+    def itl(cls, candidate: Candidate, batch: float, context: float) -> LatencyQuery:
+        return cls("itl", candidate, batch=float(batch), context=float(context))
 
 
 def as_positive_array(name: str, values: Any) -> np.ndarray:
@@ -99,6 +126,39 @@ class PerfSource(ABC):
         """(low, high) 90 % ITL band in ms per (batch, context). A source that knows its uncertainty overrides this."""
         v = self.decode_itl_ms(candidate, batch, context)
         return v, v
+
+    # ---- joint draws (part of the contract; this default: independent engines, see the module doc) ----
+    draws_are_joint: ClassVar[bool] = False  # True: latency_draws carries the dependence between queries
+
+    def latency_draws(self, queries: Sequence[LatencyQuery], n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` joint draws (rows) of every query's latency in ms (columns), shape (n, len(queries)).
+
+        Default: each query's band read as a lognormal (``estimator/confidence.py``); one standard-normal
+        quantile per (engine, kind), shared by that engine's queries of that kind, independent otherwise.
+        Zero-width bands give the point value in every draw.
+        """
+        from ..confidence import band_draws
+
+        lows, highs = self.query_bands(queries)
+        groups = [(q.candidate.name, q.kind) for q in queries]
+        return band_draws(lows, highs, groups, n, rng)
+
+    def query_bands(self, queries: Sequence[LatencyQuery]) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) 90 % band of each query, asked per (engine, kind) in one vectorised call."""
+        lows, highs = np.empty(len(queries)), np.empty(len(queries))
+        by_group: dict[tuple[Candidate, str], list[int]] = {}
+        for i, q in enumerate(queries):
+            by_group.setdefault((q.candidate, q.kind), []).append(i)
+        for (cand, kind), idx in by_group.items():
+            qs = [queries[i] for i in idx]
+            if kind == "ttft":
+                lo, hi = self.prefill_ttft_band(cand, [q.isl for q in qs])
+            elif kind == "itl":
+                lo, hi = self.decode_itl_band(cand, [q.batch for q in qs], [q.context for q in qs])
+            else:
+                raise SourceError(f"unknown latency kind {kind!r} (ttft or itl)")
+            lows[idx], highs[idx] = lo, hi
+        return lows, highs
 
     def provenance(self) -> dict[str, Any]:
         """Where the numbers come from (source name, versions, data)."""

@@ -3,29 +3,32 @@
 The correction itself (parameters, posterior, bands) is ``estimator/calibration.py``; this module
 only turns the ``PerfSource`` questions into ``Observation`` queries of it, so selection, plots and
 artifacts run on a calibrated source unchanged, with the correction's posterior as the band. Measured
-KV capacities replace the base source's estimate. A calibration file records the full stack (model,
-system, backend, version, quantisation) and the base source it was fitted on; loading it on another
-stack or another base source raises ``CalibrationError``.
+KV capacities replace the base source's estimate. Joint draws (``latency_draws``) come from the
+correction's posterior (``Correction.sample``): a shared phase scale moves every engine together.
+A calibration file records the full stack (model, system, backend, version, quantisation) and the base
+source it was fitted on; loading it on another stack or another base source raises ``CalibrationError``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..calibration import Band, Correction, Observation
 from ..candidates import Candidate
-from ..errors import CalibrationError
-from .base import PerfSource, Stack, as_positive_array
+from ..errors import CalibrationError, SourceError
+from .base import LatencyQuery, PerfSource, Stack, as_positive_array
 
 
 class CalibratedSource(PerfSource):
     """``base`` corrected by ``correction``; ``kv_tokens`` maps engine names to measured KV capacity."""
 
     name = "calibrated"
+    draws_are_joint: ClassVar[bool] = True
 
     def __init__(self, base: PerfSource, correction: Correction, kv_tokens: dict[str, int] | None = None):
         super().__init__(base.stack)
@@ -59,6 +62,24 @@ class CalibratedSource(PerfSource):
         self, candidate: Candidate, batch: Any, context: Any
     ) -> tuple[np.ndarray, np.ndarray]:
         return _low_high(self.correction.bands(self._decode(candidate, batch, context)))
+
+    def latency_draws(self, queries: Sequence[LatencyQuery], n: int, rng: np.random.Generator) -> np.ndarray:
+        """Joint draws from the correction's posterior (``Correction.sample``), shape (n, len(queries))."""
+        obs: list[Observation | None] = [None] * len(queries)
+        by_group: dict[tuple[Candidate, str], list[int]] = {}
+        for i, q in enumerate(queries):
+            by_group.setdefault((q.candidate, q.kind), []).append(i)
+        for (cand, kind), idx in by_group.items():
+            qs = [queries[i] for i in idx]
+            if kind == "ttft":
+                made = self._prefill(cand, [q.isl for q in qs])
+            elif kind == "itl":
+                made = self._decode(cand, [q.batch for q in qs], [q.context for q in qs])
+            else:
+                raise SourceError(f"unknown latency kind {kind!r} (ttft or itl)")
+            for i, o in zip(idx, made, strict=True):
+                obs[i] = o
+        return self.correction.sample([o for o in obs if o is not None], n, rng)
 
     def kv_capacity_tokens(self, candidate: Candidate) -> int:
         if candidate.name in self.kv_tokens:
