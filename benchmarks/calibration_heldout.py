@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from estimator.measurements import Measurement, MeasurementStore, ProbeKind
 from estimator.sources.aic import AicSource
 from estimator.sources.base import Stack
-from validate.calibrate import calibrate, observations_for
+from estimator.calibration_fit import learn_discrepancy
+from validate.calibrate import calibrate, collect_observations, default_prior, observations_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFILL_PICKS = (512, 8192)
@@ -86,8 +87,9 @@ def random_pick(ms: list[Measurement], rng: random.Random) -> list[Measurement]:
     return picks
 
 
-def score(base: AicSource, records: list[Measurement], train: list[Measurement]) -> list[dict]:
-    cal = calibrate(base, train)
+def score(base: AicSource, records: list[Measurement], train: list[Measurement], learned: dict | None) -> list[dict]:
+    prior = default_prior(base, train)
+    cal = calibrate(base, train, prior.with_discrepancy(learned) if learned else prior)
     keys = {m.probe.key for m in train}
     rows = []
     for m in records:
@@ -145,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--measurements", default=str(ROOT / "models" / "measurements"))
     ap.add_argument("--random-splits", type=int, default=0)
+    ap.add_argument("--noise", choices=("learned", "cv"), default="learned",
+                    help="discrepancy: learned from the other stacks (leave-stack-out) or cross-validated")
+    ap.add_argument("--max-dof", type=float, default=math.inf)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "calibration_heldout.json"))
     args = ap.parse_args(argv)
     stacks, dropped = load_records(Path(args.measurements))
@@ -156,13 +161,20 @@ def main(argv: list[str] | None = None) -> int:
         "| stack | split | phase | n | AIC median | held-out median | max | 90% band coverage | median half-width | half-width / median error | targets |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
+    bases = {stack: AicSource(stack) for stack in stacks}
+    families = {stack: (collect_observations(bases[stack], rs)[0], default_prior(bases[stack], rs))
+                for stack, rs in stacks.items()}  # fmt: skip
     for stack, records in sorted(stacks.items(), key=lambda kv: str(kv[0])):
-        base = AicSource(stack)
+        base = bases[stack]
+        learned = None
+        if args.noise == "learned":
+            learned = learn_discrepancy({str(s): f for s, f in families.items() if s != stack}, args.max_dof)
+            print(f"<!-- {stack.model} {stack.system}: discrepancy learned from the other stacks {learned} -->")
         train = fixed_pick(records)
-        splits = {"fixed": score(base, records, train)}
+        splits = {"fixed": score(base, records, train, learned)}
         for i in range(args.random_splits):
             rng = random.Random(f"{stack}|{i}")
-            splits.setdefault("random", []).extend(score(base, records, random_pick(records, rng)))
+            splits.setdefault("random", []).extend(score(base, records, random_pick(records, rng), learned))
         label = f"{stack.model.split('/')[-1]} {stack.system} {stack.backend} ({', '.join(sorted({m.probe.candidate.name for m in records}))})"
         entry = {"stack": stack.to_dict(), "train": [m.probe.to_dict() for m in train], "splits": {}}
         for name, rows in splits.items():
