@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from estimator.measurements import Measurement, MeasurementStore, ProbeKind
 from estimator.sources.aic import AicSource
 from estimator.sources.base import Stack
-from estimator.calibration_fit import learn_discrepancy
+from estimator.calibration_fit import learn_discrepancy, learn_phase_kernel, learn_phase_prior
 from validate.calibrate import calibrate, collect_observations, default_prior, observations_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,9 +88,9 @@ def random_pick(ms: list[Measurement], rng: random.Random) -> list[Measurement]:
     return picks
 
 
-def score(base: AicSource, records: list[Measurement], train: list[Measurement], learned: dict | None) -> list[dict]:
+def score(base: AicSource, records: list[Measurement], train: list[Measurement], learned) -> list[dict]:
     prior = default_prior(base, train)
-    cal = calibrate(base, train, prior.with_discrepancy(learned) if learned else prior)
+    cal = calibrate(base, train, learned(prior) if learned else prior)
     keys = {m.probe.key for m in train}
     rows = []
     for m in records:
@@ -147,9 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--measurements", default=str(ROOT / "models" / "measurements"))
     ap.add_argument("--random-splits", type=int, default=0)
-    ap.add_argument("--noise", choices=("learned", "cv"), default="learned",
+    ap.add_argument("--noise", choices=("field", "learned", "cv"), default="field",
                     help="discrepancy: learned from the other stacks (leave-stack-out) or cross-validated")
     ap.add_argument("--max-dof", type=float, default=math.inf)
+    ap.add_argument("--transfer", default="log_prefill_step",
+                    help="shared parameters whose prior is learned from the other stacks (comma-separated; '' none)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "calibration_heldout.json"))
     args = ap.parse_args(argv)
     stacks, dropped = load_records(Path(args.measurements))
@@ -167,9 +170,22 @@ def main(argv: list[str] | None = None) -> int:
     for stack, records in sorted(stacks.items(), key=lambda kv: str(kv[0])):
         base = bases[stack]
         learned = None
+        others = {str(s): f for s, f in families.items() if s != stack}
         if args.noise == "learned":
-            learned = learn_discrepancy({str(s): f for s, f in families.items() if s != stack}, args.max_dof)
-            print(f"<!-- {stack.model} {stack.system}: discrepancy learned from the other stacks {learned} -->")
+            disc = learn_discrepancy(others, args.max_dof)
+            print(f"<!-- {stack.model} {stack.system}: discrepancy learned from the other stacks {disc} -->")
+            learned = lambda p, d=disc: p.with_discrepancy(d)  # noqa: E731
+        elif args.noise == "field":
+            kern = learn_phase_kernel(others)
+            print(f"<!-- {stack.model} {stack.system}: discrepancy field learned from the other stacks {kern} -->")
+            ard = int(os.environ.get("ARD", "3"))
+            learned = lambda p, k=kern: dataclasses.replace(p, phase_kernel=k, ard_iterations=ard)  # noqa: E731
+        names = [n for n in args.transfer.split(",") if n]
+        if names:
+            shape = learn_phase_prior(others, names, float(os.environ.get("MINSD", "0.1")))
+            print(f"<!-- prior learned from the other stacks {shape} -->")
+            noise_only = learned
+            learned = lambda p, f=noise_only, sh=shape: (f(p) if f else p).updated(sh)  # noqa: E731
         train = fixed_pick(records)
         splits = {"fixed": score(base, records, train, learned)}
         for i in range(args.random_splits):

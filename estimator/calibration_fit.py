@@ -35,6 +35,7 @@ from .calibration import (
 )
 from .calibration_vector import VectorModel
 from .errors import CalibrationError
+from .phase_field import FieldPoint, KernelHyper, PhaseField, learn_kernel
 from .sources.residual_gp import ResidualField, ResidualPoint
 
 # Generic prior (mean, sd) of each shared parameter: raw estimates within a factor e, mild slopes, small overheads.
@@ -51,6 +52,7 @@ GENERIC_SHARED = {
     "beta_burst_osl": (0.0, 1.0),
     "beta_sync_osl": (0.0, 1.0),
     "alpha_ttft": (0.0, 0.3),
+    "log_prefill_step": (0.0, 1.5),
 }
 assert tuple(GENERIC_SHARED) == SHARED_NAMES
 
@@ -68,6 +70,9 @@ class Prior:
     ard: tuple[str, ...] = ("beta_isl", "beta_batch", "beta_context")  # prior sd re-estimated (ARD)
     ard_iterations: int = 3
     cv_folds: int = 8  # folds of the cross-validated noise estimate (0: evidence only, from the residuals)
+    # per kind: a discrepancy field learned from other deployments (``learn_phase_kernel``) and the points
+    # behind it; used instead of independent noise when every point is a prefill/decode probe
+    phase_kernel: Mapping[str, tuple[KernelHyper, float]] = field(default_factory=dict)
 
     def weight(self, kind: str) -> float:
         """Pseudo-points the prior's discrepancy guess of ``kind`` is worth."""
@@ -111,6 +116,8 @@ def fit(observations: Sequence[Observation], prior: Prior | None = None, meta: M
     if not good:
         raise CalibrationError("no usable measured points to calibrate on")
     pb = _Problem(good, prior)
+    if prior.phase_kernel and not any(o.is_agg for o in good) and all(o.kind in prior.phase_kernel for o in good):
+        return _fit_field(pb, prior, meta)
     kinds = [o.kind for o in good]
     idx = {k: np.array([i for i, kk in enumerate(kinds) if kk == k], int) for k in KINDS}
     present = [k for k in KINDS if idx[k].size]
@@ -156,6 +163,38 @@ def fit(observations: Sequence[Observation], prior: Prior | None = None, meta: M
 
 
 MIN_DISCREPANCY = 0.005  # log sd: below the spread of repeated runs on one GPU
+
+
+def _field_points(pb: _Problem, theta: np.ndarray) -> list[FieldPoint]:
+    r = pb.y - pb.log_pred(theta)
+    return [FieldPoint(o.engine, o.kind, o.isl, o.batch, o.context, float(ri), float(sd))
+            for o, ri, sd in zip(pb.obs, r, pb.meas_sd, strict=True)]  # fmt: skip
+
+
+def _fit_field(pb: _Problem, prior: Prior, meta: Mapping[str, Any] | None) -> Correction:
+    """Generalised least squares with the discrepancy field's covariance per (engine, kind), then kriging."""
+    hyper = {k: h for k, (h, _) in prior.phase_kernel.items()}
+    theta = pb.mu0.copy()
+    pts = _field_points(pb, theta)
+    whiten = np.zeros((len(pts), len(pts)))
+    probe = PhaseField(pts, np.zeros((len(pts), 1)), hyper)
+    for key in sorted({(p.engine, p.kind) for p in pts}):
+        idx = np.array([i for i, p in enumerate(pts) if (p.engine, p.kind) == key])
+        whiten[np.ix_(idx, idx)] = np.linalg.inv(np.linalg.cholesky(probe.covariance([pts[i] for i in idx])))
+    theta, cov = pb.map_whitened(whiten, theta)
+    for _ in range(prior.ard_iterations):
+        pb.relevance(theta, cov, prior)
+        theta, cov = pb.map_whitened(whiten, theta)
+    kinds = sorted({o.kind for o in pb.obs})
+    noise = Noise(
+        discrepancy={k: math.hypot(hyper[k].amplitude, hyper[k].white) for k in kinds},
+        measurement={k: float(np.median([o.noise_sd for o in pb.obs if o.kind == k])) for k in kinds},
+        dof={k: float(prior.phase_kernel[k][1]) for k in kinds},
+    )
+    phase = PhaseField(_field_points(pb, theta), pb.log_jac(theta), hyper)
+    good = pb.obs
+    return Correction(pb.unpack(theta), cov, noise, prior.engine_prior_sd(), len(good), data_hash(good),
+                      dict(meta or {}), None, phase)  # fmt: skip
 
 
 def _folds(obs: Sequence[Observation], max_folds: int) -> np.ndarray | None:
@@ -212,6 +251,19 @@ class _Problem:
         jac = self._residual_jac(res.x, rows, sd)
         return res.x, np.linalg.pinv(jac.T @ jac)
 
+    def map_whitened(self, whiten: np.ndarray, theta0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """MAP with correlated residuals (``whiten``: the inverse Cholesky factor of their covariance)."""
+
+        def res(th: np.ndarray) -> np.ndarray:
+            return np.concatenate([whiten @ (self.y - self.log_pred(th)), (th - self.mu0) / self.sd0])
+
+        def jac(th: np.ndarray) -> np.ndarray:
+            return np.vstack([-whiten @ self.log_jac(th), np.diag(1.0 / self.sd0)])
+
+        out = least_squares(res, theta0, jac=jac, loss="soft_l1", f_scale=2.0, max_nfev=200 * theta0.size)
+        j = jac(out.x)
+        return out.x, np.linalg.pinv(j.T @ j)
+
     def relevance(self, th: np.ndarray, cov: np.ndarray, prior: Prior) -> None:
         """MacKay's ARD update of the prior sd of the ``prior.ard`` parameters (between 0.01 and their prior sd)."""
         for n in prior.ard:
@@ -240,10 +292,10 @@ class _Problem:
 
 
 def prior_from_fits(
-    shared: Sequence[SharedParameters], generic: Prior | None = None
+    shared: Sequence[SharedParameters], generic: Prior | None = None, min_sd: float = 0.1
 ) -> dict[str, tuple[float, float]]:
-    """Median and robust spread (1.48 x MAD, kept between 0.1 and the generic sd) of the shared parameters
-    of several fitted deployments; empty below two."""
+    """Median and robust spread (1.48 x MAD, kept between ``min_sd`` and the generic sd) of the shared
+    parameters of several fitted deployments; empty below two."""
     generic = generic or Prior()
     if len(shared) < 2:
         return {}
@@ -252,7 +304,7 @@ def prior_from_fits(
         v = np.array([getattr(s, n) for s in shared])
         med = float(np.median(v))
         mad = 1.4826 * float(np.median(np.abs(v - med)))
-        out[n] = (med, float(min(max(mad, 0.1), generic.shared[n][1])))
+        out[n] = (med, float(min(max(mad, min_sd), generic.shared[n][1])))
     return out
 
 
@@ -280,6 +332,42 @@ def learn_discrepancy(
             rss[k] += noise.dof[k] * sd**2
             dof[k] += noise.dof[k]
     return {k: (math.sqrt(rss[k] / dof[k]), min(dof[k], max_dof)) for k in KINDS if dof[k] > 0}
+
+
+def learn_phase_kernel(
+    families: Mapping[str, tuple[Sequence[Observation], Prior]],
+) -> dict[str, tuple[KernelHyper, float]]:
+    """The phase discrepancy field learned from other deployments: each fitted on all its prefill/decode
+    points (independent noise from its residuals), the residuals of each engine's curve one group of
+    ``phase_field.learn_kernel``. Returns {kind: (hyperparameters, points behind them)} for
+    ``Prior.phase_kernel``; a kind with too few points is absent."""
+    groups: dict[tuple[str, str], list[FieldPoint]] = {}
+    for name, (obs, prior) in families.items():
+        phase = [o for o in obs if not o.is_agg and o.measured_ms]
+        if not phase:
+            continue
+        pb = _Problem(phase, prior)
+        corr = fit(phase, replace(prior, cv_folds=0, discrepancy_weight=0.0, phase_kernel={}), residual_field=False)
+        theta = np.array([corr.mean.values()[n] for n in pb.names])
+        for p in _field_points(pb, theta):
+            groups.setdefault((name, p.engine), []).append(p)
+    out = {}
+    for kind in KINDS:
+        try:
+            out[kind] = learn_kernel(list(groups.values()), kind)
+        except ValueError:
+            continue
+    return {k: (h, float(n)) for k, (h, n) in out.items()}
+
+
+def learn_phase_prior(
+    families: Mapping[str, tuple[Sequence[Observation], Prior]], names: Sequence[str], min_sd: float = 0.1
+) -> dict[str, tuple[float, float]]:
+    """Prior of the shared parameters ``names`` learned from other deployments' prefill/decode probes (each
+    fitted on all its points): their median and robust spread (``prior_from_fits``); empty below two."""
+    fits = [fit(obs, replace(prior, cv_folds=0, phase_kernel={}), residual_field=False).mean.shared
+            for obs, prior in families.values()]  # fmt: skip
+    return {k: v for k, v in prior_from_fits(fits, min_sd=min_sd).items() if k in names}
 
 
 # Levels and overheads belong to one deployment and never transfer; the phase slopes transfer only to agg
