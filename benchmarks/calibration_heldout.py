@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import json
 import math
 import os
@@ -32,11 +31,23 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from estimator.candidates import Candidate
 from estimator.measurements import Measurement, MeasurementStore, ProbeKind
+from estimator.pipeline import estimate
+from estimator.spec import load_spec
 from estimator.sources.aic import AicSource
 from estimator.sources.base import Stack
-from estimator.calibration_fit import learn_discrepancy, learn_phase_kernel, learn_phase_prior
-from validate.calibrate import calibrate, collect_observations, default_prior, observations_for
+from estimator.phase_prior import deployment_evidence
+from validate.calibrate import (
+    PHASE_EVIDENCE_FORMAT_VERSION,
+    calibrate,
+    collect_observations,
+    default_prior,
+    deployment_name,
+    observations_for,
+)
+from validate.plan import plan_probes
+from validate.runners.base import Capabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFILL_PICKS = (512, 8192)
@@ -79,6 +90,43 @@ def fixed_pick(ms: list[Measurement]) -> list[Measurement]:
     return list({m.probe.key: m for m in picks}.values())
 
 
+# The documented example workload (README, examples/dgdr_qwen3_32b.yaml): what the planner plans for.
+WORKLOAD = {"isl": 3000, "osl": 150, "ttft_ms": 200, "itl_ms": 20}
+
+
+class RecordsRunner:
+    """What a runner limited to the recorded engines can measure (prefill and decode probes only)."""
+
+    name = "records"
+
+    def __init__(self, engines: frozenset[Candidate]):
+        self.caps = Capabilities(frozenset({ProbeKind.PREFILL, ProbeKind.DECODE}), engines, why="the recorded engines")
+
+    def capabilities(self) -> Capabilities:
+        return self.caps
+
+    def can_measure(self, probe) -> str | None:
+        return self.caps.refusal(probe)
+
+
+def planner_pick(stack: Stack, base: AicSource, ms: list[Measurement], per_engine: int = 2) -> list[Measurement]:
+    """What ``validate.plan.plan_probes`` plans for WORKLOAD with ``per_engine`` points per phase and engine
+    (4 per engine), each snapped to the nearest record of its engine and phase (log ISL; log batch and
+    log context)."""
+    spec = load_spec(model=stack.model, system=stack.system, backend=stack.backend, plots=False, **WORKLOAD)
+    engines = frozenset(m.probe.candidate for m in ms)
+    plan = plan_probes(estimate(spec, base), budget=2 * per_engine * len(engines), max_points_per_engine=per_engine,
+                       runner=RecordsRunner(engines))  # fmt: skip
+    picks = []
+    for p in plan:
+        mine = [m for m in ms if m.probe.candidate == p.candidate and m.probe.kind is p.kind]
+        if p.kind is ProbeKind.PREFILL:
+            picks.append(min(mine, key=lambda m: abs(math.log(m.probe.isl / p.isl))))
+        else:
+            picks.append(min(mine, key=lambda m: _dist(m, (p.concurrency, p.context_tokens))))
+    return list({m.probe.key: m for m in picks}.values())
+
+
 def random_pick(ms: list[Measurement], rng: random.Random) -> list[Measurement]:
     picks = []
     for eng in sorted({m.probe.candidate.name for m in ms}):
@@ -88,9 +136,9 @@ def random_pick(ms: list[Measurement], rng: random.Random) -> list[Measurement]:
     return picks
 
 
-def score(base: AicSource, records: list[Measurement], train: list[Measurement], learned) -> list[dict]:
-    prior = default_prior(base, train)
-    cal = calibrate(base, train, learned(prior) if learned else prior)
+def score(base: AicSource, records: list[Measurement], train: list[Measurement], evidence: list) -> list[dict]:
+    """Calibrate on ``train`` with the default prior (phase evidence: ``evidence``), score the other records."""
+    cal = calibrate(base, train, default_prior(base, train, evidence))
     keys = {m.probe.key for m in train}
     rows = []
     for m in records:
@@ -148,11 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--measurements", default=str(ROOT / "models" / "measurements"))
     ap.add_argument("--random-splits", type=int, default=0)
-    ap.add_argument("--noise", choices=("field", "learned", "cv"), default="field",
-                    help="discrepancy: learned from the other stacks (leave-stack-out) or cross-validated")
-    ap.add_argument("--max-dof", type=float, default=math.inf)
-    ap.add_argument("--transfer", default="log_prefill_step",
-                    help="shared parameters whose prior is learned from the other stacks (comma-separated; '' none)")
+    ap.add_argument("--noise", choices=("learned", "cv"), default="learned",
+                    help="learned: the prior and discrepancy field learned from the other stacks (leave-stack-out, "
+                         "what validate does); cv: the previous model (no evidence: cross-validated noise, ARD)")
+    ap.add_argument("--write-evidence", metavar="PATH",
+                    help="also write every stack's fit as phase evidence (models/calibration_phase_evidence.json)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "calibration_heldout.json"))
     args = ap.parse_args(argv)
     stacks, dropped = load_records(Path(args.measurements))
@@ -165,29 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     bases = {stack: AicSource(stack) for stack in stacks}
-    families = {stack: (collect_observations(bases[stack], rs)[0], default_prior(bases[stack], rs))
-                for stack, rs in stacks.items()}  # fmt: skip
+    evidence = [deployment_evidence(deployment_name(st), collect_observations(bases[st], rs)[0],
+                                    default_prior(bases[st], rs, []))
+                for st, rs in sorted(stacks.items(), key=lambda kv: str(kv[0]))]  # fmt: skip
     for stack, records in sorted(stacks.items(), key=lambda kv: str(kv[0])):
         base = bases[stack]
-        learned = None
-        others = {str(s): f for s, f in families.items() if s != stack}
-        if args.noise == "learned":
-            disc = learn_discrepancy(others, args.max_dof)
-            print(f"<!-- {stack.model} {stack.system}: discrepancy learned from the other stacks {disc} -->")
-            learned = lambda p, d=disc: p.with_discrepancy(d)  # noqa: E731
-        elif args.noise == "field":
-            kern = learn_phase_kernel(others)
-            print(f"<!-- {stack.model} {stack.system}: discrepancy field learned from the other stacks {kern} -->")
-            ard = int(os.environ.get("ARD", "3"))
-            learned = lambda p, k=kern: dataclasses.replace(p, phase_kernel=k, ard_iterations=ard)  # noqa: E731
-        names = [n for n in args.transfer.split(",") if n]
-        if names:
-            shape = learn_phase_prior(others, names, float(os.environ.get("MINSD", "0.1")))
-            print(f"<!-- prior learned from the other stacks {shape} -->")
-            noise_only = learned
-            learned = lambda p, f=noise_only, sh=shape: (f(p) if f else p).updated(sh)  # noqa: E731
-        train = fixed_pick(records)
-        splits = {"fixed": score(base, records, train, learned)}
+        # leave-stack-out: default_prior drops the evidence of the stack it calibrates
+        learned = evidence if args.noise == "learned" else []
+        train = planner_pick(stack, base, records)
+        hand = fixed_pick(records)
+        splits = {"planner": score(base, records, train, learned), "hand-picked": score(base, records, hand, learned)}
         for i in range(args.random_splits):
             rng = random.Random(f"{stack}|{i}")
             splits.setdefault("random", []).extend(score(base, records, random_pick(records, rng), learned))
@@ -201,11 +236,31 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 s = summarise(rs)
                 entry["splits"][name]["summary"][phase] = {**s, "verdict": verdict(s)}
-                split = name if name == "fixed" else f"{args.random_splits} random"
+                split = name if name != "random" else f"{args.random_splits} random"
                 print(f"| {label} | {split} | {phase} | {s['n']} | {s['aic_median_pct']:.1f} % | {s['median_pct']:.1f} % | "
                       f"{s['max_pct']:.1f} % | {100 * s['coverage']:.0f} % | ±{s['median_half_width_pct']:.1f} % | "
                       f"{s['sharpness']:.2f} | {verdict(s)} |")  # fmt: skip
         result["stacks"].append(entry)
+    result["pooled"] = {}
+    for name in ("planner", "hand-picked", "random"):  # every stack's held-out points together
+        for phase in ("prefill", "decode"):
+            rs = [r for e in result["stacks"] for r in e["splits"].get(name, {}).get("rows", []) if r["phase"] == phase]
+            if not rs:
+                continue
+            s = summarise(rs)
+            result["pooled"][f"{name}/{phase}"] = {**s, "verdict": verdict(s)}
+            split = name if name != "random" else f"{args.random_splits} random"
+            print(f"| **all stacks** | {split} | {phase} | {s['n']} | {s['aic_median_pct']:.1f} % | {s['median_pct']:.1f} % | "
+                  f"{s['max_pct']:.1f} % | {100 * s['coverage']:.0f} % | ±{s['median_half_width_pct']:.1f} % | "
+                  f"{s['sharpness']:.2f} | {verdict(s)} |")  # fmt: skip
+    if args.write_evidence:
+        doc = {"format_version": PHASE_EVIDENCE_FORMAT_VERSION,
+               "what": "each GPU-runner deployment of models/measurements fitted on all its prefill/decode points: "
+                       "shared parameters and log residuals (the prior validate.calibrate learns for another one)",
+               "generated_by": "python benchmarks/calibration_heldout.py --write-evidence models/calibration_phase_evidence.json",
+               "deployments": [_rounded(e.to_dict()) for e in evidence]}  # fmt: skip
+        Path(args.write_evidence).write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {args.write_evidence}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     result["machine"] = f"{platform.node()} ({os.cpu_count()} CPUs), {platform.platform()}"
     Path(args.out).write_text(json.dumps(_rounded(result), separators=(",", ":"), default=str) + "\n")

@@ -35,7 +35,7 @@ from .calibration import (
 )
 from .calibration_vector import VectorModel
 from .errors import CalibrationError
-from .phase_field import FieldPoint, KernelHyper, PhaseField, learn_kernel
+from .phase_field import FieldPoint, KernelHyper, PhaseField
 from .sources.residual_gp import ResidualField, ResidualPoint
 
 # Generic prior (mean, sd) of each shared parameter: raw estimates within a factor e, mild slopes, small overheads.
@@ -66,26 +66,13 @@ class Prior:
     engine_sd: float = 0.15
     engine_step_sd: float = 0.5
     discrepancy: Mapping[str, float] = field(default_factory=lambda: {"ttft": 0.20, "tpot": 0.06})
-    discrepancy_weight: float | Mapping[str, float] = 1.0  # pseudo-points of the guess (per kind, or all)
+    discrepancy_weight: float = 1.0
     ard: tuple[str, ...] = ("beta_isl", "beta_batch", "beta_context")  # prior sd re-estimated (ARD)
     ard_iterations: int = 3
     cv_folds: int = 8  # folds of the cross-validated noise estimate (0: evidence only, from the residuals)
     # per kind: a discrepancy field learned from other deployments (``learn_phase_kernel``) and the points
     # behind it; used instead of independent noise when every point is a prefill/decode probe
     phase_kernel: Mapping[str, tuple[KernelHyper, float]] = field(default_factory=dict)
-
-    def weight(self, kind: str) -> float:
-        """Pseudo-points the prior's discrepancy guess of ``kind`` is worth."""
-        w = self.discrepancy_weight
-        return float(w.get(kind, 1.0) if isinstance(w, Mapping) else w)
-
-    def with_discrepancy(self, learned: Mapping[str, tuple[float, float]]) -> Prior:
-        """This prior with the discrepancy learned from other deployments ((log sd, degrees of freedom) per
-        kind, ``learn_discrepancy``) as its guess, worth that many points; the noise then comes from the
-        evidence (the fit's residuals plus that guess), not from cross-validation."""
-        disc = {**self.discrepancy, **{k: sd for k, (sd, _) in learned.items()}}
-        w = {k: self.weight(k) for k in KINDS} | {k: dof for k, (_, dof) in learned.items()}
-        return replace(self, discrepancy=disc, discrepancy_weight=w, cv_folds=0)
 
     def engine_prior_sd(self) -> dict[str, float]:
         return {n: self.engine_step_sd if n == "delta_step" else self.engine_sd for n in ENGINE_NAMES}
@@ -131,10 +118,10 @@ def fit(observations: Sequence[Observation], prior: Prior | None = None, meta: M
         for k in present:
             i = idx[k]
             dof[k] = max(i.size - float(np.sum(leverage[i])), 0.0)
-            w = prior.weight(k)
+            w = prior.discrepancy_weight
             total = (float(np.sum(raw[i] ** 2)) + w * prior.discrepancy[k] ** 2) / max(dof[k] + w, 1e-9)
             disc[k] = math.sqrt(max(total - float(np.mean(pb.meas_sd[i] ** 2)), MIN_DISCREPANCY**2))
-        dof = {k: dof[k] + prior.weight(k) for k in present}
+        dof = {k: dof[k] + prior.discrepancy_weight for k in present}
     for _ in range(prior.ard_iterations):  # ARD: the evidence decides whether the data need the slopes
         pb.relevance(theta, cov, prior)
         theta, cov = pb.map(everything, pb.sd(disc), theta)
@@ -315,59 +302,6 @@ def learn_prior(
     evidence_only = Prior(cv_folds=0)  # many points each: the residuals alone tell the noise
     return prior_from_fits([fit(obs, evidence_only, residual_field=False).mean.shared for obs in families.values()
                             if len(obs) >= min_points])  # fmt: skip
-
-
-def learn_discrepancy(
-    families: Mapping[str, tuple[Sequence[Observation], Prior]], max_dof: float = math.inf
-) -> dict[str, tuple[float, float]]:
-    """The structural discrepancy of the correction's form, learned from other deployments: each fitted on
-    all its points (with its own prior, noise from its residuals alone), the excess residual variance per
-    kind pooled over them with their residual degrees of freedom (capped at ``max_dof``). Returns
-    {kind: (log sd, degrees of freedom)} for ``Prior.with_discrepancy``; a kind no family has is absent."""
-    rss: dict[str, float] = dict.fromkeys(KINDS, 0.0)
-    dof: dict[str, float] = dict.fromkeys(KINDS, 0.0)
-    for obs, prior in families.values():
-        noise = fit(obs, replace(prior, cv_folds=0, discrepancy_weight=0.0), residual_field=False).noise
-        for k, sd in noise.discrepancy.items():
-            rss[k] += noise.dof[k] * sd**2
-            dof[k] += noise.dof[k]
-    return {k: (math.sqrt(rss[k] / dof[k]), min(dof[k], max_dof)) for k in KINDS if dof[k] > 0}
-
-
-def learn_phase_kernel(
-    families: Mapping[str, tuple[Sequence[Observation], Prior]],
-) -> dict[str, tuple[KernelHyper, float]]:
-    """The phase discrepancy field learned from other deployments: each fitted on all its prefill/decode
-    points (independent noise from its residuals), the residuals of each engine's curve one group of
-    ``phase_field.learn_kernel``. Returns {kind: (hyperparameters, points behind them)} for
-    ``Prior.phase_kernel``; a kind with too few points is absent."""
-    groups: dict[tuple[str, str], list[FieldPoint]] = {}
-    for name, (obs, prior) in families.items():
-        phase = [o for o in obs if not o.is_agg and o.measured_ms]
-        if not phase:
-            continue
-        pb = _Problem(phase, prior)
-        corr = fit(phase, replace(prior, cv_folds=0, discrepancy_weight=0.0, phase_kernel={}), residual_field=False)
-        theta = np.array([corr.mean.values()[n] for n in pb.names])
-        for p in _field_points(pb, theta):
-            groups.setdefault((name, p.engine), []).append(p)
-    out = {}
-    for kind in KINDS:
-        try:
-            out[kind] = learn_kernel(list(groups.values()), kind)
-        except ValueError:
-            continue
-    return {k: (h, float(n)) for k, (h, n) in out.items()}
-
-
-def learn_phase_prior(
-    families: Mapping[str, tuple[Sequence[Observation], Prior]], names: Sequence[str], min_sd: float = 0.1
-) -> dict[str, tuple[float, float]]:
-    """Prior of the shared parameters ``names`` learned from other deployments' prefill/decode probes (each
-    fitted on all its points): their median and robust spread (``prior_from_fits``); empty below two."""
-    fits = [fit(obs, replace(prior, cv_folds=0, phase_kernel={}), residual_field=False).mean.shared
-            for obs, prior in families.values()]  # fmt: skip
-    return {k: v for k, v in prior_from_fits(fits, min_sd=min_sd).items() if k in names}
 
 
 # Levels and overheads belong to one deployment and never transfer; the phase slopes transfer only to agg
