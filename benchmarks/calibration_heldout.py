@@ -2,17 +2,27 @@
 
 Reads every ``*gpu_runner*.jsonl`` under models/measurements/ (recursively), groups the records by stack
 (model, system, backend), and for each stack calibrates its base source (AIC) on at most 4 points of
-every engine: the two prefill ISLs closest (in log) to 512 and 8192, and the two decode points closest
-to (batch 8, context 1024) and (batch 64, context 4096), the picks of a user with a small budget. Every
-other point of the stack is held out and scored: |error| of the calibrated prediction, whether the
-90 % band covers it, and the band's half-width relative to the actual error (sharpness).
+every engine (2 prefill, 2 decode) and scores every other point of the stack: |error| of the calibrated
+prediction, whether the 90 % band covers it, and the band's half-width relative to the actual error
+(sharpness). Splits:
 
-With ``--random-splits N`` it also repeats the scoring over N seeded random picks of 2 prefill + 2 decode
-points per engine. A point measured in several files (repeat runs) is kept once, from the first file.
+- planner: what ``validate.plan.plan_probes`` plans for the documented workload (ISL 3000, OSL 150) with
+  2 points per phase and engine on a runner limited to the recorded engines, each planned probe snapped
+  to the nearest record (the records are a grid, not the planner's exact points);
+- hand-picked: the two prefill ISLs closest to 512 and 8192, the two decode points closest to (batch 8,
+  context 1024) and (batch 64, context 4096);
+- ``--random-splits N``: N seeded random picks of 2 prefill + 2 decode points per engine (robustness).
+
+The calibration is ``validate.calibrate.calibrate`` with ``default_prior``, as ``sla-estimate validate``
+runs it, given the phase evidence of every stack computed here from the records: ``default_prior`` drops
+the calibrated stack's own evidence (leave-stack-out). ``--noise cv`` gives no evidence (the previous
+model: cross-validated independent noise, ARD slopes). A point measured in several files (repeat runs)
+is kept once, from the first file.
 
     python benchmarks/calibration_heldout.py [--random-splits 20]
+        [--write-evidence models/calibration_phase_evidence.json]
 
-Prints the table and writes benchmarks/results/calibration_heldout.json.
+Prints the table (per stack, and all stacks pooled) and writes benchmarks/results/calibration_heldout.json.
 """
 
 from __future__ import annotations
@@ -76,7 +86,7 @@ def _dist(m: Measurement, target: tuple[float, float]) -> float:
     return math.hypot(math.log(m.probe.concurrency / target[0]), math.log(m.probe.context_tokens / target[1]))
 
 
-def fixed_pick(ms: list[Measurement]) -> list[Measurement]:
+def hand_pick(ms: list[Measurement]) -> list[Measurement]:
     """Per engine: prefill closest to each PREFILL_PICKS ISL, decode closest to each DECODE_PICKS point."""
     picks = []
     for eng in sorted({m.probe.candidate.name for m in ms}):
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         # leave-stack-out: default_prior drops the evidence of the stack it calibrates
         learned = evidence if args.noise == "learned" else []
         train = planner_pick(stack, base, records)
-        hand = fixed_pick(records)
+        hand = hand_pick(records)
         splits = {"planner": score(base, records, train, learned), "hand-picked": score(base, records, hand, learned)}
         for i in range(args.random_splits):
             rng = random.Random(f"{stack}|{i}")

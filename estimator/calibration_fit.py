@@ -2,11 +2,14 @@
 
 The fit is the MAP of a Gaussian model on log residuals (robust soft-L1 loss) with a Gaussian prior on
 every named parameter. The variance of each point is its measurement spread (the runner's repetitions)
-plus a model discrepancy per kind (TTFT, per-token time). The discrepancy is an empirical-Bayes estimate
-from the fit's own residuals: the residual sum of squares over the residual degrees of freedom (points
-minus the leverage the parameters used up), with the prior's guess counting as ``discrepancy_weight``
-pseudo-points only. Bands then use Student-t tails for those degrees of freedom, so a fit with few
-points says how little it knows instead of falling back to the prior's width.
+plus a model discrepancy per kind (TTFT, per-token time), in one of two forms:
+- independent noise per point, estimated from the points themselves: cross-validated (each fold
+  predicted from the others) or, with ``cv_folds=0``, the residuals over their degrees of freedom with
+  the prior's guess worth ``discrepancy_weight`` points; Student-t tails for those degrees of freedom;
+- with ``Prior.phase_kernel`` (learned from other deployments, ``estimator/phase_prior.py``) and only
+  prefill/decode points: a smooth discrepancy field per engine and kind (``estimator/phase_field.py``),
+  fitted by generalised least squares; the band is then universal kriging, narrow next to a measured
+  point and wide where the fit extrapolates.
 """
 
 from __future__ import annotations
@@ -70,8 +73,9 @@ class Prior:
     ard: tuple[str, ...] = ("beta_isl", "beta_batch", "beta_context")  # prior sd re-estimated (ARD)
     ard_iterations: int = 3
     cv_folds: int = 8  # folds of the cross-validated noise estimate (0: evidence only, from the residuals)
-    # per kind: a discrepancy field learned from other deployments (``learn_phase_kernel``) and the points
-    # behind it; used instead of independent noise when every point is a prefill/decode probe
+    # per kind: a discrepancy field learned from other deployments (``phase_prior.learned_prior``) and the
+    # points behind it (the dof of the bands); replaces independent noise when every point is a
+    # prefill/decode probe
     phase_kernel: Mapping[str, tuple[KernelHyper, float]] = field(default_factory=dict)
 
     def engine_prior_sd(self) -> dict[str, float]:

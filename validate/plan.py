@@ -5,10 +5,8 @@ Order of priority (the budget cuts from the end):
    concurrency (the SLA boundary: the highest throughput whose ITL meets the target);
 2. runners-up that could overtake them: throughput per GPU within ``CLOSE`` of the selected one, or a
    latency within ``CLOSE`` of the SLA target (a correction can move them across it);
-3. spread for the fit: the shortest prompt and ×8 the workload ISL (prefill), a single request and a
-   high concurrency at a long prompt (decode), the end farther from the engine's first point first, so
-   that a calibration from 2 points per phase interpolates the surfaces' dense band instead of
-   extrapolating its slopes (``spread_isls``).
+3. spread for the fit: short and long prompts (prefill), low and high concurrency (decode), so the
+   calibration sees the dependence on ISL and batch and not one point only.
 At most ``max_points_per_engine`` per engine and ``budget`` in all; every probe says why it was chosen.
 
 Given the runner, planning keeps only probes it can measure (``Runner.can_measure``), before the
@@ -21,7 +19,6 @@ budget / per-engine cap was spent).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,11 +87,8 @@ def plan_probes(profile: Any, *, budget: int = 8, max_points_per_engine: int = 4
         return Probe(ProbeKind.PREFILL, stack, c, isl=max(1, int(isl)), osl=1, reason=why)
 
     def decode(c: Candidate, n: int, why: str) -> Probe:
-        return decode_at(c, spec.isl, n, why)
-
-    def decode_at(c: Candidate, isl: int, n: int, why: str) -> Probe:
         return Probe(
-            ProbeKind.DECODE, stack, c, isl=max(1, int(isl)), osl=spec.osl, concurrency=max(1, int(n)), reason=why
+            ProbeKind.DECODE, stack, c, isl=spec.isl, osl=spec.osl, concurrency=max(1, int(n)), reason=why
         )
 
     best_p = sel.best_prefill
@@ -124,22 +118,20 @@ def plan_probes(profile: Any, *, budget: int = 8, max_points_per_engine: int = 4
             n, at = (d_choice.concurrency, "its chosen") if d_choice else (1, "single-request")
             tiers[1].append(decode(c, n, f"decode at {at} concurrency on {why}"))
 
-    for p in tiers[0] + tiers[1]:  # spread on every engine we measure anyway, the farther end first
-        short, long = spread_isls(spec.isl, max_isl)
+    for p in tiers[0] + tiers[1]:  # spread on every engine we measure anyway
         if p.kind is ProbeKind.PREFILL:
-            ends = [(short, prefill(p.candidate, short, "spread: short prompt (fixed cost of the fit)")),
-                    (long, prefill(p.candidate, long, "spread: long prompt (ISL slope of the fit)"))]  # fmt: skip
-            at = p.isl
+            tiers[2].append(
+                prefill(p.candidate, max(128, spec.isl // 4), "spread: short prompt (ISL slope of the fit)")
+            )
+            tiers[2].append(
+                prefill(p.candidate, min(max_isl, 2 * spec.isl), "spread: long prompt (ISL slope of the fit)")
+            )
         else:
-            ends = [(1, decode(p.candidate, 1, "spread: single request (fixed step cost, batch slope of the fit)"))]
-            cap = _max_concurrency(profile, p.candidate, long + spec.osl)
-            high = min(cap, max(2 * p.concurrency, 64))
-            if high > 1:
-                ends.append((high, decode_at(p.candidate, long, high, "spread: high concurrency at a long prompt "
-                                             "(batch and context slopes, KV pressure)")))  # fmt: skip
-            at = p.concurrency
-        ends.sort(key=lambda e: (-abs(math.log(e[0] / max(at, 1))), -e[0]))  # farther first; a tie: the larger
-        tiers[2].extend(probe for _, probe in ends)
+            cap = _max_concurrency(profile, p.candidate, spec.isl + spec.osl)
+            tiers[2].append(decode(p.candidate, 1, "spread: single request (batch slope of the fit)"))
+            if cap > p.concurrency:
+                tiers[2].append(decode(p.candidate, min(cap, 2 * p.concurrency),
+                                       "spread: high concurrency (batch slope of the fit, KV pressure)"))  # fmt: skip
 
     chosen: list[Probe] = []
     left_out: list[NotPlanned] = []
@@ -163,18 +155,6 @@ def plan_probes(profile: Any, *, budget: int = 8, max_points_per_engine: int = 4
             per_engine[engine] = per_engine.get(engine, 0) + 1
             chosen.append(p)
     return Plan(chosen, left_out)
-
-
-SHORT_ISL = 128  # the shortest prompt worth timing: there the fixed per-step cost dominates the TTFT
-LONG_FACTOR = 8.0  # the long prompt sits this factor above the workload ISL
-
-
-def spread_isls(isl: int, max_isl: int) -> tuple[int, int]:
-    """Short and long prompt of the spread tier. The short one is the shortest prompt (``SHORT_ISL``), where
-    the TTFT is mostly the fixed step cost, so the fit separates that cost from the ISL scale the workload
-    point measures; the long one is ×8 the workload ISL (at most ``max_isl``), past the band the surfaces
-    sample densely (÷4..×4; Dynamo's planner grid ÷2..×2), so that band is interpolated, not extrapolated."""
-    return min(SHORT_ISL, max(1, isl // 2)), max(SHORT_ISL, min(int(max_isl), int(isl * LONG_FACTOR)))
 
 
 def _contenders(choices, thpt, latency, target: float) -> list:
