@@ -43,11 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from estimator.candidates import Candidate
 from estimator.measurements import Measurement, MeasurementStore, ProbeKind
+from estimator.phase_prior import deployment_evidence
 from estimator.pipeline import estimate
-from estimator.spec import load_spec
 from estimator.sources.aic import AicSource
 from estimator.sources.base import Stack
-from estimator.phase_prior import deployment_evidence
+from estimator.spec import load_spec
 from validate.calibrate import (
     PHASE_EVIDENCE_FORMAT_VERSION,
     calibrate,
@@ -110,7 +110,9 @@ class RecordsRunner:
     name = "records"
 
     def __init__(self, engines: frozenset[Candidate]):
-        self.caps = Capabilities(frozenset({ProbeKind.PREFILL, ProbeKind.DECODE}), engines, why="the recorded engines")
+        self.caps = Capabilities(
+            frozenset({ProbeKind.PREFILL, ProbeKind.DECODE}), engines, why="the recorded engines"
+        )
 
     def capabilities(self) -> Capabilities:
         return self.caps
@@ -119,7 +121,9 @@ class RecordsRunner:
         return self.caps.refusal(probe)
 
 
-def planner_pick(stack: Stack, base: AicSource, ms: list[Measurement], per_engine: int = 2) -> list[Measurement]:
+def planner_pick(
+    stack: Stack, base: AicSource, ms: list[Measurement], per_engine: int = 2
+) -> list[Measurement]:
     """What ``validate.plan.plan_probes`` plans for WORKLOAD with ``per_engine`` points per phase and engine
     (4 per engine), each snapped to the nearest record of its engine and phase (log ISL; log batch and
     log context)."""
@@ -146,7 +150,9 @@ def random_pick(ms: list[Measurement], rng: random.Random) -> list[Measurement]:
     return picks
 
 
-def score(base: AicSource, records: list[Measurement], train: list[Measurement], evidence: list) -> list[dict]:
+def score(
+    base: AicSource, records: list[Measurement], train: list[Measurement], evidence: list
+) -> list[dict]:
     """Calibrate on ``train`` with the default prior (phase evidence: ``evidence``), score the other records."""
     cal = calibrate(base, train, default_prior(base, train, evidence))
     keys = {m.probe.key for m in train}
@@ -206,11 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--measurements", default=str(ROOT / "models" / "measurements"))
     ap.add_argument("--random-splits", type=int, default=0)
-    ap.add_argument("--noise", choices=("learned", "cv"), default="learned",
-                    help="learned: the prior and discrepancy field learned from the other stacks (leave-stack-out, "
-                         "what validate does); cv: the previous model (no evidence: cross-validated noise, ARD)")
-    ap.add_argument("--write-evidence", metavar="PATH",
-                    help="also write every stack's fit as phase evidence (models/calibration_phase_evidence.json)")
+    ap.add_argument(
+        "--noise",
+        choices=("learned", "cv"),
+        default="learned",
+        help="learned: the prior and discrepancy field learned from the other stacks (leave-stack-out, "
+        "what validate does); cv: the previous model (no evidence: cross-validated noise, ARD)",
+    )
+    ap.add_argument(
+        "--write-evidence",
+        metavar="PATH",
+        help="also write every stack's fit as phase evidence (models/calibration_phase_evidence.json)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "calibration_heldout.json"))
     args = ap.parse_args(argv)
     stacks, dropped = load_records(Path(args.measurements))
@@ -232,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         learned = evidence if args.noise == "learned" else []
         train = planner_pick(stack, base, records)
         hand = hand_pick(records)
-        splits = {"planner": score(base, records, train, learned), "hand-picked": score(base, records, hand, learned)}
+        splits = {
+            "planner": score(base, records, train, learned),
+            "hand-picked": score(base, records, hand, learned),
+        }
         for i in range(args.random_splits):
             rng = random.Random(f"{stack}|{i}")
             splits.setdefault("random", []).extend(score(base, records, random_pick(records, rng), learned))
@@ -254,7 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     result["pooled"] = {}
     for name in ("planner", "hand-picked", "random"):  # every stack's held-out points together
         for phase in ("prefill", "decode"):
-            rs = [r for e in result["stacks"] for r in e["splits"].get(name, {}).get("rows", []) if r["phase"] == phase]
+            rs = [
+                r
+                for e in result["stacks"]
+                for r in e["splits"].get(name, {}).get("rows", [])
+                if r["phase"] == phase
+            ]
             if not rs:
                 continue
             s = summarise(rs)

@@ -137,7 +137,11 @@ def predict_ms(obs: Observation, p: Parameters) -> float:
 
     if obs.burst is None or obs.sync is None:
         if obs.kind == "ttft":  # a prefill probe: its one step is a prefill step
-            return lat(obs.steady) + step * (math.exp(sh.log_prefill_step) - 1) * obs.steady.steps + over * obs.requests
+            return (
+                lat(obs.steady)
+                + step * (math.exp(sh.log_prefill_step) - 1) * obs.steady.steps
+                + over * obs.requests
+            )
         return lat(obs.steady) + over * obs.requests
     lo = math.log(max(obs.osl, 1.0) / 1024.0)
     z = np.array([0.0, sh.logit_burst + sh.beta_burst_osl * lo, sh.logit_sync + sh.beta_sync_osl * lo])

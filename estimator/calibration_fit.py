@@ -107,7 +107,11 @@ def fit(observations: Sequence[Observation], prior: Prior | None = None, meta: M
     if not good:
         raise CalibrationError("no usable measured points to calibrate on")
     pb = _Problem(good, prior)
-    if prior.phase_kernel and not any(o.is_agg for o in good) and all(o.kind in prior.phase_kernel for o in good):
+    if (
+        prior.phase_kernel
+        and not any(o.is_agg for o in good)
+        and all(o.kind in prior.phase_kernel for o in good)
+    ):
         return _fit_field(pb, prior, meta)
     kinds = [o.kind for o in good]
     idx = {k: np.array([i for i, kk in enumerate(kinds) if kk == k], int) for k in KINDS}

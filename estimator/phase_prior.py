@@ -38,7 +38,11 @@ class DeploymentEvidence:
     residuals: tuple[FieldPoint, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shared": asdict(self.shared), "residuals": [asdict(p) for p in self.residuals]}
+        return {
+            "name": self.name,
+            "shared": asdict(self.shared),
+            "residuals": [asdict(p) for p in self.residuals],
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DeploymentEvidence:

@@ -15,17 +15,40 @@ from estimator.measurements import Measurement, Probe, ProbeKind
 from estimator.phase_field import FieldPoint, KernelHyper, learn_kernel
 from estimator.phase_prior import TRANSFERRED, DeploymentEvidence, learned_prior
 from estimator.sources.roofline import RooflineSource
-from validate.calibrate import bundled_phase_evidence, calibrate, collect_observations, default_prior, deployment_name
 from tests.test_calibrate import STACK, TP1, TP2, Distorted
+from validate.calibrate import (
+    bundled_phase_evidence,
+    calibrate,
+    collect_observations,
+    default_prior,
+    deployment_name,
+)
 
-KERNEL = {"ttft": (KernelHyper(0.05, (0.7,), 0.002), 30.0), "tpot": (KernelHyper(0.03, (0.7, 0.9), 0.002), 30.0)}
+KERNEL = {
+    "ttft": (KernelHyper(0.05, (0.7,), 0.002), 30.0),
+    "tpot": (KernelHyper(0.03, (0.7, 0.9), 0.002), 30.0),
+}
 
 
 def _records(truth):
-    ms = [Measurement(Probe(ProbeKind.PREFILL, STACK, c, isl=isl), "gpu",
-                      ttft_ms=float(truth.prefill_ttft_ms(c, [isl])[0])) for c in (TP1, TP2) for isl in (512, 4096)]
-    ms += [Measurement(Probe(ProbeKind.DECODE, STACK, c, isl=2000, osl=200, concurrency=n), "gpu",
-                       itl_ms=float(truth.decode_itl_ms(c, [n], [2100])[0])) for c in (TP1, TP2) for n in (2, 64)]
+    ms = [
+        Measurement(
+            Probe(ProbeKind.PREFILL, STACK, c, isl=isl),
+            "gpu",
+            ttft_ms=float(truth.prefill_ttft_ms(c, [isl])[0]),
+        )
+        for c in (TP1, TP2)
+        for isl in (512, 4096)
+    ]
+    ms += [
+        Measurement(
+            Probe(ProbeKind.DECODE, STACK, c, isl=2000, osl=200, concurrency=n),
+            "gpu",
+            itl_ms=float(truth.decode_itl_ms(c, [n], [2100])[0]),
+        )
+        for c in (TP1, TP2)
+        for n in (2, 64)
+    ]
     return ms  # fmt: skip
 
 
@@ -60,7 +83,9 @@ def test_field_survives_the_json_round_trip(fielded):
     _, _, cal = fielded
     again = Correction.from_dict(cal.correction.to_dict())
     obs = cal._prefill(TP1, [1000, 9000]) + cal._decode(TP2, [8, 128], [2100, 2100])
-    assert [b.high_ms for b in again.bands(obs)] == pytest.approx([b.high_ms for b in cal.correction.bands(obs)])
+    assert [b.high_ms for b in again.bands(obs)] == pytest.approx(
+        [b.high_ms for b in cal.correction.bands(obs)]
+    )
     assert [again.predict(o) for o in obs] == pytest.approx([cal.correction.predict(o) for o in obs])
 
 
@@ -82,7 +107,9 @@ def test_learn_kernel_recovers_a_known_field():
         x = np.log(isl)[:, None]
         cov = true.k(x, x) + np.eye(len(isl)) * true.white**2
         r = rng.multivariate_normal(np.zeros(len(isl)), cov)
-        groups.append([FieldPoint(f"E{g}", "ttft", float(i), 1.0, float(i), float(v), 0.0) for i, v in zip(isl, r)])
+        groups.append(
+            [FieldPoint(f"E{g}", "ttft", float(i), 1.0, float(i), float(v), 0.0) for i, v in zip(isl, r)]
+        )
     got, n = learn_kernel(groups, "ttft")
     assert n == 320
     assert got.amplitude == pytest.approx(0.04, rel=0.3)
@@ -115,7 +142,9 @@ def test_other_runners_keep_the_previous_prior():
     base = RooflineSource(STACK)
     ms = [dataclasses.replace(m, runner="synthetic") for m in _records(Distorted(base))]
     rng = np.random.default_rng(0)
-    assert not default_prior(base, ms, [_evidence("a|x|vllm", 0.1, rng), _evidence("b|y|vllm", 0.1, rng)]).phase_kernel
+    assert not default_prior(
+        base, ms, [_evidence("a|x|vllm", 0.1, rng), _evidence("b|y|vllm", 0.1, rng)]
+    ).phase_kernel
 
 
 def test_bundled_evidence_names_the_gpu_runner_deployments():

@@ -21,9 +21,9 @@ import numpy as np
 
 from estimator.calibration import SHARED_NAMES, Observation
 from estimator.calibration_fit import Prior, fit, transferable
-from estimator.phase_prior import DeploymentEvidence, learned_prior
 from estimator.errors import CalibrationError, SlaEstimateError
 from estimator.measurements import Measurement, ProbeKind
+from estimator.phase_prior import DeploymentEvidence, learned_prior
 from estimator.serving import SchedulerConfig, serving_terms
 from estimator.sources.base import PerfSource, Stack
 from estimator.sources.calibrated import CalibratedSource
