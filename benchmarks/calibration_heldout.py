@@ -2,17 +2,27 @@
 
 Reads every ``*gpu_runner*.jsonl`` under models/measurements/ (recursively), groups the records by stack
 (model, system, backend), and for each stack calibrates its base source (AIC) on at most 4 points of
-every engine: the two prefill ISLs closest (in log) to 512 and 8192, and the two decode points closest
-to (batch 8, context 1024) and (batch 64, context 4096), the picks of a user with a small budget. Every
-other point of the stack is held out and scored: |error| of the calibrated prediction, whether the
-90 % band covers it, and the band's half-width relative to the actual error (sharpness).
+every engine (2 prefill, 2 decode) and scores every other point of the stack: |error| of the calibrated
+prediction, whether the 90 % band covers it, and the band's half-width relative to the actual error
+(sharpness). Splits:
 
-With ``--random-splits N`` it also repeats the scoring over N seeded random picks of 2 prefill + 2 decode
-points per engine. A point measured in several files (repeat runs) is kept once, from the first file.
+- planner: what ``validate.plan.plan_probes`` plans for the documented workload (ISL 3000, OSL 150) with
+  2 points per phase and engine on a runner limited to the recorded engines, each planned probe snapped
+  to the nearest record (the records are a grid, not the planner's exact points);
+- hand-picked: the two prefill ISLs closest to 512 and 8192, the two decode points closest to (batch 8,
+  context 1024) and (batch 64, context 4096);
+- ``--random-splits N``: N seeded random picks of 2 prefill + 2 decode points per engine (robustness).
+
+The calibration is ``validate.calibrate.calibrate`` with ``default_prior``, as ``sla-estimate validate``
+runs it, given the phase evidence of every stack computed here from the records: ``default_prior`` drops
+the calibrated stack's own evidence (leave-stack-out). ``--noise cv`` gives no evidence (the previous
+model: cross-validated independent noise, ARD slopes). A point measured in several files (repeat runs)
+is kept once, from the first file.
 
     python benchmarks/calibration_heldout.py [--random-splits 20]
+        [--write-evidence models/calibration_phase_evidence.json]
 
-Prints the table and writes benchmarks/results/calibration_heldout.json.
+Prints the table (per stack, and all stacks pooled) and writes benchmarks/results/calibration_heldout.json.
 """
 
 from __future__ import annotations
@@ -31,10 +41,23 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from estimator.candidates import Candidate
 from estimator.measurements import Measurement, MeasurementStore, ProbeKind
+from estimator.phase_prior import deployment_evidence
+from estimator.pipeline import estimate
 from estimator.sources.aic import AicSource
 from estimator.sources.base import Stack
-from validate.calibrate import calibrate, observations_for
+from estimator.spec import load_spec
+from validate.calibrate import (
+    PHASE_EVIDENCE_FORMAT_VERSION,
+    calibrate,
+    collect_observations,
+    default_prior,
+    deployment_name,
+    observations_for,
+)
+from validate.plan import plan_probes
+from validate.runners.base import Capabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFILL_PICKS = (512, 8192)
@@ -63,7 +86,7 @@ def _dist(m: Measurement, target: tuple[float, float]) -> float:
     return math.hypot(math.log(m.probe.concurrency / target[0]), math.log(m.probe.context_tokens / target[1]))
 
 
-def fixed_pick(ms: list[Measurement]) -> list[Measurement]:
+def hand_pick(ms: list[Measurement]) -> list[Measurement]:
     """Per engine: prefill closest to each PREFILL_PICKS ISL, decode closest to each DECODE_PICKS point."""
     picks = []
     for eng in sorted({m.probe.candidate.name for m in ms}):
@@ -77,6 +100,47 @@ def fixed_pick(ms: list[Measurement]) -> list[Measurement]:
     return list({m.probe.key: m for m in picks}.values())
 
 
+# The documented example workload (README, examples/dgdr_qwen3_32b.yaml): what the planner plans for.
+WORKLOAD = {"isl": 3000, "osl": 150, "ttft_ms": 200, "itl_ms": 20}
+
+
+class RecordsRunner:
+    """What a runner limited to the recorded engines can measure (prefill and decode probes only)."""
+
+    name = "records"
+
+    def __init__(self, engines: frozenset[Candidate]):
+        self.caps = Capabilities(
+            frozenset({ProbeKind.PREFILL, ProbeKind.DECODE}), engines, why="the recorded engines"
+        )
+
+    def capabilities(self) -> Capabilities:
+        return self.caps
+
+    def can_measure(self, probe) -> str | None:
+        return self.caps.refusal(probe)
+
+
+def planner_pick(
+    stack: Stack, base: AicSource, ms: list[Measurement], per_engine: int = 2
+) -> list[Measurement]:
+    """What ``validate.plan.plan_probes`` plans for WORKLOAD with ``per_engine`` points per phase and engine
+    (4 per engine), each snapped to the nearest record of its engine and phase (log ISL; log batch and
+    log context)."""
+    spec = load_spec(model=stack.model, system=stack.system, backend=stack.backend, plots=False, **WORKLOAD)
+    engines = frozenset(m.probe.candidate for m in ms)
+    plan = plan_probes(estimate(spec, base), budget=2 * per_engine * len(engines), max_points_per_engine=per_engine,
+                       runner=RecordsRunner(engines))  # fmt: skip
+    picks = []
+    for p in plan:
+        mine = [m for m in ms if m.probe.candidate == p.candidate and m.probe.kind is p.kind]
+        if p.kind is ProbeKind.PREFILL:
+            picks.append(min(mine, key=lambda m: abs(math.log(m.probe.isl / p.isl))))
+        else:
+            picks.append(min(mine, key=lambda m: _dist(m, (p.concurrency, p.context_tokens))))
+    return list({m.probe.key: m for m in picks}.values())
+
+
 def random_pick(ms: list[Measurement], rng: random.Random) -> list[Measurement]:
     picks = []
     for eng in sorted({m.probe.candidate.name for m in ms}):
@@ -86,8 +150,11 @@ def random_pick(ms: list[Measurement], rng: random.Random) -> list[Measurement]:
     return picks
 
 
-def score(base: AicSource, records: list[Measurement], train: list[Measurement]) -> list[dict]:
-    cal = calibrate(base, train)
+def score(
+    base: AicSource, records: list[Measurement], train: list[Measurement], evidence: list
+) -> list[dict]:
+    """Calibrate on ``train`` with the default prior (phase evidence: ``evidence``), score the other records."""
+    cal = calibrate(base, train, default_prior(base, train, evidence))
     keys = {m.probe.key for m in train}
     rows = []
     for m in records:
@@ -145,6 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--measurements", default=str(ROOT / "models" / "measurements"))
     ap.add_argument("--random-splits", type=int, default=0)
+    ap.add_argument(
+        "--noise",
+        choices=("learned", "cv"),
+        default="learned",
+        help="learned: the prior and discrepancy field learned from the other stacks (leave-stack-out, "
+        "what validate does); cv: the previous model (no evidence: cross-validated noise, ARD)",
+    )
+    ap.add_argument(
+        "--write-evidence",
+        metavar="PATH",
+        help="also write every stack's fit as phase evidence (models/calibration_phase_evidence.json)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "calibration_heldout.json"))
     args = ap.parse_args(argv)
     stacks, dropped = load_records(Path(args.measurements))
@@ -156,13 +235,23 @@ def main(argv: list[str] | None = None) -> int:
         "| stack | split | phase | n | AIC median | held-out median | max | 90% band coverage | median half-width | half-width / median error | targets |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
+    bases = {stack: AicSource(stack) for stack in stacks}
+    evidence = [deployment_evidence(deployment_name(st), collect_observations(bases[st], rs)[0],
+                                    default_prior(bases[st], rs, []))
+                for st, rs in sorted(stacks.items(), key=lambda kv: str(kv[0]))]  # fmt: skip
     for stack, records in sorted(stacks.items(), key=lambda kv: str(kv[0])):
-        base = AicSource(stack)
-        train = fixed_pick(records)
-        splits = {"fixed": score(base, records, train)}
+        base = bases[stack]
+        # leave-stack-out: default_prior drops the evidence of the stack it calibrates
+        learned = evidence if args.noise == "learned" else []
+        train = planner_pick(stack, base, records)
+        hand = hand_pick(records)
+        splits = {
+            "planner": score(base, records, train, learned),
+            "hand-picked": score(base, records, hand, learned),
+        }
         for i in range(args.random_splits):
             rng = random.Random(f"{stack}|{i}")
-            splits.setdefault("random", []).extend(score(base, records, random_pick(records, rng)))
+            splits.setdefault("random", []).extend(score(base, records, random_pick(records, rng), learned))
         label = f"{stack.model.split('/')[-1]} {stack.system} {stack.backend} ({', '.join(sorted({m.probe.candidate.name for m in records}))})"
         entry = {"stack": stack.to_dict(), "train": [m.probe.to_dict() for m in train], "splits": {}}
         for name, rows in splits.items():
@@ -173,11 +262,36 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 s = summarise(rs)
                 entry["splits"][name]["summary"][phase] = {**s, "verdict": verdict(s)}
-                split = name if name == "fixed" else f"{args.random_splits} random"
+                split = name if name != "random" else f"{args.random_splits} random"
                 print(f"| {label} | {split} | {phase} | {s['n']} | {s['aic_median_pct']:.1f} % | {s['median_pct']:.1f} % | "
                       f"{s['max_pct']:.1f} % | {100 * s['coverage']:.0f} % | ±{s['median_half_width_pct']:.1f} % | "
                       f"{s['sharpness']:.2f} | {verdict(s)} |")  # fmt: skip
         result["stacks"].append(entry)
+    result["pooled"] = {}
+    for name in ("planner", "hand-picked", "random"):  # every stack's held-out points together
+        for phase in ("prefill", "decode"):
+            rs = [
+                r
+                for e in result["stacks"]
+                for r in e["splits"].get(name, {}).get("rows", [])
+                if r["phase"] == phase
+            ]
+            if not rs:
+                continue
+            s = summarise(rs)
+            result["pooled"][f"{name}/{phase}"] = {**s, "verdict": verdict(s)}
+            split = name if name != "random" else f"{args.random_splits} random"
+            print(f"| **all stacks** | {split} | {phase} | {s['n']} | {s['aic_median_pct']:.1f} % | {s['median_pct']:.1f} % | "
+                  f"{s['max_pct']:.1f} % | {100 * s['coverage']:.0f} % | ±{s['median_half_width_pct']:.1f} % | "
+                  f"{s['sharpness']:.2f} | {verdict(s)} |")  # fmt: skip
+    if args.write_evidence:
+        doc = {"format_version": PHASE_EVIDENCE_FORMAT_VERSION,
+               "what": "each GPU-runner deployment of models/measurements fitted on all its prefill/decode points: "
+                       "shared parameters and log residuals (the prior validate.calibrate learns for another one)",
+               "generated_by": "python benchmarks/calibration_heldout.py --write-evidence models/calibration_phase_evidence.json",
+               "deployments": [_rounded(e.to_dict()) for e in evidence]}  # fmt: skip
+        Path(args.write_evidence).write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {args.write_evidence}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     result["machine"] = f"{platform.node()} ({os.cpu_count()} CPUs), {platform.platform()}"
     Path(args.out).write_text(json.dumps(_rounded(result), separators=(",", ":"), default=str) + "\n")

@@ -40,6 +40,7 @@ from .calibration_params import (
     parameter_names,
 )
 from .errors import CalibrationError
+from .phase_field import PhaseField
 from .serving import ServingTerms
 from .sources.residual_gp import ResidualField
 
@@ -139,6 +140,12 @@ def predict_ms(obs: Observation, p: Parameters) -> float:
         return a_p * x.prefill_ms + a_d * x.decode_ms + step * x.steps
 
     if obs.burst is None or obs.sync is None:
+        if obs.kind == "ttft":  # a prefill probe: its one step is a prefill step
+            return (
+                lat(obs.steady)
+                + step * (math.exp(sh.log_prefill_step) - 1) * obs.steady.steps
+                + over * obs.requests
+            )
         return lat(obs.steady) + over * obs.requests
     lo = math.log(max(obs.osl, 1.0) / 1024.0)
     z = np.array([0.0, sh.logit_burst + sh.beta_burst_osl * lo, sh.logit_sync + sh.beta_sync_osl * lo])
@@ -191,8 +198,9 @@ class Predictive:
 
 @dataclass(frozen=True)
 class Correction:
-    """A fitted correction: the posterior mean, its covariance over ``mean.names``, the noise and an
-    optional residual field over agg inputs. Immutable: a refit returns a new one."""
+    """A fitted correction: the posterior mean, its covariance over ``mean.names``, the noise, an optional
+    residual field over agg inputs and an optional discrepancy field over prefill/decode inputs (``phase``:
+    then the noise of those kinds is that field's, by kriging). Immutable: a refit returns a new one."""
 
     mean: Parameters
     cov: np.ndarray
@@ -202,6 +210,7 @@ class Correction:
     data_hash: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
     residual: ResidualField | None = None
+    phase: PhaseField | None = None
 
     @property
     def engines(self) -> tuple[str, ...]:
@@ -211,6 +220,8 @@ class Correction:
         """Point prediction in ms (the residual field included where it applies)."""
         mid = predict_ms(obs, self.mean)
         field_ = self._field(obs)
+        if field_ is None and self._phased(obs):
+            field_ = (self.phase.mean(obs.engine, obs.kind, obs.isl, obs.batch, obs.context), 0.0)
         return mid * math.exp(field_[0]) if field_ is not None else mid
 
     def predictive(self, observations: Sequence[Observation]) -> list[Predictive]:
@@ -226,6 +237,9 @@ class Correction:
         out = []
         for obs, g in zip(observations, grads, strict=True):
             field_ = self._field(obs)
+            if field_ is None and self._phased(obs):  # kriging: the field and the parameters share the points
+                _, f_var, g = self.phase.predict(obs.engine, obs.kind, obs.isl, obs.batch, obs.context, g)
+                field_ = (0.0, f_var + self.noise.measurement.get(obs.kind, 0.0) ** 2)
             var = float(g @ self.cov @ g)
             var += field_[1] if field_ is not None else self.noise.sd(obs.kind) ** 2
             if obs.engine not in self.mean.engines:  # only the prior knows an unmeasured engine's offsets
@@ -246,6 +260,9 @@ class Correction:
         if self.residual is None or not obs.is_agg:
             return None
         return self.residual.predict(obs.engine, obs.kind, obs.concurrency, obs.isl, obs.osl)
+
+    def _phased(self, obs: Observation) -> bool:
+        return self.phase is not None and not obs.is_agg and self.phase.applies(obs.kind)
 
     def _unmeasured_var(self, obs: Observation, eps: float = 1e-4) -> float:
         base = math.log(predict_ms(obs, self.mean))
@@ -339,6 +356,7 @@ class Correction:
             "training_data_hash": self.data_hash,
             "meta": dict(self.meta),
             "residual_field": self.residual.to_dict() if self.residual is not None else None,
+            "phase_field": self.phase.to_dict() if self.phase is not None else None,
         }  # fmt: skip
 
     @classmethod
@@ -354,8 +372,9 @@ class Correction:
             n = d["noise"]
             noise = Noise(dict(n["discrepancy"]), dict(n["measurement"]), dict(n["dof"]))
             field_ = ResidualField.from_dict(d["residual_field"]) if d.get("residual_field") else None
+            phase = PhaseField.from_dict(d["phase_field"]) if d.get("phase_field") else None
             return cls(mean, cov, noise, dict(d["engine_prior_sd"]), int(d["n_points"]), str(d["training_data_hash"]),
-                       dict(d.get("meta", {})), field_)  # fmt: skip
+                       dict(d.get("meta", {})), field_, phase)  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"calibration file is malformed: {type(exc).__name__}: {exc}") from exc
 

@@ -2,11 +2,14 @@
 
 The fit is the MAP of a Gaussian model on log residuals (robust soft-L1 loss) with a Gaussian prior on
 every named parameter. The variance of each point is its measurement spread (the runner's repetitions)
-plus a model discrepancy per kind (TTFT, per-token time). The discrepancy is an empirical-Bayes estimate
-from the fit's own residuals: the residual sum of squares over the residual degrees of freedom (points
-minus the leverage the parameters used up), with the prior's guess counting as ``discrepancy_weight``
-pseudo-points only. Bands then use Student-t tails for those degrees of freedom, so a fit with few
-points says how little it knows instead of falling back to the prior's width.
+plus a model discrepancy per kind (TTFT, per-token time), in one of two forms:
+- independent noise per point, estimated from the points themselves: cross-validated (each fold
+  predicted from the others) or, with ``cv_folds=0``, the residuals over their degrees of freedom with
+  the prior's guess worth ``discrepancy_weight`` points; Student-t tails for those degrees of freedom;
+- with ``Prior.phase_kernel`` (learned from other deployments, ``estimator/phase_prior.py``) and only
+  prefill/decode points: a smooth discrepancy field per engine and kind (``estimator/phase_field.py``),
+  fitted by generalised least squares; the band is then universal kriging, narrow next to a measured
+  point and wide where the fit extrapolates.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from .calibration import (
 )
 from .calibration_vector import VectorModel
 from .errors import CalibrationError
+from .phase_field import FieldPoint, KernelHyper, PhaseField
 from .sources.residual_gp import ResidualField, ResidualPoint
 
 # Generic prior (mean, sd) of each shared parameter: raw estimates within a factor e, mild slopes, small overheads.
@@ -51,6 +55,7 @@ GENERIC_SHARED = {
     "beta_burst_osl": (0.0, 1.0),
     "beta_sync_osl": (0.0, 1.0),
     "alpha_ttft": (0.0, 0.3),
+    "log_prefill_step": (0.0, 1.5),
 }
 assert tuple(GENERIC_SHARED) == SHARED_NAMES
 
@@ -68,6 +73,10 @@ class Prior:
     ard: tuple[str, ...] = ("beta_isl", "beta_batch", "beta_context")  # prior sd re-estimated (ARD)
     ard_iterations: int = 3
     cv_folds: int = 8  # folds of the cross-validated noise estimate (0: evidence only, from the residuals)
+    # per kind: a discrepancy field learned from other deployments (``phase_prior.learned_prior``) and the
+    # points behind it (the dof of the bands); replaces independent noise when every point is a
+    # prefill/decode probe
+    phase_kernel: Mapping[str, tuple[KernelHyper, float]] = field(default_factory=dict)
 
     def engine_prior_sd(self) -> dict[str, float]:
         return {n: self.engine_step_sd if n == "delta_step" else self.engine_sd for n in ENGINE_NAMES}
@@ -98,6 +107,12 @@ def fit(observations: Sequence[Observation], prior: Prior | None = None, meta: M
     if not good:
         raise CalibrationError("no usable measured points to calibrate on")
     pb = _Problem(good, prior)
+    if (
+        prior.phase_kernel
+        and not any(o.is_agg for o in good)
+        and all(o.kind in prior.phase_kernel for o in good)
+    ):
+        return _fit_field(pb, prior, meta)
     kinds = [o.kind for o in good]
     idx = {k: np.array([i for i, kk in enumerate(kinds) if kk == k], int) for k in KINDS}
     present = [k for k in KINDS if idx[k].size]
@@ -112,7 +127,7 @@ def fit(observations: Sequence[Observation], prior: Prior | None = None, meta: M
             i = idx[k]
             dof[k] = max(i.size - float(np.sum(leverage[i])), 0.0)
             w = prior.discrepancy_weight
-            total = (float(np.sum(raw[i] ** 2)) + w * prior.discrepancy[k] ** 2) / (dof[k] + w)
+            total = (float(np.sum(raw[i] ** 2)) + w * prior.discrepancy[k] ** 2) / max(dof[k] + w, 1e-9)
             disc[k] = math.sqrt(max(total - float(np.mean(pb.meas_sd[i] ** 2)), MIN_DISCREPANCY**2))
         dof = {k: dof[k] + prior.discrepancy_weight for k in present}
     for _ in range(prior.ard_iterations):  # ARD: the evidence decides whether the data need the slopes
@@ -143,6 +158,38 @@ def fit(observations: Sequence[Observation], prior: Prior | None = None, meta: M
 
 
 MIN_DISCREPANCY = 0.005  # log sd: below the spread of repeated runs on one GPU
+
+
+def _field_points(pb: _Problem, theta: np.ndarray) -> list[FieldPoint]:
+    r = pb.y - pb.log_pred(theta)
+    return [FieldPoint(o.engine, o.kind, o.isl, o.batch, o.context, float(ri), float(sd))
+            for o, ri, sd in zip(pb.obs, r, pb.meas_sd, strict=True)]  # fmt: skip
+
+
+def _fit_field(pb: _Problem, prior: Prior, meta: Mapping[str, Any] | None) -> Correction:
+    """Generalised least squares with the discrepancy field's covariance per (engine, kind), then kriging."""
+    hyper = {k: h for k, (h, _) in prior.phase_kernel.items()}
+    theta = pb.mu0.copy()
+    pts = _field_points(pb, theta)
+    whiten = np.zeros((len(pts), len(pts)))
+    probe = PhaseField(pts, np.zeros((len(pts), 1)), hyper)
+    for key in sorted({(p.engine, p.kind) for p in pts}):
+        idx = np.array([i for i, p in enumerate(pts) if (p.engine, p.kind) == key])
+        whiten[np.ix_(idx, idx)] = np.linalg.inv(np.linalg.cholesky(probe.covariance([pts[i] for i in idx])))
+    theta, cov = pb.map_whitened(whiten, theta)
+    for _ in range(prior.ard_iterations):
+        pb.relevance(theta, cov, prior)
+        theta, cov = pb.map_whitened(whiten, theta)
+    kinds = sorted({o.kind for o in pb.obs})
+    noise = Noise(
+        discrepancy={k: math.hypot(hyper[k].amplitude, hyper[k].white) for k in kinds},
+        measurement={k: float(np.median([o.noise_sd for o in pb.obs if o.kind == k])) for k in kinds},
+        dof={k: float(prior.phase_kernel[k][1]) for k in kinds},
+    )
+    phase = PhaseField(_field_points(pb, theta), pb.log_jac(theta), hyper)
+    good = pb.obs
+    return Correction(pb.unpack(theta), cov, noise, prior.engine_prior_sd(), len(good), data_hash(good),
+                      dict(meta or {}), None, phase)  # fmt: skip
 
 
 def _folds(obs: Sequence[Observation], max_folds: int) -> np.ndarray | None:
@@ -199,6 +246,19 @@ class _Problem:
         jac = self._residual_jac(res.x, rows, sd)
         return res.x, np.linalg.pinv(jac.T @ jac)
 
+    def map_whitened(self, whiten: np.ndarray, theta0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """MAP with correlated residuals (``whiten``: the inverse Cholesky factor of their covariance)."""
+
+        def res(th: np.ndarray) -> np.ndarray:
+            return np.concatenate([whiten @ (self.y - self.log_pred(th)), (th - self.mu0) / self.sd0])
+
+        def jac(th: np.ndarray) -> np.ndarray:
+            return np.vstack([-whiten @ self.log_jac(th), np.diag(1.0 / self.sd0)])
+
+        out = least_squares(res, theta0, jac=jac, loss="soft_l1", f_scale=2.0, max_nfev=200 * theta0.size)
+        j = jac(out.x)
+        return out.x, np.linalg.pinv(j.T @ j)
+
     def relevance(self, th: np.ndarray, cov: np.ndarray, prior: Prior) -> None:
         """MacKay's ARD update of the prior sd of the ``prior.ard`` parameters (between 0.01 and their prior sd)."""
         for n in prior.ard:
@@ -227,10 +287,10 @@ class _Problem:
 
 
 def prior_from_fits(
-    shared: Sequence[SharedParameters], generic: Prior | None = None
+    shared: Sequence[SharedParameters], generic: Prior | None = None, min_sd: float = 0.1
 ) -> dict[str, tuple[float, float]]:
-    """Median and robust spread (1.48 x MAD, kept between 0.1 and the generic sd) of the shared parameters
-    of several fitted deployments; empty below two."""
+    """Median and robust spread (1.48 x MAD, kept between ``min_sd`` and the generic sd) of the shared
+    parameters of several fitted deployments; empty below two."""
     generic = generic or Prior()
     if len(shared) < 2:
         return {}
@@ -239,7 +299,7 @@ def prior_from_fits(
         v = np.array([getattr(s, n) for s in shared])
         med = float(np.median(v))
         mad = 1.4826 * float(np.median(np.abs(v - med)))
-        out[n] = (med, float(min(max(mad, 0.1), generic.shared[n][1])))
+        out[n] = (med, float(min(max(mad, min_sd), generic.shared[n][1])))
     return out
 
 

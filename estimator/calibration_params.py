@@ -29,6 +29,9 @@ class SharedParameters:
     beta_burst_osl: float = 0.0
     beta_sync_osl: float = 0.0
     alpha_ttft: float = 0.0  # agg TTFT beyond the phase scales (queueing the scheduler replay misses)
+    # log ratio of a prefill probe's fixed step cost to a decode step's (decode runs CUDA graphs and a
+    # sampler per step, prefill one eager pass: the base source's fixed costs differ by phase)
+    log_prefill_step: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

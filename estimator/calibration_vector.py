@@ -34,6 +34,7 @@ class VectorModel:
         self.requests = np.array([o.requests for o in observations])
         self.agg = np.array([o.burst is not None and o.sync is not None for o in observations])
         self.agg_ttft = self.agg & np.array([o.kind == "ttft" for o in observations])
+        self.phase_ttft = ~self.agg & np.array([o.kind == "ttft" for o in observations])
 
         def parts(which: str) -> np.ndarray:
             rows = [getattr(o, which) for o in observations]
@@ -69,6 +70,8 @@ class VectorModel:
         w /= w.sum(axis=0)
         mix = w[0] * steady + w[1] * lat(self.burst) + w[2] * lat(self.sync)
         mix = np.where(self.agg_ttft, mix * np.exp(g("alpha_ttft") + off("delta_ttft")), mix)
+        prefill_step = step * (np.exp(g("log_prefill_step")) - 1) * self.steady[:, 2]
+        steady = np.where(self.phase_ttft, steady + prefill_step, steady)
         pred = np.where(self.agg, mix, steady) + over * self.requests
         return np.log(np.maximum(pred, 1e-9))
 

@@ -23,6 +23,7 @@ from estimator.calibration import SHARED_NAMES, Observation
 from estimator.calibration_fit import Prior, fit, transferable
 from estimator.errors import CalibrationError, SlaEstimateError
 from estimator.measurements import Measurement, ProbeKind
+from estimator.phase_prior import DeploymentEvidence, learned_prior
 from estimator.serving import SchedulerConfig, serving_terms
 from estimator.sources.base import PerfSource, Stack
 from estimator.sources.calibrated import CalibratedSource
@@ -30,6 +31,8 @@ from estimator.sources.calibrated import CalibratedSource
 log = logging.getLogger(__name__)
 PRIOR_FILE = Path(__file__).resolve().parents[1] / "models" / "calibration_prior.json"
 PRIOR_FORMAT_VERSION = 1  # of the prior file (shared parameter names unchanged since)
+PHASE_EVIDENCE_FILE = PRIOR_FILE.with_name("calibration_phase_evidence.json")
+PHASE_EVIDENCE_FORMAT_VERSION = 1
 
 
 def observations_for(
@@ -119,13 +122,41 @@ ENGINE_ONLY_RUNNERS = ("gpu",)
 NO_OVERHEAD_PRIOR = {"log_overhead_ms": (math.log(0.05), 1.0)}
 
 
-def default_prior(source: PerfSource, measurements: list[Measurement]) -> Prior:
+def default_prior(
+    source: PerfSource, measurements: list[Measurement], evidence: list[DeploymentEvidence] | None = None
+) -> Prior:
     """The generic prior, updated with the transferable part of the bundled per-backend one (and no
-    request overhead when every record comes from a runner that times the engine alone)."""
+    request overhead when every record comes from a runner that times the engine alone). Prefill/decode
+    records of such a runner also get the prior learned from the *other* deployments in ``evidence``
+    (default: the bundled ``models/calibration_phase_evidence.json``; ``phase_prior.learned_prior``)."""
     prior = Prior().updated(transferable(bundled_prior(source.stack.backend), agg=has_agg(measurements)))
     if measurements and all(m.runner in ENGINE_ONLY_RUNNERS for m in measurements):
         prior = prior.updated(NO_OVERHEAD_PRIOR)
+        if not has_agg(measurements):
+            evidence = bundled_phase_evidence() if evidence is None else evidence
+            others = [e for e in evidence if e.name != deployment_name(source.stack)]
+            if others:
+                prior = learned_prior(others, prior)
     return prior
+
+
+def deployment_name(stack: Stack) -> str:
+    """The key of a deployment in the phase evidence: model|system|backend (model lower-cased)."""
+    return f"{stack.model.lower()}|{stack.system}|{stack.backend}"
+
+
+def bundled_phase_evidence(path: Path = PHASE_EVIDENCE_FILE) -> list[DeploymentEvidence]:
+    """The GPU-runner deployments' fits (``benchmarks/calibration_heldout.py --write-evidence``), or []."""
+    if not path.exists():
+        return []
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("format_version") != PHASE_EVIDENCE_FORMAT_VERSION:
+            raise ValueError(f"format {doc.get('format_version')!r}")
+        return [DeploymentEvidence.from_dict(d) for d in doc["deployments"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring calibration phase evidence %s: %s", path, exc)
+        return []
 
 
 def calibrate(

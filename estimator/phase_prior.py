@@ -1,0 +1,80 @@
+"""A prior for prefill/decode calibrations learned from other deployments measured the same way.
+
+Why: with 2 points per phase and engine, a fit cannot tell a phase scale from a slope and a fixed cost,
+and its own residuals say almost nothing about the model's misfit. Other deployments measured by the
+same runner, each fitted on all its points, do say it (empirical Bayes across deployments, as the agg
+calibration learns its prior from the other silicon families):
+- the shape parameters (``TRANSFERRED``: the ISL/batch/context slopes and the prefill step ratio) get the
+  median and robust spread of their fitted values; ARD is then off, since a per-fit relevance estimate
+  from 2 points is noise where the other deployments have already said how far the slopes vary;
+- the misfit becomes a discrepancy field (``phase_field``) whose hyperparameters maximise the marginal
+  likelihood of those deployments' residuals.
+Levels (phase scales, step costs) stay per deployment. ``DeploymentEvidence`` is what one deployment
+contributes; it is JSON data, so a bundled file can carry it (``validate.calibrate``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from .calibration import Observation
+from .calibration_fit import Prior, fit, prior_from_fits
+from .calibration_params import SharedParameters
+from .phase_field import FieldPoint, learn_kernel
+
+TRANSFERRED = ("beta_isl", "beta_batch", "beta_context", "log_prefill_step")
+MIN_SD = 0.03  # floor of a learned spread (log units): two or three deployments cannot say less
+
+
+@dataclass(frozen=True)
+class DeploymentEvidence:
+    """One deployment's prefill/decode points fitted together: its shared parameters and its residuals."""
+
+    name: str  # model|system|backend
+    shared: SharedParameters
+    residuals: tuple[FieldPoint, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shared": asdict(self.shared),
+            "residuals": [asdict(p) for p in self.residuals],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DeploymentEvidence:
+        known = set(SharedParameters.__dataclass_fields__)
+        shared = SharedParameters(**{k: float(v) for k, v in d["shared"].items() if k in known})
+        return cls(str(d["name"]), shared, tuple(FieldPoint(**p) for p in d["residuals"]))
+
+
+def deployment_evidence(name: str, observations: Sequence[Observation], prior: Prior) -> DeploymentEvidence:
+    """Fit ``observations`` (one deployment's prefill/decode points) with ``prior``, noise from the residuals."""
+    obs = [o for o in observations if not o.is_agg and o.measured_ms and o.measured_ms > 0]
+    corr = fit(obs, replace(prior, cv_folds=0, discrepancy_weight=0.0, phase_kernel={}), residual_field=False)
+    res = tuple(FieldPoint(o.engine, o.kind, o.isl, o.batch, o.context, math.log(o.measured_ms / corr.predict(o)),
+                           o.noise_sd) for o in obs)  # fmt: skip
+    return DeploymentEvidence(name, corr.mean.shared, res)
+
+
+def learned_prior(evidence: Sequence[DeploymentEvidence], prior: Prior) -> Prior:
+    """``prior`` with what ``evidence`` (other deployments) says: the field per kind, where some deployment
+    has 3 points of it, and the ``TRANSFERRED`` parameters, where two or more deployments are there."""
+    groups: dict[tuple[str, str], list[FieldPoint]] = {}
+    for ev in evidence:
+        for p in ev.residuals:
+            groups.setdefault((ev.name, p.engine), []).append(p)
+    kernel = {}
+    for kind in ("ttft", "tpot"):
+        try:
+            hyper, n = learn_kernel(list(groups.values()), kind)
+        except ValueError:
+            continue
+        kernel[kind] = (hyper, float(n))
+    shared = {k: v for k, v in prior_from_fits([ev.shared for ev in evidence], prior, MIN_SD).items()
+              if k in TRANSFERRED}  # fmt: skip
+    out = prior.updated(shared) if shared else prior
+    return replace(out, phase_kernel=kernel, ard_iterations=0 if shared else out.ard_iterations)

@@ -1,0 +1,154 @@
+"""Prefill/decode calibrations with a prior and a discrepancy field learned from other deployments."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from estimator.calibration import Correction
+from estimator.calibration_fit import Prior, fit
+from estimator.calibration_params import SharedParameters
+from estimator.measurements import Measurement, Probe, ProbeKind
+from estimator.phase_field import FieldPoint, KernelHyper, learn_kernel
+from estimator.phase_prior import TRANSFERRED, DeploymentEvidence, learned_prior
+from estimator.sources.roofline import RooflineSource
+from tests.test_calibrate import STACK, TP1, TP2, Distorted
+from validate.calibrate import (
+    bundled_phase_evidence,
+    calibrate,
+    collect_observations,
+    default_prior,
+    deployment_name,
+)
+
+KERNEL = {
+    "ttft": (KernelHyper(0.05, (0.7,), 0.002), 30.0),
+    "tpot": (KernelHyper(0.03, (0.7, 0.9), 0.002), 30.0),
+}
+
+
+def _records(truth):
+    ms = [
+        Measurement(
+            Probe(ProbeKind.PREFILL, STACK, c, isl=isl),
+            "gpu",
+            ttft_ms=float(truth.prefill_ttft_ms(c, [isl])[0]),
+        )
+        for c in (TP1, TP2)
+        for isl in (512, 4096)
+    ]
+    ms += [
+        Measurement(
+            Probe(ProbeKind.DECODE, STACK, c, isl=2000, osl=200, concurrency=n),
+            "gpu",
+            itl_ms=float(truth.decode_itl_ms(c, [n], [2100])[0]),
+        )
+        for c in (TP1, TP2)
+        for n in (2, 64)
+    ]
+    return ms  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fielded():
+    base = RooflineSource(STACK)
+    truth = Distorted(base, {"TP1": 1.05, "TP2": 0.95})
+    ms = _records(truth)
+    prior = dataclasses.replace(Prior(), phase_kernel=KERNEL, ard_iterations=0)
+    return base, truth, calibrate(base, ms, prior)
+
+
+def _half_width(cal, isl):
+    lo, hi = cal.prefill_ttft_band(TP1, [isl])
+    return math.log(hi[0] / lo[0]) / 2
+
+
+def test_band_is_narrow_at_a_measured_point_and_wide_far_from_every_point(fielded):
+    """Kriging: at a measured ISL the band is about the measurement noise, far away the field's amplitude."""
+    _, _, cal = fielded
+    assert cal.correction.phase is not None
+    assert _half_width(cal, 512) < 0.2 * _half_width(cal, 60000)
+
+
+def test_prediction_goes_through_a_measured_point(fielded):
+    _, truth, cal = fielded
+    measured = float(truth.prefill_ttft_ms(TP1, [4096])[0])
+    assert abs(float(cal.prefill_ttft_ms(TP1, [4096])[0]) / measured - 1) < 0.01
+
+
+def test_field_survives_the_json_round_trip(fielded):
+    _, _, cal = fielded
+    again = Correction.from_dict(cal.correction.to_dict())
+    obs = cal._prefill(TP1, [1000, 9000]) + cal._decode(TP2, [8, 128], [2100, 2100])
+    assert [b.high_ms for b in again.bands(obs)] == pytest.approx(
+        [b.high_ms for b in cal.correction.bands(obs)]
+    )
+    assert [again.predict(o) for o in obs] == pytest.approx([cal.correction.predict(o) for o in obs])
+
+
+def test_agg_points_keep_independent_noise():
+    """The field models prefill/decode probes only; an agg calibration with such a prior has none."""
+    base = RooflineSource(STACK)
+    obs = collect_observations(base, _records(Distorted(base)))[0]
+    agg_like = [dataclasses.replace(o, burst=o.steady, sync=o.steady, concurrency=4.0) for o in obs]
+    corr = fit(agg_like, dataclasses.replace(Prior(), phase_kernel=KERNEL), residual_field=False)
+    assert corr.phase is None
+
+
+def test_learn_kernel_recovers_a_known_field():
+    rng = np.random.default_rng(1)
+    true = KernelHyper(0.04, (0.7,), 0.005)
+    groups = []
+    for g in range(40):
+        isl = np.geomspace(128, 16384, 8)
+        x = np.log(isl)[:, None]
+        cov = true.k(x, x) + np.eye(len(isl)) * true.white**2
+        r = rng.multivariate_normal(np.zeros(len(isl)), cov)
+        groups.append(
+            [FieldPoint(f"E{g}", "ttft", float(i), 1.0, float(i), float(v), 0.0) for i, v in zip(isl, r)]
+        )
+    got, n = learn_kernel(groups, "ttft")
+    assert n == 320
+    assert got.amplitude == pytest.approx(0.04, rel=0.3)
+    assert got.length[0] == pytest.approx(0.7, rel=0.4)
+
+
+def _evidence(name: str, beta_isl: float, rng) -> DeploymentEvidence:
+    pts = tuple(FieldPoint("TP1", "ttft", float(i), 1.0, float(i), float(rng.normal(0, 0.03)), 0.0)
+                for i in (128, 512, 2048, 8192)) + tuple(
+        FieldPoint("TP1", "tpot", 1.0, float(b), 2048.0, float(rng.normal(0, 0.02)), 0.0) for b in (1, 8, 64, 256))  # fmt: skip
+    return DeploymentEvidence(name, SharedParameters(beta_isl=beta_isl), pts)
+
+
+def test_default_prior_learns_from_the_other_deployments_only():
+    rng = np.random.default_rng(0)
+    own = _evidence(deployment_name(STACK), 0.9, rng)
+    others = [_evidence("a|h200_sxm|vllm", 0.10, rng), _evidence("b|h200_sxm|vllm", 0.12, rng)]
+    base = RooflineSource(STACK)
+    ms = _records(Distorted(base))
+    assert not default_prior(base, ms, [own]).phase_kernel  # its own fit is no evidence about itself
+    prior = default_prior(base, ms, [own, *others])
+    assert set(prior.phase_kernel) == {"ttft", "tpot"}
+    assert prior.shared["beta_isl"][0] == pytest.approx(0.11)
+    assert prior.ard_iterations == 0
+    assert set(TRANSFERRED) <= set(prior.shared)
+
+
+def test_other_runners_keep_the_previous_prior():
+    """Phase evidence comes from the GPU runner: records of another runner do not use it."""
+    base = RooflineSource(STACK)
+    ms = [dataclasses.replace(m, runner="synthetic") for m in _records(Distorted(base))]
+    rng = np.random.default_rng(0)
+    assert not default_prior(
+        base, ms, [_evidence("a|x|vllm", 0.1, rng), _evidence("b|y|vllm", 0.1, rng)]
+    ).phase_kernel
+
+
+def test_bundled_evidence_names_the_gpu_runner_deployments():
+    names = {e.name for e in bundled_phase_evidence()}
+    assert "meta-llama/meta-llama-3.1-8b|h100_sxm|vllm" in names
+    assert len(names) >= 3
+    assert learned_prior(bundled_phase_evidence(), Prior()).phase_kernel
