@@ -293,7 +293,8 @@ class Correction:
           use (d log prediction / d parameter): the shared phase scales move every engine, and the TTFT
           and TPOT of one deployment, together;
         - an engine never measured: its offsets from their prior, one draw per engine;
-        - the discrepancy noise of the kind (or the residual field's sd on agg inputs): one standard
+        - the discrepancy noise of the kind (the residual field's sd on agg inputs, the phase field's
+          kriging variance and gradient on prefill/decode inputs where it applies): one standard
           normal per (engine, kind), shared by that engine's observations of that kind (the model's
           misfit moves one engine's curve), independent between engines and kinds;
         standardised and taken to each observation's Student-t (a Gaussian copula).
@@ -302,6 +303,13 @@ class Correction:
             return np.empty((n, 0))
         pred = self.predictive(observations)
         grads = self._log_grads(observations)
+        noise_sd = np.empty(len(observations))
+        for i, obs in enumerate(observations):
+            noise_sd[i] = self._noise_sd(obs)
+            if self._field(obs) is None and self._phased(obs):  # kriging: the field's gradient and variance
+                _, f_var, grads[i] = self.phase.predict(obs.engine, obs.kind, obs.isl, obs.batch, obs.context,
+                                                        grads[i])  # fmt: skip
+                noise_sd[i] = math.sqrt(f_var + self.noise.measurement.get(obs.kind, 0.0) ** 2)
         x = _gaussian(rng, self.cov, n) @ grads.T
         var = np.einsum("ij,jk,ik->i", grads, self.cov, grads)
         unmeasured: dict[str, list[int]] = {}
@@ -316,7 +324,7 @@ class Correction:
             x[:, idx] += rng.standard_normal((n, len(ENGINE_NAMES))) @ g_off.T
             var[idx] += np.sum(g_off**2, axis=1)
         for idx in discrepancy.values():
-            sd = np.array([self._noise_sd(observations[i]) for i in idx])
+            sd = noise_sd[idx]
             x[:, idx] += rng.standard_normal((n, 1)) * sd[None, :]
             var[idx] += sd**2
         log_sd = np.array([p.log_sd for p in pred])
