@@ -2,7 +2,8 @@
 
 A file holds: ``format`` and ``format_version``; the term and feature names the model expects;
 the training data's SHA-256 and summary; package versions; the cross-validated error; the hardware
-records of the trained systems (so answering never reads AIC's files); and the regressor itself.
+records of the trained systems (so answering never reads AIC's files); the regressor itself; and,
+for distilled files, optional node tables (``nodes.py``: AIC's answers for the distilled engines).
 Floats are written with Python's shortest exact repr, so load -> save reproduces the same bytes.
 Anything unreadable or from another format version is a ``SourceError`` naming the file.
 """
@@ -21,6 +22,7 @@ from ...errors import SourceError
 from ...features import TERM_NAMES
 from ...hardware import HardwareSpec
 from .engine import FEATURE_NAMES
+from .nodes import EngineTable
 from .regressor import PerfRegressor
 
 FORMAT = "sla-estimate/regression-model"
@@ -38,8 +40,10 @@ class ModelFile:
     provenance: dict[str, Any] = field(default_factory=dict)  # training hash/summary, packages, cv, notes
     path: str | None = None
     sha256: str | None = None
+    tables: dict[str, EngineTable] = field(default_factory=dict)  # nodes.table_key -> AIC's answers
 
     def to_dict(self) -> dict[str, Any]:
+        tables = {"tables": {k: v.to_dict() for k, v in sorted(self.tables.items())}} if self.tables else {}
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -49,6 +53,7 @@ class ModelFile:
             "provenance": self.provenance,
             "hardware": {k: v.to_dict() for k, v in sorted(self.hardware.items())},
             "regressor": self.regressor.to_dict(),
+            **tables,
         }
 
     def dumps(self) -> str:
@@ -114,9 +119,10 @@ def load_model_file(name_or_path: str) -> ModelFile:
         hardware = {k: HardwareSpec.from_dict(v) for k, v in doc["hardware"].items()}
         provenance = dict(doc["provenance"])
         name = str(doc["name"])
+        tables = {str(k): EngineTable.from_dict(v) for k, v in doc.get("tables", {}).items()}
     except (KeyError, TypeError, ValueError, AttributeError, SourceError) as exc:
         raise SourceError(f"{path}: corrupt regression model file ({type(exc).__name__}: {exc})") from exc
-    return ModelFile(name, reg, hardware, provenance, str(path), hashlib.sha256(raw).hexdigest())
+    return ModelFile(name, reg, hardware, provenance, str(path), hashlib.sha256(raw).hexdigest(), tables)
 
 
 def package_versions() -> dict[str, str]:

@@ -35,37 +35,62 @@ def _lerp(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 class MonotoneCurve:
-    """f(isl) non-decreasing: ``model(isl)`` on ISL_GRID, running max, log-log interpolation."""
+    """f(isl) non-decreasing: ``model(isl)`` on ``grid`` (ISL_GRID), running max, log-log interpolation.
 
-    def __init__(self, model: Callable[[np.ndarray], np.ndarray], linear: Callable[[np.ndarray], np.ndarray]):
-        self.model, self.linear = model, linear
-        self.values = np.maximum.accumulate(model(ISL_GRID))
+    ``model`` may be an array of the values at the grid nodes (a node table) instead of a function.
+    """
+
+    def __init__(
+        self,
+        model: Callable[[np.ndarray], np.ndarray] | np.ndarray,
+        linear: Callable[[np.ndarray], np.ndarray],
+        grid: np.ndarray = ISL_GRID,
+    ):
+        self.model, self.linear, self.grid = model, linear, np.asarray(grid, dtype=float)
+        raw = np.asarray(model, dtype=float) if isinstance(model, np.ndarray) else model(self.grid)
+        self.values = np.maximum.accumulate(raw)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        i, w, xc = _locate(ISL_GRID, x)
+        i, w, xc = _locate(self.grid, x)
         lv = np.log(self.values)
         out = np.exp(_lerp(lv[i], lv[i + 1], w))
         return out * np.where(xc != x, self.linear(x) / self.linear(xc), 1.0)
 
 
 class MonotoneSurface:
-    """f(batch, context) non-decreasing in both: lazy grid of nodes, running max over both axes."""
+    """f(batch, context) non-decreasing in both: lazy grid of nodes, running max over both axes.
 
-    def __init__(self, model: Model, linear: Model):
+    ``model`` may be an array (batch nodes x context nodes) of the values at the grid (a node table).
+    """
+
+    def __init__(
+        self,
+        model: Model | np.ndarray,
+        linear: Model,
+        batch_grid: np.ndarray = BATCH_GRID,
+        context_grid: np.ndarray = CONTEXT_GRID,
+    ):
         self.model, self.linear = model, linear
-        self.raw = np.full((BATCH_GRID.size, CONTEXT_GRID.size), np.nan)
+        self.batch_grid = np.asarray(batch_grid, dtype=float)
+        self.context_grid = np.asarray(context_grid, dtype=float)
+        if isinstance(model, np.ndarray):
+            self.raw = np.array(model, dtype=float)
+            if self.raw.shape != (self.batch_grid.size, self.context_grid.size) or np.isnan(self.raw).any():
+                raise ValueError("a node table must give a value at every (batch, context) node")
+        else:
+            self.raw = np.full((self.batch_grid.size, self.context_grid.size), np.nan)
 
     def _values(self, i_max: int, j_max: int) -> np.ndarray:
         block = self.raw[: i_max + 1, : j_max + 1]
         todo = np.isnan(block)
         if todo.any():
             bi, cj = np.nonzero(todo)
-            block[bi, cj] = self.model(BATCH_GRID[bi], CONTEXT_GRID[cj])
+            block[bi, cj] = self.model(self.batch_grid[bi], self.context_grid[cj])
         return np.maximum.accumulate(np.maximum.accumulate(block, axis=0), axis=1)
 
     def __call__(self, batch: np.ndarray, context: np.ndarray) -> np.ndarray:
-        i, wi, bc = _locate(BATCH_GRID, batch)
-        j, wj, cc = _locate(CONTEXT_GRID, context)
+        i, wi, bc = _locate(self.batch_grid, batch)
+        j, wj, cc = _locate(self.context_grid, context)
         lv = np.log(self._values(int(i.max()) + 1, int(j.max()) + 1))
         top = _lerp(lv[i, j], lv[i, j + 1], wj)
         bottom = _lerp(lv[i + 1, j], lv[i + 1, j + 1], wj)
