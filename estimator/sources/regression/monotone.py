@@ -3,7 +3,8 @@
 Why: boosted trees are not monotone in ISL, batch or context by themselves, and physics says the
 answers must be. The model is evaluated on a fixed grid (so the answer at a point never depends on
 which other points were asked for), a running maximum makes it non-decreasing along each axis, and
-queries interpolate in log-log space. Beyond the grid the value follows the linear part's growth.
+queries interpolate in log-log space. Beyond the grid the value follows the linear part's growth
+(along each axis separately, so it stays monotone there too).
 Grid nodes are computed on first need and kept.
 """
 
@@ -29,6 +30,21 @@ def _locate(grid: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     return i, np.clip(w, 0.0, 1.0), xc
 
 
+def minorant(values: np.ndarray) -> np.ndarray:
+    """The largest non-decreasing array (along every axis) that nowhere exceeds ``values``.
+
+    For tabulated times (AIC's, which rise and fall with its kernel tables): a step can always be
+    padded to a larger one, so a larger ISL, batch or context that is faster bounds the smaller one
+    from above; a hump that a later node undercuts is an artifact. Keeps every node that no later
+    node undercuts exactly, in particular the largest batch within an ITL target (the decode choice).
+    """
+    out = np.asarray(values, dtype=float)
+    for axis in range(out.ndim):
+        flipped = np.flip(out, axis)
+        out = np.flip(np.minimum.accumulate(flipped, axis=axis), axis)
+    return out
+
+
 def _lerp(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
     """a + (b - a) w, kept inside [a, b]: equal nodes give exactly their value (no rounding wiggle)."""
     return np.clip(a + (b - a) * w, np.minimum(a, b), np.maximum(a, b))
@@ -37,7 +53,8 @@ def _lerp(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
 class MonotoneCurve:
     """f(isl) non-decreasing: ``model(isl)`` on ``grid`` (ISL_GRID), running max, log-log interpolation.
 
-    ``model`` may be an array of the values at the grid nodes (a node table) instead of a function.
+    ``model`` may be an array of the values at the grid nodes (a node table) instead of a function:
+    those are made monotone from above (:func:`minorant`), a learned model's from below (running max).
     """
 
     def __init__(
@@ -47,8 +64,10 @@ class MonotoneCurve:
         grid: np.ndarray = ISL_GRID,
     ):
         self.model, self.linear, self.grid = model, linear, np.asarray(grid, dtype=float)
-        raw = np.asarray(model, dtype=float) if isinstance(model, np.ndarray) else model(self.grid)
-        self.values = np.maximum.accumulate(raw)
+        if isinstance(model, np.ndarray):
+            self.values = minorant(np.asarray(model, dtype=float))
+        else:
+            self.values = np.maximum.accumulate(model(self.grid))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         i, w, xc = _locate(self.grid, x)
@@ -60,7 +79,8 @@ class MonotoneCurve:
 class MonotoneSurface:
     """f(batch, context) non-decreasing in both: lazy grid of nodes, running max over both axes.
 
-    ``model`` may be an array (batch nodes x context nodes) of the values at the grid (a node table).
+    ``model`` may be an array (batch nodes x context nodes) of the values at the grid (a node table),
+    made monotone from above (:func:`minorant`); a learned model's nodes get a running max.
     """
 
     def __init__(
@@ -77,6 +97,7 @@ class MonotoneSurface:
             self.raw = np.array(model, dtype=float)
             if self.raw.shape != (self.batch_grid.size, self.context_grid.size) or np.isnan(self.raw).any():
                 raise ValueError("a node table must give a value at every (batch, context) node")
+            self.raw = minorant(self.raw)
         else:
             self.raw = np.full((self.batch_grid.size, self.context_grid.size), np.nan)
 
@@ -95,7 +116,11 @@ class MonotoneSurface:
         top = _lerp(lv[i, j], lv[i, j + 1], wj)
         bottom = _lerp(lv[i + 1, j], lv[i + 1, j + 1], wj)
         out = np.exp(_lerp(top, bottom, wi))
-        outside = (bc != batch) | (cc != context)
-        if outside.any():
-            out = out * np.where(outside, self.linear(batch, context) / self.linear(bc, cc), 1.0)
+        # beyond the grid: the linear part's growth along that axis, taken at the other axis's first
+        # node, so the factor depends on one axis only and the answer stays monotone in both
+        b0, c0 = np.full_like(bc, self.batch_grid[0]), np.full_like(cc, self.context_grid[0])
+        if np.any(bc != batch):
+            out = out * np.where(bc != batch, self.linear(batch, c0) / self.linear(bc, c0), 1.0)
+        if np.any(cc != context):
+            out = out * np.where(cc != context, self.linear(b0, context) / self.linear(b0, cc), 1.0)
         return out

@@ -12,6 +12,7 @@ context, the concurrencies its decode sweep visits), where the profile compares 
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,16 +38,17 @@ class EngineTable:
         if self.kv_capacity_tokens is not None:
             out["kv_capacity_tokens"] = int(self.kv_capacity_tokens)
         if self.prefill_ms is not None:
-            out.update(isl=_ints(self.isl), prefill_ms=_floats(self.prefill_ms))
+            out.update(isl=_ints(self.isl), prefill_ms=encode(self.prefill_ms))
         if self.decode_ms is not None:
-            out.update(batch=_ints(self.batch), context=_ints(self.context),
-                       decode_ms=[_floats(row) for row in self.decode_ms])  # fmt: skip
+            out.update(batch=_ints(self.batch), context=_ints(self.context), decode_ms=encode(self.decode_ms))
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EngineTable:
         def arr(key: str) -> np.ndarray | None:
-            return np.asarray(d[key], dtype=float) if key in d else None
+            if key not in d:
+                return None
+            return decode(d[key]) if isinstance(d[key], dict) else np.asarray(d[key], dtype=float)
 
         t = cls(arr("isl"), arr("prefill_ms"), arr("batch"), arr("context"), arr("decode_ms"),
                 int(d["kv_capacity_tokens"]) if "kv_capacity_tokens" in d else None,
@@ -80,6 +82,18 @@ def _ints(a: np.ndarray) -> list[int]:
     return [int(x) for x in a]
 
 
-def _floats(a: np.ndarray) -> list[float]:
-    """Nine significant digits: far below AIC's own resolution, and a third of the file's size."""
-    return [float(f"{x:.9g}") for x in np.asarray(a, dtype=float)]
+def encode(a: np.ndarray) -> dict[str, Any]:
+    """Times as little-endian float64 in base64 (still JSON): AIC's values bit for bit, and a model
+    file of ~300k table values parses in milliseconds instead of ~0.1 s as decimal lists."""
+    a = np.ascontiguousarray(a, dtype="<f8")
+    return {"dtype": "<f8", "shape": list(a.shape), "base64": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def decode(d: dict[str, Any]) -> np.ndarray:
+    if d.get("dtype") != "<f8":
+        raise ValueError(f"node table dtype {d.get('dtype')!r}, expected '<f8'")
+    shape = tuple(int(n) for n in d["shape"])
+    raw = base64.b64decode(d["base64"], validate=True)
+    if len(raw) != 8 * int(np.prod(shape)):
+        raise ValueError(f"node table of shape {shape} holds {len(raw)} bytes")
+    return np.frombuffer(raw, dtype="<f8").reshape(shape).astype(float)
