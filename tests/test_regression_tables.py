@@ -117,7 +117,7 @@ def test_bundled_tables_are_aic_at_the_nodes_and_decision_points():
     src, aic = RegressionSource(stack, "aic-distilled"), AicSource(stack)
     for name in ("TP4", "TP8"):
         c = Candidate.parse(name)
-        t = mf.tables[table_key(stack, name)]
+        t = mf.table(table_key(stack, name))
         kv = aic.kv_capacity_tokens(c)
         assert src.kv_capacity_tokens(c) == kv == t.kv_capacity_tokens
         isl_w, ctx_w, batch_w = workload_nodes(kv, c.attention_dp_size, [(3000, 150)])

@@ -40,10 +40,23 @@ class ModelFile:
     provenance: dict[str, Any] = field(default_factory=dict)  # training hash/summary, packages, cv, notes
     path: str | None = None
     sha256: str | None = None
-    tables: dict[str, EngineTable] = field(default_factory=dict)  # nodes.table_key -> AIC's answers
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # nodes.table_key -> EngineTable.to_dict()
+    _parsed: dict[str, EngineTable] = field(default_factory=dict, repr=False, compare=False)
+
+    def table(self, key: str | None) -> EngineTable | None:
+        """The node table of one engine, decoded on first use (a profile needs a few of hundreds)."""
+        if key is None or key not in self.tables:
+            return None
+        if key not in self._parsed:
+            try:
+                self._parsed[key] = EngineTable.from_dict(self.tables[key])
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise SourceError(f"{self.path}: corrupt regression model file (node table {key}: "
+                                  f"{type(exc).__name__}: {exc})") from exc  # fmt: skip
+        return self._parsed[key]
 
     def to_dict(self) -> dict[str, Any]:
-        tables = {"tables": {k: v.to_dict() for k, v in sorted(self.tables.items())}} if self.tables else {}
+        tables = {"tables": dict(sorted(self.tables.items()))} if self.tables else {}
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -119,7 +132,9 @@ def load_model_file(name_or_path: str) -> ModelFile:
         hardware = {k: HardwareSpec.from_dict(v) for k, v in doc["hardware"].items()}
         provenance = dict(doc["provenance"])
         name = str(doc["name"])
-        tables = {str(k): EngineTable.from_dict(v) for k, v in doc.get("tables", {}).items()}
+        tables = dict(doc.get("tables", {}))
+        if not all(isinstance(v, dict) for v in tables.values()):
+            raise ValueError("node tables must be objects")
     except (KeyError, TypeError, ValueError, AttributeError, SourceError) as exc:
         raise SourceError(f"{path}: corrupt regression model file ({type(exc).__name__}: {exc})") from exc
     return ModelFile(name, reg, hardware, provenance, str(path), hashlib.sha256(raw).hexdigest(), tables)

@@ -104,8 +104,8 @@ def assemble(data: TrainingSet, name: str, reg: PerfRegressor, cv_pred: np.ndarr
         "in_sample": error_summary(predict_rows(reg, data), data),
         "notes": notes,
     }
-    parsed = {k: EngineTable.from_dict(v) for k, v in (tables or {}).items()}
-    mf = ModelFile(name, reg, hardware, provenance, tables=parsed)
+    parsed = {k: EngineTable.from_dict(v) for k, v in (tables or {}).items()}  # checks every table
+    mf = ModelFile(name, reg, hardware, provenance, tables=dict(tables or {}))
     if parsed:
         provenance["tables"] = {"engines": len(parsed), "with_prefill": sum(t.prefill_ms is not None for t in parsed.values()),
                                 "with_decode": sum(t.decode_ms is not None for t in parsed.values()),

@@ -106,9 +106,7 @@ class RegressionSource(PerfSource):
         return engines[c]
 
     def _table(self, c: Candidate) -> EngineTable | None:
-        key = table_key(self.stack, c.name)
-        tables = self.file_.tables if self.file_ is not None else {}
-        return tables.get(key) if key is not None else None
+        return self.file_.table(table_key(self.stack, c.name)) if self.file_ is not None else None
 
     @staticmethod
     def _refused(e: dict[str, Any], quantity: str, c: Candidate) -> None:
