@@ -146,8 +146,9 @@ def _error_table(prov: dict[str, Any]) -> str:
 
 def _table_check(prov: dict[str, Any]) -> str:
     t = prov.get("tables") or {}
-    lines = [f"node tables: {t.get('engines', 0)} engines ({t.get('refused_by_aic', 0)} with quantities AIC "
-             "refuses); read-out against AIC off the nodes:"]  # fmt: skip
+    head = (f"node tables: {t.get('engines', 0)} engines ({t.get('refused_by_aic', 0)} with quantities AIC "
+            "refuses); read-out against AIC off the nodes:")  # fmt: skip
+    lines = [head]
     for kind, e in sorted((prov.get("table_check") or {}).items()):
         if isinstance(e, dict):
             lines.append(f"  {kind:8} {e['rows']:6d} points  median {e['median_abs_pct']:6.2f} %  "

@@ -106,6 +106,7 @@ def response_percentiles(
 def _poisson_ppf(q: np.ndarray, mean: float) -> np.ndarray:
     """Smallest k with P(K <= k) >= q for K ~ Poisson(mean) (scipy's ppf, without its per-call overhead)."""
     from scipy import special  # here, not at import: the CLI imports this module to build its parser
+
     spread = 12 * math.sqrt(mean) + 30
     low, top = max(0, int(mean - spread)), int(mean + spread)
     cdf = special.pdtr(np.arange(low, top + 1), mean)  # below ``low`` the CDF is < 1e-30

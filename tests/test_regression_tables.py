@@ -121,7 +121,11 @@ def test_bundled_tables_are_aic_at_the_nodes_and_decision_points():
         kv = aic.kv_capacity_tokens(c)
         assert src.kv_capacity_tokens(c) == kv == t.kv_capacity_tokens
         isl_w, ctx_w, batch_w = workload_nodes(kv, c.attention_dp_size, [(3000, 150)])
-        assert isl_w <= set(t.isl.tolist()) and ctx_w <= set(t.context.tolist()) and batch_w <= set(t.batch.tolist())
+        assert (
+            isl_w <= set(t.isl.tolist())
+            and ctx_w <= set(t.context.tolist())
+            and batch_w <= set(t.batch.tolist())
+        )
         assert np.allclose(t.prefill_ms, aic.prefill_ttft_ms(c, t.isl), rtol=1e-8)
         assert np.allclose(src.prefill_ttft_ms(c, t.isl), minorant(t.prefill_ms), rtol=1e-12)
         j = int(np.flatnonzero(t.context == 3075.0)[0])

@@ -312,11 +312,15 @@ def aic_check_points(
                             "aic_ms": src.prefill_ttft_ms(c, isl).tolist()})  # fmt: skip
             kv = t.get("kv_capacity_tokens") or 0
             if "batch" in t and kv > 0:
-                ctx = np.round(np.exp(rng.uniform(np.log(t["context"][0]), np.log(t["context"][-1]), per_engine[1])))
+                ctx = np.round(
+                    np.exp(rng.uniform(np.log(t["context"][0]), np.log(t["context"][-1]), per_engine[1]))
+                )
                 top = np.minimum(t["batch"][-1], kv / ctx)
                 ok = top > t["batch"][0]
                 ctx, top = ctx[ok], top[ok]
-                b = np.round(np.exp(rng.uniform(np.log(t["batch"][0]), np.log(np.maximum(top, t["batch"][0])))))
+                b = np.round(
+                    np.exp(rng.uniform(np.log(t["batch"][0]), np.log(np.maximum(top, t["batch"][0]))))
+                )
                 if b.size:
                     out.append({"key": key, "kind": "decode", "batch": b.tolist(), "context": ctx.tolist(),
                                 "aic_ms": src.decode_itl_ms(c, b, ctx).tolist()})  # fmt: skip

@@ -40,7 +40,9 @@ class ModelFile:
     provenance: dict[str, Any] = field(default_factory=dict)  # training hash/summary, packages, cv, notes
     path: str | None = None
     sha256: str | None = None
-    tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # nodes.table_key -> EngineTable.to_dict()
+    tables: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # nodes.table_key -> EngineTable.to_dict()
     _parsed: dict[str, EngineTable] = field(default_factory=dict, repr=False, compare=False)
 
     def table(self, key: str | None) -> EngineTable | None:
