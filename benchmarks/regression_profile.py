@@ -101,6 +101,10 @@ def compare(study: dict, cache: dict) -> dict:
         if mine != a[phase] and a[phase] in thpt:
             gaps.append(100.0 * (1.0 - thpt.get(mine, 0.0) / thpt[a[phase]]))
     row["aic_regret_pct"] = max(gaps, default=0.0)
+    # how close AIC's own call is: its best engine's tokens/s/GPU over the runner-up's, per phase
+    for phase in ("prefill", "decode"):
+        top = sorted(a[f"{phase}_thpt"].values(), reverse=True)
+        row[f"aic_{phase}_margin_pct"] = 100.0 * (top[0] / top[1] - 1.0) if len(top) > 1 else None
     src = make_source(SOURCE, Stack.from_spec(r.spec))
     ps, ds = a["prefill_surface"], a["decode_surface"]
     pc, dc = Candidate.parse(ps["candidate"]), Candidate.parse(ds["candidate"])
@@ -200,15 +204,18 @@ def main() -> None:
                         f"(AIC regret {m['aic_regret_pct']:.1f} %)" for m in summary["off_node_misses"])
               + f"; largest surface difference prefill {summary['off_node_largest_prefill_pct']:.1f} %, "
               f"decode {summary['off_node_largest_decode_pct']:.1f} %"), "",
-             "| study | AIC prefill / decode | surrogate | same (AIC regret %) | prefill max / median % | decode max / median % | KV % |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             ("| study | AIC prefill / decode | AIC margin prefill / decode % | surrogate | same (AIC regret %) "
+              "| prefill max / median % | decode max / median % | KV % |"),
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         name = _name(r["study"])
         if "same" not in r:
-            lines.append(f"| {name} | {r['aic']} | — | — | — | — | — |")
+            lines.append(f"| {name} | {r['aic']} | — | — | — | — | — | — |")
             continue
         same = "yes" if r["same"] else "NO ({:.1f})".format(r["aic_regret_pct"])
-        lines.append(f"| {name} | {r['aic']} | {r['regression']} | {same} | "
+        margins = " / ".join("—" if r[f"aic_{ph}_margin_pct"] is None else f"{r[f'aic_{ph}_margin_pct']:.4g}"
+                             for ph in ("prefill", "decode"))  # fmt: skip
+        lines.append(f"| {name} | {r['aic']} | {margins} | {r['regression']} | {same} | "
                      f"{r['prefill_max_pct']:.1f} / {r['prefill_median_pct']:.1f} | "
                      f"{r['decode_max_pct']:.1f} / {r['decode_median_pct']:.1f} | {r['kv_pct']:+.1f} |")  # fmt: skip
     from regression_accuracy import write_section
