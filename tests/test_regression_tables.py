@@ -50,6 +50,7 @@ def test_table_reproduces_its_nodes_and_stays_monotone(tmp_path):
     expect[0, :] = expect[1, :]  # batch 1 can be padded to batch 2: bounded by the faster batch 2
     assert np.allclose(got, expect, rtol=1e-12, atol=0)
     assert src.kv_capacity_tokens(TP2) == 123_456
+    assert src.provenance()["node_table_engines"] == ["TP2"]
     isl = np.geomspace(16, 60000, 200)
     assert np.all(np.diff(src.prefill_ttft_ms(TP2, isl)) >= 0)
     for ctx in (100.0, 2000.0, 50000.0):

@@ -168,6 +168,9 @@ class RegressionSource(PerfSource):
             p = self.file_.provenance
             out.update(model_file=self.file_.path, model_name=self.file_.name, model_sha256=self.file_.sha256,
                        training_sha256=p.get("training_sha256"), cv=p.get("cv"))  # fmt: skip
+            # which engines were read from AIC's node tables (the rest from the learned path)
+            engines = self.__dict__.get("_engines", {})
+            out["node_table_engines"] = sorted(c.name for c, e in engines.items() if e["table"] is not None)
         return out
 
 
