@@ -7,8 +7,8 @@ engines agree, and the largest difference of the surrogate from AIC on AIC's sel
 (prefill TTFT over ISL, decode ITL over the (concurrency, context) grid, KV capacity). Then times a
 cold CLI profile with the surrogate in a fresh process (``--no-cache``) and checks with
 ``python -X importtime`` that aiconfigurator is never imported. The same comparison at a second
-workload (ISL 1000 / OSL 500), whose decision points are not table nodes, says how much of the
-agreement comes from the nodes placed at the default workload.
+and a third workload (ISL 1000 / OSL 500, ISL 8000 / OSL 1000), whose decision points are not table
+nodes, says how much of the agreement comes from the nodes placed at the default workload.
 
     python benchmarks/regression_profile.py [--repeats 5]
 
@@ -45,8 +45,8 @@ MODELS = ["meta-llama/Meta-Llama-3.1-8B", "meta-llama/Meta-Llama-3.1-70B", "Qwen
 STUDIES = [{}] + [{"model": m, "system": s, "backend": b} for m in MODELS for s in ("h100_sxm", "h200_sxm")
                   for b in ("vllm", "sglang", "trtllm")]  # fmt: skip
 SOURCE = "regression:aic-distilled"
-# a workload off the node tables' workload nodes (ISL 3000 / OSL 150): decisions read between nodes
-OFF_NODE_WORKLOAD = {"isl": 1000, "osl": 500}
+# workloads off the node tables' workload nodes (ISL 3000 / OSL 150): decisions read between nodes
+OFF_NODE_WORKLOADS = ({"isl": 1000, "osl": 500}, {"isl": 8000, "osl": 1000})
 
 
 CACHE = ROOT / "out/regression_cache/aic_profiles_v2.json"
@@ -147,6 +147,26 @@ def cold_profile_s(repeats: int) -> tuple[list[float], list[float], bool]:
     return times, cpu, "aiconfigurator" in imp.stderr
 
 
+def off_node_summary(rows: list[dict]) -> dict:
+    done = [r for r in rows if "same" in r]
+    return {"compared": len(done), "same_engines": sum(r["same"] for r in done),
+            "misses": [{"study": r["study"], "aic": r["aic"], "surrogate": r["regression"],
+                        "aic_regret_pct": r["aic_regret_pct"]} for r in done if not r["same"]],
+            "largest_prefill_pct": max(r["prefill_max_pct"] for r in done),
+            "largest_decode_pct": max(r["decode_max_pct"] for r in done)}  # fmt: skip
+
+
+def off_node_line(workload: str, o: dict) -> str:
+    isl, osl = workload.split("/")
+    misses = "".join(f"; {_name(m['study'])}: AIC {m['aic']}, surrogate {m['surrogate']} "
+                     f"(AIC regret {m['aic_regret_pct']:.1f} %)" for m in o["misses"])  # fmt: skip
+    return (
+        f"- at ISL {isl} / OSL {osl} (decision points between the table's nodes): same engines in "
+        f"{o['same_engines']} of {o['compared']}{misses}; largest surface difference prefill "
+        f"{o['largest_prefill_pct']:.1f} %, decode {o['largest_decode_pct']:.1f} %"
+    )
+
+
 def _name(study: dict | str) -> str:
     return study if isinstance(study, str) else f"{study['model']} {study['system']} {study['backend']}"
 
@@ -161,11 +181,12 @@ def main() -> None:
         row = compare(st, cache)
         rows.append(row)
         print(json.dumps(row))
-    off = []
-    for st in STUDIES[1:]:  # the default study is one of the support-matrix stacks
-        row = compare({**st, **OFF_NODE_WORKLOAD}, cache)
-        off.append(row)
-        print(json.dumps(row))
+    off: dict[str, list] = {}
+    for wl in OFF_NODE_WORKLOADS:
+        for st in STUDIES[1:]:  # the default study is one of the support-matrix stacks
+            row = compare({**st, **wl}, cache)
+            off.setdefault(f"{wl['isl']}/{wl['osl']}", []).append(row)
+            print(json.dumps(row))
     times, cpu, imported = cold_profile_s(args.repeats)
     meta = {"machine": f"{platform.node()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
             "load_average": os.getloadavg()}  # fmt: skip
@@ -176,13 +197,7 @@ def main() -> None:
         "largest_decode_pct": max(r["decode_max_pct"] for r in done),
         "largest_kv_pct": max(abs(r["kv_pct"]) for r in done),
         "largest_aic_regret_pct": max(r["aic_regret_pct"] for r in done),
-        "off_node_workload": OFF_NODE_WORKLOAD,
-        "off_node_compared": sum("same" in r for r in off),
-        "off_node_same_engines": sum(r.get("same", False) for r in off),
-        "off_node_misses": [{"study": r["study"], "aic": r["aic"], "surrogate": r["regression"],
-                             "aic_regret_pct": r["aic_regret_pct"]} for r in off if r.get("same") is False],
-        "off_node_largest_prefill_pct": max((r["prefill_max_pct"] for r in off if "same" in r), default=None),
-        "off_node_largest_decode_pct": max((r["decode_max_pct"] for r in off if "same" in r), default=None),
+        "off_node": {wl: off_node_summary(rs) for wl, rs in off.items()},
         "cold_profile_s_median": statistics.median(times), "cold_profile_s": times,
         "cold_profile_cpu_s_median": statistics.median(cpu), "cold_profile_cpu_s": cpu, "aiconfigurator_imported": imported,
     }  # fmt: skip
@@ -198,12 +213,7 @@ def main() -> None:
              (f"- cold CLI profile (`--source {SOURCE} --no-cache --no-plots -o DIR`, fresh process): median "
              f"{summary['cold_profile_s_median']:.2f} s wall, {summary['cold_profile_cpu_s_median']:.2f} s CPU (user + sys) "
                 f"over {len(times)} runs (load average {meta['load_average'][0]:.1f}); aiconfigurator imported: {imported}"),
-             (f"- at ISL {OFF_NODE_WORKLOAD['isl']} / OSL {OFF_NODE_WORKLOAD['osl']} (decision points between the "
-              f"table's nodes): same engines in {summary['off_node_same_engines']} of {summary['off_node_compared']}"
-              + "".join(f"; {_name(m['study'])}: AIC {m['aic']}, surrogate {m['surrogate']} "
-                        f"(AIC regret {m['aic_regret_pct']:.1f} %)" for m in summary["off_node_misses"])
-              + f"; largest surface difference prefill {summary['off_node_largest_prefill_pct']:.1f} %, "
-              f"decode {summary['off_node_largest_decode_pct']:.1f} %"), "",
+             *[off_node_line(wl, o) for wl, o in summary["off_node"].items()], "",
              ("| study | AIC prefill / decode | AIC margin prefill / decode % | surrogate | same (AIC regret %) "
               "| prefill max / median % | decode max / median % | KV % |"),
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -221,7 +231,7 @@ def main() -> None:
     from regression_accuracy import write_section
 
     write_section(ROOT / "docs/regression.md", "profile", "\n".join(lines[2:]))
-    print("\n".join(lines[:9]))
+    print("\n".join(lines[: 8 + len(OFF_NODE_WORKLOADS)]))
 
 
 if __name__ == "__main__":
