@@ -6,7 +6,9 @@ h100/h200 x vllm/sglang/trtllm at ISL 3000 / OSL 150, TTFT 200 / ITL 20 ms), run
 engines agree, and the largest difference of the surrogate from AIC on AIC's selected surfaces
 (prefill TTFT over ISL, decode ITL over the (concurrency, context) grid, KV capacity). Then times a
 cold CLI profile with the surrogate in a fresh process (``--no-cache``) and checks with
-``python -X importtime`` that aiconfigurator is never imported.
+``python -X importtime`` that aiconfigurator is never imported. The same comparison at a second
+and a third workload (ISL 1000 / OSL 500, ISL 8000 / OSL 1000), whose decision points are not table
+nodes, says how much of the agreement comes from the nodes placed at the default workload.
 
     python benchmarks/regression_profile.py [--repeats 5]
 
@@ -43,6 +45,8 @@ MODELS = ["meta-llama/Meta-Llama-3.1-8B", "meta-llama/Meta-Llama-3.1-70B", "Qwen
 STUDIES = [{}] + [{"model": m, "system": s, "backend": b} for m in MODELS for s in ("h100_sxm", "h200_sxm")
                   for b in ("vllm", "sglang", "trtllm")]  # fmt: skip
 SOURCE = "regression:aic-distilled"
+# workloads off the node tables' workload nodes (ISL 3000 / OSL 150): decisions read between nodes
+OFF_NODE_WORKLOADS = ({"isl": 1000, "osl": 500}, {"isl": 8000, "osl": 1000})
 
 
 CACHE = ROOT / "out/regression_cache/aic_profiles_v2.json"
@@ -97,6 +101,10 @@ def compare(study: dict, cache: dict) -> dict:
         if mine != a[phase] and a[phase] in thpt:
             gaps.append(100.0 * (1.0 - thpt.get(mine, 0.0) / thpt[a[phase]]))
     row["aic_regret_pct"] = max(gaps, default=0.0)
+    # how close AIC's own call is: its best engine's tokens/s/GPU over the runner-up's, per phase
+    for phase in ("prefill", "decode"):
+        top = sorted(a[f"{phase}_thpt"].values(), reverse=True)
+        row[f"aic_{phase}_margin_pct"] = 100.0 * (top[0] / top[1] - 1.0) if len(top) > 1 else None
     src = make_source(SOURCE, Stack.from_spec(r.spec))
     ps, ds = a["prefill_surface"], a["decode_surface"]
     pc, dc = Candidate.parse(ps["candidate"]), Candidate.parse(ds["candidate"])
@@ -139,6 +147,30 @@ def cold_profile_s(repeats: int) -> tuple[list[float], list[float], bool]:
     return times, cpu, "aiconfigurator" in imp.stderr
 
 
+def off_node_summary(rows: list[dict]) -> dict:
+    done = [r for r in rows if "same" in r]
+    return {"compared": len(done), "same_engines": sum(r["same"] for r in done),
+            "misses": [{"study": r["study"], "aic": r["aic"], "surrogate": r["regression"],
+                        "aic_regret_pct": r["aic_regret_pct"]} for r in done if not r["same"]],
+            "largest_prefill_pct": max(r["prefill_max_pct"] for r in done),
+            "largest_decode_pct": max(r["decode_max_pct"] for r in done)}  # fmt: skip
+
+
+def off_node_line(workload: str, o: dict) -> str:
+    isl, osl = workload.split("/")
+    misses = "".join(f"; {_name(m['study'])}: AIC {m['aic']}, surrogate {m['surrogate']} "
+                     f"(AIC regret {m['aic_regret_pct']:.1f} %)" for m in o["misses"])  # fmt: skip
+    return (
+        f"- at ISL {isl} / OSL {osl} (decision points between the table's nodes): same engines in "
+        f"{o['same_engines']} of {o['compared']}{misses}; largest surface difference prefill "
+        f"{o['largest_prefill_pct']:.1f} %, decode {o['largest_decode_pct']:.1f} %"
+    )
+
+
+def _name(study: dict | str) -> str:
+    return study if isinstance(study, str) else f"{study['model']} {study['system']} {study['backend']}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
@@ -149,6 +181,12 @@ def main() -> None:
         row = compare(st, cache)
         rows.append(row)
         print(json.dumps(row))
+    off: dict[str, list] = {}
+    for wl in OFF_NODE_WORKLOADS:
+        for st in STUDIES[1:]:  # the default study is one of the support-matrix stacks
+            row = compare({**st, **wl}, cache)
+            off.setdefault(f"{wl['isl']}/{wl['osl']}", []).append(row)
+            print(json.dumps(row))
     times, cpu, imported = cold_profile_s(args.repeats)
     meta = {"machine": f"{platform.node()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
             "load_average": os.getloadavg()}  # fmt: skip
@@ -159,11 +197,12 @@ def main() -> None:
         "largest_decode_pct": max(r["decode_max_pct"] for r in done),
         "largest_kv_pct": max(abs(r["kv_pct"]) for r in done),
         "largest_aic_regret_pct": max(r["aic_regret_pct"] for r in done),
+        "off_node": {wl: off_node_summary(rs) for wl, rs in off.items()},
         "cold_profile_s_median": statistics.median(times), "cold_profile_s": times,
         "cold_profile_cpu_s_median": statistics.median(cpu), "cold_profile_cpu_s": cpu, "aiconfigurator_imported": imported,
     }  # fmt: skip
     (ROOT / "benchmarks/results/regression_profile.json").write_text(
-        json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=2) + "\n"
+        json.dumps({"meta": meta, "summary": summary, "rows": rows, "off_node_rows": off}, indent=2) + "\n"
     )
     lines = ["", "",
              f"`python benchmarks/regression_profile.py` on {meta['machine']}, {meta['date']}.", "",
@@ -173,26 +212,26 @@ def main() -> None:
              f"decode ITL {summary['largest_decode_pct']:.1f} %, KV capacity {summary['largest_kv_pct']:.1f} %"),
              (f"- cold CLI profile (`--source {SOURCE} --no-cache --no-plots -o DIR`, fresh process): median "
              f"{summary['cold_profile_s_median']:.2f} s wall, {summary['cold_profile_cpu_s_median']:.2f} s CPU (user + sys) "
-                f"over {len(times)} runs (load average {meta['load_average'][0]:.1f}); aiconfigurator imported: {imported}"), "",
-             "| study | AIC prefill / decode | surrogate | same (AIC regret %) | prefill max / median % | decode max / median % | KV % |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+                f"over {len(times)} runs (load average {meta['load_average'][0]:.1f}); aiconfigurator imported: {imported}"),
+             *[off_node_line(wl, o) for wl, o in summary["off_node"].items()], "",
+             ("| study | AIC prefill / decode | AIC margin prefill / decode % | surrogate | same (AIC regret %) "
+              "| prefill max / median % | decode max / median % | KV % |"),
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        name = (
-            r["study"]
-            if isinstance(r["study"], str)
-            else f"{r['study']['model']} {r['study']['system']} {r['study']['backend']}"
-        )
+        name = _name(r["study"])
         if "same" not in r:
-            lines.append(f"| {name} | {r['aic']} | — | — | — | — | — |")
+            lines.append(f"| {name} | {r['aic']} | — | — | — | — | — | — |")
             continue
         same = "yes" if r["same"] else "NO ({:.1f})".format(r["aic_regret_pct"])
-        lines.append(f"| {name} | {r['aic']} | {r['regression']} | {same} | "
+        margins = " / ".join("—" if r[f"aic_{ph}_margin_pct"] is None else f"{r[f'aic_{ph}_margin_pct']:.4g}"
+                             for ph in ("prefill", "decode"))  # fmt: skip
+        lines.append(f"| {name} | {r['aic']} | {margins} | {r['regression']} | {same} | "
                      f"{r['prefill_max_pct']:.1f} / {r['prefill_median_pct']:.1f} | "
                      f"{r['decode_max_pct']:.1f} / {r['decode_median_pct']:.1f} | {r['kv_pct']:+.1f} |")  # fmt: skip
     from regression_accuracy import write_section
 
     write_section(ROOT / "docs/regression.md", "profile", "\n".join(lines[2:]))
-    print("\n".join(lines[:8]))
+    print("\n".join(lines[: 8 + len(OFF_NODE_WORKLOADS)]))
 
 
 if __name__ == "__main__":

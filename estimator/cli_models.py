@@ -32,6 +32,8 @@ def add_models_parser(sub: Any) -> None:
     dist.add_argument("--model", action="append", help=f"repeatable (default: {', '.join(_COMMON_MODELS)})")
     dist.add_argument("--system", action="append", help="repeatable (default: h100_sxm, h200_sxm, b200_sxm)")
     dist.add_argument("--backend", action="append", help="repeatable (default: vllm, sglang, trtllm)")
+    dist.add_argument("--no-tables", action="store_true",
+                      help="no node tables of AIC's answers for the distilled engines (learned path only)")  # fmt: skip
     _fit_flags(dist)
     show = msub.add_parser("show", help="provenance and measured error of a regression model")
     show.add_argument("name", help="bundled name (e.g. aic-distilled) or path to a model file")
@@ -79,7 +81,7 @@ def _fit(ns: argparse.Namespace) -> int:
 
     from .errors import MeasurementError
     from .sources.base import Stack
-    from .sources.regression.data import aic_rows, measurement_rows
+    from .sources.regression.data import aic_check_points, aic_rows, aic_tables, measurement_rows
     from .sources.regression.fitting import fit_model_file
 
     params = {
@@ -88,6 +90,7 @@ def _fit(ns: argparse.Namespace) -> int:
         "max_leaf_nodes": ns.max_leaf_nodes,
         "max_depth": ns.max_depth,
     }
+    tables, checks = None, None
     if ns.models_command == "fit":
         from validate.runners.replay import ReplayRunner
 
@@ -113,16 +116,22 @@ def _fit(ns: argparse.Namespace) -> int:
         stacks = [Stack(m, s, b) for m in models for s in (ns.system or ("h100_sxm", "h200_sxm", "b200_sxm"))
                   for b in (ns.backend or ("vllm", "sglang", "trtllm"))]  # fmt: skip
         data, skipped = aic_rows(stacks)
+        if not ns.no_tables:
+            tables = aic_tables(stacks)
+            checks = aic_check_points(stacks, tables)
         sources = [f"aic:{s.model}@{s.system}/{s.backend}" for s in stacks]
         notes = "distilled from AIC (aiconfigurator-core SILICON data, current backend versions)"
     if len(data) < 2 * len(set(data.backend.tolist())) + 2:
         raise SpecError("measurements", f"only {len(data)} usable rows ({len(skipped)} left out: "
                         f"{'; '.join(skipped[:3])})")  # fmt: skip
     mf = fit_model_file(data, ns.name or Path(ns.output).stem, params=params, group_by=ns.group_by,
-                        notes=notes + (f"; {len(skipped)} records left out" if skipped else ""), sources=sources)  # fmt: skip
+                        notes=notes + (f"; {len(skipped)} records left out" if skipped else ""), sources=sources,
+                        tables=tables, table_checks=checks)  # fmt: skip
     path = mf.save(ns.output)
     print(f"wrote {path}: {len(data)} rows ({len(skipped)} left out)")
     print(_error_table(mf.provenance))
+    if tables:
+        print(_table_check(mf.provenance))
     return 0
 
 
@@ -132,6 +141,18 @@ def _error_table(prov: dict[str, Any]) -> str:
         lines.append(
             f"  {kind:8} {e['rows']:6d} rows  median {e['median_abs_pct']:6.1f} %  p90 {e['p90_abs_pct']:6.1f} %"
         )
+    return "\n".join(lines)
+
+
+def _table_check(prov: dict[str, Any]) -> str:
+    t = prov.get("tables") or {}
+    head = (f"node tables: {t.get('engines', 0)} engines ({t.get('refused_by_aic', 0)} with quantities AIC "
+            "refuses); read-out against AIC off the nodes:")  # fmt: skip
+    lines = [head]
+    for kind, e in sorted((prov.get("table_check") or {}).items()):
+        if isinstance(e, dict):
+            lines.append(f"  {kind:8} {e['rows']:6d} points  median {e['median_abs_pct']:6.2f} %  "
+                         f"p90 {e['p90_abs_pct']:6.2f} %  max {e['max_abs_pct']:6.2f} %")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -153,4 +174,6 @@ def _show(ns: argparse.Namespace) -> int:
           + (" ..." if len(s.get("models", {})) > 8 else ""))  # fmt: skip
     print(f"  residual trees: {', '.join(mf.regressor.trees_) or 'none'}; packages {p.get('packages')}")
     print(_error_table(p))
+    if mf.tables:
+        print(_table_check(p))
     return 0

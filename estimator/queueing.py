@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
 
 PERCENTILES = (50.0, 90.0, 99.0)
 
@@ -106,6 +105,8 @@ def response_percentiles(
 
 def _poisson_ppf(q: np.ndarray, mean: float) -> np.ndarray:
     """Smallest k with P(K <= k) >= q for K ~ Poisson(mean) (scipy's ppf, without its per-call overhead)."""
+    from scipy import special  # here, not at import: the CLI imports this module to build its parser
+
     spread = 12 * math.sqrt(mean) + 30
     low, top = max(0, int(mean - spread)), int(mean + spread)
     cdf = special.pdtr(np.arange(low, top + 1), mean)  # below ``low`` the CDF is < 1e-30
@@ -122,6 +123,8 @@ def batch_quantiles(
     if var <= n * (1 + 1e-9):
         base = _poisson_ppf(q, n)
     else:  # negative binomial with mean n and variance var
+        from scipy import stats
+
         p = n / var
         base = stats.nbinom.ppf(q, n * p / (1 - p), p)
     return base + 1.0 if size_biased else np.maximum(base, 1.0)
@@ -135,7 +138,12 @@ def batch_tail(mean_batch: float, pct: float = 99.0, ca2: float = 1.0) -> float:
     """
     n = max(mean_batch, 1e-9)
     var = n * max(1.0, (1.0 + ca2) / 2.0)
-    z = float(stats.norm.ppf(pct / 100.0)) if pct != 99.0 else 2.3263478740408408
+    if pct != 99.0:
+        from scipy import stats
+
+        z = float(stats.norm.ppf(pct / 100.0))
+    else:
+        z = 2.3263478740408408
     skew = (2 * var - n) / (var * math.sqrt(var))  # Poisson: 1/sqrt(n); NB: (2 var - n) / var^1.5
     return n + math.sqrt(var) * (z + (z * z - 1) * skew / 6)
 

@@ -197,3 +197,131 @@ def aic_rows(
                     f"{stack.model} {stack.system}/{stack.backend} {c.name}: {str(exc).splitlines()[0][:120]}"
                 )
     return rows.build(), skipped
+
+
+# Node tables (``nodes.py``): AIC's answers at denser nodes than the training rows, kept in the file.
+TABLE_ISL = np.unique(np.round(np.geomspace(64, 131072, 89)))  # 8 per octave (AIC is bumpy in ISL)
+TABLE_BATCH = np.unique(np.round(np.geomspace(1, 2048, 45)))  # 4 per octave
+TABLE_CONTEXT = np.unique(np.round(np.geomspace(128, 131072, 21)))  # 2 per octave
+
+
+def workload_nodes(kv_tokens: int, dp: int, workloads: Iterable[tuple[int, int]]) -> tuple[set, set, set]:
+    """(ISLs, decode contexts, batches) at which a profile of these (ISL, OSL) workloads decides.
+
+    Prefill is compared at the workload ISL, decode along the sweep ``surfaces.decode_sweep`` visits:
+    the concurrency levels up to what the KV cache holds, at context ISL + OSL / 2.
+    """
+    from ...spec import Spec
+    from ...surfaces import concurrency_levels, max_concurrency_for
+
+    defaults = {f.name: f.default for f in Spec.__dataclass_fields__.values()}
+    points = 2 * int(defaults["num_decode_concurrencies"])
+    isl, ctx, batch = set(), set(), set()
+    for i, o in workloads:
+        isl.add(float(i))
+        ctx.add(float(i + o // 2))
+        n_max = max_concurrency_for(kv_tokens, i + o, int(defaults["max_concurrency"]))
+        if n_max >= dp:
+            batch |= {float(b) for b in concurrency_levels(n_max, points, dp)}
+    return isl, ctx, batch
+
+
+def aic_tables(
+    stacks: Iterable[Stack],
+    gpu_counts: tuple[int, ...] = (1, 2, 4, 8),
+    workloads: tuple[tuple[int, int], ...] = ((3000, 150),),
+) -> dict[str, Any]:
+    """AIC's TTFT, ITL and KV capacity of every engine of ``stacks`` at the table nodes, keyed by
+    ``nodes.table_key`` (the rectangle of batch x context in full, so read-outs never extrapolate
+    inside the KV limit); what AIC refuses is recorded with its reason."""
+    from ...candidates import enumerate_candidates
+    from ...model import load_model_info
+    from ..aic import AicSource
+    from .nodes import EngineTable, table_key
+
+    out: dict[str, Any] = {}
+    for stack in stacks:
+        src = AicSource(stack)
+        info = load_model_info(stack.model)
+        cands, _ = enumerate_candidates(info, gpu_counts)
+        for c in cands:
+            key = table_key(stack, c.name)
+            if key is None:
+                continue
+            got: dict[str, Any] = {"errors": {}}
+            try:
+                got["kv"] = int(src.kv_capacity_tokens(c))
+            except SlaEstimateError as exc:
+                got["errors"]["kv"] = _why(exc)
+            isl_w, ctx_w, batch_w = workload_nodes(got.get("kv", 0), c.attention_dp_size, workloads)
+            limit = info.max_context_tokens
+            isl = np.union1d(TABLE_ISL, sorted(isl_w))
+            isl = isl[isl <= limit]
+            try:
+                got["prefill"] = (isl, np.asarray(src.prefill_ttft_ms(c, isl), dtype=float))
+            except SlaEstimateError as exc:
+                got["errors"]["prefill"] = _why(exc)
+            dp = c.attention_dp_size
+            batch = np.union1d(np.union1d(TABLE_BATCH, [float(dp)]), sorted(batch_w))
+            batch = batch[batch >= dp]
+            ctx = np.union1d(TABLE_CONTEXT, sorted(ctx_w))
+            ctx = ctx[ctx <= limit]
+            try:
+                b, x = np.meshgrid(batch, ctx, indexing="ij")
+                itl = np.asarray(src.decode_itl_ms(c, b.ravel(), x.ravel()), dtype=float).reshape(b.shape)
+                got["decode"] = (batch, ctx, itl)
+            except SlaEstimateError as exc:
+                got["errors"]["decode"] = _why(exc)
+            for q in ("prefill", "decode"):
+                if q in got and not (np.all(np.isfinite(got[q][-1])) and np.all(got[q][-1] > 0)):
+                    got["errors"][q] = "AIC returned a non-positive or non-finite time"
+                    del got[q]
+            p, d = got.get("prefill"), got.get("decode")
+            out[key] = EngineTable(
+                p[0] if p else None, p[1] if p else None, d[0] if d else None, d[1] if d else None,
+                d[2] if d else None, got.get("kv"), got["errors"],
+            ).to_dict()  # fmt: skip
+    return out
+
+
+def _why(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+
+
+def aic_check_points(
+    stacks: Iterable[Stack], tables: dict[str, Any], per_engine: tuple[int, int] = (12, 48), seed: int = 0
+) -> list[dict[str, Any]]:
+    """AIC at random points between the table nodes (log-uniform; decode within the KV cache), to
+    measure how far the tables' read-out strays from AIC off the nodes."""
+    from ...candidates import Candidate
+    from ..aic import AicSource
+    from .nodes import table_key
+
+    rng = np.random.default_rng(seed)
+    out: list[dict[str, Any]] = []
+    for stack in stacks:
+        src = None
+        for key, t in tables.items():
+            if not key.startswith(table_key(stack, "") or "\0"):
+                continue
+            c = Candidate.parse(key.rsplit("/", 1)[1])
+            src = src or AicSource(stack)
+            if "isl" in t:
+                isl = np.round(np.exp(rng.uniform(np.log(t["isl"][0]), np.log(t["isl"][-1]), per_engine[0])))
+                out.append({"key": key, "kind": "prefill", "isl": isl.tolist(),
+                            "aic_ms": src.prefill_ttft_ms(c, isl).tolist()})  # fmt: skip
+            kv = t.get("kv_capacity_tokens") or 0
+            if "batch" in t and kv > 0:
+                ctx = np.round(
+                    np.exp(rng.uniform(np.log(t["context"][0]), np.log(t["context"][-1]), per_engine[1]))
+                )
+                top = np.minimum(t["batch"][-1], kv / ctx)
+                ok = top > t["batch"][0]
+                ctx, top = ctx[ok], top[ok]
+                b = np.round(
+                    np.exp(rng.uniform(np.log(t["batch"][0]), np.log(np.maximum(top, t["batch"][0]))))
+                )
+                if b.size:
+                    out.append({"key": key, "kind": "decode", "batch": b.tolist(), "context": ctx.tolist(),
+                                "aic_ms": src.decode_itl_ms(c, b, ctx).tolist()})  # fmt: skip
+    return out

@@ -2,7 +2,8 @@
 
 A file holds: ``format`` and ``format_version``; the term and feature names the model expects;
 the training data's SHA-256 and summary; package versions; the cross-validated error; the hardware
-records of the trained systems (so answering never reads AIC's files); and the regressor itself.
+records of the trained systems (so answering never reads AIC's files); the regressor itself; and,
+for distilled files, optional node tables (``nodes.py``: AIC's answers for the distilled engines).
 Floats are written with Python's shortest exact repr, so load -> save reproduces the same bytes.
 Anything unreadable or from another format version is a ``SourceError`` naming the file.
 """
@@ -21,6 +22,7 @@ from ...errors import SourceError
 from ...features import TERM_NAMES
 from ...hardware import HardwareSpec
 from .engine import FEATURE_NAMES
+from .nodes import EngineTable
 from .regressor import PerfRegressor
 
 FORMAT = "sla-estimate/regression-model"
@@ -38,8 +40,25 @@ class ModelFile:
     provenance: dict[str, Any] = field(default_factory=dict)  # training hash/summary, packages, cv, notes
     path: str | None = None
     sha256: str | None = None
+    tables: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # nodes.table_key -> EngineTable.to_dict()
+    _parsed: dict[str, EngineTable] = field(default_factory=dict, repr=False, compare=False)
+
+    def table(self, key: str | None) -> EngineTable | None:
+        """The node table of one engine, decoded on first use (a profile needs a few of hundreds)."""
+        if key is None or key not in self.tables:
+            return None
+        if key not in self._parsed:
+            try:
+                self._parsed[key] = EngineTable.from_dict(self.tables[key])
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise SourceError(f"{self.path}: corrupt regression model file (node table {key}: "
+                                  f"{type(exc).__name__}: {exc})") from exc  # fmt: skip
+        return self._parsed[key]
 
     def to_dict(self) -> dict[str, Any]:
+        tables = {"tables": dict(sorted(self.tables.items()))} if self.tables else {}
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -49,6 +68,7 @@ class ModelFile:
             "provenance": self.provenance,
             "hardware": {k: v.to_dict() for k, v in sorted(self.hardware.items())},
             "regressor": self.regressor.to_dict(),
+            **tables,
         }
 
     def dumps(self) -> str:
@@ -114,9 +134,12 @@ def load_model_file(name_or_path: str) -> ModelFile:
         hardware = {k: HardwareSpec.from_dict(v) for k, v in doc["hardware"].items()}
         provenance = dict(doc["provenance"])
         name = str(doc["name"])
+        tables = dict(doc.get("tables", {}))
+        if not all(isinstance(v, dict) for v in tables.values()):
+            raise ValueError("node tables must be objects")
     except (KeyError, TypeError, ValueError, AttributeError, SourceError) as exc:
         raise SourceError(f"{path}: corrupt regression model file ({type(exc).__name__}: {exc})") from exc
-    return ModelFile(name, reg, hardware, provenance, str(path), hashlib.sha256(raw).hexdigest())
+    return ModelFile(name, reg, hardware, provenance, str(path), hashlib.sha256(raw).hexdigest(), tables)
 
 
 def package_versions() -> dict[str, str]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ...hardware import HardwareSpec, hardware_spec
 from .files import ModelFile, package_versions
+from .nodes import EngineTable
 from .regressor import PHASES, K, PerfRegressor, TrainingSet
 
 
@@ -71,17 +72,24 @@ def fit_model_file(
     group_by: str = "model",
     notes: str = "",
     sources: list[str] | None = None,
+    tables: dict[str, Any] | None = None,
+    table_checks: list[dict[str, Any]] | None = None,
 ) -> ModelFile:
-    """Cross-validate, fit on everything, and wrap with provenance."""
+    """Cross-validate, fit on everything, and wrap with provenance (and the node tables, if any)."""
     params = params or {}
     pred, folds = cross_validate(data, params, group_by)
     reg = PerfRegressor(**params).fit(data)
-    return assemble(data, name, reg, pred, folds, group_by=group_by, notes=notes, sources=sources)
+    return assemble(data, name, reg, pred, folds, group_by=group_by, notes=notes, sources=sources,
+                    tables=tables, table_checks=table_checks)  # fmt: skip
 
 
 def assemble(data: TrainingSet, name: str, reg: PerfRegressor, cv_pred: np.ndarray, folds: int, *,
-             group_by: str = "model", notes: str = "", sources: list[str] | None = None) -> ModelFile:  # fmt: skip
-    """The model file of a fitted regressor and its out-of-fold predictions (folds may run in parallel)."""
+             group_by: str = "model", notes: str = "", sources: list[str] | None = None,
+             tables: dict[str, Any] | None = None, table_checks: list[dict[str, Any]] | None = None) -> ModelFile:  # fmt: skip
+    """The model file of a fitted regressor and its out-of-fold predictions (folds may run in parallel).
+
+    ``tables``: node tables by key (``data.aic_tables``); ``table_checks``: AIC at points off the
+    nodes (``data.aic_check_points``), whose error against the tables' read-out the file records."""
     ok = np.isfinite(cv_pred)
     cv = error_summary(cv_pred[ok], data.subset(ok)) if ok.any() else {}
     hardware: dict[str, HardwareSpec] = {s: hardware_spec(s) for s in sorted(set(data.system.tolist()))}
@@ -96,4 +104,46 @@ def assemble(data: TrainingSet, name: str, reg: PerfRegressor, cv_pred: np.ndarr
         "in_sample": error_summary(predict_rows(reg, data), data),
         "notes": notes,
     }
-    return ModelFile(name, reg, hardware, provenance)
+    parsed = {k: EngineTable.from_dict(v) for k, v in (tables or {}).items()}  # checks every table
+    mf = ModelFile(name, reg, hardware, provenance, tables=dict(tables or {}))
+    if parsed:
+        provenance["tables"] = {"engines": len(parsed), "with_prefill": sum(t.prefill_ms is not None for t in parsed.values()),
+                                "with_decode": sum(t.decode_ms is not None for t in parsed.values()),
+                                "refused_by_aic": sum(bool(t.errors) for t in parsed.values())}  # fmt: skip
+        provenance["table_check"] = table_check(mf, table_checks or [])
+    return mf
+
+
+def table_check(mf: ModelFile, checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Error of the tables' read-out against AIC at the off-node points, per phase (as error_summary,
+    plus the largest |error| in %)."""
+    from ...candidates import Candidate
+    from ..base import Stack
+    from .source import RegressionSource
+
+    pred: dict[str, list[np.ndarray]] = {"prefill": [], "decode": []}
+    truth: dict[str, list[np.ndarray]] = {"prefill": [], "decode": []}
+    sources: dict[str, RegressionSource] = {}
+    for chk in checks:
+        head, backend, engine = chk["key"].rsplit("/", 2)
+        model, system = head.rsplit("@", 1)
+        src = sources.get(head + backend) or sources.setdefault(
+            head + backend, RegressionSource.from_file(Stack(model, system, backend), mf)
+        )
+        c = Candidate.parse(engine)
+        if chk["kind"] == "prefill":
+            pred["prefill"].append(src.prefill_ttft_ms(c, chk["isl"]))
+        else:
+            pred["decode"].append(src.decode_itl_ms(c, chk["batch"], chk["context"]))
+        truth[chk["kind"]].append(np.asarray(chk["aic_ms"], dtype=float))
+    out: dict[str, Any] = {}
+    for phase in ("prefill", "decode"):
+        if pred[phase]:
+            p, y = np.concatenate(pred[phase]), np.concatenate(truth[phase])
+            rel = np.abs(p / y - 1.0) * 100.0
+            out[phase] = {"rows": int(y.size), "median_abs_pct": round(float(np.median(rel)), 3),
+                          "p90_abs_pct": round(float(np.percentile(rel, 90)), 3),
+                          "max_abs_pct": round(float(np.max(rel)), 2),
+                          "log_abs_p90": round(float(np.percentile(np.abs(np.log(p / y)), 90)), 5)}  # fmt: skip
+    out["points"] = "log-uniform between the nodes of each tabled engine; decode within its KV cache"
+    return out

@@ -4,7 +4,9 @@ Interchangeable with AIC wherever a source is taken (``--source regression:aic-d
 ``regression:PATH``). It answers any model whose config.json we can read on any system whose peaks
 we know (from the model file, else AIC's system YAML), so it also covers engines AIC refuses.
 Bands are the model's log error (p90) around the point: in-sample for models in its training data,
-leave-one-model-out for the others (the width a model it has never seen should expect).
+leave-one-model-out for the others (the width a model it has never seen should expect). An engine
+the file holds a node table for (``nodes.py``, distilled files) is read from AIC's own answers at
+the nodes instead, with the table's measured off-node error as its band.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..base import PerfSource, Stack, as_positive_array
 from .engine import EngineFeatures
 from .files import ModelFile, load_model_file
 from .monotone import MonotoneCurve, MonotoneSurface
+from .nodes import EngineTable, table_key
 from .regressor import PerfRegressor, TrainingSet
 
 
@@ -38,6 +41,13 @@ class RegressionSource(PerfSource):
         super().__init__(stack)
         self.model = model
         self.params = params
+
+    @classmethod
+    def from_file(cls, stack: Stack, mf: ModelFile) -> RegressionSource:
+        """A source answering from an already loaded (or just assembled) model file."""
+        src = cls(stack, mf.path)
+        src.file_, src.regressor_ = mf, mf.regressor
+        return src
 
     # ---- fit/predict contract -----------------------------------------------------------------
     def fit(self, data: TrainingSet) -> RegressionSource:
@@ -84,38 +94,66 @@ class RegressionSource(PerfSource):
                 if reg.has_residual("prefill")
                 else prefill_lin,
                 "decode": MonotoneSurface(decode, decode_lin) if reg.has_residual("decode") else decode_lin,
+                "table": None,
             }
+            t = self._table(c)
+            if t is not None:
+                engines[c]["table"] = t
+                if t.prefill_ms is not None:
+                    engines[c]["prefill"] = MonotoneCurve(t.prefill_ms, prefill_lin, t.isl)
+                if t.decode_ms is not None:
+                    engines[c]["decode"] = MonotoneSurface(t.decode_ms, decode_lin, t.batch, t.context)
         return engines[c]
+
+    def _table(self, c: Candidate) -> EngineTable | None:
+        return self.file_.table(table_key(self.stack, c.name)) if self.file_ is not None else None
+
+    @staticmethod
+    def _refused(e: dict[str, Any], quantity: str, c: Candidate) -> None:
+        """AIC refused this quantity of a distilled engine: refuse it as AIC did."""
+        t = e["table"]
+        if t is not None and quantity in t.errors:
+            raise DataNotAvailable(f"AIC cannot estimate {quantity} of {c.name}: {t.errors[quantity]}")
 
     def prefill_ttft_ms(self, candidate: Candidate, isl: Any) -> np.ndarray:
         isl = as_positive_array("isl", isl)
-        return _checked(self._engine(candidate)["prefill"](isl), candidate)
+        e = self._engine(candidate)
+        self._refused(e, "prefill", candidate)
+        return _checked(e["prefill"](isl), candidate)
 
     def decode_itl_ms(self, candidate: Candidate, batch: Any, context: Any) -> np.ndarray:
         b, ctx = np.broadcast_arrays(as_positive_array("batch", batch), as_positive_array("context", context))
-        return _checked(self._engine(candidate)["decode"](b.astype(float), ctx.astype(float)), candidate)
+        e = self._engine(candidate)
+        self._refused(e, "decode", candidate)
+        return _checked(e["decode"](b.astype(float), ctx.astype(float)), candidate)
 
     def kv_capacity_tokens(self, candidate: Candidate) -> int:
         e = self._engine(candidate)
+        self._refused(e, "kv", candidate)
+        if e["table"] is not None and e["table"].kv_capacity_tokens is not None:
+            return e["table"].kv_capacity_tokens
         return e["features"].kv_capacity(*self._fitted().kv_params(self.stack.backend))
 
     # ---- bands and provenance -----------------------------------------------------------------
-    def _band_factor(self, phase: str) -> float:
-        """exp(p90 |log error|): in-sample for a model the file was trained on, else its leave-one-out error."""
-        self._fitted()
+    def _band_factor(self, phase: str, c: Candidate) -> float:
+        """exp(p90 |log error|): the node table's off-node error for an engine read from it, else
+        in-sample for a model the file was trained on, else its leave-one-model-out error."""
+        e = self._engine(c)
         prov = self.file_.provenance if self.file_ else {}
+        if e["table"] is not None and (prov.get("table_check") or {}).get(phase):
+            return float(np.exp(prov["table_check"][phase].get("log_abs_p90", 0.0)))
         trained = self.stack.model in (prov.get("training_summary") or {}).get("models", {})
         errors = (prov.get("in_sample") if trained else prov.get("cv")) or {}
         return float(np.exp((errors.get(phase) or {}).get("log_abs_p90", 0.0)))
 
     def prefill_ttft_band(self, candidate: Candidate, isl: Any) -> tuple[np.ndarray, np.ndarray]:
-        v, f = self.prefill_ttft_ms(candidate, isl), self._band_factor("prefill")
+        v, f = self.prefill_ttft_ms(candidate, isl), self._band_factor("prefill", candidate)
         return v / f, v * f
 
     def decode_itl_band(
         self, candidate: Candidate, batch: Any, context: Any
     ) -> tuple[np.ndarray, np.ndarray]:
-        v, f = self.decode_itl_ms(candidate, batch, context), self._band_factor("decode")
+        v, f = self.decode_itl_ms(candidate, batch, context), self._band_factor("decode", candidate)
         return v / f, v * f
 
     def provenance(self) -> dict[str, Any]:
@@ -130,6 +168,9 @@ class RegressionSource(PerfSource):
             p = self.file_.provenance
             out.update(model_file=self.file_.path, model_name=self.file_.name, model_sha256=self.file_.sha256,
                        training_sha256=p.get("training_sha256"), cv=p.get("cv"))  # fmt: skip
+            # which engines were read from AIC's node tables (the rest from the learned path)
+            engines = self.__dict__.get("_engines", {})
+            out["node_table_engines"] = sorted(c.name for c, e in engines.items() if e["table"] is not None)
         return out
 
 
