@@ -37,7 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # name -> (model id the records carry, config dir)
     "llama31_8b": ("meta-llama/Meta-Llama-3.1-8B", "models/configs/meta-llama--Meta-Llama-3.1-8B"),
     "qwen3_32b": ("Qwen/Qwen3-32B", "models/configs/Qwen--Qwen3-32B"),
+    # more dense shapes for the calibration's leave-deployment-out evidence (configs: aiconfigurator-core
+    # 0.12.0's bundled model_configs, copied unchanged)
+    "qwen3_8b": ("Qwen/Qwen3-8B", "models/configs/Qwen--Qwen3-8B"),
+    "qwen3_1_7b": ("Qwen/Qwen3-1.7B", "models/configs/Qwen--Qwen3-1.7B"),
 }
+DEFAULT_SHAPES = ("llama31_8b", "qwen3_32b")  # issue 13's study
 ISLS = (256, 512, 1024, 2048, 4096, 8192)
 # every point's KV (batch x context <= 128k tokens) fits the 32B shape on one H200 next to its 65 GB of weights
 DECODE_POINTS = ("1:1024", "8:1024", "64:1024", "128:1024", "8:4096", "32:4096", "8:8192")
@@ -113,7 +118,8 @@ def command(shape: tuple[str, str | None, str], tp: int, out: Path, args: argpar
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT"), help="folder for study.tgz and study.log ($OUT)")
-    ap.add_argument("--shape", nargs="*", default=list(SHAPES), help="NAME or NAME=[MODEL_ID@]CONFIG_DIR")
+    ap.add_argument("--shape", nargs="*", default=list(DEFAULT_SHAPES),
+                    help=f"NAME (one of {', '.join(SHAPES)}) or NAME=[MODEL_ID@]CONFIG_DIR")
     ap.add_argument(
         "--tp", type=int, nargs="*", help="TP sizes (default: 1, 2, 4 as far as the GPUs here go)"
     )
