@@ -349,8 +349,8 @@ def main() -> None:
             ("regression, leave-one-system-out", errs(loso, gpu, phases)),
             ("regression, leave-one-engine-out (TP1 <-> TP2)", errs(loeo, gpu, phases)),
             ("aic-distilled (no measurements)", errs(distilled, gpu, phases))]  # fmt: skip
-    md += _table("GPU runner (models/measurements: Llama-3.1-8B shape on H100 TP1/TP2 and H200 TP1, "
-                 "Qwen3-32B shape on H200 TP1)", phases, rows)  # fmt: skip
+    md += _table("GPU runner (every GPU-runner record in models/measurements/: docs/calibration_heldout.md lists them)",
+                 phases, rows)  # fmt: skip
     out["gpu_runner"] = {n: e for n, e in rows}
     # ---- design comparison on AIC points ----------------------------------------------------
     if not args.skip_variants:
