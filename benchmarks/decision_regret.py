@@ -187,6 +187,7 @@ def decisions(
     seed: int,
     max_families: int | None,
     grid: dict[str, list[dict] | None] | None = None,
+    per_doubling: int = RC.PER_DOUBLING,
 ) -> tuple[list[dict], list[dict]]:
     """Decisions of the measured-options protocol, and of the continuous-concurrency one when ``grid`` (the
     serving-model observations at the grid concurrencies, ``regret_continuous.grid_terms``) is given."""
@@ -236,7 +237,7 @@ def decisions(
                     continue
                 out += score_group(fam, split, isl, osl, options, rules)
             if grid is not None:
-                cont += continuous_family(fam, split, test, corr, grid, f"{seed}|{fam}|{split}")
+                cont += continuous_family(fam, split, test, corr, grid, f"{seed}|{fam}|{split}", per_doubling)
     return out, cont
 
 
@@ -252,7 +253,13 @@ CONT_SLOPES: list[
 
 
 def continuous_family(
-    fam: str, split: int, test: list[dict], corr: Correction, grid: dict[str, list[dict] | None], seed: str
+    fam: str,
+    split: int,
+    test: list[dict],
+    corr: Correction,
+    grid: dict[str, list[dict] | None],
+    seed: str,
+    per_doubling: int = RC.PER_DOUBLING,
 ) -> list[dict]:
     """Every decision of one family and split: per ISL/OSL, the options are (curve, c) for every grid
     concurrency c in each curve's measured range (test rows only), predicted at c and scored on the
@@ -270,7 +277,7 @@ def continuous_family(
             CONT_SLOPES.extend(
                 zip(np.diff(np.log(cv.ttft_ms)) / lc, np.diff(np.log(cv.tpot_ms)) / lc, strict=True)
             )
-            cs = [int(c) for c in RC.concurrency_grid(cv.concurrency[0], cv.concurrency[-1], include=cv.concurrency)
+            cs = [int(c) for c in RC.concurrency_grid(cv.concurrency[0], cv.concurrency[-1], per_doubling, cv.concurrency)
                   if grid.get(RC.grid_key(fam, cv.engine, isl, osl, int(c)))]  # fmt: skip
             tt, tp = cv.truth(cs)
             for c, a, b in zip(cs, tt, tp, strict=True):
@@ -450,7 +457,7 @@ def usable_rows(rows: list[dict], min_rows: int) -> list[dict]:
     return [r for r in rows if n[(r["family"], r["engine"])] >= min_rows]
 
 
-def continuous_summary(cont: list[dict]) -> dict:
+def continuous_summary(cont: list[dict], per_doubling: int) -> dict:
     """Tables of the continuous protocol: over the grid, and over the measured points of the same curves."""
     out: dict = {}
     for name in ("grid", "measured"):
@@ -487,7 +494,7 @@ def continuous_summary(cont: list[dict]) -> dict:
         for i, kind in enumerate(("ttft", "tpot"))
     }
     out["reliability"] = reliability(RELIABILITY_CONTINUOUS)
-    out["per_doubling"] = RC.PER_DOUBLING
+    out["per_doubling"] = per_doubling
     return out
 
 
@@ -513,7 +520,18 @@ def main(argv: list[str] | None = None) -> int:
         default=str(ROOT / "out" / "decision_regret" / "grid_terms.json"),
         help="serving-model terms at the continuous protocol's grid concurrencies (computed once)",
     )
+    ap.add_argument(
+        "--per-doubling",
+        type=int,
+        default=RC.PER_DOUBLING,
+        help=f"grid points per factor 2 of concurrency, a divisor of {RC.PER_DOUBLING} (the cached grid)",
+    )
     args = ap.parse_args(argv)
+    if args.per_doubling < 1 or RC.PER_DOUBLING % args.per_doubling:
+        print(
+            f"error: --per-doubling must divide {RC.PER_DOUBLING}, got {args.per_doubling}", file=sys.stderr
+        )
+        return 2
     logging.basicConfig(level=logging.WARNING)
     t0 = time.time()
     rows, _ = SC.build_targets(Path(args.targets_cache))
@@ -522,7 +540,9 @@ def main(argv: list[str] | None = None) -> int:
         rows_used = usable_rows(rows, args.min_rows)
         grid = RC.grid_terms(rows_used, Path(args.grid_cache), SC.TARGETS_FORMAT)
     t1 = time.time()
-    results, cont = decisions(rows, args.splits, args.min_rows, args.seed, args.max_families, grid)
+    results, cont = decisions(
+        rows, args.splits, args.min_rows, args.seed, args.max_families, grid, args.per_doubling
+    )
     table = summarise(results)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -536,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
                "max_families": args.max_families, "sla_quantiles": SLA_QUANTILES, "table": table, "reliability": reliability(RELIABILITY),
                "reliability_product": reliability(RELIABILITY_PRODUCT), "dependence": dependence(),
                "by_certification": by_certification(results),
-               "continuous": continuous_summary(cont) if cont else None,
+               "continuous": continuous_summary(cont, args.per_doubling) if cont else None,
                "seconds": {"aic_terms": round(t1 - t0, 1), "decisions": round(time.time() - t1, 1)},
                "command": "python benchmarks/decision_regret.py " + " ".join(argv or sys.argv[1:])}  # fmt: skip
     Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
@@ -560,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     if cont:
         cs = summary["continuous"]
         for name, what in (
-            ("grid", f"continuous concurrency ({RC.PER_DOUBLING} grid points per factor 2)"),
+            ("grid", f"continuous concurrency ({args.per_doubling} grid points per factor 2)"),
             ("measured", "the same curves, measured concurrencies only"),
         ):
             print(f"\n{what}: {cs[name]['decision_groups']} decision groups in {cs[name]['families']} families, "
