@@ -26,8 +26,8 @@ prediction interval, a calibration its posterior. Unsupported engines raise ``Da
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np

@@ -12,8 +12,8 @@ source it was fitted on; loading it on another stack or another base source rais
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
