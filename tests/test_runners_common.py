@@ -107,7 +107,7 @@ def _endpoint_vllm(request) -> Case:
     from validate.runners.endpoint import EndpointRunner
 
     url = request.getfixturevalue("vllm_url")  # the server says it is TP1 (/server_info, dev mode)
-    return Case(EndpointRunner(url, timeout_s=60), [prefill(isl=200), decode(isl=100, osl=16)], decode(TP2))
+    return Case(EndpointRunner(url, timeout_s=60), [prefill(isl=200), decode(isl=100, osl=64)], decode(TP2))
 
 
 def _local(request) -> Case:
@@ -123,7 +123,7 @@ def _local(request) -> Case:
     def stopped(r: Runner) -> None:
         assert r.process_ is None and not r.is_running()
 
-    return Case(runner, [prefill(isl=200), decode(isl=100, osl=16)], prefill(TP2), after_close=stopped)
+    return Case(runner, [prefill(isl=200), decode(isl=100, osl=64)], prefill(TP2), after_close=stopped)
 
 
 def _k8s(request) -> Case:

@@ -30,7 +30,7 @@ from typing import Any
 
 from estimator.artifacts.k8s import DGD_GROUP, DGD_PLURAL, HTTP_PORT
 from estimator.candidates import Candidate
-from estimator.errors import DeploymentError, MeasurementError, SpecError
+from estimator.errors import DeploymentError, ImplausibleMeasurement, MeasurementError, SpecError
 from estimator.measurements import Measurement, Probe
 
 from .base import Capabilities, Runner
@@ -252,13 +252,20 @@ class KubernetesRunner(Runner):
             raise
 
     def _measure_on(self, engine: Engine, probe: Probe) -> Measurement:
-        m = engine.endpoint.measure(probe)  # type: ignore[union-attr]
         where = {
             "kind": "DynamoGraphDeployment" if engine.dynamo else "Deployment",
             "name": engine.name,
             "namespace": self.namespace,
         }
-        return replace(m, runner=self.name, extra={**m.extra, "k8s": where})
+
+        def label(m: Measurement) -> Measurement:
+            return replace(m, runner=self.name, extra={**m.extra, "k8s": where})
+
+        try:
+            return label(engine.endpoint.measure(probe))  # type: ignore[union-attr]
+        except ImplausibleMeasurement as exc:  # the record kept aside is this runner's too
+            exc.measurement = label(exc.measurement)
+            raise
 
     def _stop(self, engine: Engine) -> None:
         """Close the engine's endpoint and port-forward, then delete its objects (``Engine.delete``,

@@ -27,7 +27,7 @@ from typing import ClassVar
 import httpx
 
 from estimator.candidates import Candidate
-from estimator.errors import EngineStartError, MeasurementError, SpecError
+from estimator.errors import EngineStartError, ImplausibleMeasurement, MeasurementError, SpecError
 from estimator.measurements import Measurement, Probe
 
 from .base import Capabilities, Runner
@@ -154,11 +154,16 @@ class LocalEngineRunner(Runner):
         if self.candidate_ != probe.candidate or not self.is_running():
             self.start(probe.candidate)
         try:
-            m = self._endpoint.measure(probe)
+            return self._label(self._endpoint.measure(probe))
+        except ImplausibleMeasurement as exc:  # the record kept aside is this runner's too
+            exc.measurement = self._label(exc.measurement)
+            raise
         except MeasurementError as exc:
             if not self.is_running():
                 exc.add_note(f"engine exited with code {self.process_.returncode}; log: {self.log_path_}")
             raise
+
+    def _label(self, m: Measurement) -> Measurement:
         software = {**m.software, "backend": self.backend, "engine_command": " ".join(self.command_)}
         return dataclasses.replace(
             m, runner=self.name, software=software, extra={**m.extra, "engine_log": str(self.log_path_)}
