@@ -441,10 +441,10 @@ def test_real_vllm_server_measured_through_the_port_forward(vllm_url, tiny_model
     try:
         with _runner(cluster, request_timeout_s=60) as runner:
             prefill = runner.measure(Probe(ProbeKind.PREFILL, stack, TP1, isl=256, repeats=2))
-            # osl 64: a decode window (~0.2 s) long against the tunnel's relay jitter under load; with 16 tokens
-            # (~40 ms) a relay hop delayed by the loaded CI cores batched the first tokens and the server
-            # cross-check (rightly) refused the client's ITL as 5x too fast; a record it still flags must be
-            # complete and carry this runner's label
+            # osl 64: a decode window (~0.2 s) long against the tunnel's relay jitter under load; with
+            # 16 tokens (~40 ms) a relay hop delayed by the loaded CI cores batched the first tokens and
+            # the server cross-check (rightly) refused the client's ITL as 5x too fast; a record it still
+            # flags must be complete and carry this runner's label
             try:
                 decode = runner.measure(
                     Probe(ProbeKind.DECODE, stack, TP1, isl=128, osl=64, concurrency=4, repeats=1)
