@@ -233,15 +233,30 @@ class Correction:
         """
         if not observations:
             return []
+        return self._predictives(observations, *self._linearised(observations))
+
+    def _linearised(self, observations: Sequence[Observation]) -> tuple[np.ndarray, np.ndarray]:
+        """Per observation: d log(prediction) / d parameter (kriged where the phase field applies: the field
+        and the parameters share the points) and the variance of the non-parametric part (the residual
+        field's, the phase field's, or the noise of the kind). Shared by bands and joint draws."""
         grads = self._log_grads(observations)
-        out = []
-        for obs, g in zip(observations, grads, strict=True):
+        noise_var = np.empty(len(observations))
+        for i, obs in enumerate(observations):
             field_ = self._field(obs)
-            if field_ is None and self._phased(obs):  # kriging: the field and the parameters share the points
-                _, f_var, g = self.phase.predict(obs.engine, obs.kind, obs.isl, obs.batch, obs.context, g)
+            if field_ is None and self._phased(obs):
+                _, f_var, grads[i] = self.phase.predict(obs.engine, obs.kind, obs.isl, obs.batch, obs.context,
+                                                        grads[i])  # fmt: skip
                 field_ = (0.0, f_var + self.noise.measurement.get(obs.kind, 0.0) ** 2)
+            noise_var[i] = field_[1] if field_ is not None else self.noise.sd(obs.kind) ** 2
+        return grads, noise_var
+
+    def _predictives(
+        self, observations: Sequence[Observation], grads: np.ndarray, noise_var: np.ndarray
+    ) -> list[Predictive]:
+        out = []
+        for obs, g, nv in zip(observations, grads, noise_var, strict=True):
             var = float(g @ self.cov @ g)
-            var += field_[1] if field_ is not None else self.noise.sd(obs.kind) ** 2
+            var += float(nv)
             if obs.engine not in self.mean.engines:  # only the prior knows an unmeasured engine's offsets
                 var += self._unmeasured_var(obs)
             out.append(
@@ -264,14 +279,10 @@ class Correction:
     def _phased(self, obs: Observation) -> bool:
         return self.phase is not None and not obs.is_agg and self.phase.applies(obs.kind)
 
-    def _unmeasured_var(self, obs: Observation, eps: float = 1e-4) -> float:
-        base = math.log(predict_ms(obs, self.mean))
-        var = 0.0
-        for name in ENGINE_NAMES:
-            p = Parameters(self.mean.shared, {**self.mean.engines, obs.engine: EngineOffsets(**{name: eps})})
-            g = (math.log(predict_ms(obs, p)) - base) / eps
-            var += (g * self.engine_prior_sd.get(name, 0.0)) ** 2
-        return var
+    def _unmeasured_var(self, obs: Observation) -> float:
+        """Variance the offsets' prior adds for an engine that has no fitted offsets."""
+        sds = (self.engine_prior_sd.get(n, 0.0) for n in ENGINE_NAMES)
+        return sum(float(g * sd) ** 2 for g, sd in zip(self._offset_grad(obs), sds, strict=True))
 
     def _log_grads(self, observations: Sequence[Observation], eps: float = 1e-4) -> np.ndarray:
         """d log(prediction) / d parameter for each observation (rows) and parameter (``mean.names``)."""
@@ -301,15 +312,9 @@ class Correction:
         """
         if not observations:
             return np.empty((n, 0))
-        pred = self.predictive(observations)
-        grads = self._log_grads(observations)
-        noise_sd = np.empty(len(observations))
-        for i, obs in enumerate(observations):
-            noise_sd[i] = self._noise_sd(obs)
-            if self._field(obs) is None and self._phased(obs):  # kriging: the field's gradient and variance
-                _, f_var, grads[i] = self.phase.predict(obs.engine, obs.kind, obs.isl, obs.batch, obs.context,
-                                                        grads[i])  # fmt: skip
-                noise_sd[i] = math.sqrt(f_var + self.noise.measurement.get(obs.kind, 0.0) ** 2)
+        grads, noise_var = self._linearised(observations)
+        pred = self._predictives(observations, grads, noise_var)
+        noise_sd = np.sqrt(np.maximum(noise_var, 0.0))
         x = _gaussian(rng, self.cov, n) @ grads.T
         var = np.einsum("ij,jk,ik->i", grads, self.cov, grads)
         unmeasured: dict[str, list[int]] = {}
@@ -334,11 +339,6 @@ class Correction:
         t = np.where(dof[None, :] > 0, stdtrit(np.where(dof > 0, dof, 1.0)[None, :], q), z)
         log_ratio = np.clip(log_sd[None, :] * t, -_MAX_LOG_RATIO, _MAX_LOG_RATIO)  # dof 1-2: heavy tails
         return np.array([p.point_ms for p in pred])[None, :] * np.exp(log_ratio)
-
-    def _noise_sd(self, obs: Observation) -> float:
-        """The non-parametric part of the log sd: the residual field's where it applies, else the noise."""
-        field_ = self._field(obs)
-        return math.sqrt(max(field_[1], 0.0)) if field_ is not None else self.noise.sd(obs.kind)
 
     def _offset_grad(self, obs: Observation, eps: float = 1e-4) -> np.ndarray:
         """d log(prediction) / d offset (``ENGINE_NAMES``) of an engine that has no fitted offsets."""

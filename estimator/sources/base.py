@@ -82,6 +82,17 @@ class LatencyQuery:
         return cls("itl", candidate, batch=float(batch), context=float(context))
 
 
+def group_queries(queries: Sequence[LatencyQuery]) -> dict[tuple[Candidate, str], list[int]]:
+    """Indices of ``queries`` per (engine, kind), so each group is one vectorised source call; an unknown
+    kind raises ``SourceError``."""
+    groups: dict[tuple[Candidate, str], list[int]] = {}
+    for i, q in enumerate(queries):
+        if q.kind not in ("ttft", "itl"):
+            raise SourceError(f"unknown latency kind {q.kind!r} (ttft or itl)")
+        groups.setdefault((q.candidate, q.kind), []).append(i)
+    return groups
+
+
 def as_positive_array(name: str, values: Any) -> np.ndarray:
     """1-D float array of finite values ≥ 1 (tokens, batch sizes)."""
     arr = np.atleast_1d(np.asarray(values, dtype=float))
@@ -146,17 +157,12 @@ class PerfSource(ABC):
     def query_bands(self, queries: Sequence[LatencyQuery]) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) 90 % band of each query, asked per (engine, kind) in one vectorised call."""
         lows, highs = np.empty(len(queries)), np.empty(len(queries))
-        by_group: dict[tuple[Candidate, str], list[int]] = {}
-        for i, q in enumerate(queries):
-            by_group.setdefault((q.candidate, q.kind), []).append(i)
-        for (cand, kind), idx in by_group.items():
+        for (cand, kind), idx in group_queries(queries).items():
             qs = [queries[i] for i in idx]
             if kind == "ttft":
                 lo, hi = self.prefill_ttft_band(cand, [q.isl for q in qs])
-            elif kind == "itl":
-                lo, hi = self.decode_itl_band(cand, [q.batch for q in qs], [q.context for q in qs])
             else:
-                raise SourceError(f"unknown latency kind {kind!r} (ttft or itl)")
+                lo, hi = self.decode_itl_band(cand, [q.batch for q in qs], [q.context for q in qs])
             lows[idx], highs[idx] = lo, hi
         return lows, highs
 

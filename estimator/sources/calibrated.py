@@ -20,8 +20,8 @@ import numpy as np
 
 from ..calibration import Band, Correction, Observation
 from ..candidates import Candidate
-from ..errors import CalibrationError, SourceError
-from .base import LatencyQuery, PerfSource, Stack, as_positive_array
+from ..errors import CalibrationError
+from .base import LatencyQuery, PerfSource, Stack, as_positive_array, group_queries
 
 
 class CalibratedSource(PerfSource):
@@ -66,17 +66,12 @@ class CalibratedSource(PerfSource):
     def latency_draws(self, queries: Sequence[LatencyQuery], n: int, rng: np.random.Generator) -> np.ndarray:
         """Joint draws from the correction's posterior (``Correction.sample``), shape (n, len(queries))."""
         obs: list[Observation | None] = [None] * len(queries)
-        by_group: dict[tuple[Candidate, str], list[int]] = {}
-        for i, q in enumerate(queries):
-            by_group.setdefault((q.candidate, q.kind), []).append(i)
-        for (cand, kind), idx in by_group.items():
+        for (cand, kind), idx in group_queries(queries).items():
             qs = [queries[i] for i in idx]
             if kind == "ttft":
                 made = self._prefill(cand, [q.isl for q in qs])
-            elif kind == "itl":
-                made = self._decode(cand, [q.batch for q in qs], [q.context for q in qs])
             else:
-                raise SourceError(f"unknown latency kind {kind!r} (ttft or itl)")
+                made = self._decode(cand, [q.batch for q in qs], [q.context for q in qs])
             for i, o in zip(idx, made, strict=True):
                 obs[i] = o
         return self.correction.sample([o for o in obs if o is not None], n, rng)
