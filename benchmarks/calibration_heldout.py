@@ -54,6 +54,7 @@ from validate.calibrate import (
     collect_observations,
     default_prior,
     deployment_name,
+    is_moe,
     observations_for,
 )
 from validate.plan import plan_probes
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     bases = {stack: AicSource(stack) for stack in stacks}
     evidence = [deployment_evidence(deployment_name(st), collect_observations(bases[st], rs)[0],
-                                    default_prior(bases[st], rs, []))
+                                    default_prior(bases[st], rs, []), is_moe(st))
                 for st, rs in sorted(stacks.items(), key=lambda kv: str(kv[0]))]  # fmt: skip
     for stack, records in sorted(stacks.items(), key=lambda kv: str(kv[0])):
         base = bases[stack]
@@ -253,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             rng = random.Random(f"{stack}|{i}")
             splits.setdefault("random", []).extend(score(base, records, random_pick(records, rng), learned))
         label = f"{stack.model.split('/')[-1]} {stack.system} {stack.backend} ({', '.join(sorted({m.probe.candidate.name for m in records}))})"
-        entry = {"stack": stack.to_dict(), "train": [m.probe.to_dict() for m in train], "splits": {}}
+        entry = {"stack": stack.to_dict(), "moe": is_moe(stack), "train": [m.probe.to_dict() for m in train],
+                 "splits": {}}  # fmt: skip
         for name, rows in splits.items():
             entry["splits"][name] = {"summary": {}, "rows": rows}
             for phase in ("prefill", "decode"):
@@ -268,22 +270,26 @@ def main(argv: list[str] | None = None) -> int:
                       f"{s['sharpness']:.2f} | {verdict(s)} |")  # fmt: skip
         result["stacks"].append(entry)
     result["pooled"] = {}
-    for name in ("planner", "hand-picked", "random"):  # every stack's held-out points together
-        for phase in ("prefill", "decode"):
-            rs = [
-                r
-                for e in result["stacks"]
-                for r in e["splits"].get(name, {}).get("rows", [])
-                if r["phase"] == phase
-            ]
-            if not rs:
-                continue
-            s = summarise(rs)
-            result["pooled"][f"{name}/{phase}"] = {**s, "verdict": verdict(s)}
-            split = name if name != "random" else f"{args.random_splits} random"
-            print(f"| **all stacks** | {split} | {phase} | {s['n']} | {s['aic_median_pct']:.1f} % | {s['median_pct']:.1f} % | "
-                  f"{s['max_pct']:.1f} % | {100 * s['coverage']:.0f} % | ±{s['median_half_width_pct']:.1f} % | "
-                  f"{s['sharpness']:.2f} | {verdict(s)} |")  # fmt: skip
+    # every stack's held-out points together; and the dense ones alone (MoE evidence never teaches them)
+    pools = {"all stacks": "", "dense stacks": "dense/"}
+    for pool, prefix in pools.items():
+        for name in ("planner", "hand-picked", "random"):
+            for phase in ("prefill", "decode"):
+                rs = [
+                    r
+                    for e in result["stacks"]
+                    if not (prefix and e["moe"])
+                    for r in e["splits"].get(name, {}).get("rows", [])
+                    if r["phase"] == phase
+                ]
+                if not rs:
+                    continue
+                s = summarise(rs)
+                result["pooled"][f"{prefix}{name}/{phase}"] = {**s, "verdict": verdict(s)}
+                split = name if name != "random" else f"{args.random_splits} random"
+                print(f"| **{pool}** | {split} | {phase} | {s['n']} | {s['aic_median_pct']:.1f} % | {s['median_pct']:.1f} % | "
+                      f"{s['max_pct']:.1f} % | {100 * s['coverage']:.0f} % | ±{s['median_half_width_pct']:.1f} % | "
+                      f"{s['sharpness']:.2f} | {verdict(s)} |")  # fmt: skip
     if args.write_evidence:
         doc = {"format_version": PHASE_EVIDENCE_FORMAT_VERSION,
                "what": "each GPU-runner deployment of models/measurements fitted on all its prefill/decode points: "

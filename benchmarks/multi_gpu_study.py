@@ -41,6 +41,8 @@ SHAPES = {  # name -> (model id the records carry, config dir)
     # 0.12.0's bundled model_configs, copied unchanged)
     "qwen3_8b": ("Qwen/Qwen3-8B", "models/configs/Qwen--Qwen3-8B"),
     "qwen3_1_7b": ("Qwen/Qwen3-1.7B", "models/configs/Qwen--Qwen3-1.7B"),
+    "qwen3_0_6b": ("Qwen/Qwen3-0.6B", "models/configs/Qwen--Qwen3-0.6B"),
+    "qwen3_30b_a3b": ("Qwen/Qwen3-30B-A3B", "models/configs/Qwen--Qwen3-30B-A3B"),  # MoE: 128 experts, top 8
 }
 DEFAULT_SHAPES = ("llama31_8b", "qwen3_32b")  # issue 13's study
 ISLS = (256, 512, 1024, 2048, 4096, 8192)

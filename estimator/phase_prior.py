@@ -36,10 +36,12 @@ class DeploymentEvidence:
     name: str  # model|system|backend
     shared: SharedParameters
     residuals: tuple[FieldPoint, ...]
+    moe: bool  # the model's architecture class: evidence transfers only within a class (``same_class``)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "moe": self.moe,
             "shared": asdict(self.shared),
             "residuals": [asdict(p) for p in self.residuals],
         }
@@ -48,16 +50,30 @@ class DeploymentEvidence:
     def from_dict(cls, d: Mapping[str, Any]) -> DeploymentEvidence:
         known = set(SharedParameters.__dataclass_fields__)
         shared = SharedParameters(**{k: float(v) for k, v in d["shared"].items() if k in known})
-        return cls(str(d["name"]), shared, tuple(FieldPoint(**p) for p in d["residuals"]))
+        if not isinstance(d["moe"], bool):
+            raise ValueError(f"evidence {d['name']!r}: 'moe' must be true or false, not {d['moe']!r}")
+        return cls(str(d["name"]), shared, tuple(FieldPoint(**p) for p in d["residuals"]), d["moe"])
 
 
-def deployment_evidence(name: str, observations: Sequence[Observation], prior: Prior) -> DeploymentEvidence:
+def deployment_evidence(
+    name: str, observations: Sequence[Observation], prior: Prior, moe: bool
+) -> DeploymentEvidence:
     """Fit ``observations`` (one deployment's prefill/decode points) with ``prior``, noise from the residuals."""
     obs = [o for o in observations if not o.is_agg and o.measured_ms and o.measured_ms > 0]
     corr = fit(obs, replace(prior, cv_folds=0, discrepancy_weight=0.0, phase_kernel={}), residual_field=False)
     res = tuple(FieldPoint(o.engine, o.kind, o.isl, o.batch, o.context, math.log(o.measured_ms / corr.predict(o)),
                            o.noise_sd) for o in obs)  # fmt: skip
-    return DeploymentEvidence(name, corr.mean.shared, res)
+    return DeploymentEvidence(name, corr.mean.shared, res, moe)
+
+
+def same_class(evidence: Sequence[DeploymentEvidence], name: str, moe: bool) -> list[DeploymentEvidence]:
+    """The evidence that may teach deployment ``name``: the *other* deployments of its architecture class.
+
+    Why: a dense and an MoE model misfit the correction's form in different ways (an MoE step reads more
+    experts as the batch grows), so a dense deployment's residuals say nothing about an MoE curve and an
+    MoE's would widen every dense band. With no deployment of the class, the calibration keeps the
+    generic prior and estimates its noise from its own points."""
+    return [e for e in evidence if e.name != name and e.moe == moe]
 
 
 def learned_prior(evidence: Sequence[DeploymentEvidence], prior: Prior) -> Prior:

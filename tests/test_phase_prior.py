@@ -116,11 +116,11 @@ def test_learn_kernel_recovers_a_known_field():
     assert got.length[0] == pytest.approx(0.7, rel=0.4)
 
 
-def _evidence(name: str, beta_isl: float, rng) -> DeploymentEvidence:
+def _evidence(name: str, beta_isl: float, rng, moe: bool = False) -> DeploymentEvidence:
     pts = tuple(FieldPoint("TP1", "ttft", float(i), 1.0, float(i), float(rng.normal(0, 0.03)), 0.0)
                 for i in (128, 512, 2048, 8192)) + tuple(
         FieldPoint("TP1", "tpot", 1.0, float(b), 2048.0, float(rng.normal(0, 0.02)), 0.0) for b in (1, 8, 64, 256))  # fmt: skip
-    return DeploymentEvidence(name, SharedParameters(beta_isl=beta_isl), pts)
+    return DeploymentEvidence(name, SharedParameters(beta_isl=beta_isl), pts, moe)
 
 
 def test_default_prior_learns_from_the_other_deployments_only():
@@ -135,6 +135,27 @@ def test_default_prior_learns_from_the_other_deployments_only():
     assert prior.shared["beta_isl"][0] == pytest.approx(0.11)
     assert prior.ard_iterations == 0
     assert set(TRANSFERRED) <= set(prior.shared)
+
+
+def test_evidence_transfers_only_within_an_architecture_class():
+    """A dense calibration learns nothing from MoE deployments (their misfit has another shape)."""
+    rng = np.random.default_rng(0)
+    base = RooflineSource(STACK)  # Llama-3.1-8B: dense
+    ms = _records(Distorted(base))
+    moe = [_evidence("a|h200_sxm|vllm", 0.10, rng, moe=True), _evidence("b|h200_sxm|vllm", 0.12, rng, moe=True)]
+    assert not default_prior(base, ms, moe).phase_kernel
+    dense = [_evidence("c|h200_sxm|vllm", 0.30, rng), _evidence("d|h200_sxm|vllm", 0.32, rng)]
+    prior = default_prior(base, ms, [*moe, *dense])
+    assert prior.shared["beta_isl"][0] == pytest.approx(0.31)
+
+
+def test_evidence_without_its_class_is_refused():
+    doc = _evidence("a|h200_sxm|vllm", 0.1, np.random.default_rng(0)).to_dict()
+    assert DeploymentEvidence.from_dict(doc).moe is False
+    with pytest.raises(KeyError):
+        DeploymentEvidence.from_dict({k: v for k, v in doc.items() if k != "moe"})
+    with pytest.raises(ValueError, match="moe"):
+        DeploymentEvidence.from_dict({**doc, "moe": "no"})
 
 
 def test_other_runners_keep_the_previous_prior():
@@ -152,3 +173,4 @@ def test_bundled_evidence_names_the_gpu_runner_deployments():
     assert "meta-llama/meta-llama-3.1-8b|h100_sxm|vllm" in names
     assert len(names) >= 3
     assert learned_prior(bundled_phase_evidence(), Prior()).phase_kernel
+    assert {e.name for e in bundled_phase_evidence() if e.moe} == {"qwen/qwen3-30b-a3b|h200_sxm|vllm"}

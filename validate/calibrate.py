@@ -23,7 +23,8 @@ from estimator.calibration import SHARED_NAMES, Observation
 from estimator.calibration_fit import Prior, fit, transferable
 from estimator.errors import CalibrationError, SlaEstimateError
 from estimator.measurements import Measurement, ProbeKind
-from estimator.phase_prior import DeploymentEvidence, learned_prior
+from estimator.model import load_model_info
+from estimator.phase_prior import DeploymentEvidence, learned_prior, same_class
 from estimator.serving import SchedulerConfig, serving_terms
 from estimator.sources.base import PerfSource, Stack
 from estimator.sources.calibrated import CalibratedSource
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 PRIOR_FILE = Path(__file__).resolve().parents[1] / "models" / "calibration_prior.json"
 PRIOR_FORMAT_VERSION = 1  # of the prior file (shared parameter names unchanged since)
 PHASE_EVIDENCE_FILE = PRIOR_FILE.with_name("calibration_phase_evidence.json")
-PHASE_EVIDENCE_FORMAT_VERSION = 1
+PHASE_EVIDENCE_FORMAT_VERSION = 2  # 2: each deployment says whether its model is MoE
 
 
 def observations_for(
@@ -134,10 +135,15 @@ def default_prior(
         prior = prior.updated(NO_OVERHEAD_PRIOR)
         if not has_agg(measurements):
             evidence = bundled_phase_evidence() if evidence is None else evidence
-            others = [e for e in evidence if e.name != deployment_name(source.stack)]
+            others = same_class(evidence, deployment_name(source.stack), is_moe(source.stack))
             if others:
                 prior = learned_prior(others, prior)
     return prior
+
+
+def is_moe(stack: Stack) -> bool:
+    """Whether the stack's model is a mixture of experts (its config's expert count)."""
+    return load_model_info(stack.model).is_moe
 
 
 def deployment_name(stack: Stack) -> str:
