@@ -15,6 +15,10 @@ Each rule picks the option with the highest predicted output tokens/s/GPU that i
   throughput, P(meets) x predicted tokens/s/GPU (flagged uncertified either way);
 - ``k3-conf<L>/product``: the previous rule, P(TTFT <= T) * P(TPOT <= P) from the 90 % bands (independent).
 
+Every calibration's bands take the tail shape of the held-out errors of the *other* families
+(``silicon_calibration.tails_without``, a Student-t over the standardised errors at k = 1-4), as
+``validate`` takes the bundled one; ``--gaussian`` keeps the Gaussian bands of the previous version.
+
 Scored on silicon: a pick that misses the SLA has regret 1 (it is not a usable deployment); otherwise
 regret = 1 - its measured tokens/s/GPU / the best measured tokens/s/GPU among options meeting the SLA.
 The training rows are never options. Rows are deduplicated first (``validate/silicon.py``).
@@ -47,6 +51,7 @@ import re
 import sys
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,18 +87,22 @@ DEPENDENCE: list[tuple[float, float, float]] = []  # per option: posterior corr 
 
 
 # ---- the calibration API: used here and nowhere else in this script ----------------------------------
+TAIL_KS = [1, 2, 3, 4]
+
+
 def observation(d: dict) -> Observation:
     """One cached measured value with its source terms (``targets.json`` of silicon_calibration.py)."""
     return Observation.from_dict(d)
 
 
 def calibrated_predictions(
-    train: list[Observation], test: list[Observation], prior: dict, seed: str
+    train: list[Observation], test: list[Observation], prior: dict, seed: str,
+    tails: dict[str, tuple[float, float]] | None = None,
 ) -> tuple[list[tuple[float, float, float]], np.ndarray, Correction]:
-    """(point, low, high) ms, 90 % band, of each test value after calibrating on ``train`` with ``prior``,
-    ``NUM_DRAWS`` joint draws of all test values from the calibration's posterior (rows: draws), and the
-    calibration itself."""
-    corr = fit(train, Prior().updated(prior))
+    """(point, low, high) ms, 90 % band, of each test value after calibrating on ``train`` with ``prior``
+    (and the predictive tail shape ``tails``), ``NUM_DRAWS`` joint draws of all test values from the
+    calibration's posterior (rows: draws), and the calibration itself."""
+    corr = fit(train, replace(Prior().updated(prior), tails=dict(tails or {})))
     return (*predictions(corr, test, seed), corr)
 
 
@@ -188,6 +197,7 @@ def decisions(
     max_families: int | None,
     grid: dict[str, list[dict] | None] | None = None,
     per_doubling: int = RC.PER_DOUBLING,
+    gaussian: bool = False,
 ) -> tuple[list[dict], list[dict]]:
     """Decisions of the measured-options protocol, and of the continuous-concurrency one when ``grid`` (the
     serving-model observations at the grid concurrencies, ``regret_continuous.grid_terms``) is given."""
@@ -195,6 +205,11 @@ def decisions(
     for r in rows:
         fams[r["family"]].append(r)
     fam_thetas = SC._family_thetas(rows)
+    # the tail shape of each family's bands, from the other families' held-out errors at k = 1-4 (the
+    # Gaussian first pass of silicon_calibration.py, same splits: what the bundled shape is learned from)
+    z = {} if gaussian else SC.standardised_errors(
+        SC.evaluate(rows, TAIL_KS, splits, min_rows, seed, True, Prior().cv_folds)
+    )
     names = sorted(fams)
     if max_families and len(names) > max_families:
         names = sorted(random.Random(seed).sample(names, max_families))
@@ -219,7 +234,9 @@ def decisions(
                 test += [v[i] for i in idx[3:]]
             flat = [observation(t) for r in test for t in r["targets"]]
             train_obs = [observation(t) for r in train for t in r["targets"]]
-            band_list, draws, corr = calibrated_predictions(train_obs, flat, prior, f"{seed}|{fam}|{split}")
+            tails = SC.tails_without(z, fam) if z else None
+            seeded = f"{seed}|{fam}|{split}"
+            band_list, draws, corr = calibrated_predictions(train_obs, flat, prior, seeded, tails)
             bands, col = iter(band_list), 0
             options_by_group: dict[tuple, list[dict]] = collections.defaultdict(list)
             for r in test:
@@ -526,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
         default=RC.PER_DOUBLING,
         help=f"grid points per factor 2 of concurrency, a divisor of {RC.PER_DOUBLING} (the cached grid)",
     )
+    ap.add_argument(
+        "--gaussian", action="store_true", help="Gaussian bands (no tail shape learned from other families)"
+    )
     args = ap.parse_args(argv)
     if args.per_doubling < 1 or RC.PER_DOUBLING % args.per_doubling:
         print(
@@ -541,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         grid = RC.grid_terms(rows_used, Path(args.grid_cache), SC.TARGETS_FORMAT)
     t1 = time.time()
     results, cont = decisions(
-        rows, args.splits, args.min_rows, args.seed, args.max_families, grid, args.per_doubling
+        rows, args.splits, args.min_rows, args.seed, args.max_families, grid, args.per_doubling, args.gaussian
     )
     table = summarise(results)
     out = Path(args.out)

@@ -19,9 +19,12 @@ import collections
 import csv
 import json
 import logging
+import math
 import random
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from estimator.calibration import SHARED_NAMES, Observation, identity
-from estimator.calibration_fit import Prior, fit, learn_prior, prior_from_fits, transferable
+from estimator.calibration_fit import Prior, fit, learn_prior, learn_tails, prior_from_fits, transferable
 from estimator.errors import SlaEstimateError
 from estimator.sources.aic import AicSource
 from estimator.sources.base import Stack
@@ -98,8 +101,11 @@ def family_targets(rows: list[dict]) -> dict[str, list[Observation]]:
 
 
 def evaluate(
-    rows: list[dict], ks: list[int], splits: int, min_rows: int, seed: int, pooled_prior: bool, cv_folds: int
+    rows: list[dict], ks: list[int], splits: int, min_rows: int, seed: int, pooled_prior: bool, cv_folds: int,
+    tails: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
 ) -> list[dict]:
+    """Held-out rows of every family, k and split. ``tails``: per family, the predictive's tail shape
+    (``calibration_fit.learn_tails``, learned without that family); None: Gaussian bands."""
     fams: dict[str, dict[str, list[dict]]] = collections.defaultdict(lambda: collections.defaultdict(list))
     for r in rows:
         fams[r["family"]][r["engine"]].append(r)
@@ -110,7 +116,7 @@ def evaluate(
         if not engines:
             continue
         learned = _prior_without(fam_thetas, fam) if pooled_prior else {}
-        prior = Prior(cv_folds=cv_folds).updated(learned)
+        prior = replace(Prior(cv_folds=cv_folds).updated(learned), tails=dict((tails or {}).get(fam, {})))
         for k in ks:
             for split in range(splits):
                 rng = random.Random(f"{seed}|{fam}|{k}|{split}")
@@ -130,14 +136,34 @@ def evaluate(
                         ratio = float(np.median([x["targets"][_idx(x, t.kind)]["measured_ms"]
                                                  / raw_ms(Observation.from_dict(x["targets"][_idx(x, t.kind)]))
                                                  for x in mine]))  # fmt: skip
-                        b = corr.band(t)
+                        (pred,) = corr.predictive([t])
+                        b = pred.band()
                         mid, lo, hi = b.point_ms, b.low_ms, b.high_ms
                         out.append({"family": fam, "engine": r["engine"], "k": k, "split": split, "kind": t.kind,
                                     "isl": r["isl"], "osl": r["osl"], "concurrency": r["concurrency"],
                                     "measured_ms": t.measured_ms, "raw_ms": raw_ms(t),
                                     "baseline_ms": raw_ms(t) * ratio, "ours_ms": mid, "band_low_ms": lo,
-                                    "band_high_ms": hi})  # fmt: skip
+                                    "band_high_ms": hi, "log_sd": pred.log_sd, "dof": pred.dof})  # fmt: skip
     return out
+
+
+def standardised_errors(results: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """Per family and kind: log(measured / predicted) / predicted log sd of every held-out row."""
+    out: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    for r in results:
+        if r["log_sd"] > 0:
+            out[r["family"]][r["kind"]].append(math.log(r["measured_ms"] / r["ours_ms"]) / r["log_sd"])
+    return out
+
+
+def tails_without(z: Mapping[str, Mapping[str, list[float]]], fam: str) -> dict[str, tuple[float, float]]:
+    """The tail shape learned from every family's standardised errors but ``fam``'s (leave-family-out)."""
+    pooled: dict[str, list[float]] = collections.defaultdict(list)
+    for f, by_kind in z.items():
+        if f != fam:
+            for kind, v in by_kind.items():
+                pooled[kind] += v
+    return learn_tails(pooled)
 
 
 def _family_thetas(rows: list[dict], min_targets: int = 10) -> dict:
@@ -215,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-pooled-prior", action="store_true", help="generic prior instead of the leave-family-out one"
     )
+    ap.add_argument(
+        "--gaussian", action="store_true", help="Gaussian bands only (no tail shape learned from the others)"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
@@ -222,9 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     rows, why = build_targets(out / "targets.json")
     t1 = time.time()
     ks = [int(k) for k in args.ks.split(",")]
-    results = evaluate(
+    gaussian = evaluate(
         rows, ks, args.splits, args.min_rows, args.seed, not args.no_pooled_prior, args.cv_folds
     )
+    z = standardised_errors(gaussian)
+    results = gaussian
+    if not args.gaussian:  # second pass: each family's bands with the tail shape of the others' errors
+        tails = {fam: tails_without(z, fam) for fam in z}
+        results = evaluate(
+            rows, ks, args.splits, args.min_rows, args.seed, not args.no_pooled_prior, args.cv_folds, tails
+        )
     table = summarise(results)
     with (out / "results.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(results[0]))
@@ -232,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         w.writerows(results)
     n_groups = len({(r["family"], r["engine"]) for r in results})
     summary = {"configurations_estimated": len(rows), "unestimable": dict(why), "groups_scored": n_groups,
-               "splits": args.splits, "min_rows": args.min_rows, "cv_folds": args.cv_folds, "table": table,
+               "splits": args.splits, "min_rows": args.min_rows, "cv_folds": args.cv_folds,
+               "tails": "gaussian" if args.gaussian else "learned leave-family-out", "table": table,
+               "table_gaussian": summarise(gaussian),
                "seconds": {"aic_terms": round(t1 - t0, 1), "evaluation": round(time.time() - t1, 1)}}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(
@@ -241,17 +279,22 @@ def main(argv: list[str] | None = None) -> int:
     print("not estimable / not representable (configurations or rows):")
     for reason, n in why.most_common():
         print(f"  {n:5d}  {reason}")
+    if not args.gaussian:
+        print("Gaussian bands (first pass, whose standardised errors teach the tail shape):")
+        print_table(summarise(gaussian))
+        print("with the tail shape learned from the other families (leave-family-out):")
     print_table(table)
     print(
         f"AIC terms {t1 - t0:.0f} s (cached in {out / 'targets.json'}), evaluation {time.time() - t1:.0f} s"
     )
     if args.write_prior:
-        write_prior(Path(args.write_prior), rows)
+        write_prior(Path(args.write_prior), rows, z)
     return 0
 
 
-def write_prior(path: Path, rows: list[dict]) -> None:
-    """Per-backend prior over the correction's shared parameters, from every family, with provenance."""
+def write_prior(path: Path, rows: list[dict], z: Mapping[str, Mapping[str, list[float]]]) -> None:
+    """Per-backend prior over the correction's shared parameters, from every family, and the tail shape
+    of the held-out errors ``z`` of every family, with provenance."""
     import hashlib
     from importlib import metadata
 
@@ -273,6 +316,9 @@ def write_prior(path: Path, rows: list[dict]) -> None:
         "aiconfigurator_core": metadata.version("aiconfigurator-core"),
         "silicon_csv_sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest(),
         "backends": backends,
+        "tails": {k: list(v) for k, v in tails_without(z, "").items()},
+        "tails_what": "per kind: (scale, dof) of the Student-t of held-out errors / predicted log sd, fitted "
+                      "on every family's held-out rows of this run (calibration_fit.learn_tails)",
     }  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1, sort_keys=True))

@@ -160,11 +160,14 @@ def predict_ms(obs: Observation, p: Parameters) -> float:
 @dataclass(frozen=True, slots=True)
 class Noise:
     """Per kind: model discrepancy (log sd, estimated by the fit), measurement spread of one repetition
-    (median over the fitted points), and the degrees of freedom behind the discrepancy estimate."""
+    (median over the fitted points), the degrees of freedom of the predictive's Student-t, and a factor on
+    its log sd (``tail_scale``, 1 where absent): with a tail shape learned from other deployments'
+    held-out errors (``calibration_fit.learn_tails``), the t's scale is that factor times the estimated sd."""
 
     discrepancy: Mapping[str, float]
     measurement: Mapping[str, float]
     dof: Mapping[str, float]
+    tail_scale: Mapping[str, float] = field(default_factory=dict)
 
     def sd(self, kind: str) -> float:
         return math.hypot(self.discrepancy.get(kind, 0.0), self.measurement.get(kind, 0.0))
@@ -259,9 +262,9 @@ class Correction:
             var += float(nv)
             if obs.engine not in self.mean.engines:  # only the prior knows an unmeasured engine's offsets
                 var += self._unmeasured_var(obs)
-            out.append(
-                Predictive(self.predict(obs), math.sqrt(max(var, 0.0)), self.noise.dof.get(obs.kind, 0.0))
-            )
+            scale = self.noise.tail_scale.get(obs.kind, 1.0)
+            out.append(Predictive(self.predict(obs), scale * math.sqrt(max(var, 0.0)),
+                                  self.noise.dof.get(obs.kind, 0.0)))  # fmt: skip
         return out
 
     def bands(self, observations: Sequence[Observation], level: float = BAND_LEVEL) -> list[Band]:
@@ -358,7 +361,7 @@ class Correction:
             "parameters": self.mean.values(),
             "covariance": {"names": list(self.mean.names), "matrix": self.cov.tolist()},
             "noise": {"discrepancy": dict(self.noise.discrepancy), "measurement": dict(self.noise.measurement),
-                      "dof": dict(self.noise.dof)},
+                      "dof": dict(self.noise.dof), "tail_scale": dict(self.noise.tail_scale)},
             "engine_prior_sd": dict(self.engine_prior_sd),
             "n_points": self.n_points,
             "training_data_hash": self.data_hash,
@@ -378,7 +381,11 @@ class Correction:
             if tuple(d["covariance"]["names"]) != mean.names or cov.shape != (len(mean.names),) * 2:
                 raise CalibrationError("calibration covariance does not match its parameters")
             n = d["noise"]
-            noise = Noise(dict(n["discrepancy"]), dict(n["measurement"]), dict(n["dof"]))
+            # files written before tail shapes existed have none: a factor of 1, what they meant
+            scales = dict(n.get("tail_scale", {}))
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in scales.values()):
+                raise CalibrationError(f"calibration tail_scale must be positive numbers, got {scales}")
+            noise = Noise(dict(n["discrepancy"]), dict(n["measurement"]), dict(n["dof"]), scales)
             field_ = ResidualField.from_dict(d["residual_field"]) if d.get("residual_field") else None
             phase = PhaseField.from_dict(d["phase_field"]) if d.get("phase_field") else None
             return cls(mean, cov, noise, dict(d["engine_prior_sd"]), int(d["n_points"]), str(d["training_data_hash"]),

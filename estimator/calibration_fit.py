@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import least_squares
+from scipy.stats import t as student_t
 
 from .calibration import (
     ENGINE_NAMES,
@@ -77,6 +78,9 @@ class Prior:
     # points behind it (the dof of the bands); replaces independent noise when every point is a
     # prefill/decode probe
     phase_kernel: Mapping[str, tuple[KernelHyper, float]] = field(default_factory=dict)
+    # per kind: (scale factor, dof) of the predictive's Student-t, learned from other deployments' held-out
+    # errors (``learn_tails``); applies where the noise is estimated from the points (not the phase field)
+    tails: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def engine_prior_sd(self) -> dict[str, float]:
         return {n: self.engine_step_sd if n == "delta_step" else self.engine_sd for n in ENGINE_NAMES}
@@ -145,7 +149,8 @@ def fit(observations: Sequence[Observation], prior: Prior | None = None, meta: M
     noise = Noise(
         discrepancy={k: disc[k] for k in present},
         measurement={k: float(np.median(pb.meas_sd[idx[k]])) for k in present},
-        dof=dof,
+        dof={k: float(prior.tails[k][1]) if k in prior.tails else dof[k] for k in present},
+        tail_scale={k: float(prior.tails[k][0]) for k in present if k in prior.tails},
     )
     field_ = None
     agg = [o for o in good if o.is_agg]
@@ -303,6 +308,27 @@ def prior_from_fits(
     return out
 
 
+MIN_TAIL_POINTS = 50  # standardised errors per kind below which no tail shape is learned
+
+
+def learn_tails(standardised: Mapping[str, Sequence[float]]) -> dict[str, tuple[float, float]]:
+    """Per kind, the (scale, dof) of a Student-t fitted by maximum likelihood (scipy) to held-out errors
+    of other deployments, each divided by the log sd its calibration predicted.
+
+    Why: agg errors are heavy-tailed (many rows within a few %, some off by a factor 2), so a Gaussian
+    with the estimated sd is too wide in the middle and too narrow in the tails; a probability such as
+    P(TTFT <= target) then comes out too low for a point well inside the target. The fitted t keeps the
+    held-out errors' own shape; kinds with fewer than ``MIN_TAIL_POINTS`` errors get none."""
+    out = {}
+    for kind, values in standardised.items():
+        z = np.asarray([v for v in values if math.isfinite(v)], float)
+        if z.size < MIN_TAIL_POINTS:
+            continue
+        dof, _, scale = student_t.fit(z, floc=0.0)
+        out[kind] = (float(scale), float(dof))
+    return out
+
+
 def learn_prior(
     families: Mapping[str, Sequence[Observation]], min_points: int = 10
 ) -> dict[str, tuple[float, float]]:
@@ -318,7 +344,11 @@ LEVEL_PARAMETERS = ("alpha_prefill", "alpha_decode", "log_step_ms", "log_overhea
 SHAPE_PARAMETERS = ("beta_isl", "beta_batch", "beta_context")
 
 
+# Agg rows never see a prefill probe's step: what silicon families "learn" of it is their prior echoed back.
+UNOBSERVED_BY_AGG = ("log_prefill_step",)
+
+
 def transferable(learned: Mapping[str, tuple[float, float]], agg: bool) -> dict[str, tuple[float, float]]:
     """The part of a learned prior that applies to a new deployment (``agg``: calibrating on agg points)."""
-    drop = LEVEL_PARAMETERS + (() if agg else SHAPE_PARAMETERS)
+    drop = LEVEL_PARAMETERS + UNOBSERVED_BY_AGG + (() if agg else SHAPE_PARAMETERS)
     return {k: v for k, v in learned.items() if k in SHARED_NAMES and k not in drop}

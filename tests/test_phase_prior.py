@@ -174,3 +174,13 @@ def test_bundled_evidence_names_the_gpu_runner_deployments():
     assert len(names) >= 3
     assert learned_prior(bundled_phase_evidence(), Prior()).phase_kernel
     assert {e.name for e in bundled_phase_evidence() if e.moe} == {"qwen/qwen3-30b-a3b|h200_sxm|vllm"}
+
+
+def test_the_silicon_prior_leaves_the_prefill_step_at_the_generic_prior():
+    """Agg rows never observe a prefill probe's step cost: the bundled silicon prior must not narrow it."""
+    from validate.calibrate import bundled_prior
+
+    base = RooflineSource(STACK)
+    assert "log_prefill_step" in bundled_prior(STACK.backend)  # the file has it (the families' prior echoed)
+    ms = [dataclasses.replace(m, runner="synthetic") for m in _records(Distorted(base))]
+    assert default_prior(base, ms, []).shared["log_prefill_step"] == Prior().shared["log_prefill_step"]

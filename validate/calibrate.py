@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from estimator.calibration import SHARED_NAMES, Observation
+from estimator.calibration import KINDS, SHARED_NAMES, Observation
 from estimator.calibration_fit import Prior, fit, transferable
 from estimator.errors import CalibrationError, SlaEstimateError
 from estimator.measurements import Measurement, ProbeKind
@@ -117,6 +117,23 @@ def bundled_prior(backend: str, path: Path = PRIOR_FILE) -> dict[str, tuple[floa
         return {}
 
 
+def bundled_tails(path: Path = PRIOR_FILE) -> dict[str, tuple[float, float]]:
+    """Per kind, the (scale, dof) tail shape of agg errors learned from silicon_sample.csv, or {}."""
+    if not path.exists():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("format_version") != PRIOR_FORMAT_VERSION:
+            raise ValueError(f"format {doc.get('format_version')!r}")
+        out = {k: (float(v[0]), float(v[1])) for k, v in doc.get("tails", {}).items() if k in KINDS}
+        if not all(math.isfinite(a) and a > 0 and math.isfinite(b) and b > 0 for a, b in out.values()):
+            raise ValueError(f"tails must be positive (scale, dof) pairs, got {out}")
+        return out
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        log.warning("ignoring calibration tails in %s: %s", path, exc)
+        return {}
+
+
 # Runners that time the engine's forward passes alone (no HTTP, tokenisation or detokenisation): their
 # records carry no per-request overhead, so its prior is a few microseconds instead of a few ms.
 ENGINE_ONLY_RUNNERS = ("gpu",)
@@ -130,7 +147,10 @@ def default_prior(
     request overhead when every record comes from a runner that times the engine alone). Prefill/decode
     records of such a runner also get the prior learned from the *other* deployments in ``evidence``
     (default: the bundled ``models/calibration_phase_evidence.json``; ``phase_prior.learned_prior``)."""
-    prior = Prior().updated(transferable(bundled_prior(source.stack.backend), agg=has_agg(measurements)))
+    agg = has_agg(measurements)
+    prior = Prior().updated(transferable(bundled_prior(source.stack.backend), agg=agg))
+    if agg:  # agg errors are heavy-tailed: the bands take the shape the silicon rows' held-out errors have
+        prior = dataclasses.replace(prior, tails=bundled_tails())
     if measurements and all(m.runner in ENGINE_ONLY_RUNNERS for m in measurements):
         prior = prior.updated(NO_OVERHEAD_PRIOR)
         if not has_agg(measurements):
