@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a plain checkout (the GPU machine has no install)
 
-from estimator.candidates import Candidate, Mapping
+from estimator.candidates import Candidate
 from estimator.errors import MeasurementError
 from estimator.measurements import Measurement, MeasurementStore, Probe, ProbeKind
 from estimator.sources.base import Stack
@@ -205,7 +205,7 @@ def measure(args: argparse.Namespace) -> int:
     done = store.keys()  # every rank must run the same probes (collectives), so all read the same file
     points = tuple(tuple(int(x) for x in p.split(":")) for p in args.points) if args.points else DECODE_POINTS
     capacity = min_over_ranks(runner.kv_capacity_tokens(), args.tp)
-    probes = plan(stack, Candidate(Mapping.TP, args.tp), tuple(args.isl or ISLS), points, capacity)
+    probes = plan(stack, runner.engine, tuple(args.isl or ISLS), points, capacity)  # MoE on 1 GPU: TEP1
     summary = {"stack": stack.to_dict(), **facts, "tp": args.tp, "failed": []}
     summary["exact_kv_vs_stock_sdpa_rel_err"] = check_exact_kv(runner)
     if reports:

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from estimator.candidates import Candidate, Mapping
-from estimator.errors import ExactKvMismatch
+from estimator.errors import ExactKvMismatch, ProbeNotSupported
 from estimator.measurements import Probe, ProbeKind
 from estimator.sources.base import Stack
 from validate.runners import torch_kv
@@ -104,10 +104,23 @@ def moe_runner(tmp_path):
     r.close()
 
 
+def test_an_moe_model_on_one_gpu_is_the_tep1_candidate(moe_runner, tmp_path):
+    """The estimator enumerates TEP1 (not TP1) for one GPU of an MoE model: the runner measures that."""
+    assert moe_runner.engine == Candidate(Mapping.TEP, 1)
+    assert moe_runner.capabilities().candidates == frozenset({Candidate(Mapping.TEP, 1)})
+    stack, TP1 = Stack(moe_runner.model, "cpu", "vllm"), Candidate(Mapping.TP, 1)
+    with pytest.raises(ProbeNotSupported, match="TEP1"):
+        moe_runner.measure(Probe(ProbeKind.DECODE, stack, TP1, isl=20, osl=2, concurrency=1))
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    (dense / "config.json").write_text(json.dumps(DENSE))
+    assert TorchGpuRunner(str(dense), model_path=str(dense), device="cpu").engine == Candidate(Mapping.TP, 1)
+
+
 def test_moe_runner_floor_uses_the_experts_the_step_read(moe_runner):
     stack = Stack(moe_runner.model, "cpu", "vllm")
     m = moe_runner.measure(
-        Probe(ProbeKind.DECODE, stack, Candidate(Mapping.TP, 1), isl=20, osl=2, concurrency=1)
+        Probe(ProbeKind.DECODE, stack, Candidate(Mapping.TEP, 1), isl=20, osl=2, concurrency=1)
     )
     w = moe_runner.weights
     kv = (21 + 1) * moe_runner.kv_bytes_per_token  # context isl + osl // 2, plus the new token

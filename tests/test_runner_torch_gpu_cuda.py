@@ -62,10 +62,11 @@ def moe(tmp_path_factory, request):
 
 def _probes(r: TorchGpuRunner) -> list[Probe]:
     stack = Stack(r.model, "h200_sxm", "vllm")
+    eng = r.engine  # TP1, or TEP1 for an MoE model on one GPU
     return [
-        Probe(ProbeKind.PREFILL, stack, TP1, isl=2048, repeats=10),
-        Probe(ProbeKind.DECODE, stack, TP1, isl=1024, osl=2, concurrency=1, repeats=10),
-        Probe(ProbeKind.DECODE, stack, TP1, isl=1024, osl=2, concurrency=64, repeats=10),
+        Probe(ProbeKind.PREFILL, stack, eng, isl=2048, repeats=10),
+        Probe(ProbeKind.DECODE, stack, eng, isl=1024, osl=2, concurrency=1, repeats=10),
+        Probe(ProbeKind.DECODE, stack, eng, isl=1024, osl=2, concurrency=64, repeats=10),
     ]
 
 

@@ -236,13 +236,32 @@ class TorchGpuRunner(Runner):
                 torch.cuda.empty_cache()
 
     def capabilities(self) -> Capabilities:
-        """Prefill and decode of the model it builds, at the TP size of its process group (CPU: TP1)."""
+        """Prefill and decode of the model it builds, on the engine of its process group (``engine``)."""
         return Capabilities(
             kinds=self.kinds,
-            candidates=frozenset({Candidate(Mapping.TP, self.tp_size)}),
+            candidates=frozenset({self.engine}),
             models=frozenset({self.model}),
             why=f"tp_size={self.tp_size} on {self.device}",
         )
+
+    @property
+    def engine(self) -> Candidate:
+        """The candidate this process measures: TP{n} (its process group shards attention and every
+        expert by tensor parallelism); for an MoE model on one GPU, TEP1, the candidate the estimator
+        enumerates for one GPU of an MoE model (attention and all experts on that GPU, as TP1 here)."""
+        if self.tp_size == 1 and self._is_moe():
+            return Candidate(Mapping.TEP, 1)
+        return Candidate(Mapping.TP, self.tp_size)
+
+    def _is_moe(self) -> bool:
+        """Whether the model's config routes to experts; False without a readable config (``load`` says
+        why)."""
+        try:
+            raw = json.loads(self._config_source().read_text())
+        except (EngineStartError, OSError, ValueError):
+            return False
+        cfg = raw.get("text_config") or raw
+        return any(int(cfg.get(k) or 0) > 0 for k in ("num_experts", "n_routed_experts", "num_local_experts"))
 
     def _check(self, probe: Probe) -> None:
         self.require(probe)
