@@ -37,6 +37,12 @@ def kv_bytes_per_token(config: dict, bytes_per_value: int = 2) -> int:
     return 2 * int(config["num_hidden_layers"]) * kv_heads * head_dim * bytes_per_value
 
 
+def engine_of(config: dict, tp: int) -> str:
+    """The candidate the GPU runner measures at ``tp`` (``TorchGpuRunner.engine``): TEP1 for one-GPU MoE."""
+    moe = any(int(config.get(k) or 0) > 0 for k in ("num_experts", "n_routed_experts", "num_local_experts"))
+    return "TEP1" if moe and tp == 1 else f"TP{tp}"
+
+
 def relabel(ms: list[Measurement], model: str) -> list[Measurement]:
     """The same records with ``model`` as the probe's model (the key follows the probe)."""
     out = []
@@ -71,8 +77,9 @@ def collect(runs: list[str], prefix: str, dest: Path, command: str, note: str) -
                 raise SystemExit(
                     f"{records}: KV bytes per token {s.get('kv_bytes_per_token')} is not {shape}'s {want_kv}"
                 )
-            if any(m.probe.candidate.name != f"TP{tp}" for m in ms):
-                raise SystemExit(f"{records}: not all records are TP{tp}")
+            engine = engine_of(json.loads((ROOT / folder / "config.json").read_text()), tp)
+            if any(m.probe.candidate.name != engine for m in ms):
+                raise SystemExit(f"{records}: not all records are {engine}")
             out = dest / (f"{stem}.jsonl" if k == 1 else f"{stem}_repeat{'' if k == 2 else k - 1}.jsonl")
             out.unlink(missing_ok=True)
             MeasurementStore(out).extend(relabel(ms, model))
