@@ -44,6 +44,9 @@ from .torch_tp import add_tp_collectives, shard_config
 log = logging.getLogger(__name__)
 
 
+_EXPERT_COUNT_KEYS = ("num_experts", "n_routed_experts", "num_local_experts")  # as estimator/model.py reads
+
+
 class TorchGpuRunner(Runner):
     """Prefill and decode probes on one local GPU (or CPU for tests), random or real weights.
 
@@ -258,10 +261,10 @@ class TorchGpuRunner(Runner):
         why)."""
         try:
             raw = json.loads(self._config_source().read_text())
-        except (EngineStartError, OSError, ValueError):
+            cfg = raw.get("text_config") or raw
+            return any(int(cfg.get(k) or 0) > 0 for k in _EXPERT_COUNT_KEYS)
+        except (EngineStartError, OSError, ValueError, TypeError, AttributeError):
             return False
-        cfg = raw.get("text_config") or raw
-        return any(int(cfg.get(k) or 0) > 0 for k in ("num_experts", "n_routed_experts", "num_local_experts"))
 
     def _check(self, probe: Probe) -> None:
         self.require(probe)
