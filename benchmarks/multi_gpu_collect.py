@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from multi_gpu_study import SHAPES
 
 from estimator.measurements import Measurement, MeasurementStore
+from estimator.model import load_model_info
 
 
 def kv_bytes_per_token(config: dict, bytes_per_value: int = 2) -> int:
@@ -37,10 +38,9 @@ def kv_bytes_per_token(config: dict, bytes_per_value: int = 2) -> int:
     return 2 * int(config["num_hidden_layers"]) * kv_heads * head_dim * bytes_per_value
 
 
-def engine_of(config: dict, tp: int) -> str:
+def engine_of(config_dir: Path, tp: int) -> str:
     """The candidate the GPU runner measures at ``tp`` (``TorchGpuRunner.engine``): TEP1 for one-GPU MoE."""
-    moe = any(int(config.get(k) or 0) > 0 for k in ("num_experts", "n_routed_experts", "num_local_experts"))
-    return "TEP1" if moe and tp == 1 else f"TP{tp}"
+    return "TEP1" if tp == 1 and load_model_info(str(config_dir)).is_moe else f"TP{tp}"
 
 
 def relabel(ms: list[Measurement], model: str) -> list[Measurement]:
@@ -77,7 +77,7 @@ def collect(runs: list[str], prefix: str, dest: Path, command: str, note: str) -
                 raise SystemExit(
                     f"{records}: KV bytes per token {s.get('kv_bytes_per_token')} is not {shape}'s {want_kv}"
                 )
-            engine = engine_of(json.loads((ROOT / folder / "config.json").read_text()), tp)
+            engine = engine_of(ROOT / folder, tp)
             if any(m.probe.candidate.name != engine for m in ms):
                 raise SystemExit(f"{records}: not all records are {engine}")
             out = dest / (f"{stem}.jsonl" if k == 1 else f"{stem}_repeat{'' if k == 2 else k - 1}.jsonl")

@@ -133,6 +133,9 @@ def _int_field(path: str, cfg: dict, key: str, default: int | None = None, lo: i
     return int(v)
 
 
+EXPERT_COUNT_KEYS = ("num_experts", "n_routed_experts", "num_local_experts")  # where configs count experts
+
+
 @cache
 def load_model_info(model: str) -> ModelInfo:
     """Read the shape of ``model`` (already resolved by :func:`resolve_model_name`)."""
@@ -148,7 +151,7 @@ def load_model_info(model: str) -> ModelInfo:
     head_dim = _int_field(where, text_cfg, "head_dim", max(1, hidden // heads))
     inter = _int_field(where, text_cfg, "intermediate_size", 4 * hidden)
     experts = 0
-    for key in ("num_experts", "n_routed_experts", "num_local_experts"):
+    for key in EXPERT_COUNT_KEYS:
         experts = experts or _int_field(where, text_cfg, key, 0, lo=0)
     quant = cfg.get("quantization_config") or {}
     if not isinstance(quant, dict):

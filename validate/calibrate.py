@@ -102,36 +102,41 @@ def collect_observations(
     return obs, skipped
 
 
-def bundled_prior(backend: str, path: Path = PRIOR_FILE) -> dict[str, tuple[float, float]]:
-    """The per-backend prior learned from silicon_sample.csv (``benchmarks/silicon_calibration.py``), or {}."""
+def _from_prior_file(path: Path, what: str, read) -> dict[str, tuple[float, float]]:
+    """``read(doc)`` of the bundled prior file (``benchmarks/silicon_calibration.py --write-prior``), or {}
+    with a warning naming ``what`` when the file is missing a part, malformed or of another format."""
     if not path.exists():
         return {}
     try:
         doc = json.loads(path.read_text())
         if doc.get("format_version") != PRIOR_FORMAT_VERSION:
             raise ValueError(f"format {doc.get('format_version')!r}")
+        return read(doc)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        log.warning("ignoring calibration %s in %s: %s", what, path, exc)
+        return {}
+
+
+def bundled_prior(backend: str, path: Path = PRIOR_FILE) -> dict[str, tuple[float, float]]:
+    """The per-backend prior learned from silicon_sample.csv, or {}."""
+
+    def read(doc: dict) -> dict[str, tuple[float, float]]:
         entry = doc["backends"].get(backend, {}).get("prior", {})
         return {k: (float(v[0]), float(v[1])) for k, v in entry.items() if k in SHARED_NAMES}
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-        log.warning("ignoring calibration prior %s: %s", path, exc)
-        return {}
+
+    return _from_prior_file(path, "prior", read)
 
 
 def bundled_tails(path: Path = PRIOR_FILE) -> dict[str, tuple[float, float]]:
     """Per kind, the (scale, dof) tail shape of agg errors learned from silicon_sample.csv, or {}."""
-    if not path.exists():
-        return {}
-    try:
-        doc = json.loads(path.read_text())
-        if doc.get("format_version") != PRIOR_FORMAT_VERSION:
-            raise ValueError(f"format {doc.get('format_version')!r}")
+
+    def read(doc: dict) -> dict[str, tuple[float, float]]:
         out = {k: (float(v[0]), float(v[1])) for k, v in doc.get("tails", {}).items() if k in KINDS}
         if not all(math.isfinite(a) and a > 0 and math.isfinite(b) and b > 0 for a, b in out.values()):
             raise ValueError(f"tails must be positive (scale, dof) pairs, got {out}")
         return out
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-        log.warning("ignoring calibration tails in %s: %s", path, exc)
-        return {}
+
+    return _from_prior_file(path, "tails", read)
 
 
 # Runners that time the engine's forward passes alone (no HTTP, tokenisation or detokenisation): their

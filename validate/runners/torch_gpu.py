@@ -44,9 +44,6 @@ from .torch_tp import add_tp_collectives, shard_config
 log = logging.getLogger(__name__)
 
 
-_EXPERT_COUNT_KEYS = ("num_experts", "n_routed_experts", "num_local_experts")  # as estimator/model.py reads
-
-
 class TorchGpuRunner(Runner):
     """Prefill and decode probes on one local GPU (or CPU for tests), random or real weights.
 
@@ -259,10 +256,12 @@ class TorchGpuRunner(Runner):
     def _is_moe(self) -> bool:
         """Whether the model's config routes to experts; False without a readable config (``load`` says
         why)."""
+        from estimator.model import EXPERT_COUNT_KEYS
+
         try:
             raw = json.loads(self._config_source().read_text())
             cfg = raw.get("text_config") or raw
-            return any(int(cfg.get(k) or 0) > 0 for k in _EXPERT_COUNT_KEYS)
+            return any(int(cfg.get(k) or 0) > 0 for k in EXPERT_COUNT_KEYS)
         except (EngineStartError, OSError, ValueError, TypeError, AttributeError):
             return False
 
