@@ -9,7 +9,11 @@ calibration learns its prior from the other silicon families):
   from 2 points is noise where the other deployments have already said how far the slopes vary;
 - the misfit becomes a discrepancy field (``phase_field``) whose hyperparameters maximise the marginal
   likelihood of those deployments' residuals.
-Levels (phase scales, step costs) stay per deployment. ``DeploymentEvidence`` is what one deployment
+- the levels (``LEVELS``: the prefill and decode scales and the step cost) get the same, with a wider floor
+  on the spread: with 2 decode points a fit cannot split a step between the decode scale and the fixed
+  cost, and the split it guessed alone missed by up to 9 % one grid step away, 95 % on bad designs
+  (docs/calibration_heldout.md).
+``DeploymentEvidence`` is what one deployment
 contributes; it is JSON data, so a bundled file can carry it (``validate.calibrate``).
 """
 
@@ -27,6 +31,12 @@ from .phase_field import FieldPoint, learn_kernel
 
 TRANSFERRED = ("beta_isl", "beta_batch", "beta_context", "log_prefill_step")
 MIN_SD = 0.03  # floor of a learned spread (log units): two or three deployments cannot say less
+# The phase levels: what the prefill and decode terms are scaled by and the fixed step cost. With 2 decode
+# points the fit cannot split a step between the decode scale and the fixed cost; other deployments say
+# how far those levels vary. Their floor is wider: a deployment unlike the others (new hardware, another
+# runner version) should move them with its own points, not be held near the others.
+LEVELS = ("alpha_prefill", "alpha_decode", "log_step_ms")
+LEVEL_MIN_SD = 0.2
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,8 @@ def learned_prior(evidence: Sequence[DeploymentEvidence], prior: Prior) -> Prior
         except ValueError:
             continue
         kernel[kind] = (hyper, float(n))
-    shared = {k: v for k, v in prior_from_fits([ev.shared for ev in evidence], prior, MIN_SD).items()
-              if k in TRANSFERRED}  # fmt: skip
+    fits = [ev.shared for ev in evidence]
+    shared = {k: v for k, v in prior_from_fits(fits, prior, MIN_SD).items() if k in TRANSFERRED}
+    shared |= {k: v for k, v in prior_from_fits(fits, prior, LEVEL_MIN_SD).items() if k in LEVELS}
     out = prior.updated(shared) if shared else prior
     return replace(out, phase_kernel=kernel, ard_iterations=0 if shared else out.ard_iterations)

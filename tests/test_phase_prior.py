@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from estimator.calibration import Correction
-from estimator.calibration_fit import Prior, fit
+from estimator.calibration_fit import GENERIC_SHARED, Prior, fit
 from estimator.calibration_params import SharedParameters
 from estimator.measurements import Measurement, Probe, ProbeKind
 from estimator.phase_field import FieldPoint, KernelHyper, learn_kernel
-from estimator.phase_prior import TRANSFERRED, DeploymentEvidence, learned_prior
+from estimator.phase_prior import LEVEL_MIN_SD, LEVELS, TRANSFERRED, DeploymentEvidence, learned_prior
 from estimator.sources.roofline import RooflineSource
 from tests.test_calibrate import STACK, TP1, TP2, Distorted
 from validate.calibrate import (
@@ -137,12 +137,33 @@ def test_default_prior_learns_from_the_other_deployments_only():
     assert set(TRANSFERRED) <= set(prior.shared)
 
 
+def test_levels_get_the_median_of_the_other_deployments_with_a_wide_floor():
+    rng = np.random.default_rng(1)
+    fits = [(0.2, 0.9), (0.3, 1.0), (0.4, 1.1)]  # (alpha_decode, log_step_ms) of three deployments
+    evidence = [dataclasses.replace(_evidence(f"m{i}|h200_sxm|vllm", 0.1, rng),
+                                    shared=SharedParameters(alpha_decode=a, log_step_ms=s))
+                for i, (a, s) in enumerate(fits)]  # fmt: skip
+    prior = learned_prior(evidence, Prior())
+    assert prior.shared["alpha_decode"] == pytest.approx((0.3, LEVEL_MIN_SD))  # spread 0.148: below the floor
+    assert prior.shared["log_step_ms"] == pytest.approx((1.0, LEVEL_MIN_SD))
+    assert set(LEVELS) <= set(prior.shared) and not set(LEVELS) & set(TRANSFERRED)
+    spread = [
+        dataclasses.replace(e, shared=SharedParameters(alpha_decode=a))
+        for e, a in zip(evidence, (-0.2, 0.3, 0.8), strict=True)
+    ]
+    assert learned_prior(spread, Prior()).shared["alpha_decode"][1] == pytest.approx(1.4826 * 0.5)
+    assert Prior().shared["alpha_decode"] == GENERIC_SHARED["alpha_decode"]  # the generic prior is untouched
+
+
 def test_evidence_transfers_only_within_an_architecture_class():
     """A dense calibration learns nothing from MoE deployments (their misfit has another shape)."""
     rng = np.random.default_rng(0)
     base = RooflineSource(STACK)  # Llama-3.1-8B: dense
     ms = _records(Distorted(base))
-    moe = [_evidence("a|h200_sxm|vllm", 0.10, rng, moe=True), _evidence("b|h200_sxm|vllm", 0.12, rng, moe=True)]
+    moe = [
+        _evidence("a|h200_sxm|vllm", 0.10, rng, moe=True),
+        _evidence("b|h200_sxm|vllm", 0.12, rng, moe=True),
+    ]
     assert not default_prior(base, ms, moe).phase_kernel
     dense = [_evidence("c|h200_sxm|vllm", 0.30, rng), _evidence("d|h200_sxm|vllm", 0.32, rng)]
     prior = default_prior(base, ms, [*moe, *dense])

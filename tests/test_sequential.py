@@ -180,7 +180,7 @@ def test_generated_pool_keeps_what_the_runner_can_measure():
     assert {p.kind for p in pool} == {ProbeKind.PREFILL, ProbeKind.DECODE}
     everything = candidate_probes(profile, object())  # a runner that does not say: every engine
     assert {p.candidate for p in everything} == {TP[1], TP[2]}
-    assert {p.isl for p in everything if p.kind is ProbeKind.PREFILL} == {750, 3000, 6000}
+    assert {p.isl for p in everything if p.kind is ProbeKind.PREFILL} == {187, 3000, 6000}
 
 
 def test_until_confident_at_the_default_level_stops_before_the_one_shot_budget(tmp_path):

@@ -19,6 +19,8 @@ from estimator.measurements import Probe, ProbeKind
 from estimator.select import best_decode_point
 from estimator.sources.base import PerfSource
 
+from .plan import short_prompt_isl
+
 
 def candidate_probes(profile: Any, runner: Any) -> list[Probe]:
     """What can be measured: a replay runner's records of this stack and these engines, else a generated pool
@@ -48,7 +50,7 @@ def generated_probes(profile: Any) -> list[Probe]:
     max_isl = spec.max_context_tokens - spec.osl if spec.max_context_tokens > spec.osl + 1 else 4 * spec.isl
     out = []
     for p in profile.prefill_points:
-        for isl in sorted({spec.isl, max(128, spec.isl // 4), min(max_isl, 2 * spec.isl)}):
+        for isl in sorted({spec.isl, short_prompt_isl(spec.isl), min(max_isl, 2 * spec.isl)}):
             out.append(Probe(ProbeKind.PREFILL, stack, p.candidate, isl=isl, osl=1, reason="candidate probe"))
     for s in profile.decode_sweeps:
         n = best_decode_point(s, spec.itl_ms).concurrency

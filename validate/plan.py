@@ -27,6 +27,11 @@ from estimator.measurements import Probe, ProbeKind
 
 CLOSE = 0.20  # relative distance in throughput or to the SLA target that makes a runner-up a contender
 MAX_RUNNERS_UP = 2
+# The short-prompt spread point sits at ISL / 16 (at least 128 tokens), where the fixed per-step cost is
+# much of the TTFT: the fit then sees the floor, which differs most between deployments, and the slope over
+# a factor 16 of ISL. At ISL / 4 the short end of the prefill surface was an extrapolation; held-out, it
+# missed by up to 15 % (dense) and 64 % (MoE) (docs/calibration_heldout.md).
+SHORT_PROMPT_DIVISOR = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +125,9 @@ def plan_probes(profile: Any, *, budget: int = 8, max_points_per_engine: int = 4
 
     for p in tiers[0] + tiers[1]:  # spread on every engine we measure anyway
         if p.kind is ProbeKind.PREFILL:
+            short = short_prompt_isl(spec.isl)
             tiers[2].append(
-                prefill(p.candidate, max(128, spec.isl // 4), "spread: short prompt (ISL slope of the fit)")
+                prefill(p.candidate, short, "spread: short prompt (step cost, ISL slope of the fit)")
             )
             tiers[2].append(
                 prefill(p.candidate, min(max_isl, 2 * spec.isl), "spread: long prompt (ISL slope of the fit)")
@@ -155,6 +161,11 @@ def plan_probes(profile: Any, *, budget: int = 8, max_points_per_engine: int = 4
             per_engine[engine] = per_engine.get(engine, 0) + 1
             chosen.append(p)
     return Plan(chosen, left_out)
+
+
+def short_prompt_isl(isl: int) -> int:
+    """The ISL of the short-prompt spread point (``SHORT_PROMPT_DIVISOR``)."""
+    return max(128, isl // SHORT_PROMPT_DIVISOR)
 
 
 def _contenders(choices, thpt, latency, target: float) -> list:
