@@ -1,8 +1,9 @@
 """Which point the until-confident loop measures next (``validate/sequential.py``).
 
 *Candidates*: the points the runner can measure: a replay runner's records of this model/system/backend
-and these engines; otherwise each engine at the workload ISL, ISL/4 and 2×ISL, and at concurrency 1,
-half, all and twice its chosen one, less what the runner's ``can_measure`` refuses.
+and these engines; otherwise each engine at the workload ISL, the planner's short prompt (ISL/16, at
+least 128) and 2×ISL, and at concurrency 1, half, all and twice its chosen one, less what the runner's
+``can_measure`` refuses.
 
 *Score* = w(engine) × band width at the point (log high/low) × exp(−log distance to the engine's
 operating point in ISL, or concurrency and context), with w = p(1 − p), p = P(the engine is the best
