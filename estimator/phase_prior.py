@@ -88,7 +88,8 @@ def same_class(evidence: Sequence[DeploymentEvidence], name: str, moe: bool) -> 
 
 def learned_prior(evidence: Sequence[DeploymentEvidence], prior: Prior) -> Prior:
     """``prior`` with what ``evidence`` (other deployments) says: the field per kind, where some deployment
-    has 3 points of it, and the ``TRANSFERRED`` parameters, where two or more deployments are there."""
+    has 3 points of it, and the ``TRANSFERRED`` and ``LEVELS`` parameters, where two or more deployments
+    are there."""
     groups: dict[tuple[str, str], list[FieldPoint]] = {}
     for ev in evidence:
         for p in ev.residuals:
