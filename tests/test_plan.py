@@ -9,7 +9,7 @@ from estimator.pipeline import estimate
 from estimator.sources.base import Stack
 from estimator.sources.roofline import RooflineSource
 from estimator.spec import load_spec
-from validate.plan import CLOSE, plan_probes
+from validate.plan import CLOSE, plan_probes, short_prompt_isl
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,7 @@ def test_spread_and_runners_up(profile):
     prefill_isls = {p.isl for p in probes if p.kind is ProbeKind.PREFILL
                     and p.candidate == profile.selection.best_prefill.candidate}  # fmt: skip
     assert min(prefill_isls) < 3000 < max(prefill_isls)  # spread around the workload ISL
+    assert min(prefill_isls) == 187  # the short prompt: ISL / 16, where the fixed step cost shows
     dec = [
         p
         for p in probes
@@ -56,6 +57,12 @@ def test_spread_and_runners_up(profile):
     ]
     assert min(p.concurrency for p in dec) == 1
     assert plan_probes(profile, budget=0) == []
+
+
+def test_the_short_prompt_is_isl_over_16_at_least_128_and_never_above_the_workload():
+    assert short_prompt_isl(3000) == 187
+    assert short_prompt_isl(1000) == 128
+    assert short_prompt_isl(100) == 100
 
 
 def _choice(profile, probe):

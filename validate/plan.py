@@ -164,8 +164,8 @@ def plan_probes(profile: Any, *, budget: int = 8, max_points_per_engine: int = 4
 
 
 def short_prompt_isl(isl: int) -> int:
-    """The ISL of the short-prompt spread point (``SHORT_PROMPT_DIVISOR``)."""
-    return max(128, isl // SHORT_PROMPT_DIVISOR)
+    """The ISL of the short-prompt spread point (``SHORT_PROMPT_DIVISOR``; never above the workload's)."""
+    return min(isl, max(128, isl // SHORT_PROMPT_DIVISOR))
 
 
 def _contenders(choices, thpt, latency, target: float) -> list:
