@@ -81,6 +81,20 @@ def bundled_models() -> list[str]:
     return [n.removesuffix("_config.json").replace("--", "/", 1) for n in names]
 
 
+def model_key(name: str) -> str:
+    """What names one model however it is written: the id after aliases (``meta-llama/Llama-3.1-8B`` is
+    ``Meta-Llama-3.1-8B``), the last part of a path or id (a server's ``/models/Qwen3-32B`` is the study's
+    ``Qwen/Qwen3-32B``), the repository of a Hugging Face cache snapshot path, lower-cased.
+
+    Why: a server names its model by the path or alias it was started with, a study by its id; comparing
+    these keys tells a record of another model from one of the same model named differently."""
+    text = _ALIASES.get(name.strip().rstrip("/").lower(), name.strip().rstrip("/"))
+    parts = [p for p in text.replace("\\", "/").split("/") if p]
+    cached = [p for p in parts if p.startswith("models--")]
+    last = cached[-1].split("--")[-1] if cached else (parts[-1] if parts else text)
+    return last.lower()
+
+
 def resolve_model_name(model: str) -> str:
     """Map what the user typed to a local directory or a bundled id; raise SpecError otherwise."""
     if os.path.isdir(model):

@@ -23,7 +23,9 @@ ENGINE_ENV = {
     "VLLM_NO_USAGE_STATS": "1",
     "VLLM_SERVER_DEV_MODE": "1",  # /server_info: the server says which engine (TP size) it runs
 }
-SERVER_ARGS = ("--max-model-len", "4096", "--dtype", "bfloat16", "--num-gpu-blocks-override", "64")
+# served as "tiny-llama" (the tests' stack model); /v1/models gives the directory as its root
+SERVER_ARGS = ("--max-model-len", "4096", "--dtype", "bfloat16", "--num-gpu-blocks-override", "64",
+               "--served-model-name", "tiny-llama")  # fmt: skip
 KV_CAPACITY_TOKENS = 8192  # 64 blocks x 128 tokens (vLLM CPU block size)
 START_TIMEOUT_S = 600.0
 

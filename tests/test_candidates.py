@@ -29,3 +29,14 @@ def test_moe_model_gets_tep_and_dep_with_aic_conventions():
 def test_candidate_parse_roundtrip():
     for name in ("TP4", "TEP8", "DEP2"):
         assert Candidate.parse(name).name == name
+
+
+def test_model_key_names_one_model_however_it_is_written():
+    from estimator.model import model_key
+
+    llama = model_key("meta-llama/Meta-Llama-3.1-8B")
+    assert model_key("meta-llama/Llama-3.1-8B") == llama  # the alias
+    assert model_key("/models/Meta-Llama-3.1-8B/") == llama  # a server's path
+    assert model_key("/hf/hub/models--meta-llama--Meta-Llama-3.1-8B/snapshots/0e9e39f") == llama  # a cache
+    assert model_key("Qwen/Qwen3-32B") == model_key("qwen3-32b")
+    assert model_key("Qwen/Qwen3-32B") != model_key("Qwen/Qwen3-32B-FP8") != model_key("Qwen/Qwen3-8B")

@@ -255,6 +255,19 @@ def test_validate_calibrates_the_regression_source(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "calibration.json").is_file()
     assert "regression" in json.dumps(report["provenance"]["source"])
 
+    # the file names its model, and applies to that model only
+    from estimator.errors import CalibrationError
+    from estimator.sources import make_source
+    from estimator.sources.calibrated import CalibratedSource
+
+    cal = tmp_path / "out" / "calibration.json"
+    doc = json.loads(cal.read_text())
+    assert doc["base_source"] == "regression:aic-distilled" and len(doc["base_model_sha256"]) == 64
+    stack = Stack(**doc["stack"])
+    assert make_source(str(cal), stack).base.source_spec() == "regression:aic-distilled"
+    with pytest.raises(CalibrationError, match="regression:aic-distilled.*not 'regression:measured'"):
+        CalibratedSource.load(cal, base=make_source("regression:measured", stack))
+
 
 def test_cli_models_fit_show_and_use(tmp_path, capsys, monkeypatch):
     from estimator.cli import main

@@ -310,3 +310,38 @@ def test_run_plan_keeps_implausible_records_aside(tmp_path):
     assert store.load() == [] and len(res.failures) == 1 and "disagrees" in res.failures[0][1]
     (kept,) = rejected_store(store).load()
     assert kept.extra["server_check"]["ok"] is False and kept.probe.osl == 40
+
+
+# ---- which model the server runs ---------------------------------------------------------------------
+QWEN = Stack("Qwen/Qwen3-32B", "cpu", "vllm")
+
+
+def test_a_probe_of_another_model_than_the_one_given_is_refused_before_any_request():
+    with SseStandIn() as srv:
+        r = standin_runner(srv.url, serves="Qwen/Qwen3-32B", timeout_s=10)
+        reason = r.can_measure(probe(ProbeKind.PREFILL, isl=16))
+        assert "Qwen/Qwen3-32B" in reason and "tiny-llama" in reason and "serves=" in reason
+        with pytest.raises(ProbeNotSupported):
+            r.measure(probe(ProbeKind.PREFILL, isl=16))
+        assert srv.requests == 0  # refused before it asked the server anything
+        qwen = Probe(ProbeKind.PREFILL, Stack("/models/qwen3-32b/", "cpu", "vllm"), TP1, isl=16)
+        assert r.can_measure(qwen) is None  # the same model named by a path
+
+
+def test_a_server_that_lists_no_model_is_measured_unchecked_and_says_so(caplog):
+    with SseStandIn() as srv:  # no /v1/models
+        r = standin_runner(srv.url, timeout_s=10)
+        assert r.capabilities().models is None
+        assert r.can_measure(Probe(ProbeKind.PREFILL, QWEN, TP1, isl=16)) is None
+        assert "does not say which model it serves" in caplog.text and "serves=MODEL" in caplog.text
+
+
+@pytest.mark.engine
+def test_the_real_server_names_its_model_and_refuses_another(vllm_url: str, tiny_model_dir):
+    r = EndpointRunner(vllm_url, timeout_s=60)
+    assert {"tiny-llama", str(tiny_model_dir)} <= set(r.capabilities().models)  # served name and root
+    assert r.can_measure(probe(ProbeKind.PREFILL, isl=16)) is None
+    by_path = Stack(str(tiny_model_dir), "cpu", "vllm")  # the same model named by its directory (the root)
+    assert r.can_measure(Probe(ProbeKind.PREFILL, by_path, TP1, isl=16)) is None
+    reason = r.can_measure(Probe(ProbeKind.PREFILL, QWEN, TP1, isl=16))
+    assert "Qwen/Qwen3-32B" in reason and "/v1/models" in reason

@@ -59,7 +59,8 @@ def test_server_stalled_then_killed_mid_stream(tiny_model_dir: Path, tmp_path: P
     pgid = engine.process_.pid
     helpers: list[subprocess.Popen] = []
     # one request of 64 + 4000 tokens streams for several seconds on this CPU server
-    probe = Probe(ProbeKind.AGG, Stack("tiny", "cpu", "vllm"), TP1, isl=64, osl=4000, concurrency=1, repeats=3)
+    tiny = Stack("tiny-llama", "cpu", "vllm")
+    probe = Probe(ProbeKind.AGG, tiny, TP1, isl=64, osl=4000, concurrency=1, repeats=3)
     try:
         url = engine.base_url_
         helpers.append(_signaller(url, pgid, (0, signal.SIGSTOP), (8, signal.SIGCONT)))

@@ -428,7 +428,7 @@ def test_interrupt_in_a_parallel_wave_cancels_and_deletes(cluster):
 
 
 @pytest.mark.engine
-def test_real_vllm_server_measured_through_the_port_forward(vllm_url, tiny_model_dir):
+def test_real_vllm_server_measured_through_the_port_forward(vllm_url):
     """The stand-in forwards the pod's port to the session's real vLLM CPU server (tests/engine_server.py)."""
     from urllib.parse import urlsplit
 
@@ -437,7 +437,7 @@ def test_real_vllm_server_measured_through_the_port_forward(vllm_url, tiny_model
     target = urlsplit(vllm_url)
     cluster = StandIn(forward_to=(target.hostname, target.port))
     cluster.start()
-    stack = Stack(str(tiny_model_dir), "h100_sxm", "vllm")
+    stack = Stack("tiny-llama", "h100_sxm", "vllm")  # the session server's served name (engine_server.py)
     try:
         with _runner(cluster, request_timeout_s=60) as runner:
             prefill = runner.measure(Probe(ProbeKind.PREFILL, stack, TP1, isl=256, repeats=2))

@@ -140,7 +140,8 @@ def test_stop_on_keyboard_interrupt_during_start(tmp_path: Path, monkeypatch: py
 @pytest.mark.engine
 def test_local_runner_measures_through_real_vllm(vllm_engine: LocalEngineRunner):
     assert vllm_engine.is_running() and os.getpgid(vllm_engine.process_.pid) == vllm_engine.process_.pid
-    m = vllm_engine.measure(Probe(ProbeKind.PREFILL, Stack("tiny", "cpu", "vllm"), TP1, isl=256, repeats=2))
+    stack = Stack(vllm_engine.model, "cpu", "vllm")
+    m = vllm_engine.measure(Probe(ProbeKind.PREFILL, stack, TP1, isl=256, repeats=2))
     assert m.runner == "local" and m.ttft_ms > 0 and m.extra["prompt_tokens"] == 256
     assert m.kv_capacity_tokens == KV_CAPACITY_TOKENS
     assert "--tensor-parallel-size 1" in m.software["engine_command"]
@@ -186,3 +187,19 @@ def test_local_runner_refuses_an_engine_larger_than_the_machine():
     with pytest.raises(ProbeNotSupported):
         r.measure(probe)
     assert r.process_ is None  # nothing was started
+
+
+def test_local_runner_refuses_another_model_without_starting_one():
+    from estimator.errors import ProbeNotSupported
+
+    r = LocalEngineRunner("/weights/llama8b", python=sys.executable, gpus=1, serves="meta-llama/Llama-3.1-8B")
+    llama = Probe(ProbeKind.PREFILL, Stack("meta-llama/Meta-Llama-3.1-8B", "cpu", "vllm"), TP1, isl=8)
+    assert r.can_measure(llama) is None  # the study's id, under its alias
+    qwen = Probe(ProbeKind.PREFILL, Stack("Qwen/Qwen3-32B", "cpu", "vllm"), TP1, isl=8)
+    reason = r.can_measure(qwen)
+    assert "Qwen/Qwen3-32B" in reason and "serves=meta-llama/Llama-3.1-8B" in reason
+    assert "/weights/llama8b" in reason
+    with pytest.raises(ProbeNotSupported):
+        r.measure(qwen)
+    assert r.process_ is None  # nothing was started
+    assert LocalEngineRunner("/weights/llama8b", gpus=1).can_measure(llama) is not None  # no serves: the path

@@ -5,7 +5,8 @@ real vLLM CPU server (``engine``), local (starts its own vLLM CPU server, ``engi
 API server (``k8s_standin.py``, which forwards to the SSE stand-in), gpu on its CPU path (tiny Llama).
 
 Each runner: declares its capabilities; refuses a probe outside them with ``ProbeNotSupported`` (and
-returns no record); measures a supported probe into a Measurement labelled with that probe (candidate,
+returns no record), a probe of another model too where it runs one model (all but k8s, which deploys
+the probe's model); measures a supported probe into a Measurement labelled with that probe (candidate,
 stack); values finite and positive; the spread consistent with the samples (``*_ms`` their mean,
 ``*_std_ms`` their sample standard deviation, None from one repetition); ``close()`` idempotent; the
 context manager closes.
@@ -30,6 +31,7 @@ from estimator.sources.base import Stack
 from validate.runners.base import Capabilities, Runner
 
 STACK = Stack("tiny-llama", "cpu", "vllm")
+OTHER = Stack("Qwen/Qwen3-32B", "cpu", "vllm")  # a model none of the runners under test runs
 TP1, TP2 = Candidate(Mapping.TP, 1), Candidate(Mapping.TP, 2)
 TINY_LLAMA = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
@@ -60,6 +62,7 @@ class Case:
     runner: Runner
     supported: list[Probe]
     unsupported: Probe
+    other_model: Probe | None = None  # a probe of a model the runner does not run (None: it runs any)
     after_close: Callable[[Runner], None] = lambda r: None
     measured: dict[str, Measurement] = field(default_factory=dict)
     cleanup: list[Callable[[], Any]] = field(default_factory=list)
@@ -88,17 +91,17 @@ def _replay(request) -> Case:
         Measurement(d, "gpu", itl_ms=statistics.fmean(itl), itl_std_ms=statistics.stdev(itl),
                     thpt_per_gpu=2 / 2.1 * 1e3, samples={"itl_ms": itl}),
     ]  # fmt: skip
-    return Case(ReplayRunner(records), [p, d], prefill(Candidate(Mapping.TP, 4)))
+    return Case(ReplayRunner(records), [p, d], prefill(Candidate(Mapping.TP, 4)), prefill(stack=OTHER))
 
 
 def _endpoint_standin(request) -> Case:
     from validate.runners.endpoint import EndpointRunner
 
     srv = SseStandIn(token_delay_s=0.003).__enter__()
-    runner = EndpointRunner(
-        srv.url, model="standin", tokenizer="token_ids", warmup=0, candidate="TP1", timeout_s=10
-    )
-    case = Case(runner, [prefill(), decode(), agg()], prefill(TP2))
+    # the stand-in lists no model at /v1/models: the user says which it serves
+    runner = EndpointRunner(srv.url, model="standin", tokenizer="token_ids", warmup=0, candidate="TP1",
+                            timeout_s=10, serves=STACK.model)  # fmt: skip
+    case = Case(runner, [prefill(), decode(), agg()], prefill(TP2), prefill(stack=OTHER))
     case.cleanup.append(lambda: srv.__exit__(None, None, None))
     return case
 
@@ -107,7 +110,8 @@ def _endpoint_vllm(request) -> Case:
     from validate.runners.endpoint import EndpointRunner
 
     url = request.getfixturevalue("vllm_url")  # the server says it is TP1 (/server_info, dev mode)
-    return Case(EndpointRunner(url, timeout_s=60), [prefill(isl=200), decode(isl=100, osl=64)], decode(TP2))
+    runner = EndpointRunner(url, timeout_s=60)  # and which model it serves (/v1/models)
+    return Case(runner, [prefill(isl=200), decode(isl=100, osl=64)], decode(TP2), prefill(stack=OTHER))
 
 
 def _local(request) -> Case:
@@ -123,7 +127,9 @@ def _local(request) -> Case:
     def stopped(r: Runner) -> None:
         assert r.process_ is None and not r.is_running()
 
-    return Case(runner, [prefill(isl=200), decode(isl=100, osl=64)], prefill(TP2), after_close=stopped)
+    stack = Stack(str(model_dir), "cpu", "vllm")  # the model it starts
+    return Case(runner, [prefill(isl=200, stack=stack), decode(isl=100, osl=64, stack=stack)],
+                prefill(TP2, stack=stack), prefill(stack=OTHER), after_close=stopped)  # fmt: skip
 
 
 def _k8s(request) -> Case:
@@ -161,7 +167,7 @@ def _gpu_cpu_path(request) -> Case:
         assert r._model is None
 
     supported = [prefill(stack=stack), decode(stack=stack, n=3)]
-    return Case(runner, supported, prefill(TP2, stack=stack), after_close=unloaded)
+    return Case(runner, supported, prefill(TP2, stack=stack), prefill(stack=OTHER), after_close=unloaded)
 
 
 CASES = {
@@ -204,6 +210,15 @@ def test_refuses_an_unsupported_probe(case):
     with pytest.raises(ProbeNotSupported) as info:
         case.runner.measure(case.unsupported)
     assert info.value.probe == case.unsupported
+
+
+def test_refuses_a_probe_of_another_model(case):
+    if case.other_model is None:
+        pytest.skip("this runner deploys the probe's model")
+    reason = case.runner.can_measure(case.other_model)
+    assert isinstance(reason, str) and case.other_model.stack.model in reason
+    with pytest.raises(ProbeNotSupported):
+        case.runner.measure(case.other_model)
 
 
 def test_supported_probe_gives_a_measurement_labelled_with_it(case):

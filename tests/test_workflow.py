@@ -8,6 +8,7 @@ every planned point and calibration must recover the distortion.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -53,6 +54,8 @@ def test_validate_recovers_distortion_and_resumes(tmp_path, recordings, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "8 points planned, 8 measured now, 0 reused" in text
+    # coverage and sharpness of the band
+    assert re.search(r"TTFT: .*band covers \d+ %, ±[\d.]+ % wide \([\d.]+ × the error\)", text)
     report = json.loads((out / "report.json").read_text())
     v = report["validation"]
     assert v["measured_now"] == 8 and not v["failures"]

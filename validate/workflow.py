@@ -80,11 +80,14 @@ class ValidationResult:
             lines.append(f"  plus {self.num_recorded} recorded points of the same model/system/backend (replay)")
         for kind, s in self.report.summary.items():
             loo = s.get("loo_median_abs_error_pct")
-            cov = s.get("band_coverage")
+            cov, half, sharp = (s.get(k) for k in ("band_coverage", "band_median_half_width_pct",
+                                                   "band_half_width_over_error"))  # fmt: skip
             lines.append(
                 f"  {kind.upper()}: raw estimate off by {s['raw_median_abs_error_pct']:.1f} % (median, {s['n']} points)"
                 + (f"; leave-one-out after calibration {loo:.1f} %" if loo is not None else "")
                 + (f"; band covers {100 * cov:.0f} %" if cov is not None else "")
+                + (f", ±{half:.1f} % wide" if half is not None else "")
+                + (f" ({sharp:.1f} × the error)" if sharp is not None else "")
             )
         lines += self.probes.summary_lines() if hasattr(self.probes, "summary_lines") else []
         for probe, err in self.run.failures[:5]:

@@ -31,6 +31,10 @@ def make_source(name: str, stack: Stack) -> PerfSource:
         base_name = read_calibration(name)["base_source"]
         if base_name == CalibratedSource.name or Path(base_name).suffix:
             raise CalibrationError(f"calibration {name} is fitted on another calibration ({base_name!r})")
+        if base_name == "regression":
+            raise CalibrationError(f"calibration {name} records the regression source without its model "
+                                   "file (written before calibration files named it, or fitted in memory): "
+                                   "refit it")  # fmt: skip
         try:
             base = make_source(base_name, stack)
         except SpecError as exc:

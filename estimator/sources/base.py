@@ -170,6 +170,10 @@ class PerfSource(ABC):
         """Where the numbers come from (source name, versions, data)."""
         return {"source": self.name, "stack": self.stack.to_dict()}
 
+    def source_spec(self) -> str:
+        """What ``make_source`` rebuilds this source from (a calibration file records it)."""
+        return self.name
+
     def check_supported(self, candidate: Candidate) -> None:
         if candidate.mapping.value != "TP" and not self.supports_moe:
             raise DataNotAvailable(f"{self.name} source does not model MoE mapping {candidate.name}")

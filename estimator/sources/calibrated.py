@@ -93,7 +93,9 @@ class CalibratedSource(PerfSource):
     # ---- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the correction, the stack and the base source it was fitted on, as JSON."""
-        doc = {**self.correction.to_dict(), "stack": self.stack.to_dict(), "base_source": self.base.name,
+        doc = {**self.correction.to_dict(), "stack": self.stack.to_dict(),
+               "base_source": self.base.source_spec(),
+               "base_model_sha256": self.base.provenance().get("model_sha256"),
                "measured_kv_tokens": self.kv_tokens}  # fmt: skip
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(doc, indent=1, sort_keys=True))
@@ -103,9 +105,16 @@ class CalibratedSource(PerfSource):
         """The calibration in ``path`` on ``base``; CalibrationError unless both the stack and the base
         source are the ones it was fitted for."""
         doc = read_calibration(path)
-        if doc["base_source"] != base.name:
+        recorded = str(doc["base_source"])
+        if recorded.split(":", 1)[0] != base.name:
             raise CalibrationError(
-                f"calibration {path} was fitted on the {doc['base_source']!r} source, not {base.name!r}"
+                f"calibration {path} was fitted on the {recorded!r} source, not {base.source_spec()!r}"
+            )
+        sha, have = doc.get("base_model_sha256"), base.provenance().get("model_sha256")
+        if sha != have and (sha or ":" in recorded):  # a learned model: the same file, byte for byte
+            raise CalibrationError(
+                f"calibration {path} was fitted on the model {recorded!r} (sha256 {str(sha)[:12]}), not "
+                f"{base.source_spec()!r} (sha256 {str(have)[:12]})"
             )
         differ = stack_differences(Stack(**doc["stack"]), base.stack)
         if differ:

@@ -110,6 +110,7 @@ def make_runner(spec: Any) -> Runner:
     if v.runner in ("local", "gpu"):
         kwargs.setdefault("model", spec.model)
     if v.runner == "local":
+        kwargs.setdefault("serves", spec.model)  # model= may be a path to the study model's weights
         kwargs.setdefault("backend", spec.backend.value)
         if spec.output_dir:  # engines recorded here; a later run reaps what a kill -9 left
             kwargs.setdefault("pid_file", f"{spec.output_dir}/engines.pid")

@@ -19,6 +19,7 @@ from typing import ClassVar
 from estimator.candidates import Candidate
 from estimator.errors import ProbeNotSupported
 from estimator.measurements import Measurement, Probe, ProbeKind
+from estimator.model import model_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +28,10 @@ class Capabilities:
 
     ``candidates``: the engines it can run (an endpoint: the one it points at; a GPU runner: the TP
     size it has GPUs for); ``max_gpus``: the most GPUs one engine may take (a local machine's GPUs, a
-    node for a plain Kubernetes Deployment); ``models``: model ids, compared case-insensitively; ``why``:
-    where the candidate limits come from, for messages (e.g. "runner option candidate=TP2").
+    node for a plain Kubernetes Deployment); ``models``: the models it runs, compared by
+    ``estimator.model.model_key`` (an alias, a path or a cache snapshot of the same id match); ``why``:
+    where the candidate limits come from, for messages (e.g. "runner option candidate=TP2");
+    ``models_why``: where the model limit comes from, and how to correct it.
     """
 
     kinds: frozenset[ProbeKind]
@@ -36,6 +39,7 @@ class Capabilities:
     models: frozenset[str] | None = None
     why: str = ""
     max_gpus: int | None = None
+    models_why: str = ""
 
     def refusal(self, probe: Probe) -> str | None:
         """Why ``probe`` is outside these capabilities, or None."""
@@ -52,8 +56,10 @@ class Capabilities:
             why = f" ({self.why})" if self.why else ""
             gpus = f"{self.max_gpus} GPU" + ("s" if self.max_gpus != 1 else "")
             return f"gives one engine at most {gpus}{why}; {probe.candidate.name} needs more"
-        if self.models is not None and probe.stack.model.lower() not in {m.lower() for m in self.models}:
-            return f"runs {', '.join(sorted(self.models))}, not {probe.stack.model}"
+        known = {model_key(m) for m in self.models} if self.models is not None else None
+        if known is not None and model_key(probe.stack.model) not in known:
+            why = f" ({self.models_why})" if self.models_why else ""
+            return f"runs {', '.join(sorted(self.models))}{why}, not {probe.stack.model}"
         return None
 
 

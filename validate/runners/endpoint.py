@@ -9,6 +9,10 @@ never from logs.
 It measures one engine: the deployment at ``base_url``. Which candidate that is comes from the user
 (runner option ``candidate=TP2``) or from the server where it says (vLLM's ``/server_info``); a probe
 for any other candidate is refused with ``ProbeNotSupported``, and with neither source every probe is.
+Which model it serves comes from the user (runner option ``serves=Qwen/Qwen3-32B``) or from
+``/v1/models`` (each id and its root, compared by ``estimator.model.model_key``); a probe of another
+model is refused, so a record is never labelled with a model the server does not run. A server that lists
+no model cannot be checked: the runner says so once, in the log.
 Each measurement is cross-checked with the server's own TTFT/ITL histograms (``server_check.py``): a
 disagreement beyond the tolerance is measured once more, then raised as ``ImplausibleMeasurement``.
 
@@ -19,6 +23,7 @@ the samples of the repetitions finished before the failure, and ``tokens_receive
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import statistics
@@ -34,6 +39,7 @@ from .base import Capabilities, Runner
 from .endpoint_server import (
     TOKENIZER_STRATEGIES,
     exact_prompts,
+    listed_models,
     pick_tokenizer_strategy,
     served_model,
     server_candidate,
@@ -62,7 +68,9 @@ class EndpointRunner(Runner):
     ----------
     base_url : server root, e.g. ``http://127.0.0.1:8000`` (no ``/v1``).
     candidate : the engine the server runs, e.g. ``"TP2"``; None: ask the server (vLLM ``/server_info``).
-    model : served model name; None asks ``/v1/models`` and takes the first.
+    model : served model name (what requests ask for); None asks ``/v1/models`` and takes the first.
+    serves : the model the server runs, as the study names it (an id or a directory), where its served
+        name says otherwise; None: the ids and roots of ``/v1/models``.
     timeout_s : longest wait for any data from the server before ``EndpointTimeout``.
     warmup : unmeasured requests (prefill, agg) or waves (decode prefix warm-up) before measuring.
     repeats : measured repetitions (prefill requests, decode waves, agg requests per client); None: probe's.
@@ -86,6 +94,7 @@ class EndpointRunner(Runner):
         vllm_extensions: bool = True,
         token_id_range: tuple[int, int] = (100, 1000),
         candidate: str | Candidate | None = None,
+        serves: str | None = None,
     ):
         if api != "completions":
             raise SpecError("api", f"only 'completions' is supported, got {api!r}")
@@ -100,6 +109,7 @@ class EndpointRunner(Runner):
         self.tokenizer = tokenizer
         self.vllm_extensions = vllm_extensions
         self.token_id_range = token_id_range
+        self.serves = serves or None
         try:
             self.candidate = Candidate.parse(candidate) if isinstance(candidate, str) else candidate
         except ValueError as exc:
@@ -130,9 +140,25 @@ class EndpointRunner(Runner):
         else:
             caps = Capabilities(kinds, frozenset(), why=f"the server does not say which engine it runs "
                                 f"({where}); give the runner option candidate=TP2 (or TEP8, DEP8)")  # fmt: skip
-        if answered:
+        models, models_why, listed = self._served_models()
+        caps = dataclasses.replace(caps, models=models, models_why=models_why)
+        if answered and listed:
             self._capabilities = caps
         return caps
+
+    def _served_models(self) -> tuple[frozenset[str] | None, str, bool]:
+        """(the models this server runs or None if it cannot tell, where that came from, answered)."""
+        if self.serves:
+            return frozenset({self.serves}), f"runner option serves={self.serves}", True
+        names, where, answered = listed_models(self.base_url, SERVER_INFO_TIMEOUT_S)
+        if names:
+            hint = f"{where}; if that is this model under another name, give runner option serves=MODEL"
+            return frozenset(names), hint, True
+        if answered:
+            log.warning("%s does not say which model it serves (%s): its records are labelled with the "
+                        "study's model unchecked; give runner option serves=MODEL to check it",
+                        self.base_url, where)  # fmt: skip
+        return None, "", answered
 
     def measure(self, probe: Probe) -> Measurement:
         if probe.isl < 1 or probe.osl < 1 or probe.concurrency < 1:

@@ -58,6 +58,24 @@ def server_candidate(base_url: str, timeout_s: float = 5.0) -> tuple[Candidate |
     return None, f"{where}: data-parallel replicas are no single TP/TEP/DEP engine", True
 
 
+def listed_models(base_url: str, timeout_s: float = 5.0) -> tuple[tuple[str, ...], str, bool]:
+    """The models the server says it serves: every ``id`` of ``/v1/models`` and its ``root`` (vLLM: the
+    path or id it was started with); (names, where they came from or why none, answered). ``answered`` is
+    False when the server could not be reached (worth asking again later)."""
+    try:
+        r = httpx.get(f"{base_url}/v1/models", timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        return (), f"{base_url} unreachable: {type(exc).__name__}", False
+    if r.status_code != 200:
+        return (), f"/v1/models answered HTTP {r.status_code}", True
+    try:
+        entries = r.json()["data"]
+        names = tuple(dict.fromkeys(str(e[k]) for e in entries for k in ("id", "root") if e.get(k)))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return (), "/v1/models lists no model", True
+    return names, "/v1/models" if names else "/v1/models lists no model", True
+
+
 async def served_model(client: httpx.AsyncClient, *, base_url: str, timeout_s: float) -> str:
     """The first model that ``/v1/models`` lists; BadResponse if it lists none."""
     data = await request_json(client, "GET", "/v1/models", None, base_url=base_url, timeout_s=timeout_s)

@@ -87,6 +87,8 @@ class LocalEngineRunner(Runner):
     (e.g. ``["vllm", "serve"]``). ``extra_args`` go to the engine unchanged; ``env`` is added to ours.
     ``gpus``: how many GPUs an engine may take here; None counts them (``CUDA_VISIBLE_DEVICES``, else
     ``nvidia-smi -L``); with none, the engine runs on the CPU and only one-GPU candidates (TP1) apply.
+    ``serves``: the model as the study names it, where ``model`` is a path to its weights (default:
+    ``model``); probes of any other model are refused.
     """
 
     name: ClassVar[str] = "local"
@@ -111,10 +113,12 @@ class LocalEngineRunner(Runner):
         tokenizer: str = "auto",
         pid_file: str | os.PathLike[str] | None = None,
         gpus: int | None = None,
+        serves: str | None = None,
     ):
         if backend not in ENGINE_FLAGS:
             raise SpecError("backend", f"{backend!r} is not one of {sorted(ENGINE_FLAGS)}")
         self.model = model
+        self.serves = serves or model
         self.backend = backend
         self.python = python or sys.executable
         self.command = command
@@ -143,11 +147,18 @@ class LocalEngineRunner(Runner):
 
     # ---- Runner ----------------------------------------------------------------------------------
     def capabilities(self) -> Capabilities:
-        """Every kind, any candidate it can start: at most the machine's GPUs (one on a CPU-only machine)."""
+        """Every kind, any candidate it can start, of the one model it starts: at most the machine's GPUs
+        (one on a CPU-only machine)."""
         if self.gpus is None:
             self.gpus = visible_gpus()
         where = f"{self.gpus} GPUs on this machine" if self.gpus else "no GPU on this machine: a CPU engine"
-        return Capabilities(frozenset(self.kinds), max_gpus=max(1, self.gpus), why=where)
+        return Capabilities(frozenset(self.kinds), max_gpus=max(1, self.gpus), why=where,
+                            models=frozenset({self.serves}), models_why=self._models_why())  # fmt: skip
+
+    def _models_why(self) -> str:
+        if self.serves == self.model:
+            return "the model this runner starts"
+        return f"runner option serves={self.serves}: the model of the weights at {self.model}"
 
     def measure(self, probe: Probe) -> Measurement:
         self.require(probe)  # any candidate and kind: it starts whatever is asked
@@ -232,6 +243,7 @@ class LocalEngineRunner(Runner):
             repeats=self.repeats,
             tokenizer=self.tokenizer,
             candidate=candidate,  # the engine it just started: the endpoint refuses any other
+            serves=self.serves,  # and the model
         )
         return self.base_url_
 

@@ -11,6 +11,7 @@ the nodes instead, with the table's measured off-node error as its band.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from ...candidates import Candidate
 from ...errors import DataNotAvailable, NotFittedError, SourceError, SpecError
 from ..base import PerfSource, Stack, as_positive_array
 from .engine import EngineFeatures
-from .files import ModelFile, load_model_file
+from .files import MODELS_DIR, ModelFile, load_model_file
 from .monotone import MonotoneCurve, MonotoneSurface
 from .nodes import EngineTable, table_key
 from .regressor import PerfRegressor, TrainingSet
@@ -155,6 +156,15 @@ class RegressionSource(PerfSource):
     ) -> tuple[np.ndarray, np.ndarray]:
         v, f = self.decode_itl_ms(candidate, batch, context), self._band_factor("decode", candidate)
         return v / f, v * f
+
+    def source_spec(self) -> str:
+        """``regression:NAME`` for a bundled model, ``regression:PATH`` for another file; a model fitted in
+        memory has no spec (``regression``: make_source cannot rebuild it)."""
+        if self.file_ is None or self.file_.path is None:
+            return self.name
+        path = Path(self.file_.path).resolve()
+        bundled = path.parent == MODELS_DIR.resolve()
+        return f"{self.name}:{path.stem if bundled else path}"
 
     def provenance(self) -> dict[str, Any]:
         self._fitted()
