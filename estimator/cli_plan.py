@@ -62,6 +62,8 @@ def _plan_one(fields: dict[str, Any], config: str | None, shared: Any) -> tuple[
     study_cfg = {k: v for k, v in raw_cfg.items() if k not in PLAN_FIELDS}
     study_fields = {**study_cfg, **{k: fields[k] for k in _STUDY_KEYS if fields.get(k) is not None}}
     spec = load_spec(None, **study_fields)
+    if spec.confidence is not None:
+        raise SpecError("confidence", f"does not apply to `plan`: {_NOT_FOR_PLAN['confidence']}")
     plan_raw = {k: fields[k] if fields.get(k) is not None else raw_cfg.get(k) for k in PLAN_FIELDS}
     given = {m: any(study_fields.get(k) is not None for k in (m, f"{m}_ms")) for m in ("ttft", "itl")}
     ps = load_plan_spec(spec, plan_raw, mean_ttft_given=given["ttft"], mean_itl_given=given["itl"])
@@ -95,9 +97,23 @@ def _cell(v: Any) -> str:
     return str(v).replace("|", "/")
 
 
+# study flags that ``plan`` parses (they are shared with profile/validate) but does not use: refused, not
+# ignored. Fleets are sized on the point estimate or the band's pessimistic edge (--size-for band).
+_NOT_FOR_PLAN = {
+    "confidence": "plan sizes fleets on the point estimate or the band's edge (--size-for band); "
+                  "sizing by the probability of meeting the SLA is profile/validate's selection only",
+    "num_alternatives": "plan ranks fleets (--top)", "strict": "plan exits 1 when no fleet meets the SLA",
+    "cache": "plan keeps no profile cache", "dgdr": "plan reads its study from flags or --config",
+    "dynamo_version": "plan writes no Dynamo artifacts", "runtime_image": "plan writes no Dynamo artifacts",
+}  # fmt: skip
+
+
 def run_plan(ns: argparse.Namespace) -> int:
     from .capacity_study import SharedWork
 
+    for name, why in _NOT_FOR_PLAN.items():
+        if getattr(ns, name, None) is not None:
+            raise SpecError(name, f"--{name.replace('_', '-')} does not apply to `plan`: {why}")
     fields = {k: getattr(ns, k, None) for k in (*_STUDY_KEYS, *PLAN_FIELDS)}
     shared = SharedWork()
     if ns.scenarios:

@@ -192,6 +192,25 @@ CASES = {
     "empty planner flag": (lambda t: [*STUDY, "--planner-=x"], "planner_args"),
     "bare planner flag": (lambda t: [*STUDY, "--planner-"], "planner_args"),
     "models --bogus": (lambda t: ["models", "--bogus"], "bogus"),
+    # flags `plan` shares with profile but does not use: refused, never ignored
+    "plan --confidence": (
+        lambda t: ["plan", *STUDY, "--request-rate", "5", "--confidence", "0.9"],
+        "confidence",
+    ),
+    "plan yaml confidence": (
+        lambda t: [
+            "plan",
+            "--config",
+            _yaml(t, "model: Qwen/Qwen3-32B\nsystem: h200_sxm\nconfidence: 0.9\n"),
+            "--request-rate",
+            "5",
+        ],
+        "confidence",
+    ),
+    "plan --num-alternatives": (
+        lambda t: ["plan", *STUDY, "--request-rate", "5", "--num-alternatives", "2"],
+        "num_alternatives",
+    ),
     # --source of another kind
     "source report.json": (
         lambda t: [*STUDY, "--source", _yaml(t, '{"spec": {}, "selection": {}}', "report.json")],
