@@ -12,7 +12,10 @@ amplitude plus the parameters' extrapolation.
 
 The kernel is scikit-learn's (``ConstantKernel * RBF + WhiteKernel``); its hyperparameters maximise the
 summed log marginal likelihood of the residuals of each other deployment's engine and kind (each fitted on
-all its points). Saved as JSON data (points, residuals, Jacobian rows, hyperparameters).
+all its points). The kriging itself is written out because it shares the points with the correction's
+parameters (universal kriging: scikit-learn's regressor has no such term); with no parameter shared it
+equals scikit-learn's ``GaussianProcessRegressor`` to round-off (``tests/test_phase_prior.py``).
+Saved as JSON data (points, residuals, Jacobian rows, hyperparameters).
 """
 
 from __future__ import annotations

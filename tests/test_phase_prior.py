@@ -205,3 +205,27 @@ def test_the_silicon_prior_leaves_the_prefill_step_at_the_generic_prior():
     assert "log_prefill_step" in bundled_prior(STACK.backend)  # the file has it (the families' prior echoed)
     ms = [dataclasses.replace(m, runner="synthetic") for m in _records(Distorted(base))]
     assert default_prior(base, ms, []).shared["log_prefill_step"] == Prior().shared["log_prefill_step"]
+
+
+def test_kriging_matches_scikit_learns_gaussian_process_where_no_parameter_is_shared():
+    """With no parameter in common (zero Jacobian), the field's kriging is plain GP regression: its mean and
+    variance equal scikit-learn's ``GaussianProcessRegressor`` with the same kernel and noise."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+    from estimator.phase_field import PhaseField, features
+
+    h = KernelHyper(0.03, (0.5, 0.9), 0.004)
+    rng = np.random.default_rng(3)
+    pts = [FieldPoint("TP1", "tpot", 1.0, float(b), float(c), float(rng.normal(0, 0.03)), 0.01)
+           for b, c in ((1, 1024), (8, 1024), (64, 4096), (128, 8192))]  # fmt: skip
+    field = PhaseField(pts, np.zeros((len(pts), 1)), {"tpot": h})
+    kernel = ConstantKernel(h.amplitude**2) * RBF(list(h.length)) + WhiteKernel(h.white**2)
+    x = np.array([features("tpot", p.isl, p.batch, p.context) for p in pts])
+    gp = GaussianProcessRegressor(kernel, alpha=np.array([p.noise_sd for p in pts]) ** 2, optimizer=None,
+                                  normalize_y=False).fit(x, [p.log_residual for p in pts])  # fmt: skip
+    for b, c in ((1, 1024), (16, 2048), (256, 16384)):
+        mean, var, _ = field.predict("TP1", "tpot", 1.0, b, c, np.zeros(1))
+        ref_mean, ref_sd = gp.predict(features("tpot", 1.0, b, c)[None, :], return_std=True)
+        assert mean == pytest.approx(float(ref_mean[0]), abs=1e-12)
+        assert var == pytest.approx(float(ref_sd[0]) ** 2, rel=1e-9)
