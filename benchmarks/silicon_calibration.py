@@ -9,7 +9,8 @@ held-out score cannot leak. Rows AIC cannot estimate are counted with the reason
     python benchmarks/silicon_calibration.py --out out/silicon_calibration [--splits 5]
 
 Writes ``targets.json`` (cached AIC terms per row; delete it to recompute), ``results.csv`` (one
-line per scored row × split × k) and ``summary.json``, and prints the table.
+line per scored row × split × k) and the summary (``--summary``, default
+benchmarks/results/silicon_calibration.json), and prints the table.
 """
 
 from __future__ import annotations
@@ -275,7 +276,6 @@ def main(argv: list[str] | None = None) -> int:
                "tails": "gaussian" if args.gaussian else "learned leave-family-out", "table": table,
                "table_gaussian": summarise(gaussian),
                "seconds": {"aic_terms": round(t1 - t0, 1), "evaluation": round(time.time() - t1, 1)}}  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python benchmarks/silicon_calibration.py", *(argv or sys.argv[1:])])
     Path(args.summary).write_text(json.dumps({**summary, "command": command}, indent=1))

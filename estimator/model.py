@@ -88,7 +88,8 @@ def model_key(name: str) -> str:
 
     Why: a server names its model by the path or alias it was started with, a study by its id; comparing
     these keys tells a record of another model from one of the same model named differently."""
-    text = _ALIASES.get(name.strip().rstrip("/").lower(), name.strip().rstrip("/"))
+    raw = name.strip().rstrip("/")
+    text = _ALIASES.get(raw.lower(), raw)
     parts = [p for p in text.replace("\\", "/").split("/") if p]
     cached = [p for p in parts if p.startswith("models--")]
     last = cached[-1].split("--")[-1] if cached else (parts[-1] if parts else text)

@@ -158,7 +158,7 @@ def default_prior(
         prior = dataclasses.replace(prior, tails=bundled_tails())
     if measurements and all(m.runner in ENGINE_ONLY_RUNNERS for m in measurements):
         prior = prior.updated(NO_OVERHEAD_PRIOR)
-        if not has_agg(measurements):
+        if not agg:
             evidence = bundled_phase_evidence() if evidence is None else evidence
             others = same_class(evidence, deployment_name(source.stack), is_moe(source.stack))
             if others:
