@@ -23,7 +23,7 @@ from .capacity_engine import EngineTable
 from .capacity_model import GroupPrediction, agg_group, decode_group, prefill_group
 from .capacity_types import Fleet, GroupLoad, Load, Sla
 from .cost import usd_per_hour, usd_per_million_output_tokens
-from .deployment import Deployment
+from .deployment import Deployment, ServingMode, WorkerRole
 from .workload import Workload
 
 MAX_REPLICAS = 512
@@ -94,6 +94,7 @@ class _Search:
 
     def __init__(self, tables: list[EngineTable], w: Workload, sla: Sla, ca2: float, price: float):
         self.tables, self.w, self.sla, self.ca2, self.price = tables, w, sla, ca2, price
+        self.by_candidate = {t.candidate: t for t in tables}
         self.count = 0
         self.cache: dict[tuple, GroupPrediction] = {}
         self.full_ttft, self.full_itl = sla.needs_percentiles("ttft"), sla.needs_percentiles("itl")
@@ -144,6 +145,37 @@ class _Search:
         meets = self.ok(gt, ("ttft",)) and self.ok(gi, ("itl",))
         return Fleet(dep, rate, gt.ttft, gi.itl, self.sla.margins(gt.ttft, gi.itl), meets, usd,
                      usd_per_million_output_tokens(usd, rate, self.w.mean_osl), loads)  # fmt: skip
+
+    # ---- one given deployment ------------------------------------------------------------------
+    def meets(self, dep: Deployment, rate: float) -> bool:
+        """Whether ``dep`` on this search's tables meets every target at ``rate``."""
+        if dep.mode is ServingMode.AGG:
+            g = dep.workers[0]
+            return self.ok(self.agg(self.by_candidate[g.candidate], g.replicas, rate), ("ttft", "itl"))
+        p, d = dep.group(WorkerRole.PREFILL), dep.group(WorkerRole.DECODE)
+        return self.ok(self.prefill(self.by_candidate[p.candidate], p.replicas, rate), ("ttft",)) and self.ok(
+            self.decode(self.by_candidate[d.candidate], d.replicas, rate), ("itl",)
+        )
+
+    def closed_loop_rate(self, dep: Deployment, clients: int) -> float:
+        """The rate ``clients`` closed-loop clients drive ``dep`` at (Little's law on the mean E2E)."""
+        osl1 = max(0.0, self.w.mean_osl - 1)
+
+        def e2e(gt: GroupPrediction, gi: GroupPrediction) -> float:
+            return gt.ttft.mean_ms + osl1 * gi.itl.mean_ms if gt.stable and gi.stable else math.inf
+
+        if dep.mode is ServingMode.AGG:
+            g = dep.workers[0]
+            t, n = self.by_candidate[g.candidate], g.replicas
+            hi = min(self.prefill_rate_hi(t, n), self.decode_rate_hi(t, n))
+            return _closed_loop_rate(lambda r: e2e(*(2 * (self.agg(t, n, r, full=False),))), clients, hi)
+        pg, dg = dep.group(WorkerRole.PREFILL), dep.group(WorkerRole.DECODE)
+        p, x = self.by_candidate[pg.candidate], pg.replicas
+        d, y = self.by_candidate[dg.candidate], dg.replicas
+        hi = min(self.prefill_rate_hi(p, x), self.decode_rate_hi(d, y))
+        return _closed_loop_rate(
+            lambda r: e2e(self.prefill(p, x, r, full=False), self.decode(d, y, r, full=False)), clients, hi
+        )
 
     # ---- per-group capacity ---------------------------------------------------------------------
     def prefill_rate_hi(self, t: EngineTable, x: int) -> float:
@@ -232,20 +264,13 @@ def _closed_loop_rate(e2e_ms: Callable[[float], float], clients: int, hi: float)
 
 
 def _plan_concurrency(s: _Search, clients: int, modes: tuple[str, ...], max_replicas: int) -> list[Fleet]:
-    osl1 = max(0.0, s.w.mean_osl - 1)
     fleets = []
-
-    def e2e(gt: GroupPrediction, gi: GroupPrediction) -> float:
-        return gt.ttft.mean_ms + osl1 * gi.itl.mean_ms if gt.stable and gi.stable else math.inf
-
     if "agg" in modes:
         for t in s.tables:
             for n in range(1, max_replicas + 1):
-                hi = min(s.prefill_rate_hi(t, n), s.decode_rate_hi(t, n))
-                r = _closed_loop_rate(
-                    lambda r, t=t, n=n: e2e(*(2 * (s.agg(t, n, r, full=False),))), clients, hi
-                )
-                if r > 0 and s.ok(s.agg(t, n, r), ("ttft", "itl")):
+                dep = Deployment.agg(t.candidate, n)
+                r = s.closed_loop_rate(dep, clients)
+                if r > 0 and s.meets(dep, r):
                     fleets.append(s.agg_fleet(t, n, r))
                     break
     if "disagg" in modes:
@@ -254,13 +279,9 @@ def _plan_concurrency(s: _Search, clients: int, modes: tuple[str, ...], max_repl
                 pairs = sorted(((x, y) for x in range(1, 17) for y in range(1, 33)),
                                key=lambda xy, p=p, d=d: xy[0] * p.num_gpus + xy[1] * d.num_gpus)  # fmt: skip
                 for x, y in pairs:
-                    hi = min(s.prefill_rate_hi(p, x), s.decode_rate_hi(d, y))
-
-                    def f(r, p=p, d=d, x=x, y=y):
-                        return e2e(s.prefill(p, x, r, full=False), s.decode(d, y, r, full=False))
-
-                    r = _closed_loop_rate(f, clients, hi)
-                    if r > 0 and s.ok(s.prefill(p, x, r), ("ttft",)) and s.ok(s.decode(d, y, r), ("itl",)):
+                    dep = Deployment.disagg(p.candidate, d.candidate, x, y)
+                    r = s.closed_loop_rate(dep, clients)
+                    if r > 0 and s.meets(dep, r):
                         fleets.append(s.disagg_fleet(p, x, d, y, r))
                         break
     return sorted(fleets, key=_rank_key)

@@ -69,6 +69,7 @@ def plan_dict(study: CapacityStudy, top: int, cross_check: dict | None = None) -
         "sla": {"targets": {t.name: t.ms for t in r.sla.targets}, "headroom": r.sla.headroom},
         "gpu_price_usd_per_hour": study.price_per_gpu_hour,
         "size_for": study.size_for,
+        "confidence": study.confidence,
         "verdict": r.verdict(),
         "best_agg": a.to_dict() if a else None,
         "best_disagg": d.to_dict() if d else None,
@@ -76,6 +77,7 @@ def plan_dict(study: CapacityStudy, top: int, cross_check: dict | None = None) -
         "fleets_meeting_sla": len(r.fleets),
         "fleets_evaluated": r.considered,
         "band_extra_gpus": study.band_extra_gpus,
+        "point_estimate_best_p_meets_sla": study.point_best_p,
         "point_estimate_best": study.point_result.best.to_dict()
         if study.point_result and study.point_result.best
         else None,
@@ -89,10 +91,12 @@ def plan_dict(study: CapacityStudy, top: int, cross_check: dict | None = None) -
 
 def _row(i: int, f: Fleet) -> str:
     m = f.min_margin
+    p = "" if f.p_meets_sla is None else f"  {f.p_meets_sla:>5.3f}"
     return (f"{i:>3}  {f.mode:<6} {f.label():<38} {f.total_gpus:>4} {f.usd_per_hour:>8.2f} "
             f"{f.usd_per_million_output_tokens:>8.3f} {f.request_rate:>8.3g}  "
             f"{_ms(f.ttft.mean_ms):>5}/{_ms(f.ttft.p90_ms):>5}/{_ms(f.ttft.p99_ms):>5}  "
-            f"{_ms(f.itl.mean_ms):>5}/{_ms(f.itl.p90_ms):>5}/{_ms(f.itl.p99_ms):>5}  {m:>+6.0%}")  # fmt: skip
+            f"{_ms(f.itl.mean_ms):>5}/{_ms(f.itl.p90_ms):>5}/{_ms(f.itl.p99_ms):>5}  "
+            f"{m:>+6.0%}{p}")  # fmt: skip
 
 
 def plan_text(study: CapacityStudy, top: int, cross_check: dict | None = None) -> str:
@@ -104,9 +108,9 @@ def plan_text(study: CapacityStudy, top: int, cross_check: dict | None = None) -
         f"Workload: {w.name} (mean ISL {w.mean_isl:.0f}, OSL {w.mean_osl:.0f}, prefix reuse {w.prefix_reuse:.0%}, "
         f"arrival cv2 {w.arrival_cv2:.2f}).  Load: {r.load.describe()}.  SLA: {sla}"
         + (f", headroom {r.sla.headroom:.0%}" if r.sla.headroom else ""),
-        f"GPU price: ${study.price_per_gpu_hour:g}/GPU-hour.  Sized for: {study.size_for} estimate.",
+        f"GPU price: ${study.price_per_gpu_hour:g}/GPU-hour.  Sized for: {study.sized_for}.",
         "",
-        head,
+        head + ("  P(SLA)" if study.confidence is not None else ""),
     ]
     lines += [_row(i + 1, f) for i, f in enumerate(r.fleets[:top])]
     if not r.fleets:
@@ -117,6 +121,8 @@ def plan_text(study: CapacityStudy, top: int, cross_check: dict | None = None) -
         if pb and bb:
             lines.append(f"Band: sizing for the band's pessimistic edge needs {bb.total_gpus} GPUs, the point estimate "
                          f"{pb.total_gpus} ({study.band_extra_gpus:+d} GPU{'' if abs(study.band_extra_gpus) == 1 else 's'}).")  # fmt: skip
+    if study.confidence is not None and study.point_result is not None:
+        lines.append(_confidence_line(study))
     if cross_check:
         c = cross_check
         parts = [
@@ -136,6 +142,22 @@ def plan_text(study: CapacityStudy, top: int, cross_check: dict | None = None) -
     return "\n".join(lines)
 
 
+def _confidence_line(study: CapacityStudy) -> str:
+    """How the confident pick compares with the point-estimate pick (GPUs, or rate for a budget)."""
+    pb, cb, c = study.point_result.best, study.result.best, study.confidence
+    if pb is None:
+        return "Confidence: the point estimate finds no fleet either."
+    p = "" if study.point_best_p is None else f" meets every target with probability {study.point_best_p:.2f}"
+    head = f"Confidence: the point-estimate pick ({pb.label()}, {pb.total_gpus} GPUs){p}"
+    if cb is None:
+        return f"{head}; no fleet reaches {c:g}."
+    if study.result.load.gpu_budget is not None:
+        return (f"{head}; at P >= {c:g} the budget sustains {cb.request_rate:.3g} requests/s "
+                f"against {pb.request_rate:.3g} on the point estimate.")  # fmt: skip
+    extra = study.band_extra_gpus or 0
+    return f"{head}; sizing for P >= {c:g} needs {cb.total_gpus} GPUs ({extra:+d})."
+
+
 def scenario_row(name: str, study: CapacityStudy) -> dict[str, Any]:
     """One line of plan.csv: the scenario, its best fleet and the best of the other mode."""
     r = study.result
@@ -146,11 +168,14 @@ def scenario_row(name: str, study: CapacityStudy) -> dict[str, Any]:
            "sla": ";".join(f"{t.name}<={t.ms:g}" for t in r.sla.targets)}  # fmt: skip
     if b is None:
         return {**row, "best": "none meets the SLA", "verdict": r.verdict()}
-    return {**row, "best": b.label(), "mode": b.mode, "total_gpus": b.total_gpus, "request_rate": b.request_rate,
+    row = {**row, "best": b.label(), "mode": b.mode, "total_gpus": b.total_gpus, "request_rate": b.request_rate,
             "usd_per_hour": b.usd_per_hour, "usd_per_million_output_tokens": b.usd_per_million_output_tokens,
             "ttft_p90_ms": b.ttft.p90_ms, "itl_p90_ms": b.itl.p90_ms, "min_margin": b.min_margin,
             "other_mode_best": other.label() if other else "", "other_mode_gpus": other.total_gpus if other else None,
             "verdict": r.verdict()}  # fmt: skip
+    if study.confidence is not None:
+        row |= {"confidence": study.confidence, "p_meets_sla": b.p_meets_sla}
+    return row
 
 
 __all__ = ["agg_cross_check", "plan_dict", "plan_text", "scenario_row"]

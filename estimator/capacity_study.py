@@ -2,8 +2,9 @@
 
 Work that several studies share is done once: sources (compiled engines) are kept per serving stack,
 engine tables per (stack, candidate, workload, band). ``--size-for band`` plans on the pessimistic
-edge of the source's band and reports the point-estimate plan beside it, so the cost of the
-uncertainty is a number of GPUs.
+edge of the source's band and ``confidence`` sizes every fleet for its probability of meeting the SLA
+(``capacity_confidence``); both report the point-estimate plan beside it, so the cost of the uncertainty
+is a number of GPUs.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from dataclasses import dataclass, field
 
 from .candidates import Candidate, Rejection, enumerate_candidates
 from .capacity import PlanResult, plan_fleets
+from .capacity_confidence import plan_confident
 from .capacity_engine import EngineTable, engine_table
 from .capacity_types import Load, Sla
 from .cost import gpu_price
-from .errors import DataNotAvailable
+from .errors import DataNotAvailable, SpecError
 from .model import load_model_info
 from .sources import PerfSource, Stack, make_source
 from .spec import Spec
@@ -75,14 +77,23 @@ class CapacityStudy:
     workload: Workload
     result: PlanResult
     price_per_gpu_hour: float
-    size_for: str  # point | band
-    point_result: PlanResult | None  # the point-estimate plan when sizing for the band
+    size_for: str  # point | band | confidence
+    point_result: PlanResult | None  # the point-estimate plan when sizing for the band or a confidence
     rejections: tuple[Rejection, ...]
     provenance: dict
+    confidence: float | None = None  # sized for P(meeting every target) >= this
+    point_best_p: float | None = None  # with a confidence: P of the point-estimate plan's best fleet
+
+    @property
+    def sized_for(self) -> str:
+        """What the fleets were sized on, in words."""
+        if self.confidence is not None:
+            return f"P(meeting every target) >= {self.confidence:g}"
+        return "the band's pessimistic edge" if self.size_for == "band" else "the point estimate"
 
     @property
     def band_extra_gpus(self) -> int | None:
-        """GPUs the band's pessimistic edge costs over the point estimate (None if not comparable)."""
+        """GPUs the band's edge or the confidence costs over the point estimate (None if not comparable)."""
         if self.point_result is None or self.result.best is None or self.point_result.best is None:
             return None
         return self.result.best.total_gpus - self.point_result.best.total_gpus
@@ -96,9 +107,12 @@ def run_capacity(
     *,
     gpu_price_override: float | None = None,
     size_for: str = "point",
+    confidence: float | None = None,
     shared: SharedWork | None = None,
     modes: tuple[str, ...] = ("agg", "disagg"),
 ) -> CapacityStudy:
+    if confidence is not None and size_for != "point":
+        raise SpecError("confidence", "give either --confidence or --size-for band, not both")
     shared = shared or SharedWork()
     cands, rejected = shared.engine_candidates(spec)
     price = gpu_price(spec.system, gpu_price_override)
@@ -117,15 +131,20 @@ def run_capacity(
             raise DataNotAvailable(f"no candidate engine could be estimated ({reasons})")
         return out
 
-    point = plan_fleets(tables(False), workload, load, sla, price_per_gpu_hour=price, modes=modes)
-    result, point_result = point, None
+    point_tables = tables(False)
+    point = plan_fleets(point_tables, workload, load, sla, price_per_gpu_hour=price, modes=modes)
+    result, point_result, point_best_p = point, None, None
+    src = shared.source(spec)
     if size_for == "band":
         result = plan_fleets(tables(True), workload, load, sla, price_per_gpu_hour=price, modes=modes)
         point_result = point
-    src = shared.source(spec)
-    return CapacityStudy(
-        spec, workload, result, price, size_for, point_result, tuple(rejected), src.provenance()
-    )
+    elif confidence is not None:
+        plan = plan_confident(src, point_tables, workload, load, sla, confidence=confidence,
+                              price_per_gpu_hour=price, modes=modes, point_best=point.best)  # fmt: skip
+        result, point_result, point_best_p = plan.result, point, plan.point_best_p
+    sized = "confidence" if confidence is not None else size_for
+    return CapacityStudy(spec, workload, result, price, sized, point_result, tuple(rejected),
+                         src.provenance(), confidence, point_best_p)  # fmt: skip
 
 
 __all__ = ["CapacityStudy", "SharedWork", "run_capacity"]

@@ -113,6 +113,7 @@ class Fleet:
     usd_per_hour: float
     usd_per_million_output_tokens: float
     groups: tuple[GroupLoad, ...]
+    p_meets_sla: float | None = None  # P(every target met) over the source's draws (plan --confidence)
 
     @property
     def mode(self) -> str:
@@ -153,6 +154,7 @@ class Fleet:
             "ttft_ms": self.ttft.to_dict(),
             "itl_ms": self.itl.to_dict(),
             "margins": dict(self.margins),
+            "p_meets_sla": self.p_meets_sla,
         }
 
 

@@ -51,7 +51,8 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     c = p.add_argument_group("decisions under uncertainty")
     c.add_argument(
         "--confidence", metavar="LEVEL",
-        help="pick the best engine whose probability of meeting every target (from the bands) is >= LEVEL, e.g. 0.9",
+        help="pick the best engine (plan: size the cheapest fleet) whose probability of meeting every "
+             "target, from the source's bands or joint draws, is >= LEVEL, e.g. 0.9",
     )  # fmt: skip
     o = p.add_argument_group("output")
     o.add_argument(

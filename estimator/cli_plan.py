@@ -2,8 +2,8 @@
 
 One study: the study flags plus a load (``--request-rate`` | ``--concurrency`` | ``--gpu-budget``),
 targets (``--ttft``/``--itl`` means, ``--ttft-p90`` ... percentiles), ``--workload FILE``,
-``--prefix-hit-rate``, ``--gpu-price``, ``--size-for band``. ``--json`` prints the plan document;
-``-o DIR`` writes plan.json, plan.md, plan.csv and pareto.png.
+``--prefix-hit-rate``, ``--gpu-price``, ``--size-for band`` or ``--confidence C``. ``--json`` prints the
+plan document; ``-o DIR`` writes plan.json, plan.md, plan.csv and pareto.png.
 
 ``--scenarios FILE`` (CSV or YAML list; columns are the same field names, snake_case) plans every
 row, sharing sources and engine tables between rows, and writes plan.csv, plan.md and pareto.png.
@@ -24,7 +24,7 @@ from .errors import SpecError
 
 _STUDY_KEYS = (
     "model", "system", "backend", "backend_version", "isl", "osl", "ttft", "itl", "min_gpus", "max_gpus",
-    "gpus", "gpus_per_node", "gemm_quant", "kvcache_quant", "max_context_tokens", "source",
+    "gpus", "gpus_per_node", "gemm_quant", "kvcache_quant", "max_context_tokens", "source", "confidence",
 )  # fmt: skip
 
 
@@ -62,13 +62,11 @@ def _plan_one(fields: dict[str, Any], config: str | None, shared: Any) -> tuple[
     study_cfg = {k: v for k, v in raw_cfg.items() if k not in PLAN_FIELDS}
     study_fields = {**study_cfg, **{k: fields[k] for k in _STUDY_KEYS if fields.get(k) is not None}}
     spec = load_spec(None, **study_fields)
-    if spec.confidence is not None:
-        raise SpecError("confidence", f"does not apply to `plan`: {_NOT_FOR_PLAN['confidence']}")
     plan_raw = {k: fields[k] if fields.get(k) is not None else raw_cfg.get(k) for k in PLAN_FIELDS}
     given = {m: any(study_fields.get(k) is not None for k in (m, f"{m}_ms")) for m in ("ttft", "itl")}
     ps = load_plan_spec(spec, plan_raw, mean_ttft_given=given["ttft"], mean_itl_given=given["itl"])
     study = run_capacity(spec, ps.workload, ps.load, ps.sla, gpu_price_override=ps.gpu_price,
-                         size_for=ps.size_for, shared=shared)  # fmt: skip
+                         size_for=ps.size_for, confidence=spec.confidence, shared=shared)  # fmt: skip
     return study, ps
 
 
@@ -98,10 +96,8 @@ def _cell(v: Any) -> str:
 
 
 # study flags that ``plan`` parses (they are shared with profile/validate) but does not use: refused, not
-# ignored. Fleets are sized on the point estimate or the band's pessimistic edge (--size-for band).
+# ignored.
 _NOT_FOR_PLAN = {
-    "confidence": "plan sizes fleets on the point estimate or the band's edge (--size-for band); "
-                  "sizing by the probability of meeting the SLA is profile/validate's selection only",
     "num_alternatives": "plan ranks fleets (--top)", "strict": "plan exits 1 when no fleet meets the SLA",
     "cache": "plan keeps no profile cache", "dgdr": "plan reads its study from flags or --config",
     "dynamo_version": "plan writes no Dynamo artifacts", "runtime_image": "plan writes no Dynamo artifacts",

@@ -193,15 +193,15 @@ CASES = {
     "bare planner flag": (lambda t: [*STUDY, "--planner-"], "planner_args"),
     "models --bogus": (lambda t: ["models", "--bogus"], "bogus"),
     # flags `plan` shares with profile but does not use: refused, never ignored
-    "plan --confidence": (
-        lambda t: ["plan", *STUDY, "--request-rate", "5", "--confidence", "0.9"],
-        "confidence",
+    "plan --confidence with --size-for band": (
+        lambda t: ["plan", *STUDY, "--request-rate", "5", "--confidence", "0.9", "--size-for", "band"],
+        "either --confidence or --size-for band",
     ),
-    "plan yaml confidence": (
+    "plan yaml confidence 1": (
         lambda t: [
             "plan",
             "--config",
-            _yaml(t, "model: Qwen/Qwen3-32B\nsystem: h200_sxm\nconfidence: 0.9\n"),
+            _yaml(t, "model: Qwen/Qwen3-32B\nsystem: h200_sxm\nconfidence: 1\n"),
             "--request-rate",
             "5",
         ],

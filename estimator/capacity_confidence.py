@@ -1,0 +1,179 @@
+"""Fleet sizing by the probability of meeting the SLA (``sla-estimate plan --confidence C``).
+
+A fleet's latency depends on how fast its engines really are, which the source knows only up to its band.
+We take ``SIZING_DRAWS`` joint draws of every engine table from the source (``PerfSource.latency_draws``:
+a calibration's posterior, where one phase scale moves every engine alike; otherwise one quantile per
+engine and phase, read from the bands), and call
+
+    P(fleet) = share of the draws in which the fleet meets every target at its load
+
+(for a closed loop of clients: at the rate those clients settle at in that draw). The search itself runs on
+tables at one quantile ``q`` of every point's band, for ``q`` on a ladder from ``C`` towards 1
+(``1 - (1 - C) / 2^k``): a fleet found at ``q`` is kept when its P is at least ``C``; the ladder stops once
+the best fleet of a step is kept, since every shape only grows (or, for a GPU budget, slows) higher up.
+Each kept fleet shows its point-estimate latencies and its P. The draws are shared by all steps and fleets
+(common random numbers), so P is a deterministic function of the fleet for a given seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .capacity import PlanResult, _rank_key, _rank_key_budget, _Search, plan_fleets
+from .capacity_engine import EngineTable
+from .capacity_types import Fleet, Load, Sla
+from .confidence import quantile
+from .deployment import Deployment, ServingMode, WorkerRole
+from .sources.base import LatencyQuery, PerfSource
+from .workload import Workload
+
+SIZING_DRAWS = 400  # joint draws behind P(fleet): sampling sd <= 2.5 percentage points
+LADDER_STEPS = 6  # quantiles C, then halving the distance to 1 five times (0.9 -> ... 0.997)
+
+
+def _queries(t: EngineTable) -> list[LatencyQuery]:
+    return [LatencyQuery.ttft(t.candidate, x) for x in t.prefill_tokens] + [
+        LatencyQuery.itl(t.candidate, b, t.context_tokens) for b in t.decode_batch
+    ]
+
+
+def drawn_tables(
+    source: PerfSource, tables: list[EngineTable], n: int, seed: int = 0
+) -> list[list[EngineTable]]:
+    """``n`` joint draws of every table (one list of tables per draw, in the order of ``tables``)."""
+    queries = [_queries(t) for t in tables]
+    flat = [q for qs in queries for q in qs]
+    draws = source.latency_draws(flat, n, np.random.default_rng(seed))
+    out = []
+    for row in draws:
+        at, tabs = 0, []
+        for t in tables:
+            k, m = t.prefill_tokens.size, t.decode_batch.size
+            tabs.append(
+                replace(t, prefill_ms=row[at : at + k].copy(), decode_ms=row[at + k : at + k + m].copy())
+            )
+            at += k + m
+        out.append(tabs)
+    return out
+
+
+def quantile_tables(source: PerfSource, tables: list[EngineTable], q: float) -> list[EngineTable]:
+    """Every table at the ``q`` quantile of each point's band (a lognormal: ``confidence.quantile``)."""
+    out = []
+    for t in tables:
+        lo_p, hi_p = source.prefill_ttft_band(t.candidate, t.prefill_tokens)
+        lo_d, hi_d = source.decode_itl_band(
+            t.candidate, t.decode_batch, np.full_like(t.decode_batch, t.context_tokens)
+        )
+        out.append(replace(t, prefill_ms=quantile(q, lo_p, hi_p), decode_ms=quantile(q, lo_d, hi_d)))
+    return out
+
+
+def ladder(confidence: float) -> list[float]:
+    return [1.0 - (1.0 - confidence) / 2**k for k in range(LADDER_STEPS)]
+
+
+def _shape(dep: Deployment) -> tuple:
+    return (dep.mode.value, *((w.role.value, w.candidate.name) for w in dep.workers))
+
+
+class _Odds:
+    """P(fleet) over a fixed set of drawn tables; one search per draw, so evaluations are reused."""
+
+    def __init__(self, drawn: list[list[EngineTable]], w: Workload, sla: Sla, ca2: float, price: float):
+        self.searches = [_Search(ts, w, sla, ca2, price) for ts in drawn]
+
+    def __call__(self, dep: Deployment, rate: float, clients: int | None, need: float | None = None) -> float:
+        """P(``dep`` meets the SLA at ``rate``, or with ``clients`` closed-loop clients); with ``need``, an
+        upper bound below it as soon as the misses rule ``need`` out (rejected fleets cost less)."""
+        n = len(self.searches)
+        hits = misses = 0
+        for s in self.searches:
+            r = rate if clients is None else s.closed_loop_rate(dep, clients)
+            if r > 0 and s.meets(dep, r):
+                hits += 1
+            else:
+                misses += 1
+                if need is not None and (n - misses) / n < need:
+                    return (n - misses) / n
+        return hits / n
+
+
+def _restate(s: _Search, f: Fleet, p: float, confidence: float) -> Fleet:
+    """``f`` with its point-estimate latencies and margins, its probability, and meets = (P >= C)."""
+    dep = f.deployment
+    if dep.mode is ServingMode.AGG:
+        g = dep.workers[0]
+        point = s.agg_fleet(s.by_candidate[g.candidate], g.replicas, f.request_rate)
+    else:
+        pg, dg = dep.group(WorkerRole.PREFILL), dep.group(WorkerRole.DECODE)
+        point = s.disagg_fleet(s.by_candidate[pg.candidate], pg.replicas, s.by_candidate[dg.candidate],
+                               dg.replicas, f.request_rate)  # fmt: skip
+    return replace(point, meets_sla=p >= confidence, p_meets_sla=p)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfidentPlan:
+    result: PlanResult  # the fleets with P >= C, each with its P
+    point_best_p: float | None  # P of the point-estimate plan's best fleet (None: there is none)
+
+
+def plan_confident(
+    source: PerfSource,
+    tables: list[EngineTable],
+    workload: Workload,
+    load: Load,
+    sla: Sla,
+    *,
+    confidence: float,
+    price_per_gpu_hour: float,
+    modes: tuple[str, ...] = ("agg", "disagg"),
+    point_best: Fleet | None = None,
+    draws: int = SIZING_DRAWS,
+    seed: int = 0,
+) -> ConfidentPlan:
+    """The fleets whose probability of meeting ``sla`` at ``load`` is at least ``confidence``, ranked as
+    ``plan_fleets`` ranks them, and the probability of ``point_best`` (the point-estimate plan's pick);
+    ``tables`` are the point-estimate engine tables."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
+    ca2 = workload.arrival_cv2
+    odds = _Odds(drawn_tables(source, tables, draws, seed), workload, sla, ca2, price_per_gpu_hour)
+    point = _Search(tables, workload, sla, ca2, price_per_gpu_hour)
+    kept: dict[tuple, Fleet] = {}
+    considered = 0
+    for q in ladder(confidence):
+        step = plan_fleets(quantile_tables(source, tables, q), workload, load, sla,
+                           price_per_gpu_hour=price_per_gpu_hour, modes=modes)  # fmt: skip
+        considered += step.considered
+        for f in step.fleets:
+            key = _shape(f.deployment)
+            if key not in kept:
+                p = odds(f.deployment, f.request_rate, load.concurrency, need=confidence)
+                if p >= confidence:
+                    kept[key] = _restate(point, f, p, confidence)
+        if step.fleets and _shape(step.fleets[0].deployment) in kept:
+            break
+    rank = _rank_key_budget if load.gpu_budget is not None else _rank_key
+    fleets = tuple(sorted(kept.values(), key=rank))
+    searched = f"searched up to the {ladder(confidence)[-1]:.4g} quantile of every band"
+    why = f"no fleet of {len(tables)} engines meets the SLA at {load.describe()} with P >= {confidence:g}"
+    warnings = () if fleets else (f"{why} ({searched})",)
+    point_p = (
+        None if point_best is None else odds(point_best.deployment, point_best.request_rate, load.concurrency)
+    )
+    considered += sum(s.count for s in odds.searches)
+    return ConfidentPlan(PlanResult(load, sla, workload, fleets, considered, warnings), point_p)
+
+
+__all__ = [
+    "LADDER_STEPS",
+    "SIZING_DRAWS",
+    "ConfidentPlan",
+    "drawn_tables",
+    "ladder",
+    "plan_confident",
+    "quantile_tables",
+]

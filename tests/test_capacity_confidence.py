@@ -1,0 +1,185 @@
+"""Fleet sizing by the probability of meeting the SLA (``plan --confidence``): every kept fleet reaches the
+level, the probability is the frequency a fleet meets the SLA on engines drawn from the same belief, a
+source without uncertainty gives the point plan, and the CLI reports the probability."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from estimator.capacity import _Search
+from estimator.capacity_confidence import ladder, plan_confident, quantile_tables
+from estimator.capacity_engine import EngineTable
+from estimator.capacity_study import SharedWork, run_capacity
+from estimator.capacity_types import Load, Sla
+from estimator.cli import main
+from estimator.confidence import draw
+from estimator.sources.base import PerfSource, Stack
+from estimator.spec import load_spec
+from estimator.workload import fixed
+
+STUDY = {"model": "meta-llama/Llama-3.1-8B", "system": "h100_sxm", "isl": 3000, "osl": 150, "ttft": 200,
+         "itl": 20}  # fmt: skip
+SLA = Sla.means(200, 20)
+
+
+class _Banded(PerfSource):
+    """A hand-made source: point values, and a 90 % band from 0.8x to 1.4x of them."""
+
+    name = "banded"
+    width = (0.8, 1.4)
+
+    def prefill_ttft_ms(self, candidate, isl):
+        return np.asarray(isl, float) * 0.03 / candidate.num_gpus
+
+    def decode_itl_ms(self, candidate, batch, context):
+        b = np.asarray(batch, float)
+        return 6.0 / candidate.num_gpus**0.5 + 0.05 * b / candidate.num_gpus + 0 * np.asarray(context)
+
+    def kv_capacity_tokens(self, candidate):
+        return 500_000 * candidate.num_gpus
+
+    def prefill_ttft_band(self, candidate, isl):
+        v = self.prefill_ttft_ms(candidate, isl)
+        return v * self.width[0], v * self.width[1]
+
+    def decode_itl_band(self, candidate, batch, context):
+        v = self.decode_itl_ms(candidate, batch, context)
+        return v * self.width[0], v * self.width[1]
+
+
+class _Certain(_Banded):
+    name = "certain"
+    width = (1.0, 1.0)
+
+
+def _study(source_cls, load, **kw):
+    spec = load_spec(None, **STUDY)
+    shared = SharedWork()
+    shared.sources[(Stack.from_spec(spec), spec.source)] = source_cls(Stack.from_spec(spec))
+    return run_capacity(spec, fixed(3000, 150), load, SLA, shared=shared, **kw), shared
+
+
+def _true_table(src, t, rng):
+    """One engine as it might really be: each phase one standard-normal quantile of the source's band (what
+    ``_Banded`` claims to know), drawn here without ``drawn_tables``."""
+    zp, zd = rng.standard_normal(2)
+    ctx = np.full_like(t.decode_batch, t.context_tokens)
+    return replace(t, prefill_ms=draw(*src.prefill_ttft_band(t.candidate, t.prefill_tokens), zp),
+                   decode_ms=draw(*src.decode_itl_band(t.candidate, t.decode_batch, ctx), zd))  # fmt: skip
+
+
+def _point_tables(shared):
+    return [t for key, t in shared.tables.items() if not key[-1] and isinstance(t, EngineTable)]
+
+
+@pytest.mark.parametrize("load", [Load(request_rate=30), Load(gpu_budget=16), Load(concurrency=64)])
+def test_every_kept_fleet_reaches_the_level(load):
+    st, _ = _study(_Banded, load, confidence=0.9)
+    assert st.result.fleets and st.confidence == 0.9
+    for f in st.result.fleets:
+        assert f.p_meets_sla >= 0.9 and f.meets_sla
+
+
+def test_the_level_costs_gpus_and_the_point_pick_falls_short():
+    st, _ = _study(_Banded, Load(request_rate=30), confidence=0.9)
+    assert st.point_best_p < 0.9  # the point pick sits close to its targets
+    assert st.result.best.total_gpus > st.point_result.best.total_gpus
+    assert st.band_extra_gpus == st.result.best.total_gpus - st.point_result.best.total_gpus
+
+
+def test_a_budget_sustains_less_at_the_level():
+    st, _ = _study(_Banded, Load(gpu_budget=16), confidence=0.9)
+    assert st.result.best.request_rate < st.point_result.best.request_rate
+    assert all(f.total_gpus <= 16 for f in st.result.fleets)
+
+
+def test_probability_is_the_frequency_on_engines_drawn_from_the_same_belief():
+    """P of the point pick against the share of 'true' engines (drawn independently) it meets the SLA on."""
+    st, shared = _study(_Banded, Load(request_rate=30), confidence=0.9)
+    src = next(iter(shared.sources.values()))
+    point = _point_tables(shared)
+    f = st.point_result.best
+    w = fixed(3000, 150)
+    truth = [
+        [_true_table(src, t, rng) for t in point]
+        for rng in [np.random.default_rng(12345)]
+        for _ in range(2000)
+    ]
+    met = np.mean(
+        [_Search(ts, w, SLA, w.arrival_cv2, 3.0).meets(f.deployment, f.request_rate) for ts in truth]
+    )
+    sd = np.sqrt(met * (1 - met) / 2000 + met * (1 - met) / 400)
+    assert 0.1 < met < 0.9 and abs(st.point_best_p - met) < 4 * sd
+
+
+def test_a_source_without_uncertainty_gives_the_point_plan():
+    st, _ = _study(_Certain, Load(request_rate=30), confidence=0.9)
+    assert st.result.best.label() == st.point_result.best.label()
+    assert st.result.best.total_gpus == st.point_result.best.total_gpus
+    assert st.point_best_p == 1.0 and all(f.p_meets_sla == 1.0 for f in st.result.fleets)
+
+
+def test_quantile_tables_sit_inside_the_band_and_rise_with_the_level():
+    _, shared = _study(_Banded, Load(request_rate=30))
+    src = next(iter(shared.sources.values()))
+    t = _point_tables(shared)[0]
+    lo, hi = src.prefill_ttft_band(t.candidate, t.prefill_tokens)
+    q5, q95, q99 = (quantile_tables(src, [t], q)[0].prefill_ms for q in (0.05, 0.95, 0.99))
+    np.testing.assert_allclose(q5, lo, rtol=1e-9)
+    np.testing.assert_allclose(q95, hi, rtol=1e-9)
+    assert np.all(q99 > hi)
+    assert ladder(0.9)[:3] == pytest.approx([0.9, 0.95, 0.975])
+
+
+def test_a_level_out_of_range_is_refused():
+    _, shared = _study(_Banded, Load(request_rate=30))
+    src = next(iter(shared.sources.values()))
+    tables = _point_tables(shared)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        plan_confident(src, tables, fixed(3000, 150), Load(request_rate=30), SLA, confidence=1.0,
+                       price_per_gpu_hour=3.0)  # fmt: skip
+
+
+def test_cli_plan_reports_the_probability_of_each_fleet(capsys):
+    argv = ["plan", "--model", "meta-llama/Llama-3.1-8B", "--system", "h100_sxm", "--backend", "vllm",
+            "--isl", "3000", "--osl", "150", "--ttft", "200", "--itl", "20", "--request-rate", "20",
+            "--confidence", "0.9", "--top", "3"]  # fmt: skip
+    assert main([*argv, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["size_for"] == "confidence" and doc["confidence"] == 0.9
+    assert doc["fleets"] and all(f["p_meets_sla"] == 1.0 for f in doc["fleets"])  # raw AIC: certain
+    assert doc["point_estimate_best_p_meets_sla"] == 1.0
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Sized for: P(meeting every target) >= 0.9" in out and "P(SLA)" in out
+    assert "meets every target with probability 1.00" in out
+
+
+def test_plan_on_a_calibration_sizes_for_its_posterior(tmp_path, capsys):
+    """A calibration from the committed H100 records (replay), then ``plan --confidence`` on it: the joint
+    posterior draws of ``CalibratedSource`` size the fleet; the point pick, at +1 % margin, is a coin flip."""
+    recs = [f"models/measurements/h100_llama31_8b_gpu_runner{tail}.jsonl" for tail in ("", "_tp2")]
+    study = ["--model", "meta-llama/Llama-3.1-8B", "--system", "h100_sxm", "--backend", "vllm",
+             "--isl", "3000", "--osl", "150", "--ttft", "200", "--itl", "20"]  # fmt: skip
+    argv = ["validate", *study, "--runner", "replay", "--budget", "8", "--no-plots", "-o", str(tmp_path)]
+    assert main([*argv, *(a for r in recs for a in ("--measurements", r))]) == 0
+    capsys.readouterr()
+    cal = str(tmp_path / "calibration.json")
+    plan = ["plan", *study, "--request-rate", "30", "--source", cal, "--json"]
+    assert main([*plan, "--confidence", "0.9"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    best, point = doc["fleets"][0], doc["point_estimate_best"]
+    assert best["p_meets_sla"] >= 0.9 and 0.2 < doc["point_estimate_best_p_meets_sla"] < 0.9
+    assert best["total_gpus"] > point["total_gpus"]
+    rows = tmp_path / "s.yaml"
+    row = f"model: meta-llama/Llama-3.1-8B, system: h100_sxm, isl: 3000, osl: 150, ttft: 200, itl: 20"
+    row += f", source: {cal}, request_rate: 30"
+    rows.write_text(f"- {{name: sure, {row}, confidence: 0.9}}\n- {{name: point, {row}}}\n")
+    assert main(["plan", "--scenarios", str(rows), "-o", str(tmp_path / "sc"), "--no-plots", "--json"]) == 0
+    sure, plain = json.loads(capsys.readouterr().out)
+    assert sure["p_meets_sla"] >= 0.9 and sure["confidence"] == 0.9 and "p_meets_sla" not in plain
+    assert sure["total_gpus"] == best["total_gpus"] and plain["total_gpus"] == point["total_gpus"]
