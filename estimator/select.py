@@ -70,6 +70,8 @@ class Sizing:
     meets_sla: bool = True
     ttft_ms: float = math.nan  # predicted mean TTFT of the fleet at the rate (queueing included)
     itl_ms: float = math.nan
+    confidence: float | None = None  # sized for P(meeting every target) >= this (``capacity_confidence``)
+    p_meets_sla: float | None = None  # that probability, for the fleet chosen
 
     def _group(self, role: WorkerRole) -> int:
         g = self.deployment.group(role)
@@ -247,20 +249,29 @@ def size_fleet(
     osl: int,
     request_rate: float,
     modes: tuple[str, ...] = ("agg", "disagg"),
+    confidence: float | None = None,
+    source: PerfSource | None = None,
 ) -> Sizing | None:
-    """The minimum-GPU fleet of ``modes`` over every engine that meets the mean SLA at ``request_rate``."""
+    """The minimum-GPU fleet of ``modes`` over every engine that meets the mean SLA at ``request_rate``;
+    with ``confidence`` and the points' ``source``, whose probability of meeting it is at least that."""
     from .capacity import plan_fleets
+    from .capacity_confidence import plan_confident
     from .capacity_engine import tables_from_points
     from .capacity_types import Load, Sla
     from .workload import fixed
 
     tables = tables_from_points(prefill_points, decode_sweeps)
-    result = plan_fleets(tables, fixed(isl, osl), Load(request_rate=request_rate),
-                         Sla.means(ttft_target_ms, itl_target_ms), price_per_gpu_hour=1.0, modes=modes)  # fmt: skip
+    w, load, sla = fixed(isl, osl), Load(request_rate=request_rate), Sla.means(ttft_target_ms, itl_target_ms)
+    if confidence is not None and source is not None:
+        result = plan_confident(source, tables, w, load, sla, confidence=confidence, price_per_gpu_hour=1.0,
+                                modes=modes).result  # fmt: skip
+    else:
+        result = plan_fleets(tables, w, load, sla, price_per_gpu_hour=1.0, modes=modes)
     best = result.best
     if best is None:
         return None
-    return Sizing(request_rate, best.deployment, True, best.ttft.mean_ms, best.itl.mean_ms)
+    return Sizing(request_rate, best.deployment, True, best.ttft.mean_ms, best.itl.mean_ms,
+                  confidence if best.p_meets_sla is not None else None, best.p_meets_sla)  # fmt: skip
 
 
 def select(
@@ -304,10 +315,10 @@ def select(
     if request_rate:
         sizing = size_fleet(prefill_points, decode_sweeps, ttft_target_ms=ttft_target_ms,
                             itl_target_ms=itl_target_ms, isl=isl, osl=osl, request_rate=request_rate,
-                            modes=modes)  # fmt: skip
+                            modes=modes, confidence=confidence, source=source)  # fmt: skip
         if sizing is None:
             sizing = size_replicas(request_rate, isl, osl, prefill[0], decode[0])
-            warnings.append(f"no fleet meets the SLA at {request_rate:g} requests/s with queueing; "
+            warnings.append(f"no fleet meets the SLA{sure} at {request_rate:g} requests/s with queueing; "
                             f"sized the selected engines for throughput only: {sizing.describe()}")  # fmt: skip
     p_all = None
     if source is not None:

@@ -161,7 +161,8 @@ def test_cli_plan_reports_the_probability_of_each_fleet(capsys):
 
 def test_plan_on_a_calibration_sizes_for_its_posterior(tmp_path, capsys):
     """A calibration from the committed H100 records (replay), then ``plan --confidence`` on it: the joint
-    posterior draws of ``CalibratedSource`` size the fleet; the point pick, at +1 % margin, is a coin flip."""
+    posterior draws of ``CalibratedSource`` size the fleet; the point pick, at +1 % margin, is a coin flip.
+    A scenario row and the profile's ``--request-rate`` sizing give the same fleets."""
     recs = [f"models/measurements/h100_llama31_8b_gpu_runner{tail}.jsonl" for tail in ("", "_tp2")]
     study = ["--model", "meta-llama/Llama-3.1-8B", "--system", "h100_sxm", "--backend", "vllm",
              "--isl", "3000", "--osl", "150", "--ttft", "200", "--itl", "20"]  # fmt: skip
@@ -183,3 +184,11 @@ def test_plan_on_a_calibration_sizes_for_its_posterior(tmp_path, capsys):
     sure, plain = json.loads(capsys.readouterr().out)
     assert sure["p_meets_sla"] >= 0.9 and sure["confidence"] == 0.9 and "p_meets_sla" not in plain
     assert sure["total_gpus"] == best["total_gpus"] and plain["total_gpus"] == point["total_gpus"]
+    from estimator.pipeline import estimate
+
+    spec = dict(STUDY, backend="vllm", source=cal, request_rate=30)
+    sure_profile = estimate(load_spec(None, confidence=0.9, **spec)).selection.sizing
+    point_profile = estimate(load_spec(None, **spec)).selection.sizing
+    assert sure_profile.p_meets_sla >= 0.9 and sure_profile.confidence == 0.9
+    assert point_profile.p_meets_sla is None
+    assert sure_profile.total_gpus == best["total_gpus"] and point_profile.total_gpus == point["total_gpus"]

@@ -220,6 +220,8 @@ def _sizing(sel: Selection) -> dict[str, Any] | None:
         "meets_sla": z.meets_sla,
         "ttft_ms": z.ttft_ms,
         "itl_ms": z.itl_ms,
+        "confidence": z.confidence,
+        "p_meets_sla": z.p_meets_sla,
     }
 
 
@@ -227,6 +229,8 @@ def _sizing_line(z: Any, sel: Selection | None = None) -> str:
     """The fleet capacity planning chose for the request rate (agg or disagg), and whether its engines
     are the per-GPU-throughput picks above (at a given load a smaller engine can need fewer GPUs)."""
     how = "queueing included" if z.meets_sla else "throughput only: no fleet meets the SLA"
+    if z.p_meets_sla is not None:
+        how += f"; P(meeting every target) {z.p_meets_sla:.2f} >= {z.confidence:g}"
     line = f"Sizing at {z.request_rate:g} requests/s ({how}): {z.describe()}"
     if sel is None:
         return line
