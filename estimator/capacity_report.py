@@ -146,7 +146,8 @@ def _confidence_line(study: CapacityStudy) -> str:
     """How the confident pick compares with the point-estimate pick (GPUs, or rate for a budget)."""
     pb, cb, c = study.point_result.best, study.result.best, study.confidence
     if pb is None:
-        return "Confidence: the point estimate finds no fleet either."
+        found = "." if cb is None else f"; at P >= {c:g}: {cb.label()}, {cb.total_gpus} GPUs."
+        return f"Confidence: the point estimate finds no fleet{found}"
     p = "" if study.point_best_p is None else f" meets every target with probability {study.point_best_p:.2f}"
     head = f"Confidence: the point-estimate pick ({pb.label()}, {pb.total_gpus} GPUs){p}"
     if cb is None:
