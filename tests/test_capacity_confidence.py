@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from estimator.capacity import _Search
-from estimator.capacity_confidence import ladder, plan_confident, quantile_tables
+from estimator.capacity_confidence import drawn_tables, ladder, plan_confident, quantile_tables
 from estimator.capacity_engine import EngineTable
 from estimator.capacity_study import SharedWork, run_capacity
 from estimator.capacity_types import Load, Sla
@@ -117,10 +117,13 @@ def test_probability_is_the_frequency_on_engines_drawn_from_the_same_belief():
 
 
 def test_a_source_without_uncertainty_gives_the_point_plan():
-    st, _ = _study(_Certain, Load(request_rate=30), confidence=0.9)
+    st, shared = _study(_Certain, Load(request_rate=30), confidence=0.9)
     assert st.result.best.label() == st.point_result.best.label()
     assert st.result.best.total_gpus == st.point_result.best.total_gpus
     assert st.point_best_p == 1.0 and all(f.p_meets_sla == 1.0 for f in st.result.fleets)
+    src = next(iter(shared.sources.values()))
+    assert len(drawn_tables(src, _point_tables(shared), 400)) == 1  # all draws equal: one is evaluated
+    assert len(drawn_tables(_Banded(src.stack), _point_tables(shared), 400)) == 400
 
 
 def test_quantile_tables_sit_inside_the_band_and_rise_with_the_level():
@@ -177,7 +180,7 @@ def test_plan_on_a_calibration_sizes_for_its_posterior(tmp_path, capsys):
     assert best["p_meets_sla"] >= 0.9 and 0.2 < doc["point_estimate_best_p_meets_sla"] < 0.9
     assert best["total_gpus"] > point["total_gpus"]
     rows = tmp_path / "s.yaml"
-    row = f"model: meta-llama/Llama-3.1-8B, system: h100_sxm, isl: 3000, osl: 150, ttft: 200, itl: 20"
+    row = "model: meta-llama/Llama-3.1-8B, system: h100_sxm, isl: 3000, osl: 150, ttft: 200, itl: 20"
     row += f", source: {cal}, request_rate: 30"
     rows.write_text(f"- {{name: sure, {row}, confidence: 0.9}}\n- {{name: point, {row}}}\n")
     assert main(["plan", "--scenarios", str(rows), "-o", str(tmp_path / "sc"), "--no-plots", "--json"]) == 0
