@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                            "gpus": f.total_gpus if f else None, "p_meets_sla": f.p_meets_sla if f else None,
                            "meets_on_truth": bool(f and truth_s[sla].meets(f.deployment, rate))}  # fmt: skip
                     rows.append(row)
-    print("| rule | decisions | miss the SLA on truth | no fleet found | extra GPUs over truth's best (mean) |")
+    print("| rule | decisions | miss the SLA on truth | no fleet found "
+          "| extra GPUs over truth's best (mean) |")  # fmt: skip
     print("|---|---|---|---|---|")
     summary = {}
     for rule in dict.fromkeys(r["rule"] for r in rows):
