@@ -164,7 +164,7 @@ def test_cli_plan_reports_the_probability_of_each_fleet(capsys):
 
 def test_plan_on_a_calibration_sizes_for_its_posterior(tmp_path, capsys):
     """A calibration from the committed H100 records (replay), then ``plan --confidence`` on it: the joint
-    posterior draws of ``CalibratedSource`` size the fleet; the point pick, at +1 % margin, is a coin flip.
+    posterior draws of ``CalibratedSource`` size the fleet; the point pick, at +1 % margin, falls short.
     A scenario row and the profile's ``--request-rate`` sizing give the same fleets."""
     recs = [f"models/measurements/h100_llama31_8b_gpu_runner{tail}.jsonl" for tail in ("", "_tp2")]
     study = ["--model", "meta-llama/Llama-3.1-8B", "--system", "h100_sxm", "--backend", "vllm",
