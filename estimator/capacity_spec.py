@@ -61,6 +61,7 @@ def load_plan_spec(
     ):
         pcts = [Target(metric, p, _as_float(f"{metric}_{p}", raw[f"{metric}_{p}"]))
                 for p in ("p50", "p90", "p99") if raw.get(f"{metric}_{p}") is not None]  # fmt: skip
+        _check_percentile_order(pcts)
         if given or not pcts:
             targets.append(Target(metric, "mean", mean))
         targets += pcts
@@ -77,6 +78,15 @@ def load_plan_spec(
         size_for=_as_choice("size_for", raw.get("size_for") or "point", ("point", "band")),
         top=_as_int("top", raw.get("top") or 10, 1, 1000),
     )
+
+
+def _check_percentile_order(pcts: list[Target]) -> None:
+    """A higher percentile's target below a lower one's makes the lower one moot: almost surely swapped."""
+    for i, lo in enumerate(pcts):
+        for hi in pcts[i + 1 :]:
+            if hi.ms < lo.ms:
+                raise SpecError(f"{hi.metric}_{hi.stat}", f"{hi.ms:g} ms is below {lo.metric}_{lo.stat} {lo.ms:g} "
+                                "ms; a higher percentile cannot have the tighter target (swapped?)")  # fmt: skip
 
 
 __all__ = ["PLAN_FIELDS", "PlanSpec", "load_plan_spec"]

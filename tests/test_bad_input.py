@@ -207,6 +207,14 @@ CASES = {
         ],
         "confidence",
     ),
+    "plan p99 target below p50": (
+        lambda t: ["plan", *STUDY, "--request-rate", "5", "--ttft-p50", "200", "--ttft-p99", "100"],
+        "ttft_p99: 100 ms is below ttft_p50",
+    ),
+    "plan p99 target below p90": (
+        lambda t: ["plan", *STUDY, "--request-rate", "5", "--itl-p90", "30", "--itl-p99", "20"],
+        "itl_p99: 20 ms is below itl_p90",
+    ),
     "plan --num-alternatives": (
         lambda t: ["plan", *STUDY, "--request-rate", "5", "--num-alternatives", "2"],
         "num_alternatives",
