@@ -85,8 +85,9 @@ def _check_percentile_order(pcts: list[Target]) -> None:
     for i, lo in enumerate(pcts):
         for hi in pcts[i + 1 :]:
             if hi.ms < lo.ms:
-                raise SpecError(f"{hi.metric}_{hi.stat}", f"{hi.ms:g} ms is below {lo.metric}_{lo.stat} {lo.ms:g} "
-                                "ms; a higher percentile cannot have the tighter target (swapped?)")  # fmt: skip
+                why = f"{hi.ms:g} ms is below {lo.metric}_{lo.stat} {lo.ms:g} ms"
+                raise SpecError(f"{hi.metric}_{hi.stat}", f"{why}; a higher percentile cannot have the tighter "
+                                "target (swapped?)")  # fmt: skip
 
 
 __all__ = ["PLAN_FIELDS", "PlanSpec", "load_plan_spec"]
