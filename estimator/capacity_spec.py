@@ -86,8 +86,8 @@ def _check_percentile_order(pcts: list[Target]) -> None:
         for hi in pcts[i + 1 :]:
             if hi.ms < lo.ms:
                 why = f"{hi.ms:g} ms is below {lo.metric}_{lo.stat} {lo.ms:g} ms"
-                raise SpecError(f"{hi.metric}_{hi.stat}", f"{why}; a higher percentile cannot have the tighter "
-                                "target (swapped?)")  # fmt: skip
+                why += "; a higher percentile cannot have the tighter target (swapped?)"
+                raise SpecError(f"{hi.metric}_{hi.stat}", why)
 
 
 __all__ = ["PLAN_FIELDS", "PlanSpec", "load_plan_spec"]
