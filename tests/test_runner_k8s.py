@@ -2,17 +2,17 @@
 
 Exercised for real: the official ``kubernetes`` client (REST calls, its pydantic models deserializing
 the stand-in's answers, the ``kubernetes.stream.portforward`` websocket client); the runner's
-Deployment/Service/DGD manifests as received by the server; CRD detection; readiness polling;
-fail-fast on OOMKilled, CrashLoopBackOff, ImagePullBackOff and Unschedulable (plain and Dynamo);
-the not-ready timeout; deletion after success, failure, KeyboardInterrupt, other exceptions and an
-interrupted parallel wave; the SIGTERM handler; node GPU counting and parallel waves; the
-``base_url`` template; the missing-client and unreachable-API errors. Measuring goes through the
+Deployment/Service/DGD manifests as received by the server; CRD detection; readiness polling; fail-fast
+on OOMKilled, CrashLoopBackOff, ImagePullBackOff and Unschedulable (plain and Dynamo); the not-ready
+timeout; deletion after success, failure, KeyboardInterrupt, other exceptions and an interrupted
+parallel wave; the SIGTERM handler; node GPU counting and parallel waves; the ``base_url`` template; the
+missing-client and unreachable-API errors; a client hanging up mid-response. Measuring goes through the
 port-forward for real: client -> loopback listener -> websocket (v4.channel.k8s.io) -> stand-in ->
 ``_FakeEngine``, a tiny OpenAI-compatible HTTP server on loopback that streams canned tokens (not a
 model). The two happy paths use the project's real ``EndpointRunner`` (default factory) over that
 tunnel; other tests inject a small runner (``_ProbeRunner``: one GET /health over the tunnel;
-``_Recorder``: no network). The ``engine``-marked test points the tunnel at the session's real vLLM
-CPU server (``tests/engine_server.py``) and measures it with the real ``EndpointRunner``.
+``_Recorder``: no network). The ``engine``-marked test points the tunnel at the session's real vLLM CPU
+server (``tests/engine_server.py``) and measures it with the real ``EndpointRunner``.
 
 Not exercised: a real API server (admission, defaulting, RBAC, watch streams, scheduling, pod status
 written by a kubelet, Foreground deletion that takes time), Dynamo's operator (DGD reconciliation;
@@ -66,6 +66,8 @@ class _FakeEngine(BaseHTTPRequestHandler):
             return self._send(200, b"")
         if self.path == "/v1/models":
             return self._send(200, json.dumps({"data": [{"id": STACK.model}]}).encode())
+        if self.path == "/big":  # more than the tunnel's socket buffers hold: a client leaves most unread
+            return self._send(200, b"x" * (8 << 20), "application/octet-stream")
         self._send(404, b'{"error": "not found"}')
 
     def do_POST(self):
@@ -459,6 +461,37 @@ def test_real_vllm_server_measured_through_the_port_forward(vllm_url):
     assert decode.itl_ms > 0 and decode.thpt_per_gpu > 0
     assert decode.kv_capacity_tokens == KV_CAPACITY_TOKENS  # read from /metrics through the tunnel
     assert cluster.forwarded and cluster.live() == []
+
+
+def test_a_client_hanging_up_mid_response_leaves_the_proxy_thread_clean(cluster, monkeypatch):
+    """Our end of the pod stream closed with unread data used to kill the kubernetes client's proxy
+    thread (ConnectionResetError, BrokenPipeError); httpx hangs up like this after an SSE [DONE]."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    from validate.runners.k8s_objects import PortForward
+
+    errors: list = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)
+    before = set(threading.enumerate())
+    forward = PortForward(cluster.api_client().configuration, "bench", "pod-0", 8000)
+    url = urlsplit(forward.start())
+    try:
+        for _ in range(3):
+            with socket.create_connection((url.hostname, url.port)) as conn:
+                conn.sendall(b"GET /big HTTP/1.1\r\nHost: pod\r\n\r\n")
+                assert conn.recv(64).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # the proxy threads end once their stream is closed
+            proxies = [t for t in set(threading.enumerate()) - before if t.name.startswith("Kubernetes port")]
+            if len(cluster.forwarded) == 3 and not proxies:
+                break
+            time.sleep(0.05)
+    finally:
+        forward.close()
+    assert len(cluster.forwarded) == 3 and not proxies
+    assert [e.exc_value for e in errors] == []
 
 
 def test_capabilities_plain_deployments_fit_on_one_node_dynamo_spans_nodes():

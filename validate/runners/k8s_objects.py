@@ -192,7 +192,7 @@ class PortForward:
         from kubernetes import client
         from kubernetes.stream import portforward
 
-        pf, api = None, client.ApiClient(self._configuration)
+        pf, remote, api = None, None, client.ApiClient(self._configuration)
         try:
             core = client.CoreV1Api(api)
             pf = portforward(
@@ -209,10 +209,14 @@ class PortForward:
                     if not data:
                         return
                     dst.sendall(data)
+        except (ConnectionResetError, BrokenPipeError) as exc:  # a side hung up mid-response, e.g. httpx
+            log.debug("port-forward to pod %s: %s", self._pod, exc)  # dropping a body it left unread
         except Exception as exc:  # a broken stream shows up as a failed request in the endpoint runner
             log.warning("port-forward to pod %s failed: %s", self._pod, exc)
         finally:
             conn.close()
+            if remote is not None:
+                _hang_up(remote)
             if pf is not None:
                 pf.close()
             api.close()
@@ -221,3 +225,18 @@ class PortForward:
         self._closed.set()
         if self._server is not None:
             self._server.close()
+
+
+def _hang_up(remote: Any, timeout_s: float = 5.0) -> None:
+    """Half-close the pod stream and read it to its end before it is closed.
+
+    Closing a socketpair end with unread data resets its peer, and the kubernetes client's proxy
+    thread catches neither that nor the broken pipe after it: it dies. After our EOF it closes its end.
+    """
+    try:
+        remote.shutdown(socket.SHUT_WR)
+        remote.settimeout(timeout_s)
+        while remote.recv(65536):
+            pass
+    except OSError:  # its end is already gone (reset or timeout): nothing left to protect
+        pass
