@@ -11,8 +11,13 @@ engine and phase, read from the bands), and call
 tables at one quantile ``q`` of every point's band, for ``q`` on a ladder from ``C`` towards 1
 (``1 - (1 - C) / 2^k``): a fleet found at ``q`` is kept when its P is at least ``C``; the ladder stops once
 the best fleet of a step is kept, since every shape only grows (or, for a GPU budget, slows) higher up.
-Each kept fleet shows its point-estimate latencies and its P. The draws are shared by all steps and fleets
-(common random numbers), so P is a deterministic function of the fleet for a given seed.
+A band's ``C`` quantile is stricter than the joint draws need (one phase scale moves every point, and a
+fleet meets when *both* groups do), so each kept fleet is then trimmed on P itself: replicas are dropped
+one at a time while P stays at least ``C`` (for a GPU budget: its rate is raised towards the point
+estimate's). Each kept fleet shows its point-estimate latencies (at its clients' point-estimate rate for a
+closed loop) and its P. The draws are shared by all steps and fleets (common random numbers), so P is a
+deterministic function of the fleet for a given seed; the fleets are chosen on the same draws, so a P just
+above ``C`` leans optimistic by up to the sampling sd (2.5 points at 400 draws).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .capacity import PlanResult, _rank_key, _rank_key_budget, _Search, plan_fleets
+from .capacity import PlanResult, _Search, plan_fleets
 from .capacity_engine import EngineTable
 from .capacity_types import Fleet, Load, Sla
 from .confidence import quantile
@@ -104,17 +109,87 @@ class _Odds:
         return hits / n
 
 
-def _restate(s: _Search, f: Fleet, p: float, confidence: float) -> Fleet:
-    """``f`` with its point-estimate latencies and margins, its probability, and meets = (P >= C)."""
-    dep = f.deployment
+def _restate(
+    s: _Search, dep: Deployment, rate: float, clients: int | None, p: float, confidence: float
+) -> Fleet:
+    """``dep`` with its point-estimate latencies and margins (at ``rate``, or at the rate ``clients`` drive it
+    at on the point estimate), its probability, and meets = (P >= C)."""
+    if clients is not None:
+        rate = s.closed_loop_rate(dep, clients) or rate
     if dep.mode is ServingMode.AGG:
         g = dep.workers[0]
-        point = s.agg_fleet(s.by_candidate[g.candidate], g.replicas, f.request_rate)
+        point = s.agg_fleet(s.by_candidate[g.candidate], g.replicas, rate)
     else:
         pg, dg = dep.group(WorkerRole.PREFILL), dep.group(WorkerRole.DECODE)
         point = s.disagg_fleet(s.by_candidate[pg.candidate], pg.replicas, s.by_candidate[dg.candidate],
-                               dg.replicas, f.request_rate)  # fmt: skip
+                               dg.replicas, rate)  # fmt: skip
     return replace(point, meets_sla=p >= confidence, p_meets_sla=p)
+
+
+def _one_fewer(dep: Deployment) -> list[Deployment]:
+    """``dep`` with one replica fewer in one of its groups, the largest GPU saving first."""
+    out = []
+    for i, w in enumerate(dep.workers):
+        if w.replicas > 1:
+            workers = dep.workers[:i] + (replace(w, replicas=w.replicas - 1),) + dep.workers[i + 1 :]
+            out.append(replace(dep, workers=workers))
+    return sorted(out, key=lambda d: d.total_gpus)
+
+
+def _trim(odds: _Odds, dep: Deployment, rate: float, clients: int | None, p: float,
+          confidence: float) -> tuple[Deployment, float]:  # fmt: skip
+    """Drop replicas while P stays at least ``confidence`` (fewer replicas never meet more often)."""
+    while True:
+        for smaller in _one_fewer(dep):
+            q = odds(smaller, rate, clients, need=confidence)
+            if q >= confidence:
+                dep, p = smaller, q
+                break
+        else:
+            return dep, p
+
+
+def _raise_rate(odds: _Odds, dep: Deployment, rate: float, ceiling: float, p: float, confidence: float,
+                steps: int = 10) -> tuple[float, float]:  # fmt: skip
+    """For a GPU budget: the largest rate in [``rate``, ``ceiling``] (bisection) at which P stays >= C."""
+    if ceiling <= rate:
+        return rate, p
+    top = odds(dep, ceiling, None, need=confidence)
+    if top >= confidence:
+        return ceiling, top
+    lo, hi = rate, ceiling
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        q = odds(dep, mid, None, need=confidence)
+        if q >= confidence:
+            lo, p = mid, q
+        else:
+            hi = mid
+    return lo, p
+
+
+def _raise_budget_rate(odds: _Odds, dep: Deployment, rate: float, p: float, point: Fleet | None,
+                       confidence: float) -> tuple[Deployment, float, float]:  # fmt: skip
+    """A kept budget fleet at the highest rate with P >= C, on its own replicas or on the point estimate's
+    split of the budget for the same shape (the quantile step sized its replicas for its own rate)."""
+    if point is None:
+        return dep, rate, p
+    best = (dep, *_raise_rate(odds, dep, rate, point.request_rate, p, confidence))
+    other = point.deployment
+    if other != dep:
+        q = odds(other, rate, None, need=confidence)
+        if q >= confidence:
+            r, q = _raise_rate(odds, other, rate, point.request_rate, q, confidence)
+            if r > best[1]:
+                best = (other, r, q)
+    return best
+
+
+def _rank(budget: bool):
+    """The plan's ranking, with P breaking a tie of GPUs and cost (then the point estimate's margin)."""
+    if budget:
+        return lambda f: (-f.request_rate, f.total_gpus, f.usd_per_hour, -f.p_meets_sla, f.label())
+    return lambda f: (f.total_gpus, f.usd_per_hour, -f.p_meets_sla, -f.min_margin, f.label())
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +220,11 @@ def plan_confident(
     ca2 = workload.arrival_cv2
     odds = _Odds(drawn_tables(source, tables, draws, seed), workload, sla, ca2, price_per_gpu_hour)
     point = _Search(tables, workload, sla, ca2, price_per_gpu_hour)
-    kept: dict[tuple, Fleet] = {}
+    budget = load.gpu_budget is not None
+    # a GPU budget's point-estimate fleet of each shape: how far its rate may be raised, on which replicas
+    ceiling = {} if not budget else {_shape(f.deployment): f for f in plan_fleets(
+        tables, workload, load, sla, price_per_gpu_hour=price_per_gpu_hour, modes=modes).fleets}  # fmt: skip
+    kept: dict[tuple, tuple[Deployment, float, float]] = {}  # shape -> (deployment, rate, P)
     considered = 0
     for q in ladder(confidence):
         step = plan_fleets(quantile_tables(source, tables, q), workload, load, sla,
@@ -156,11 +235,17 @@ def plan_confident(
             if key not in kept:
                 p = odds(f.deployment, f.request_rate, load.concurrency, need=confidence)
                 if p >= confidence:
-                    kept[key] = _restate(point, f, p, confidence)
+                    kept[key] = (f.deployment, f.request_rate, p)
         if step.fleets and _shape(step.fleets[0].deployment) in kept:
             break
-    rank = _rank_key_budget if load.gpu_budget is not None else _rank_key
-    fleets = tuple(sorted(kept.values(), key=rank))
+    fleets_ = []
+    for key, (dep, rate, p) in kept.items():
+        if budget:
+            dep, rate, p = _raise_budget_rate(odds, dep, rate, p, ceiling.get(key), confidence)
+        else:
+            dep, p = _trim(odds, dep, rate, load.concurrency, p, confidence)
+        fleets_.append(_restate(point, dep, rate, load.concurrency, p, confidence))
+    fleets = tuple(sorted(fleets_, key=_rank(budget)))
     searched = f"searched up to the {ladder(confidence)[-1]:.4g} quantile of every band"
     why = f"no fleet of {len(tables)} engines meets the SLA at {load.describe()} with P >= {confidence:g}"
     warnings = () if fleets else (f"{why} ({searched})",)

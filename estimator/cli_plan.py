@@ -122,8 +122,10 @@ def run_plan(ns: argparse.Namespace) -> int:
         from .artifacts.pareto import write_pareto
 
         out = Path(ns.output_dir)
+        c = study.confidence
+        sized = "" if c is None else f", sized for P(meeting every target) >= {c:g}"
         _write_table([dict(rank=i + 1, **_flat(f)) for i, f in enumerate(study.result.fleets)], out,
-                     f"Fleets for {study.spec.model} at {study.result.load.describe()}")  # fmt: skip
+                     f"Fleets for {study.spec.model} at {study.result.load.describe()}{sized}")  # fmt: skip
         (out / "plan.json").write_text(json.dumps(plan_dict(study, ps.top, check), indent=2) + "\n")
         if study.result.fleets and ns.plots is not False:
             write_pareto(_fleet_rows(study.spec.model, study), out)
@@ -136,10 +138,11 @@ def run_plan(ns: argparse.Namespace) -> int:
 
 def _flat(f: Any) -> dict[str, Any]:
     d = f.to_dict()
-    return {"mode": d["mode"], "fleet": d["label"], "total_gpus": d["total_gpus"], "request_rate": d["request_rate"],
+    row = {"mode": d["mode"], "fleet": d["label"], "total_gpus": d["total_gpus"], "request_rate": d["request_rate"],
             "usd_per_hour": d["usd_per_hour"], "usd_per_million_output_tokens": d["usd_per_million_output_tokens"],
             **{f"ttft_{k}_ms": v for k, v in d["ttft_ms"].items()}, **{f"itl_{k}_ms": v for k, v in d["itl_ms"].items()},
             "min_margin": f.min_margin}  # fmt: skip
+    return row if f.p_meets_sla is None else row | {"p_meets_sla": f.p_meets_sla}  # sized for a confidence
 
 
 def read_scenarios(path: str | Path) -> list[dict[str, Any]]:

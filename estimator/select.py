@@ -318,8 +318,9 @@ def select(
                             modes=modes, confidence=confidence, source=source)  # fmt: skip
         if sizing is None:
             sizing = size_replicas(request_rate, isl, osl, prefill[0], decode[0])
-            warnings.append(f"no fleet meets the SLA{sure} at {request_rate:g} requests/s with queueing; "
-                            f"sized the selected engines for throughput only: {sizing.describe()}")  # fmt: skip
+            sized_sure = sure if source is not None else ""  # without a source the fleet is sized on points
+            warnings.append(f"no fleet meets the SLA{sized_sure} at {request_rate:g} requests/s with "
+                            f"queueing; sized the selected engines for throughput only: {sizing.describe()}")
     p_all = None
     if source is not None:
         from .confidence import prob_all_within

@@ -140,13 +140,19 @@ MAX_PLANNER_ARGS = 256
 _FLAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+# A confidence level's range: probabilities come from a few hundred to a few thousand posterior draws, which
+# cannot tell a level beyond these from 0 or 1 (and a level near 0 asks for the band's far low tail).
+PROBABILITY_RANGE = (0.01, 0.999)
+
+
 def _as_probability(name: str, v: Any) -> float | None:
-    """A confidence level strictly between 0 and 1, or None when not given."""
+    """A confidence level in ``PROBABILITY_RANGE``, or None when not given."""
     if v is None:
         return None
-    f = _as_float(name, v)
-    if not f < 1:
-        raise SpecError(name, f"must be a probability in (0, 1), got {v!r}")
+    f = _as_float(name, v, positive=False)
+    lo, hi = PROBABILITY_RANGE
+    if not lo <= f <= hi:
+        raise SpecError(name, f"must be a probability in [{lo:g}, {hi:g}], got {v!r}")
     return f
 
 

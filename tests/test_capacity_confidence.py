@@ -11,12 +11,20 @@ import numpy as np
 import pytest
 
 from estimator.capacity import _Search
-from estimator.capacity_confidence import drawn_tables, ladder, plan_confident, quantile_tables
+from estimator.capacity_confidence import (
+    SIZING_DRAWS,
+    _Odds,
+    drawn_tables,
+    ladder,
+    plan_confident,
+    quantile_tables,
+)
 from estimator.capacity_engine import EngineTable
 from estimator.capacity_study import SharedWork, run_capacity
 from estimator.capacity_types import Load, Sla
 from estimator.cli import main
 from estimator.confidence import draw
+from estimator.deployment import Deployment
 from estimator.sources.base import PerfSource, Stack
 from estimator.spec import load_spec
 from estimator.workload import fixed
@@ -24,6 +32,8 @@ from estimator.workload import fixed
 STUDY = {"model": "meta-llama/Llama-3.1-8B", "system": "h100_sxm", "isl": 3000, "osl": 150, "ttft": 200,
          "itl": 20}  # fmt: skip
 SLA = Sla.means(200, 20)
+H100_STUDY = ["--model", "meta-llama/Llama-3.1-8B", "--system", "h100_sxm", "--backend", "vllm",
+              "--isl", "3000", "--osl", "150", "--ttft", "200", "--itl", "20"]  # fmt: skip
 
 
 class _Banded(PerfSource):
@@ -82,6 +92,54 @@ def test_every_kept_fleet_reaches_the_level(load):
     assert st.result.fleets and st.confidence == 0.9
     for f in st.result.fleets:
         assert f.p_meets_sla >= 0.9 and f.meets_sla
+
+
+def _cheapest_by_brute_force(src, tables, rate, sla, level):
+    """(GPUs, best P at that count) of the cheapest fleet with P >= ``level``, over every agg and disagg
+    fleet of up to 16 prefill x 16 decode or 32 agg replicas, on the draws ``plan_confident`` uses."""
+    w = fixed(3000, 150)
+    odds = _Odds(drawn_tables(src, tables, SIZING_DRAWS), w, sla, w.arrival_cv2, 3.0)
+    deps = [Deployment.agg(t.candidate, n) for t in tables for n in range(1, 33)]
+    deps += [Deployment.disagg(p.candidate, d.candidate, x, y) for p in tables for d in tables
+             for x in range(1, 17) for y in range(1, 17)]  # fmt: skip
+    best: dict[int, float] = {}
+    for dep in sorted(deps, key=lambda d: d.total_gpus):
+        if best and dep.total_gpus > min(best):
+            break
+        if (p := odds(dep, rate, None)) >= level:
+            best[dep.total_gpus] = max(p, best.get(dep.total_gpus, 0.0))
+    return min(best), best[min(best)]
+
+
+@pytest.fixture(scope="module")
+def h100_calibration(tmp_path_factory):
+    """The calibration of docs/capacity.md: the committed H100 TP1 records, replayed."""
+    out = tmp_path_factory.mktemp("h100_cal")
+    recs = "models/measurements/h100_llama31_8b_gpu_runner.jsonl"
+    assert main(["validate", *H100_STUDY, "--measurements", recs, "--no-plots", "-o", str(out)]) == 0
+    return str(out / "calibration.json")
+
+
+@pytest.mark.parametrize(
+    ("source", "rate", "sla"),
+    [("banded", 30, SLA), ("calibration", 20, Sla.means(200, 12)), ("calibration", 40, SLA)],
+)
+def test_the_kept_best_is_the_cheapest_fleet_that_reaches_the_level(source, rate, sla, request):
+    """No fleet with fewer GPUs reaches the level on the same draws, and at equal GPUs none is likelier:
+    the band quantile at C is stricter than the joint draws (on the calibration, 200/12 ms at 20 req/s,
+    the quantile search alone kept 6 GPUs where 5 reach P 0.90; at 40 req/s it ranked a 7-GPU fleet of
+    P 0.93 above one of P 1.0), so the search trims on P itself."""
+    extra = {"source": request.getfixturevalue("h100_calibration")} if source == "calibration" else {}
+    targets = {"ttft": sla.targets[0].ms, "itl": sla.targets[1].ms}
+    spec = load_spec(None, **{**STUDY, "backend": "vllm", **targets}, **extra)
+    shared = SharedWork()
+    if source == "banded":
+        shared.sources[(Stack.from_spec(spec), spec.source)] = _Banded(Stack.from_spec(spec))
+    st = run_capacity(spec, fixed(3000, 150), Load(request_rate=rate), sla, shared=shared, confidence=0.9)
+    src = next(iter(shared.sources.values()))
+    gpus, p = _cheapest_by_brute_force(src, _point_tables(shared), rate, sla, 0.9)
+    assert st.result.best.total_gpus == gpus
+    assert st.result.best.p_meets_sla == p
 
 
 def test_the_level_costs_gpus_and_the_point_pick_falls_short():
@@ -147,7 +205,7 @@ def test_a_level_out_of_range_is_refused():
                        price_per_gpu_hour=3.0)  # fmt: skip
 
 
-def test_cli_plan_reports_the_probability_of_each_fleet(capsys):
+def test_cli_plan_reports_the_probability_of_each_fleet(capsys, tmp_path):
     argv = ["plan", "--model", "meta-llama/Llama-3.1-8B", "--system", "h100_sxm", "--backend", "vllm",
             "--isl", "3000", "--osl", "150", "--ttft", "200", "--itl", "20", "--request-rate", "20",
             "--confidence", "0.9", "--top", "3"]  # fmt: skip
@@ -160,6 +218,9 @@ def test_cli_plan_reports_the_probability_of_each_fleet(capsys):
     out = capsys.readouterr().out
     assert "Sized for: P(meeting every target) >= 0.9" in out and "P(SLA)" in out
     assert "meets every target with probability 1.00" in out
+    assert main([*argv, "-o", str(tmp_path), "--no-plots"]) == 0
+    assert "p_meets_sla" in (tmp_path / "plan.csv").read_text().splitlines()[0]
+    assert "sized for P(meeting every target) >= 0.9" in (tmp_path / "plan.md").read_text().splitlines()[0]
 
 
 def test_plan_on_a_calibration_sizes_for_its_posterior(tmp_path, capsys):
@@ -195,3 +256,34 @@ def test_plan_on_a_calibration_sizes_for_its_posterior(tmp_path, capsys):
     assert sure_profile.p_meets_sla >= 0.9 and sure_profile.confidence == 0.9
     assert point_profile.p_meets_sla is None
     assert sure_profile.total_gpus == best["total_gpus"] and point_profile.total_gpus == point["total_gpus"]
+
+
+def _calibrated_study(cal, load, sla=SLA):
+    targets = {"ttft": sla.targets[0].ms, "itl": sla.targets[1].ms}
+    spec = load_spec(None, **{**STUDY, "backend": "vllm", **targets}, source=cal)
+    shared = SharedWork()
+    st = run_capacity(spec, fixed(3000, 150), load, sla, shared=shared, confidence=0.9)
+    return st, next(iter(shared.sources.values())), _point_tables(shared)
+
+
+def test_a_budget_fleet_runs_at_the_highest_rate_that_keeps_the_level(h100_calibration):
+    """The quantile step's rate is stricter than the draws need: the kept rate is raised until P would fall
+    below C (or to the point estimate's rate), so 1 % more load breaks the level (200/12 ms in 16 GPUs:
+    the quantile search alone kept 76.8 requests/s where 82.4 keep P >= 0.9)."""
+    sla = Sla.means(200, 12)
+    st, src, tables = _calibrated_study(h100_calibration, Load(gpu_budget=16), sla)
+    w = fixed(3000, 150)
+    odds = _Odds(drawn_tables(src, tables, SIZING_DRAWS), w, sla, w.arrival_cv2, 3.0)
+    point_rate = {f.label(): f.request_rate for f in st.point_result.fleets}
+    f = st.result.best
+    assert odds(f.deployment, f.request_rate, None) >= 0.9
+    assert f.request_rate == point_rate.get(f.label()) or odds(f.deployment, 1.01 * f.request_rate, None) < 0.9
+
+
+def test_a_closed_loop_fleet_shows_the_point_estimate_at_its_clients_rate(h100_calibration):
+    """Its row is the point estimate at the rate its clients drive it at there, not at a quantile's rate."""
+    st, src, tables = _calibrated_study(h100_calibration, Load(concurrency=64))
+    w = fixed(3000, 150)
+    f = st.result.best
+    assert f.p_meets_sla >= 0.9
+    assert f.request_rate == _Search(tables, w, SLA, w.arrival_cv2, 3.0).closed_loop_rate(f.deployment, 64)
