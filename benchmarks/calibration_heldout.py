@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from estimator.candidates import Candidate
 from estimator.measurements import Measurement, MeasurementStore, ProbeKind
+from estimator import phase_prior
 from estimator.phase_prior import deployment_evidence
 from estimator.pipeline import estimate
 from estimator.sources.aic import AicSource
@@ -226,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also write every stack's fit as phase evidence (models/calibration_phase_evidence.json)",
     )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "calibration_heldout.json"))
+    ap.add_argument("--min-sd", type=float, default=phase_prior.MIN_SD,
+                    help="sensitivity study: floor of the learned spread of the shape parameters (log units)")
+    ap.add_argument("--level-min-sd", type=float, default=phase_prior.LEVEL_MIN_SD,
+                    help="sensitivity study: floor of the learned spread of the levels (log units)")
     args = ap.parse_args(argv)
+    phase_prior.MIN_SD, phase_prior.LEVEL_MIN_SD = args.min_sd, args.level_min_sd  # read at each prior
     stacks, dropped = load_records(Path(args.measurements))
     if not stacks:
         print(f"error: no *gpu_runner*.jsonl records under {args.measurements}", file=sys.stderr)
