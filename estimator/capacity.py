@@ -57,9 +57,15 @@ class PlanResult:
             win, lose = (a, d) if a.request_rate >= d.request_rate else (d, a)
             return (f"{win.mode} wins: {win.request_rate:.3g} vs {lose.request_rate:.3g} requests/s "
                     f"({win.request_rate / lose.request_rate:.2f}x) within {self.load.gpu_budget} GPUs")  # fmt: skip
-        win, lose = (a, d) if (a.total_gpus, a.usd_per_hour) <= (d.total_gpus, d.usd_per_hour) else (d, a)
+        win, lose = (a, d) if self.fleets.index(a) < self.fleets.index(d) else (d, a)  # the ranking decides
         if win.total_gpus == lose.total_gpus:
-            return f"{win.mode} and {lose.mode} tie at {win.total_gpus} GPUs; {win.mode} has more margin or costs less"
+            if win.usd_per_hour != lose.usd_per_hour:
+                why = "costs less"
+            elif win.p_meets_sla is not None and win.p_meets_sla != lose.p_meets_sla:
+                why = "is likelier to meet the SLA"
+            else:
+                why = "has more margin"
+            return f"{win.mode} and {lose.mode} tie at {win.total_gpus} GPUs; {win.mode} {why}"
         return (f"{win.mode} wins: {win.total_gpus} vs {lose.total_gpus} GPUs "
                 f"({lose.total_gpus - win.total_gpus} fewer, {lose.total_gpus / win.total_gpus:.2f}x)")  # fmt: skip
 

@@ -12,12 +12,14 @@ tables at one quantile ``q`` of every point's band, for ``q`` on a ladder from `
 (``1 - (1 - C) / 2^k``): a fleet found at ``q`` is kept when its P is at least ``C``; the ladder stops once
 the best fleet of a step is kept, since every shape only grows (or, for a GPU budget, slows) higher up.
 A band's ``C`` quantile is stricter than the joint draws need (one phase scale moves every point, and a
-fleet meets when *both* groups do), so each kept fleet is then trimmed on P itself: replicas are dropped
-one at a time while P stays at least ``C`` (for a GPU budget: its rate is raised towards the point
-estimate's). Each kept fleet shows its point-estimate latencies (at its clients' point-estimate rate for a
-closed loop) and its P. The draws are shared by all steps and fleets (common random numbers), so P is a
-deterministic function of the fleet for a given seed; the fleets are chosen on the same draws, so a P just
-above ``C`` leans optimistic by up to the sampling sd (2.5 points at 400 draws).
+fleet meets when *both* groups do), so each kept fleet is then sized on P itself: for a request rate,
+replicas are dropped one at a time while P stays at least ``C``; for a closed loop, where P is not monotone
+in replicas, every split of the shape on fewer GPUs is tried; for a GPU budget, every split of the budget
+is tried at rates up to the point estimate's. Each kept fleet shows its point-estimate latencies (at its
+clients' point-estimate rate for a closed loop) and its P. The draws are shared by all steps and fleets
+(common random numbers), so P is a deterministic function of the fleet for a given seed; the fleets are
+chosen on the same draws, so a P just above ``C`` leans optimistic by up to the sampling sd (2.5 points at
+400 draws).
 """
 
 from __future__ import annotations
@@ -136,12 +138,12 @@ def _one_fewer(dep: Deployment) -> list[Deployment]:
     return sorted(out, key=lambda d: d.total_gpus)
 
 
-def _trim(odds: _Odds, dep: Deployment, rate: float, clients: int | None, p: float,
-          confidence: float) -> tuple[Deployment, float]:  # fmt: skip
-    """Drop replicas while P stays at least ``confidence`` (fewer replicas never meet more often)."""
+def _trim(odds: _Odds, dep: Deployment, rate: float, p: float, confidence: float) -> tuple[Deployment, float]:
+    """For a request rate: drop replicas while P stays at least ``confidence`` (at a fixed open-loop rate,
+    fewer replicas never meet more often, so the descent stops at the shape's cheapest fleet)."""
     while True:
         for smaller in _one_fewer(dep):
-            q = odds(smaller, rate, clients, need=confidence)
+            q = odds(smaller, rate, None, need=confidence)
             if q >= confidence:
                 dep, p = smaller, q
                 break
@@ -149,16 +151,46 @@ def _trim(odds: _Odds, dep: Deployment, rate: float, clients: int | None, p: flo
             return dep, p
 
 
-def _raise_rate(odds: _Odds, dep: Deployment, rate: float, ceiling: float, p: float, confidence: float,
-                steps: int = 10) -> tuple[float, float]:  # fmt: skip
-    """For a GPU budget: the largest rate in [``rate``, ``ceiling``] (bisection) at which P stays >= C."""
-    if ceiling <= rate:
-        return rate, p
-    top = odds(dep, ceiling, None, need=confidence)
+def _splits(dep: Deployment, gpus: int) -> list[Deployment]:
+    """Every deployment of ``dep``'s shape (mode and engines) on at most ``gpus`` GPUs, fewest GPUs first."""
+    if dep.mode is ServingMode.AGG:
+        c = dep.workers[0].candidate
+        return [Deployment.agg(c, n) for n in range(1, gpus // c.num_gpus + 1)]
+    p, d = dep.group(WorkerRole.PREFILL).candidate, dep.group(WorkerRole.DECODE).candidate
+    out = [Deployment.disagg(p, d, x, y) for x in range(1, (gpus - d.num_gpus) // p.num_gpus + 1)
+           for y in range(1, (gpus - x * p.num_gpus) // d.num_gpus + 1)]  # fmt: skip
+    return sorted(out, key=lambda dep: dep.total_gpus)
+
+
+def _cheapest_closed_loop(odds: _Odds, dep: Deployment, clients: int, p: float,
+                          confidence: float) -> tuple[Deployment, float]:  # fmt: skip
+    """For a closed loop: the fleet of ``dep``'s shape with the fewest GPUs (then the highest P) whose P is
+    at least ``confidence``. Every split is tried: with a fixed number of clients, more decode replicas raise
+    the rate they drive and can overload prefill, so P is not monotone in replicas and a descent can stall."""
+    by_gpus: dict[int, list[Deployment]] = {}
+    for d in _splits(dep, dep.total_gpus):
+        by_gpus.setdefault(d.total_gpus, []).append(d)
+    for gpus in sorted(by_gpus):
+        scored = [(odds(d, 0.0, clients, need=confidence), i, d) for i, d in enumerate(by_gpus[gpus])]
+        hits = [(q, -i, d) for q, i, d in scored if q >= confidence]
+        if hits:
+            q, _, best = max(hits, key=lambda h: (h[0], h[1]))
+            return best, q
+    return dep, p
+
+
+def _raise_rate(odds: _Odds, dep: Deployment, rate: float, ceiling: float, confidence: float,
+                steps: int = 10) -> tuple[float, float] | None:  # fmt: skip
+    """For a GPU budget: the largest rate in [``rate``, ``ceiling``] (bisection) at which P stays >= C, and
+    that P; None when P is below C already at ``rate``."""
+    p = odds(dep, rate, None, need=confidence)
+    if p < confidence:
+        return None
+    top = odds(dep, ceiling, None, need=confidence) if ceiling > rate else 0.0
     if top >= confidence:
         return ceiling, top
     lo, hi = rate, ceiling
-    for _ in range(steps):
+    for _ in range(steps if ceiling > rate else 0):
         mid = (lo + hi) / 2
         q = odds(dep, mid, None, need=confidence)
         if q >= confidence:
@@ -168,21 +200,35 @@ def _raise_rate(odds: _Odds, dep: Deployment, rate: float, ceiling: float, p: fl
     return lo, p
 
 
-def _raise_budget_rate(odds: _Odds, dep: Deployment, rate: float, p: float, point: Fleet | None,
-                       confidence: float) -> tuple[Deployment, float, float]:  # fmt: skip
-    """A kept budget fleet at the highest rate with P >= C, on its own replicas or on the point estimate's
-    split of the budget for the same shape (the quantile step sized its replicas for its own rate)."""
-    if point is None:
+def _best_budget_fleet(
+    odds: _Odds, dep: Deployment, rate: float, p: float, budget: int, ceiling: float | None, confidence: float
+) -> tuple[Deployment, float, float]:
+    """For a GPU budget: ``dep``'s shape at the highest rate with P >= C over every split of the budget
+    (each prefill count with the rest of the budget on decode; the quantile step sized its split for its
+    own, lower rate), raised at most to the point estimate's rate of the shape (``ceiling``), then with the
+    decode replicas that rate does not need dropped (open loop: fewer never meet more often)."""
+    if ceiling is None:
         return dep, rate, p
-    best = (dep, *_raise_rate(odds, dep, rate, point.request_rate, p, confidence))
-    other = point.deployment
-    if other != dep:
-        q = odds(other, rate, None, need=confidence)
-        if q >= confidence:
-            r, q = _raise_rate(odds, other, rate, point.request_rate, q, confidence)
-            if r > best[1]:
-                best = (other, r, q)
-    return best
+    best = (dep, rate, p)
+    for split in _splits(dep, budget):
+        if split.mode is ServingMode.DISAGG:
+            pg, dg = split.group(WorkerRole.PREFILL), split.group(WorkerRole.DECODE)
+            if dg.replicas != (budget - pg.replicas * pg.candidate.num_gpus) // dg.candidate.num_gpus:
+                continue  # not every leftover GPU on decode
+        elif split.workers[0].replicas != budget // split.workers[0].candidate.num_gpus:
+            continue
+        raised = _raise_rate(odds, split, best[1], ceiling, confidence)
+        if raised is not None and (raised[0] > best[1] or split == best[0]):
+            best = (split, *raised)
+    dep, rate, p = best
+    while dep.mode is ServingMode.DISAGG and dep.group(WorkerRole.DECODE).replicas > 1:
+        dg = dep.group(WorkerRole.DECODE)
+        fewer = replace(dep, workers=(dep.group(WorkerRole.PREFILL), replace(dg, replicas=dg.replicas - 1)))
+        q = odds(fewer, rate, None, need=confidence)
+        if q < confidence:
+            break
+        dep, p = fewer, q
+    return dep, rate, p
 
 
 def _rank(budget: bool):
@@ -241,9 +287,13 @@ def plan_confident(
     fleets_ = []
     for key, (dep, rate, p) in kept.items():
         if budget:
-            dep, rate, p = _raise_budget_rate(odds, dep, rate, p, ceiling.get(key), confidence)
+            top = ceiling.get(key)
+            dep, rate, p = _best_budget_fleet(odds, dep, rate, p, load.gpu_budget, top and top.request_rate,
+                                              confidence)  # fmt: skip
+        elif load.concurrency is not None:
+            dep, p = _cheapest_closed_loop(odds, dep, load.concurrency, p, confidence)
         else:
-            dep, p = _trim(odds, dep, rate, load.concurrency, p, confidence)
+            dep, p = _trim(odds, dep, rate, p, confidence)
         fleets_.append(_restate(point, dep, rate, load.concurrency, p, confidence))
     fleets = tuple(sorted(fleets_, key=_rank(budget)))
     searched = f"searched up to the {ladder(confidence)[-1]:.4g} quantile of every band"

@@ -141,8 +141,8 @@ _FLAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 # A confidence level's range: probabilities come from a few hundred to a few thousand posterior draws, which
-# cannot tell a level beyond these from 0 or 1 (and a level near 0 asks for the band's far low tail).
-PROBABILITY_RANGE = (0.01, 0.999)
+# cannot tell a level above 0.999 from 1; below 0.5 a "confident" pick is one the source expects to miss.
+PROBABILITY_RANGE = (0.5, 0.999)
 
 
 def _as_probability(name: str, v: Any) -> float | None:

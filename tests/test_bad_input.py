@@ -209,11 +209,11 @@ CASES = {
     ),
     "plan --confidence 1e-17": (
         lambda t: ["plan", *STUDY, "--request-rate", "5", "--confidence", "1e-17"],
-        "confidence: must be a probability in [0.01, 0.999]",
+        "confidence: must be a probability in [0.5, 0.999]",
     ),
     "profile --confidence 0.9999": (
         lambda t: [*STUDY, "--confidence", "0.9999"],
-        "confidence: must be a probability in [0.01, 0.999]",
+        "confidence: must be a probability in [0.5, 0.999]",
     ),
     "plan p99 target below p50": (
         lambda t: ["plan", *STUDY, "--request-rate", "5", "--ttft-p50", "200", "--ttft-p99", "100"],
