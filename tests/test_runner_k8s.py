@@ -482,6 +482,7 @@ def test_a_client_hanging_up_mid_response_leaves_the_proxy_thread_clean(cluster,
             with socket.create_connection((url.hostname, url.port)) as conn:
                 conn.sendall(b"GET /big HTTP/1.1\r\nHost: pod\r\n\r\n")
                 assert conn.recv(64).startswith(b"HTTP/1.1 200")
+                time.sleep(0.3)  # the proxy fills the tunnel's buffers and blocks in send: then we hang up
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:  # the proxy threads end once their stream is closed
             proxies = [t for t in set(threading.enumerate()) - before if t.name.startswith("Kubernetes port")]
