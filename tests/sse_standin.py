@@ -3,7 +3,8 @@
 A real HTTP server that streams SSE chunks of one token each (a request without ``stream`` gets one
 JSON answer with ``usage``; ``/health`` answers 200). Each streamed POST ``/v1/completions`` takes the
 next behaviour from ``behaviours``: "ok" (full stream), "drop" (half the tokens, then the connection
-closes), "500", "stall" (1 token, then silence). ``/metrics`` serves vLLM-named TTFT and ITL histogram
+closes), "500", "stall" (1 token, then silence), "linger" (the full stream and [DONE], then silence instead
+of the body's last chunk). ``/metrics`` serves vLLM-named TTFT and ITL histogram
 sums and counts timed by the stand-in itself (so they agree with the client), or, with
 ``server_itl_ms``, a fixed ITL the server claims (to make client and server disagree). ``burst`` sends
 all tokens of a stream at once (the client then sees no inter-token time). ``parallel`` is answered at
@@ -121,7 +122,8 @@ class SseStandIn:
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
         )
-        n_tokens = {"ok": body["max_tokens"], "drop": body["max_tokens"] // 2, "stall": 1}[behaviour]
+        n_tokens = {"ok": body["max_tokens"], "linger": body["max_tokens"], "drop": body["max_tokens"] // 2,
+                    "stall": 1}[behaviour]  # fmt: skip
         last, pending = t0, []
         for i in range(n_tokens):
             if i and not self.burst:
@@ -153,6 +155,9 @@ class SseStandIn:
         _write_chunk(
             writer, f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode()
         )
+        if behaviour == "linger":
+            await writer.drain()
+            await asyncio.sleep(3600)
         _write_chunk(writer, b"")
         return True
 

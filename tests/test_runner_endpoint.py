@@ -52,6 +52,21 @@ def test_stream_cut_midway_is_bad_response_with_partial_results():
     assert exc.probe.kind is ProbeKind.PREFILL
 
 
+def test_a_stream_left_open_after_done_costs_only_the_drain_timeout():
+    """The runner reads past [DONE] so the connection can be reused; a server that never ends the body
+    must not turn a complete answer into a timeout: after ``DRAIN_TIMEOUT_S`` it is dropped, as before."""
+    import time
+
+    from validate.runners.stream import DRAIN_TIMEOUT_S
+
+    with SseStandIn(["linger", "linger"]) as srv:
+        t0 = time.perf_counter()
+        m = standin_runner(srv.url, timeout_s=30).measure(probe(ProbeKind.PREFILL, isl=16, repeats=2))
+        elapsed = time.perf_counter() - t0
+    assert len(m.samples["ttft_ms"]) == 2 and m.ttft_ms < 1000 * DRAIN_TIMEOUT_S  # timing ends at [DONE]
+    assert 2 * DRAIN_TIMEOUT_S <= elapsed < 2 * DRAIN_TIMEOUT_S + 10
+
+
 def test_decode_stream_cut_reports_tokens_received():
     with SseStandIn(["ok", "drop"]) as srv, pytest.raises(BadResponse) as info:
         standin_runner(srv.url, timeout_s=10).measure(probe(ProbeKind.DECODE, isl=16, osl=20, repeats=1))

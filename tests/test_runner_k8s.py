@@ -187,6 +187,19 @@ def test_plain_deployment_happy_path_with_the_real_endpoint_runner(cluster):
     assert cluster.live() == []
 
 
+def test_streamed_requests_reuse_their_tunnel(cluster):
+    """Each request used to hang up after the SSE [DONE] without reading the body's last chunk, so httpx
+    dropped the connection and the next request opened a new port-forward inside its TTFT: the number of
+    tunnels grew with the repetitions. Read to the end, connections go back to the pool."""
+    from dataclasses import replace
+
+    with _runner(cluster, request_timeout_s=10) as runner:
+        runner.measure(replace(_probe(), concurrency=1, repeats=2))  # starts the engine
+        before = len(cluster.forwarded)
+        runner.measure(replace(_probe(), concurrency=1, repeats=8))
+    assert len(cluster.forwarded) - before <= 2  # 8 repetitions and a warm-up, one after the other (was 10)
+
+
 def test_dynamo_graph_deployment_when_the_crd_exists(cluster):
     cluster.dynamo_crd = True
     with _runner(cluster, request_timeout_s=10, image="reg/vllm-runtime:1") as runner:

@@ -11,6 +11,7 @@ failing request and an empty ``partial``, which the runner fills with the finish
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -63,6 +64,22 @@ def endpoint_error(
     return exc
 
 
+DRAIN_TIMEOUT_S = 1.0  # how long the end of a body after [DONE] may take before the connection is dropped
+
+
+async def _read_to_end(lines: Any) -> None:
+    """Read what follows ``[DONE]`` (the chunked body's last chunk) so httpx returns the connection to its
+    pool: otherwise every request opens a new one (through a k8s port-forward, a new tunnel) and pays for
+    it inside its TTFT. A server that keeps the stream open after [DONE] gets ``DRAIN_TIMEOUT_S``, then
+    the connection is dropped, as it always was before; the timing is already complete either way."""
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            async for _ in lines:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass
+
+
 async def stream_completion(
     client: httpx.AsyncClient,
     model: str | None,
@@ -101,7 +118,8 @@ async def stream_completion(
                     status=resp.status_code,
                     body=text,
                 )
-            async for line in resp.aiter_lines():
+            lines = resp.aiter_lines()
+            async for line in lines:
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -129,6 +147,8 @@ async def stream_completion(
                             t.t_first, t.first_chunk_tokens = now, n
                         t.t_last = now
                         t.num_tokens += n
+            if done:
+                await _read_to_end(lines)
     except httpx.ConnectError as exc:
         raise endpoint_error(BadResponse, f"cannot connect to {base_url}: {exc}") from exc
     except httpx.TimeoutException as exc:
