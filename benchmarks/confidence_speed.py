@@ -2,8 +2,8 @@
 
 On the calibration of docs/capacity.md (the committed H100 TP1 records, replayed through ``validate``),
 Llama-3.1-8B on h100_sxm/vLLM, ISL 3000 / OSL 150, TTFT 200 / ITL 20 ms: a request rate (40 req/s), a GPU
-budget (8) and a closed loop (64 clients). The engine tables are built once beforehand, so the times are
-the plan's search alone (CPU seconds of this process and wall seconds).
+budget (8) and a closed loop (64 and 512 clients). The engine tables are built once beforehand, so the
+times are the plan's search alone (CPU seconds of this process and wall seconds).
 
     PYTHONPATH=. python benchmarks/confidence_speed.py     # prints a table, saves benchmarks/results/
 """
@@ -47,8 +47,9 @@ def main() -> int:
         w, sla, shared = fixed(3000, 150), Sla.means(200, 20), SharedWork()
         run_capacity(spec, w, Load(request_rate=5), sla, shared=shared)  # builds the engine tables
         rows = []
-        for name, load in (("40 req/s", Load(request_rate=40)), ("budget 8 GPUs", Load(gpu_budget=8)),
-                           ("64 clients", Load(concurrency=64))):  # fmt: skip
+        loads = (("40 req/s", Load(request_rate=40)), ("budget 8 GPUs", Load(gpu_budget=8)),
+                 ("64 clients", Load(concurrency=64)), ("512 clients", Load(concurrency=512)))  # fmt: skip
+        for name, load in loads:
             row = {"load": name}
             for rule, conf in (("point", None), ("confidence 0.9", 0.9)):
                 wall, cpu = time.perf_counter(), time.process_time()

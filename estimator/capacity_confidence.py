@@ -162,14 +162,17 @@ def _splits(dep: Deployment, gpus: int) -> list[Deployment]:
     return sorted(out, key=lambda dep: dep.total_gpus)
 
 
-def _cheapest_closed_loop(odds: _Odds, dep: Deployment, clients: int, p: float,
-                          confidence: float) -> tuple[Deployment, float]:  # fmt: skip
+def _cheapest_closed_loop(odds: _Odds, dep: Deployment, clients: int, p: float, confidence: float,
+                          floor_gpus: int) -> tuple[Deployment, float]:  # fmt: skip
     """For a closed loop: the fleet of ``dep``'s shape with the fewest GPUs (then the highest P) whose P is
-    at least ``confidence``. Every split is tried: with a fixed number of clients, more decode replicas raise
-    the rate they drive and can overload prefill, so P is not monotone in replicas and a descent can stall."""
+    at least ``confidence``, over every split with ``floor_gpus`` (the point estimate's fleet of the shape:
+    with C >= 0.5 a fleet the point estimate says misses would have to meet in most draws) to ``dep``'s GPUs.
+    Every split is tried: with a fixed number of clients, more decode replicas raise the rate they drive
+    and can overload prefill, so P is not monotone in replicas and a descent can stall."""
     by_gpus: dict[int, list[Deployment]] = {}
     for d in _splits(dep, dep.total_gpus):
-        by_gpus.setdefault(d.total_gpus, []).append(d)
+        if d.total_gpus >= floor_gpus:
+            by_gpus.setdefault(d.total_gpus, []).append(d)
     for gpus in sorted(by_gpus):
         scored = [(odds(d, 0.0, clients, need=confidence), i, d) for i, d in enumerate(by_gpus[gpus])]
         hits = [(q, -i, d) for q, i, d in scored if q >= confidence]
@@ -267,8 +270,9 @@ def plan_confident(
     odds = _Odds(drawn_tables(source, tables, draws, seed), workload, sla, ca2, price_per_gpu_hour)
     point = _Search(tables, workload, sla, ca2, price_per_gpu_hour)
     budget = load.gpu_budget is not None
-    # a GPU budget's point-estimate fleet of each shape: how far its rate may be raised, on which replicas
-    ceiling = {} if not budget else {_shape(f.deployment): f for f in plan_fleets(
+    # the point estimate's fleet of each shape: for a GPU budget, how far a rate may be raised; for a closed
+    # loop, the fewest GPUs worth trying
+    by_shape = {} if load.request_rate is not None else {_shape(f.deployment): f for f in plan_fleets(
         tables, workload, load, sla, price_per_gpu_hour=price_per_gpu_hour, modes=modes).fleets}  # fmt: skip
     kept: dict[tuple, tuple[Deployment, float, float]] = {}  # shape -> (deployment, rate, P)
     considered = 0
@@ -287,11 +291,12 @@ def plan_confident(
     fleets_ = []
     for key, (dep, rate, p) in kept.items():
         if budget:
-            top = ceiling.get(key)
+            top = by_shape.get(key)
             dep, rate, p = _best_budget_fleet(odds, dep, rate, p, load.gpu_budget, top and top.request_rate,
                                               confidence)  # fmt: skip
         elif load.concurrency is not None:
-            dep, p = _cheapest_closed_loop(odds, dep, load.concurrency, p, confidence)
+            floor = by_shape[key].total_gpus if key in by_shape else 0
+            dep, p = _cheapest_closed_loop(odds, dep, load.concurrency, p, confidence, floor)
         else:
             dep, p = _trim(odds, dep, rate, p, confidence)
         fleets_.append(_restate(point, dep, rate, load.concurrency, p, confidence))
