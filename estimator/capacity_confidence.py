@@ -12,10 +12,9 @@ tables at one quantile ``q`` of every point's band, for ``q`` on a ladder from `
 (``1 - (1 - C) / 2^k``): a fleet found at ``q`` is kept when its P is at least ``C``; the ladder stops once
 the best fleet of a step is kept, since every shape only grows (or, for a GPU budget, slows) higher up.
 A band's ``C`` quantile is stricter than the joint draws need (one phase scale moves every point, and a
-fleet meets when *both* groups do), so each kept fleet is then sized on P itself: for a request rate,
-replicas are dropped one at a time while P stays at least ``C``; for a closed loop, where P is not monotone
-in replicas, every split of the shape on fewer GPUs is tried; for a GPU budget, every split of the budget
-is tried at rates up to the point estimate's. Each kept fleet shows its point-estimate latencies (at its
+fleet meets when *both* groups do), so each kept fleet is then sized on P itself: every split of its shape
+from the point estimate's GPUs to its own is tried, fewest GPUs first (for a GPU budget: every split of the
+budget, at rates up to the point estimate's). Each kept fleet shows its point-estimate latencies (at its
 clients' point-estimate rate for a closed loop) and its P. The draws are shared by all steps and fleets
 (common random numbers), so P is a deterministic function of the fleet for a given seed; the fleets are
 chosen on the same draws, so a P just above ``C`` leans optimistic by up to the sampling sd (2.5 points at
@@ -128,29 +127,6 @@ def _restate(
     return replace(point, meets_sla=p >= confidence, p_meets_sla=p)
 
 
-def _one_fewer(dep: Deployment) -> list[Deployment]:
-    """``dep`` with one replica fewer in one of its groups, the largest GPU saving first."""
-    out = []
-    for i, w in enumerate(dep.workers):
-        if w.replicas > 1:
-            workers = dep.workers[:i] + (replace(w, replicas=w.replicas - 1),) + dep.workers[i + 1 :]
-            out.append(replace(dep, workers=workers))
-    return sorted(out, key=lambda d: d.total_gpus)
-
-
-def _trim(odds: _Odds, dep: Deployment, rate: float, p: float, confidence: float) -> tuple[Deployment, float]:
-    """For a request rate: drop replicas while P stays at least ``confidence`` (at a fixed open-loop rate,
-    fewer replicas never meet more often, so the descent stops at the shape's cheapest fleet)."""
-    while True:
-        for smaller in _one_fewer(dep):
-            q = odds(smaller, rate, None, need=confidence)
-            if q >= confidence:
-                dep, p = smaller, q
-                break
-        else:
-            return dep, p
-
-
 def _splits(dep: Deployment, gpus: int) -> list[Deployment]:
     """Every deployment of ``dep``'s shape (mode and engines) on at most ``gpus`` GPUs, fewest GPUs first."""
     if dep.mode is ServingMode.AGG:
@@ -162,20 +138,22 @@ def _splits(dep: Deployment, gpus: int) -> list[Deployment]:
     return sorted(out, key=lambda dep: dep.total_gpus)
 
 
-def _cheapest_closed_loop(odds: _Odds, dep: Deployment, clients: int, p: float, confidence: float,
-                          floor_gpus: int) -> tuple[Deployment, float]:  # fmt: skip
-    """For a closed loop: the fleet of ``dep``'s shape with the fewest GPUs (then the highest P) whose P is
-    at least ``confidence``, over every split with ``floor_gpus`` (the point estimate's fleet of the shape:
-    with C >= 0.5 a fleet the point estimate says misses would have to meet in most draws) to ``dep``'s GPUs.
-    Every split is tried: with a fixed number of clients, more decode replicas raise the rate they drive
-    and can overload prefill, so P is not monotone in replicas and a descent can stall."""
+def _cheapest(odds: _Odds, dep: Deployment, rate: float, clients: int | None, p: float, confidence: float,
+              floor_gpus: int) -> tuple[Deployment, float]:  # fmt: skip
+    """The fleet of ``dep``'s shape with the fewest GPUs (then the highest P) whose P is at least
+    ``confidence``, over every split from ``floor_gpus`` (the point estimate's fleet of the shape: with
+    C >= 0.5 a fleet the point estimate says misses would have to meet in most draws) to ``dep``'s GPUs.
+    Every split, not a descent: even at a fixed rate, more prefill headroom can buy a tighter decode group
+    (P is the share of draws where *both* meet), so the cheapest fleets of a shape need not be one removal
+    apart; with a fixed number of clients P is not even monotone in replicas (more decode replicas raise
+    the rate the clients drive and can overload prefill)."""
     by_gpus: dict[int, list[Deployment]] = {}
     for d in _splits(dep, dep.total_gpus):
         if d.total_gpus >= floor_gpus:
             by_gpus.setdefault(d.total_gpus, []).append(d)
     for gpus in sorted(by_gpus):
-        scored = [(odds(d, 0.0, clients, need=confidence), i, d) for i, d in enumerate(by_gpus[gpus])]
-        hits = [(q, -i, d) for q, i, d in scored if q >= confidence]
+        scored = [(odds(d, rate, clients, need=confidence), -i, d) for i, d in enumerate(by_gpus[gpus])]
+        hits = [h for h in scored if h[0] >= confidence]
         if hits:
             q, _, best = max(hits, key=lambda h: (h[0], h[1]))
             return best, q
@@ -270,9 +248,9 @@ def plan_confident(
     odds = _Odds(drawn_tables(source, tables, draws, seed), workload, sla, ca2, price_per_gpu_hour)
     point = _Search(tables, workload, sla, ca2, price_per_gpu_hour)
     budget = load.gpu_budget is not None
-    # the point estimate's fleet of each shape: for a GPU budget, how far a rate may be raised; for a closed
-    # loop, the fewest GPUs worth trying
-    by_shape = {} if load.request_rate is not None else {_shape(f.deployment): f for f in plan_fleets(
+    # the point estimate's fleet of each shape: for a GPU budget, how far a rate may be raised; otherwise
+    # the fewest GPUs worth trying
+    by_shape = {_shape(f.deployment): f for f in plan_fleets(
         tables, workload, load, sla, price_per_gpu_hour=price_per_gpu_hour, modes=modes).fleets}  # fmt: skip
     kept: dict[tuple, tuple[Deployment, float, float]] = {}  # shape -> (deployment, rate, P)
     considered = 0
@@ -294,11 +272,9 @@ def plan_confident(
             top = by_shape.get(key)
             dep, rate, p = _best_budget_fleet(odds, dep, rate, p, load.gpu_budget, top and top.request_rate,
                                               confidence)  # fmt: skip
-        elif load.concurrency is not None:
-            floor = by_shape[key].total_gpus if key in by_shape else 0
-            dep, p = _cheapest_closed_loop(odds, dep, load.concurrency, p, confidence, floor)
         else:
-            dep, p = _trim(odds, dep, rate, p, confidence)
+            floor = by_shape[key].total_gpus if key in by_shape else 0
+            dep, p = _cheapest(odds, dep, rate, load.concurrency, p, confidence, floor)
         fleets_.append(_restate(point, dep, rate, load.concurrency, p, confidence))
     fleets = tuple(sorted(fleets_, key=_rank(budget)))
     searched = f"searched up to the {ladder(confidence)[-1]:.4g} quantile of every band"
