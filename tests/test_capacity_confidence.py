@@ -130,7 +130,7 @@ def test_the_kept_best_is_the_cheapest_fleet_that_reaches_the_level(source, rate
     """No fleet with fewer GPUs reaches the level on the same draws, and at equal GPUs none is likelier:
     the band quantile at C is stricter than the joint draws (on the calibration, 200/12 ms at 20 req/s,
     the quantile search alone kept 6 GPUs where 5 reach P 0.90; at 40 req/s it ranked a 7-GPU fleet of
-    P 0.93 above one of P 1.0), so the search trims on P itself."""
+    P 0.93 above one of P 1.0), so every kept fleet is resized on P itself."""
     extra = {"source": request.getfixturevalue("h100_calibration")} if source == "calibration" else {}
     targets = {"ttft": sla.targets[0].ms, "itl": sla.targets[1].ms}
     spec = load_spec(None, **{**STUDY, "backend": "vllm", **targets}, **extra)
