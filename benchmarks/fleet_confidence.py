@@ -90,12 +90,14 @@ def main(argv: list[str] | None = None) -> int:
                 best = plan_fleets(truth_t, w, load, s, price_per_gpu_hour=PRICE).best
                 if best is None:
                     continue
+                point = plan_fleets(few_t, w, load, s, price_per_gpu_hour=PRICE)
                 picks = {
                     "raw AIC": plan_fleets(raw_t, w, load, s, price_per_gpu_hour=PRICE).best,
-                    "k=4 point": plan_fleets(few_t, w, load, s, price_per_gpu_hour=PRICE).best,
-                    f"k=4 P>={args.confidence:g}": plan_confident(few, few_t, w, load, s,
-                                                                 confidence=args.confidence,
-                                                                 price_per_gpu_hour=PRICE).result.best,
+                    "k=4 point": point.best,
+                    f"k=4 P>={args.confidence:g}": plan_confident(
+                        few, few_t, w, load, s, confidence=args.confidence, price_per_gpu_hour=PRICE,
+                        point=point,
+                    ).result.best,
                 }  # fmt: skip
                 for rule, f in picks.items():
                     if seed and rule == "raw AIC":

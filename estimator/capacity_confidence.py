@@ -138,6 +138,17 @@ def _splits(dep: Deployment, gpus: int) -> list[Deployment]:
     return sorted(out, key=lambda dep: dep.total_gpus)
 
 
+def _budget_splits(dep: Deployment, budget: int) -> list[Deployment]:
+    """``dep``'s shape on ``budget`` GPUs: every prefill count with every leftover GPU on decode (agg: the
+    most replicas that fit)."""
+    if dep.mode is ServingMode.AGG:
+        c = dep.workers[0].candidate
+        return [Deployment.agg(c, budget // c.num_gpus)]
+    p, d = dep.group(WorkerRole.PREFILL).candidate, dep.group(WorkerRole.DECODE).candidate
+    return [Deployment.disagg(p, d, x, (budget - x * p.num_gpus) // d.num_gpus)
+            for x in range(1, (budget - d.num_gpus) // p.num_gpus + 1)]  # fmt: skip
+
+
 def _cheapest(odds: _Odds, dep: Deployment, rate: float, clients: int | None, p: float, confidence: float,
               floor_gpus: int) -> tuple[Deployment, float]:  # fmt: skip
     """The fleet of ``dep``'s shape with the fewest GPUs (then the highest P) whose P is at least
@@ -152,10 +163,9 @@ def _cheapest(odds: _Odds, dep: Deployment, rate: float, clients: int | None, p:
         if d.total_gpus >= floor_gpus:
             by_gpus.setdefault(d.total_gpus, []).append(d)
     for gpus in sorted(by_gpus):
-        scored = [(odds(d, rate, clients, need=confidence), -i, d) for i, d in enumerate(by_gpus[gpus])]
-        hits = [h for h in scored if h[0] >= confidence]
+        hits = [(q, d) for d in by_gpus[gpus] if (q := odds(d, rate, clients, need=confidence)) >= confidence]
         if hits:
-            q, _, best = max(hits, key=lambda h: (h[0], h[1]))
+            q, best = max(hits, key=lambda h: h[0])  # the first of equal P
             return best, q
     return dep, p
 
@@ -167,11 +177,12 @@ def _raise_rate(odds: _Odds, dep: Deployment, rate: float, ceiling: float, confi
     p = odds(dep, rate, None, need=confidence)
     if p < confidence:
         return None
-    top = odds(dep, ceiling, None, need=confidence) if ceiling > rate else 0.0
-    if top >= confidence:
+    if ceiling <= rate:
+        return rate, p
+    if (top := odds(dep, ceiling, None, need=confidence)) >= confidence:
         return ceiling, top
     lo, hi = rate, ceiling
-    for _ in range(steps if ceiling > rate else 0):
+    for _ in range(steps):
         mid = (lo + hi) / 2
         q = odds(dep, mid, None, need=confidence)
         if q >= confidence:
@@ -191,13 +202,7 @@ def _best_budget_fleet(
     if ceiling is None:
         return dep, rate, p
     best = (dep, rate, p)
-    for split in _splits(dep, budget):
-        if split.mode is ServingMode.DISAGG:
-            pg, dg = split.group(WorkerRole.PREFILL), split.group(WorkerRole.DECODE)
-            if dg.replicas != (budget - pg.replicas * pg.candidate.num_gpus) // dg.candidate.num_gpus:
-                continue  # not every leftover GPU on decode
-        elif split.workers[0].replicas != budget // split.workers[0].candidate.num_gpus:
-            continue
+    for split in _budget_splits(dep, budget):
         raised = _raise_rate(odds, split, best[1], ceiling, confidence)
         if raised is not None and (raised[0] > best[1] or split == best[0]):
             best = (split, *raised)
@@ -235,23 +240,25 @@ def plan_confident(
     confidence: float,
     price_per_gpu_hour: float,
     modes: tuple[str, ...] = ("agg", "disagg"),
-    point_best: Fleet | None = None,
+    point: PlanResult | None = None,
     draws: int = SIZING_DRAWS,
     seed: int = 0,
 ) -> ConfidentPlan:
     """The fleets whose probability of meeting ``sla`` at ``load`` is at least ``confidence``, ranked as
-    ``plan_fleets`` ranks them, and the probability of ``point_best`` (the point-estimate plan's pick);
-    ``tables`` are the point-estimate engine tables."""
+    ``plan_fleets`` ranks them, and the probability of the point-estimate plan's pick. ``tables`` are the
+    point-estimate engine tables; ``point`` their plan (``plan_fleets`` with the same price and modes),
+    computed here when not given."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
     ca2 = workload.arrival_cv2
     odds = _Odds(drawn_tables(source, tables, draws, seed), workload, sla, ca2, price_per_gpu_hour)
-    point = _Search(tables, workload, sla, ca2, price_per_gpu_hour)
+    search = _Search(tables, workload, sla, ca2, price_per_gpu_hour)
+    if point is None:
+        point = plan_fleets(tables, workload, load, sla, price_per_gpu_hour=price_per_gpu_hour, modes=modes)
     budget = load.gpu_budget is not None
     # the point estimate's fleet of each shape: for a GPU budget, how far a rate may be raised; otherwise
     # the fewest GPUs worth trying
-    by_shape = {_shape(f.deployment): f for f in plan_fleets(
-        tables, workload, load, sla, price_per_gpu_hour=price_per_gpu_hour, modes=modes).fleets}  # fmt: skip
+    by_shape = {_shape(f.deployment): f for f in point.fleets}
     kept: dict[tuple, tuple[Deployment, float, float]] = {}  # shape -> (deployment, rate, P)
     considered = 0
     for q in ladder(confidence):
@@ -275,14 +282,13 @@ def plan_confident(
         else:
             floor = by_shape[key].total_gpus if key in by_shape else 0
             dep, p = _cheapest(odds, dep, rate, load.concurrency, p, confidence, floor)
-        fleets_.append(_restate(point, dep, rate, load.concurrency, p, confidence))
+        fleets_.append(_restate(search, dep, rate, load.concurrency, p, confidence))
     fleets = tuple(sorted(fleets_, key=_rank(budget)))
     searched = f"searched up to the {ladder(confidence)[-1]:.4g} quantile of every band"
     why = f"no fleet of {len(tables)} engines meets the SLA at {load.describe()} with P >= {confidence:g}"
     warnings = () if fleets else (f"{why} ({searched})",)
-    point_p = (
-        None if point_best is None else odds(point_best.deployment, point_best.request_rate, load.concurrency)
-    )
+    pb = point.best
+    point_p = None if pb is None else odds(pb.deployment, pb.request_rate, load.concurrency)
     considered += sum(s.count for s in odds.searches)
     return ConfidentPlan(PlanResult(load, sla, workload, fleets, considered, warnings), point_p)
 

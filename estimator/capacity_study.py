@@ -140,7 +140,7 @@ def run_capacity(
         point_result = point
     elif confidence is not None:
         plan = plan_confident(src, point_tables, workload, load, sla, confidence=confidence,
-                              price_per_gpu_hour=price, modes=modes, point_best=point.best)  # fmt: skip
+                              price_per_gpu_hour=price, modes=modes, point=point)  # fmt: skip
         result, point_result, point_best_p = plan.result, point, plan.point_best_p
     sized = "confidence" if confidence is not None else size_for
     return CapacityStudy(spec, workload, result, price, sized, point_result, tuple(rejected),
