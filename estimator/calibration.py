@@ -395,9 +395,14 @@ class Correction:
 
 
 def _gaussian(rng: np.random.Generator, cov: np.ndarray, n: int) -> np.ndarray:
-    """``n`` draws (rows) of N(0, cov); a singular or slightly indefinite cov (rounding) is clipped to PSD."""
+    """``n`` draws (rows) of N(0, cov); a singular or slightly indefinite cov (rounding) is clipped to PSD.
+
+    Through the symmetric square root V sqrt(W) V', which is unique and continuous in ``cov``: the
+    eigenvectors alone are not (their signs, and their directions where eigenvalues nearly tie, flip under
+    round-off), so a factor V sqrt(W) made every draw, and a plan's P, differ from one BLAS to another."""
     w, v = np.linalg.eigh(0.5 * (cov + cov.T))
-    return rng.standard_normal((n, len(w))) @ (v * np.sqrt(np.clip(w, 0.0, None))).T
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    return rng.standard_normal((n, len(w))) @ root
 
 
 def identity() -> Correction:

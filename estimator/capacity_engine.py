@@ -9,7 +9,8 @@ linearly (prefill in tokens, decode in batch).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,6 +35,13 @@ class EngineTable:
     decode_ms: np.ndarray  # one decode step at those batches
     token_budget: int = 8192  # per-step tokens of an agg engine (chunked prefill)
     max_num_seqs: int = 1024  # running requests per attention-DP rank
+    # the decode column as Python floats, for scalar lookups (None if the batches are not strictly ascending)
+    _steps: tuple[list[float], list[float]] | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        b, ms = np.asarray(self.decode_batch, float), np.asarray(self.decode_ms, float)
+        ok = b.ndim == 1 and b.size >= 2 and b.shape == ms.shape and bool(np.all(np.diff(b) > 0))
+        object.__setattr__(self, "_steps", (b.tolist(), ms.tolist()) if ok else None)
 
     @property
     def num_gpus(self) -> int:
@@ -56,12 +64,30 @@ class EngineTable:
 
     def step_ms(self, batch: float | np.ndarray) -> np.ndarray | float:
         """Decode step at an engine-wide batch (clamped to the table's first point below it)."""
+        if self._steps is not None and isinstance(batch, float):
+            return _interp_scalar(batch, *self._steps)
         return np.interp(batch, self.decode_batch, self.decode_ms)
 
     def max_batch(self, request_tokens: float) -> float:
         """Most requests of ``request_tokens`` KV tokens decoding at once (KV, max_num_seqs, the table)."""
         kv = self.kv_capacity_tokens / max(1.0, request_tokens)
         return float(min(kv, self.max_num_seqs * self.dp, self.decode_batch[-1]))
+
+
+def _interp_scalar(x: float, xs: list[float], ys: list[float]) -> float:
+    """``np.interp`` for one float, to the bit (same branches and arithmetic), without numpy's per-call
+    cost: the fleet search looks up millions of single decode steps."""
+    if x != x:
+        return x
+    if x < xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    j = bisect.bisect_right(xs, x) - 1
+    if xs[j] == x:
+        return ys[j]
+    y = (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j]) * (x - xs[j]) + ys[j]
+    return y if y == y else float(np.interp(x, xs, ys))  # numpy's own recovery from inf - inf
 
 
 def _prefill_grid(tokens: np.ndarray) -> np.ndarray:

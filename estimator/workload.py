@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,15 @@ class Workload:
     osl: np.ndarray  # output tokens per request
     cached_tokens: np.ndarray  # prompt tokens served from the prefix cache
     arrival_ms: np.ndarray | None = None
+    # means, computed once: a capacity search reads them millions of times
+    _mean_isl: float = field(init=False, repr=False, compare=False)
+    _mean_osl: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (len(self.isl) == len(self.osl) == len(self.cached_tokens)) or len(self.isl) == 0:
             raise SpecError("workload", "needs at least one request and equal-length isl/osl/cached arrays")
+        object.__setattr__(self, "_mean_isl", float(np.mean(self.isl)))
+        object.__setattr__(self, "_mean_osl", float(np.mean(self.osl)))
 
     @property
     def prefill_tokens(self) -> np.ndarray:
@@ -49,11 +54,11 @@ class Workload:
 
     @property
     def mean_isl(self) -> float:
-        return float(np.mean(self.isl))
+        return self._mean_isl
 
     @property
     def mean_osl(self) -> float:
-        return float(np.mean(self.osl))
+        return self._mean_osl
 
     @property
     def mean_prefill_tokens(self) -> float:

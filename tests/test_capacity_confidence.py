@@ -272,14 +272,14 @@ def test_a_budget_fleet_runs_at_the_highest_rate_any_split_keeps_at_the_level(h1
     """200/12 ms in 16 GPUs: the quantile step's split and rate are stricter than the draws need. Every fleet
     is at the highest rate at which any split of the budget for its shape keeps P >= C (or at the point
     estimate's rate): on no split does 1 % more load keep the level. (Before: TP1 prefill + TP2 decode ran
-    10 + 3 at 61.3 requests/s, where 8 + 4 keep P >= 0.9 up to 80.6.)"""
+    10 + 3 at 61.3 requests/s, where 8 + 4 keep P >= 0.9 up to 73.2.)"""
     sla = Sla.means(200, 12)
     st, src, tables = _calibrated_study(h100_calibration, Load(gpu_budget=16), sla)
     w = fixed(3000, 150)
     odds = _Odds(drawn_tables(src, tables, SIZING_DRAWS), w, sla, w.arrival_cv2, 3.0)
     point_rate = {_shape(f.deployment): f.request_rate for f in st.point_result.fleets}
     labels = {f.label(): f.request_rate for f in st.result.fleets}
-    assert labels.get("8 x TP1 prefill + 4 x TP2 decode", 0.0) > 80
+    assert labels.get("8 x TP1 prefill + 4 x TP2 decode", 0.0) > 72
     for f in st.result.fleets:
         assert f.total_gpus <= 16 and odds(f.deployment, f.request_rate, None) >= 0.9
         if f.request_rate == point_rate.get(_shape(f.deployment)):
