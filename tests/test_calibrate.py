@@ -298,3 +298,15 @@ def test_predictive_distribution_gives_the_band(setup):
     assert pred.quantile(0.95) == pytest.approx(band.high_ms)
     assert pred.quantile(0.5) == pytest.approx(band.point_ms)
     assert pred.dof == cal.correction.noise.dof["ttft"]
+
+
+def test_posterior_draws_move_little_when_the_covariance_moves_by_round_off():
+    """Draws are a continuous function of the covariance: two equal eigenvalues, one nudged by 1e-12 either
+    way (what another BLAS kernel does), swap the eigenvectors eigh returns; through V sqrt(W) the draws then
+    changed by the whole spread (a plan's P with them), through the symmetric root they stay put."""
+    from estimator.calibration import _gaussian
+
+    a, b = np.diag([1.0, 1.0 + 1e-12]), np.diag([1.0 + 1e-12, 1.0])
+    da, db = (_gaussian(np.random.default_rng(0), c, 400) for c in (a, b))
+    assert np.max(np.abs(da - db)) < 1e-9
+    assert np.allclose(np.cov(da.T), np.eye(2), atol=0.2)
