@@ -196,7 +196,15 @@ def _finish(profile: Any, as_json: bool, t0: float, cached: bool, validation: An
         print(summary_text(profile, validation=validation))
         where = f"; wrote {spec.output_dir}" if spec.output_dir else ""
         print(f"({'cached, ' if cached else ''}{time.perf_counter() - t0:.2f} s{where})")
-    return 1 if spec.strict and not profile.selection.sla_met else 0
+    return 1 if spec.strict and not _load_met(profile.selection, spec.request_rate) else 0
+
+
+def _load_met(sel, request_rate: float | None) -> bool:
+    """The engines meet the SLA, and a sized fleet meets it at the rate asked (not a GPU budget's less)."""
+    z = sel.sizing
+    if z is None:
+        return sel.sla_met
+    return sel.sla_met and z.meets_sla and (not request_rate or z.request_rate >= request_rate * (1 - 1e-9))
 
 
 def _run_validate(spec: Any, as_json: bool) -> int:

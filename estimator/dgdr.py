@@ -194,7 +194,8 @@ def _load(wl: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, Any]:
 
 def _features(features: Mapping[str, Any]) -> dict[str, Any]:
     _unknown("features.", features, _FEATURE_KEYS)
-    out: dict[str, Any] = {}
+    # Dynamo's profiler adds a Planner only for features.planner (``is_planner_enabled``)
+    out: dict[str, Any] = {"planner": features.get("planner") is not None}
     planner = _mapping("features.planner", features.get("planner"))
     if planner:
         # Typed values travel as JSON text; the planner config renderer parses them back.

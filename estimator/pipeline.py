@@ -132,6 +132,7 @@ def estimate(spec: Spec, source: PerfSource | None = None) -> Profile:
         confidence=spec.confidence,
         modes=fleet_modes(spec),
         source=source,
+        gpu_budget=spec.total_gpus,
     )
     deployment = selection.sizing.deployment if selection.sizing is not None else None
     prefill_engine, best_d = surface_engines(selection, deployment)

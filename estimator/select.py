@@ -247,13 +247,17 @@ def size_fleet(
     itl_target_ms: float,
     isl: int,
     osl: int,
-    request_rate: float,
+    request_rate: float | None,
     modes: tuple[str, ...] = ("agg", "disagg"),
     confidence: float | None = None,
     source: PerfSource | None = None,
+    gpu_budget: int | None = None,
 ) -> Sizing | None:
-    """The minimum-GPU fleet of ``modes`` over every engine that meets the mean SLA at ``request_rate``;
-    with ``confidence`` and the points' ``source``, whose probability of meeting it is at least that."""
+    """The minimum-GPU fleet of ``modes`` over every engine that meets the mean SLA at ``request_rate``
+    (with ``confidence`` and the points' ``source``: whose probability of meeting it is at least that),
+    within ``gpu_budget`` GPUs when one is given. Without a rate, or when no fleet within the budget
+    carries it, the fleet of at most ``gpu_budget`` GPUs that carries the most load within the SLA: its
+    ``request_rate`` is then that load, below the one asked."""
     from .capacity import plan_fleets
     from .capacity_confidence import plan_confident
     from .capacity_engine import tables_from_points
@@ -261,17 +265,47 @@ def size_fleet(
     from .workload import fixed
 
     tables = tables_from_points(prefill_points, decode_sweeps)
-    w, load, sla = fixed(isl, osl), Load(request_rate=request_rate), Sla.means(ttft_target_ms, itl_target_ms)
-    if confidence is not None and source is not None:
-        result = plan_confident(source, tables, w, load, sla, confidence=confidence, price_per_gpu_hour=1.0,
-                                modes=modes).result  # fmt: skip
-    else:
-        result = plan_fleets(tables, w, load, sla, price_per_gpu_hour=1.0, modes=modes)
-    best = result.best
-    if best is None:
+    w, sla = fixed(isl, osl), Sla.means(ttft_target_ms, itl_target_ms)
+
+    def plan(load: Load):
+        if confidence is not None and source is not None:
+            return plan_confident(source, tables, w, load, sla, confidence=confidence, price_per_gpu_hour=1.0,
+                                  modes=modes).result  # fmt: skip
+        return plan_fleets(tables, w, load, sla, price_per_gpu_hour=1.0, modes=modes)
+
+    fleets = plan(Load(request_rate=request_rate)).fleets if request_rate else ()
+    fits = [f for f in fleets if gpu_budget is None or f.total_gpus <= gpu_budget]
+    if not fits and gpu_budget is not None:
+        fits = list(plan(Load(gpu_budget=gpu_budget)).fleets)
+    if not fits:
         return None
-    return Sizing(request_rate, best.deployment, True, best.ttft.mean_ms, best.itl.mean_ms,
+    best = fits[0]
+    return Sizing(best.request_rate, best.deployment, True, best.ttft.mean_ms, best.itl.mean_ms,
                   confidence if best.p_meets_sla is not None else None, best.p_meets_sla)  # fmt: skip
+
+
+def _budget_sizing(
+    sizing: Sizing | None, request_rate: float | None, gpu_budget: int, pair_gpus: int, size
+) -> tuple[Sizing | None, str | None]:
+    """The fleet to deploy in ``gpu_budget`` GPUs, and what the user must hear about it. ``sizing`` is
+    the plan within the budget (None: nothing fits and meets the SLA: an error, the output could not be
+    deployed); ``pair_gpus`` the GPUs of the selected prefill + decode engines, one of each."""
+    from .errors import SpecError
+
+    if sizing is None:
+        raise SpecError("total_gpus", f"no fleet of the estimated engines fits in {gpu_budget} GPUs and meets "
+                                      "the SLA; raise the GPU budget or relax the SLA")  # fmt: skip
+    if request_rate is None:
+        return sizing, (f"the selected prefill and decode engines need {pair_gpus} GPUs, more than the budget "
+                        f"of {gpu_budget}; deploying the fleet within it that carries the most load, "
+                        f"{sizing.request_rate:.3g} requests/s: {sizing.describe()}")  # fmt: skip
+    if sizing.request_rate < request_rate * (1 - 1e-9):
+        unbounded = size(None)
+        need = f" (the cheapest fleet for it needs {unbounded.total_gpus} GPUs)" if unbounded else ""
+        return sizing, (f"no fleet within the budget of {gpu_budget} GPUs meets the SLA at {request_rate:g} "
+                        f"requests/s{need}; deploying the one that carries the most, "
+                        f"{sizing.request_rate:.3g} requests/s: {sizing.describe()}")  # fmt: skip
+    return sizing, None
 
 
 def select(
@@ -286,10 +320,12 @@ def select(
     confidence: float | None = None,
     modes: tuple[str, ...] = ("agg", "disagg"),
     source: PerfSource | None = None,
+    gpu_budget: int | None = None,
 ) -> Selection:
     """``confidence`` (0-1): meeting a target means its probability is at least that (``rank_*_confident``).
     ``modes``: the serving modes a sized fleet may use (the planner's ``mode`` when the user fixes it).
-    ``source``: the source the points come from, for P(both picks meet their targets) (``p_meets_sla``)."""
+    ``source``: the source the points come from, for P(both picks meet their targets) (``p_meets_sla``).
+    ``gpu_budget``: the most GPUs the deployed fleet may take (DGDR ``hardware.totalGpus``)."""
     if not prefill_points or not decode_sweeps:
         raise ValueError("no candidate could be estimated for prefill and decode")
     if confidence is None:
@@ -312,10 +348,20 @@ def select(
         )
     bounds = planner_bounds(ttft_target_ms, prefill[0], decode[0], isl, osl)
     sizing = None
-    if request_rate:
-        sizing = size_fleet(prefill_points, decode_sweeps, ttft_target_ms=ttft_target_ms,
-                            itl_target_ms=itl_target_ms, isl=isl, osl=osl, request_rate=request_rate,
-                            modes=modes, confidence=confidence, source=source)  # fmt: skip
+    request_rate = request_rate or None
+
+    def size(budget: int | None) -> Sizing | None:
+        return size_fleet(prefill_points, decode_sweeps, ttft_target_ms=ttft_target_ms,
+                          itl_target_ms=itl_target_ms, isl=isl, osl=osl, request_rate=request_rate,
+                          modes=modes, confidence=confidence, source=source, gpu_budget=budget)  # fmt: skip
+
+    if gpu_budget is not None:
+        pair = prefill[0].candidate.num_gpus + decode[0].candidate.num_gpus
+        if request_rate is not None or pair > gpu_budget:  # else one engine of each, as Dynamo deploys
+            sizing, note = _budget_sizing(size(gpu_budget), request_rate, gpu_budget, pair, size)
+            warnings += [note] if note else []
+    elif request_rate:
+        sizing = size(None)
         if sizing is None:
             sizing = size_replicas(request_rate, isl, osl, prefill[0], decode[0])
             sized_sure = sure if source is not None else ""  # without a source the fleet is sized on points

@@ -109,6 +109,7 @@ class Spec:
     runtime_image: str | None = None  # image tag ("1.6.1") or reference whose registry and tag all images share
     total_gpus: int | None = None  # the fleet's GPU budget (DGDR hardware.totalGpus): planner max_gpu_budget
     kv_router: bool = False  # DGDR features.kvRouter: KV-aware routing in the frontend
+    planner: bool = True  # deploy Dynamo's Planner (a DGDR without features.planner asks for none)
     runtime_version_override: str | None = None  # DGDR runtimeVersionOverride, set on every component
 
     @property
@@ -294,6 +295,7 @@ def _spec_from_raw(raw: dict[str, Any], overrides: dict[str, Any]) -> Spec:
         runtime_image=_image(raw.get("runtime_image")),
         total_gpus=_as_int("total_gpus", raw["total_gpus"], 1, 1_000_000) if raw.get("total_gpus") else None,
         kv_router=_as_bool("kv_router", raw.get("kv_router", False)),
+        planner=_as_bool("planner", raw.get("planner", True)),
         runtime_version_override=str(raw["runtime_version_override"]) if raw.get("runtime_version_override") else None,
     )
     too_big = [n for n in spec.gpu_counts if n > spec.gpus_per_node]

@@ -10,7 +10,8 @@ subprocess, like the engine tests drive the vLLM server:
   metrics by ``perf_metrics._convert_profiling_data_to_fpms`` (also on the npz files, which must agree);
 - ``PrefillRegressionModel`` / ``DecodeRegressionModel`` fitted on them with the config's sample limits:
   predicted TTFT at the workload ISL and the best decode request rate under the ITL target;
-- the DGD through Dynamo's typed ``profiler.utils.config.Config`` and the packaged template it should match.
+- the DGD through Dynamo's typed ``profiler.utils.config.Config`` and the packaged template it should match;
+- the Planner's GPU-budget clamp (``core.budget.proportional_clamp_pair``) on the deployed replicas.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def main() -> int:
     ap.add_argument("--itl", type=float, required=True)
     args = ap.parse_args()
 
-    from dynamo.planner.config.defaults import SubComponentType
+    from dynamo.planner.config.defaults import SLAPlannerDefaults, SubComponentType
     from dynamo.planner.config.planner_config import PlannerConfig
     from dynamo.planner.core.perf_model import DecodeRegressionModel, PrefillRegressionModel
     from dynamo.planner.monitoring.perf_metrics import _convert_profiling_data_to_fpms
@@ -50,9 +51,20 @@ def main() -> int:
         "planner_config": cfg.model_dump(mode="json", exclude={"scheduling", "plugin_registration"}),
         "dgd_validates": Config.model_validate(dgd).apiVersion,
         "planner_fields": sorted(PlannerConfig.model_fields),
+        "default_max_gpu_budget": SLAPlannerDefaults.max_gpu_budget,
     }
     mode = "agg" if cfg.mode == "agg" else "disagg"
     result["template"] = load_dgd_template(dgd_backend(dgd), mode)
+    workers = {c["type"]: c for c in dgd["spec"]["components"] if c["type"] in ("prefill", "decode")}
+    if mode == "disagg" and set(workers) == {"prefill", "decode"}:
+        # the replicas the Planner keeps of the deployed fleet at its first adjustment (its GPU budget)
+        from dynamo.planner.core.budget import proportional_clamp_pair
+
+        deployed = [workers["prefill"]["replicas"], workers["decode"]["replicas"]]
+        result["deployed_replicas"] = deployed
+        result["budget_clamp"] = list(proportional_clamp_pair(
+            *deployed, cfg.prefill_engine_num_gpu, cfg.decode_engine_num_gpu, cfg.min_gpu_budget,
+            cfg.max_gpu_budget, cfg.min_endpoint))  # fmt: skip
 
     profile_cm = next((d for n, d in maps.items() if n.startswith("planner-profile-data-")), None)
     if profile_cm is not None:

@@ -177,3 +177,17 @@ def test_non_positive_sla_is_an_error():
             mode="agg", backend="vllm", model="m", ttft_ms=0, itl_ms=20, prefill_num_gpus=None, decode_num_gpus=1,
             profile_data=False,
         )  # fmt: skip
+
+
+def test_the_gpu_budget_holds_the_fleet():
+    """No budget of the user's: Dynamo's default of 8, or the fleet's GPUs where they are more (the Planner
+    refuses to start below them); a user's budget below the fleet, or not an integer >= -1, is an error."""
+    kw = dict(mode="disagg", backend="vllm", model="m", ttft_ms=200, itl_ms=20, prefill_num_gpus=2,
+              decode_num_gpus=4, profile_data=True)  # fmt: skip
+    assert planner_config(**kw, deployed_gpus=6)["max_gpu_budget"] == 8
+    assert planner_config(**kw, deployed_gpus=20)["max_gpu_budget"] == 20
+    assert planner_config(**kw, deployed_gpus=20, max_gpu_budget=24)["max_gpu_budget"] == 24
+    assert planner_config(**kw, deployed_gpus=20, planner_args=(("max_gpu_budget", "-1"),))["max_gpu_budget"] == -1
+    for bad in ("12", "1.5", "true", "-2"):
+        with pytest.raises(SpecError, match="max_gpu_budget"):
+            planner_config(**kw, deployed_gpus=20, planner_args=(("max_gpu_budget", bad),))

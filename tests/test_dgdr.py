@@ -135,3 +135,63 @@ def test_example_runs_from_the_readme_and_writes_final_config(tmp_path, capsys):
     assert cfg["ttft_ms"] == 200.0 and cfg["itl_ms"] == 20.0 and cfg["max_gpu_budget"] == 8
     assert cfg["enable_load_scaling"] is False and cfg["optimization_target"] == "sla"
     assert docs[2]["apiVersion"] == "nvidia.com/v1beta1"
+
+
+def _deployed(out: Path) -> tuple[int, dict]:
+    docs = list(yaml.safe_load_all((out / "final_config.yaml").read_text()))
+    cfg = json.loads(docs[0]["data"]["planner_config.json"])
+    workers = [c for c in docs[-1]["spec"]["components"] if c["type"] in ("prefill", "decode")]
+    limits = [int(c["podTemplate"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) for c in workers]
+    return sum(c["replicas"] * g for c, g in zip(workers, limits)), cfg
+
+
+@pytest.mark.parametrize(("total", "rate"), [(3, 5), (8, 40)])
+def test_total_gpus_caps_the_deployed_fleet_and_says_what_it_carries(tmp_path, capsys, total, rate):
+    """hardware.totalGpus is the fleet's budget, not only the largest engine: the example sized 6 GPUs at
+    5 requests/s in a budget of 3, and 20 GPUs at 40 in a budget of 8, and exited 0 without a word (Dynamo's
+    Planner then refused to start, or cut the fleet). Now the fleet fits, the summary says the rate asked is
+    out of reach and what the fleet carries, and --strict exits 1."""
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["hardware"]["totalGpus"] = total
+    doc["spec"]["workload"]["requestRate"] = rate
+    path = tmp_path / "dgdr.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    assert main(["--dgdr", str(path), "--no-plots", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    gpus, cfg = _deployed(out)
+    assert gpus <= total and cfg["max_gpu_budget"] == total
+    assert f"no fleet within the budget of {total} GPUs meets the SLA at {rate:g} requests/s" in text
+    assert main(["--dgdr", str(path), "--no-plots", "--strict"]) == 1
+
+
+def test_a_budget_too_small_for_any_fleet_is_an_error(tmp_path, capsys):
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["hardware"]["totalGpus"] = 1  # Qwen3-32B's one-GPU engines miss TTFT 200 ms
+    path = tmp_path / "dgdr.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["--dgdr", str(path), "--no-plots"]) == 2
+    assert "fits in 1 GPUs" in capsys.readouterr().err
+
+
+def test_no_features_planner_means_no_planner_as_in_dynamo(tmp_path):
+    """Dynamo's profiler adds the Planner, its ConfigMaps and the workers' scaling adapters only for a DGDR
+    with features.planner (``is_planner_enabled``); we added them always, an autoscaler nobody asked for."""
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    del doc["spec"]["features"]
+    path = tmp_path / "dgdr.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    assert main(["--dgdr", str(path), "--no-plots", "-o", str(out)]) == 0
+    docs = list(yaml.safe_load_all((out / "final_config.yaml").read_text()))
+    assert [d["kind"] for d in docs] == ["DynamoGraphDeployment"]
+    comps = docs[0]["spec"]["components"]
+    assert "planner" not in {c["type"] for c in comps}
+    assert not any("scalingAdapter" in c for c in comps)
+    env = [e["name"] for c in comps for e in c["podTemplate"]["spec"]["containers"][0].get("env", [])]
+    assert "DYN_BENCHMARK_MODE" not in env
+    doc["spec"]["features"] = {"planner": {}}  # an empty planner section is Dynamo's defaults: a Planner
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["--dgdr", str(path), "--no-plots", "-o", str(out)]) == 0
+    docs = list(yaml.safe_load_all((out / "final_config.yaml").read_text()))
+    assert "planner" in {c["type"] for c in docs[-1]["spec"]["components"]}

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from estimator.artifacts import write_artifacts
-from estimator.artifacts.planner_config import PLANNER_FIELDS
+from estimator.artifacts import deployment_of, write_artifacts
+from estimator.artifacts.planner_config import DYNAMO_DEFAULT_GPU_BUDGET, PLANNER_FIELDS
 from estimator.deployment import Deployment
 from estimator.pipeline import estimate, surface_engines
 from estimator.spec import load_spec
@@ -41,6 +41,9 @@ STUDIES = {
         "osl": 150,
     },
     "qwen3-32b-dgdr": {"dgdr": str(ROOT / "examples" / "dgdr_qwen3_32b.yaml")},
+    # 40 requests/s: a fleet of 20 GPUs, more than the Planner's default budget of 8
+    "qwen3-32b-40rps": {"model": "Qwen/Qwen3-32B", "system": "h200_sxm", "backend": "vllm", "isl": 3000,
+                        "osl": 150, "request_rate": 40},  # fmt: skip
     "moe-30b-a3b": {
         "model": "Qwen/Qwen3-30B-A3B",
         "system": "h200_sxm",
@@ -93,6 +96,20 @@ def test_planner_config_is_accepted_with_our_sla_and_engines(study):
     assert cfg["backend"] == profile.spec.backend.value
     if profile.spec.total_gpus:
         assert cfg["max_gpu_budget"] == profile.spec.total_gpus
+
+
+def test_the_planner_keeps_the_deployed_fleet_within_its_gpu_budget(study):
+    """Dynamo's budget clamp leaves the deployed replicas as they are: without a budget of the user's,
+    max_gpu_budget is the Planner's default (8) or the fleet's GPUs where it is larger (before: 8 always,
+    and a 20-GPU fleet was cut to 8 GPUs at the Planner's first adjustment)."""
+    profile, _, res = study
+    assert res["budget_clamp"] == res["deployed_replicas"]
+    gpus = deployment_of(profile).total_gpus
+    assert res["planner_config"]["max_gpu_budget"] == (profile.spec.total_gpus or max(8, gpus))
+
+
+def test_our_default_gpu_budget_is_dynamos(study):
+    assert study[2]["default_max_gpu_budget"] == DYNAMO_DEFAULT_GPU_BUDGET
 
 
 def test_dynamos_prefill_regression_reproduces_our_ttft(study):

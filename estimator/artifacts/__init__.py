@@ -89,6 +89,7 @@ def _write_final_config(profile: Any, out_dir: Path) -> Path:
         max_gpu_budget=getattr(spec, "total_gpus", None),
         kv_router=getattr(spec, "kv_router", False),
         runtime_version_override=getattr(spec, "runtime_version_override", None),
+        planner=getattr(spec, "planner", True),
     )
     path = out_dir / FINAL_CONFIG_FILE
     path.write_text(render_yaml(docs))

@@ -204,8 +204,12 @@ def final_config(
     max_gpu_budget: int | None = None,
     kv_router: bool = False,
     runtime_version_override: str | None = None,
+    planner: bool = True,
 ) -> list[dict[str, Any]]:
-    """The documents of ``final_config.yaml`` for ``deployment`` (agg or disagg) as plain dicts."""
+    """The documents of ``final_config.yaml`` for ``deployment`` (agg or disagg) as plain dicts.
+
+    ``planner=False`` (a DGDR without ``features.planner``): the DGD alone, as Dynamo's profiler writes it
+    then: no planner ConfigMaps, no Planner, no scaling adapters, no vLLM benchmark mode."""
     if backend not in BACKENDS_V16:
         raise SpecError("backend", f"{backend!r} is not one of {', '.join(BACKENDS_V16)}")
     b = BACKENDS_V16[backend]
@@ -225,8 +229,11 @@ def final_config(
         profile_data=profile_data,
         planner_args=planner_args,
         max_gpu_budget=max_gpu_budget,
+        deployed_gpus=deployment.total_gpus,
     )
     docs = [_config_map("planner-config", {"planner_config.json": json.dumps(cfg, sort_keys=True)})]
+    if not planner:
+        docs, profile_data = [], False
     if profile_data:
         cm = ProfileData.from_raw(prefill_raw, decode_raw).to_config_map(None)
         docs.append(_config_map("planner-profile-data", cm["data"]))
@@ -242,8 +249,8 @@ def final_config(
     for group in deployment.workers:
         role = _ROLE[group.role]
         # Dynamo retypes a lone agg worker "decode" when its Planner scales it (enable_planner_worker_scaling_adapters).
-        ctype = role.value if role is not Role.AGG else "decode"
-        bench = (("DYN_BENCHMARK_MODE", "agg" if agg else role.value),) if backend == "vllm" else ()
+        ctype = ("decode" if planner else "worker") if role is Role.AGG else role.value
+        bench = (("DYN_BENCHMARK_MODE", "agg" if agg else role.value),) if backend == "vllm" and planner else ()
         components.append(
             Component(
                 name=b.agg_name if agg else role.value,
@@ -256,21 +263,22 @@ def final_config(
                 gpus_per_node=gpus_per_node,
                 working_dir=b.working_dir,
                 env=bench,
-                scaling_adapter=not cfg.get("advisory", False),
+                scaling_adapter=planner and not cfg.get("advisory", False),
             )
         )
-    components.append(
-        Component(
-            "Planner",
-            "planner",
-            image_for(PLANNER_IMAGE_NAME, runtime_image),
-            ("python3", "-m", "dynamo.planner"),
-            ("--config", f"{PLANNER_CONFIG_MOUNT}/planner_config.json"),
-            working_dir="/workspace/components/src/dynamo/planner",
-            env_from_secret=None,
-            config_maps=planner_mounts,
+    if planner:
+        components.append(
+            Component(
+                "Planner",
+                "planner",
+                image_for(PLANNER_IMAGE_NAME, runtime_image),
+                ("python3", "-m", "dynamo.planner"),
+                ("--config", f"{PLANNER_CONFIG_MOUNT}/planner_config.json"),
+                working_dir="/workspace/components/src/dynamo/planner",
+                env_from_secret=None,
+                config_maps=planner_mounts,
+            )
         )
-    )
     if runtime_version_override:
         components = [_with_override(c, runtime_version_override) for c in components]
     docs.append(GraphDeployment(name, tuple(components)).to_manifest())

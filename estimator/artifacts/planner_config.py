@@ -94,6 +94,9 @@ _ALIASES = {
 }
 _RETIRED = {"aic_perf_model": "retired in Dynamo 1.6 (use pre_deployment_sweeping_mode)"}
 # Set from the profile; a user value would contradict the deployment it is written for.
+# SLAPlannerDefaults.max_gpu_budget in ai-dynamo 1.6.1: the Planner refuses to start on a DGD whose
+# workers take more GPUs than its budget (tests/test_dynamo_planner.py checks the value against the wheel)
+DYNAMO_DEFAULT_GPU_BUDGET = 8
 _OWNED = frozenset({"prefill_engine_num_gpu", "decode_engine_num_gpu", "profile_results_dir", "backend"})
 PROFILE_DATA_MOUNT = "/workspace/profiling_results"
 PLANNER_CONFIG_MOUNT = "/workspace/planner_config"
@@ -135,8 +138,12 @@ def planner_config(
     profile_data: bool,
     planner_args: tuple[tuple[str, str], ...] = (),
     max_gpu_budget: int | None = None,
+    deployed_gpus: int = 0,
 ) -> dict[str, Any]:
-    """The JSON object of ``planner_config.json``; user settings win where they are allowed."""
+    """The JSON object of ``planner_config.json``; user settings win where they are allowed.
+
+    ``max_gpu_budget``: the fleet's budget (DGDR ``totalGpus``); without one, Dynamo's default, raised
+    to ``deployed_gpus`` (the DGD's worker GPUs) where the fleet is larger: the Planner would refuse to start."""
     for field, v in (("ttft_ms", ttft_ms), ("itl_ms", itl_ms)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise SpecError(field, f"expected a positive number of ms, got {v!r}")
@@ -160,9 +167,15 @@ def planner_config(
     }
     if prefill_num_gpus is not None:
         cfg["prefill_engine_num_gpu"] = int(prefill_num_gpus)
-    if max_gpu_budget is not None:
-        cfg["max_gpu_budget"] = int(max_gpu_budget)
+    budget = max_gpu_budget if max_gpu_budget is not None else max(DYNAMO_DEFAULT_GPU_BUDGET, deployed_gpus)
+    cfg["max_gpu_budget"] = int(budget)
     cfg.update(user)
+    chosen = cfg["max_gpu_budget"]
+    if not isinstance(chosen, int) or isinstance(chosen, bool) or chosen < -1:
+        raise SpecError("planner_args.max_gpu_budget", f"expected an integer >= -1 (-1: no limit), got {chosen!r}")
+    if 0 <= chosen < deployed_gpus:
+        raise SpecError("planner_args.max_gpu_budget", f"{chosen} is below the {deployed_gpus} GPUs the fleet "
+                        "deploys; Dynamo's Planner would refuse to start")  # fmt: skip
     return cfg
 
 

@@ -311,6 +311,8 @@ def summary_text(profile: Any, *, validation: Any = None) -> str:
     ]
     if sel.sizing is not None:
         lines += ["", _sizing_line(sel.sizing, sel)]
+    if sel.sla_met and sel.warnings:  # the fleet's (e.g. out of the GPU budget): shown above otherwise
+        lines += ["", *(f"!!! {w}" for w in sel.warnings)]
     n = spec.num_alternatives
     if n and (len(sel.prefill) > 1 or len(sel.decode) > 1):
         lines += [
