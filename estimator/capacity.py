@@ -26,6 +26,8 @@ from .cost import usd_per_hour, usd_per_million_output_tokens
 from .deployment import Deployment, ServingMode, WorkerRole
 from .workload import Workload
 
+CLIENTS_TOLERANCE = 1e-3  # a closed-loop fleet must hold this close to every client (Little's law)
+CLOSED_LOOP_REL = 1e-9  # precision of the largest rate a group keeps its targets at, for a closed loop
 MAX_REPLICAS = 512
 
 
@@ -257,7 +259,9 @@ def _plan_budget(s: _Search, budget: int, modes: tuple[str, ...]) -> list[Fleet]
 
 
 def _closed_loop_rate(e2e_ms: Callable[[float], float], clients: int, hi: float) -> float:
-    """The rate at which ``clients`` closed-loop clients run: clients = rate x E2E(rate)."""
+    """The rate at which ``clients`` closed-loop clients run: clients = rate x E2E(rate); 0 when the fleet
+    cannot hold them (past its limits E2E is infinite: the clients it has no room for wait unboundedly,
+    where the bisection would stop at the edge with finite latencies and far fewer clients in flight)."""
     lo = 0.0
     for _ in range(40):
         mid = (lo + hi) / 2
@@ -266,29 +270,80 @@ def _closed_loop_rate(e2e_ms: Callable[[float], float], clients: int, hi: float)
             lo = mid
         else:
             hi = mid
-    return lo
+    held = lo * e2e_ms(lo) / 1000.0 if lo > 0 else 0.0
+    return lo if held >= clients * (1 - CLIENTS_TOLERANCE) else 0.0
+
+
+def _rates_up_to(max_rate: Callable[[int], float], cap: float, hi: int) -> list[float]:
+    """``max_rate(n)`` for n = 1, 2, ... until it reaches ``cap`` (or n = ``hi``); index n - 1."""
+    out = [max_rate(1)]
+    while out[-1] < cap and len(out) < hi:
+        out.append(max_rate(len(out) + 1))
+    return out
 
 
 def _plan_concurrency(s: _Search, clients: int, modes: tuple[str, ...], max_replicas: int) -> list[Fleet]:
-    fleets = []
+    """Per shape, the fewest-GPU fleet whose ``clients`` closed-loop clients keep every target.
+
+    Meeting the SLA is monotone in the rate and the clients' rate r* solves clients = r x E2E(r), which
+    rises with r; so a fleet meets iff at R, the largest rate each group keeps its targets at (one bisection
+    per group size), R x E2E(R) >= clients: one evaluation per fleet, not a bisection. The clients run no
+    faster than clients / E2E at zero load, and a group larger than the one that keeps its targets at that
+    rate is never needed (fewer replicas only slow the clients down), which bounds the search by the load."""
+    osl1, fleets = max(0.0, s.w.mean_osl - 1), []
+
+    def zero_load_rate(p: EngineTable, d: EngineTable) -> float:
+        e2e = float(p.prefill_time_ms(s.w.prefill_tokens).mean()) + osl1 * float(d.step_ms(1.0))
+        return clients * 1000.0 / e2e
+
+    def holds(rate: float, gt: GroupPrediction, gi: GroupPrediction) -> bool:
+        ok = rate > 0 and gt.stable and gi.stable
+        return ok and rate * (gt.ttft.mean_ms + osl1 * gi.itl.mean_ms) / 1000.0 >= clients
+
+    def keep(dep: Deployment, build: Callable[[float], Fleet]) -> bool:
+        r = s.closed_loop_rate(dep, clients)
+        if r > 0 and s.meets(dep, r):
+            fleets.append(build(r))
+            return True
+        return False
+
+    def agg_rate(t: EngineTable, n: int) -> float:
+        hi = min(s.prefill_rate_hi(t, n), s.decode_rate_hi(t, n))
+        return _largest_rate(lambda r: s.ok(s.agg(t, n, r), ("ttft", "itl")), hi, CLOSED_LOOP_REL)
+
+    def prefill_rate(t: EngineTable, x: int) -> float:
+        ok = lambda r: s.ok(s.prefill(t, x, r), ("ttft",))  # noqa: E731
+        return _largest_rate(ok, s.prefill_rate_hi(t, x), CLOSED_LOOP_REL)
+
+    def decode_rate(t: EngineTable, y: int) -> float:
+        ok = lambda r: s.ok(s.decode(t, y, r), ("itl",))  # noqa: E731
+        return _largest_rate(ok, s.decode_rate_hi(t, y), CLOSED_LOOP_REL)
+
     if "agg" in modes:
         for t in s.tables:
-            for n in range(1, max_replicas + 1):
-                dep = Deployment.agg(t.candidate, n)
-                r = s.closed_loop_rate(dep, clients)
-                if r > 0 and s.meets(dep, r):
-                    fleets.append(s.agg_fleet(t, n, r))
-                    break
+            rates = _rates_up_to(lambda n, t=t: agg_rate(t, n), zero_load_rate(t, t), max_replicas)
+            for n, rate in enumerate(rates, start=1):
+                g = s.agg(t, n, rate, full=False) if rate > 0 else None
+                if g is not None and holds(rate, g, g):
+                    if keep(Deployment.agg(t.candidate, n), lambda r, t=t, n=n: s.agg_fleet(t, n, r)):
+                        break
     if "disagg" in modes:
         for p in s.tables:
             for d in s.tables:
-                pairs = sorted(((x, y) for x in range(1, 17) for y in range(1, 33)),
+                cap = zero_load_rate(p, d)
+                rp = _rates_up_to(lambda x, p=p: prefill_rate(p, x), cap, max_replicas)
+                rd = _rates_up_to(lambda y, d=d: decode_rate(d, y), cap, max_replicas)
+                pairs = sorted(((x, y) for x in range(1, len(rp) + 1) for y in range(1, len(rd) + 1)),
                                key=lambda xy, p=p, d=d: xy[0] * p.num_gpus + xy[1] * d.num_gpus)  # fmt: skip
                 for x, y in pairs:
+                    rate = min(rp[x - 1], rd[y - 1])
+                    if rate <= 0:
+                        continue
+                    gt, gi = s.prefill(p, x, rate, full=False), s.decode(d, y, rate, full=False)
+                    if not holds(rate, gt, gi):
+                        continue
                     dep = Deployment.disagg(p.candidate, d.candidate, x, y)
-                    r = s.closed_loop_rate(dep, clients)
-                    if r > 0 and s.meets(dep, r):
-                        fleets.append(s.disagg_fleet(p, x, d, y, r))
+                    if keep(dep, lambda r, p=p, x=x, d=d, y=y: s.disagg_fleet(p, x, d, y, r)):
                         break
     return sorted(fleets, key=_rank_key)
 
@@ -312,7 +367,7 @@ def plan_fleets(
     elif load.gpu_budget is not None:
         fleets = _plan_budget(s, load.gpu_budget, modes)
     else:
-        fleets = _plan_concurrency(s, load.concurrency, modes, min(max_replicas, 64))
+        fleets = _plan_concurrency(s, load.concurrency, modes, max_replicas)
     warnings = () if fleets else (f"no fleet of {len(tables)} engines meets the SLA at {load.describe()}",)
     return PlanResult(load, sla, workload, tuple(f for f in fleets if f.meets_sla), s.count, warnings)
 

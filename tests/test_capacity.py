@@ -141,3 +141,43 @@ def test_prefix_reuse_shrinks_the_prefill_group():
     x_cached = cached.best.deployment.workers[0].replicas
     # 60 req/s x 90 ms = 5.4 busy servers -> at least 6; half the prompt -> 2.7 -> at least 3
     assert x_plain >= 6 and 3 <= x_cached < x_plain
+
+
+def _closed_loop_agg_gpus(tables, w, sla, clients, top=100):
+    """Fewest GPUs of an agg fleet whose ``clients`` keep the SLA, by brute force over replicas: the clients'
+    rate solved on its own (bisection of rate x E2E = clients over the stable rates)."""
+    best = None
+    for t in tables:
+        for n in range(1, top + 1):
+            lo, hi = 0.0, 1e5
+            for _ in range(80):
+                mid = (lo + hi) / 2
+                g = agg_group(t, n, mid, w, full=False)
+                if g.stable and mid * (g.ttft.mean_ms + (w.mean_osl - 1) * g.itl.mean_ms) / 1000 < clients:
+                    lo = mid
+                else:
+                    hi = mid
+            g = agg_group(t, n, lo, w)
+            held = lo * (g.ttft.mean_ms + (w.mean_osl - 1) * g.itl.mean_ms) / 1000 if g.stable else 0.0
+            if held >= clients * 0.999 and sla.met("ttft", g.ttft) and sla.met("itl", g.itl):
+                best = min(best or 10**9, n * t.num_gpus)
+                break
+    return best
+
+
+def test_closed_loop_fleets_hold_every_client_and_grow_with_them():
+    """Every fleet's clients obey Little's law and more clients never take fewer GPUs. Before, past the
+    decode KV limit the clients' rate stopped at the limit's edge with finite latencies, so 512, 2048 and
+    8192 clients all got the same 5-GPU fleet, which holds 106 of them; and replicas were capped at 16
+    prefill, 32 decode and 64 agg whatever the load."""
+    w, sla = fixed(3000, 150), Sla.means(400, 25)
+    gpus = []
+    for clients in (64, 512, 2048, 8192):
+        r = plan_fleets(TABLES, w, Load(concurrency=clients), sla, price_per_gpu_hour=1.0)
+        for f in r.fleets:
+            e2e_s = (f.ttft.mean_ms + 149 * f.itl.mean_ms) / 1000
+            assert f.request_rate * e2e_s == pytest.approx(clients, rel=0.01), f.label()
+        gpus.append(r.best.total_gpus)
+        if clients == 2048:
+            assert r.best_of("agg").total_gpus == _closed_loop_agg_gpus(TABLES, w, sla, clients)
+    assert gpus == sorted(gpus) and gpus[-1] > 5
