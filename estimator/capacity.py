@@ -28,7 +28,7 @@ from .workload import Workload
 
 CLIENTS_TOLERANCE = 1e-3  # a closed-loop fleet must hold this close to every client (Little's law)
 CLOSED_LOOP_REL = 1e-9  # precision of the largest rate a group keeps its targets at, for a closed loop
-MAX_REPLICAS = 512
+MAX_REPLICAS = 65536  # per group; a rate plan's search is logarithmic in it, a closed loop's bounded by the load
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,9 +275,10 @@ def _closed_loop_rate(e2e_ms: Callable[[float], float], clients: int, hi: float)
 
 
 def _rates_up_to(max_rate: Callable[[int], float], cap: float, hi: int) -> list[float]:
-    """``max_rate(n)`` for n = 1, 2, ... until it reaches ``cap`` (or n = ``hi``); index n - 1."""
+    """``max_rate(n)`` for n = 1, 2, ... until it reaches ``cap`` (or n = ``hi``); index n - 1. None of one
+    replica: none of any (its targets fail at zero load: replicas do not shorten a request)."""
     out = [max_rate(1)]
-    while out[-1] < cap and len(out) < hi:
+    while 0 < out[-1] < cap and len(out) < hi:
         out.append(max_rate(len(out) + 1))
     return out
 

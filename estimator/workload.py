@@ -180,6 +180,9 @@ def load_trace(path: str | Path, block_tokens: int = BLOCK_TOKENS) -> Workload:
                 raise _bad(path, no, f"{field} must be a positive integer, got {v!r}")
         if not isinstance(hashes, list) or not math.isfinite(t) or t < 0:
             raise _bad(path, no, "hash_ids must be a list and timestamp a finite number >= 0")
+        odd = next((h for h in hashes if isinstance(h, bool) or not isinstance(h, (int, str))), None)
+        if odd is not None:
+            raise _bad(path, no, f"hash_ids must hold integers or strings, got {odd!r}")
         if ts and t < ts[-1]:
             raise _bad(path, no, f"timestamp {t:g} is earlier than the previous line's {ts[-1]:g}")
         reused = 0
@@ -215,6 +218,9 @@ def load_workload(path: str | Path, *, max_tokens: int = 0) -> Workload:
     for key in ("isl", "osl"):
         v = raw.get(key)
         if isinstance(v, dict):
+            extra = sorted(set(v) - {"mean", "cv"}, key=str)
+            if extra:
+                raise SpecError("workload", f"{path}: {key} takes mean and cv, not {extra[0]!r}")
             mean, cv = v.get("mean"), v.get("cv", 0.0)
         else:
             mean, cv = v, 0.0
@@ -222,8 +228,12 @@ def load_workload(path: str | Path, *, max_tokens: int = 0) -> Workload:
             mean, cv = float(mean), float(cv)
         except (TypeError, ValueError):
             raise SpecError("workload", f"{path}: {key} needs a number or {{mean, cv}}, got {v!r}") from None
+        if isinstance(v, bool) or (isinstance(v, dict) and isinstance(v.get("mean"), bool)):
+            raise SpecError("workload", f"{path}: {key} needs a number or {{mean, cv}}, got {v!r}")
         if not (mean >= 1 and cv >= 0 and math.isfinite(mean) and math.isfinite(cv)):
             raise SpecError("workload", f"{path}: {key} mean must be >= 1 and cv >= 0, got {v!r}")
+        if cv == 0 and mean != int(mean):
+            raise SpecError("workload", f"{path}: a fixed {key} is a whole number of tokens, got {mean:g}")
         parts[key] = (mean, cv)
     unknown = sorted(set(raw) - {"isl", "osl", "prefix_hit_rate"})
     if unknown:
@@ -234,8 +244,11 @@ def load_workload(path: str | Path, *, max_tokens: int = 0) -> Workload:
         if icv == 0 and ocv == 0
         else lognormal(im, om, icv, ocv, max_tokens=max_tokens)
     )
-    if raw.get("prefix_hit_rate"):
-        w = w.with_prefix_hit_rate(float(raw["prefix_hit_rate"]))
+    hit = raw.get("prefix_hit_rate")
+    if hit is not None:
+        if isinstance(hit, bool) or not isinstance(hit, (int, float)):
+            raise SpecError("prefix_hit_rate", f"{path}: must be a number in [0, 1), got {hit!r}")
+        w = w.with_prefix_hit_rate(float(hit))
     return w
 
 

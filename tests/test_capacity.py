@@ -181,3 +181,14 @@ def test_closed_loop_fleets_hold_every_client_and_grow_with_them():
         if clients == 2048:
             assert r.best_of("agg").total_gpus == _closed_loop_agg_gpus(TABLES, w, sla, clients)
     assert gpus == sorted(gpus) and gpus[-1] > 5
+
+
+def test_a_rate_needing_more_than_512_replicas_is_sized_not_dropped():
+    """Before, a group needing more than 512 replicas dropped its engine without a word (at 10,000
+    requests/s on H100 Llama-3.1-8B the plan said 1124 GPUs where 927 meet)."""
+    w, sla, rate = fixed(3000, 150), Sla.means(200, 20), 20_000.0
+    r = plan_fleets(TABLES[:1], w, Load(request_rate=rate), sla, price_per_gpu_hour=1.0, modes=("disagg",))
+    x = r.best.deployment.workers[0].replicas
+    assert x > 512
+    ttft = [prefill_group(TABLES[0], n, rate, w).ttft.mean_ms for n in (x - 1, x)]
+    assert ttft[1] <= 200 < ttft[0]

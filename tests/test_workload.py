@@ -57,6 +57,8 @@ def test_yaml_workload(tmp_path):
     ('{"timestamp": 5, "input_length": 100}', "missing field 'output_length'"),
     ('{"timestamp": 5, "input_length": -3, "output_length": 4}', "input_length must be a positive integer"),
     ("not json", "not valid JSON"),
+    ('{"timestamp": 5, "input_length": 10, "output_length": 4, "hash_ids": [[1]]}', "hash_ids must hold"),
+    ('{"timestamp": 5, "input_length": 10, "output_length": 4, "hash_ids": [{"a": 1}]}', "hash_ids must hold"),
 ])  # fmt: skip
 def test_bad_trace_line_is_one_line_error_naming_the_line(tmp_path, capsys, line, why):
     good = json.dumps({"timestamp": 0, "input_length": 100, "output_length": 10, "hash_ids": [1]})
@@ -85,3 +87,20 @@ def test_yaml_workload_through_plan(tmp_path, capsys):
     assert doc["workload"]["prefix_reuse"] == pytest.approx(0.2, abs=0.01)
     assert set(doc["sla"]["targets"]) == {"ttft_p99", "itl_p90"}  # means apply only when given
     assert doc["fleets"] and all(f["ttft_ms"]["p99"] <= 1000 for f in doc["fleets"])
+
+
+@pytest.mark.parametrize("text,why", [
+    ("isl: 3000\nosl: 150\nprefix_hit_rate: abc\n", "prefix_hit_rate"),
+    ("isl: {mean: 3000, CV: 0.5}\nosl: 150\n", "isl takes mean and cv, not 'CV'"),
+    ("isl: 3000.9\nosl: 150\n", "a fixed isl is a whole number of tokens"),
+    ("isl: true\nosl: 150\n", "isl needs a number"),
+])  # fmt: skip
+def test_bad_yaml_workload_is_one_line_error(tmp_path, capsys, text, why):
+    """Each was a traceback (prefix_hit_rate: abc) or accepted silently (a misspelt cv: a fixed workload;
+    3000.9 tokens cut to 3000; true read as 1 token)."""
+    p = tmp_path / "w.yaml"
+    p.write_text(text)
+    rc = main(["plan", "--model", "meta-llama/Llama-3.1-8B", "--system", "h100_sxm", "--request-rate", "1",
+               "--workload", str(p)])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and why in err
