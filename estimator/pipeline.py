@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .candidates import Candidate, Rejection, enumerate_candidates
 from .deployment import Deployment, WorkerRole
 from .errors import DataNotAvailable
 from .model import load_model_info
-from .select import DecodeChoice, Selection, select
+from .select import DecodeChoice, Selection, planner_bounds, select
 from .sources import PerfSource, Stack, make_source
 from .spec import Spec
 from .surfaces import (
@@ -136,6 +136,9 @@ def estimate(spec: Spec, source: PerfSource | None = None) -> Profile:
     )
     deployment = selection.sizing.deployment if selection.sizing is not None else None
     prefill_engine, best_d = surface_engines(selection, deployment)
+    deployed_prefill = next(c for c in selection.prefill if c.candidate == prefill_engine)
+    bounds = planner_bounds(spec.ttft_ms, deployed_prefill, best_d, spec.isl, spec.osl)  # of what is deployed
+    selection = replace(selection, bounds=bounds)
     p_surface = prefill_surface(
         source,
         prefill_engine,

@@ -50,10 +50,25 @@ class DecodeChoice:
 
 @dataclass(frozen=True, slots=True)
 class PlannerBounds:
+    """Load-based scaling bounds of the deployed engines: prefill queue in requests of ISL tokens per
+    engine, decode KV-cache usage as a fraction (Dynamo 0.x's units; ``load_thresholds`` gives 1.6's)."""
+
     prefill_queue_lower: float
     prefill_queue_upper: float
     decode_kv_lower: float
     decode_kv_upper: float
+
+    def load_thresholds(self, isl: int) -> dict[str, int | float]:
+        """As Dynamo 1.6's load-based planner reads them (``optimization_target: load``): queued prefill
+        tokens per engine rank and decode KV usage in %, each pair with scale-up above scale-down."""
+        up = max(2, round(self.prefill_queue_upper * isl))
+        kv_up = round(100 * self.decode_kv_upper, 1)
+        return {
+            "prefill_scale_up_queue_tokens": up,
+            "prefill_scale_down_queue_tokens": min(round(self.prefill_queue_lower * isl), up - 1),
+            "decode_scale_up_kv_rate": kv_up,
+            "decode_scale_down_kv_rate": min(round(100 * self.decode_kv_lower, 1), round(kv_up - 0.1, 1)),
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -193,13 +193,11 @@ def test_report_round_trips_with_every_candidate_rejection_and_alternative(writt
 def test_summary_text_names_engines_bounds_alternatives_and_rejections(profile):
     sel = profile.selection
     text = summary_text(profile)
-    b = sel.bounds
-    assert (
-        f"prefill queue size: upper/lower = {b.prefill_queue_upper:.2f}/{b.prefill_queue_lower:.2f}" in text
-    )
-    assert (
-        f"decode kv cache utilization: upper/lower = {b.decode_kv_upper:.2f}/{b.decode_kv_lower:.2f}" in text
-    )
+    t = sel.bounds.load_thresholds(profile.spec.isl)
+    queue = f"{t['prefill_scale_up_queue_tokens']}/{t['prefill_scale_down_queue_tokens']} tokens per engine"
+    assert f"prefill_scale_up/down_queue_tokens = {queue}" in text
+    kv = f"{t['decode_scale_up_kv_rate']:g}/{t['decode_scale_down_kv_rate']:g} %"
+    assert f"decode_scale_up/down_kv_rate = {kv}" in text
     assert f"Prefill engine: {sel.best_prefill.candidate.name} " in text
     assert f"Decode engine:  {sel.best_decode.candidate.name} " in text
     assert f"= {sel.sizing.total_gpus} GPUs" in text

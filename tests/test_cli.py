@@ -25,7 +25,8 @@ def test_profile_writes_every_file(tmp_path, capsys):
     out = tmp_path / "out"
     assert main([*STUDY, "-o", str(out), "--planner-load-adjustment-interval=60"]) == 0
     text = capsys.readouterr().out
-    assert "Prefill engine: TP" in text and "Decode engine:" in text and "prefill queue size" in text
+    assert "Prefill engine: TP" in text and "Decode engine:" in text
+    assert "prefill_scale_up/down_queue_tokens" in text
     for rel in (
         "report.json", "final_config.yaml", "prefill_performance.png", "decode_performance.png",
         "selected_prefill_interpolation/raw_data.npz", "selected_decode_interpolation/raw_data.npz",

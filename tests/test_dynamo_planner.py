@@ -224,3 +224,25 @@ def test_every_backend_and_mode_matches_its_template(backend, mode, tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_load_target_gets_the_deployed_engines_thresholds_and_dynamo_accepts_it(tmp_path):
+    """optimization_target load: Dynamo's PlannerConfig requires the prefill queue-token and decode KV-rate
+    thresholds; we wrote none (the Planner pod would crash-loop) and printed 0.x-style bounds of the
+    selected, not the deployed, engines. Now the deployed engines' thresholds fill the fields the user
+    left out, in Dynamo 1.6's units."""
+    spec = load_spec(None, model="Qwen/Qwen3-32B", system="h200_sxm", backend="vllm", isl=3000, osl=150,
+                     ttft=200, itl=20, request_rate=5,
+                     planner_args={"optimization_target": "load", "decode_scale_up_kv_rate": "70",
+                                   "mode": "disagg"})  # fmt: skip
+    profile = estimate(spec)
+    write_artifacts(profile, tmp_path, plots=False)
+    cfg = run_dynamo(tmp_path, spec)["planner_config"]
+    ours = profile.selection.bounds.load_thresholds(spec.isl)
+    assert cfg["optimization_target"] == "load" and cfg["decode_scale_up_kv_rate"] == 70
+    assert cfg["decode_scale_down_kv_rate"] == ours["decode_scale_down_kv_rate"]
+    assert cfg["prefill_scale_up_queue_tokens"] == ours["prefill_scale_up_queue_tokens"]
+    prefill, decode = surface_engines(profile.selection, profile.deployment)
+    p_choice = next(c for c in profile.selection.prefill if c.candidate == prefill)
+    queue = (1.2 * 200 / p_choice.point.ttft_ms - 1) * 3000  # requests of ISL tokens that fit in 1.2 x TTFT
+    assert ours["prefill_scale_up_queue_tokens"] == max(2, round(queue))

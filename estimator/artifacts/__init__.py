@@ -87,6 +87,7 @@ def _write_final_config(profile: Any, out_dir: Path) -> Path:
         runtime_image=getattr(spec, "runtime_image", None),
         gpus_per_node=spec.gpus_per_node,
         max_gpu_budget=getattr(spec, "total_gpus", None),
+        load_thresholds=profile.selection.bounds.load_thresholds(spec.isl),
         kv_router=getattr(spec, "kv_router", False),
         runtime_version_override=getattr(spec, "runtime_version_override", None),
         planner=getattr(spec, "planner", True),

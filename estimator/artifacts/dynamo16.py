@@ -202,6 +202,7 @@ def final_config(
     runtime_image: str | None = None,
     gpus_per_node: int = 8,
     max_gpu_budget: int | None = None,
+    load_thresholds: dict[str, int | float] | None = None,
     kv_router: bool = False,
     runtime_version_override: str | None = None,
     planner: bool = True,
@@ -230,6 +231,7 @@ def final_config(
         planner_args=planner_args,
         max_gpu_budget=max_gpu_budget,
         deployed_gpus=deployment.total_gpus,
+        load_thresholds=load_thresholds,
     )
     docs = [_config_map("planner-config", {"planner_config.json": json.dumps(cfg, sort_keys=True)})]
     if not planner:

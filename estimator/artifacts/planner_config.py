@@ -139,11 +139,15 @@ def planner_config(
     planner_args: tuple[tuple[str, str], ...] = (),
     max_gpu_budget: int | None = None,
     deployed_gpus: int = 0,
+    load_thresholds: dict[str, int | float] | None = None,
 ) -> dict[str, Any]:
     """The JSON object of ``planner_config.json``; user settings win where they are allowed.
 
     ``max_gpu_budget``: the fleet's budget (DGDR ``totalGpus``); without one, Dynamo's default, raised
-    to ``deployed_gpus`` (the DGD's worker GPUs) where the fleet is larger: the Planner would refuse to start."""
+    to ``deployed_gpus`` (the DGD's worker GPUs) where the fleet is larger: the Planner would refuse to start.
+    ``load_thresholds``: the deployed engines' load-scaling thresholds (``PlannerBounds.load_thresholds``),
+    for the fields ``optimization_target: load`` needs and the user left out (Dynamo refuses the config
+    without them)."""
     for field, v in (("ttft_ms", ttft_ms), ("itl_ms", itl_ms)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise SpecError(field, f"expected a positive number of ms, got {v!r}")
@@ -170,6 +174,8 @@ def planner_config(
     budget = max_gpu_budget if max_gpu_budget is not None else max(DYNAMO_DEFAULT_GPU_BUDGET, deployed_gpus)
     cfg["max_gpu_budget"] = int(budget)
     cfg.update(user)
+    if cfg.get("optimization_target") == "load":
+        _fill_load_thresholds(cfg, load_thresholds or {})
     chosen = cfg["max_gpu_budget"]
     if not isinstance(chosen, int) or isinstance(chosen, bool) or chosen < -1:
         raise SpecError("planner_args.max_gpu_budget", f"expected an integer >= -1 (-1: no limit), got {chosen!r}")
@@ -177,6 +183,24 @@ def planner_config(
         raise SpecError("planner_args.max_gpu_budget", f"{chosen} is below the {deployed_gpus} GPUs the fleet "
                         "deploys; Dynamo's Planner would refuse to start")  # fmt: skip
     return cfg
+
+
+def _fill_load_thresholds(cfg: dict[str, Any], ours: dict[str, int | float]) -> None:
+    """The thresholds of the phases the mode scales, the user's where given; each scale-up above its
+    scale-down, as Dynamo's PlannerConfig requires."""
+    phases = {"agg": ("decode",), "prefill": ("prefill",), "decode": ("decode",)}
+    scaled = phases.get(cfg["mode"], ("prefill", "decode"))
+    for phase, unit in (("prefill", "queue_tokens"), ("decode", "kv_rate")):
+        if phase not in scaled:
+            continue
+        up, down = f"{phase}_scale_up_{unit}", f"{phase}_scale_down_{unit}"
+        for key in (up, down):
+            if cfg.get(key) is None and key in ours:
+                cfg[key] = ours[key]
+        vals = (cfg.get(up), cfg.get(down))
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+        if not numbers or vals[0] <= vals[1]:
+            raise SpecError(f"planner_args.{up}", f"optimization_target load needs it above {down}: {vals}")
 
 
 __all__ = ["PLANNER_FIELDS", "PROFILE_DATA_MOUNT", "planner_config", "user_settings"]

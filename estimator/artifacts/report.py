@@ -189,6 +189,7 @@ def report_dict(profile: Any, *, validation: Any = None, created: datetime | Non
             "prefill_queue_upper": sel.bounds.prefill_queue_upper,
             "decode_kv_lower": sel.bounds.decode_kv_lower,
             "decode_kv_upper": sel.bounds.decode_kv_upper,
+            "dynamo_1_6": sel.bounds.load_thresholds(spec.isl),
         },
         "sizing": _sizing(sel),
         "warnings": list(sel.warnings),
@@ -302,12 +303,14 @@ def summary_text(profile: Any, *, validation: Any = None) -> str:
             *(f"!!! {w}" for w in sel.warnings),
             "!" * 78,
         ]
-    b = sel.bounds
+    t = sel.bounds.load_thresholds(spec.isl)
     lines += [
         "",
-        "Planner bounds (load-based planner):",
-        f"  prefill queue size: upper/lower = {b.prefill_queue_upper:.2f}/{b.prefill_queue_lower:.2f}",
-        f"  decode kv cache utilization: upper/lower = {b.decode_kv_upper:.2f}/{b.decode_kv_lower:.2f}",
+        "Load-based planner thresholds of the deployed engines (--planner-optimization-target load):",
+        f"  prefill_scale_up/down_queue_tokens = {t['prefill_scale_up_queue_tokens']}/"
+        f"{t['prefill_scale_down_queue_tokens']} tokens per engine",
+        f"  decode_scale_up/down_kv_rate = {t['decode_scale_up_kv_rate']:g}/"
+        f"{t['decode_scale_down_kv_rate']:g} %",
     ]
     if sel.sizing is not None:
         lines += ["", _sizing_line(sel.sizing, sel)]
