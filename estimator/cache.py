@@ -2,7 +2,9 @@
 
 The key covers everything that changes the answer: the study fields that feed the estimate,
 the versions of sla-estimate, aiconfigurator-core and numpy, a hash of this package's source
-files (a code change invalidates old entries), and the calibration file's bytes when one is used.
+files and of the data files bundled under ``models/`` (a code or bundled-model change invalidates old
+entries), the regression model file's bytes, and for a calibration both its bytes and those of the
+regression model file it was fitted on (its ``base_source``): a refitted model is a new answer.
 Output-only fields (output directory, plots, strictness) are not part of the key.
 
 Entries are data, never code: JSON written by ``codec.encode`` with the format version, the key and
@@ -44,12 +46,54 @@ def cache_dir() -> Path:
 
 @cache
 def _code_hash() -> str:
+    """This package's source files and the bundled data files (``models/*.json``: regression models,
+    calibration priors), which change answers as much as code does."""
+    from .sources.regression.files import MODELS_DIR
+
     h = hashlib.sha256()
     root = Path(__file__).parent
     for path in sorted(root.rglob("*.py")):
         h.update(path.relative_to(root).as_posix().encode())
         h.update(path.read_bytes())
+    for path in sorted(MODELS_DIR.glob("*.json")):
+        h.update(b"models/" + path.name.encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _regression_sha256(name: str) -> str | None:
+    """SHA-256 of the model file ``regression:NAME|PATH`` names; None when there is none (make_source
+    then says so: the key need not)."""
+    from .errors import SourceError
+    from .sources.regression import resolve_model_path
+
+    try:
+        return _sha256(resolve_model_path(name.removeprefix("regression:")))
+    except (SourceError, OSError):
+        return None
+
+
+def _source_fields(source: str) -> dict[str, Any]:
+    """What identifies the source's data: a model file's bytes, or a calibration's and its base model's."""
+    if source in ("aic", "roofline"):
+        return {}
+    if source.startswith("regression:"):  # the fitted model file's bytes, wherever it lives
+        return {"source_sha256": _regression_sha256(source)}
+    path = Path(source)
+    if not path.is_file():
+        return {}
+    out: dict[str, Any] = {"source_sha256": _sha256(path)}
+    try:  # a calibration: the model file behind it can change while the calibration does not
+        base = json.loads(path.read_bytes()).get("base_source")
+    except (OSError, ValueError, AttributeError):
+        base = None  # not a readable calibration: make_source reports it
+    if isinstance(base, str) and base.startswith("regression:"):
+        out["base_model_sha256"] = _regression_sha256(base)
+    return out
 
 
 def _version(dist: str) -> str:
@@ -61,12 +105,7 @@ def _version(dist: str) -> str:
 
 def profile_key(spec: Spec) -> str:
     fields: dict[str, Any] = {k: v for k, v in spec.to_dict().items() if k not in _OUTPUT_ONLY}
-    if spec.source not in ("aic", "roofline") and Path(spec.source).is_file():
-        fields["source_sha256"] = hashlib.sha256(Path(spec.source).read_bytes()).hexdigest()
-    if spec.source.startswith("regression:"):  # the fitted model file's bytes, wherever it lives
-        from .sources.regression import resolve_model_path
-
-        fields["source_sha256"] = hashlib.sha256(resolve_model_path(spec.source[11:]).read_bytes()).hexdigest()
+    fields.update(_source_fields(spec.source))
     if os.path.isdir(spec.model):
         fields["model_config_sha256"] = hashlib.sha256(
             (Path(spec.model) / "config.json").read_bytes()

@@ -64,16 +64,44 @@ def run_models(ns: argparse.Namespace) -> int:
     return _fit(ns)
 
 
+_STACK_FIELDS = ("model", "system", "backend", "backend_version", "gemm_quant", "kvcache_quant")
+
+
 def _parse_stack(text: str | None) -> Any:
+    """``model=...,system=...,backend=...[,backend_version=...,gemm_quant=...,kvcache_quant=...]``, checked
+    and normalised as ``load_spec`` does (model id resolved, backend/system/quantisation from their choices),
+    so a Dynamo dir trains the same coefficient group and stack as a study of it would use."""
+    from .model import resolve_model_name
     from .sources.base import Stack
+    from .spec import KNOWN_SYSTEMS, KV_QUANT_MODES, QUANT_MODES, Backend
+    from .study_file import as_choice, as_text
 
     if not text:
         return None
     try:
         kv = dict(item.split("=", 1) for item in text.split(","))
-        return Stack(model=kv.pop("model"), system=kv.pop("system"), backend=kv.pop("backend"), **kv)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SpecError("stack", f"expected model=...,system=...,backend=..., got {text!r} ({exc})") from None
+    except ValueError:
+        raise SpecError("stack", f"expected model=...,system=...,backend=..., got {text!r}") from None
+    kv = {k.strip(): v.strip() for k, v in kv.items()}
+    unknown = sorted(set(kv) - set(_STACK_FIELDS))
+    if unknown:
+        raise SpecError("stack", f"unknown field {unknown[0]!r} (fields: {', '.join(_STACK_FIELDS)})")
+    missing = [k for k in ("model", "system", "backend") if not kv.get(k)]
+    if missing:
+        raise SpecError("stack", f"{missing[0]} is required (model=...,system=...,backend=...), got {text!r}")
+    gemm, kvq, version = (kv.get(k) or None for k in ("gemm_quant", "kvcache_quant", "backend_version"))
+    try:
+        model = resolve_model_name(as_text("stack model", kv["model"]))
+    except SpecError as exc:
+        raise SpecError("stack", str(exc)) from None
+    return Stack(
+        model=model,
+        system=as_choice("stack system", kv["system"], KNOWN_SYSTEMS),
+        backend=Backend(as_choice("stack backend", kv["backend"], tuple(b.value for b in Backend))).value,
+        backend_version=as_text("stack backend_version", version) if version else None,
+        gemm_quant=as_choice("stack gemm_quant", gemm, QUANT_MODES) if gemm else None,
+        kvcache_quant=as_choice("stack kvcache_quant", kvq, KV_QUANT_MODES) if kvq else None,
+    )
 
 
 def _fit(ns: argparse.Namespace) -> int:
@@ -107,6 +135,7 @@ def _fit(ns: argparse.Namespace) -> int:
         except MeasurementError as exc:
             raise SpecError("measurements", str(exc)) from None
         data, skipped = measurement_rows(runner.records)
+        skipped = runner.skipped + skipped  # rows the files held but the replay could not use, then records
         sources = [str(p) for p in ns.measurements]
         notes = "fitted on measurements"
     else:
@@ -124,15 +153,32 @@ def _fit(ns: argparse.Namespace) -> int:
     if len(data) < 2 * len(set(data.backend.tolist())) + 2:
         raise SpecError("measurements", f"only {len(data)} usable rows ({len(skipped)} left out: "
                         f"{'; '.join(skipped[:3])})")  # fmt: skip
+    reasons = left_out_reasons(skipped)
+    why = "; ".join(f"{n} {r}" for r, n in reasons.items())
     mf = fit_model_file(data, ns.name or Path(ns.output).stem, params=params, group_by=ns.group_by,
-                        notes=notes + (f"; {len(skipped)} records left out" if skipped else ""), sources=sources,
-                        tables=tables, table_checks=checks)  # fmt: skip
+                        notes=notes + (f"; {len(skipped)} rows/records left out: {why}" if skipped else ""),
+                        sources=sources, tables=tables, table_checks=checks,
+                        left_out={"total": len(skipped), "reasons": reasons})  # fmt: skip
     path = mf.save(ns.output)
-    print(f"wrote {path}: {len(data)} rows ({len(skipped)} left out)")
+    print(f"wrote {path}: {len(data)} rows ({len(skipped)} left out{': ' + why if skipped else ''})")
+    for note in mf.provenance.get("warnings", []):
+        print(f"warning: {note}")
     print(_error_table(mf.provenance))
     if tables:
         print(_table_check(mf.provenance))
     return 0
+
+
+def left_out_reasons(skipped: list[str]) -> dict[str, int]:
+    """How many rows were left out for each reason, most frequent first: a ``"WHERE: reason (detail)"``
+    line counts under its reason without the place and the parenthesised detail."""
+    import re
+
+    counts: dict[str, int] = {}
+    for line in skipped:
+        reason = re.sub(r"\s*\([^()]*\)", "", line.split(": ", 1)[-1]).strip() or line
+        counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _error_table(prov: dict[str, Any]) -> str:
@@ -173,6 +219,12 @@ def _show(ns: argparse.Namespace) -> int:
     print(f"  models ({len(s.get('models', {}))}): {', '.join(list(s.get('models', {}))[:8])}"
           + (" ..." if len(s.get("models", {})) > 8 else ""))  # fmt: skip
     print(f"  residual trees: {', '.join(mf.regressor.trees_) or 'none'}; packages {p.get('packages')}")
+    left = p.get("left_out") or {}
+    if left.get("total"):
+        reasons = "; ".join(f"{n} {r}" for r, n in left.get("reasons", {}).items())
+        print(f"  left out: {left['total']} ({reasons})")
+    for note in p.get("warnings", []):
+        print(f"  warning: {note}")
     print(_error_table(p))
     if mf.tables:
         print(_table_check(p))

@@ -6,7 +6,8 @@ repeats of one configuration are merged into one record (mean, with the spread a
 so a train/test split can never put the same configuration on both sides.
 
 Rows whose parallel mapping is not a ``Candidate`` (TP n, TEP n, DEP n; e.g. TP4 × attention-DP 4)
-are returned as ``Skipped`` with the reason, never dropped silently.
+are returned as ``Skipped`` with the reason, never dropped silently; so are rows of another mode
+(disaggregated serving) when the caller asks (``report_other_modes``, as ``models fit`` does).
 """
 
 from __future__ import annotations
@@ -124,16 +125,21 @@ def _row_problem(row: dict[str, str]) -> str | None:
 
 
 def load_silicon(
-    path: str | Path | None = None, mode: str = "agg"
+    path: str | Path | None = None, mode: str = "agg", *, report_other_modes: bool = False
 ) -> tuple[list[Measurement], list[Skipped]]:
-    """Agg rows as AGG measurements (deduplicated, repeats merged) and the rows we cannot represent."""
+    """Agg rows as AGG measurements (deduplicated, repeats merged) and the rows we cannot represent.
+
+    ``report_other_modes``: rows of another mode (disagg) are returned as skipped too, so a caller that
+    trains on the whole file can say how many rows it did not use and why."""
     path = Path(path) if path else bundled_silicon_csv()
     groups: dict[tuple, list[dict[str, str]]] = {}
     skipped: list[Skipped] = []
     for line, row in _rows(path):
-        if row["mode"] != mode:
-            continue
         rid = row["id"] or f"line {line}"
+        if row["mode"] != mode:
+            if report_other_modes:
+                skipped.append(Skipped(rid, f"{row['mode'] or 'no'} mode: only {mode} rows are used"))
+            continue
         ttft, tpot = _num(row["silicon_ttft_ms"]), _num(row["silicon_tpot_ms"])
         if (
             ttft is None

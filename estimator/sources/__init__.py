@@ -28,8 +28,11 @@ def make_source(name: str, stack: Stack) -> PerfSource:
     if Path(name).is_file():
         from .calibrated import CalibratedSource, read_calibration
 
-        base_name = read_calibration(name)["base_source"]
-        if base_name == CalibratedSource.name or Path(base_name).suffix:
+        base_name = str(read_calibration(name)["base_source"])
+        # a regression model file's path ends in .json too: only another calibration is refused
+        if base_name == CalibratedSource.name or (
+            not base_name.startswith("regression:") and Path(base_name).suffix
+        ):
             raise CalibrationError(f"calibration {name} is fitted on another calibration ({base_name!r})")
         if base_name == "regression":
             raise CalibrationError(f"calibration {name} records the regression source without its model "

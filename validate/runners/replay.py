@@ -47,13 +47,15 @@ def stacks_match(a: Stack, b: Stack) -> bool:
 
 
 class ReplayRunner(Runner):
-    """Answers probes from a list of recorded measurements."""
+    """Answers probes from a list of recorded measurements; ``skipped``: what its files held that it
+    could not use, one ``"WHERE: reason"`` line each (``from_paths`` fills it; ``models fit`` reports it)."""
 
     name = "replay"
 
-    def __init__(self, records: Iterable[Measurement], tolerance: float = 0.10):
+    def __init__(self, records: Iterable[Measurement], tolerance: float = 0.10, skipped: Iterable[str] = ()):
         self.records = list(records)
         self.tolerance = tolerance
+        self.skipped = list(skipped)
         self._by_key = {m.probe.key: m for m in self.records}
 
     @classmethod
@@ -67,6 +69,7 @@ class ReplayRunner(Runner):
         tolerance: float = 0.10,
     ) -> ReplayRunner:
         records: list[Measurement] = []
+        left_out: list[str] = []
         for p in map(Path, paths):
             if p.is_dir():
                 if stack is None:
@@ -77,10 +80,11 @@ class ReplayRunner(Runner):
             elif p.suffix == ".csv":
                 from ..silicon import load_silicon
 
-                got, skipped = load_silicon(p)
+                got, skipped = load_silicon(p, report_other_modes=True)
                 if skipped:
                     log.warning("%s: %d rows not used (e.g. row %s: %s)", p, len(skipped), skipped[0].row_id,
                                 skipped[0].reason)  # fmt: skip
+                left_out += [f"{p.name} row {s.row_id}: {s.reason}" for s in skipped]
                 records += got
             elif p.is_file():
                 store = MeasurementStore(p)
@@ -88,11 +92,12 @@ class ReplayRunner(Runner):
                 if not got:
                     why = store.skipped[0] if store.skipped else f"{p}: empty"
                     raise MeasurementError(f"no usable measurement in {p} ({why})")
+                left_out += store.skipped
                 records += got
             else:
                 raise MeasurementError(f"no recorded measurements at {p}")
         log.info("replay: %d records from %s", len(records), ", ".join(map(str, paths)))
-        return cls(records, tolerance)
+        return cls(records, tolerance, left_out)
 
     def capabilities(self) -> Capabilities:
         """What it holds: the kinds, engines and models of its records (``can_measure`` also needs a near point)."""
@@ -114,7 +119,9 @@ class ReplayRunner(Runner):
     def measure(self, probe: Probe) -> Measurement:
         self.require(probe)
         m = self._match(probe)
-        extra = {**m.extra, "replayed_from": m.probe.to_dict()}
+        # the runner that really measured it (a GPU-runner point trains its own coefficient group)
+        measured_by = m.extra.get("measured_by") or m.runner
+        extra = {**m.extra, "replayed_from": m.probe.to_dict(), "measured_by": measured_by}
         return dataclasses.replace(m, probe=probe, runner=self.name, extra=extra)
 
     def _match(self, probe: Probe) -> Measurement | None:

@@ -25,7 +25,7 @@ from ...errors import SlaEstimateError
 from ...measurements import Measurement, ProbeKind
 from ..base import PerfSource, Stack
 from .engine import FEATURE_NAMES, EngineFeatures
-from .regressor import K, TrainingSet
+from .regressor import K, TrainingSet, quant_id
 
 log = logging.getLogger(__name__)
 GPU_RUNNER = "gpu-runner"
@@ -37,7 +37,7 @@ DISTILL_CONTEXT = np.unique(np.round(np.geomspace(128, 131072, 11)))
 class _Rows:
     def __init__(self) -> None:
         self.cols: dict[str, list] = {k: [] for k in ("kind", "backend", "model", "system", "design", "features",
-                                                      "y_ms", "origin")}  # fmt: skip
+                                                      "y_ms", "origin", "quant")}  # fmt: skip
         self.kv_backend: list[str] = []
         self.kv_rows: list[np.ndarray] = []
 
@@ -47,7 +47,7 @@ class _Rows:
     ) -> None:  # fmt: skip
         n = y.size
         for k, v in (("kind", kind), ("backend", backend or stack.backend), ("model", stack.model), ("system", stack.system),
-                     ("origin", origin)):  # fmt: skip
+                     ("origin", origin), ("quant", quant_id(stack.gemm_quant, stack.kvcache_quant))):  # fmt: skip
             self.cols[k].extend([v] * n)
         self.cols["design"].append(np.atleast_2d(design))
         self.cols["features"].append(np.atleast_2d(features))
@@ -69,6 +69,7 @@ class _Rows:
             y_ms=np.concatenate(c["y_ms"]) if c["y_ms"] else np.zeros(0), origin=np.array(c["origin"], dtype=str),
             kv_backend=np.array(self.kv_backend, dtype=str),
             kv_rows=np.vstack(self.kv_rows) if self.kv_rows else np.zeros((0, 4)),
+            quant=np.array(c["quant"], dtype=str),
         )  # fmt: skip
 
 
@@ -116,8 +117,10 @@ def coefficient_key(m: Measurement) -> str:
 
     The ``gpu`` runner times a plain transformers model, not the serving engine its stack names, so
     its points form their own group (``gpu-runner``) instead of pulling that engine's coefficients.
+    A replayed record keeps the runner that measured it in ``extra["measured_by"]``.
     """
-    return GPU_RUNNER if m.runner == "gpu" else m.probe.stack.backend
+    runner = m.extra.get("measured_by") or m.runner
+    return GPU_RUNNER if runner == "gpu" else m.probe.stack.backend
 
 
 class _Basis(PerfSource):

@@ -2,7 +2,10 @@
 
 The error a file reports is out-of-sample: each fold leaves a whole group out, so a model is never
 scored on the engines it was fitted on. Errors are absolute relative errors in % (median, p90) per
-row kind, and the p90 of |log(pred / measured)|, which sets the source's bands.
+row kind, and the p90 of |log(pred / measured)|, which sets the source's bands. They are also kept per
+coefficient group (``*_by_group``): a band is the error of the rows that trained the coefficients it
+answers from, not of another group's (GPU-runner prefill points say nothing of vLLM's). Data with a
+single group to leave out cannot be cross-validated: the file then says so (``warnings``, notes).
 """
 
 from __future__ import annotations
@@ -48,6 +51,12 @@ def error_summary(pred: np.ndarray, data: TrainingSet) -> dict[str, dict[str, fl
     return out
 
 
+def errors_by_group(pred: np.ndarray, data: TrainingSet) -> dict[str, dict[str, dict[str, float]]]:
+    """``error_summary`` of each coefficient group's rows (the backend, or ``gpu-runner``)."""
+    return {str(g): error_summary(pred[data.backend == g], data.subset(data.backend == g))
+            for g in np.unique(data.backend)}  # fmt: skip
+
+
 def cross_validate(
     data: TrainingSet, params: dict[str, Any], group_by: str = "model"
 ) -> tuple[np.ndarray, int]:
@@ -74,25 +83,36 @@ def fit_model_file(
     sources: list[str] | None = None,
     tables: dict[str, Any] | None = None,
     table_checks: list[dict[str, Any]] | None = None,
+    left_out: dict[str, Any] | None = None,
 ) -> ModelFile:
     """Cross-validate, fit on everything, and wrap with provenance (and the node tables, if any)."""
     params = params or {}
     pred, folds = cross_validate(data, params, group_by)
     reg = PerfRegressor(**params).fit(data)
     return assemble(data, name, reg, pred, folds, group_by=group_by, notes=notes, sources=sources,
-                    tables=tables, table_checks=table_checks)  # fmt: skip
+                    tables=tables, table_checks=table_checks, left_out=left_out)  # fmt: skip
 
 
 def assemble(data: TrainingSet, name: str, reg: PerfRegressor, cv_pred: np.ndarray, folds: int, *,
              group_by: str = "model", notes: str = "", sources: list[str] | None = None,
-             tables: dict[str, Any] | None = None, table_checks: list[dict[str, Any]] | None = None) -> ModelFile:  # fmt: skip
+             tables: dict[str, Any] | None = None, table_checks: list[dict[str, Any]] | None = None,
+             left_out: dict[str, Any] | None = None) -> ModelFile:  # fmt: skip
     """The model file of a fitted regressor and its out-of-fold predictions (folds may run in parallel).
 
     ``tables``: node tables by key (``data.aic_tables``); ``table_checks``: AIC at points off the
-    nodes (``data.aic_check_points``), whose error against the tables' read-out the file records."""
+    nodes (``data.aic_check_points``), whose error against the tables' read-out the file records;
+    ``left_out``: the rows the caller could not use, by reason."""
     ok = np.isfinite(cv_pred)
     cv = error_summary(cv_pred[ok], data.subset(ok)) if ok.any() else {}
+    in_pred = predict_rows(reg, data)
     hardware: dict[str, HardwareSpec] = {s: hardware_spec(s) for s in sorted(set(data.system.tolist()))}
+    warnings = []
+    if not ok.any():  # one fold would leave every row out: cross_validate skips it
+        only = ", ".join(sorted(set(getattr(data, group_by).tolist())))
+        warnings.append(f"no cross-validation: leave-one-{group_by}-out needs two, the data holds one "
+                        f"({only}); bands outside the training data fall back to the in-sample error, which "
+                        "understates them")  # fmt: skip
+        notes = "; ".join(n for n in (notes, *warnings) if n)
     provenance = {
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "training_sha256": data.digest(),
@@ -100,10 +120,15 @@ def assemble(data: TrainingSet, name: str, reg: PerfRegressor, cv_pred: np.ndarr
         "training_sources": sources or [],
         "packages": package_versions(),
         "cv": cv,
-        "cv_scheme": f"leave-one-{group_by}-out ({folds} folds)",
-        "in_sample": error_summary(predict_rows(reg, data), data),
+        "cv_scheme": f"leave-one-{group_by}-out ({folds} folds)" if ok.any() else f"none (one {group_by})",
+        "in_sample": error_summary(in_pred, data),
+        "cv_by_group": errors_by_group(cv_pred[ok], data.subset(ok)) if ok.any() else {},
+        "in_sample_by_group": errors_by_group(in_pred, data),
         "notes": notes,
+        "warnings": warnings,
     }
+    if left_out is not None:
+        provenance["left_out"] = left_out
     parsed = {k: EngineTable.from_dict(v) for k, v in (tables or {}).items()}  # checks every table
     mf = ModelFile(name, reg, hardware, provenance, tables=dict(tables or {}))
     if parsed:

@@ -39,6 +39,8 @@ class TrainingSet:
     ``kind``: prefill | decode (direct points; ``features`` hold the residual features) or ttft | tpot
     (aggregated-serving rows: the design holds the serving model's per-term sums). ``group``: model,
     system for leave-one-out splits. ``kv``: rows (backend, capacity bytes per GPU, memory, act bytes).
+    ``quant``: each row's quantisation (``"GEMM/KV"``, ``default`` where the stack names none), so a file
+    can record which stacks it was trained on; None where unknown (rows cached by older code).
     """
 
     kind: np.ndarray
@@ -51,14 +53,16 @@ class TrainingSet:
     origin: np.ndarray
     kv_backend: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))
     kv_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    quant: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.y_ms.size)
 
     def subset(self, mask: np.ndarray) -> TrainingSet:
+        quant = None if self.quant is None else self.quant[mask]
         return TrainingSet(self.kind[mask], self.backend[mask], self.model[mask], self.system[mask],
                            self.design[mask], self.features[mask], self.y_ms[mask], self.origin[mask],
-                           self.kv_backend, self.kv_rows)  # fmt: skip
+                           self.kv_backend, self.kv_rows, quant)  # fmt: skip
 
     @staticmethod
     def concat(parts: list[TrainingSet]) -> TrainingSet:
@@ -67,7 +71,8 @@ class TrainingSet:
             raise ValueError("no training rows")
         cat = {n: np.concatenate([getattr(p, n) for p in parts]) for n in (
             "kind", "backend", "model", "system", "design", "features", "y_ms", "origin", "kv_backend", "kv_rows")}  # fmt: skip
-        return TrainingSet(**cat)
+        known = all(p.quant is not None for p in parts)
+        return TrainingSet(**cat, quant=np.concatenate([p.quant for p in parts]) if known else None)
 
     def digest(self) -> str:
         import hashlib
@@ -84,9 +89,23 @@ class TrainingSet:
             keys, n = np.unique(a, return_counts=True)
             return {str(k): int(v) for k, v in zip(keys, n, strict=True)}
 
-        return {"rows": len(self), "kinds": count(self.kind), "origins": count(self.origin),
-                "backends": count(self.backend), "systems": count(self.system), "models": count(self.model),
-                "kv_rows": int(self.kv_rows.shape[0])}  # fmt: skip
+        out = {"rows": len(self), "kinds": count(self.kind), "origins": count(self.origin),
+               "backends": count(self.backend), "systems": count(self.system), "models": count(self.model),
+               "kv_rows": int(self.kv_rows.shape[0])}  # fmt: skip
+        if self.quant is not None:  # the combinations trained: a band is in-sample only for one of these
+            rows = zip(self.model, self.system, self.backend, self.quant, strict=True)
+            out["stacks"] = count(np.array([stack_id(*r) for r in rows], dtype=str))
+        return out
+
+
+def quant_id(gemm_quant: str | None, kvcache_quant: str | None) -> str:
+    """One row's quantisation as the training summary records it."""
+    return f"{gemm_quant or 'default'}/{kvcache_quant or 'default'}"
+
+
+def stack_id(model: str, system: str, group: str, quant: str) -> str:
+    """``model@system/group/GEMM/KV``: a stack as the training summary's ``stacks`` names it."""
+    return f"{model}@{system}/{group}/{quant}"
 
 
 class PerfRegressor:
