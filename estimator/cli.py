@@ -144,6 +144,9 @@ def _overrides(ns: argparse.Namespace, planner: list[str]) -> dict[str, Any]:
         "dgdr", "dynamo_version", "runtime_image",
     )  # fmt: skip
     out = {k: getattr(ns, k, None) for k in keys}
+    empty = next((k for k, v in out.items() if isinstance(v, str) and not v.strip()), None)
+    if empty is not None:  # an empty value would fall back to the default without a word
+        raise SpecError(empty, "empty value")
     if planner:
         out["planner_args"] = planner
     if ns.command == "validate":

@@ -14,6 +14,7 @@ A field we cannot honour is a one-line error; one that is safe to ignore is a wa
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 from collections.abc import Mapping
@@ -85,6 +86,7 @@ def dgdr_spec(doc: Mapping[str, Any]) -> dict[str, Any]:
         if doc.get("apiVersion") != API_VERSION:
             raise SpecError("apiVersion", f"{doc.get('apiVersion')!r} is not {API_VERSION} (Dynamo 1.6)")
         _unknown("", doc, frozenset({"apiVersion", "kind", "metadata", "spec", "status"}))
+        _mapping("metadata", doc.get("metadata"))
         spec = _mapping("spec", doc.get("spec"))
         prefix = "spec."
     else:
@@ -113,6 +115,9 @@ def dgdr_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
     out["system"] = str(hw["gpuSku"]).lower()
     per_node = hw.get("numGpusPerNode")
     total = hw.get("totalGpus")
+    for key, v in (("numGpusPerNode", per_node), ("totalGpus", total)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise SpecError(f"hardware.{key}", f"expected an integer, got {v!r}")
     if per_node is not None:
         out["gpus_per_node"] = per_node
     if total is not None:
@@ -153,6 +158,7 @@ def dgdr_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
     if spec.get("modelCache"):
         raise SpecError("modelCache", "PVC model caches are not supported (the DGD downloads the model)")
     overrides = _mapping("overrides", spec.get("overrides"))
+    _unknown("overrides.", overrides, frozenset({"dgd", "profilingJob", "trustRemoteCode"}))
     if overrides.get("dgd"):
         raise SpecError("overrides.dgd", "DGD overrides are not supported; edit final_config.yaml instead")
     if overrides.get("profilingJob"):
@@ -180,6 +186,8 @@ def _load(wl: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, Any]:
         return {"request_rate": rate}
     if conc is None:
         return {}
+    if isinstance(conc, bool):
+        raise SpecError("workload.concurrency", f"expected a number, got {conc!r}")
     try:
         conc_f, ttft, itl, osl = (float(x) for x in (conc, out["ttft_ms"], out["itl_ms"], out["osl"]))
     except (TypeError, ValueError):
@@ -192,18 +200,39 @@ def _load(wl: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, Any]:
     return {"request_rate": rate_f}
 
 
+def _json(field: str, v: Any) -> str:
+    """``v`` as JSON text: a YAML date as its text; NaN, infinities and other types are errors."""
+
+    def date(x: Any) -> str:
+        if isinstance(x, (datetime.date, datetime.datetime)):
+            return x.isoformat()
+        raise TypeError(type(x).__name__)
+
+    try:
+        return json.dumps(v, default=date, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        why = "must be finite numbers" if isinstance(exc, ValueError) else f"is not JSON ({exc})"
+        raise SpecError(field, why) from None
+
+
 def _features(features: Mapping[str, Any]) -> dict[str, Any]:
     _unknown("features.", features, _FEATURE_KEYS)
     # Dynamo's profiler adds a Planner only for features.planner (``is_planner_enabled``)
     out: dict[str, Any] = {"planner": features.get("planner") is not None}
     planner = _mapping("features.planner", features.get("planner"))
     if planner:
-        # Typed values travel as JSON text; the planner config renderer parses them back.
-        out["planner_args"] = {k: json.dumps(v) for k, v in planner.items()}
+        # Typed values travel as JSON text; the planner config renderer parses them back. A YAML date is
+        # its text; NaN and infinities are no JSON (Dynamo would read a string).
+        out["planner_args"] = {k: _json(f"features.planner.{k}", v) for k, v in planner.items()}
     router = _mapping("features.kvRouter", features.get("kvRouter"))
+    mocker = _mapping("features.mocker", features.get("mocker"))
+    for name, section in (("kvRouter", router), ("mocker", mocker)):
+        _unknown(f"features.{name}.", section, frozenset({"enabled"}))
+        flag = section.get("enabled")
+        if flag is not None and not isinstance(flag, bool):
+            raise SpecError(f"features.{name}.enabled", f"expected true or false, got {flag!r}")
     if router.get("enabled"):
         out["kv_router"] = True
-    mocker = _mapping("features.mocker", features.get("mocker"))
     if mocker.get("enabled"):
         raise SpecError(
             "features.mocker", "mocker deployments are not supported (sla-estimate sizes real engines)"

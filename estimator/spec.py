@@ -159,7 +159,7 @@ def _as_probability(name: str, v: Any) -> float | None:
 
 def _gpu_counts(raw: dict[str, Any]) -> tuple[int, ...]:
     g = raw.get("gpus")
-    if g is not None and g != "" and g != []:
+    if g is not None:
         if isinstance(g, str):
             items: list[Any] = g.split(",")
         elif isinstance(g, (list, tuple)):
@@ -168,12 +168,9 @@ def _gpu_counts(raw: dict[str, Any]) -> tuple[int, ...]:
             items = [g]
         else:
             raise SpecError("gpus", f"expected a list of GPU counts like 1,2,4, got {type(g).__name__}")
-        counts = tuple(
-            sorted({_as_int("gpus", x, 1, 1024) for x in items if not (isinstance(x, str) and not x.strip())})
-        )
-        if not counts:
-            raise SpecError("gpus", "empty GPU list")
-        return counts
+        if not items or any(isinstance(x, str) and not x.strip() for x in items):
+            raise SpecError("gpus", f"expected GPU counts like 1,2,4, got {g!r}")
+        return tuple(sorted({_as_int("gpus", x, 1, 1024) for x in items}))
     lo = _as_int("min_gpus", raw.get("min_gpus", 1), 1, 1024)
     if raw.get("max_gpus") is not None:
         hi = _as_int("max_gpus", raw["max_gpus"], 1, 1024)
@@ -219,6 +216,8 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
         raise SpecError("dgdr", "give either --config or --dgdr, not both")
     path = dgdr_path or config
     doc: dict[str, Any] = read_yaml(path) if path else {}
+    if path and not doc:  # an empty file (or comments only) is not the default study
+        raise SpecError("dgdr" if dgdr_path else "config", f"{path} holds no fields")
     from .dgdr import is_dgdr
 
     if dgdr_path or is_dgdr(doc):
@@ -293,15 +292,24 @@ def _spec_from_raw(raw: dict[str, Any], overrides: dict[str, Any]) -> Spec:
         confidence=_as_probability("confidence", raw.get("confidence")),
         dynamo_version=_as_choice("dynamo_version", raw.get("dynamo_version", "1.6"), DYNAMO_VERSIONS),
         runtime_image=_image(raw.get("runtime_image")),
-        total_gpus=_as_int("total_gpus", raw["total_gpus"], 1, 1_000_000) if raw.get("total_gpus") else None,
+        total_gpus=None if raw.get("total_gpus") is None else _as_int("total_gpus", raw["total_gpus"], 1, 10**6),
         kv_router=_as_bool("kv_router", raw.get("kv_router", False)),
         planner=_as_bool("planner", raw.get("planner", True)),
-        runtime_version_override=str(raw["runtime_version_override"]) if raw.get("runtime_version_override") else None,
+        runtime_version_override=_version_override(raw.get("runtime_version_override")),
     )
     too_big = [n for n in spec.gpu_counts if n > spec.gpus_per_node]
     if too_big:
         raise SpecError("max_gpus", f"{too_big[0]} GPUs per engine exceed gpus_per_node={spec.gpus_per_node}")
     return spec
+
+
+def _version_override(v: Any) -> str | None:
+    """A DGDR ``runtimeVersionOverride``: one version string (written into every component)."""
+    if v is None:
+        return None
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}", v):
+        raise SpecError("runtime_version_override", f"expected a version like 1.6.1, got {str(v)[:60]!r}")
+    return v
 
 
 def _planner_args(v: Any) -> tuple[tuple[str, str], ...]:
@@ -327,6 +335,9 @@ def _planner_args(v: Any) -> tuple[tuple[str, str], ...]:
         if isinstance(val, bool):
             val = "true" if val else "false"
         out.append((name, _as_text(f"planner_args.{name}", val) if val != "" else ""))
+    from .artifacts.planner_config import user_settings
+
+    user_settings(tuple(out))  # names, values and repeats are checked now, with or without an output dir
     return tuple(out)
 
 

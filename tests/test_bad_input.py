@@ -301,6 +301,23 @@ CASES = {
     ),
     "4 MB planner_args": (lambda t: ["--config", _yaml(t, "planner_args:\n" + "- a=b\n" * 700_000)], "bytes"),
     "many planner flags": (lambda t: [*STUDY, *[f"--planner-f{i}=1" for i in range(300)]], "at most 256"),
+    # session 9 (a fuzzing review): tracebacks, or accepted without a word
+    "planner value a YAML set": (lambda t: [*STUDY, "--planner-log-dir=!!set {a}"], "planner_args.log_dir"),
+    "planner value binary": (lambda t: [*STUDY, "--planner-log-dir=!!binary aGVsbG8="], "log_dir"),
+    "planner value refers to itself": (lambda t: [*STUDY, "--planner-log-dir=&a [*a]"], "log_dir"),
+    "planner value nan": (lambda t: [*STUDY, "--planner-kalman-r=.nan"], "planner_args.kalman_r"),
+    "planner field unknown without -o": (lambda t: [*STUDY, "--planner-bogus=1"], "planner_args.bogus"),
+    "planner field twice": (lambda t: [*STUDY, "--planner-kalman-r=1", "--planner-kalman-r=2"], "twice"),
+    "cli gpus empty": (lambda t: [*STUDY, "--gpus", ""], "gpus"),
+    "cli gpus 1,,2": (lambda t: [*STUDY, "--gpus", "1,,2"], "gpus"),
+    "cli backend-version empty": (lambda t: [*STUDY, "--backend-version", ""], "backend_version"),
+    "cli runtime-image empty": (lambda t: [*STUDY, "--runtime-image", ""], "runtime_image"),
+    "yaml empty study file": (lambda t: ["--config", _yaml(t, "# nothing\n")], "holds no fields"),
+    "yaml total_gpus 0": (lambda t: ["--config", _yaml(t, "total_gpus: 0\n")], "total_gpus"),
+    "yaml runtime_version_override mapping": (
+        lambda t: ["--config", _yaml(t, "runtime_version_override: {a: b}\n")],
+        "runtime_version_override",
+    ),
 }
 
 

@@ -104,6 +104,17 @@ def test_concurrency_becomes_a_rate_with_a_warning(tmp_path, caplog):
             "prefill_engine_num_gpu",
         ),
         (lambda d: d["spec"]["features"]["planner"].update(no_such_field=1), "planner_args.no_such_field"),
+        # session 9: each was a traceback or accepted silently
+        (lambda d: d["spec"]["features"]["planner"].update(kalman_r=float("nan")), "planner.kalman_r"),
+        (lambda d: d["spec"]["features"]["planner"].update(log_dir=b"x"), "features.planner.log_dir"),
+        (lambda d: d["spec"]["hardware"].update(totalGpus="1"), "hardware.totalGpus"),
+        (lambda d: d["spec"].update(overrides={"bogus": 1}), "overrides.bogus"),
+        (lambda d: d["spec"]["features"]["kvRouter"].update(bogus=1), "features.kvRouter.bogus"),
+        (lambda d: d["spec"]["features"]["kvRouter"].update(enabled="maybe"), "features.kvRouter.enabled"),
+        (lambda d: d["spec"]["features"].update(mocker={"enabled": False, "x": 1}), "features.mocker.x"),
+        (lambda d: d["spec"]["workload"].update(requestRate=None, concurrency=True), "workload.concurrency"),
+        (lambda d: d["spec"].update(runtimeVersionOverride=[1]), "runtimeVersionOverride"),
+        (lambda d: d.update(metadata=5), "metadata"),
     ],
 )
 def test_bad_dgdr_is_one_line_naming_the_field_exit_2(tmp_path, capsys, mutate, field):
@@ -195,3 +206,17 @@ def test_no_features_planner_means_no_planner_as_in_dynamo(tmp_path):
     assert main(["--dgdr", str(path), "--no-plots", "-o", str(out)]) == 0
     docs = list(yaml.safe_load_all((out / "final_config.yaml").read_text()))
     assert "planner" in {c["type"] for c in docs[-1]["spec"]["components"]}
+
+
+def test_a_yaml_date_in_features_planner_stays_its_text(tmp_path):
+    """YAML reads log_dir: 2001-12-14 as a date, which json.dumps could not write (a traceback)."""
+    doc = json.loads(json.dumps(BASE))
+    doc["features"]["planner"]["log_dir"] = "DATE"
+    path = tmp_path / "d.yaml"
+    head = {"apiVersion": "nvidia.com/v1beta1", "kind": "DynamoGraphDeploymentRequest"}
+    path.write_text(yaml.safe_dump({**head, "spec": doc}).replace("DATE", "2001-12-14"))
+    out = tmp_path / "out"
+    assert main(["--config", str(path), "--no-plots", "-o", str(out)]) == 0
+    first = next(yaml.safe_load_all((out / "final_config.yaml").read_text()))
+    cfg = json.loads(first["data"]["planner_config.json"])
+    assert cfg["log_dir"] == "2001-12-14"

@@ -24,9 +24,12 @@ def test_flags_override_yaml(tmp_path):
 
 
 def test_explicit_gpu_list_and_planner_args():
-    spec = load_spec(gpus="4,1,2", planner_args=["adjustment-interval=60", "--planner-load-predictor=arima"])
+    flags = ["load-adjustment-interval=60", "--planner-load-predictor=arima"]
+    spec = load_spec(gpus="4,1,2", planner_args=flags)
     assert spec.gpu_counts == (1, 2, 4)
-    assert spec.planner_args == (("adjustment-interval", "60"), ("load-predictor", "arima"))
+    assert spec.planner_args == (("load-adjustment-interval", "60"), ("load-predictor", "arima"))
+    with pytest.raises(SpecError, match="adjustment_interval: not a field"):  # checked when read, not written
+        load_spec(planner_args=["adjustment-interval=60"])
 
 
 def test_local_model_directory(tmp_path):
@@ -52,7 +55,7 @@ def test_local_model_directory(tmp_path):
         ({"itl": -3}, "itl_ms"),
         ({"itl": "nan"}, "itl_ms"),
         ({"min_gpus": 3, "max_gpus": 3}, "max_gpus"),
-        ({"gpus": ""}, None),  # empty string means "not given": falls back to the range
+        ({"gpus": ""}, "gpus"),  # empty is not "not given": it would fall back to the range without a word
         ({"max_gpus": 16}, "max_gpus"),  # beyond gpus_per_node 8
         ({"gemm_quant": "fp7"}, "gemm_quant"),
         ({"bogus": 1}, "bogus"),

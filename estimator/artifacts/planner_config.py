@@ -10,6 +10,7 @@ wheel's (``PLANNER_FIELDS``; tests/test_dynamo_planner.py compares them with the
 
 from __future__ import annotations
 
+import datetime
 import math
 from typing import Any
 
@@ -102,12 +103,35 @@ PROFILE_DATA_MOUNT = "/workspace/profiling_results"
 PLANNER_CONFIG_MOUNT = "/workspace/planner_config"
 
 
-def _value(text: str) -> Any:
-    """A pass-through value: YAML/JSON scalars and mappings (``true``, ``5``, ``{"a": 1}``), else text."""
+def _value(name: str, text: str) -> Any:
+    """A pass-through value: YAML/JSON scalars and mappings (``true``, ``5``, ``{"a": 1}``), else text.
+    It must be JSON (``planner_config.json``): a YAML date stays the text it was, NaN, infinities, binary,
+    sets and self-references are errors."""
     try:
-        return yaml.safe_load(text) if isinstance(text, str) else text
+        v = yaml.safe_load(text) if isinstance(text, str) else text
     except yaml.YAMLError:
         return text
+    if isinstance(v, (datetime.date, datetime.datetime)):
+        return text.strip()
+    _check_json(f"planner_args.{name}", v, 0)
+    return v
+
+
+def _check_json(field: str, v: Any, depth: int) -> None:
+    if depth > 20:
+        raise SpecError(field, "nests too deep (or refers to itself)")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise SpecError(field, f"must be a finite number, got {v}")
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if not isinstance(k, str):
+                raise SpecError(field, f"keys must be text, got {k!r}")
+            _check_json(field, x, depth + 1)
+    elif isinstance(v, list):
+        for x in v:
+            _check_json(field, x, depth + 1)
+    elif v is not None and not isinstance(v, (str, int, float, bool)):
+        raise SpecError(field, f"is not a JSON value ({type(v).__name__})")
 
 
 def user_settings(planner_args: tuple[tuple[str, str], ...]) -> dict[str, Any]:
@@ -116,13 +140,15 @@ def user_settings(planner_args: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     for key, text in planner_args:
         name = str(key).removeprefix("--").removeprefix("planner-").replace("-", "_")
         name = _ALIASES.get(name, name)
+        if name in out:
+            raise SpecError(f"planner_args.{name}", "given twice")
         if name in _RETIRED:
             raise SpecError(f"planner_args.{name}", _RETIRED[name])
         if name not in PLANNER_FIELDS:
             raise SpecError(f"planner_args.{name}", "not a field of Dynamo 1.6's PlannerConfig")
         if name in _OWNED:
             raise SpecError(f"planner_args.{name}", "is set from the profiling results; remove it")
-        out[name] = _value(text)
+        out[name] = _value(name, text)
     return out
 
 
