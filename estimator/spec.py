@@ -292,7 +292,9 @@ def _spec_from_raw(raw: dict[str, Any], overrides: dict[str, Any]) -> Spec:
         confidence=_as_probability("confidence", raw.get("confidence")),
         dynamo_version=_as_choice("dynamo_version", raw.get("dynamo_version", "1.6"), DYNAMO_VERSIONS),
         runtime_image=_image(raw.get("runtime_image")),
-        total_gpus=None if raw.get("total_gpus") is None else _as_int("total_gpus", raw["total_gpus"], 1, 10**6),
+        total_gpus=(
+            None if raw.get("total_gpus") is None else _as_int("total_gpus", raw["total_gpus"], 1, 10**6)
+        ),
         kv_router=_as_bool("kv_router", raw.get("kv_router", False)),
         planner=_as_bool("planner", raw.get("planner", True)),
         runtime_version_override=_version_override(raw.get("runtime_version_override")),
