@@ -70,7 +70,10 @@ def screen(source: PerfSource, candidates: list[Candidate], request_tokens: int)
 
 
 def fleet_modes(spec: Spec) -> tuple[str, ...]:
-    """agg and disagg, unless the planner's ``mode`` (``--planner-mode``, DGDR ``features.planner.mode``) fixes one."""
+    """agg and disagg, unless the planner's ``mode`` (``--planner-mode``, DGDR ``features.planner.mode``)
+    fixes one; Dynamo 0.7's layout deploys disaggregated workers only (``spec`` refuses agg with it)."""
+    if spec.dynamo_version == "0.7":
+        return ("disagg",)
     mode = str(dict(spec.planner_args).get("mode", "")).strip('"')  # DGDR values arrive JSON-encoded
     return (mode,) if mode in ("agg", "disagg") else ("agg", "disagg")
 

@@ -299,6 +299,13 @@ def _spec_from_raw(raw: dict[str, Any], overrides: dict[str, Any]) -> Spec:
         planner=_as_bool("planner", raw.get("planner", True)),
         runtime_version_override=_version_override(raw.get("runtime_version_override")),
     )
+    if spec.dynamo_version == "1.6":  # names, values, repeats checked now, with or without an output dir
+        from .artifacts.planner_config import user_settings
+
+        user_settings(spec.planner_args)
+    elif str(dict(spec.planner_args).get("mode", "")).strip('"') == "agg":
+        why = "the 0.7 layout deploys disaggregated workers only; planner mode agg needs the 1.6 layout"
+        raise SpecError("dynamo_version", why)
     too_big = [n for n in spec.gpu_counts if n > spec.gpus_per_node]
     if too_big:
         raise SpecError("max_gpus", f"{too_big[0]} GPUs per engine exceed gpus_per_node={spec.gpus_per_node}")
@@ -337,9 +344,6 @@ def _planner_args(v: Any) -> tuple[tuple[str, str], ...]:
         if isinstance(val, bool):
             val = "true" if val else "false"
         out.append((name, _as_text(f"planner_args.{name}", val) if val != "" else ""))
-    from .artifacts.planner_config import user_settings
-
-    user_settings(tuple(out))  # names, values and repeats are checked now, with or without an output dir
     return tuple(out)
 
 

@@ -371,3 +371,22 @@ def test_bad_input_raises_spec_error_naming_the_field(overrides, field):
     with pytest.raises(SpecError) as info:
         _docs(**overrides)
     assert info.value.field == field
+
+
+def test_the_0_7_layout_takes_a_dgdrs_planner_values_as_flags_and_refuses_agg(tmp_path, capsys):
+    """A DGDR's typed values arrive JSON-encoded: they were written as --mode="disagg" and
+    --optimization_target="sla"; and an agg fleet was written as disagg workers with --mode=agg."""
+    from pathlib import Path
+
+    from estimator.cli import main
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "dgdr_qwen3_32b.yaml"
+    out = tmp_path / "o"
+    assert main(["--dgdr", str(example), "--dynamo-version", "0.7", "--no-plots", "-o", str(out)]) == 0
+    text = (out / "config_with_planner.yaml").read_text()
+    assert "--mode=disagg" in text and "--optimization-target=sla" in text
+    assert "--enable-throughput-scaling=true" in text and '"' not in text.split("--mode=")[1].split("\n")[0]
+    capsys.readouterr()
+    agg = ["--request-rate", "5", "--planner-mode", "agg", "--dynamo-version", "0.7", "--no-plots"]
+    assert main(agg) == 2
+    assert "0.7 layout deploys disaggregated workers only" in capsys.readouterr().err

@@ -13,6 +13,7 @@ ConfigMap's data and its checks sit in ``k8s_profile_data`` (names re-exported h
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -166,6 +167,22 @@ _PLANNER_OWNED = (
 )
 
 
+def _flag_name(key: str) -> str:
+    """A planner flag as 0.7's argparse spells it: ``--planner-x_y`` / DGDR ``x_y`` -> ``x-y``."""
+    return str(key).removeprefix("--").removeprefix("planner-").replace("_", "-")
+
+
+def _flag_value(text: str) -> str:
+    """A flag's text; a DGDR's typed values arrive as JSON (``"disagg"``, ``true``): unquoted for argv."""
+    try:
+        v = json.loads(text)
+    except (TypeError, ValueError):
+        return str(text)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return v if isinstance(v, str) else json.dumps(v)
+
+
 def planner_service(
     backend: str,
     image: str,
@@ -177,7 +194,7 @@ def planner_service(
     profile_results_dir: str,
     planner_args: tuple[tuple[str, str], ...],
 ) -> DgdService:
-    passthrough = tuple((str(k).removeprefix("--").removeprefix("planner-"), str(v)) for k, v in planner_args)
+    passthrough = tuple((_flag_name(k), _flag_value(v)) for k, v in planner_args)
     owned = [k for k, _ in passthrough if k in _PLANNER_OWNED]
     if owned:
         raise SpecError("planner_args", f"{', '.join(owned)} is set from the profiling results; remove it")
