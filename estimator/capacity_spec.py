@@ -7,7 +7,7 @@ from typing import Any
 
 from .capacity_types import Load, Sla, Target
 from .errors import SpecError
-from .spec import Spec, _as_choice, _as_float, _as_int
+from .spec import MAX_REQUEST_RATE, Spec, _as_choice, _as_float, _as_int, _as_text
 from .workload import Workload, fixed, load_workload
 
 PCT_FIELDS = tuple(f"{m}_{p}" for m in ("ttft", "itl") for p in ("p50", "p90", "p99"))
@@ -32,11 +32,21 @@ def _workload(spec: Spec, path: str | None, hit_rate: float) -> Workload:
     return w.with_prefix_hit_rate(hit_rate) if hit_rate else w
 
 
+def _given(raw: dict[str, Any], name: str, default: Any) -> Any:
+    """The value, or ``default`` when not given (None): an empty or zero value is checked, never defaulted."""
+    v = raw.get(name)
+    return default if v is None else v
+
+
 def load_plan_spec(
     spec: Spec, raw: dict[str, Any], *, mean_ttft_given: bool, mean_itl_given: bool
 ) -> PlanSpec:
     """``raw``: plan fields (None: not given). Means apply when given or when no percentile of that metric is."""
-    rate = _as_float("request_rate", raw["request_rate"]) if raw.get("request_rate") is not None else None
+    rate = (
+        _as_float("request_rate", raw["request_rate"], hi=MAX_REQUEST_RATE)
+        if raw.get("request_rate") is not None
+        else None
+    )
     conc = (
         _as_int("concurrency", raw["concurrency"], 1, 10_000_000)
         if raw.get("concurrency") is not None
@@ -45,13 +55,16 @@ def load_plan_spec(
     budget = (
         _as_int("gpu_budget", raw["gpu_budget"], 1, 100_000) if raw.get("gpu_budget") is not None else None
     )
-    hit = _as_float("prefix_hit_rate", raw.get("prefix_hit_rate") or 0.0, positive=False)
+    hit = _as_float("prefix_hit_rate", _given(raw, "prefix_hit_rate", 0.0), positive=False)
     if not 0.0 <= hit < 1.0:
         raise SpecError("prefix_hit_rate", f"must be in [0, 1), got {hit!r}")
-    path = str(raw["workload"]) if raw.get("workload") else None
+    path = _as_text("workload", raw["workload"]) if raw.get("workload") is not None else None
     workload = _workload(spec, path, hit)
     if rate is None and conc is None and budget is None:
         rate = spec.request_rate or workload.rate_rps  # a trace's own arrival rate
+        if rate is not None and rate > MAX_REQUEST_RATE:
+            why = f"{path}: its arrival rate {rate:g} requests/s is beyond the bound of {MAX_REQUEST_RATE:g}"
+            raise SpecError("workload", why + "; give --request-rate")
     if rate is None and conc is None and budget is None:
         raise SpecError("request_rate", "give one of --request-rate, --concurrency or --gpu-budget")
     targets = []
@@ -65,7 +78,7 @@ def load_plan_spec(
         if given or not pcts:
             targets.append(Target(metric, "mean", mean))
         targets += pcts
-    headroom = _as_float("headroom", raw.get("headroom") or 0.0, positive=False)
+    headroom = _as_float("headroom", _given(raw, "headroom", 0.0), positive=False)
     if not 0.0 <= headroom < 1.0:
         raise SpecError("headroom", f"must be in [0, 1), got {headroom!r}")
     return PlanSpec(
@@ -75,8 +88,8 @@ def load_plan_spec(
         workload_file=path,
         prefix_hit_rate=hit,
         gpu_price=_as_float("gpu_price", raw["gpu_price"]) if raw.get("gpu_price") is not None else None,
-        size_for=_as_choice("size_for", raw.get("size_for") or "point", ("point", "band")),
-        top=_as_int("top", raw.get("top") or 10, 1, 1000),
+        size_for=_as_choice("size_for", _given(raw, "size_for", "point"), ("point", "band")),
+        top=_as_int("top", _given(raw, "top", 10), 1, 1000),
     )
 
 

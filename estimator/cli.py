@@ -242,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "plan":
             from .cli_plan import run_plan
 
-            _split_planner_args(extra)  # plan takes no planner flags: anything left over is unknown
+            if _split_planner_args(extra):  # plan writes no planner config: a planner flag is refused
+                raise SpecError("planner_args", "`plan` writes no planner config (--planner-* flags)")
             return run_plan(ns)
         from .spec import load_spec
 

@@ -5,7 +5,8 @@ files over ``MAX_STUDY_BYTES``, bytes that are not UTF-8, malformed YAML and any
 data (``!!python/...``), duplicate keys, nesting deeper than ``MAX_DEPTH``, and documents whose
 aliases expand to more than ``MAX_NODES`` values (alias bombs, anywhere in the document) — measured
 on the node graph before anything is built, so a bomb is refused in milliseconds. Size, item count and
-bracket depth are checked on the text before the (slow, recursive) parser sees it.
+bracket depth are checked on the text before the (slow, recursive) parser sees it. ``read_document`` is
+the same reader for a document of any shape (a list of scenarios), with its limits scaled.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ FALSE_WORDS = ("false", "no")
 class _StudyLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys (PyYAML keeps the last one silently)."""
 
+    field = "config"  # the field errors name
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
@@ -40,11 +43,11 @@ class _StudyLoader(yaml.SafeLoader):
                 hash(key)
             except TypeError:
                 raise SpecError(
-                    "config", f"a mapping key at line {key_node.start_mark.line + 1} is not a scalar"
+                    self.field, f"a mapping key at line {key_node.start_mark.line + 1} is not a scalar"
                 ) from None
             if key in seen:
                 raise SpecError(
-                    "config",
+                    self.field,
                     f"duplicate key {str(key)[:80]!r} at line {key_node.start_mark.line + 1} "
                     f"(first at line {seen[key]}) in {self.name}",
                 )
@@ -52,7 +55,7 @@ class _StudyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _expanded_size(root: yaml.Node, path: str) -> None:
+def _expanded_size(root: yaml.Node, path: str, field: str, max_nodes: int) -> None:
     """Count values with aliases expanded and the nesting depth; raise past the limits."""
     sizes: dict[int, int] = {}
     depths: dict[int, int] = {}
@@ -72,10 +75,10 @@ def _expanded_size(root: yaml.Node, path: str) -> None:
             continue
         sizes[id(node)] = 1 + sum(sizes.get(id(c), 0) for c in children)
         depths[id(node)] = 1 + max((depths.get(id(c), 0) for c in children), default=0)
-        if sizes[id(node)] > MAX_NODES:
-            raise SpecError("config", f"{path} expands to more than {MAX_NODES} values (aliases?); refused")
+        if sizes[id(node)] > max_nodes:
+            raise SpecError(field, f"{path} expands to more than {max_nodes} values (aliases?); refused")
         if depths[id(node)] > MAX_DEPTH:
-            raise SpecError("config", f"{path} nests deeper than {MAX_DEPTH} levels; refused")
+            raise SpecError(field, f"{path} nests deeper than {MAX_DEPTH} levels; refused")
 
 
 def _flow_depth(text: str) -> int:
@@ -109,48 +112,56 @@ def _flow_depth(text: str) -> int:
     return deepest
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a study file into a mapping of fields; anything unsafe or malformed is a SpecError."""
+def read_document(path: str | Path, field: str = "config", scale: int = 1) -> Any:
+    """A small YAML (or JSON) document of any shape, read as safely as a study file; None when empty.
+
+    ``scale`` multiplies the size limits: a file of scenarios holds many studies.
+    """
     p = Path(path)
+    max_bytes, max_items, max_nodes = MAX_STUDY_BYTES * scale, MAX_ITEMS * scale, MAX_NODES * scale
     try:
         size = p.stat().st_size
         if not p.is_file():
-            raise SpecError("config", f"{path} is not a file")
-        if size > MAX_STUDY_BYTES:
-            raise SpecError(
-                "config", f"{path} is {size} bytes; a study file may hold at most {MAX_STUDY_BYTES}"
-            )
+            raise SpecError(field, f"{path} is not a file")
+        if size > max_bytes:
+            raise SpecError(field, f"{path} is {size} bytes; a {field} file may hold at most {max_bytes}")
         data = p.read_bytes()
     except OSError as exc:
-        raise SpecError("config", f"cannot read {path}: {exc.strerror}") from None
+        raise SpecError(field, f"cannot read {path}: {exc.strerror}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise SpecError(
-            "config", f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})"
-        ) from None
+        raise SpecError(field, f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
     items = text.count("\n") + text.count(",")
-    if items > MAX_ITEMS:
-        raise SpecError("config", f"{path} holds more than {MAX_ITEMS} lines and items; refused")
+    if items > max_items:
+        raise SpecError(field, f"{path} holds more than {max_items} lines and items; refused")
     if _flow_depth(text) > MAX_DEPTH:
-        raise SpecError("config", f"{path} nests deeper than {MAX_DEPTH} levels; refused")
+        raise SpecError(field, f"{path} nests deeper than {MAX_DEPTH} levels; refused")
     loader = _StudyLoader(text)
     loader.name = str(path)
+    loader.field = field
     try:
         node = loader.get_single_node()
         if node is None:
-            return {}
-        _expanded_size(node, str(path))
-        doc = loader.construct_document(node)
+            return None
+        _expanded_size(node, str(path), field, max_nodes)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError("config", f"malformed YAML in {path}{where}") from None
+        raise SpecError(field, f"malformed YAML in {path}{where}") from None
     except RecursionError:
-        raise SpecError("config", f"{path} nests deeper than {MAX_DEPTH} levels; refused") from None
+        raise SpecError(field, f"{path} nests deeper than {MAX_DEPTH} levels; refused") from None
     finally:
         loader.dispose()
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a study file into a mapping of fields; anything unsafe or malformed is a SpecError."""
+    doc = read_document(path)
+    if doc is None:
+        return {}
     if not isinstance(doc, dict):
         raise SpecError("config", f"{path} must hold a mapping of study fields, got {type(doc).__name__}")
     bad = [k for k in doc if not isinstance(k, str)]
@@ -256,4 +267,4 @@ def as_choice(name: str, v: Any, allowed: tuple[str, ...]) -> str:
 
 
 __all__ = ["MAX_DEPTH", "MAX_ITEMS", "MAX_NODES", "MAX_STUDY_BYTES", "as_bool", "as_choice", "as_float", "as_int",
-           "as_text", "read_json", "read_yaml"]  # fmt: skip
+           "as_text", "read_document", "read_json", "read_yaml"]  # fmt: skip

@@ -149,32 +149,51 @@ def _bad(path: Path, line: int, why: str) -> SpecError:
     return SpecError("workload", f"{path}:{line}: {why}")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` hook: a repeated key is refused (json keeps the last one silently)."""
+    seen: set[str] = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise ValueError(f"duplicate key {k[:80]!r}")
+        seen.add(k)
+    return dict(pairs)
+
+
 def load_trace(path: str | Path, block_tokens: int = BLOCK_TOKENS) -> Workload:
     """A mooncake JSONL trace: ``timestamp`` (ms), ``input_length``, ``output_length``, ``hash_ids``."""
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        data = path.read_bytes()
     except OSError as exc:
         raise SpecError("workload", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise _bad(path, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
     ts, isl, osl, cached = [], [], [], []
     seen: set[Any] = set()
     for no, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         try:
-            rec = json.loads(text)
+            rec = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise _bad(path, no, f"not valid JSON ({exc.msg})") from None
+        except ValueError as exc:  # a duplicate key
+            raise _bad(path, no, str(exc)) from None
+        except RecursionError:
+            raise _bad(path, no, "JSON nested too deeply") from None
         if not isinstance(rec, dict):
             raise _bad(path, no, "expected a JSON object")
         try:
-            t = float(rec["timestamp"])
-            n_in, n_out = rec["input_length"], rec["output_length"]
+            t, n_in, n_out = rec["timestamp"], rec["input_length"], rec["output_length"]
             hashes = rec.get("hash_ids", [])
         except KeyError as exc:
             raise _bad(path, no, f"missing field {exc.args[0]!r}") from None
-        except (TypeError, ValueError):
-            raise _bad(path, no, f"timestamp must be a number, got {rec.get('timestamp')!r}") from None
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise _bad(path, no, f"timestamp must be a number, got {repr(t)[:60]}")
+        t = float(t) if not isinstance(t, int) or abs(t) < 1e300 else math.inf  # inf is refused below
         for field, v in (("input_length", n_in), ("output_length", n_out)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise _bad(path, no, f"{field} must be a positive integer, got {v!r}")
