@@ -48,6 +48,10 @@ FORMAT_VERSION = 2
 KINDS = ("ttft", "tpot")  # TTFT (prefill / agg TTFT) and per-token decode time (decode ITL / agg TPOT)
 BAND_LEVEL = 0.9
 _MAX_LOG_RATIO = 50.0  # a draw beyond e^50 x the point (Student-t tails with few dof) is clipped there
+# what a calibration file may hold (``Correction.from_dict``): a log-scale parameter, offset, logit or log sd
+# beyond 50 (a factor e^50), or a slope beyond 10, is no fit of any engine and overflows the predictions
+MAX_LOG = 50.0
+MAX_SLOPE = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +197,8 @@ class Predictive:
     def quantile(self, q: float) -> float:
         """The ``q`` quantile of the value in ms."""
         z = float(student_t.ppf(q, self.dof)) if self.dof > 0 else float(norm.ppf(q))
-        return self.point_ms * math.exp(z * self.log_sd)
+        # clipped as the draws are (``sample``): heavy tails with few dof reach beyond any float
+        return self.point_ms * math.exp(min(max(z * self.log_sd, -_MAX_LOG_RATIO), _MAX_LOG_RATIO))
 
     def band(self, level: float = BAND_LEVEL) -> Band:
         return Band(self.point_ms, self.quantile(0.5 - level / 2), self.quantile(0.5 + level / 2))
@@ -372,26 +377,87 @@ class Correction:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Correction:
+        """From a calibration file's JSON. Every number is checked (finite, in its range; the covariance PSD):
+        a file edited by hand or corrupted is a ``CalibrationError`` naming the field, not a NaN band, an
+        overflow or a LinAlgError later."""
         if d.get("format_version") != FORMAT_VERSION:
             raise CalibrationError(f"calibration format {d.get('format_version')!r} is not {FORMAT_VERSION}")
         try:
-            engines = tuple(d["engines"])
-            mean = Parameters.from_values(d["parameters"], engines)
+            engines = d["engines"]
+            if not isinstance(engines, list) or not all(isinstance(e, str) for e in engines):
+                raise CalibrationError(f"calibration engines must be a list of names, got {engines!r:.80}")
+            engines = tuple(engines)
+            names = parameter_names(engines)
+            values = {k: _number(f"parameters.{k}", v, *_bounds(k))
+                      for k, v in _mapping("parameters", d["parameters"], names).items()}  # fmt: skip
+            mean = Parameters.from_values(values, engines)
             cov = np.asarray(d["covariance"]["matrix"], float)
             if tuple(d["covariance"]["names"]) != mean.names or cov.shape != (len(mean.names),) * 2:
                 raise CalibrationError("calibration covariance does not match its parameters")
+            _check_covariance(cov)
             n = d["noise"]
             # files written before tail shapes existed have none: a factor of 1, what they meant
-            scales = dict(n.get("tail_scale", {}))
-            if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in scales.values()):
-                raise CalibrationError(f"calibration tail_scale must be positive numbers, got {scales}")
-            noise = Noise(dict(n["discrepancy"]), dict(n["measurement"]), dict(n["dof"]), scales)
+            scales = _numbers("noise.tail_scale", n.get("tail_scale", {}), KINDS, 0.0, MAX_LOG, True)
+            noise = Noise(_numbers("noise.discrepancy", n["discrepancy"], KINDS, 0.0, MAX_LOG),
+                          _numbers("noise.measurement", n["measurement"], KINDS, 0.0, MAX_LOG),
+                          _numbers("noise.dof", n["dof"], KINDS, 0.0, math.inf, True), scales)  # fmt: skip
+            prior_sd = _numbers("engine_prior_sd", d["engine_prior_sd"], ENGINE_NAMES, 0.0, MAX_LOG)
+            n_points = d["n_points"]
+            if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 0:
+                raise CalibrationError(f"calibration n_points must be an integer >= 0, got {n_points!r}")
             field_ = ResidualField.from_dict(d["residual_field"]) if d.get("residual_field") else None
             phase = PhaseField.from_dict(d["phase_field"]) if d.get("phase_field") else None
-            return cls(mean, cov, noise, dict(d["engine_prior_sd"]), int(d["n_points"]), str(d["training_data_hash"]),
+            return cls(mean, cov, noise, prior_sd, n_points, str(d["training_data_hash"]),
                        dict(d.get("meta", {})), field_, phase)  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"calibration file is malformed: {type(exc).__name__}: {exc}") from exc
+
+
+def _bounds(name: str) -> tuple[float, float]:
+    bound = MAX_SLOPE if name.startswith("beta_") else MAX_LOG
+    return -bound, bound
+
+
+def _number(where: str, v: Any, lo: float, hi: float, open_low: bool = False) -> float:
+    """``v`` as a finite number in [lo, hi] (``(lo, hi]`` with ``open_low``); otherwise an error naming it."""
+    finite = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not finite or not lo <= v <= hi or (open_low and v == lo):
+        interval = f"{'(' if open_low else '['}{lo:g}, {hi:g}{')' if math.isinf(hi) else ']'}"
+        raise CalibrationError(f"calibration {where} must be a finite number in {interval}, got {v!r}")
+    return float(v)
+
+
+def _mapping(where: str, d: Any, names: Sequence[str]) -> Mapping[str, Any]:
+    """``d``, a mapping whose keys are among ``names`` (a name the model lacks is refused, not ignored)."""
+    if not isinstance(d, Mapping):
+        raise CalibrationError(f"calibration {where} must be a mapping, got {type(d).__name__}")
+    unknown = sorted(str(k) for k in d if k not in names)
+    if unknown:
+        raise CalibrationError(f"calibration {where} has unknown names {unknown[:5]}")
+    return d
+
+
+def _numbers(where: str, d: Any, names: Sequence[str], lo: float, hi: float, open_low: bool = False) -> dict:
+    """A mapping of ``names`` to numbers in the range (see ``_number``)."""
+    return {k: _number(f"{where}.{k}", v, lo, hi, open_low) for k, v in _mapping(where, d, names).items()}
+
+
+def _check_covariance(cov: np.ndarray) -> None:
+    """Finite, symmetric, variances in [0, MAX_LOG²] and positive semi-definite, each up to rounding."""
+    if not np.all(np.isfinite(cov)):
+        raise CalibrationError("calibration covariance holds a value that is not finite")
+    if cov.size == 0:
+        return
+    scale = float(np.max(np.abs(cov)))
+    tol = 1e-12 + 1e-6 * scale
+    diag = np.diag(cov)
+    if diag.min() < -tol or diag.max() > MAX_LOG**2:
+        raise CalibrationError(f"calibration covariance has a variance outside [0, {MAX_LOG**2:g}] "
+                               f"({diag.min():g} .. {diag.max():g})")  # fmt: skip
+    if float(np.max(np.abs(cov - cov.T))) > tol:
+        raise CalibrationError("calibration covariance is not symmetric")
+    if float(np.linalg.eigvalsh(0.5 * (cov + cov.T)).min()) < -tol:
+        raise CalibrationError("calibration covariance is not positive semi-definite")
 
 
 def _gaussian(rng: np.random.Generator, cov: np.ndarray, n: int) -> np.ndarray:
@@ -405,18 +471,29 @@ def _gaussian(rng: np.random.Generator, cov: np.ndarray, n: int) -> np.ndarray:
     return rng.standard_normal((n, len(w))) @ root
 
 
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for reading a calibration file: a key given twice is refused (``json`` keeps the
+    last one silently)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise CalibrationError(f"duplicate key {k[:80]!r}")
+        out[k] = v
+    return out
+
+
 def identity() -> Correction:
     """The uncalibrated correction: source terms unscaled, no overheads, arrival regimes at their prior."""
     shared = SharedParameters(log_step_ms=-30.0, log_overhead_ms=-30.0)  # e^-30 ms: none
     zeros = {k: 0.0 for k in KINDS}
     no_offsets = {n: 0.0 for n in ENGINE_NAMES}
-    return Correction(
-        Parameters(shared), np.zeros((len(SHARED_NAMES),) * 2), Noise(zeros, zeros, zeros), no_offsets
-    )
+    # no dof: a normal predictive (a file's dof must be > 0; with no spread the shape does not matter)
+    cov = np.zeros((len(SHARED_NAMES),) * 2)
+    return Correction(Parameters(shared), cov, Noise(zeros, zeros, {}), no_offsets)
 
 
 __all__ = [
     "BAND_LEVEL", "ENGINE_NAMES", "FORMAT_VERSION", "KINDS", "SHARED_NAMES", "Band", "Correction", "EngineOffsets",
     "Noise", "Observation", "Parameters", "Parts", "Predictive", "SharedParameters", "identity",
-    "parameter_names", "predict_ms",
+    "parameter_names", "predict_ms", "unique_keys",
 ]  # fmt: skip

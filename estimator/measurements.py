@@ -2,7 +2,8 @@
 
 Records are JSON lines. ``MeasurementStore`` appends one line per finished point and fsyncs,
 so a crash loses nothing already measured; a rerun skips probes whose key is already stored.
-A torn last line (crash mid-write) is skipped with a warning, never fatal.
+A torn last line (crash mid-write) is skipped with a warning, never fatal. A record that gives a key
+twice, and a file whose first lines are no records at all (a report.json passed by mistake), are errors.
 """
 
 from __future__ import annotations
@@ -189,6 +190,26 @@ def usable(records: Iterable[Measurement], where: str = "") -> list[Measurement]
 
 
 _HELD: set[str] = set()  # lock files this process holds
+NOT_A_STORE_LINES = 3  # that many unreadable lines before any record: the file is no measurement store
+MAX_WARNINGS = 5  # skipped lines warned one by one; the rest in one summary line
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+class _Unreadable(ValueError):
+    """A line that is no record (torn, not UTF-8, not JSON, not a measurement)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: a key given twice is an error (``json`` keeps the last one silently)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(f"duplicate key {k[:80]!r}")
+        out[k] = v
+    return out
 
 
 class StoreBusy(MeasurementError):
@@ -199,17 +220,36 @@ class MeasurementStore:
     """Append-only JSON-lines file of measurements; safe to resume after a crash.
 
     A line that is torn, not UTF-8, not a record, or a record with unusable values (NaN, a string
-    latency, ISL <= 0) is skipped with a warning naming ``file:line``; the rest still loads.
+    latency, ISL <= 0) is skipped with a warning naming ``file:line``; the rest still loads. A record
+    with a duplicate key, or ``NOT_A_STORE_LINES`` unreadable lines before the first record, raise
+    ``MeasurementError`` (nothing is guessed; a torn line is one line).
     ``exclusive()`` holds an flock on ``<file>.lock`` so a second run into the same store fails at once.
     """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self.skipped: list[str] = []  # "file:line: why" for each line the last load() skipped
+        self._warnings: list[tuple[int, str]] = []  # (line, why) of the first skipped lines
 
     def _skip(self, lineno: int, why: str) -> None:
         self.skipped.append(f"{self.path}:{lineno}: {why}")
-        log.warning("%s:%d: skipping %s", self.path, lineno, why)
+        if len(self.skipped) <= MAX_WARNINGS:  # warned after the load: a file that is no store warns nothing
+            self._warnings.append((lineno, why))
+
+    def _record(self, lineno: int, raw: bytes) -> Measurement | None:
+        """The record on one line, None for a blank one; ``_Unreadable`` when the line is no record."""
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Unreadable(f"a line that is not UTF-8 (byte {exc.start + 1})") from None
+        if not line.strip():
+            return None
+        try:
+            return Measurement.from_dict(json.loads(line, object_pairs_hook=_unique_keys))
+        except _DuplicateKey as exc:
+            raise MeasurementError(f"{self.path}:{lineno}: a record with a {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+            raise _Unreadable(f"unreadable record ({type(exc).__name__}: {str(exc)[:120]})") from None
 
     def __iter__(self) -> Iterator[Measurement]:
         return iter(self.load())
@@ -218,7 +258,8 @@ class MeasurementStore:
         if not self.path.exists():
             return []
         out: list[Measurement] = []
-        self.skipped = []
+        self.skipped, self._warnings = [], []
+        unreadable = 0  # lines that are no record at all
         try:
             fh = self.path.open("rb")
         except OSError as exc:
@@ -226,22 +267,26 @@ class MeasurementStore:
         with fh:
             for lineno, raw in enumerate(fh, 1):
                 try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    self._skip(lineno, f"a line that is not UTF-8 (byte {exc.start + 1})")
+                    m = self._record(lineno, raw)
+                except _Unreadable as exc:
+                    self._skip(lineno, str(exc))
+                    unreadable += 1
+                    if unreadable >= NOT_A_STORE_LINES and not out:  # fail before a warning per line
+                        first, first_why = self._warnings[0]
+                        raise MeasurementError(f"{self.path} is not a measurement store (one JSON record per "
+                                               f"line): line {first}: {first_why}")
                     continue
-                if not line.strip():
-                    continue
-                try:
-                    m = Measurement.from_dict(json.loads(line))
-                except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
-                    self._skip(lineno, f"unreadable record ({type(exc).__name__}: {str(exc)[:120]})")
+                if m is None:
                     continue
                 why = measurement_problem(m)
                 if why:
                     self._skip(lineno, f"record ({why})")
                     continue
                 out.append(m)
+        for lineno, why in self._warnings:
+            log.warning("%s:%d: skipping %s", self.path, lineno, why)
+        if len(self.skipped) > MAX_WARNINGS:
+            log.warning("%s: %d more lines skipped", self.path, len(self.skipped) - MAX_WARNINGS)
         return out
 
     def keys(self) -> set[str]:

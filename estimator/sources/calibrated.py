@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..calibration import Band, Correction, Observation
+from ..calibration import Band, Correction, Observation, unique_keys
 from ..candidates import Candidate
 from ..errors import CalibrationError
 from .base import LatencyQuery, PerfSource, Stack, as_positive_array, group_queries
@@ -119,15 +119,19 @@ class CalibratedSource(PerfSource):
         differ = stack_differences(Stack(**doc["stack"]), base.stack)
         if differ:
             raise CalibrationError(f"calibration {path} is for another stack: " + "; ".join(differ))
-        kv = {k: int(v) for k, v in doc.get("measured_kv_tokens", {}).items()}
-        return cls(base, Correction.from_dict(doc), kv)
+        kv = doc.get("measured_kv_tokens", {})
+        if not isinstance(kv, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                               for v in kv.values()):  # fmt: skip
+            why = f"measured_kv_tokens must map engine names to positive integers, got {str(kv)[:80]}"
+            raise CalibrationError(f"calibration {path}: {why}")
+        return cls(base, Correction.from_dict(doc), dict(kv))
 
 
 def read_calibration(path: str | Path) -> dict[str, Any]:
     """The JSON document of a calibration file, with its stack and base source checked present."""
     try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        doc = json.loads(Path(path).read_text(), object_pairs_hook=unique_keys)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, CalibrationError) as exc:
         raise CalibrationError(f"cannot read calibration {path}: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("stack"), dict) or not doc.get("base_source"):
         raise CalibrationError(f"calibration {path} does not record its stack and base source")

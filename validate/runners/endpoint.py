@@ -34,6 +34,7 @@ import httpx
 from estimator.candidates import Candidate
 from estimator.errors import BadResponse, ImplausibleMeasurement, MeasurementError, SpecError
 from estimator.measurements import Measurement, Probe, ProbeKind
+from estimator.study_file import as_float, as_int
 
 from .base import Capabilities, Runner
 from .endpoint_server import (
@@ -54,6 +55,13 @@ log = logging.getLogger(__name__)
 PREFILL_OSL = 2  # prefill probes need only the first token; the second confirms the stream goes on
 METRICS_POLL_S = 0.5
 SERVER_INFO_TIMEOUT_S = 60.0  # vLLM's first /server_info collects its environment (pip, GPUs): seconds
+
+
+def request_options(timeout_s: object, warmup: object, repeats: object) -> tuple[float, int, int | None]:
+    """``timeout_s`` > 0, ``warmup`` >= 0 and ``repeats`` >= 1 (or None), checked when the runner is built:
+    a negative one would only fail (or measure nothing) at the first request."""
+    return (as_float("runner_options.timeout_s", timeout_s), as_int("runner_options.warmup", warmup, lo=0),
+            None if repeats is None else as_int("runner_options.repeats", repeats))  # fmt: skip
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -102,9 +110,7 @@ class EndpointRunner(Runner):
             raise SpecError("tokenizer", f"{tokenizer!r} is not one of {TOKENIZER_STRATEGIES}")
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.timeout_s = timeout_s
-        self.warmup = warmup
-        self.repeats = repeats
+        self.timeout_s, self.warmup, self.repeats = request_options(timeout_s, warmup, repeats)
         self.api = api
         self.tokenizer = tokenizer
         self.vllm_extensions = vllm_extensions

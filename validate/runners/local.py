@@ -29,9 +29,10 @@ import httpx
 from estimator.candidates import Candidate
 from estimator.errors import EngineStartError, ImplausibleMeasurement, MeasurementError, SpecError
 from estimator.measurements import Measurement, Probe
+from estimator.study_file import as_float
 
 from .base import Capabilities, Runner
-from .endpoint import EndpointRunner
+from .endpoint import EndpointRunner, request_options
 from .local_process import (
     ENGINE_FLAGS,
     ERROR_LINE,
@@ -127,11 +128,10 @@ class LocalEngineRunner(Runner):
         self.work_dir = work_dir
         self.host = host
         self.port = port
-        self.start_timeout_s = start_timeout_s
-        self.stop_timeout_s = stop_timeout_s
-        self.timeout_s = timeout_s
-        self.warmup = warmup
-        self.repeats = repeats
+        self.start_timeout_s = as_float("runner_options.start_timeout_s", start_timeout_s)
+        self.stop_timeout_s = as_float("runner_options.stop_timeout_s", stop_timeout_s)
+        # the endpoint runner is built only once the engine is up: its settings are checked now
+        self.timeout_s, self.warmup, self.repeats = request_options(timeout_s, warmup, repeats)
         self.tokenizer = tokenizer
         self.gpus = gpus
         self.process_: subprocess.Popen | None = None

@@ -10,9 +10,10 @@ Sources it reads (``ReplayRunner.from_paths``):
   gives the ``stack`` (and, for the npz files, which candidates were selected).
 
 Matching: the probe key first; otherwise the nearest record of the same engine (stack, candidate)
-and kind whose ISL, OSL (not for prefill) and concurrency each lie within ``tolerance`` (relative,
-default 10 %). Nothing close enough -> ``ProbeNotSupported`` (``can_measure`` says so before). Stacks match on model, system and
-backend; version and quantisation only where both sides state them.
+and kind whose ISL, OSL (not for prefill) and concurrency each lie within a factor 1 + ``tolerance``
+(default 10 %, at most ``MAX_TOLERANCE``: a looser match would store a record under a point it was not
+measured at). Nothing close enough -> ``ProbeNotSupported`` (``can_measure`` says so before). Stacks
+match on model, system and backend; version and quantisation only where both sides state them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from estimator.candidates import Candidate, Mapping
-from estimator.errors import MeasurementError
+from estimator.errors import MeasurementError, SpecError
 from estimator.measurements import Measurement, MeasurementStore, Probe, ProbeKind
 from estimator.sources.base import Stack
 
@@ -37,6 +38,17 @@ log = logging.getLogger(__name__)
 DYNAMO_DECODE_OSL = 500  # Dynamo's decode sweep uses OSL 500: context y = isl + osl/2
 _ENGINE_DIR = re.compile(r"^(prefill|decode)_(tp|tep|dep)(\d+)$", re.IGNORECASE)
 _RESULT_FILES = ("profile_export_aiperf.json", "profile_export_genai_perf.json")
+MAX_TOLERANCE = 0.5  # a replayed record answers a probe at most a factor 1.5 away in ISL, OSL, concurrency
+
+
+def check_tolerance(value: object) -> float:
+    """The replay tolerance, refused unless a number in (0, MAX_TOLERANCE]: beyond it a record would be
+    stored under another point's label (a concurrency-405 probe answered by the concurrency-256 record)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TOLERANCE:
+        raise SpecError("runner_options.tolerance", f"must be a number in (0, {MAX_TOLERANCE:g}]: how far "
+                        "(relative) a recorded point's ISL, OSL and concurrency may lie from a probe's to "
+                        f"answer it; got {value!r}")  # fmt: skip
+    return float(value)
 
 
 def stacks_match(a: Stack, b: Stack) -> bool:
@@ -54,7 +66,7 @@ class ReplayRunner(Runner):
 
     def __init__(self, records: Iterable[Measurement], tolerance: float = 0.10, skipped: Iterable[str] = ()):
         self.records = list(records)
-        self.tolerance = tolerance
+        self.tolerance = check_tolerance(tolerance)
         self.skipped = list(skipped)
         self._by_key = {m.probe.key: m for m in self.records}
 
@@ -68,6 +80,7 @@ class ReplayRunner(Runner):
         decode_candidate: Candidate | None = None,
         tolerance: float = 0.10,
     ) -> ReplayRunner:
+        check_tolerance(tolerance)  # before reading any file
         records: list[Measurement] = []
         left_out: list[str] = []
         for p in map(Path, paths):
@@ -242,7 +255,10 @@ def _decode_npz(path: Path, stack: Stack, cand: Candidate, osl: int = DYNAMO_DEC
 
 
 def _point_jsons(engine_dir: Path, stack: Stack) -> list[Measurement]:
-    """One record per benchmark JSON under ``prefill_tp4/`` or ``decode_tp4/`` (aiperf or genai-perf)."""
+    """One record per benchmark JSON under ``prefill_tp4/`` or ``decode_tp4/`` (aiperf or genai-perf).
+
+    An unreadable file (torn, not UTF-8) is skipped with a warning; one that parses but has another
+    structure than a benchmark result is a ``MeasurementError`` naming the file."""
     phase, mapping, n = _ENGINE_DIR.match(engine_dir.name).groups()  # type: ignore[union-attr]
     cand = Candidate(Mapping(mapping.upper()), int(n))
     out = []
@@ -255,27 +271,29 @@ def _point_jsons(engine_dir: Path, stack: Stack) -> list[Measurement]:
             log.warning("skipping unreadable benchmark result %s (%s)", f, exc)
             continue
         if not isinstance(doc, dict):
-            log.warning("skipping benchmark result %s: not a JSON object", f)
-            continue
+            raise MeasurementError(f"{f}: malformed benchmark result: a JSON {type(doc).__name__}, "
+                                   "not an object")
         name = str(f.relative_to(engine_dir))
-        isl = _from_name(r"isl(\d+)", name) or _avg(doc, "input_sequence_length")
-        osl = _from_name(r"osl(\d+)", name) or _avg(doc, "output_sequence_length") or 1
-        conc = _from_name(r"_n(\d+)", name) or _concurrency(doc) or 1
+        isl = _from_name(r"isl(\d+)", name) or _avg(doc, "input_sequence_length", f)
+        osl = _from_name(r"osl(\d+)", name) or _avg(doc, "output_sequence_length", f) or 1
+        conc = _from_name(r"_n(\d+)", name) or _concurrency(doc, f) or 1
         if not isl or not math.isfinite(isl) or isl < 1 or not math.isfinite(osl) or not math.isfinite(conc):
             log.warning("skipping %s: no usable ISL in its path or content", f)
             continue
+        main = "time_to_first_token" if phase.lower() == "prefill" else "inter_token_latency"
+        value = _avg(doc, main, f)
+        if not value:  # absent or 0 (a TTFT of 0 has no throughput either)
+            log.warning("skipping %s: no usable %s average", f, main)
+            continue
         if phase.lower() == "prefill":
-            ttft = _avg(doc, "time_to_first_token")
             probe = Probe(ProbeKind.PREFILL, stack, cand, isl=int(isl), osl=int(osl), concurrency=int(conc))
-            if ttft:
-                out.append(_record(probe, f, ttft_ms=ttft, thpt_per_gpu=isl / ttft * 1000 / cand.num_gpus
-                                   * cand.attention_dp_size))  # fmt: skip
+            out.append(_record(probe, f, ttft_ms=value, thpt_per_gpu=isl / value * 1000 / cand.num_gpus
+                               * cand.attention_dp_size))  # fmt: skip
         else:
-            itl, thpt = _avg(doc, "inter_token_latency"), _avg(doc, "output_token_throughput")
+            thpt = _avg(doc, "output_token_throughput", f)
             probe = Probe(ProbeKind.DECODE, stack, cand, isl=int(isl), osl=int(osl), concurrency=int(conc))
-            if itl:
-                out.append(_record(probe, f, itl_ms=itl, ttft_ms=_avg(doc, "time_to_first_token"),
-                                   thpt_per_gpu=None if thpt is None else thpt / cand.num_gpus))  # fmt: skip
+            out.append(_record(probe, f, itl_ms=value, ttft_ms=_avg(doc, "time_to_first_token", f),
+                               thpt_per_gpu=None if thpt is None else thpt / cand.num_gpus))  # fmt: skip
     return _kept(out, engine_dir)
 
 
@@ -284,24 +302,42 @@ def _from_name(pattern: str, name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _avg(doc: dict, metric: str) -> float | None:
-    v = doc.get(metric)
-    if isinstance(v, dict) and isinstance(v.get("avg"), (int, float)) and not isinstance(v.get("avg"), bool):
-        scale = 1e-6 if v.get("unit") == "ns" else 1.0  # older genai-perf exports in ns
-        return float(v["avg"]) * scale
+def _get(doc: dict, path: str, f: Path) -> object:
+    """``doc`` at the dotted ``path``, None where a level is absent; a level that is not an object is a
+    malformed result (``MeasurementError`` naming the file), never read as "absent"."""
+    v: object = doc
+    keys = path.split(".")
+    for i, key in enumerate(keys):
+        if v is None:
+            return None
+        if not isinstance(v, dict):
+            raise MeasurementError(f"{f}: malformed benchmark result: {'.'.join(keys[:i])} is "
+                                   f"{type(v).__name__} {str(v)[:40]!r}, not an object")  # fmt: skip
+        v = v.get(key)
+    return v
+
+
+def _number(v: object, path: str, f: Path) -> float | None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        raise MeasurementError(f"{f}: malformed benchmark result: {path} is {str(v)[:40]!r}, not a number")
+    return None if v is None else float(v)
+
+
+def _avg(doc: dict, metric: str, f: Path) -> float | None:
+    """The metric's average (ms where a time: older genai-perf exports give ns), None where absent."""
+    v = _number(_get(doc, f"{metric}.avg", f), f"{metric}.avg", f)
+    if v is None:
+        return None
+    return v * 1e-6 if doc[metric].get("unit") == "ns" else v
+
+
+def _concurrency(doc: dict, f: Path) -> int | None:
+    """The load generator's concurrency (aiperf ``loadgen``, genai-perf ``perf_analyzer.stimulus``)."""
+    for path in ("input_config.loadgen.concurrency", "input_config.perf_analyzer.stimulus.concurrency"):
+        c = _number(_get(doc, path, f), path, f)
+        if c is not None:
+            if not (math.isfinite(c) and c >= 1 and c == int(c)):
+                raise MeasurementError(f"{f}: malformed benchmark result: {path} is {c!r}, "
+                                       "not an integer >= 1")
+            return int(c)
     return None
-
-
-def _concurrency(doc: dict) -> int | None:
-    cfg = doc.get("input_config", {})
-    c = cfg.get("loadgen", {}).get("concurrency") if isinstance(cfg, dict) else None
-    c = (
-        c
-        if c is not None
-        else (
-            cfg.get("perf_analyzer", {}).get("stimulus", {}).get("concurrency")
-            if isinstance(cfg, dict)
-            else None
-        )
-    )
-    return int(c) if isinstance(c, (int, float)) and math.isfinite(c) and c >= 1 else None
