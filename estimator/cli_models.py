@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
 
 _COMMON_MODELS = ("meta-llama/Meta-Llama-3.1-8B", "meta-llama/Meta-Llama-3.1-70B", "Qwen/Qwen3-32B",
                   "Qwen/Qwen3-30B-A3B", "deepseek-ai/DeepSeek-V3")  # fmt: skip
+_SYSTEMS = ("h100_sxm", "h200_sxm", "b200_sxm")
+_BACKENDS = ("vllm", "sglang", "trtllm")
 
 
 def add_models_parser(sub: Any) -> None:
@@ -105,19 +110,24 @@ def _parse_stack(text: str | None) -> Any:
 
 
 def _fit(ns: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .errors import MeasurementError
     from .sources.base import Stack
     from .sources.regression.data import aic_check_points, aic_rows, aic_tables, measurement_rows
     from .sources.regression.fitting import fit_model_file
+    from .sources.regression.trees import MAX_DEPTH, MAX_LEAVES, MAX_TREES
+    from .study_file import as_int
 
+    # everything the user gave is checked before a fit of minutes: sklearn's own errors are tracebacks
     params = {
         "residual": not ns.no_residual,
-        "max_iter": ns.max_iter,
-        "max_leaf_nodes": ns.max_leaf_nodes,
-        "max_depth": ns.max_depth,
+        "max_iter": as_int("max-iter", ns.max_iter, 1, MAX_TREES),
+        "max_leaf_nodes": as_int("max-leaf-nodes", ns.max_leaf_nodes, 2, MAX_LEAVES),
+        "max_depth": as_int("max-depth", ns.max_depth, 1, MAX_DEPTH),
     }
+    output = _check_output(ns.output)
+    name = ns.name if ns.name is not None else output.stem
+    if not name.strip() or not name.isprintable():
+        raise SpecError("name", f"must be non-empty printable text, got {name!r}")
     tables, checks = None, None
     if ns.models_command == "fit":
         from validate.runners.replay import ReplayRunner
@@ -140,10 +150,14 @@ def _fit(ns: argparse.Namespace) -> int:
         notes = "fitted on measurements"
     else:
         from .model import resolve_model_name
+        from .spec import KNOWN_SYSTEMS, Backend
+        from .study_file import as_choice
 
-        models = [resolve_model_name(m) for m in (ns.model or _COMMON_MODELS)]
-        stacks = [Stack(m, s, b) for m in models for s in (ns.system or ("h100_sxm", "h200_sxm", "b200_sxm"))
-                  for b in (ns.backend or ("vllm", "sglang", "trtllm"))]  # fmt: skip
+        models = _once("model", [resolve_model_name(m) for m in (ns.model or _COMMON_MODELS)])
+        systems = _once("system", [as_choice("system", s, KNOWN_SYSTEMS) for s in ns.system or _SYSTEMS])
+        backends = _once("backend", [as_choice("backend", b, tuple(x.value for x in Backend))
+                                     for b in ns.backend or _BACKENDS])  # fmt: skip
+        stacks = [Stack(m, s, b) for m in models for s in systems for b in backends]
         data, skipped = aic_rows(stacks)
         if not ns.no_tables:
             tables = aic_tables(stacks)
@@ -155,11 +169,11 @@ def _fit(ns: argparse.Namespace) -> int:
                         f"{'; '.join(skipped[:3])})")  # fmt: skip
     reasons = left_out_reasons(skipped)
     why = "; ".join(f"{n} {r}" for r, n in reasons.items())
-    mf = fit_model_file(data, ns.name or Path(ns.output).stem, params=params, group_by=ns.group_by,
+    mf = fit_model_file(data, name, params=params, group_by=ns.group_by,
                         notes=notes + (f"; {len(skipped)} rows/records left out: {why}" if skipped else ""),
                         sources=sources, tables=tables, table_checks=checks,
                         left_out={"total": len(skipped), "reasons": reasons})  # fmt: skip
-    path = mf.save(ns.output)
+    path = mf.save(output)
     print(f"wrote {path}: {len(data)} rows ({len(skipped)} left out{': ' + why if skipped else ''})")
     for note in mf.provenance.get("warnings", []):
         print(f"warning: {note}")
@@ -167,6 +181,36 @@ def _fit(ns: argparse.Namespace) -> int:
     if tables:
         print(_table_check(mf.provenance))
     return 0
+
+
+def _check_output(text: str) -> Path:
+    """The model file to write, checked before the fit: not a directory nor a device, in a folder a file
+    can be created in (probed with a temp file, removed at once; ``save`` creates missing folders)."""
+    if not text.strip():
+        raise SpecError("output", "empty path")
+    path = Path(text)
+    try:
+        if path.exists() and not path.is_file():
+            raise SpecError("output", f"{text} is {'a directory' if path.is_dir() else 'not a regular file'}")
+        folder = path.parent
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise SpecError("output", f"cannot write {text}: {folder} is not a directory")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SpecError("output", f"cannot write {text}: {exc.strerror or exc}") from None
+    return path
+
+
+def _once(field: str, values: list[str]) -> list[str]:
+    """Repeated flags as given, each value once (a value given twice is a mistake, not a weight)."""
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise SpecError(field, f"{twice[0]!r} given twice")
+    return values
 
 
 def left_out_reasons(skipped: list[str]) -> dict[str, int]:
@@ -206,6 +250,7 @@ def _show(ns: argparse.Namespace) -> int:
     from .sources.regression import load_model_file
 
     mf = load_model_file(ns.name)
+    mf.check_tables()  # the whole file is checked, node tables too, before it is shown as usable
     if ns.json:
         print(json.dumps({"name": mf.name, "path": mf.path, "sha256": mf.sha256, **mf.provenance}, indent=2))
         return 0

@@ -118,16 +118,52 @@ def resolve_model_name(model: str) -> str:
 
 
 def _read_config(name: str) -> dict:
-    from .study_file import read_json
-
     if os.path.isdir(name):
         path = Path(name) / "config.json"
     else:
         path = bundled_config_dir() / (name.replace("/", "--", 1) + "_config.json")
-    cfg = read_json("model", path, max_bytes=16 << 20)
+    cfg = _read_json(path, max_bytes=16 << 20)
     if not isinstance(cfg, dict):
         raise SpecError("model", f"{path} must hold a JSON object, got {type(cfg).__name__}")
     return cfg
+
+
+class _DuplicateKey(ValueError):
+    """A key given twice in one JSON object."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json's object hook: a key given twice is an error (json.loads keeps the last one silently)."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _read_json(path: Path, max_bytes: int) -> object:
+    """``study_file.read_json`` (same errors) that also refuses duplicate keys: a config.json with
+    ``hidden_size`` twice is a mistake, and which one counts is not ours to guess."""
+    import json
+
+    try:
+        if path.stat().st_size > max_bytes:
+            raise SpecError("model", f"{path} is larger than {max_bytes} bytes")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpecError("model", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SpecError("model", f"{path} line {line}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise SpecError("model", f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except _DuplicateKey as exc:
+        raise SpecError("model", f"{path}: key {str(exc)[:60]!r} given twice in one object") from None
+    except RecursionError:
+        raise SpecError("model", f"{path}: JSON nested too deeply") from None
 
 
 def _int_field(path: str, cfg: dict, key: str, default: int | None = None, lo: int = 1) -> int:

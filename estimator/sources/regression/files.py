@@ -14,13 +14,14 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ...errors import SourceError
 from ...features import TERM_NAMES
 from ...hardware import HardwareSpec
+from .checks import integer, number, obj, provenance, text
 from .engine import FEATURE_NAMES
 from .nodes import EngineTable
 from .regressor import PerfRegressor
@@ -74,14 +75,29 @@ class ModelFile:
     def dumps(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")) + "\n"
 
+    def check_tables(self) -> None:
+        """Decode every node table (``models show``: the file is checked whole, not engine by engine)."""
+        for key in self.tables:
+            self.table(key)
+
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write atomically (temp file + rename): an interrupted save never leaves half a model."""
+        """Write atomically (temp file + rename): an interrupted save never leaves half a model, and a
+        failed one no temp file. The document is checked as a load would, so what is written loads."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.dumps())
-        os.replace(tmp, path)
+        text = self.dumps()
+        try:
+            check_document(json.loads(text), path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        except OSError as exc:
+            raise SourceError(f"cannot write regression model file {path}: {exc.strerror or exc}") from None
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise SourceError(f"cannot write regression model file {path}: {exc.strerror or exc}") from None
         return path
 
 
@@ -99,47 +115,87 @@ def resolve_model_path(name_or_path: str) -> Path:
 
 
 def bundled_names() -> list[str]:
+    """Stems of the model files in ``models/``, told from the other JSON there by their ``format``
+    (read whole: keys are sorted, so the tag is not at the start)."""
     out = []
     for p in sorted(MODELS_DIR.glob("*.json")):
         try:
-            with p.open() as fh:
-                head = fh.read(200)
-        except OSError:
+            doc = json.loads(p.read_bytes())
+        except (OSError, ValueError, RecursionError):
             continue
-        if FORMAT in head:
+        if isinstance(doc, dict) and doc.get("format") == FORMAT:
             out.append(p.stem)
     return out
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: a key given twice is an error (json.loads keeps the last silently)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k[:60]!r}")
+        out[k] = v
+    return out
+
+
+_TOP = ("format", "format_version", "name", "term_names", "feature_names", "provenance", "hardware",
+        "regressor")
+_HW_FIELDS = tuple(f.name for f in fields(HardwareSpec))
+_HW_NUMBERS = tuple(k for k in _HW_FIELDS if k not in ("system", "gpus_per_node"))
+_HW_AT_LEAST_0 = ("fp8_flops", "fp4_flops", "collective_latency_s")  # 0 where the GPU lacks FP8/FP4
+
+
+def check_document(doc: Any, path: Path) -> tuple[PerfRegressor, dict[str, HardwareSpec]]:
+    """The parsed regressor and hardware of a model file's document, every field checked; a
+    SourceError naming the file and the field otherwise."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        tag = doc.get("format") if isinstance(doc, dict) else None
+        raise SourceError(f"{path}: not a regression model file (format {str(tag)[:60]!r})")
+    version = doc.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise SourceError(f"{path}: model format version {version!r}, this sla-estimate reads "
+                          f"{FORMAT_VERSION}: refit it with `sla-estimate models fit`")  # fmt: skip
+    if doc.get("term_names") != list(TERM_NAMES) or doc.get("feature_names") != list(FEATURE_NAMES):
+        raise SourceError(f"{path}: fitted on other features than this sla-estimate computes: refit it")
+    try:
+        obj("model file", doc, _TOP, ("tables",))
+        name = text("name", doc["name"], empty=False)
+        if not name.isprintable():
+            raise ValueError(f"name: must be printable text, got {name[:40]!r}")
+        provenance(doc["provenance"])
+        hardware = {}
+        for system, h in obj("hardware", doc["hardware"]).items():
+            obj(f"hardware.{system}", h, _HW_FIELDS)
+            if h["system"] != system:
+                got = str(h["system"])[:40]
+                raise ValueError(f"hardware.{system}.system: must be {system!r}, got {got!r}")
+            integer(f"hardware.{system}.gpus_per_node", h["gpus_per_node"], lo=1)
+            for k in _HW_NUMBERS:
+                number(f"hardware.{system}.{k}", h[k], lo=0.0, positive=k not in _HW_AT_LEAST_0)
+            hardware[system] = HardwareSpec.from_dict(h)
+        for key, t in obj("tables", doc.get("tables", {})).items():
+            obj(f"tables.{key}", t)  # decoded and checked on first use (``ModelFile.table``)
+        reg = PerfRegressor.from_dict(doc["regressor"], len(FEATURE_NAMES))
+    except (ValueError, SourceError) as exc:  # the checks name the field
+        raise SourceError(f"{path}: corrupt regression model file ({exc})") from None
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:  # a shape no check foresaw
+        raise SourceError(f"{path}: corrupt regression model file ({type(exc).__name__}: {exc})") from None
+    return reg, hardware
 
 
 def load_model_file(name_or_path: str) -> ModelFile:
     path = resolve_model_path(name_or_path)
     try:
         raw = path.read_bytes()
-        doc = json.loads(raw)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = json.loads(raw, object_pairs_hook=_unique_keys)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SourceError(f"{path}: not a readable regression model file ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise SourceError(
-            f"{path}: not a regression model file (format {doc.get('format') if isinstance(doc, dict) else None!r})"
-        )
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise SourceError(f"{path}: model format version {doc.get('format_version')!r}, this sla-estimate reads "
-                          f"{FORMAT_VERSION}: refit it with `sla-estimate models fit`")  # fmt: skip
-    if doc.get("term_names") != list(TERM_NAMES) or doc.get("feature_names") != list(FEATURE_NAMES):
-        raise SourceError(f"{path}: fitted on other features than this sla-estimate computes: refit it")
-    try:
-        reg = PerfRegressor.from_dict(doc["regressor"])
-        if reg.n_features_ != len(FEATURE_NAMES):
-            raise ValueError(f"{reg.n_features_} features, expected {len(FEATURE_NAMES)}")
-        hardware = {k: HardwareSpec.from_dict(v) for k, v in doc["hardware"].items()}
-        provenance = dict(doc["provenance"])
-        name = str(doc["name"])
-        tables = dict(doc.get("tables", {}))
-        if not all(isinstance(v, dict) for v in tables.values()):
-            raise ValueError("node tables must be objects")
-    except (KeyError, TypeError, ValueError, AttributeError, SourceError) as exc:
-        raise SourceError(f"{path}: corrupt regression model file ({type(exc).__name__}: {exc})") from exc
-    return ModelFile(name, reg, hardware, provenance, str(path), hashlib.sha256(raw).hexdigest(), tables)
+    except ValueError as exc:  # a duplicate key
+        raise SourceError(f"{path}: corrupt regression model file ({exc})") from None
+    reg, hardware = check_document(doc, path)
+    tables = dict(doc.get("tables", {}))
+    digest = hashlib.sha256(raw).hexdigest()
+    return ModelFile(doc["name"], reg, hardware, doc["provenance"], str(path), digest, tables)
 
 
 def package_versions() -> dict[str, str]:

@@ -13,12 +13,16 @@ context, the concurrencies its decode sweep visits), where the profile compares 
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..base import Stack
+from .checks import finite_list, int_list, integer, obj, text
+
+_KEYS = ("errors", "kv_capacity_tokens", "isl", "prefill_ms", "batch", "context", "decode_ms")
 
 
 @dataclass(frozen=True)
@@ -44,15 +48,33 @@ class EngineTable:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EngineTable:
-        def arr(key: str) -> np.ndarray | None:
+    def from_dict(cls, d: Any) -> EngineTable:
+        """Checked, since a file is hand-editable: known keys only, integer nodes, times as ``encode``
+        writes them (or lists), AIC's reasons as text. Raises ValueError naming the field."""
+        d = obj("table", d, optional=_KEYS)
+
+        def nodes(key: str) -> np.ndarray | None:
+            return None if key not in d else np.asarray(int_list(key, d[key], 1, 2**53), dtype=float)
+
+        def times(key: str, ndim: int) -> np.ndarray | None:
             if key not in d:
                 return None
-            return decode(d[key]) if isinstance(d[key], dict) else np.asarray(d[key], dtype=float)
+            v = d[key]
+            if isinstance(v, dict):
+                a = decode(v)
+            elif ndim == 1:
+                a = np.asarray(finite_list(key, v), dtype=float)
+            else:  # rows of equal length (numpy refuses ragged ones)
+                a = np.asarray([finite_list(f"{key}[{i}]", r) for i, r in enumerate(v)], dtype=float)
+            if a.ndim != ndim:
+                raise ValueError(f"{key}: must have {ndim} dimension(s), got shape {a.shape}")
+            return a
 
-        t = cls(arr("isl"), arr("prefill_ms"), arr("batch"), arr("context"), arr("decode_ms"),
-                int(d["kv_capacity_tokens"]) if "kv_capacity_tokens" in d else None,
-                {str(k): str(v) for k, v in d.get("errors", {}).items()})  # fmt: skip
+        errors = obj("errors", d.get("errors", {}), optional=("prefill", "decode", "kv"))
+        kv = d.get("kv_capacity_tokens")
+        t = cls(nodes("isl"), times("prefill_ms", 1), nodes("batch"), nodes("context"), times("decode_ms", 2),
+                None if kv is None else integer("kv_capacity_tokens", kv, lo=0),
+                {k: text(f"errors.{k}", v) for k, v in errors.items()})  # fmt: skip
         t.check()
         return t
 
@@ -90,10 +112,12 @@ def encode(a: np.ndarray) -> dict[str, Any]:
 
 
 def decode(d: dict[str, Any]) -> np.ndarray:
+    obj("times", d, ("dtype", "shape", "base64"))
     if d.get("dtype") != "<f8":
         raise ValueError(f"node table dtype {d.get('dtype')!r}, expected '<f8'")
-    shape = tuple(int(n) for n in d["shape"])
+    shape = tuple(int_list("shape", d["shape"], 0, 2**31))
+    text("base64", d["base64"])
     raw = base64.b64decode(d["base64"], validate=True)
-    if len(raw) != 8 * int(np.prod(shape)):
+    if len(raw) != 8 * math.prod(shape):
         raise ValueError(f"node table of shape {shape} holds {len(raw)} bytes")
     return np.frombuffer(raw, dtype="<f8").reshape(shape).astype(float)

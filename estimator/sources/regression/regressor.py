@@ -23,6 +23,7 @@ import numpy as np
 
 from ...errors import NotFittedError
 from ...features import TERM_NAMES
+from .checks import integer, number, numbers, obj
 from .trees import TreeEnsemble
 
 K = len(TERM_NAMES)
@@ -142,6 +143,7 @@ class PerfRegressor:
 
         if len(data) == 0:
             raise ValueError("cannot fit on zero rows")
+        check_params("params", self.get_params())  # before sklearn: its own errors are tracebacks
         coef: dict[str, list[float]] = {}
         for backend in (*sorted(set(data.backend.tolist())), POOLED):
             mask = data.backend == backend if backend != POOLED else np.ones(len(data), dtype=bool)
@@ -227,15 +229,51 @@ class PerfRegressor:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PerfRegressor:
-        r = cls(**d["params"])
-        r.coef_ = {str(k): [float(x) for x in v] for k, v in d["coef"].items()}
-        if POOLED not in r.coef_ or any(len(v) != 2 * K for v in r.coef_.values()):
-            raise ValueError(f"coefficients must be {2 * K} per backend with a pooled '{POOLED}' entry")
-        r.trees_ = {str(k): TreeEnsemble.from_dict(v) for k, v in d["trees"].items()}
-        r.kv_ = {str(k): tuple(float(x) for x in v) for k, v in d["kv"].items()}
-        r.n_features_ = int(d["n_features"])
+    def from_dict(cls, d: Any, n_features: int) -> PerfRegressor:
+        """Checked field by field, since a file is hand-editable; raises ValueError naming the field.
+        Term coefficients must be >= 0 (NNLS): only then is the linear part monotone in the terms."""
+        d = obj("regressor", d, ("params", "coef", "trees", "kv", "n_features"))
+        params = obj("regressor.params", d["params"], _PARAMS)
+        r = cls(**check_params("regressor.params", params))
+        r.n_features_ = integer("regressor.n_features", d["n_features"], lo=1)
+        if r.n_features_ != n_features:
+            raise ValueError(f"regressor.n_features: {r.n_features_}, sla-estimate computes {n_features}")
+        coef = obj("regressor.coef", d["coef"])
+        if POOLED not in coef:
+            raise ValueError(f"regressor.coef: the pooled {POOLED!r} entry is missing")
+        r.coef_ = {k: numbers(f"regressor.coef.{k}", v, 2 * K, lo=0.0) for k, v in coef.items()}
+        trees = obj("regressor.trees", d["trees"], optional=PHASES)
+        if trees and not r.residual:
+            raise ValueError("regressor.trees: residual trees, but params.residual is false")
+        r.trees_ = {k: TreeEnsemble.from_dict(t, n_features, f"regressor.trees.{k}")
+                    for k, t in trees.items()}  # fmt: skip
+        r.kv_ = {}
+        for k, v in obj("regressor.kv", d["kv"]).items():
+            a, b, c = numbers(f"regressor.kv.{k}", v, 3)
+            number(f"regressor.kv.{k}[0]", a, positive=True)  # free memory grows with the GPU's memory
+            r.kv_[k] = (a, b, c)
         return r
+
+
+_PARAMS = ("residual", "max_iter", "max_leaf_nodes", "learning_rate", "max_depth", "base")
+
+
+def check_params(field: str, p: dict[str, Any]) -> dict[str, Any]:
+    """PerfRegressor settings in the ranges scikit-learn accepts and the tree bounds a file may hold."""
+    from .trees import MAX_DEPTH, MAX_LEAVES, MAX_TREES
+
+    obj(field, p, optional=_PARAMS)
+    if "residual" in p and not isinstance(p["residual"], bool):
+        raise ValueError(f"{field}.residual: must be true or false, got {p['residual']!r}")
+    ranges = (("max_iter", 1, MAX_TREES), ("max_leaf_nodes", 2, MAX_LEAVES), ("max_depth", 1, MAX_DEPTH))
+    for k, lo, hi in ranges:
+        if k in p and (k == "max_iter" or p[k] is not None):
+            integer(f"{field}.{k}", p[k], lo, hi)
+    if "learning_rate" in p:
+        number(f"{field}.learning_rate", p["learning_rate"], positive=True)
+    if p.get("base", "linear") not in ("linear", "roofline"):
+        raise ValueError(f"{field}.base: must be 'linear' or 'roofline', got {str(p['base'])[:40]!r}")
+    return p
 
 
 def _fit_kv(data: TrainingSet) -> dict[str, tuple[float, float, float]]:

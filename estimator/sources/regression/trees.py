@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import SourceError
+from .checks import finite_list, int_list, integer, number, obj
+
+# Bounds of what ``models fit`` allows (and a file may hold): the walk is depth x trees per point.
+MAX_TREES = 10_000  # boosting rounds
+MAX_LEAVES = 2048  # leaves per tree
+MAX_NODES = 2 * MAX_LEAVES - 1
+MAX_DEPTH = 64  # edges from a root to its deepest leaf
 
 
 @dataclass(frozen=True)
@@ -73,20 +79,81 @@ class TreeEnsemble:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TreeEnsemble:
-        try:
-            trees = d["trees"]
-            width = max((len(t["feature"]) for t in trees), default=1)
-            arrs = {k: np.zeros((len(trees), width), dtype=float if k in ("threshold", "value") else np.int64)
-                    for k in ("feature", "threshold", "left", "right", "value")}  # fmt: skip
-            arrs["feature"][:] = -1
-            for i, t in enumerate(trees):
-                for k, a in arrs.items():
-                    a[i, : len(t[k])] = t[k]
-            n_nodes = np.array([len(t["feature"]) for t in trees], dtype=np.int64)
-            return cls(float(d["baseline"]), depth=int(d["depth"]), n_nodes=n_nodes, **arrs)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise SourceError(f"malformed tree ensemble in model file: {exc}") from exc
+    def from_dict(cls, d: Any, n_features: int, where: str = "trees") -> TreeEnsemble:
+        """Checked, since a file is hand-editable: finite numbers, features below ``n_features``, each
+        tree well formed (``_levels``) and ``depth`` the levels of its deepest tree, bounded, so the
+        walk stays short. Raises ValueError naming the field."""
+        d = obj(where, d, ("baseline", "depth", "trees"))
+        baseline = number(f"{where}.baseline", d["baseline"])
+        trees = d["trees"]
+        if not isinstance(trees, list) or len(trees) > MAX_TREES:
+            raise ValueError(f"{where}.trees: must be a list of at most {MAX_TREES} trees")
+        checked = []
+        for i, t in enumerate(trees):
+            at = f"{where}.trees[{i}]"
+            t = obj(at, t, _NODE_KEYS)
+            n = len(t["feature"]) if isinstance(t["feature"], list) else 0
+            for k in _NODE_KEYS:
+                if not isinstance(t[k], list) or len(t[k]) != n or not 1 <= n <= MAX_NODES:
+                    raise ValueError(f"{at}.{k}: must be a list of 1..{MAX_NODES} nodes, as many as feature")
+            checked.append({"feature": int_list(f"{at}.feature", t["feature"], -1, n_features - 1),
+                            "left": int_list(f"{at}.left", t["left"], 0, n - 1),
+                            "right": int_list(f"{at}.right", t["right"], 0, n - 1),
+                            "threshold": finite_list(f"{at}.threshold", t["threshold"]),
+                            "value": finite_list(f"{at}.value", t["value"])})  # fmt: skip
+        n_nodes = np.array([len(t["feature"]) for t in checked], dtype=np.int64)
+        width = int(n_nodes.max(initial=1))
+        arrs = {k: np.zeros((len(trees), width), dtype=float if k in ("threshold", "value") else np.int64)
+                for k in _NODE_KEYS}  # fmt: skip
+        arrs["feature"][:] = -1
+        for i, t in enumerate(checked):
+            for k, a in arrs.items():
+                a[i, : n_nodes[i]] = t[k]
+        levels = _levels(where, arrs["feature"], arrs["left"], arrs["right"], n_nodes)
+        depth = integer(f"{where}.depth", d["depth"], 1, MAX_DEPTH + 1)
+        if depth != levels:
+            raise ValueError(f"{where}.depth: {depth}, but the deepest tree has {levels} levels")
+        return cls(baseline, depth=depth, n_nodes=n_nodes, **arrs)
+
+
+_NODE_KEYS = ("feature", "threshold", "left", "right", "value")
+
+
+def _levels(where: str, feature: np.ndarray, left: np.ndarray, right: np.ndarray, n_nodes: np.ndarray) -> int:
+    """Levels of the deepest tree (a root alone: 1), once each is a tree: a leaf (feature -1) has children
+    0 as sklearn writes them, an inner node's children come after it (no cycles), and every node but the
+    root has exactly one parent (so every node is reached). One pass over all trees (files hold ~10^4)."""
+    trees, width = feature.shape
+    node = np.broadcast_to(np.arange(width), feature.shape)
+    row = np.broadcast_to(np.arange(trees)[:, None], feature.shape)
+    real = node < n_nodes[:, None]
+    inner = real & (feature >= 0)
+    parents = np.zeros(feature.shape, dtype=np.int64)
+    parent = np.full(feature.shape, -1, dtype=np.int64)
+    for side, child in (("left", left), ("right", right)):
+        bad = (inner & (child <= node)) | (real & ~inner & (child != 0))
+        if bad.any():
+            t, j = np.argwhere(bad)[0]
+            why = "a leaf's children are 0" if feature[t, j] < 0 else f"a child comes after its node {j}"
+            raise ValueError(f"{where}.trees[{t}].{side}[{j}]: {child[t, j]}, but {why}")
+        np.add.at(parents, (row[inner], child[inner]), 1)
+        parent[row[inner], child[inner]] = node[inner]
+    want = real.astype(np.int64)
+    want[:, 0] = 0
+    if (parents != want).any():
+        t, j = np.argwhere(parents != want)[0]
+        raise ValueError(f"{where}.trees[{t}]: node {j} " + ("has two parents" if parents[t, j] > 1 else
+                         "is not reached from the root"))  # fmt: skip
+    level = np.zeros(feature.shape, dtype=np.int64)
+    up = parent
+    for _ in range(MAX_DEPTH):
+        if not (up >= 0).any():
+            break
+        level += up >= 0
+        up = np.where(up >= 0, parent[row, np.maximum(up, 0)], -1)
+    if (up >= 0).any():
+        raise ValueError(f"{where}: a tree is deeper than {MAX_DEPTH} levels below its root")
+    return int(level.max(initial=0)) + 1
 
 
 def from_sklearn(est: Any) -> TreeEnsemble:
