@@ -43,6 +43,7 @@ from .errors import CalibrationError
 from .phase_field import PhaseField
 from .serving import ServingTerms
 from .sources.residual_gp import ResidualField
+from .study_file import unique_keys as study_unique_keys
 
 FORMAT_VERSION = 2
 KINDS = ("ttft", "tpot")  # TTFT (prefill / agg TTFT) and per-token decode time (decode ITL / agg TPOT)
@@ -472,14 +473,8 @@ def _gaussian(rng: np.random.Generator, cov: np.ndarray, n: int) -> np.ndarray:
 
 
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``object_pairs_hook`` for reading a calibration file: a key given twice is refused (``json`` keeps the
-    last one silently)."""
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise CalibrationError(f"duplicate key {k[:80]!r}")
-        out[k] = v
-    return out
+    """``study_file.unique_keys`` for a calibration file: a key given twice is a ``CalibrationError``."""
+    return study_unique_keys(pairs, CalibrationError)
 
 
 def identity() -> Correction:

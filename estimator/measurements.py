@@ -26,6 +26,7 @@ from typing import Any
 from .candidates import Candidate
 from .errors import MeasurementError, SpecError
 from .sources.base import Stack
+from .study_file import DuplicateKey, unique_keys
 
 log = logging.getLogger(__name__)
 
@@ -194,22 +195,8 @@ NOT_A_STORE_LINES = 3  # that many unreadable lines before any record: the file 
 MAX_WARNINGS = 5  # skipped lines warned one by one; the rest in one summary line
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
 class _Unreadable(ValueError):
     """A line that is no record (torn, not UTF-8, not JSON, not a measurement)."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``object_pairs_hook``: a key given twice is an error (``json`` keeps the last one silently)."""
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _DuplicateKey(f"duplicate key {k[:80]!r}")
-        out[k] = v
-    return out
 
 
 class StoreBusy(MeasurementError):
@@ -245,8 +232,8 @@ class MeasurementStore:
         if not line.strip():
             return None
         try:
-            return Measurement.from_dict(json.loads(line, object_pairs_hook=_unique_keys))
-        except _DuplicateKey as exc:
+            return Measurement.from_dict(json.loads(line, object_pairs_hook=unique_keys))
+        except DuplicateKey as exc:
             raise MeasurementError(f"{self.path}:{lineno}: a record with a {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
             raise _Unreadable(f"unreadable record ({type(exc).__name__}: {str(exc)[:120]})") from None

@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import SpecError
+from .study_file import DuplicateKey, unique_keys
 
 # Common spellings users type for bundled ids.
 _ALIASES = {
@@ -128,20 +129,6 @@ def _read_config(name: str) -> dict:
     return cfg
 
 
-class _DuplicateKey(ValueError):
-    """A key given twice in one JSON object."""
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    """json's object hook: a key given twice is an error (json.loads keeps the last one silently)."""
-    out: dict = {}
-    for k, v in pairs:
-        if k in out:
-            raise _DuplicateKey(k)
-        out[k] = v
-    return out
-
-
 def _read_json(path: Path, max_bytes: int) -> object:
     """``study_file.read_json`` (same errors) that also refuses duplicate keys: a config.json with
     ``hidden_size`` twice is a mistake, and which one counts is not ours to guess."""
@@ -154,14 +141,14 @@ def _read_json(path: Path, max_bytes: int) -> object:
     except OSError as exc:
         raise SpecError("model", f"cannot read {path}: {exc.strerror}") from None
     try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+        return json.loads(data.decode("utf-8"), object_pairs_hook=unique_keys)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise SpecError("model", f"{path} line {line}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise SpecError("model", f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    except _DuplicateKey as exc:
-        raise SpecError("model", f"{path}: key {str(exc)[:60]!r} given twice in one object") from None
+    except DuplicateKey as exc:
+        raise SpecError("model", f"{path}: {exc} (given twice in one object)") from None
     except RecursionError:
         raise SpecError("model", f"{path}: JSON nested too deeply") from None
 

@@ -170,6 +170,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return doc
 
 
+class DuplicateKey(ValueError):
+    """A key given twice in one JSON object."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]], error: type[Exception] = DuplicateKey) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook``: a key given twice raises ``error`` (json keeps the last one
+    silently, and which one counts is not ours to guess)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise error(f"duplicate key {str(k)[:80]!r}")
+        out[k] = v
+    return out
+
+
 def read_json(field: str, path: str | Path, max_bytes: int = 64 << 20) -> Any:
     """A JSON file users hand us (calibration, model config): size, UTF-8 and syntax errors name the file."""
     import json

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SpecError
+from .study_file import unique_keys
 
 BLOCK_TOKENS = 512  # tokens per hash id in the published mooncake traces
 NUM_SAMPLES = 128  # quantile samples of a parametric distribution
@@ -149,16 +150,6 @@ def _bad(path: Path, line: int, why: str) -> SpecError:
     return SpecError("workload", f"{path}:{line}: {why}")
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json.loads`` hook: a repeated key is refused (json keeps the last one silently)."""
-    seen: set[str] = set()
-    for k, _ in pairs:
-        if k in seen:
-            raise ValueError(f"duplicate key {k[:80]!r}")
-        seen.add(k)
-    return dict(pairs)
-
-
 def load_trace(path: str | Path, block_tokens: int = BLOCK_TOKENS) -> Workload:
     """A mooncake JSONL trace: ``timestamp`` (ms), ``input_length``, ``output_length``, ``hash_ids``."""
     path = Path(path)
@@ -177,7 +168,7 @@ def load_trace(path: str | Path, block_tokens: int = BLOCK_TOKENS) -> Workload:
         if not text.strip():
             continue
         try:
-            rec = json.loads(text, object_pairs_hook=_unique_keys)
+            rec = json.loads(text, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as exc:
             raise _bad(path, no, f"not valid JSON ({exc.msg})") from None
         except ValueError as exc:  # a duplicate key

@@ -19,6 +19,7 @@ from estimator.sources.regression import bundled_names, load_model_file
 from estimator.sources.regression.engine import EngineFeatures
 from estimator.sources.regression.files import MODELS_DIR
 from estimator.sources.regression.regressor import K
+from tests.test_bad_input import one_line_error
 
 LLAMA = Stack("meta-llama/Meta-Llama-3.1-8B", "h100_sxm", "vllm")
 PROFILE = ["--model", "Qwen/Qwen3-8B", "--system", "h100_sxm", "--gpus", "1", "--isl", "1000", "--osl", "100",
@@ -28,16 +29,6 @@ PROFILE = ["--model", "Qwen/Qwen3-8B", "--system", "h100_sxm", "--gpus", "1", "-
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SLA_ESTIMATE_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def one_line_error(argv: list[str], capsys) -> str:
-    rc = main(argv)
-    captured = capsys.readouterr()
-    err = captured.err
-    assert rc == 2, (rc, err, captured.out[-500:])
-    assert "Traceback" not in err
-    assert err.count("\n") == 1 and err.startswith("sla-estimate: error: "), err
-    return err
 
 
 def _records(tmp: Path) -> str:

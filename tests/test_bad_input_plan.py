@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from estimator.cli import main
+from tests.test_bad_input import one_line_error
 
 STUDY = ["--model", "meta-llama/Llama-3.1-8B", "--system", "h100_sxm", "--gpus", "1", "--isl", "1000",
          "--osl", "100", "--no-plots"]  # fmt: skip
@@ -32,16 +33,6 @@ def no_study(monkeypatch):
         raise AssertionError("the study ran before the bad input was refused")
 
     monkeypatch.setattr("estimator.capacity_study.run_capacity", refuse)
-
-
-def one_line_error(argv: list[str], capsys) -> str:
-    rc = main(argv)
-    captured = capsys.readouterr()
-    err = captured.err
-    assert rc == 2, (rc, err, captured.out[-500:])
-    assert "Traceback" not in err
-    assert err.count("\n") == 1 and err.startswith("sla-estimate: error: "), err
-    return err
 
 
 def _file(tmp: Path, name: str, data: str | bytes) -> str:

@@ -27,6 +27,7 @@ from estimator.sources.base import Stack
 from validate.runners.endpoint import EndpointRunner
 from validate.runners.local import LocalEngineRunner
 from validate.runners.replay import MAX_TOLERANCE, ReplayRunner, load_dynamo_dir
+from tests.test_bad_input import one_line_error
 
 STUDY = ["--model", "meta-llama/Llama-3.1-8B", "--system", "h100_sxm", "--gpus", "1", "--isl", "1000",
          "--osl", "100", "--no-plots"]  # fmt: skip
@@ -37,15 +38,6 @@ TP1 = Candidate(Mapping.TP, 1)
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SLA_ESTIMATE_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def one_line_error(argv: list[str], capsys) -> str:
-    rc = main(argv)
-    captured = capsys.readouterr()
-    assert rc == 2, (rc, captured.err, captured.out[-500:])
-    assert "Traceback" not in captured.err
-    assert captured.err.count("\n") == 1 and captured.err.startswith("sla-estimate: error: "), captured.err
-    return captured.err
 
 
 def _store(tmp: Path, name: str = "recorded.jsonl") -> Path:

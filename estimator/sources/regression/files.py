@@ -21,6 +21,7 @@ from typing import Any
 from ...errors import SourceError
 from ...features import TERM_NAMES
 from ...hardware import HardwareSpec
+from ...study_file import unique_keys
 from .checks import integer, number, obj, provenance, text
 from .engine import FEATURE_NAMES
 from .nodes import EngineTable
@@ -128,16 +129,6 @@ def bundled_names() -> list[str]:
     return out
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json's object hook: a key given twice is an error (json.loads keeps the last silently)."""
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k[:60]!r}")
-        out[k] = v
-    return out
-
-
 _TOP = ("format", "format_version", "name", "term_names", "feature_names", "provenance", "hardware",
         "regressor")
 _HW_FIELDS = tuple(f.name for f in fields(HardwareSpec))
@@ -187,7 +178,7 @@ def load_model_file(name_or_path: str) -> ModelFile:
     path = resolve_model_path(name_or_path)
     try:
         raw = path.read_bytes()
-        doc = json.loads(raw, object_pairs_hook=_unique_keys)
+        doc = json.loads(raw, object_pairs_hook=unique_keys)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SourceError(f"{path}: not a readable regression model file ({exc})") from exc
     except ValueError as exc:  # a duplicate key
