@@ -77,7 +77,14 @@ def bundled_config_dir() -> Path:
 
 
 def bundled_models() -> list[str]:
-    """Hugging Face ids whose configs AIC ships (usable offline)."""
+    """Hugging Face ids whose configs AIC ships and reads offline."""
+    from .sources.aic import offline_model_ids
+
+    offline = offline_model_ids()
+    return [m for m in _config_file_ids() if m in offline]
+
+
+def _config_file_ids() -> list[str]:
     names = sorted(p.name for p in bundled_config_dir().glob("*_config.json") if "_hf_quant_" not in p.name)
     return [n.removesuffix("_config.json").replace("--", "/", 1) for n in names]
 
@@ -111,6 +118,13 @@ def resolve_model_name(model: str) -> str:
         return lowered[model.lower()]
     if model.lower() in _ALIASES:
         return _ALIASES[model.lower()]
+    shipped = {m.lower(): m for m in _config_file_ids()}.get(model.lower())
+    if shipped:  # AIC would try to download it (no network: a traceback-length error per engine)
+        raise SpecError(
+            "model",
+            f"AI Configurator ships a config for {shipped!r} but does not read it offline: give a local "
+            f"directory holding it as config.json (it is {bundled_config_dir() / _config_file(shipped)})",
+        )
     raise SpecError(
         "model",
         f"unknown model {model!r}: give a local directory with config.json or one of the "
@@ -118,11 +132,15 @@ def resolve_model_name(model: str) -> str:
     )
 
 
+def _config_file(model_id: str) -> str:
+    return model_id.replace("/", "--", 1) + "_config.json"
+
+
 def _read_config(name: str) -> dict:
     if os.path.isdir(name):
         path = Path(name) / "config.json"
     else:
-        path = bundled_config_dir() / (name.replace("/", "--", 1) + "_config.json")
+        path = bundled_config_dir() / _config_file(name)
     cfg = _read_json(path, max_bytes=16 << 20)
     if not isinstance(cfg, dict):
         raise SpecError("model", f"{path} must hold a JSON object, got {type(cfg).__name__}")

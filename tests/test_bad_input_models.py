@@ -267,3 +267,23 @@ def test_config_json_with_duplicate_key(tmp_path, capsys):
                                    '"num_attention_heads": 32, "num_hidden_layers": 32, "hidden_size": 8192}')
     err = one_line_error(["--model", str(d), "--system", "h100_sxm", "--no-plots", "--no-cache"], capsys)
     assert "hidden_size" in err and "twice" in err
+
+
+def test_a_config_aic_ships_but_does_not_read_offline_is_refused_with_its_path(capsys, tmp_path):
+    # AIC 0.12.0 ships Mixtral-8x7B's config file but reads only its DefaultHFModels offline: it would try
+    # to download the config once per candidate engine
+    err = one_line_error(["profile", "--model", "mistralai/Mixtral-8x7B-v0.1", "--system", "h200_sxm",
+                          "--no-plots", "--no-cache", "-o", str(tmp_path / "out")], capsys)  # fmt: skip
+    assert "does not read it offline" in err
+    assert "mistralai--Mixtral-8x7B-v0.1_config.json" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_models_listing_holds_only_ids_aic_reads_offline(capsys):
+    from estimator.model import bundled_models
+    from estimator.sources.aic import offline_model_ids
+
+    listed = bundled_models()
+    assert "Qwen/Qwen3-32B" in listed
+    assert "mistralai/Mixtral-8x7B-v0.1" not in listed
+    assert set(listed) <= offline_model_ids()

@@ -64,6 +64,12 @@ def _perf_database() -> Any:
     return importlib.import_module("aiconfigurator_core.sdk.perf_database")
 
 
+def offline_model_ids() -> frozenset[str]:
+    """Hugging Face ids AIC reads from its own bundled configs; any other id it downloads (AIC ships a
+    few more config files than it reads offline, e.g. Mixtral's)."""
+    return frozenset(importlib.import_module(f"{_SDK_MODULE}.common").DefaultHFModels)
+
+
 def aic_version() -> str:
     return metadata.version(_DIST)
 
