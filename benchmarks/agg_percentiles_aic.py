@@ -53,7 +53,13 @@ if __name__ == "__main__":
              ("meta-llama/Llama-3.1-8B", "h100_sxm", "vllm", "TP1", 3, 3000, 150),
              ("meta-llama/Llama-3.1-8B", "h100_sxm", "vllm", "TP2", 12, 3000, 150),
              ("meta-llama/Llama-3.1-8B", "h100_sxm", "vllm", "TP1", 2, 1000, 500),
-             ("Qwen/Qwen3-32B", "h200_sxm", "vllm", "TP2", 3, 3000, 150)]
+             ("Qwen/Qwen3-32B", "h200_sxm", "vllm", "TP2", 3, 3000, 150),
+             # prompts the token budget cuts (fewer than 2 per step, or longer than one step)
+             ("meta-llama/Llama-3.1-8B", "h100_sxm", "vllm", "TP1", 2.5, 6000, 150),
+             ("meta-llama/Llama-3.1-8B", "h100_sxm", "vllm", "TP1", 4, 6000, 150),
+             ("meta-llama/Llama-3.1-8B", "h100_sxm", "vllm", "TP1", 1, 12000, 200),
+             ("Qwen/Qwen3-32B", "h200_sxm", "vllm", "TP2", 1.5, 6000, 150),
+             ("Qwen/Qwen3-32B", "h200_sxm", "vllm", "TP2", 4, 3000, 150)]
     rows = []
     for c in cases:
         rep, mod = run(*c)

@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
+from scipy.sparse.linalg import spsolve
 
 from .capacity_engine import EngineTable
 from .queueing import (
@@ -136,28 +138,63 @@ def decode_group(t: EngineTable, replicas: int, rate_rps: float, w: Workload, *,
     return GroupPrediction(None, _latency(mean, pcts), mean_batch=n, utilisation=n / limit)
 
 
-def _prompts_per_step(lam_per_ms: float, step_ms: float, prompt_ms: float, fit: float) -> np.ndarray | None:
-    """Share of steps that prefill k = 0, 1, .. ``fit`` whole prompts, or None when one prompt fills a
-    step's budget (the chunks then run one step each: ``agg_group``'s plain mixture).
+@dataclass(frozen=True, slots=True)
+class PrefillPerStep:
+    """How much prefill the steps of an agg engine carry: ``share[x]`` of its steps prefill ``x`` units of
+    ``unit_ms`` each (a mean prompt is ``units_per_prompt`` units, a step's token budget ``cap`` units)."""
 
-    Why: the p99 ITL of an agg engine is a step that prefills two or more prompts at once: the prompts
-    that arrived during a step start together in the next, and a step that prefilled k prompts lasts
-    ``step_ms + k x prompt_ms``, so arrivals bunch behind long steps (the step replay: 92 ms where one
-    prompt's step gave 48, H100 TP2 at 12 req/s). A Markov chain on k: k' ~ Poisson(rate x duration(k)),
-    more than ``fit`` wait and fill the step; its stationary law."""
-    top = int(fit)
-    if top < 2 or lam_per_ms <= 0:
-        return None
-    k = np.arange(top + 1)
-    mu = lam_per_ms * (step_ms + k * prompt_ms)  # expected arrivals during a step of k prompts
-    logf = np.array([math.lgamma(x + 1) for x in k])
-    trans = np.exp(k[None, :] * np.log(mu[:, None]) - mu[:, None] - logf[None, :])
-    trans[:, -1] = np.maximum(0.0, 1.0 - trans[:, :-1].sum(axis=1))
-    # stationary law: pi (P - I) = 0 with sum(pi) = 1 (the chain is irreducible: every k reaches 0)
-    a = np.vstack([(trans - np.eye(top + 1)).T, np.ones(top + 1)])
-    pi = np.linalg.lstsq(a, np.r_[np.zeros(top + 1), 1.0], rcond=None)[0]
-    pi = np.clip(pi, 0.0, None)
-    return pi / pi.sum()
+    share: np.ndarray
+    unit_ms: float
+    units_per_prompt: int
+
+
+UNITS_PER_PROMPT = 8  # chain resolution: at least this many units per prompt, half as many per budget
+QUEUE_PROMPTS = 16  # prompts waiting beyond a step's budget that the chain tracks (deeper queues are lumped)
+
+
+def _units_per_prompt(fit: float) -> int:
+    """Units per prompt, at least ``UNITS_PER_PROMPT`` per prompt and half that per budget, chosen among up
+    to twice that so that the budget is closest to a whole number of units (it is rounded down to one)."""
+    low = max(UNITS_PER_PROMPT, math.ceil(UNITS_PER_PROMPT / 2 / fit))
+    return min(range(low, 2 * low + 1), key=lambda m: (fit * m - math.floor(fit * m)) / (fit * m))
+
+
+def prefill_per_step(lam_per_ms: float, step_ms: float, prompt_ms: float, fit: float,
+                     queue_prompts: int = QUEUE_PROMPTS) -> PrefillPerStep:  # fmt: skip
+    """Stationary law of the prefill each step carries, by a Markov chain on the prefill work waiting at a
+    step's start, in units of a prompt (``fit`` = prompts per step budget, < 1 when prompts are chunked).
+
+    Why: the p99 ITL of an agg engine is a step that prefills more than one prompt: prompts that arrived
+    during a step start together in the next, up to the token budget, the budget cuts the last one and
+    its rest waits for the next step, and a step carrying x units lasts ``step_ms + x * unit_ms``, so
+    arrivals bunch behind long steps (the step replay: 92 ms where one prompt's step gave 48, H100 TP2 at
+    12 req/s; 324 where whole prompts alone gave 170, Qwen3-32B TP2 at 3 req/s, where two prompts and a
+    budget-cut third share a step). Arrivals during a step of x units: Poisson(rate x its duration)."""
+    m = _units_per_prompt(fit)
+    cap = max(1, math.floor(fit * m))
+    unit_ms = prompt_ms / m
+    top = max(cap, m) + queue_prompts * m
+    w = np.arange(top + 1)  # units waiting at a step's start
+    x = np.minimum(w, cap)  # units the step prefills
+    mu = lam_per_ms * (step_ms + x * unit_ms)
+    # prompts arriving during the step, up to far in the Poisson tail (the last entry: that many or more)
+    a = np.arange(min(top // m, math.ceil(mu[-1] + 10.0 * math.sqrt(mu[-1]) + 10.0)) + 2)
+    logf = np.array([math.lgamma(v + 1.0) for v in a])
+    arrive = np.exp(a[None, :] * np.log(np.maximum(mu[:, None], 1e-300)) - mu[:, None] - logf[None, :])
+    arrive[:, -1] = np.maximum(0.0, 1.0 - arrive[:, :-1].sum(axis=1))
+    src = np.repeat(w, a.size)
+    dst = np.minimum(top, (w - x)[:, None] + a[None, :] * m).ravel()
+    # stationary law: (P - I)' pi = 0 with its last equation replaced by sum(pi) = 1 (irreducible: every
+    # state reaches 0 without arrivals); P has a.size entries per row: a sparse solve (dense: 60 ms at 1000)
+    keep = dst < top
+    lhs = sparse.csc_matrix(
+        (np.r_[arrive.ravel()[keep], -np.ones(top), np.ones(top + 1)],
+         (np.r_[dst[keep], w[:-1], np.full(top + 1, top)], np.r_[src[keep], w[:-1], w])),
+        shape=(top + 1, top + 1),
+    )  # fmt: skip
+    pi = np.clip(spsolve(lhs, np.r_[np.zeros(top), 1.0]), 0.0, None)
+    share = np.bincount(x, weights=pi / pi.sum(), minlength=cap + 1)
+    return PrefillPerStep(share, unit_ms, m)
 
 
 def agg_group(t: EngineTable, replicas: int, rate_rps: float, w: Workload, *, ca2: float = 1.0,
@@ -196,14 +233,12 @@ def agg_group(t: EngineTable, replicas: int, rate_rps: float, w: Workload, *, ca
     if not full:
         return GroupPrediction(_latency(ttft_mean, None), _latency(itl_mean, None), n, rho)
     ttft_p = response_percentiles(lam_rank, service, 1, ca2) + residual
-    chunk_ms = pre.mean_ms / float(np.mean(chunks))
     mixed_frac = min(1.0, lam_rank * float(np.mean(chunks)) * itl_mean)  # steps that prefill (one per chunk)
-    shares = np.array([1.0 - mixed_frac, mixed_frac])
-    bunched = _prompts_per_step(lam_rank, step, chunk_ms, chunk / max(1.0, float(np.mean(tokens))))
-    if bunched is not None:  # whole prompts fit a step: how many share one (counted once each: pessimistic)
-        shares = np.concatenate([[1.0 - mixed_frac], mixed_frac * bunched[1:] / bunched[1:].sum()])
+    per_step = prefill_per_step(lam_rank, step, pre.mean_ms, chunk / max(1.0, float(np.mean(tokens))))
+    carried = per_step.share[1:]
+    shares = np.concatenate([[1.0 - mixed_frac], mixed_frac * carried / max(carried.sum(), 1e-300)])
     plain = np.asarray(t.step_ms(batch_quantiles(n, _LEVELS, ca2)))
-    values = np.concatenate([plain + k * chunk_ms for k in range(shares.size)])
+    values = np.concatenate([plain + x * per_step.unit_ms for x in range(shares.size)])
     weights = np.concatenate([np.full(plain.size, f) for f in shares])
     order = np.argsort(values)
     cdf = np.cumsum(weights[order]) / weights.sum()

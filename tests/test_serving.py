@@ -56,3 +56,24 @@ def test_agg_queueing_model_against_step_replay(rate):
     warm = n // 10
     assert g.ttft.mean_ms == pytest.approx(np.mean(res.ttft_ms[warm:]), rel=0.2)
     assert g.itl.mean_ms == pytest.approx(np.nanmean(res.tpot_ms[warm:]), rel=0.2)
+
+
+def test_prefill_per_step_follows_the_replay_when_the_budget_cuts_prompts():
+    """Prompts of 3000 tokens, budget 8192 (2.7 prompts per step), 90 ms each, 9 req/s: steps that carry
+    two whole prompts or a budget-cut third are the ITL p99. The chain's share of steps carrying no prompt,
+    one, two, and a full budget (less the decodes' tokens) against the replay's (measured: 51.3 / 17.2 /
+    6.6 / 21.4 % against 50.8 / 16.2 / 6.5 / 22.7 %)."""
+    from estimator.capacity_model import prefill_per_step
+
+    rate, n = 9.0, 20000
+    arr = np.cumsum(np.random.default_rng(5).exponential(1000.0 / rate, n))
+    res = replay_open(lambda k: 20.0 if k else 0.0, lambda tok: 90.0 * tok / 3000, arr, np.full(n, 3000.0),
+                      np.full(n, 150.0), SchedulerConfig(8192, 1024))  # fmt: skip
+    prompts = (res.step_ms[n // 10:] - 20.0) / 90.0  # prompts' worth of prefill each step carried
+    chain = prefill_per_step(rate / 1000.0, 20.0, 90.0, 8192 / 3000)
+    carried = np.arange(chain.share.size) / chain.units_per_prompt
+    for lo, hi in ((-0.01, 0.01), (0.99, 1.01), (1.99, 2.01), (2.5, 2.8)):
+        replay = float(np.mean((prompts > lo) & (prompts < hi)))
+        model = float(chain.share[(carried > lo) & (carried < hi)].sum())
+        assert model == pytest.approx(replay, abs=0.02), (lo, hi)
+    assert float(np.mean(prompts > 2.5)) > 0.1  # the budget-cut steps exist at this load
