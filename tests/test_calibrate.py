@@ -242,14 +242,16 @@ def test_noise_comes_from_the_points_not_the_prior(setup):
     assert cal.correction.noise.discrepancy["tpot"] < 0.03
 
 
-def test_repetition_spread_is_the_measurement_noise():
+def test_repetition_spread_over_the_repetitions_is_the_measurement_noise():
+    """The noise of a stored mean is its standard error: one repetition's spread / sqrt(repetitions)."""
     truth = Distorted(RooflineSource(STACK))
     m = _prefill(truth, TP1, 1000)
-    noisy = Measurement(m.probe, "synthetic", ttft_ms=m.ttft_ms, ttft_std_ms=0.1 * m.ttft_ms)
-    from_samples = Measurement(m.probe, "synthetic", ttft_ms=10.0, samples={"ttft_ms": [9.0, 10.0, 11.0]})
+    probe = dataclasses.replace(m.probe, repeats=4)
+    noisy = Measurement(probe, "synthetic", ttft_ms=m.ttft_ms, ttft_std_ms=0.1 * m.ttft_ms)
+    from_samples = Measurement(probe, "synthetic", ttft_ms=10.0, samples={"ttft_ms": [9.0, 10.0, 11.0]})
     base = RooflineSource(STACK)
-    assert collect_observations(base, [noisy])[0][0].noise_sd == pytest.approx(0.1)
-    assert collect_observations(base, [from_samples])[0][0].noise_sd == pytest.approx(0.1)
+    assert collect_observations(base, [noisy])[0][0].noise_sd == pytest.approx(0.1 / 2)  # 4 repeats
+    assert collect_observations(base, [from_samples])[0][0].noise_sd == pytest.approx(0.1 / np.sqrt(3))
     assert collect_observations(base, [m])[0][0].noise_sd == 0.0
 
 

@@ -189,6 +189,20 @@ def test_other_runners_keep_the_previous_prior():
     ).phase_kernel
 
 
+def test_replayed_gpu_runner_records_keep_the_gpu_runners_prior():
+    """`validate --runner replay` on GPU-runner files: a replayed record says runner "replay" and keeps
+    the runner that measured it in extra["measured_by"]; the prior follows the latter."""
+    base = RooflineSource(STACK)
+    gpu = [dataclasses.replace(m, runner="gpu") for m in _records(Distorted(base))]
+    replayed = [dataclasses.replace(m, runner="replay", extra={**m.extra, "measured_by": "gpu"}) for m in gpu]
+    rng = np.random.default_rng(0)
+    evidence = [_evidence("a|x|vllm", 0.1, rng), _evidence("b|y|vllm", 0.1, rng)]
+    assert default_prior(base, replayed, evidence) == default_prior(base, gpu, evidence)
+    assert default_prior(base, replayed, evidence).phase_kernel
+    other = [dataclasses.replace(m, extra={**m.extra, "measured_by": "endpoint"}) for m in replayed]
+    assert not default_prior(base, other, evidence).phase_kernel
+
+
 def test_bundled_evidence_names_the_gpu_runner_deployments():
     names = {e.name for e in bundled_phase_evidence()}
     assert "meta-llama/meta-llama-3.1-8b|h100_sxm|vllm" in names

@@ -202,3 +202,26 @@ def test_real_weights_load_from_a_local_checkpoint(tmp_path):
         torch.testing.assert_close(last_token_logits(r.load(), ids), ref(input_ids=ids).logits[:, -1:])
     m = r.measure(probe(str(tmp_path), isl=8))
     assert m.extra["weights"] == "real" and m.ttft_ms > 0
+
+
+@pytest.mark.parametrize(("gemm", "kv"), [("fp8", None), (None, "fp8"), ("bfloat16", None)])
+def test_a_quantisation_the_runner_does_not_build_is_refused_not_mislabelled(runner, model_dir, gemm, kv):
+    """It builds float32 (here) weights and KV cache: an fp8 record measured that way would be wrong."""
+    p = probe(model_dir)
+    asked = Probe(p.kind, Stack(model_dir, "h100_sxm", "vllm", gemm_quant=gemm, kvcache_quant=kv), TP1, 32)
+    assert "quant" in (runner.can_measure(asked) or "")
+    with pytest.raises(MeasurementError, match="cannot measure"):
+        runner.measure(asked)
+    own = Stack(model_dir, "h100_sxm", "vllm", gemm_quant="float32")
+    assert runner.can_measure(Probe(p.kind, own, TP1, isl=32)) is None
+
+
+def test_a_quantised_checkpoint_is_measured_only_when_asked_for_the_runners_own_weights(tmp_path):
+    d = tmp_path / "fp8_llama"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({**TINY, "quantization_config": {"quant_method": "fp8"}}))
+    r = TorchGpuRunner(str(d), model_path=str(d), device="cpu", dtype="float32", use_cuda_graph=False)
+    default = Probe(ProbeKind.PREFILL, Stack(str(d), "h100_sxm", "vllm"), TP1, isl=32)
+    assert "quantised checkpoint" in (r.can_measure(default) or "")
+    own = Probe(ProbeKind.PREFILL, Stack(str(d), "h100_sxm", "vllm", gemm_quant="float32"), TP1, isl=32)
+    assert r.can_measure(own) is None

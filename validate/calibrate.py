@@ -60,7 +60,11 @@ def observations_for(
 
 
 def _spread(m: Measurement, what: str) -> float:
-    """Relative spread of one repetition (log units): the runner's std, else the samples', else 0."""
+    """Relative standard error of the stored mean (log units): one repetition's spread (the runner's std,
+    else the samples') over the square root of the repetitions behind the mean; 0 when unknown.
+
+    Why the standard error: the fit and the bands are of mean latencies, and a re-measured point is a
+    mean of as many repetitions (``Measurement``'s docstring)."""
     mean = getattr(m, f"{what}_ms", None) or (m.itl_ms if what == "tpot" else None)
     std = getattr(m, f"{what}_std_ms", None)
     samples = [float(x) for x in m.samples.get(f"{what}_ms", []) if x and math.isfinite(float(x))]
@@ -68,7 +72,8 @@ def _spread(m: Measurement, what: str) -> float:
         std = float(np.std(samples, ddof=1))
     if not mean or not std or not math.isfinite(std) or std < 0:
         return 0.0
-    return float(std / mean)
+    n = len(samples) if len(samples) >= 2 else max(1, int(m.probe.repeats))
+    return float(std / mean / math.sqrt(n))
 
 
 def agg_terms(source: PerfSource, m: Measurement, config: SchedulerConfig | None = None):
@@ -145,6 +150,11 @@ ENGINE_ONLY_RUNNERS = ("gpu",)
 NO_OVERHEAD_PRIOR = {"log_overhead_ms": (math.log(0.05), 1.0)}
 
 
+def measured_by(m: Measurement) -> str:
+    """The runner that measured ``m``: a replayed record says ``replay`` and keeps its own in ``extra``."""
+    return str(m.extra.get("measured_by") or m.runner)
+
+
 def default_prior(
     source: PerfSource, measurements: list[Measurement], evidence: list[DeploymentEvidence] | None = None
 ) -> Prior:
@@ -156,7 +166,7 @@ def default_prior(
     prior = Prior().updated(transferable(bundled_prior(source.stack.backend), agg=agg))
     if agg:  # agg errors are heavy-tailed: the bands take the shape the silicon rows' held-out errors have
         prior = dataclasses.replace(prior, tails=bundled_tails())
-    if measurements and all(m.runner in ENGINE_ONLY_RUNNERS for m in measurements):
+    if measurements and all(measured_by(m) in ENGINE_ONLY_RUNNERS for m in measurements):
         prior = prior.updated(NO_OVERHEAD_PRIOR)
         if not agg:
             evidence = bundled_phase_evidence() if evidence is None else evidence

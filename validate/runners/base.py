@@ -31,7 +31,9 @@ class Capabilities:
     node for a plain Kubernetes Deployment); ``models``: the models it runs, compared by
     ``estimator.model.model_key`` (an alias, a path or a cache snapshot of the same id match); ``why``:
     where the candidate limits come from, for messages (e.g. "runner option candidate=TP2");
-    ``models_why``: where the model limit comes from, and how to correct it.
+    ``models_why``: where the model limit comes from, and how to correct it; ``gemm_quants`` /
+    ``kv_quants``: the weight and KV-cache quantisations it runs (``Stack.gemm_quant`` /
+    ``kvcache_quant`` values, None for the model's default), ``quants_why`` why, for messages.
     """
 
     kinds: frozenset[ProbeKind]
@@ -40,6 +42,9 @@ class Capabilities:
     why: str = ""
     max_gpus: int | None = None
     models_why: str = ""
+    gemm_quants: frozenset[str | None] | None = None
+    kv_quants: frozenset[str | None] | None = None
+    quants_why: str = ""
 
     def refusal(self, probe: Probe) -> str | None:
         """Why ``probe`` is outside these capabilities, or None."""
@@ -60,6 +65,12 @@ class Capabilities:
         if known is not None and model_key(probe.stack.model) not in known:
             why = f" ({self.models_why})" if self.models_why else ""
             return f"runs {', '.join(sorted(self.models))}{why}, not {probe.stack.model}"
+        for name, value, runs in (("gemm_quant", probe.stack.gemm_quant, self.gemm_quants),
+                                  ("kvcache_quant", probe.stack.kvcache_quant, self.kv_quants)):  # fmt: skip
+            if runs is not None and value not in runs:
+                why = f" ({self.quants_why})" if self.quants_why else ""
+                have = " or ".join(sorted(q or "the model's default" for q in runs))
+                return f"runs {name} {have}{why}, not {value or 'the default'}"
         return None
 
 

@@ -237,12 +237,28 @@ class TorchGpuRunner(Runner):
 
     def capabilities(self) -> Capabilities:
         """Prefill and decode of the model it builds, on the engine of its process group (``engine``)."""
+        quantised = self._config_quantised()
+        plain = frozenset({None, self.dtype})
         return Capabilities(
             kinds=self.kinds,
             candidates=frozenset({self.engine}),
             models=frozenset({self.model}),
             why=f"tp_size={self.tp_size} on {self.device}",
+            gemm_quants=frozenset({self.dtype}) if quantised else plain,
+            kv_quants=plain,
+            quants_why=f"it builds random {self.dtype} weights and KV cache"
+            + ("; the config is of a quantised checkpoint" if quantised else ""),
         )
+
+    def _config_quantised(self) -> bool:
+        """Whether the model's config names a quantised checkpoint, whose default the runner does not build
+        (``_build`` drops ``quantization_config``); False without a readable config (``load`` says why)."""
+        try:
+            raw = json.loads(self._config_source().read_text())
+            text = raw.get("text_config") or {}
+            return bool(raw.get("quantization_config") or text.get("quantization_config"))
+        except (EngineStartError, OSError, ValueError, TypeError, AttributeError):
+            return False
 
     @property
     def engine(self) -> Candidate:
