@@ -4,7 +4,8 @@ Reads every ``*gpu_runner*.jsonl`` under models/measurements/ (recursively), gro
 (model, system, backend), and for each stack calibrates its base source (AIC) on at most 4 points of
 every engine (2 prefill, 2 decode) and scores every other point of the stack: |error| of the calibrated
 prediction, whether the 90 % band covers it, and the band's half-width relative to the actual error
-(sharpness). Splits:
+(sharpness). Records of files matching ``--test-only`` (default: the far points, ``*_far_*``) are only
+scored: no split measures them and they are no phase evidence (a test set of extrapolations). Splits:
 
 - planner: what ``validate.plan.plan_probes`` plans for the documented workload (ISL 3000, OSL 150) with
   2 points per phase and engine on a runner limited to the recorded engines, each planned probe snapped
@@ -64,12 +65,15 @@ from validate.runners.base import Capabilities
 ROOT = Path(__file__).resolve().parents[1]
 PREFILL_PICKS = (512, 8192)
 DECODE_PICKS = ((8, 1024), (64, 4096))
+# Far points (prefill ISL 16k-32k, decode 256@1k, 16@16k, 1@32k), measured as a test set: scored, never trained on
+TEST_ONLY = "*_far_*"
 TARGETS = {"median_pct": 5.0, "max_pct": 15.0, "coverage": (0.80, 0.97), "sharpness": 2.0}
 
 
-def load_records(root: Path) -> tuple[dict[Stack, list[Measurement]], int]:
-    """Records per stack, one per probe key (first file wins); the number of duplicates dropped."""
-    seen, dropped = set(), 0
+def load_records(root: Path, test_only: str = "") -> tuple[dict[Stack, list[Measurement]], int, set[str]]:
+    """Records per stack, one per probe key (first file wins); the number of duplicates dropped; the keys
+    of the records in files matching ``test_only`` (a glob: scored, never measured nor evidence)."""
+    seen, dropped, tests = set(), 0, set()
     out: dict[Stack, list[Measurement]] = collections.defaultdict(list)
     for path in sorted(root.rglob("*gpu_runner*.jsonl")):
         for m in MeasurementStore(path).load():
@@ -77,11 +81,13 @@ def load_records(root: Path) -> tuple[dict[Stack, list[Measurement]], int]:
                 dropped += 1
                 continue
             seen.add(m.probe.key)
+            if test_only and path.match(test_only):
+                tests.add(m.probe.key)
             s = m.probe.stack
             out[Stack(s.model, s.system, s.backend, s.backend_version, s.gemm_quant, s.kvcache_quant)].append(
                 m
             )
-    return dict(out), dropped
+    return dict(out), dropped, tests
 
 
 def _dist(m: Measurement, target: tuple[float, float]) -> float:
@@ -153,9 +159,10 @@ def random_pick(ms: list[Measurement], rng: random.Random) -> list[Measurement]:
 
 
 def score(
-    base: AicSource, records: list[Measurement], train: list[Measurement], evidence: list
+    base: AicSource, records: list[Measurement], train: list[Measurement], evidence: list, tests: set[str]
 ) -> list[dict]:
-    """Calibrate on ``train`` with the default prior (phase evidence: ``evidence``), score the other records."""
+    """Calibrate on ``train`` with the default prior (phase evidence: ``evidence``), score the other records
+    (those whose key is in ``tests`` marked ``far``)."""
     cal = calibrate(base, train, default_prior(base, train, evidence))
     keys = {m.probe.key for m in train}
     rows = []
@@ -170,7 +177,7 @@ def score(
                      "aic_ms": obs.steady.prefill_ms + obs.steady.decode_ms, "calibrated_ms": b.point_ms,
                      "band": [b.low_ms, b.high_ms], "err_pct": 100 * err,
                      "half_width_pct": 100 * (b.high_ms - b.low_ms) / 2 / b.point_ms,
-                     "covered": b.low_ms <= obs.measured_ms <= b.high_ms})  # fmt: skip
+                     "covered": b.low_ms <= obs.measured_ms <= b.high_ms, "far": m.probe.key in tests})  # fmt: skip
     return rows
 
 
@@ -227,13 +234,16 @@ def main(argv: list[str] | None = None) -> int:
         help="also write every stack's fit as phase evidence (models/calibration_phase_evidence.json)",
     )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "calibration_heldout.json"))
+    ap.add_argument("--test-only", default=TEST_ONLY, metavar="GLOB",
+                    help=f"records of files matching GLOB are only scored: never measured by a split nor in the "
+                         f"evidence (default {TEST_ONLY!r}: the far points; '' for none)")  # fmt: skip
     ap.add_argument("--min-sd", type=float, default=phase_prior.MIN_SD,
                     help="sensitivity study: floor of the learned spread of the shape parameters (log units)")
     ap.add_argument("--level-min-sd", type=float, default=phase_prior.LEVEL_MIN_SD,
                     help="sensitivity study: floor of the learned spread of the levels (log units)")
     args = ap.parse_args(argv)
     phase_prior.MIN_SD, phase_prior.LEVEL_MIN_SD = args.min_sd, args.level_min_sd  # read at each prior
-    stacks, dropped = load_records(Path(args.measurements))
+    stacks, dropped, tests = load_records(Path(args.measurements), args.test_only)
     if not stacks:
         print(f"error: no *gpu_runner*.jsonl records under {args.measurements}", file=sys.stderr)
         return 2
@@ -243,22 +253,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     bases = {stack: AicSource(stack) for stack in stacks}
+    grid = {st: [m for m in rs if m.probe.key not in tests] for st, rs in stacks.items()}  # what may train
     evidence = [deployment_evidence(deployment_name(st), collect_observations(bases[st], rs)[0],
                                     default_prior(bases[st], rs, []), is_moe(st))
-                for st, rs in sorted(stacks.items(), key=lambda kv: str(kv[0]))]  # fmt: skip
+                for st, rs in sorted(grid.items(), key=lambda kv: str(kv[0]))]  # fmt: skip
     for stack, records in sorted(stacks.items(), key=lambda kv: str(kv[0])):
         base = bases[stack]
         # leave-stack-out: default_prior drops the evidence of the stack it calibrates
         learned = evidence if args.noise == "learned" else []
-        train = planner_pick(stack, base, records)
-        hand = hand_pick(records)
+        train = planner_pick(stack, base, grid[stack])
+        hand = hand_pick(grid[stack])
         splits = {
-            "planner": score(base, records, train, learned),
-            "hand-picked": score(base, records, hand, learned),
+            "planner": score(base, records, train, learned, tests),
+            "hand-picked": score(base, records, hand, learned, tests),
         }
         for i in range(args.random_splits):
             rng = random.Random(f"{stack}|{i}")
-            splits.setdefault("random", []).extend(score(base, records, random_pick(records, rng), learned))
+            pick = random_pick(grid[stack], rng)
+            splits.setdefault("random", []).extend(score(base, records, pick, learned, tests))
         label = f"{stack.model.split('/')[-1]} {stack.system} {stack.backend} ({', '.join(sorted({m.probe.candidate.name for m in records}))})"
         entry = {"stack": stack.to_dict(), "moe": is_moe(stack), "train": [m.probe.to_dict() for m in train],
                  "splits": {}}  # fmt: skip
@@ -277,16 +289,20 @@ def main(argv: list[str] | None = None) -> int:
         result["stacks"].append(entry)
     result["pooled"] = {}
     # every stack's held-out points together; and the dense ones alone (MoE evidence never teaches them)
-    pools = {"all stacks": "", "dense stacks": "dense/"}
-    for pool, prefix in pools.items():
+    # and each split into the study-grid points and the far (test-only) points
+    pools = {"all stacks": ("", None), "dense stacks": ("dense/", None)}
+    if tests:
+        pools |= {"all stacks, grid points": ("grid/", False), "dense stacks, grid points": ("dense/grid/", False),
+                  "all stacks, far points": ("far/", True), "dense stacks, far points": ("dense/far/", True)}
+    for pool, (prefix, far) in pools.items():
         for name in ("planner", "hand-picked", "random"):
             for phase in ("prefill", "decode"):
                 rs = [
                     r
                     for e in result["stacks"]
-                    if not (prefix and e["moe"])
+                    if not (prefix.startswith("dense") and e["moe"])
                     for r in e["splits"].get(name, {}).get("rows", [])
-                    if r["phase"] == phase
+                    if r["phase"] == phase and (far is None or r["far"] == far)
                 ]
                 if not rs:
                     continue
@@ -298,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{s['sharpness']:.2f} | {verdict(s)} |")  # fmt: skip
     if args.write_evidence:
         doc = {"format_version": PHASE_EVIDENCE_FORMAT_VERSION,
-               "what": "each GPU-runner deployment of models/measurements fitted on all its prefill/decode points: "
+               "what": "each GPU-runner deployment of models/measurements fitted on all its prefill/decode points "
+                       "but the test-only far points: "
                        "shared parameters and log residuals (the prior validate.calibrate learns for another one)",
                "generated_by": "python benchmarks/calibration_heldout.py --write-evidence models/calibration_phase_evidence.json",
                "deployments": [_rounded(e.to_dict()) for e in evidence]}  # fmt: skip
