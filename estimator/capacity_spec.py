@@ -7,9 +7,11 @@ from typing import Any
 
 from .capacity_types import Load, Sla, Target
 from .errors import SpecError
-from .spec import MAX_REQUEST_RATE, Spec, _as_choice, _as_float, _as_int, _as_text
+from .spec import MAX_CONCURRENCY, MAX_REQUEST_RATE, MAX_TARGET_MS, Spec, request_rate_field
+from .spec import _as_choice, _as_float, _as_int, _as_text
 from .workload import Workload, fixed, load_workload
 
+MAX_GPU_PRICE = 10_000.0  # $/GPU-hour (the table's dearest is $8): beyond it costs overflow to inf
 PCT_FIELDS = tuple(f"{m}_{p}" for m in ("ttft", "itl") for p in ("p50", "p90", "p99"))
 PLAN_FIELDS = ("request_rate", "concurrency", "gpu_budget", *PCT_FIELDS, "workload", "prefix_hit_rate",
                "gpu_price", "size_for", "headroom", "top")  # fmt: skip
@@ -43,12 +45,12 @@ def load_plan_spec(
 ) -> PlanSpec:
     """``raw``: plan fields (None: not given). Means apply when given or when no percentile of that metric is."""
     rate = (
-        _as_float("request_rate", raw["request_rate"], hi=MAX_REQUEST_RATE)
+        request_rate_field("request_rate", raw["request_rate"])
         if raw.get("request_rate") is not None
         else None
     )
     conc = (
-        _as_int("concurrency", raw["concurrency"], 1, 10_000_000)
+        _as_int("concurrency", raw["concurrency"], 1, MAX_CONCURRENCY)
         if raw.get("concurrency") is not None
         else None
     )
@@ -72,7 +74,7 @@ def load_plan_spec(
         ("ttft", spec.ttft_ms, mean_ttft_given),
         ("itl", spec.itl_ms, mean_itl_given),
     ):
-        pcts = [Target(metric, p, _as_float(f"{metric}_{p}", raw[f"{metric}_{p}"]))
+        pcts = [Target(metric, p, _as_float(f"{metric}_{p}", raw[f"{metric}_{p}"], hi=MAX_TARGET_MS))
                 for p in ("p50", "p90", "p99") if raw.get(f"{metric}_{p}") is not None]  # fmt: skip
         _check_percentile_order(pcts)
         if given or not pcts:
@@ -87,7 +89,11 @@ def load_plan_spec(
         workload=workload,
         workload_file=path,
         prefix_hit_rate=hit,
-        gpu_price=_as_float("gpu_price", raw["gpu_price"]) if raw.get("gpu_price") is not None else None,
+        gpu_price=(
+            _as_float("gpu_price", raw["gpu_price"], hi=MAX_GPU_PRICE)
+            if raw.get("gpu_price") is not None
+            else None
+        ),
         size_for=_as_choice("size_for", _given(raw, "size_for", "point"), ("point", "band")),
         top=_as_int("top", _given(raw, "top", 10), 1, 1000),
     )

@@ -1,13 +1,16 @@
 """``sla-estimate``: parse flags (and an optional YAML study) into a Spec, run the pipeline, write artifacts.
 
 Exit codes: 0 ok; 1 ``--strict`` and the SLA is not met; 2 bad input or a failed study (one line on
-stderr); 130 interrupted. Only SlaEstimateError is caught: anything else is a bug and keeps its traceback.
+stderr); 130 interrupted; 141 (128 + SIGPIPE, what a shell shows for a tool the signal ends) when the
+reader of stdout went away, e.g. ``| head -1``: quietly, as Python's docs advise ("Note on SIGPIPE").
+Only SlaEstimateError is caught: anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -223,6 +226,31 @@ def _run_validate(spec: Any, as_json: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI; a closed stdout (``| head -1``) ends it quietly with 141, not a BrokenPipeError traceback."""
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()  # a pipe closed early fails here, inside the handler, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush of what is left buffered cannot fail."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture): nothing to flush
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["profile", *argv]

@@ -132,6 +132,8 @@ def _fit(ns: argparse.Namespace) -> int:
     if ns.models_command == "fit":
         from validate.runners.replay import ReplayRunner
 
+        _refuse_empty(ns, ("measurements", "stack", "prefill_candidate", "decode_candidate"))
+
         from .candidates import Candidate
 
         try:
@@ -181,6 +183,15 @@ def _fit(ns: argparse.Namespace) -> int:
     if tables:
         print(_table_check(mf.provenance))
     return 0
+
+
+def _refuse_empty(ns: argparse.Namespace, flags: tuple[str, ...]) -> None:
+    """An empty flag value would read as not given (an empty path as the current directory): refused."""
+    for flag in flags:
+        value = getattr(ns, flag)
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and not item.strip():
+                raise SpecError(flag.replace("_", "-"), "empty value")
 
 
 def _check_output(text: str) -> Path:

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import SpecError
+from .spec import MAX_CONCURRENCY, MAX_REQUEST_RATE, MIN_REQUEST_RATE
+from .study_file import as_float
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +153,9 @@ def dgdr_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
     out.update(_load(wl, out))
 
     out.update(_features(_mapping("features", spec.get("features"))))
-    if spec.get("image"):
+    if spec.get("image") is not None:  # "", [] or 0 are checked (and refused) by load_spec, not skipped
         out["runtime_image"] = spec["image"]
-    if spec.get("runtimeVersionOverride"):
+    if spec.get("runtimeVersionOverride") is not None:
         out["runtime_version_override"] = spec["runtimeVersionOverride"]
     if spec.get("modelCache"):
         raise SpecError("modelCache", "PVC model caches are not supported (the DGD downloads the model)")
@@ -186,16 +188,19 @@ def _load(wl: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, Any]:
         return {"request_rate": rate}
     if conc is None:
         return {}
-    if isinstance(conc, bool):
-        raise SpecError("workload.concurrency", f"expected a number, got {conc!r}")
+    conc_f = as_float("workload.concurrency", conc, hi=MAX_CONCURRENCY)  # plan --concurrency's bound
     try:
-        conc_f, ttft, itl, osl = (float(x) for x in (conc, out["ttft_ms"], out["itl_ms"], out["osl"]))
+        ttft, itl, osl = (float(x) for x in (out["ttft_ms"], out["itl_ms"], out["osl"]))
     except (TypeError, ValueError):
-        raise SpecError("workload.concurrency", f"expected a number, got {conc!r}") from None
-    if not (conc_f > 0 and ttft > 0 and itl > 0 and osl >= 1):
-        raise SpecError("workload.concurrency", f"must be > 0, got {conc!r}")
+        return {}  # load_spec refuses the bad sla or workload field, naming it
+    if not (ttft > 0 and itl > 0 and osl >= 1):
+        return {}
     latency_s = (ttft + (osl - 1) * itl) / 1000.0
     rate_f = conc_f / latency_s
+    if not MIN_REQUEST_RATE <= rate_f <= MAX_REQUEST_RATE:  # --request-rate's bounds, named as given
+        why = f"{conc_f:g} in flight at the SLA's latency is {rate_f:.3g} requests/s"
+        bounds = f"[{MIN_REQUEST_RATE:g}, {MAX_REQUEST_RATE:g}]"
+        raise SpecError("workload.concurrency", f"{why}, outside the bounds of {bounds}")
     _warn("workload.concurrency", f"{conc_f:g} in flight at the SLA's latency = {rate_f:.3g} requests/s")
     return {"request_rate": rate_f}
 

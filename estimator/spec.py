@@ -137,6 +137,10 @@ def _plain(v: Any) -> Any:
 
 _as_int, _as_float, _as_choice, _as_bool, _as_text = as_int, as_float, as_choice, as_bool, as_text
 MAX_REQUEST_RATE = 100_000.0  # requests/s: beyond this the sizing is not a plan but an overflow
+MIN_REQUEST_RATE = 1e-6  # requests/s (one in 11.6 days): below it costs and replays overflow (1e-320: inf)
+MAX_TARGET_MS = 3_600_000.0  # an hour: a latency target beyond it is a typo
+MAX_CONTEXT_TOKENS = 100_000_000  # no model's context is near 1e8 tokens: a larger cap is a typo
+MAX_CONCURRENCY = 10_000_000  # requests in flight (plan --concurrency, a DGDR's workload.concurrency)
 MAX_PLANNER_ARGS = 256
 _FLAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -157,6 +161,14 @@ def _as_probability(name: str, v: Any) -> float | None:
     return f
 
 
+def request_rate_field(name: str, v: Any) -> float:
+    """Requests/s in [MIN_REQUEST_RATE, MAX_REQUEST_RATE]."""
+    f = _as_float(name, v, hi=MAX_REQUEST_RATE)
+    if f < MIN_REQUEST_RATE:
+        raise SpecError(name, f"{f:g} is below the bound of {MIN_REQUEST_RATE:g} requests/s")
+    return f
+
+
 def _gpu_counts(raw: dict[str, Any]) -> tuple[int, ...]:
     g = raw.get("gpus")
     if g is not None:
@@ -170,7 +182,13 @@ def _gpu_counts(raw: dict[str, Any]) -> tuple[int, ...]:
             raise SpecError("gpus", f"expected a list of GPU counts like 1,2,4, got {type(g).__name__}")
         if not items or any(isinstance(x, str) and not x.strip() for x in items):
             raise SpecError("gpus", f"expected GPU counts like 1,2,4, got {g!r}")
-        return tuple(sorted({_as_int("gpus", x, 1, 1024) for x in items}))
+        counts = tuple(sorted({_as_int("gpus", x, 1, 1024) for x in items}))
+        lo = _as_int("min_gpus", raw["min_gpus"], 1, 1024) if raw.get("min_gpus") is not None else 1
+        hi = _as_int("max_gpus", raw["max_gpus"], 1, 1024) if raw.get("max_gpus") is not None else 1024
+        outside = [n for n in counts if not lo <= n <= hi]
+        if outside:  # min/max given with the list: checked against it, never ignored
+            raise SpecError("gpus", f"{outside[0]} is outside [min_gpus, max_gpus] = [{lo}, {hi}]")
+        return counts
     lo = _as_int("min_gpus", raw.get("min_gpus", 1), 1, 1024)
     if raw.get("max_gpus") is not None:
         hi = _as_int("max_gpus", raw["max_gpus"], 1, 1024)
@@ -182,15 +200,17 @@ def _gpu_counts(raw: dict[str, Any]) -> tuple[int, ...]:
     return counts
 
 
-_ALLOWED_KEYS = {f.name for f in fields(Spec)} | {"gpus", "min_gpus", "max_gpus", "ttft", "itl"} - {
-    "gpu_counts"
+# ``gpu_counts`` is derived from gpus (``_normalise`` renames a given one) or min/max_gpus
+_ALLOWED_KEYS = {f.name for f in fields(Spec) if f.name != "gpu_counts"} | {
+    "gpus", "min_gpus", "max_gpus", "ttft", "itl"
 }
 
 
 def _normalise(raw: dict[str, Any], where: str) -> dict[str, Any]:
-    """Short names (ttft, itl) to long ones; both given in one place is ambiguous."""
+    """Short names (ttft, itl) to long ones, the Spec's gpu_counts to gpus (it was ignored); both given in one
+    place is ambiguous."""
     raw = dict(raw)
-    for short, long in (("ttft", "ttft_ms"), ("itl", "itl_ms")):
+    for short, long in (("ttft", "ttft_ms"), ("itl", "itl_ms"), ("gpu_counts", "gpus")):
         if short in raw:
             if long in raw:
                 raise SpecError(long, f"given twice in {where} (as {short} and {long})")
@@ -250,7 +270,7 @@ def _spec_from_raw(raw: dict[str, Any], overrides: dict[str, Any]) -> Spec:
     backend = Backend(_as_choice("backend", raw["backend"], tuple(b.value for b in Backend)))
     isl = _as_int("isl", raw["isl"], 1)
     osl = _as_int("osl", raw["osl"], 1)
-    max_ctx = _as_int("max_context_tokens", raw.get("max_context_tokens", 0), 0)
+    max_ctx = _as_int("max_context_tokens", raw.get("max_context_tokens", 0), 0, MAX_CONTEXT_TOKENS)
     limit = min(max_ctx, info.max_context_tokens) if max_ctx else info.max_context_tokens
     if isl + osl > limit:
         raise SpecError(
@@ -265,8 +285,8 @@ def _spec_from_raw(raw: dict[str, Any], overrides: dict[str, Any]) -> Spec:
         backend=backend,
         isl=isl,
         osl=osl,
-        ttft_ms=_as_float("ttft_ms", raw["ttft_ms"], hi=3_600_000.0),
-        itl_ms=_as_float("itl_ms", raw["itl_ms"], hi=3_600_000.0),
+        ttft_ms=_as_float("ttft_ms", raw["ttft_ms"], hi=MAX_TARGET_MS),
+        itl_ms=_as_float("itl_ms", raw["itl_ms"], hi=MAX_TARGET_MS),
         backend_version=_text_or_none("backend_version", raw.get("backend_version")),
         gpu_counts=_gpu_counts(raw),
         gpus_per_node=_as_int("gpus_per_node", raw.get("gpus_per_node", 8), 1, 1024),
@@ -280,7 +300,7 @@ def _spec_from_raw(raw: dict[str, Any], overrides: dict[str, Any]) -> Spec:
             "num_decode_concurrencies", raw.get("num_decode_concurrencies", 12), 2, 1000
         ),
         num_alternatives=_as_int("num_alternatives", raw.get("num_alternatives", 3), 0, 100),
-        request_rate=None if rate is None else _as_float("request_rate", rate, hi=MAX_REQUEST_RATE),
+        request_rate=None if rate is None else request_rate_field("request_rate", rate),
         source=source_field(raw.get("source", "aic")),
         output_dir=output_dir_field(raw.get("output_dir")),
         plots=_as_bool("plots", raw.get("plots", True)),
@@ -349,9 +369,11 @@ def _planner_args(v: Any) -> tuple[tuple[str, str], ...]:
 
 def _image(v: Any) -> str | None:
     """A bare tag (``1.6.1``) or an image reference ``[registry/]name[:tag]`` without spaces."""
-    if v in (None, ""):
+    if v is None:
         return None
-    s = str(v)
+    if isinstance(v, float):  # YAML 1.10 is the number 1.1: the tag written is lost
+        raise SpecError("runtime_image", f"expected an image tag, got the number {v!r} (quote it)")
+    s = _as_text("runtime_image", v, 512)
     if not re.fullmatch(r"[A-Za-z0-9._/:@-]+", s) or s.endswith((":", "/")):
         raise SpecError("runtime_image", f"{v!r} is neither an image tag nor an image reference")
     return s

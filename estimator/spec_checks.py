@@ -41,6 +41,8 @@ def output_dir_field(v: Any) -> str | None:
     """Refuse an output directory that cannot be one (a file, under a file, not writable) before any work."""
     if v is None:
         return None
+    if isinstance(v, float):  # YAML 1.50 or 1.0e+308: the number's text is not what was written
+        raise SpecError("output_dir", f"expected a path, got the number {v!r} (quote it)")
     path = Path(as_text("output_dir", v))
     probe = path
     while not probe.exists() and probe != probe.parent:

@@ -266,6 +266,8 @@ def as_text(name: str, v: Any, max_len: int = MAX_TEXT) -> str:
     """A non-empty string (numbers are accepted as their text, e.g. a version 0.11)."""
     if isinstance(v, bool) or not isinstance(v, (str, int, float)):
         raise SpecError(name, f"expected a string, got {type(v).__name__}")
+    if isinstance(v, float) and not math.isfinite(v):  # YAML .nan / .inf: no name, path or version
+        raise SpecError(name, f"expected a string, got {v!r}")
     s = str(v)
     if not s.strip():
         raise SpecError(name, "is empty")

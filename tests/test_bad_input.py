@@ -318,6 +318,48 @@ CASES = {
         lambda t: ["--config", _yaml(t, "runtime_version_override: {a: b}\n")],
         "runtime_version_override",
     ),
+    # session 10 (a fuzzing review): accepted without a word, or turned into something else
+    "cli min-gpus junk beside --gpus": (
+        lambda t: [*STUDY, "--min-gpus", "abc"], "min_gpus: expected an integer"
+    ),
+    "cli max-gpus 0 beside --gpus": (lambda t: [*STUDY, "--max-gpus", "0"], "max_gpus: 0 is out of range"),
+    "cli --gpus outside --min-gpus": (
+        lambda t: [*STUDY, "--min-gpus", "2"], "gpus: 1 is outside [min_gpus, max_gpus] = [2, 1024]"
+    ),
+    "yaml gpu_counts (was never read)": (
+        lambda t: ["--config", _yaml(t, "gpu_counts: banana\n")], "gpus: expected an integer, got 'banana'"
+    ),
+    "yaml gpu_counts and gpus": (
+        lambda t: ["--config", _yaml(t, "gpus: 1\ngpu_counts: 2\n")], "(as gpu_counts and gpus)"
+    ),
+    "cli max-context-tokens 1e308": (
+        lambda t: [*STUDY, "--max-context-tokens", "1e308"], "max_context_tokens: 1000000000000000"
+    ),
+    "cli request-rate 1e-320": (
+        lambda t: [*STUDY, "--request-rate", "1e-320"], "9.99989e-321 is below the bound of 1e-06"
+    ),
+    "yaml output_dir .nan": (
+        lambda t: ["--config", _yaml(t, "output_dir: .nan\n")], "output_dir: expected a path"
+    ),
+    "yaml output_dir 1.0e+308": (
+        lambda t: ["--config", _yaml(t, "output_dir: 1.0e+308\n")], "got the number 1e+308 (quote it)"
+    ),
+    "yaml runtime_image 1.10": (
+        lambda t: ["--config", _yaml(t, "runtime_image: 1.10\n")], "runtime_image: expected an image tag"
+    ),
+    "yaml runtime_image true": (
+        lambda t: ["--config", _yaml(t, "runtime_image: true\n")], "runtime_image: expected a string"
+    ),
+    "yaml backend_version .inf": (
+        lambda t: ["--config", _yaml(t, "backend_version: .inf\n")], "backend_version: expected a string"
+    ),
+    "dgdr image empty list": (
+        lambda t: ["--dgdr", _dgdr(t, image=[]), "--no-plots"], "image: expected a string"
+    ),
+    "dgdr image ''": (lambda t: ["--dgdr", _dgdr(t, image=""), "--no-plots"], "image: is empty"),
+    "dgdr runtimeVersionOverride 0": (
+        lambda t: ["--dgdr", _dgdr(t, runtimeVersionOverride=0), "--no-plots"], "runtimeVersionOverride"
+    ),
 }
 
 
@@ -437,3 +479,70 @@ def test_calibration_of_another_system_is_refused(other, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert "Traceback" not in err and err.count("\n") == 1 and other[1] in err
+
+
+@pytest.mark.parametrize("argv", [["models"], [*STUDY, "--json"]], ids=["models", "profile --json"])
+def test_a_closed_stdout_ends_quietly(argv):
+    """``sla-estimate models | head -1`` printed a BrokenPipeError traceback; now it ends quietly with 141
+    (128 + SIGPIPE). The reading end is closed before the command writes: every run meets the closed pipe."""
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "estimator.cli", *argv], stdout=write_end, stderr=subprocess.PIPE,
+            text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and done.stderr == "", done.stderr[-2000:]
+
+
+def _dgdr(tmp: Path, workload: dict | None = None, **fields: object) -> str:
+    """A DynamoGraphDeploymentRequest file of the STUDY's stack with ``workload`` and spec ``fields`` added
+    (OSL 10000 tokens: a request takes 250 s at the SLA's latency)."""
+    import yaml
+
+    spec = {"model": "meta-llama/Llama-3.1-8B", "backend": "vllm", "hardware": {"gpuSku": "h100_sxm"},
+            "workload": {"isl": 1000, "osl": 10_000, **(workload or {})},
+            "sla": {"ttft": 300, "itl": 25}, **fields}  # fmt: skip
+    doc = {"apiVersion": "nvidia.com/v1beta1", "kind": "DynamoGraphDeploymentRequest", "spec": spec}
+    return _yaml(tmp, yaml.safe_dump(doc), "dgdr.yaml")
+
+
+def _dgdr_load(tmp: Path, **workload: object) -> str:
+    return _dgdr(tmp, workload)
+
+
+@pytest.mark.parametrize("value", ["1e308", 1e308, float("inf"), float("nan"), 0, -1, 2e5, "fast"])
+def test_dgdr_request_rate_is_refused_as_the_flag_is(value, tmp_path, capsys):
+    """workload.requestRate and --request-rate refuse the same values."""
+    one_line_error([*STUDY, "--request-rate", str(value)], capsys)
+    err = one_line_error(["--dgdr", _dgdr_load(tmp_path, requestRate=value), "--no-plots"], capsys)
+    assert "workload.requestRate" in err, err
+
+
+@pytest.mark.parametrize("value", ["1e308", 1e308, float("inf"), float("nan"), 0, -1, 2e7, "fast", True])
+def test_dgdr_concurrency_is_refused_as_plan_concurrency_is(value, tmp_path, capsys):
+    """workload.concurrency of 1e308 was turned into a rate of 1.9e307 requests/s, refused as
+    ``workload.requestRate``, a field the file does not have; 2e7 clients at a long latency were accepted.
+    Now the concurrency itself is bounded as ``plan --concurrency`` is, and named."""
+    one_line_error(["plan", *STUDY, "--concurrency", str(value)], capsys)
+    err = one_line_error(["--dgdr", _dgdr_load(tmp_path, concurrency=value), "--no-plots"], capsys)
+    assert "workload.concurrency" in err, err
+
+
+def test_dgdr_concurrency_beyond_the_rate_bound_names_the_concurrency(tmp_path, capsys):
+    path = _dgdr_load(tmp_path, concurrency=9e7 / 2**5, osl=100)  # 2.8e6 in flight, 2.775 s each
+    err = one_line_error(["--dgdr", path, "--no-plots"], capsys)
+    assert "workload.concurrency: 2.8125e+06 in flight" in err and "[1e-06, 100000]" in err, err
+
+
+def test_gpu_counts_is_honoured_as_gpus():
+    """``load_spec(gpu_counts=(1, 2))`` (the Spec's own field name) was accepted and ignored: (1, 2, 4, 8)."""
+    from estimator.spec import load_spec
+
+    spec = load_spec(model="meta-llama/Llama-3.1-8B", system="h100_sxm", gpu_counts=(1, 2))
+    assert spec.gpu_counts == (1, 2)

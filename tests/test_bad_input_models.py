@@ -287,3 +287,17 @@ def test_the_models_listing_holds_only_ids_aic_reads_offline(capsys):
     assert "Qwen/Qwen3-32B" in listed
     assert "mistralai/Mixtral-8x7B-v0.1" not in listed
     assert set(listed) <= offline_model_ids()
+
+
+@pytest.mark.parametrize("flags, field", [
+    (["--measurements", ""], "measurements"),  # an empty path read the current directory
+    (["--stack", ""], "stack"),
+    (["--prefill-candidate", " "], "prefill-candidate"),
+    (["--decode-candidate", ""], "decode-candidate"),
+])  # fmt: skip
+def test_fit_refuses_an_empty_flag_value(flags, field, tmp_path, capsys):
+    """``models fit --stack ''`` (or a candidate '') read as not given; ``--measurements ''`` as ``.``."""
+    measurements = [] if flags[0] == "--measurements" else ["--measurements", _records(tmp_path)]
+    err = one_line_error(["models", "fit", *measurements, *flags, "-o", str(tmp_path / "m.json")], capsys)
+    assert f"{field}: empty value" in err, err
+    assert not (tmp_path / "m.json").exists()

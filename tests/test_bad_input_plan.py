@@ -161,6 +161,16 @@ CASES_13 = {
         lambda t: ["plan", *STUDY, "--scenarios", _file(t, "s.yaml", "scenarios: [{request_rate: 5}]\ntop: 3\n")],
         "unknown field 'top' beside the scenarios list",
     ),
+    # session 10 (a fuzzing review): accepted, then inf costs or NaN replays
+    "--request-rate 1e-320": (
+        lambda t: ["plan", *STUDY, "--request-rate", "1e-320"], "request_rate: 9.99989e-321 is below"
+    ),
+    "--gpu-price 1e308": (lambda t: [*PLAN, "--gpu-price", "1e308"], "gpu_price: 1e+308 is beyond the bound"),
+    "--ttft-p99 1e308": (lambda t: [*PLAN, "--ttft-p99", "1e308"], "ttft_p99: 1e+308 is beyond the bound"),
+    "scenario itl_p50 1e9": (
+        lambda t: ["plan", *STUDY, "--scenarios", _file(t, "s.csv", "name,request_rate,itl_p50\na,5,1e9\n")],
+        "row 1 (a): itl_p50: 1e+09 is beyond the bound",
+    ),
     "a bad row 2 fails before row 1 is planned": (
         lambda t: ["plan", *STUDY, "--scenarios", _file(t, "s.csv", "name,request_rate\na,5\nb,-1\n")],
         "row 2 (b): request_rate: must be > 0",

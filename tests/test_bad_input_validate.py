@@ -350,3 +350,26 @@ def test_calibration_duplicate_keys_and_bad_measured_kv_are_one_line(calibration
     for path, needle in cases:
         err = one_line_error([*STUDY, "--source", str(path)], capsys)
         assert needle in err, (path, err)
+
+
+def test_unknown_top_level_key_in_a_calibration_file_is_refused(calibration_doc, tmp_path, capsys):
+    """A key the writer never emits (a typo such as ``measured_kv_token``, or a foreign file's) was
+    ignored without a word; now it is a one-line error naming the key. Every key ``save`` writes loads."""
+    for key in ("measured_kv_token", "colour"):
+        path = tmp_path / f"{key}.json"
+        path.write_text(json.dumps({**calibration_doc, key: {"TP1": 5}}))
+        err = one_line_error([*STUDY, "--source", str(path)], capsys)
+        assert f"unknown key {key!r}" in err and str(path) in err, err
+    from estimator.sources.calibrated import CALIBRATION_KEYS
+
+    assert set(calibration_doc) <= CALIBRATION_KEYS and set(identity().to_dict()) <= CALIBRATION_KEYS
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(calibration_doc))
+    assert main([*STUDY, "--source", str(good)]) == 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs /proc/self/mem (reads fail)")
+def test_a_measurement_file_that_fails_to_read_is_one_line(capsys):
+    """``--measurements /proc/self/mem`` (opens, but every read fails) ended in an OSError traceback."""
+    err = one_line_error(_validate("/proc/self/mem"), capsys)
+    assert "cannot read /proc/self/mem" in err, err

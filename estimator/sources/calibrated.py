@@ -127,6 +127,14 @@ class CalibratedSource(PerfSource):
         return cls(base, Correction.from_dict(doc), dict(kv))
 
 
+# The top-level keys ``save`` writes: ``Correction.to_dict``'s and the stack, base source and KV capacities.
+CALIBRATION_KEYS = frozenset({
+    "format_version", "feature_names", "engines", "parameters", "covariance", "noise", "engine_prior_sd",
+    "n_points", "training_data_hash", "meta", "residual_field", "phase_field",
+    "stack", "base_source", "base_model_sha256", "measured_kv_tokens",
+})  # fmt: skip
+
+
 def read_calibration(path: str | Path) -> dict[str, Any]:
     """The JSON document of a calibration file, with its stack and base source checked present."""
     try:
@@ -135,6 +143,9 @@ def read_calibration(path: str | Path) -> dict[str, Any]:
         raise CalibrationError(f"cannot read calibration {path}: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("stack"), dict) or not doc.get("base_source"):
         raise CalibrationError(f"calibration {path} does not record its stack and base source")
+    unknown = sorted(set(doc) - CALIBRATION_KEYS)
+    if unknown:  # a misspelt or foreign key would be ignored without a word
+        raise CalibrationError(f"calibration {path}: unknown key {unknown[0][:80]!r}")
     try:
         Stack(**doc["stack"])
     except TypeError as exc:
