@@ -37,7 +37,7 @@ class PlanResult:
     sla: Sla
     workload: Workload
     fleets: tuple[Fleet, ...]  # ranked; all meet the SLA
-    considered: int  # fleets evaluated in the search
+    considered: int  # worker-group evaluations of the search (one queueing model of one group size each)
     warnings: tuple[str, ...] = ()
 
     @property

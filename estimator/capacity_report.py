@@ -75,7 +75,7 @@ def plan_dict(study: CapacityStudy, top: int, cross_check: dict | None = None) -
         "best_disagg": d.to_dict() if d else None,
         "fleets": [dict(rank=i + 1, **f.to_dict()) for i, f in enumerate(r.fleets[:top])],
         "fleets_meeting_sla": len(r.fleets),
-        "fleets_evaluated": r.considered,
+        "group_evaluations": r.considered,
         "band_extra_gpus": study.band_extra_gpus,
         "point_estimate_best_p_meets_sla": study.point_best_p,
         "point_estimate_best": study.point_result.best.to_dict()
@@ -115,7 +115,8 @@ def plan_text(study: CapacityStudy, top: int, cross_check: dict | None = None) -
     lines += [_row(i + 1, f) for i, f in enumerate(r.fleets[:top])]
     if not r.fleets:
         lines += ["  (none)", "", "!!! " + "; ".join(r.warnings)]
-    lines += ["", f"Verdict: {r.verdict()}  ({len(r.fleets)} fleets meet the SLA, {r.considered} evaluated)"]
+    counts = f"{len(r.fleets)} fleets meet the SLA; {r.considered} group evaluations"
+    lines += ["", f"Verdict: {r.verdict()}  ({counts})"]
     if study.size_for == "band" and study.point_result is not None:
         pb, bb = study.point_result.best, r.best
         if pb and bb:

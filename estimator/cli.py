@@ -59,8 +59,10 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     o = p.add_argument_group("output")
     o.add_argument(
-        "--output-dir", "-o", help="write npz, plots, config_with_planner.yaml and report.json here"
-    )
+        "--output-dir", "-o",
+        help="write report.json, the Dynamo artifacts (final_config.yaml; 0.7: config_with_planner.yaml), "
+             "npz and plots here",
+    )  # fmt: skip
     o.add_argument("--no-plots", dest="plots", action="store_const", const=False, help="skip PNG files")
     o.add_argument("--strict", action="store_const", const=True, help="exit 1 when the SLA is not met")
     o.add_argument(
@@ -97,6 +99,24 @@ def _validate_flags(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _plan_help(plan: argparse.ArgumentParser) -> None:
+    """`plan` shares the study flags; its help leaves out those it refuses (``cli_plan._NOT_FOR_PLAN``, with
+    the reason when given) and says what its -o and --json produce."""
+    from .cli_plan import _NOT_FOR_PLAN
+
+    for action in plan._actions:
+        if action.dest in _NOT_FOR_PLAN:
+            action.help = argparse.SUPPRESS
+        elif action.dest == "output_dir":
+            action.help = "write plan.json, plan.csv, plan.md and pareto.png here"
+        elif action.dest == "json":
+            action.help = "print the plan document (JSON) instead of the table"
+    plan.epilog = None
+    for group in plan._action_groups:
+        if group.title == "Dynamo hand-over":
+            group.description = None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sla-estimate", description="Simulator-first SLA profiler for LLM serving.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -110,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_plan import add_plan_flags
 
     add_plan_flags(plan)
+    _plan_help(plan)
     from .cli_models import add_models_parser
 
     add_models_parser(sub)  # models: list, fit, distill, show (estimator/cli_models.py)

@@ -150,7 +150,8 @@ def run_plan(ns: argparse.Namespace) -> int:
 
     for name, why in _NOT_FOR_PLAN.items():
         if getattr(ns, name, None) is not None:
-            raise SpecError(name, f"--{name.replace('_', '-')} does not apply to `plan`: {why}")
+            flag = "--no-cache" if name == "cache" else f"--{name.replace('_', '-')}"
+            raise SpecError(name, f"{flag} does not apply to `plan`: {why}")
     fields = {k: getattr(ns, k, None) for k in (*_STUDY_KEYS, *PLAN_FIELDS)}
     cfg = _read_config(ns.config)
     cfg_out = cfg.pop("output_dir", None)
@@ -270,7 +271,7 @@ def _run_scenarios(ns: argparse.Namespace, fields: dict[str, Any], cfg: dict[str
             inputs.append((name, *_plan_inputs(merged, cfg)))
         except SpecError as exc:
             raise SpecError("scenarios", f"row {i} ({name}): {exc}") from None
-    out = _output_dir("." if out_dir is None else out_dir)
+    out = None if out_dir is None else _output_dir(out_dir)  # no -o: print only (as a single plan does)
     out_rows, fleet_rows = [], []
     for i, (name, spec, ps) in enumerate(tqdm(inputs, desc="scenarios", unit="scenario", file=sys.stderr,
                                               disable=len(rows) < 5), start=1):  # fmt: skip
@@ -280,17 +281,20 @@ def _run_scenarios(ns: argparse.Namespace, fields: dict[str, Any], cfg: dict[str
             raise SpecError("scenarios", f"row {i} ({name}): {exc}") from None
         out_rows.append(scenario_row(name, study))
         fleet_rows += _fleet_rows(name, study)
-    with _writing(out):
-        paths = _write_table(out_rows, out, f"Capacity plan: {len(rows)} scenarios")
-        if fleet_rows and plots:
-            paths.append(write_pareto(fleet_rows, out))
+    paths = []
+    if out is not None:
+        with _writing(out):
+            paths = _write_table(out_rows, out, f"Capacity plan: {len(rows)} scenarios")
+            if fleet_rows and plots:
+                paths.append(write_pareto(fleet_rows, out))
     if ns.json:
         print(json.dumps(out_rows, indent=2, default=str))
     else:
         for r in out_rows:
             print(f"{r['scenario']}: {r['best']}" + (f" ({r['total_gpus']} GPUs, ${r['usd_per_hour']:.2f}/h)"
                                                    if "total_gpus" in r else "") + f"; {r['verdict']}")  # fmt: skip
-        print(f"wrote {', '.join(str(p) for p in paths)}")
+        print(f"wrote {', '.join(str(p) for p in paths)}" if paths else
+              "(-o DIR writes plan.csv, plan.md and pareto.png)")  # fmt: skip
     return 0
 
 

@@ -123,7 +123,8 @@ class Sizing:
             f"{w.replicas} {'' if w.role is WorkerRole.AGG else w.role.value + ' '}x {w.candidate.name}"
             for w in self.deployment.workers
         )
-        return f"{self.deployment.mode.value} {parts} = {self.total_gpus} GPUs"
+        gpus = f"{self.total_gpus} GPU{'s' if self.total_gpus != 1 else ''}"
+        return f"{self.deployment.mode.value} {parts} = {gpus}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -290,3 +290,14 @@ def test_surfaces_describe_the_deployed_fleet(profile):
     for surface in (profile.prefill_surface, profile.decode_surface,
                     profile.planner_prefill_surface, profile.planner_decode_surface):  # fmt: skip
         assert surface.candidate == group.candidate
+
+
+def test_the_summary_says_what_is_deployed_when_the_fleet_uses_other_engines(profile):
+    """At 5 req/s the fleet is agg TP8 x 2, not the disagg picks of the headline: the line under the
+    headline says so (a reader of the headline alone would deploy other engines than -o writes)."""
+    text = summary_text(profile)
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("Deployed:")]
+    assert profile.selection.sizing.describe() in line
+    assert "its engines, not the ones above, are what -o writes" in line
+    order = [text.index(s) for s in ("Decode engine:", "Deployed:", "Load-based planner thresholds")]
+    assert order == sorted(order)

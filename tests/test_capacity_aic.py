@@ -153,3 +153,16 @@ def test_bad_scenario_field(tmp_path, capsys):
     sc.write_text("- {model: meta-llama/Llama-3.1-8B, request_rate: 3, colour: red}\n")
     assert main(["plan", "--scenarios", str(sc)]) == 2
     assert "row 1: unknown field 'colour'" in capsys.readouterr().err
+
+
+def test_scenarios_without_an_output_dir_write_nothing(tmp_path, capsys, monkeypatch):
+    """No -o: the rows are printed and nothing lands in the working directory (it overwrote plan.csv)."""
+    sc = tmp_path / "sc.csv"
+    sc.write_text("name,model,system,isl,osl,ttft,itl,request_rate\n"
+                  "a,Qwen/Qwen3-8B,h100_sxm,1000,100,500,50,2\n")  # fmt: skip
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["plan", "--scenarios", str(sc), "--no-plots"]) in (0, 1)
+    assert list(work.iterdir()) == []
+    assert "-o DIR writes" in capsys.readouterr().out

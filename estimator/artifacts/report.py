@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..candidates import Candidate
+from ..deployment import WorkerRole
 from ..select import DecodeChoice, PrefillChoice, Selection
 from ..surfaces import DecodeSurface, DecodeSweep, PrefillPoint, PrefillSurface
 
@@ -235,12 +236,28 @@ def _sizing_line(z: Any, sel: Selection | None = None) -> str:
     line = f"Sizing at {z.request_rate:g} requests/s ({how}): {z.describe()}"
     if sel is None:
         return line
-    picks = {sel.best_prefill.candidate, sel.best_decode.candidate}
-    other = sorted({w.candidate.name for w in z.deployment.workers if w.candidate not in picks})
+    other = _other_engines(sel, z)
     if other:
         line += (f"\n  (the fewest-GPU fleet at this load uses {', '.join(other)}, not the engine above; the "
                  "surfaces and Dynamo profile data describe the fleet's engines; `sla-estimate plan` ranks every fleet)")  # fmt: skip
     return line
+
+
+def _other_engines(sel: Selection, z: Any) -> list[str]:
+    """The fleet's workers that are not the pick of their role (every agg worker: the picks are disagg)."""
+    pick = {WorkerRole.PREFILL: sel.best_prefill.candidate, WorkerRole.DECODE: sel.best_decode.candidate}
+    return sorted({f"{w.candidate.name} {w.role.value}" for w in z.deployment.workers
+                   if pick.get(w.role) != w.candidate})  # fmt: skip
+
+
+def _deployed_line(sel: Selection) -> list[str]:
+    """What ``-o`` deploys when a load was given: the sized fleet, whose engines can differ from the
+    per-GPU-throughput picks above (the artifacts, npz and planner thresholds follow the fleet)."""
+    z = sel.sizing
+    if z is None:
+        return []
+    note = "; its engines, not the ones above, are what -o writes" if _other_engines(sel, z) else ""
+    return [f"Deployed:       {z.describe()} (sized for {z.request_rate:g} requests/s{note})"]
 
 
 def write_report(profile: Any, out_dir: str | Path, *, validation: Any = None) -> Path:
@@ -292,6 +309,7 @@ def summary_text(profile: Any, *, validation: Any = None) -> str:
         "",
         f"Prefill engine: {_prefill_line(sel.best_prefill)}",
         f"Decode engine:  {_decode_line(sel.best_decode)}",
+        *_deployed_line(sel),
         "",
     ]
     if sel.sla_met:
