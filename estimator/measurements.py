@@ -1,7 +1,8 @@
 """Probe (what to measure) and Measurement (what was measured): one schema for every runner.
 
 Records are JSON lines. ``MeasurementStore`` appends one line per finished point and fsyncs,
-so a crash loses nothing already measured; a rerun skips probes whose key is already stored.
+so a crash loses nothing already measured; a rerun skips probes whose key is already stored
+from the same source (``validate/run.py``: ``extra["fingerprint"]``).
 A torn last line (crash mid-write) is skipped with a warning, never fatal. A record that gives a key
 twice, and a file whose first lines are no records at all (a report.json passed by mistake), are errors.
 """
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .candidates import Candidate
 from .errors import MeasurementError, SpecError
@@ -203,6 +204,14 @@ class StoreBusy(MeasurementError):
     """Another run holds the measurement store: measuring the same points twice is refused."""
 
 
+def _lines(fh: BinaryIO, path: Path) -> Iterator[bytes]:
+    """The lines of ``fh``; a read error (e.g. ``/proc/self/mem``, a disk error) is a MeasurementError."""
+    try:
+        yield from fh
+    except OSError as exc:
+        raise MeasurementError(f"cannot read {path}: {exc.strerror}") from None
+
+
 class MeasurementStore:
     """Append-only JSON-lines file of measurements; safe to resume after a crash.
 
@@ -252,7 +261,7 @@ class MeasurementStore:
         except OSError as exc:
             raise MeasurementError(f"cannot read {self.path}: {exc.strerror}") from None
         with fh:
-            for lineno, raw in enumerate(fh, 1):
+            for lineno, raw in enumerate(_lines(fh, self.path), 1):
                 try:
                     m = self._record(lineno, raw)
                 except _Unreadable as exc:

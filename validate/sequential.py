@@ -40,7 +40,7 @@ from estimator.surfaces import DecodeSweep, PrefillPoint, decode_sweep, prefill_
 
 from .next_probe import candidate_probes, nearest, probe_scores
 from .plan import plan_probes
-from .run import RunResult, run_plan
+from .run import RunResult, remeasured_warning, run_plan, runner_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -206,13 +206,13 @@ def run_until_confident(
     t0 = time.perf_counter()
     bar = _progress(budget, progress)
     conf: float | None = None  # no calibration yet: the raw source's zero-width bands claim certainty
-    queue = [(p, p.reason) for p in first]
+    queue = [(p, p.reason) for p in first[:budget]]  # a budget of 1 measures only the first of them
     try:
         while True:
+            if len(res.run.measurements) >= budget:  # before every probe: never more than the budget
+                res.stopped_because = f"budget of {budget} points spent"
+                break
             if not queue:
-                if len(res.run.measurements) >= budget:
-                    res.stopped_because = f"budget of {budget} points spent"
-                    break
                 queue = _next_probe(res, pool, spec)
                 if not queue:
                     res.stopped_because = res.stopped_because or "no measurable point left"
@@ -223,7 +223,8 @@ def run_until_confident(
                 bar.set_postfix_str(f"{probe.kind.value} {probe.candidate.name} isl {probe.isl} "
                                     f"conc {probe.concurrency}, confidence {shown}")  # fmt: skip
             pool = [p for p in pool if p.key != probe.key]
-            one = run_plan([probe], runner, store)
+            one = run_plan([probe], runner, store, warn_remeasured=False)  # warned once, below
+            res.run.remeasured += one.remeasured
             res.run.reused += one.reused
             res.run.measured += one.measured
             res.run.failures += one.failures
@@ -252,6 +253,8 @@ def run_until_confident(
     finally:
         if bar is not None:
             bar.close()
+    if res.run.remeasured:
+        log.warning("%s", remeasured_warning(res.run.remeasured, store, runner_fingerprint(runner)))
     return res
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from estimator.errors import CalibrationError
-from estimator.measurements import MeasurementStore, Probe, usable
+from estimator.measurements import Measurement, MeasurementStore, Probe, usable
 from estimator.pipeline import Profile, estimate
 from estimator.select import Selection
 from estimator.sources import Stack, make_source
 
-from .calibrate import calibrate
+from .calibrate import calibrate, same_deployment
 from .calibration_report import CalibrationReport, calibration_report
 from .plan import Plan, plan_probes
 from .run import RunResult, run_plan
@@ -117,14 +117,40 @@ class _BoundResult:
         return self.result.summary_text(self.calibrated)
 
 
-def _recorded_for(runner: Any, stack: Stack, have: set[str]) -> list:
-    """Replay only: every recorded point of the same model/system/backend also calibrates (offline use)."""
+def source_key(m: Measurement) -> str:
+    """The key of the record ``m`` stands for: a replayed copy carries the planned probe, and the record it
+    was matched to (within the tolerance, at another ISL) in ``extra["replayed_from"]``."""
+    rf = m.extra.get("replayed_from")
+    return Probe.from_dict(rf).key if isinstance(rf, dict) else m.probe.key
+
+
+def as_recorded(m: Measurement) -> Measurement:
+    """A replayed copy under the probe of the record it came from: the value was measured at the record's
+    ISL and concurrency, not the planned ones (up to the replay tolerance away), so it calibrates there."""
+    rf = m.extra.get("replayed_from")
+    return replace(m, probe=Probe.from_dict(rf)) if isinstance(rf, dict) else m
+
+
+def once_per_record(measurements: list[Measurement]) -> list[Measurement]:
+    """The first measurement per source record: two planned points replayed from one record count once."""
+    seen: set[str] = set()
+    out = []
+    for m in measurements:
+        if (key := source_key(m)) not in seen:
+            seen.add(key)
+            out.append(m)
+    return out
+
+
+def _recorded_for(runner: Any, stack: Stack, measured: list[Measurement]) -> list[Measurement]:
+    """Replay only: every recorded point of the same deployment (``same_deployment``: model names compared
+    case-insensitively) also calibrates (offline use), except the records ``measured`` already replayed."""
     from .runners.replay import ReplayRunner
 
     if not isinstance(runner, ReplayRunner):
         return []
-    same = [m for m in runner.records if (m.probe.stack.model, m.probe.stack.system, m.probe.stack.backend)
-            == (stack.model, stack.system, stack.backend) and m.probe.key not in have]  # fmt: skip
+    have = {source_key(m) for m in measured}
+    same = [m for m in same_deployment(stack, runner.records) if m.probe.key not in have]
     log.info("replay: calibrating on %d more recorded points of %s", len(same), stack.model)
     return same
 
@@ -149,8 +175,10 @@ def run_validation(spec: Any) -> tuple[Profile, _BoundResult]:
                 raw, budget=v.budget, max_points_per_engine=v.max_points_per_engine, runner=runner
             )  # planned for this runner: only what it can measure
             run = run_plan(probes, runner, store, on_result=lambda m: log.info("measured %s", m.probe.reason))
-            recorded = _recorded_for(runner, raw.stack, {m.probe.key for m in run.measurements})
-    measurements = usable(run.measurements + recorded, "calibration")  # NaN/inf/<= 0 never calibrate
+            recorded = _recorded_for(runner, raw.stack, run.measurements)
+    # each record once (NaN/inf/<= 0 never calibrate)
+    measurements = usable(once_per_record([as_recorded(m) for m in run.measurements] + recorded),
+                          "calibration")  # fmt: skip
     if not measurements:
         why = "; ".join(e for _, e in run.failures[:3]) or "; ".join(
             f"nothing planned: {n.why_not}" for n in probes.unmeasurable()[:1]) or "nothing planned"  # fmt: skip

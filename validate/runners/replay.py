@@ -19,11 +19,13 @@ match on model, system and backend; version and quantisation only where both sid
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
 import re
 from collections.abc import Iterable
+from functools import cached_property
 from pathlib import Path
 
 from estimator.candidates import Candidate, Mapping
@@ -111,6 +113,15 @@ class ReplayRunner(Runner):
                 raise MeasurementError(f"no recorded measurements at {p}")
         log.info("replay: %d records from %s", len(records), ", ".join(map(str, paths)))
         return cls(records, tolerance, left_out)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """``replay sha256:…`` of the records it replays (what the files held, not where they lie): a rerun
+        with other files re-measures the points stored from the old ones instead of reusing them."""
+        h = hashlib.sha256()
+        for m in self.records:
+            h.update(json.dumps(m.to_dict(), sort_keys=True, default=str).encode() + b"\n")
+        return f"{self.name} sha256:{h.hexdigest()[:16]}"
 
     def capabilities(self) -> Capabilities:
         """What it holds: the kinds, engines and models of its records (``can_measure`` also needs a near point)."""
