@@ -99,7 +99,11 @@ def measured_rows(cache: Path, parts: tuple[int, int] = (0, 1)) -> tuple[Trainin
         _merge_parts(cache)
     path = path if parts[1] > 1 else cache / "measured_rows.npz"
     records, n_silicon, n_not_repr = _records()
+    ids = np.array([f"{m.probe.key}|{m.ttft_ms}|{m.itl_ms}|{m.tpot_ms}" for m in records], dtype=str)
     old, extra = _load_set(path) if path.exists() else (None, {})
+    cached_ids = extra.get("ids", np.array([], dtype=str))
+    if old is not None and (cached_ids.size == 0 or not np.array_equal(cached_ids, ids[: cached_ids.size])):
+        old, extra = None, {}  # the cached configurations are not the first ones of today's records: recompute
     done = set(extra["config"].tolist()) if old is not None else set()
     todo = [i for i in range(len(records)) if i not in done and i % parts[1] == parts[0]]
     if old is not None and todo == sorted(int(i) for i in extra.get("skipped", np.array([], dtype=int))):
@@ -138,6 +142,7 @@ def measured_rows(cache: Path, parts: tuple[int, int] = (0, 1)) -> tuple[Trainin
         "config": np.concatenate([prev[0], np.array(config, dtype=int)]).astype(int),
         "engine": np.concatenate([prev[1], np.array(engine, dtype=str)]).astype(str),
         "aic": np.concatenate([prev[2], np.array(aic, dtype=float)]).astype(float),
+        "ids": ids,  # which record each configuration index is (a new file shifts the indices)
         "not_representable": np.array([n_not_repr]),
         "skipped": np.array(skipped, dtype=int),
         "aic_why": np.array(json.dumps(dict(aic_why))),
@@ -192,7 +197,8 @@ def distilled_predictions(
     """
     from estimator.sources.regression import load_model_file
 
-    path = cache / f"distilled_{load_model_file('aic-distilled').sha256[:12]}_{int(silicon)}.npy"
+    # keyed by the rows too: new records change which rows there are (a stale file did not fit them)
+    path = cache / f"distilled_{load_model_file('aic-distilled').sha256[:12]}_{data.digest()[:12]}_{int(silicon)}.npy"
     if path.exists():
         return np.load(path)
     records, _, _ = _records()
