@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from .errors import DataNotAvailable, SpecError
 from .model import ModelInfo
 
 
@@ -65,10 +66,32 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """A candidate we will not estimate, and why."""
+    """A candidate we will not estimate, and why. ``by_gpu_count``: its GPU count is the cause (the model
+    does not shard that way, or its weights or one request do not fit in that many GPUs)."""
 
     candidate: Candidate
     reason: str
+    by_gpu_count: bool = False
+
+
+class GpuCountError(DataNotAvailable, SpecError):
+    """No engine at all, and only because of the GPUs per engine asked for: bad input naming ``gpus``."""
+
+    def __init__(self, message: str):
+        SpecError.__init__(self, "gpus", message)
+
+
+def no_engine_error(
+    rejected: list[Rejection], gpu_counts: tuple[int, ...], *, all_rejected: bool = True
+) -> DataNotAvailable:
+    """The one-line error when no candidate could be estimated. It names ``gpus`` when every candidate
+    was rejected (``all_rejected``), each for its GPU count; else it is the source's, with every reason."""
+    reasons = "; ".join(f"{r.candidate.name}: {r.reason}" for r in rejected) or "no candidates"
+    message = f"no candidate engine could be estimated ({reasons})"
+    if all_rejected and rejected and all(r.by_gpu_count for r in rejected):
+        counts = ", ".join(str(n) for n in gpu_counts)
+        return GpuCountError(f"no engine on {counts} GPU(s) can serve this study: {message}")
+    return DataNotAvailable(message)
 
 
 def mappings_for(model: ModelInfo) -> tuple[Mapping, ...]:
@@ -109,7 +132,7 @@ def enumerate_candidates(model: ModelInfo, gpu_counts: tuple[int, ...]) -> tuple
             cand = Candidate(mapping, n)
             problem = divisibility_problem(model, cand)
             if problem:
-                dropped.append(Rejection(cand, problem))
+                dropped.append(Rejection(cand, problem, by_gpu_count=True))
             else:
                 kept.append(cand)
     return kept, dropped

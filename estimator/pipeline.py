@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .candidates import Candidate, Rejection, enumerate_candidates
+from .candidates import Candidate, Rejection, enumerate_candidates, no_engine_error
 from .deployment import Deployment, WorkerRole
 from .errors import DataNotAvailable
 from .model import load_model_info
@@ -61,9 +61,11 @@ def screen(source: PerfSource, candidates: list[Candidate], request_tokens: int)
             dropped.append(Rejection(c, str(exc)))
             continue
         if kv <= 0:
-            dropped.append(Rejection(c, f"weights do not fit in the memory of {c.num_gpus} GPU(s)"))
+            why = f"weights do not fit in the memory of {c.num_gpus} GPU(s)"
+            dropped.append(Rejection(c, why, by_gpu_count=True))
         elif kv < request_tokens:
-            dropped.append(Rejection(c, f"KV cache holds {kv} tokens, less than one request of {request_tokens}"))
+            why = f"KV cache holds {kv} tokens, less than one request of {request_tokens}"
+            dropped.append(Rejection(c, why, by_gpu_count=True))
         else:
             kept.append(c)
     return kept, dropped
@@ -120,8 +122,7 @@ def estimate(spec: Spec, source: PerfSource | None = None) -> Profile:
         if sweep is not None:
             sweeps.append(sweep)
     if not points or not sweeps:
-        reasons = "; ".join(f"{r.candidate.name}: {r.reason}" for r in rejected) or "no candidates"
-        raise DataNotAvailable(f"no candidate engine could be estimated ({reasons})")
+        raise no_engine_error(rejected, spec.gpu_counts, all_rejected=not usable)
     t2 = time.perf_counter()
 
     selection = select(

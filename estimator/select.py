@@ -19,6 +19,13 @@ from .sources.base import LatencyQuery, PerfSource
 from .surfaces import DecodeSweep, PrefillPoint
 
 
+def rate_text(requests_per_s: float) -> str:
+    """A request rate for the summary and warnings: 4 significant digits, whole numbers from 1000 up
+    (13.4564 -> 13.46, 10 -> 10, 12345.6 -> 12346); report.json keeps the exact value."""
+    r = requests_per_s
+    return f"{r:.0f}" if abs(r) >= 1000 else f"{r:.4g}"
+
+
 @dataclass(frozen=True, slots=True)
 class PrefillChoice:
     point: PrefillPoint
@@ -314,13 +321,14 @@ def _budget_sizing(
     if request_rate is None:
         return sizing, (f"the selected prefill and decode engines need {pair_gpus} GPUs, more than the budget "
                         f"of {gpu_budget}; deploying the fleet within it that carries the most load, "
-                        f"{sizing.request_rate:.3g} requests/s: {sizing.describe()}")  # fmt: skip
+                        f"{rate_text(sizing.request_rate)} requests/s: {sizing.describe()}")  # fmt: skip
     if sizing.request_rate < request_rate * (1 - 1e-9):
         unbounded = size(None)
         need = f" (the cheapest fleet for it needs {unbounded.total_gpus} GPUs)" if unbounded else ""
-        return sizing, (f"no fleet within the budget of {gpu_budget} GPUs meets the SLA at {request_rate:g} "
-                        f"requests/s{need}; deploying the one that carries the most, "
-                        f"{sizing.request_rate:.3g} requests/s: {sizing.describe()}")  # fmt: skip
+        return sizing, (f"no fleet within the budget of {gpu_budget} GPUs meets the SLA at "
+                        f"{rate_text(request_rate)} requests/s{need}; deploying the one that carries "
+                        f"the most, {rate_text(sizing.request_rate)} requests/s: "
+                        f"{sizing.describe()}")  # fmt: skip
     return sizing, None
 
 
@@ -381,8 +389,9 @@ def select(
         if sizing is None:
             sizing = size_replicas(request_rate, isl, osl, prefill[0], decode[0])
             sized_sure = sure if source is not None else ""  # without a source the fleet is sized on points
-            warnings.append(f"no fleet meets the SLA{sized_sure} at {request_rate:g} requests/s with "
-                            f"queueing; sized the selected engines for throughput only: {sizing.describe()}")
+            warnings.append(f"no fleet meets the SLA{sized_sure} at {rate_text(request_rate)} requests/s "
+                            "with queueing; sized the selected engines for throughput only: "
+                            f"{sizing.describe()}")
     p_all = None
     if source is not None:
         from .confidence import prob_all_within

@@ -301,3 +301,13 @@ def test_the_summary_says_what_is_deployed_when_the_fleet_uses_other_engines(pro
     assert "its engines, not the ones above, are what -o writes" in line
     order = [text.index(s) for s in ("Decode engine:", "Deployed:", "Load-based planner thresholds")]
     assert order == sorted(order)
+
+
+def test_the_summary_rounds_the_sized_rate_and_the_report_keeps_it(profile):
+    """A rate solved for (a GPU budget's, a DGDR concurrency's) printed as "Sizing at 13.4564 requests/s"."""
+    z = dataclasses.replace(profile.selection.sizing, request_rate=13.4564)
+    odd = dataclasses.replace(profile, selection=dataclasses.replace(profile.selection, sizing=z))
+    text = summary_text(odd)
+    assert "Sizing at 13.46 requests/s (" in text and "(sized for 13.46 requests/s" in text
+    assert "13.4564" not in text
+    assert report_dict(odd)["sizing"]["request_rate"] == 13.4564

@@ -171,6 +171,16 @@ def test_bad_planner_settings_name_the_field(args, field):
         _cfg(args)
 
 
+def test_planner_mode_agg_on_a_disagg_deployment_says_where_agg_comes_from():
+    """`--planner-mode=agg` without a load: the deployment is disagg, and the error now says that an agg
+    one comes from sizing a request rate (the fleet search is what deploys agg)."""
+    with pytest.raises(SpecError, match=r"'agg' does not fit a disagg deployment .*give --request-rate"):
+        _cfg((("mode", "agg"),))
+    with pytest.raises(SpecError) as info:  # another mode: no word about agg
+        _cfg((("mode", "disagg"),), mode="agg")
+    assert str(info.value) == "planner_args.mode: 'disagg' does not fit an agg deployment (agg)"
+
+
 def test_non_positive_sla_is_an_error():
     with pytest.raises(SpecError, match="ttft_ms"):
         planner_config(

@@ -360,6 +360,16 @@ CASES = {
     "dgdr runtimeVersionOverride 0": (
         lambda t: ["--dgdr", _dgdr(t, runtimeVersionOverride=0), "--no-plots"], "runtimeVersionOverride"
     ),
+    "cli gpus 3 (no engine of 3 GPUs)": (
+        lambda t: [*STUDY, "--gpus", "3"],
+        "error: gpus: no engine on 3 GPU(s) can serve this study: "
+        "no candidate engine could be estimated (TP3: ",
+    ),
+    "cli planner-mode agg without a load": (
+        lambda t: [*STUDY, "--planner-mode=agg", "-o", str(t / "out")],
+        "planner_args.mode: 'agg' does not fit a disagg deployment (disagg, prefill, decode); "
+        "an agg deployment comes from sizing a load: give --request-rate",
+    ),
 }
 
 
@@ -402,8 +412,9 @@ def test_alias_bomb_is_refused_quickly(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "word, value",
-    [("true", True), ("false", False), ("yes", True), ("no", False), ("'False'", False), ("'NO'", False)],
-)
+    [("true", True), ("false", False), ("yes", True), ("no", False), ("'False'", False), ("'NO'", False),
+     ("on", True), ("Off", False)],  # YAML 1.1's on/off reach us as booleans (README says so)
+)  # fmt: skip
 def test_boolean_words_are_parsed_strictly(word, value, tmp_path):
     from estimator.spec import load_spec
 

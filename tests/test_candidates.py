@@ -40,3 +40,26 @@ def test_model_key_names_one_model_however_it_is_written():
     assert model_key("/hf/hub/models--meta-llama--Meta-Llama-3.1-8B/snapshots/0e9e39f") == llama  # a cache
     assert model_key("Qwen/Qwen3-32B") == model_key("qwen3-32b")
     assert model_key("Qwen/Qwen3-32B") != model_key("Qwen/Qwen3-32B-FP8") != model_key("Qwen/Qwen3-8B")
+
+
+def test_no_engine_names_gpus_when_the_gpu_count_is_the_cause():
+    """`--gpus 3` ended in "no candidate engine could be estimated (TP3: ...)" without naming the field."""
+    import pytest
+
+    from estimator.candidates import GpuCountError, Rejection, no_engine_error
+    from estimator.errors import DataNotAvailable, SpecError
+
+    info = load_model_info(resolve_model_name("Qwen/Qwen3-32B"))
+    kept, dropped = enumerate_candidates(info, (3,))
+    assert not kept and all(r.by_gpu_count for r in dropped)
+    err = no_engine_error(dropped, (3,))
+    assert isinstance(err, GpuCountError) and isinstance(err, SpecError) and isinstance(err, DataNotAvailable)
+    assert err.field == "gpus"
+    assert str(err) == ("gpus: no engine on 3 GPU(s) can serve this study: no candidate engine could be "
+                        "estimated (TP3: 64 attention heads do not divide by TP 3)")  # fmt: skip
+    missing = Rejection(Candidate(Mapping.TP, 4), "no kernel data")  # the source's: not the GPU count
+    mixed = no_engine_error([*dropped, missing], (3, 4))
+    for err in (mixed, no_engine_error(dropped, (3,), all_rejected=False)):
+        assert type(err) is DataNotAvailable and str(err).startswith("no candidate engine could be estimated")
+    with pytest.raises(DataNotAvailable, match="no candidates"):
+        raise no_engine_error([], ())

@@ -122,3 +122,24 @@ def test_select_confidence_warning_names_the_level():
     sel = select([pp_band(1, 190, 150, 250, 12000)], [sweep(1, [1], [10])], ttft_target_ms=200,
                  itl_target_ms=20, isl=3000, osl=150, confidence=0.9)  # fmt: skip
     assert any("with probability >= 0.9" in w for w in sel.warnings)
+
+
+def test_rates_read_with_four_significant_digits():
+    """The summary said "Sizing at 13.4564 requests/s" (a rate solved for, printed with ``:g``)."""
+    from estimator.select import rate_text
+
+    cases = {13.4564: "13.46", 10: "10", 5.0: "5", 0.123456: "0.1235", 999.94: "999.9", 12345.6: "12346"}
+    for rate, text in cases.items():
+        assert rate_text(rate) == text, rate
+
+
+def test_budget_fallback_names_both_rates_readably():
+    """A DGDR of 43 clients (13.522 requests/s) in 8 GPUs said "... at 13.522 requests/s ...; deploying the
+    one that carries the most, 13.5 requests/s": two rates that read alike at 3 digits."""
+    from estimator.deployment import Deployment
+    from estimator.select import Sizing, _budget_sizing
+
+    fleet = Sizing(13.4564, Deployment.disagg(TP[2], TP[2], 3, 1))
+    sizing, note = _budget_sizing(fleet, 13.522, 8, 4, lambda budget: None)
+    assert sizing is fleet
+    assert "at 13.52 requests/s; deploying the one that carries the most, 13.46 requests/s" in note

@@ -180,9 +180,12 @@ def planner_config(
     user = user_settings(planner_args)
     allowed = ("agg",) if mode == "agg" else ("disagg", "prefill", "decode")
     if "mode" in user and user["mode"] not in allowed:
-        raise SpecError(
-            "planner_args.mode", f"{user['mode']!r} does not fit a {mode} deployment ({', '.join(allowed)})"
-        )
+        article = "an" if mode == "agg" else "a"
+        why = f"{user['mode']!r} does not fit {article} {mode} deployment ({', '.join(allowed)})"
+        if user["mode"] == "agg":  # the fleet search deploys agg only when it sizes a load
+            why += ("; an agg deployment comes from sizing a load: give --request-rate "
+                    "(DGDR: requestRate or concurrency)")
+        raise SpecError("planner_args.mode", why)
     cfg: dict[str, Any] = {
         "environment": "kubernetes",
         "backend": backend,

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..candidates import Candidate
 from ..deployment import WorkerRole
-from ..select import DecodeChoice, PrefillChoice, Selection
+from ..select import DecodeChoice, PrefillChoice, Selection, rate_text
 from ..surfaces import DecodeSurface, DecodeSweep, PrefillPoint, PrefillSurface
 
 REPORT_FILE = "report.json"
@@ -233,7 +233,7 @@ def _sizing_line(z: Any, sel: Selection | None = None) -> str:
     how = "queueing included" if z.meets_sla else "throughput only: no fleet meets the SLA"
     if z.p_meets_sla is not None:
         how += f"; P(meeting every target) {z.p_meets_sla:.2f} >= {z.confidence:g}"
-    line = f"Sizing at {z.request_rate:g} requests/s ({how}): {z.describe()}"
+    line = f"Sizing at {rate_text(z.request_rate)} requests/s ({how}): {z.describe()}"
     if sel is None:
         return line
     other = _other_engines(sel, z)
@@ -257,7 +257,7 @@ def _deployed_line(sel: Selection) -> list[str]:
     if z is None:
         return []
     note = "; its engines, not the ones above, are what -o writes" if _other_engines(sel, z) else ""
-    return [f"Deployed:       {z.describe()} (sized for {z.request_rate:g} requests/s{note})"]
+    return [f"Deployed:       {z.describe()} (sized for {rate_text(z.request_rate)} requests/s{note})"]
 
 
 def write_report(profile: Any, out_dir: str | Path, *, validation: Any = None) -> Path:
