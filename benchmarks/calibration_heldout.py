@@ -65,7 +65,7 @@ from validate.runners.base import Capabilities
 ROOT = Path(__file__).resolve().parents[1]
 PREFILL_PICKS = (512, 8192)
 DECODE_PICKS = ((8, 1024), (64, 4096))
-# Far points (prefill ISL 16k-32k, decode 256@1k, 16@16k, 1@32k), measured as a test set: scored, never trained on
+# Far points (prefill ISL 16k-32k, decode 256@1k, 16@16k, 1@32k), a test set: scored, never trained on
 TEST_ONLY = "*_far_*"
 TARGETS = {"median_pct": 5.0, "max_pct": 15.0, "coverage": (0.80, 0.97), "sharpness": 2.0}
 
@@ -177,7 +177,8 @@ def score(
                      "aic_ms": obs.steady.prefill_ms + obs.steady.decode_ms, "calibrated_ms": b.point_ms,
                      "band": [b.low_ms, b.high_ms], "err_pct": 100 * err,
                      "half_width_pct": 100 * (b.high_ms - b.low_ms) / 2 / b.point_ms,
-                     "covered": b.low_ms <= obs.measured_ms <= b.high_ms, "far": m.probe.key in tests})  # fmt: skip
+                     "covered": b.low_ms <= obs.measured_ms <= b.high_ms,
+                     "far": m.probe.key in tests})  # fmt: skip
     return rows
 
 
@@ -235,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "calibration_heldout.json"))
     ap.add_argument("--test-only", default=TEST_ONLY, metavar="GLOB",
-                    help=f"records of files matching GLOB are only scored: never measured by a split nor in the "
-                         f"evidence (default {TEST_ONLY!r}: the far points; '' for none)")  # fmt: skip
+                    help=f"records of files matching GLOB are only scored: never measured by a split nor in "
+                         f"the evidence (default {TEST_ONLY!r}: the far points; '' for none)")  # fmt: skip
     ap.add_argument("--min-sd", type=float, default=phase_prior.MIN_SD,
                     help="sensitivity study: floor of the learned spread of the shape parameters (log units)")
     ap.add_argument("--level-min-sd", type=float, default=phase_prior.LEVEL_MIN_SD,
@@ -292,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     # and each split into the study-grid points and the far (test-only) points
     pools = {"all stacks": ("", None), "dense stacks": ("dense/", None)}
     if tests:
-        pools |= {"all stacks, grid points": ("grid/", False), "dense stacks, grid points": ("dense/grid/", False),
+        pools |= {"all stacks, grid points": ("grid/", False),
+                  "dense stacks, grid points": ("dense/grid/", False),
                   "all stacks, far points": ("far/", True), "dense stacks, far points": ("dense/far/", True)}
     for pool, (prefix, far) in pools.items():
         for name in ("planner", "hand-picked", "random"):
@@ -314,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{s['sharpness']:.2f} | {verdict(s)} |")  # fmt: skip
     if args.write_evidence:
         doc = {"format_version": PHASE_EVIDENCE_FORMAT_VERSION,
-               "what": "each GPU-runner deployment of models/measurements fitted on all its prefill/decode points "
-                       "but the test-only far points: "
+               "what": "each GPU-runner deployment of models/measurements fitted on all its prefill/decode "
+                       "points but the test-only far points: "
                        "shared parameters and log residuals (the prior validate.calibrate learns for another one)",
                "generated_by": "python benchmarks/calibration_heldout.py --write-evidence models/calibration_phase_evidence.json",
                "deployments": [_rounded(e.to_dict()) for e in evidence]}  # fmt: skip

@@ -103,7 +103,7 @@ def measured_rows(cache: Path, parts: tuple[int, int] = (0, 1)) -> tuple[Trainin
     old, extra = _load_set(path) if path.exists() else (None, {})
     cached_ids = extra.get("ids", np.array([], dtype=str))
     if old is not None and (cached_ids.size == 0 or not np.array_equal(cached_ids, ids[: cached_ids.size])):
-        old, extra = None, {}  # the cached configurations are not the first ones of today's records: recompute
+        old, extra = None, {}  # the cached configurations are not today's first records: recompute
     done = set(extra["config"].tolist()) if old is not None else set()
     todo = [i for i in range(len(records)) if i not in done and i % parts[1] == parts[0]]
     if old is not None and todo == sorted(int(i) for i in extra.get("skipped", np.array([], dtype=int))):
@@ -198,7 +198,8 @@ def distilled_predictions(
     from estimator.sources.regression import load_model_file
 
     # keyed by the rows too: new records change which rows there are (a stale file did not fit them)
-    path = cache / f"distilled_{load_model_file('aic-distilled').sha256[:12]}_{data.digest()[:12]}_{int(silicon)}.npy"
+    model = load_model_file("aic-distilled").sha256[:12]
+    path = cache / f"distilled_{model}_{data.digest()[:12]}_{int(silicon)}.npy"
     if path.exists():
         return np.load(path)
     records, _, _ = _records()

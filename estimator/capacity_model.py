@@ -22,8 +22,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
-from scipy.sparse.linalg import spsolve
 
 from .capacity_engine import EngineTable
 from .queueing import (
@@ -150,17 +148,22 @@ class PrefillPerStep:
 
 UNITS_PER_PROMPT = 8  # chain resolution: at least this many units per prompt, half as many per budget
 QUEUE_PROMPTS = 16  # prompts waiting beyond a step's budget that the chain tracks (deeper queues are lumped)
+MIN_FIT = 1 / 16  # prompts longer than 16 budgets: no chain (each is many chunk steps; bunching is rare)
+MAX_BUDGET_UNITS = 256  # a step's budget in units at most: past it whole prompts (or coarser) are units
 
 
 def _units_per_prompt(fit: float) -> int:
     """Units per prompt, at least ``UNITS_PER_PROMPT`` per prompt and half that per budget, chosen among up
-    to twice that so that the budget is closest to a whole number of units (it is rounded down to one)."""
+    to twice that so that the budget is closest to a whole number of units (it is rounded down to one);
+    fewer where the budget holds so many prompts that it would pass ``MAX_BUDGET_UNITS``."""
+    if fit * UNITS_PER_PROMPT > MAX_BUDGET_UNITS:
+        return max(1, math.floor(MAX_BUDGET_UNITS / fit))
     low = max(UNITS_PER_PROMPT, math.ceil(UNITS_PER_PROMPT / 2 / fit))
     return min(range(low, 2 * low + 1), key=lambda m: (fit * m - math.floor(fit * m)) / (fit * m))
 
 
 def prefill_per_step(lam_per_ms: float, step_ms: float, prompt_ms: float, fit: float,
-                     queue_prompts: int = QUEUE_PROMPTS) -> PrefillPerStep:  # fmt: skip
+                     queue_prompts: int = QUEUE_PROMPTS) -> PrefillPerStep | None:  # fmt: skip
     """Stationary law of the prefill each step carries, by a Markov chain on the prefill work waiting at a
     step's start, in units of a prompt (``fit`` = prompts per step budget, < 1 when prompts are chunked).
 
@@ -169,11 +172,23 @@ def prefill_per_step(lam_per_ms: float, step_ms: float, prompt_ms: float, fit: f
     its rest waits for the next step, and a step carrying x units lasts ``step_ms + x * unit_ms``, so
     arrivals bunch behind long steps (the step replay: 92 ms where one prompt's step gave 48, H100 TP2 at
     12 req/s; 324 where whole prompts alone gave 170, Qwen3-32B TP2 at 3 req/s, where two prompts and a
-    budget-cut third share a step). Arrivals during a step of x units: Poisson(rate x its duration)."""
+    budget-cut third share a step). Arrivals during a step of x units: Poisson(rate x its duration).
+    None for prompts longer than 1 / ``MIN_FIT`` budgets (``agg_group``'s one-chunk mixture then). The
+    chain has at most a few thousand states (a budget of ``MAX_BUDGET_UNITS`` units, the queue cut where
+    the arrivals of a busy stretch would not reach)."""
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+
+    if fit < MIN_FIT:
+        return None
     m = _units_per_prompt(fit)
     cap = max(1, math.floor(fit * m))
     unit_ms = prompt_ms / m
     top = max(cap, m) + queue_prompts * m
+    u = lam_per_ms * prompt_ms
+    if u < 1.0:  # prompts waiting at a step start: Poisson around rate x step / (1 - u), far in the tail
+        waiting = lam_per_ms * step_ms / (1.0 - u)
+        top = min(top, m * (math.ceil(waiting + 10.0 * math.sqrt(waiting) + 10.0) + 1))
     w = np.arange(top + 1)  # units waiting at a step's start
     x = np.minimum(w, cap)  # units the step prefills
     mu = lam_per_ms * (step_ms + x * unit_ms)
@@ -193,7 +208,7 @@ def prefill_per_step(lam_per_ms: float, step_ms: float, prompt_ms: float, fit: f
         shape=(top + 1, top + 1),
     )  # fmt: skip
     pi = np.clip(spsolve(lhs, np.r_[np.zeros(top), 1.0]), 0.0, None)
-    share = np.bincount(x, weights=pi / pi.sum(), minlength=cap + 1)
+    share = np.bincount(x, weights=pi / pi.sum(), minlength=min(cap, top) + 1)
     return PrefillPerStep(share, unit_ms, m)
 
 
@@ -235,6 +250,8 @@ def agg_group(t: EngineTable, replicas: int, rate_rps: float, w: Workload, *, ca
     ttft_p = response_percentiles(lam_rank, service, 1, ca2) + residual
     mixed_frac = min(1.0, lam_rank * float(np.mean(chunks)) * itl_mean)  # steps that prefill (one per chunk)
     per_step = prefill_per_step(lam_rank, step, pre.mean_ms, chunk / max(1.0, float(np.mean(tokens))))
+    if per_step is None:  # prompts of many chunks: one chunk (its mean time) per prefilling step
+        per_step = PrefillPerStep(np.array([0.0, 1.0]), pre.mean_ms / float(np.mean(chunks)), 1)
     carried = per_step.share[1:]
     shares = np.concatenate([[1.0 - mixed_frac], mixed_frac * carried / max(carried.sum(), 1e-300)])
     plain = np.asarray(t.step_ms(batch_quantiles(n, _LEVELS, ca2)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from .candidates import Candidate, Rejection, enumerate_candidates
+from .candidates import Candidate, Rejection, enumerate_candidates, no_engine_error
 from .capacity import PlanResult, plan_fleets
 from .capacity_confidence import plan_confident
 from .capacity_engine import EngineTable, engine_table
@@ -126,9 +126,8 @@ def run_capacity(
                     rejected.append(t)
             else:
                 out.append(t)
-        if not out:
-            reasons = "; ".join(f"{r.candidate.name}: {r.reason}" for r in rejected) or "no candidates"
-            raise DataNotAvailable(f"no candidate engine could be estimated ({reasons})")
+        if not out:  # names gpus when every candidate fell for its GPU count, as the profile does
+            raise no_engine_error(rejected, spec.gpu_counts)
         return out
 
     point_tables = tables(False)

@@ -77,14 +77,8 @@ def bundled_config_dir() -> Path:
 
 
 def bundled_models() -> list[str]:
-    """Hugging Face ids whose configs AIC ships and reads offline."""
-    from .sources.aic import offline_model_ids
-
-    offline = offline_model_ids()
-    return [m for m in _config_file_ids() if m in offline]
-
-
-def _config_file_ids() -> list[str]:
+    """Hugging Face ids whose configs AIC ships (usable offline by every source; the aic source itself
+    reads a few of them only online: ``sources.aic.offline_model_ids``)."""
     names = sorted(p.name for p in bundled_config_dir().glob("*_config.json") if "_hf_quant_" not in p.name)
     return [n.removesuffix("_config.json").replace("--", "/", 1) for n in names]
 
@@ -118,13 +112,6 @@ def resolve_model_name(model: str) -> str:
         return lowered[model.lower()]
     if model.lower() in _ALIASES:
         return _ALIASES[model.lower()]
-    shipped = {m.lower(): m for m in _config_file_ids()}.get(model.lower())
-    if shipped:  # AIC would try to download it (no network: a traceback-length error per engine)
-        raise SpecError(
-            "model",
-            f"AI Configurator ships a config for {shipped!r} but does not read it offline: give a local "
-            f"directory holding it as config.json (it is {bundled_config_dir() / _config_file(shipped)})",
-        )
     raise SpecError(
         "model",
         f"unknown model {model!r}: give a local directory with config.json or one of the "

@@ -77,3 +77,17 @@ def test_prefill_per_step_follows_the_replay_when_the_budget_cuts_prompts():
         model = float(chain.share[(carried > lo) & (carried < hi)].sum())
         assert model == pytest.approx(replay, abs=0.02), (lo, hi)
     assert float(np.mean(prompts > 2.5)) > 0.1  # the budget-cut steps exist at this load
+
+
+@pytest.mark.parametrize("fit", [1e-3, 0.05, 0.07, 30.0, 8192.0])
+def test_prefill_per_step_stays_small_for_any_prompt_length(fit):
+    """ISL 1 (8192 prompts per budget) or prompts of 1000 budgets: a bounded chain (a review's `plan --isl 1`
+    needed 3 GB), or None below 1/16 of a budget per prompt, where agg_group uses one chunk per step."""
+    from estimator.capacity_model import MIN_FIT, prefill_per_step
+
+    chain = prefill_per_step(0.006, 12.0, 150.0 if fit < 100 else 1.0, fit)
+    if fit < MIN_FIT:
+        assert chain is None
+        return
+    assert chain.share.size <= 2000 and chain.share.sum() == pytest.approx(1.0)
+    assert np.all(chain.share >= 0)

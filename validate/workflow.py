@@ -177,7 +177,8 @@ def run_validation(spec: Any) -> tuple[Profile, _BoundResult]:
             run = run_plan(probes, runner, store, on_result=lambda m: log.info("measured %s", m.probe.reason))
             recorded = _recorded_for(runner, raw.stack, run.measurements)
     # each record once (NaN/inf/<= 0 never calibrate)
-    measurements = usable(once_per_record([as_recorded(m) for m in run.measurements] + recorded),
+    # a store of replayed copies replayed again: its records, too, calibrate under their own probes
+    measurements = usable(once_per_record([as_recorded(m) for m in run.measurements + recorded]),
                           "calibration")  # fmt: skip
     if not measurements:
         why = "; ".join(e for _, e in run.failures[:3]) or "; ".join(

@@ -70,6 +70,24 @@ def offline_model_ids() -> frozenset[str]:
     return frozenset(importlib.import_module(f"{_SDK_MODULE}.common").DefaultHFModels)
 
 
+def _check_offline(model: str) -> None:
+    """Refuse an id AIC would download (it ships the config but reads only its own list offline): without
+    a network that is a download failure per engine; a local directory with the config works."""
+    import os
+
+    from ..model import bundled_config_dir
+
+    if os.path.isdir(model) or model in offline_model_ids():
+        return
+    shipped = bundled_config_dir() / (model.replace("/", "--", 1) + "_config.json")
+    if shipped.is_file():
+        raise SpecError(
+            "model",
+            f"AI Configurator ships a config for {model!r} but does not read it offline: give a local "
+            f"directory holding it as config.json (it is {shipped}), or another source (--source roofline)",
+        )
+
+
 def aic_version() -> str:
     return metadata.version(_DIST)
 
@@ -110,6 +128,7 @@ class AicSource(PerfSource):
 
     def __init__(self, stack: Stack):
         super().__init__(stack)
+        _check_offline(stack.model)
         self._handles: dict[Candidate, Any] = {}
         self._kv: dict[Candidate, int] = {}
 
