@@ -73,6 +73,15 @@ def test_replay_tolerance_on_the_command_line(value, tmp_path, capsys):
     assert not (out / "measurements.jsonl").exists()  # nothing stored under a wrong label
 
 
+@pytest.mark.parametrize("option", ["prefill_candidate=TP2", "decode_candidate=TP1"])
+def test_replay_engine_labels_without_a_dynamo_directory_are_refused(option, tmp_path, capsys):
+    """They label a Dynamo profiling directory's engines; a record names its own: ignored, they misled."""
+    out = tmp_path / "out"
+    err = one_line_error([*_validate(_store(tmp_path), "--runner-option", option), "-o", str(out)], capsys)
+    assert f"runner_options.{option.split('=')[0]}" in err and "Dynamo profiling" in err
+    assert not (out / "measurements.jsonl").exists()
+
+
 def test_replay_tolerance_a_yaml_list(tmp_path, capsys):
     cfg = tmp_path / "study.yaml"
     cfg.write_text(f"validate: {{runner: replay, measurements: [{_store(tmp_path)}], "

@@ -83,9 +83,14 @@ class ReplayRunner(Runner):
         tolerance: float = 0.10,
     ) -> ReplayRunner:
         check_tolerance(tolerance)  # before reading any file
+        paths = [Path(p) for p in paths]
+        if (prefill_candidate or decode_candidate) and not any(p.is_dir() for p in paths):
+            given = "prefill_candidate" if prefill_candidate else "decode_candidate"
+            raise SpecError(f"runner_options.{given}", "labels the engines of a Dynamo profiling "
+                            "directory; none of the measurements given is one")  # fmt: skip
         records: list[Measurement] = []
         left_out: list[str] = []
-        for p in map(Path, paths):
+        for p in paths:
             if p.is_dir():
                 if stack is None:
                     raise MeasurementError(
