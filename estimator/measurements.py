@@ -135,6 +135,11 @@ class Measurement:
     measured_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def measured_by(self) -> str:
+        """The runner that measured it: a replayed record says ``replay`` and keeps its own in ``extra``."""
+        return str(self.extra.get("measured_by") or self.runner)
+
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "probe"}
         return {"schema": SCHEMA_VERSION, "key": self.probe.key, "probe": self.probe.to_dict(), **d}

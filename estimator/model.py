@@ -119,15 +119,16 @@ def resolve_model_name(model: str) -> str:
     )
 
 
-def _config_file(model_id: str) -> str:
-    return model_id.replace("/", "--", 1) + "_config.json"
+def bundled_config_path(model_id: str) -> Path:
+    """Where AIC ships the config of a Hugging Face id (the file may not exist)."""
+    return bundled_config_dir() / (model_id.replace("/", "--", 1) + "_config.json")
 
 
 def _read_config(name: str) -> dict:
     if os.path.isdir(name):
         path = Path(name) / "config.json"
     else:
-        path = bundled_config_dir() / _config_file(name)
+        path = bundled_config_path(name)
     cfg = _read_json(path, max_bytes=16 << 20)
     if not isinstance(cfg, dict):
         raise SpecError("model", f"{path} must hold a JSON object, got {type(cfg).__name__}")

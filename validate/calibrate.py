@@ -150,11 +150,6 @@ ENGINE_ONLY_RUNNERS = ("gpu",)
 NO_OVERHEAD_PRIOR = {"log_overhead_ms": (math.log(0.05), 1.0)}
 
 
-def measured_by(m: Measurement) -> str:
-    """The runner that measured ``m``: a replayed record says ``replay`` and keeps its own in ``extra``."""
-    return str(m.extra.get("measured_by") or m.runner)
-
-
 def default_prior(
     source: PerfSource, measurements: list[Measurement], evidence: list[DeploymentEvidence] | None = None
 ) -> Prior:
@@ -166,7 +161,7 @@ def default_prior(
     prior = Prior().updated(transferable(bundled_prior(source.stack.backend), agg=agg))
     if agg:  # agg errors are heavy-tailed: the bands take the shape the silicon rows' held-out errors have
         prior = dataclasses.replace(prior, tails=bundled_tails())
-    if measurements and all(measured_by(m) in ENGINE_ONLY_RUNNERS for m in measurements):
+    if measurements and all(m.measured_by in ENGINE_ONLY_RUNNERS for m in measurements):
         prior = prior.updated(NO_OVERHEAD_PRIOR)
         if not agg:
             evidence = bundled_phase_evidence() if evidence is None else evidence

@@ -117,18 +117,16 @@ class _BoundResult:
         return self.result.summary_text(self.calibrated)
 
 
-def source_key(m: Measurement) -> str:
-    """The key of the record ``m`` stands for: a replayed copy carries the planned probe, and the record it
-    was matched to (within the tolerance, at another ISL) in ``extra["replayed_from"]``."""
-    rf = m.extra.get("replayed_from")
-    return Probe.from_dict(rf).key if isinstance(rf, dict) else m.probe.key
-
-
 def as_recorded(m: Measurement) -> Measurement:
     """A replayed copy under the probe of the record it came from: the value was measured at the record's
     ISL and concurrency, not the planned ones (up to the replay tolerance away), so it calibrates there."""
     rf = m.extra.get("replayed_from")
     return replace(m, probe=Probe.from_dict(rf)) if isinstance(rf, dict) else m
+
+
+def source_key(m: Measurement) -> str:
+    """The key of the record ``m`` stands for (``as_recorded``'s probe)."""
+    return as_recorded(m).probe.key
 
 
 def once_per_record(measurements: list[Measurement]) -> list[Measurement]:

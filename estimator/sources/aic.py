@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import types
 from functools import cache
 from importlib import metadata
@@ -17,6 +18,7 @@ import numpy as np
 
 from ..candidates import Candidate
 from ..errors import DataNotAvailable, SourceError, SpecError
+from ..model import bundled_config_path
 from .base import PerfSource, Stack, as_positive_array
 
 _SDK_MODULE = "aiconfigurator_core.sdk"
@@ -64,6 +66,7 @@ def _perf_database() -> Any:
     return importlib.import_module("aiconfigurator_core.sdk.perf_database")
 
 
+@cache
 def offline_model_ids() -> frozenset[str]:
     """Hugging Face ids AIC reads from its own bundled configs; any other id it downloads (AIC ships a
     few more config files than it reads offline, e.g. Mixtral's)."""
@@ -73,13 +76,9 @@ def offline_model_ids() -> frozenset[str]:
 def _check_offline(model: str) -> None:
     """Refuse an id AIC would download (it ships the config but reads only its own list offline): without
     a network that is a download failure per engine; a local directory with the config works."""
-    import os
-
-    from ..model import bundled_config_dir
-
     if os.path.isdir(model) or model in offline_model_ids():
         return
-    shipped = bundled_config_dir() / (model.replace("/", "--", 1) + "_config.json")
+    shipped = bundled_config_path(model)
     if shipped.is_file():
         raise SpecError(
             "model",

@@ -149,8 +149,7 @@ class ReplayRunner(Runner):
         self.require(probe)
         m = self._match(probe)
         # the runner that really measured it (a GPU-runner point trains its own coefficient group)
-        measured_by = m.extra.get("measured_by") or m.runner
-        extra = {**m.extra, "replayed_from": m.probe.to_dict(), "measured_by": measured_by}
+        extra = {**m.extra, "replayed_from": m.probe.to_dict(), "measured_by": m.measured_by}
         return dataclasses.replace(m, probe=probe, runner=self.name, extra=extra)
 
     def _match(self, probe: Probe) -> Measurement | None:

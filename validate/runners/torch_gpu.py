@@ -253,12 +253,10 @@ class TorchGpuRunner(Runner):
     def _config_quantised(self) -> bool:
         """Whether the model's config names a quantised checkpoint, whose default the runner does not build
         (``_build`` drops ``quantization_config``); False without a readable config (``load`` says why)."""
-        try:
-            raw = json.loads(self._config_source().read_text())
-            text = raw.get("text_config") or {}
-            return bool(raw.get("quantization_config") or text.get("quantization_config"))
-        except (EngineStartError, OSError, ValueError, TypeError, AttributeError):
-            return False
+        raw = self._raw_config()
+        text = raw.get("text_config")
+        nested = text.get("quantization_config") if isinstance(text, dict) else None
+        return bool(raw.get("quantization_config") or nested)
 
     @property
     def engine(self) -> Candidate:
@@ -274,12 +272,20 @@ class TorchGpuRunner(Runner):
         why)."""
         from estimator.model import EXPERT_COUNT_KEYS
 
+        raw = self._raw_config()
         try:
-            raw = json.loads(self._config_source().read_text())
             cfg = raw.get("text_config") or raw
             return any(int(cfg.get(k) or 0) > 0 for k in EXPERT_COUNT_KEYS)
-        except (EngineStartError, OSError, ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError):
             return False
+
+    def _raw_config(self) -> dict:
+        """The model's config.json as read, or {} where it cannot be read (``load`` says why)."""
+        try:
+            raw = json.loads(self._config_source().read_text())
+        except (EngineStartError, OSError, ValueError):
+            return {}
+        return raw if isinstance(raw, dict) else {}
 
     def _check(self, probe: Probe) -> None:
         self.require(probe)

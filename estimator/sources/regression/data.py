@@ -119,8 +119,7 @@ def coefficient_key(m: Measurement) -> str:
     its points form their own group (``gpu-runner``) instead of pulling that engine's coefficients.
     A replayed record keeps the runner that measured it in ``extra["measured_by"]``.
     """
-    runner = m.extra.get("measured_by") or m.runner
-    return GPU_RUNNER if runner == "gpu" else m.probe.stack.backend
+    return GPU_RUNNER if m.measured_by == "gpu" else m.probe.stack.backend
 
 
 class _Basis(PerfSource):
