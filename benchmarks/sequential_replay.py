@@ -8,7 +8,7 @@ loop maps its first points, calibrated on those points only, and (b) the recomme
 every record ("all the data"). (``validate --runner replay`` without the loop plans only exact recorded
 points, none here, and calibrates on every record: that would be "all the data" again.)
 
-    python benchmarks/sequential_replay.py [--budget 8] [--max-budget 16]
+    python benchmarks/sequential_replay.py [--budget 8] [--max-budget 16] [--tie-tolerance 0.02]
 
 Prints one table of runs, the step-by-step confidence and the first 90 % run's report; writes
 benchmarks/results/sequential_replay.json.
@@ -90,6 +90,7 @@ def one_run(sla: dict, validate: dict, out: Path) -> dict:
         "points": len(measured),
         "confidence": seq.decision.confidence if seq and seq.decision else None,
         "stopped_because": seq.stopped_because if seq else "one-shot plan",
+        "tie_tolerance": seq.tie_tolerance if seq else None,
         "steps": [(s.points_measured, s.confidence_after, f"{s.prefill}/{s.decode}") for s in seq.steps]
         if seq else [],
         "p_prefill": seq.decision.p_prefill if seq and seq.decision else None,
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--max-budget", type=int, default=16, help="the loop's budget (it stops earlier when confident)"
     )
+    ap.add_argument("--tie-tolerance", type=float, default=None,
+                    help="the loop's tie tolerance (default: validate's default)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sequential_replay.json"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -115,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             want, raw = all_data(spec), raw_aic(spec)
             oneshot = one_shot(spec, args.budget)
             for level in LEVELS:
-                r = one_run(
-                    sla, {"budget": args.max_budget, "until_confident": level}, Path(tmp) / f"seq{i}_{level}"
-                )
+                loop = {"budget": args.max_budget, "until_confident": level}
+                if args.tie_tolerance is not None:
+                    loop["tie_tolerance"] = args.tie_tolerance
+                r = one_run(sla, loop, Path(tmp) / f"seq{i}_{level}")
                 rows.append(
                     {"sla": sla, "level": level, "raw_aic": raw, "all_data": want, "one_shot": oneshot,
                      "sequential": r}  # fmt: skip

@@ -59,8 +59,9 @@ class Candidate:
     def parse(cls, name: str) -> Candidate:
         """``"TP4"`` -> Candidate(TP, 4)."""
         for m in Mapping:
-            if name.upper().startswith(m.value) and name[len(m.value) :].isdigit():
-                return cls(m, int(name[len(m.value) :]))
+            digits = name[len(m.value) :]
+            if name.upper().startswith(m.value) and digits.isascii() and digits.isdigit():  # not TP٢
+                return cls(m, int(digits))
         raise ValueError(f"not a candidate name: {name!r} (expected e.g. TP4, TEP8, DEP8)")
 
 

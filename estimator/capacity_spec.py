@@ -7,7 +7,7 @@ from typing import Any
 
 from .capacity_types import Load, Sla, Target
 from .errors import SpecError
-from .spec import MAX_CONCURRENCY, MAX_REQUEST_RATE, MAX_TARGET_MS, Spec, request_rate_field
+from .spec import MAX_CONCURRENCY, MAX_REQUEST_RATE, Spec, latency_target, request_rate_field
 from .spec import _as_choice, _as_float, _as_int, _as_text
 from .workload import Workload, fixed, load_workload
 
@@ -15,6 +15,9 @@ MAX_GPU_PRICE = 10_000.0  # $/GPU-hour (the table's dearest is $8): beyond it co
 PCT_FIELDS = tuple(f"{m}_{p}" for m in ("ttft", "itl") for p in ("p50", "p90", "p99"))
 PLAN_FIELDS = ("request_rate", "concurrency", "gpu_budget", *PCT_FIELDS, "workload", "prefix_hit_rate",
                "gpu_price", "size_for", "headroom", "top")  # fmt: skip
+# plan fields whose default is None (no load of that kind, no percentile target, no trace, the price table):
+# a YAML null says that none; the others have a default, and a null for them is refused
+PLAN_NULLABLE = frozenset(PLAN_FIELDS) - {"prefix_hit_rate", "size_for", "headroom", "top"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,7 @@ def load_plan_spec(
         ("ttft", spec.ttft_ms, mean_ttft_given),
         ("itl", spec.itl_ms, mean_itl_given),
     ):
-        pcts = [Target(metric, p, _as_float(f"{metric}_{p}", raw[f"{metric}_{p}"], hi=MAX_TARGET_MS))
+        pcts = [Target(metric, p, latency_target(f"{metric}_{p}", raw[f"{metric}_{p}"]))
                 for p in ("p50", "p90", "p99") if raw.get(f"{metric}_{p}") is not None]  # fmt: skip
         _check_percentile_order(pcts)
         if given or not pcts:
@@ -109,4 +112,4 @@ def _check_percentile_order(pcts: list[Target]) -> None:
                 raise SpecError(f"{hi.metric}_{hi.stat}", why)
 
 
-__all__ = ["PLAN_FIELDS", "PlanSpec", "load_plan_spec"]
+__all__ = ["PLAN_FIELDS", "PLAN_NULLABLE", "PlanSpec", "load_plan_spec"]

@@ -94,6 +94,11 @@ def _validate_flags(p: argparse.ArgumentParser) -> None:
         "(default 0.9) or the budget is spent",
     )  # fmt: skip
     g.add_argument(
+        "--tie-tolerance", metavar="FRACTION",
+        help="with --until-confident: an engine whose tokens/s/GPU is within this fraction of the best's "
+        "counts as right (default 0.02)",
+    )  # fmt: skip
+    g.add_argument(
         "--runner-option", action="append", default=[], metavar="KEY=VALUE",
         help="runner setting, e.g. url=http://host:8000, namespace=dynamo, python=/path/bin/python",
     )  # fmt: skip
@@ -175,7 +180,8 @@ def _overrides(ns: argparse.Namespace, planner: list[str]) -> dict[str, Any]:
         out["planner_args"] = planner
     if ns.command == "validate":
         v: dict[str, Any] = {}
-        for key in ("runner", "measurements", "budget", "max_points_per_engine", "until_confident"):
+        for key in ("runner", "measurements", "budget", "max_points_per_engine", "until_confident",
+                    "tie_tolerance"):
             if getattr(ns, key, None) is not None:
                 v[key] = getattr(ns, key)
         opts = {}

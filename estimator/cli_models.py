@@ -52,9 +52,9 @@ def _fit_flags(p: argparse.ArgumentParser) -> None:
         "--no-residual", action="store_true", help="linear roofline terms only (no boosted residual)"
     )
     p.add_argument("--group-by", choices=("model", "system"), default="model", help="cross-validation folds")
-    p.add_argument("--max-iter", type=int, default=150, help="boosting rounds of the residual (default 150)")
-    p.add_argument("--max-leaf-nodes", type=int, default=15, help="leaves per residual tree (default 15)")
-    p.add_argument("--max-depth", type=int, default=6, help="depth limit of the residual trees (default 6)")
+    p.add_argument("--max-iter", default=150, help="boosting rounds of the residual (default 150)")
+    p.add_argument("--max-leaf-nodes", default=15, help="leaves per residual tree (default 15)")
+    p.add_argument("--max-depth", default=6, help="depth limit of the residual trees (default 6)")
 
 
 def run_models(ns: argparse.Namespace) -> int:
@@ -133,6 +133,7 @@ def _fit(ns: argparse.Namespace) -> int:
         from validate.runners.replay import ReplayRunner
 
         _refuse_empty(ns, ("measurements", "stack", "prefill_candidate", "decode_candidate"))
+        _dynamo_flags_need_a_dir(ns)
 
         from .candidates import Candidate
 
@@ -192,6 +193,18 @@ def _refuse_empty(ns: argparse.Namespace, flags: tuple[str, ...]) -> None:
         for item in value if isinstance(value, list) else [value]:
             if item is not None and not item.strip():
                 raise SpecError(flag.replace("_", "-"), "empty value")
+
+
+def _dynamo_flags_need_a_dir(ns: argparse.Namespace) -> None:
+    """--stack and the candidates label what a Dynamo profiling directory leaves out; jsonl and csv records
+    name their own stack and engine, so without such a directory the flags would be ignored: refused."""
+    if any(Path(p).is_dir() for p in ns.measurements):
+        return
+    for flag in ("stack", "prefill_candidate", "decode_candidate"):
+        if getattr(ns, flag) is not None:
+            why = "applies only to a Dynamo profiling directory; none of the --measurements is one"
+            own = " (jsonl and csv records name their own stack and engine)"
+            raise SpecError(flag.replace("_", "-"), why + own)
 
 
 def _check_output(text: str) -> Path:

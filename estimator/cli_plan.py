@@ -26,9 +26,9 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
-from .capacity_spec import PLAN_FIELDS, load_plan_spec
+from .capacity_spec import PLAN_FIELDS, PLAN_NULLABLE, load_plan_spec
 from .errors import SpecError
-from .study_file import as_bool, as_text, read_document, read_yaml
+from .study_file import NULL_IS_NO_VALUE, as_bool, as_text, read_document, read_yaml, refuse_nulls
 
 _STUDY_KEYS = (
     "model", "system", "backend", "backend_version", "isl", "osl", "ttft", "itl", "min_gpus", "max_gpus",
@@ -62,7 +62,7 @@ def _read_config(path: str | None) -> dict[str, Any]:
     """The ``--config`` study, read once. A study field that ``plan`` does not use is refused, not ignored."""
     if path is None:
         return {}
-    from .spec import Spec
+    from .spec import NULLABLE_FIELDS, Spec
 
     cfg = read_yaml(as_text("config", path))
     used = {*_STUDY_KEYS, "ttft_ms", "itl_ms", *PLAN_FIELDS, "output_dir", "plots"}
@@ -71,6 +71,7 @@ def _read_config(path: str | None) -> dict[str, Any]:
         if k not in used and k in spec_fields:  # a name that is no study field: load_spec calls it unknown
             why = _NOT_FOR_PLAN.get(k, "plan does not use it")
             raise SpecError(k, f"does not apply to `plan` ({why}); remove it from {path}")
+    refuse_nulls(cfg, NULLABLE_FIELDS | PLAN_NULLABLE)
     return cfg
 
 
@@ -242,6 +243,10 @@ def read_scenarios(path: str | Path) -> list[dict[str, Any]]:
         rows = [] if data is None else data
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise SpecError("scenarios", f"{path} must hold a list of mappings")
+        for i, r in enumerate(rows, start=1):  # a null would take the flags' value (an empty CSV cell does)
+            null = next((k for k, v in r.items() if v is None), None)
+            if null is not None:
+                raise SpecError("scenarios", f"{path} row {i}: {null}: {NULL_IS_NO_VALUE}")
     if not rows:
         raise SpecError("scenarios", f"{path} holds no scenarios")
     known = {*_STUDY_KEYS, *PLAN_FIELDS, "name"}

@@ -16,7 +16,7 @@ from typing import Any
 from .errors import SpecError
 from .model import load_model_info, resolve_model_name
 from .spec_checks import merge_validate, output_dir_field, source_field
-from .study_file import as_bool, as_choice, as_float, as_int, as_text, read_yaml
+from .study_file import as_bool, as_choice, as_float, as_int, as_text, read_yaml, refuse_nulls
 
 
 class Backend(str, enum.Enum):
@@ -67,6 +67,7 @@ class ValidateSpec:
     max_points_per_engine: int = 4
     runner_options: tuple[tuple[str, Any], ...] = ()  # runner-specific settings (url, namespace, ...)
     until_confident: float | None = None  # measure one point at a time until the decision is this sure
+    tie_tolerance: float = 0.02  # the loop takes an engine this close to the best's tokens/s/GPU as right
 
     def option(self, name: str, default: Any = None) -> Any:
         return dict(self.runner_options).get(name, default)
@@ -139,6 +140,10 @@ _as_int, _as_float, _as_choice, _as_bool, _as_text = as_int, as_float, as_choice
 MAX_REQUEST_RATE = 100_000.0  # requests/s: beyond this the sizing is not a plan but an overflow
 MIN_REQUEST_RATE = 1e-6  # requests/s (one in 11.6 days): below it costs and replays overflow (1e-320: inf)
 MAX_TARGET_MS = 3_600_000.0  # an hour: a latency target beyond it is a typo
+# Below these a target is a unit mistake (seconds or µs for ms): AIC's fastest engine (Qwen3-0.6B, ISL 1,
+# B200/GB200/B300) takes 2 ms to the first token and 1.06 ms a step; the roofline's idealised step 0.02 ms.
+MIN_TARGET_MS = {"ttft": 0.1, "itl": 0.01}
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding, most tools' seeds and JSON readers (2**53) all take it
 MAX_CONTEXT_TOKENS = 100_000_000  # no model's context is near 1e8 tokens: a larger cap is a typo
 MAX_CONCURRENCY = 10_000_000  # requests in flight (plan --concurrency, a DGDR's workload.concurrency)
 MAX_PLANNER_ARGS = 256
@@ -148,6 +153,8 @@ _FLAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # A confidence level's range: probabilities come from a few hundred to a few thousand posterior draws, which
 # cannot tell a level above 0.999 from 1; below 0.5 a "confident" pick is one the source expects to miss.
 PROBABILITY_RANGE = (0.5, 0.999)
+DEFAULT_TIE_TOLERANCE = 0.02  # within 2 % of the best tokens/s/GPU: a tie the loop need not settle
+MAX_TIE_TOLERANCE = 0.5
 
 
 def _as_probability(name: str, v: Any) -> float | None:
@@ -158,6 +165,23 @@ def _as_probability(name: str, v: Any) -> float | None:
     lo, hi = PROBABILITY_RANGE
     if not lo <= f <= hi:
         raise SpecError(name, f"must be a probability in [{lo:g}, {hi:g}], got {v!r}")
+    return f
+
+
+def _as_fraction(name: str, v: Any) -> float:
+    """A share of the best option's throughput in [0, MAX_TIE_TOLERANCE]."""
+    f = _as_float(name, v, positive=False)
+    if not 0.0 <= f <= MAX_TIE_TOLERANCE:
+        raise SpecError(name, f"must be a fraction in [0, {MAX_TIE_TOLERANCE:g}], got {v!r}")
+    return f
+
+
+def latency_target(name: str, v: Any) -> float:
+    """A TTFT or ITL target (``ttft_ms``, ``itl_p90`` ...) in ms, in [MIN_TARGET_MS, MAX_TARGET_MS]."""
+    f = _as_float(name, v, hi=MAX_TARGET_MS)
+    lo = MIN_TARGET_MS[name.split("_")[0]]
+    if f < lo:
+        raise SpecError(name, f"{f:g} ms is below the floor of {lo:g} ms (targets are in milliseconds)")
     return f
 
 
@@ -201,6 +225,8 @@ def _gpu_counts(raw: dict[str, Any]) -> tuple[int, ...]:
 
 
 # ``gpu_counts`` is derived from gpus (``_normalise`` renames a given one) or min/max_gpus
+# fields whose default is None: a YAML null says that none (no sizing, no output dir, AIC's own version)
+NULLABLE_FIELDS = frozenset(f.name for f in fields(Spec) if f.default is None)
 _ALLOWED_KEYS = {f.name for f in fields(Spec) if f.name != "gpu_counts"} | {
     "gpus", "min_gpus", "max_gpus", "ttft", "itl"
 }
@@ -244,6 +270,7 @@ def load_spec(config: str | Path | None = None, **overrides: Any) -> Spec:
         from .dgdr import load_dgdr_spec
 
         return load_dgdr_spec(doc, overrides, _spec_from_raw)
+    refuse_nulls(doc, NULLABLE_FIELDS)
     return _spec_from_raw(_normalise(doc, str(config)) if config else {}, overrides)
 
 
@@ -285,8 +312,8 @@ def _spec_from_raw(raw: dict[str, Any], overrides: dict[str, Any]) -> Spec:
         backend=backend,
         isl=isl,
         osl=osl,
-        ttft_ms=_as_float("ttft_ms", raw["ttft_ms"], hi=MAX_TARGET_MS),
-        itl_ms=_as_float("itl_ms", raw["itl_ms"], hi=MAX_TARGET_MS),
+        ttft_ms=latency_target("ttft_ms", raw["ttft_ms"]),
+        itl_ms=latency_target("itl_ms", raw["itl_ms"]),
         backend_version=_text_or_none("backend_version", raw.get("backend_version")),
         gpu_counts=_gpu_counts(raw),
         gpus_per_node=_as_int("gpus_per_node", raw.get("gpus_per_node", 8), 1, 1024),
@@ -308,7 +335,7 @@ def _spec_from_raw(raw: dict[str, Any], overrides: dict[str, Any]) -> Spec:
         cache=_as_bool("cache", raw.get("cache", True)),
         planner_args=_planner_args(raw.get("planner_args", ())),
         validate=_validate_spec(raw.get("validate")),
-        seed=_as_int("seed", raw.get("seed", 0), 0),
+        seed=_as_int("seed", raw.get("seed", 0), 0, MAX_SEED),
         confidence=_as_probability("confidence", raw.get("confidence")),
         dynamo_version=_as_choice("dynamo_version", raw.get("dynamo_version", "1.6"), DYNAMO_VERSIONS),
         runtime_image=_image(raw.get("runtime_image")),
@@ -387,6 +414,7 @@ def _validate_spec(v: Any) -> ValidateSpec | None:
     if not isinstance(v, dict):
         raise SpecError("validate", f"expected a mapping, got {type(v).__name__}")
     known = {f.name for f in fields(ValidateSpec)}
+    refuse_nulls({k: x for k, x in v.items() if k in known}, ("until_confident",), "validate.")
     opts = {k: val for k, val in v.items() if k not in known}
     meas = v.get("measurements")
     if meas is None:
@@ -419,6 +447,8 @@ def _validate_spec(v: Any) -> ValidateSpec | None:
             )
         if isinstance(val, float) and not math.isfinite(val):
             raise SpecError(f"runner_options.{key}", f"must be finite, got {val!r}")
+    if v.get("tie_tolerance") is not None and v.get("until_confident") is None:
+        raise SpecError("validate.tie_tolerance", "applies only with until_confident (the sequential loop)")
     return ValidateSpec(
         runner=_as_choice("validate.runner", v.get("runner", "replay"), RUNNER_KINDS),
         measurements=meas,
@@ -430,6 +460,7 @@ def _validate_spec(v: Any) -> ValidateSpec | None:
             sorted({k: tuple(x) if isinstance(x, list) else x for k, x in options.items()}.items())
         ),
         until_confident=_as_probability("validate.until_confident", v.get("until_confident")),
+        tie_tolerance=_as_fraction("validate.tie_tolerance", v.get("tie_tolerance", DEFAULT_TIE_TOLERANCE)),
     )
 
 

@@ -12,6 +12,7 @@ the same reader for a document of any shape (a list of scenarios), with its limi
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -214,9 +215,12 @@ def _show(v: Any) -> str:
 
 
 def as_int(name: str, v: Any, lo: int = 1, hi: int | None = None) -> int:
-    """An integer in [lo, hi] from an int, an integral float or its text; NaN/inf/1e400 are errors."""
+    """An integer in [lo, hi] from an int, an integral float or its text (ASCII only); NaN/inf/1e400 are
+    errors."""
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
         raise SpecError(name, f"expected an integer, got {_show(v)}")
+    if isinstance(v, str) and not v.isascii():  # int() and float() take ٣ and ３ too
+        raise SpecError(name, f"expected an integer in ASCII digits, got {_show(v)}")
     if isinstance(v, int):
         i = v
     else:
@@ -237,9 +241,11 @@ def as_int(name: str, v: Any, lo: int = 1, hi: int | None = None) -> int:
 
 
 def as_float(name: str, v: Any, positive: bool = True, hi: float | None = None) -> float:
-    """A finite number (> 0 unless ``positive`` is False, ≤ ``hi`` when given)."""
+    """A finite number (> 0 unless ``positive`` is False, ≤ ``hi`` when given); text in ASCII only."""
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
         raise SpecError(name, f"expected a number, got {_show(v)}")
+    if isinstance(v, str) and not v.isascii():
+        raise SpecError(name, f"expected a number in ASCII digits, got {_show(v)}")
     try:
         f = float(v)
     except (ValueError, OverflowError):
@@ -251,6 +257,17 @@ def as_float(name: str, v: Any, positive: bool = True, hi: float | None = None) 
     if hi is not None and f > hi:
         raise SpecError(name, f"{f:g} is beyond the bound of {hi:g}")
     return f
+
+
+NULL_IS_NO_VALUE = "null is not a value; remove the key to use the default"
+
+
+def refuse_nulls(doc: dict[str, Any], nullable: Collection[str] = (), prefix: str = "") -> None:
+    """YAML reads ``key:`` and ``key: null`` as None, which would read as "not given" and fall back to the
+    default without a word: refused for every key but those whose value may be none (``nullable``)."""
+    for k, v in doc.items():
+        if v is None and k not in nullable:
+            raise SpecError(f"{prefix}{k}", NULL_IS_NO_VALUE)
 
 
 def as_bool(name: str, v: Any) -> bool:
@@ -283,5 +300,6 @@ def as_choice(name: str, v: Any, allowed: tuple[str, ...]) -> str:
     return s
 
 
-__all__ = ["MAX_DEPTH", "MAX_ITEMS", "MAX_NODES", "MAX_STUDY_BYTES", "as_bool", "as_choice", "as_float", "as_int",
-           "as_text", "read_document", "read_json", "read_yaml"]  # fmt: skip
+__all__ = ["MAX_DEPTH", "MAX_ITEMS", "MAX_NODES", "MAX_STUDY_BYTES", "NULL_IS_NO_VALUE", "as_bool",
+           "as_choice", "as_float", "as_int", "as_text", "read_document", "read_json", "read_yaml",
+           "refuse_nulls"]  # fmt: skip

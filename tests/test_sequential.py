@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from estimator.candidates import Candidate, Mapping
+from estimator.confidence import normal_cdf
 from estimator.cli import main
 from estimator.measurements import MeasurementStore, Probe, ProbeKind
 from estimator.pipeline import estimate
@@ -52,6 +53,30 @@ def test_prefill_probability_by_hand():
     assert d.p_prefill == pytest.approx(0.95, abs=0.01)
     assert d.p_decode == 1.0 and d.confidence == pytest.approx(d.p_prefill)
     assert d.p_best["prefill"]["TP2"] == pytest.approx(0.05, abs=0.01)
+
+
+def test_tie_tolerance_counts_a_near_best_engine_as_right():
+    # as above with a 10 % tolerance: TP1 is right while 30k * 100 / TTFT >= 0.9 * 24k, i.e. TTFT <= 138.9 ms:
+    # z <= ln(1.389) / (ln(1.25) / 1.645) = 2.42, P = 0.992
+    points = [PrefillPoint(TP[1], 3000, 100, 30000, 80, 125), PrefillPoint(TP[2], 3000, 60, 24000, 60, 60)]
+    sweeps = [sweep(1, [1, 8], [10, 15])]
+    sel = select(points, sweeps, ttft_target_ms=200, itl_target_ms=20, isl=3000, osl=150)
+    strict = decision_confidence(points, sweeps, sel, 200, 20, draws=20000)
+    tied = decision_confidence(points, sweeps, sel, 200, 20, draws=20000, tie_tolerance=0.1)
+    assert tied.p_prefill == pytest.approx(0.992, abs=0.004)
+    assert strict.p_prefill == pytest.approx(0.95, abs=0.01)
+    assert tied.p_best == strict.p_best  # P(best) drives the next probe and does not take the tolerance
+
+
+def test_tie_tolerance_never_counts_an_engine_that_misses_the_target():
+    # TP1's TTFT band (150, 250) straddles the 200 ms target: a tolerance cannot make a miss right
+    points = [PrefillPoint(TP[1], 3000, 194, 30000, 150, 250), PrefillPoint(TP[2], 3000, 60, 1000, 60, 60)]
+    sweeps = [sweep(1, [1, 8], [10, 15])]
+    sel = select(points, sweeps, ttft_target_ms=200, itl_target_ms=20, isl=3000, osl=150)
+    assert sel.best_prefill.candidate == TP[1]
+    d = decision_confidence(points, sweeps, sel, 200, 20, draws=20000, tie_tolerance=0.5)
+    p_meets = float(normal_cdf(np.log(200 / np.sqrt(150 * 250)) / (np.log(250 / 150) / 2 / 1.645)))
+    assert d.p_prefill == pytest.approx(p_meets, abs=0.01)
 
 
 def test_zero_width_bands_are_certain():
@@ -200,3 +225,47 @@ def test_until_confident_at_the_default_level_stops_before_the_one_shot_budget(t
     assert res.stopped_because.startswith("confidence")
     assert res.decision.confidence >= 0.9 and len(res.run.measurements) < 8
     assert res.decision.engines == _all_data_recommendation(spec)
+
+
+def test_tie_tolerance_stops_a_near_tie_with_an_engine_as_good_as_the_all_data_pick(tmp_path):
+    # ITL 20 ms: TP1 and TP2 decode within 2 % of each other on all 50 records, a tie strict confidence never
+    # certifies at 0.9 within 16 points (docs/sequential.md); within a 5 % tolerance the loop stops early,
+    # and what it recommends is, on all the data, within 5 % of the all-data pick
+    from validate.runners.replay import ReplayRunner
+    from validate.sequential import rank, run_until_confident
+
+    spec = load_spec(**{**STUDY, "itl": 20}, cache=False)
+    profile = estimate(spec)
+    base = make_source("aic", profile.stack)
+    store = MeasurementStore(tmp_path / "m.jsonl")
+    res = run_until_confident(profile, base, ReplayRunner.from_paths(FILES), store, level=0.9, budget=16,
+                              calibrate_fn=calibrate, progress=False, tie_tolerance=0.05)  # fmt: skip
+    assert res.stopped_because.startswith("confidence") and len(res.run.measurements) < 8
+    assert res.to_dict()["tie_tolerance"] == 0.05 and "within 5% of the best" in res.summary_lines()[0]
+    everything = calibrate(base, ReplayRunner.from_paths(FILES).records)
+    _, sweeps, sel = rank(everything, profile)
+    best = {s.candidate.name: float(np.max(s.thpt_per_gpu[s.itl_ms <= 20])) for s in sweeps}
+    assert sel.best_prefill.candidate.name == res.decision.engines[0]
+    assert best[res.decision.engines[1]] >= 0.95 * max(best.values())
+
+
+@pytest.mark.parametrize(
+    "validate, message",
+    [({"until_confident": 0.9, "tie_tolerance": 0.6}, "tie_tolerance: must be a fraction in [0, 0.5]"),
+     ({"until_confident": 0.9, "tie_tolerance": -0.01}, "validate.tie_tolerance: must be a fraction"),
+     ({"tie_tolerance": 0.05}, "validate.tie_tolerance: applies only with until_confident")],
+)  # fmt: skip
+def test_bad_tie_tolerance_is_refused(validate, message):
+    from estimator.errors import SpecError
+
+    with pytest.raises(SpecError) as err:
+        load_spec(**STUDY, validate=validate)
+    assert message in str(err.value)
+
+
+def test_tie_tolerance_defaults_to_two_percent_and_is_set_by_the_flag():
+    assert load_spec(**STUDY, validate={"until_confident": 0.9}).validate.tie_tolerance == 0.02
+    from estimator.cli import _overrides, build_parser  # noqa: PLC0415
+
+    ns = build_parser().parse_args(["validate", "--until-confident", "--tie-tolerance", "0.05"])
+    assert _overrides(ns, [])["validate"]["tie_tolerance"] == "0.05"

@@ -94,17 +94,21 @@ class SequentialResult:
     decision: Decision | None = None
     source: PerfSource | None = None  # the last calibration
     stopped_because: str = ""
+    tie_tolerance: float = 0.0  # an engine within this fraction of the best's tokens/s/GPU counts as right
 
     def to_dict(self) -> dict[str, Any]:
         d = self.decision
-        return {"level": self.level, "budget": self.budget, "points_measured": len(self.run.measurements),
+        return {"level": self.level, "budget": self.budget, "tie_tolerance": self.tie_tolerance,
+                "points_measured": len(self.run.measurements),
                 "confidence": d.confidence if d else None, "p_prefill": d.p_prefill if d else None,
                 "p_decode": d.p_decode if d else None, "recommendation": dict(zip(("prefill", "decode"),
                 d.engines, strict=True)) if d else None, "p_best": d.p_best if d else None,
                 "stopped_because": self.stopped_because, "steps": [s.to_dict() for s in self.steps]}  # fmt: skip
 
     def summary_lines(self) -> list[str]:
-        head = (f"Until confident ({self.level:.0%}): {len(self.run.measurements)} points measured "
+        tie = f", engines within {self.tie_tolerance:.0%} of the best count as right" if self.tie_tolerance \
+            else ""
+        head = (f"Until confident ({self.level:.0%}{tie}): {len(self.run.measurements)} points measured "
                 f"(budget {self.budget}); stopped: {self.stopped_because}")  # fmt: skip
         lines = [head]
         for s in self.steps:
@@ -145,9 +149,13 @@ def rank(source: PerfSource, profile: Any) -> tuple[list[PrefillPoint], list[Dec
 def decision_confidence(
     points: list[PrefillPoint], sweeps: list[DecodeSweep], sel: Selection, ttft_target_ms: float,
     itl_target_ms: float, *, source: PerfSource | None = None, draws: int = NUM_DRAWS, seed: int = 0,
+    tie_tolerance: float = 0.0,
 ) -> Decision:  # fmt: skip
     """P(the recommendation is right) by sampling ``source`` jointly (see the module docstring); without a
-    source, from the points' and sweeps' bands (one quantile per engine and phase, independent engines)."""
+    source, from the points' and sweeps' bands (one quantile per engine and phase, independent engines).
+    ``tie_tolerance``: in a draw the recommended engine is also right when its tokens/s/GPU is at least
+    (1 - tie_tolerance) x the best's there (an indifference zone: two engines within it are a tie that no
+    number of points may settle, and either serves the SLA at that cost)."""
     rng = np.random.default_rng(seed)
     queries = [LatencyQuery.ttft(p.candidate, p.isl) for p in points]
     queries += [
@@ -177,7 +185,11 @@ def decision_confidence(
         best_thpt[:, j] = t.max(axis=1)
     best_d = np.where(np.isfinite(best_thpt.max(axis=1)), np.argmax(best_thpt, axis=1), -1)
     rec_d = [s.candidate for s in sweeps].index(sel.best_decode.candidate)
-    right_p, right_d = best_p == rec_p, best_d == rec_d
+    keep = 1.0 - tie_tolerance
+    right_p = (best_p == rec_p) | (thpt[:, rec_p] >= keep * thpt.max(axis=1))  # -inf: misses the target
+    right_d = (best_d == rec_d) | (best_thpt[:, rec_d] >= keep * best_thpt.max(axis=1))
+    right_p &= np.isfinite(thpt[:, rec_p])
+    right_d &= np.isfinite(best_thpt[:, rec_d])
     return Decision(
         sel,
         float(np.mean(right_p)),
@@ -192,10 +204,11 @@ def decision_confidence(
 def run_until_confident(
     profile: Any, base: PerfSource, runner: Any, store: MeasurementStore, *, level: float, budget: int,
     calibrate_fn: Callable[[PerfSource, list[Measurement]], PerfSource], progress: bool | None = None,
+    tie_tolerance: float = 0.0,
 ) -> SequentialResult:  # fmt: skip
     """The loop for one study (``profile``: the raw estimate on ``base``); appends every result to ``store``."""
     spec = profile.spec
-    res = SequentialResult(level, budget)
+    res = SequentialResult(level, budget, tie_tolerance=tie_tolerance)
     pool = candidate_probes(profile, runner)
     first: list[Probe] = []
     for p in plan_probes(profile, budget=2, max_points_per_engine=1):  # the selected engines at the workload
@@ -236,7 +249,8 @@ def run_until_confident(
                     res.source = calibrate_fn(base, res.run.measurements)
                     points, sweeps, sel = rank(res.source, profile)
                     res.decision = decision_confidence(
-                        points, sweeps, sel, spec.ttft_ms, spec.itl_ms, source=res.source, seed=spec.seed
+                        points, sweeps, sel, spec.ttft_ms, spec.itl_ms, source=res.source, seed=spec.seed,
+                        tie_tolerance=tie_tolerance,
                     )
                     conf = res.decision.confidence
                 except CalibrationError as exc:

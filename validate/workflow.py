@@ -165,7 +165,8 @@ def run_validation(spec: Any) -> tuple[Profile, _BoundResult]:
     with store.exclusive(), make_runner(spec) as runner:  # a second run into this directory fails at once
         if v.until_confident is not None:
             sequential = run_until_confident(raw, base, runner, store, level=v.until_confident, budget=v.budget,
-                                             calibrate_fn=calibrate)  # fmt: skip
+                                             calibrate_fn=calibrate,
+                                             tie_tolerance=v.tie_tolerance)  # fmt: skip
             probes = Plan(s.probe for s in sequential.steps)
             run, recorded = sequential.run, []  # only what the loop measured: stopping early is the point
         else:

@@ -33,6 +33,8 @@ def _coerce(kind: str, name: str, value: Any, default: Any) -> Any:
     if not isinstance(value, str):
         return value
     try:
+        if isinstance(default, (int, float)) and not value.isascii():  # int() and float() take ٣ and ３ too
+            raise ValueError(value)
         if isinstance(default, bool):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(value)
@@ -51,6 +53,8 @@ def _coerce(kind: str, name: str, value: Any, default: Any) -> Any:
     except ValueError:
         raise SpecError(f"runner_options.{name}", f"{value!r} is not valid for the {kind} runner") from None
     if name in ("port", "repeats", "warmup_iters", "min_iters", "tp_size", "gpus") and value.isdigit():
+        if not value.isascii():  # ٨٠٠٠ (and ², which int() refuses with a traceback)
+            raise SpecError(f"runner_options.{name}", f"{value!r} is not valid for the {kind} runner")
         return int(value)
     return value
 
@@ -69,6 +73,9 @@ def runner_kwargs(
                 f"runner_options.{key}", f"unknown for the {kind} runner; known: {', '.join(sorted(allowed))}"
             )
         default = allowed[name].default
+        if value is None and default is not None:  # YAML `key:`: None would replace the runner's default
+            why = "" if default is inspect.Parameter.empty else "; remove the key to use the default"
+            raise SpecError(f"runner_options.{key}", f"null is not a value{why}")
         out[name] = _coerce(kind, name, value, None if default is inspect.Parameter.empty else default)
     return out
 
