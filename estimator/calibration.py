@@ -45,7 +45,7 @@ from .serving import ServingTerms
 from .sources.residual_gp import ResidualField
 from .study_file import unique_keys as study_unique_keys
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: log_attention (prefill attention scaled apart from the rest)
 KINDS = ("ttft", "tpot")  # TTFT (prefill / agg TTFT) and per-token decode time (decode ITL / agg TPOT)
 BAND_LEVEL = 0.9
 _MAX_LOG_RATIO = 50.0  # a draw beyond e^50 x the point (Student-t tails with few dof) is clipped there
@@ -57,11 +57,13 @@ MAX_SLOPE = 10.0
 
 @dataclass(frozen=True, slots=True)
 class Parts:
-    """A latency split into what each phase scale multiplies: prefill ms, decode ms and engine steps."""
+    """A latency split into what each phase scale multiplies: prefill ms, decode ms and engine steps;
+    ``attention_ms``: the part of ``prefill_ms`` that is attention (0 where the source does not split it)."""
 
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
     steps: float = 0.0
+    attention_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +89,12 @@ class Observation:
     noise_sd: float = 0.0
 
     @classmethod
-    def prefill(cls, engine: str, prefill_ms: float, isl: float, **kw: Any) -> Observation:
-        """TTFT of one request: one prefill, one engine step, one request overhead."""
-        return cls(engine, "ttft", Parts(prefill_ms, 0.0, 1.0), 1.0, isl, 1.0, isl, **kw)
+    def prefill(
+        cls, engine: str, prefill_ms: float, isl: float, attention_ms: float = 0.0, **kw: Any
+    ) -> Observation:
+        """TTFT of one request: one prefill (``attention_ms`` of it attention), one engine step, one request
+        overhead."""
+        return cls(engine, "ttft", Parts(prefill_ms, 0.0, 1.0, attention_ms), 1.0, isl, 1.0, isl, **kw)
 
     @classmethod
     def decode(cls, engine: str, decode_ms: float, batch: float, context: float, **kw: Any) -> Observation:
@@ -140,9 +145,10 @@ def predict_ms(obs: Observation, p: Parameters) -> float:
     a_d = math.exp(sh.alpha_decode + off.delta_decode + sh.beta_batch * math.log(max(obs.batch, 1.0) / 16.0)
                    + sh.beta_context * math.log(obs.context / 2048.0))  # fmt: skip
     step, over = math.exp(sh.log_step_ms + off.delta_step), math.exp(sh.log_overhead_ms)
+    attention = math.exp(sh.log_attention) - 1.0
 
     def lat(x: Parts) -> float:
-        return a_p * x.prefill_ms + a_d * x.decode_ms + step * x.steps
+        return a_p * (x.prefill_ms + attention * x.attention_ms) + a_d * x.decode_ms + step * x.steps
 
     if obs.burst is None or obs.sync is None:
         if obs.kind == "ttft":  # a prefill probe: its one step is a prefill step
@@ -203,6 +209,17 @@ class Predictive:
 
     def band(self, level: float = BAND_LEVEL) -> Band:
         return Band(self.point_ms, self.quantile(0.5 - level / 2), self.quantile(0.5 + level / 2))
+
+    def cdf(self, target_ms: float) -> float:
+        """P(value <= ``target_ms``): the draws' own marginal (clipped at e^+-50 as they are); log_sd 0 is
+        the point rule. Why: a lognormal through the band's ends is thinner-tailed than a t of few dof."""
+        x = math.log(target_ms / self.point_ms)
+        if x >= _MAX_LOG_RATIO or self.log_sd <= 0:
+            return float(self.point_ms <= target_ms * (1 + 1e-12))
+        if x < -_MAX_LOG_RATIO:
+            return 0.0
+        z = x / self.log_sd
+        return float(student_t.cdf(z, self.dof) if 0 < self.dof < math.inf else norm.cdf(z))
 
 
 @dataclass(frozen=True)
@@ -382,7 +399,8 @@ class Correction:
         a file edited by hand or corrupted is a ``CalibrationError`` naming the field, not a NaN band, an
         overflow or a LinAlgError later."""
         if d.get("format_version") != FORMAT_VERSION:
-            raise CalibrationError(f"calibration format {d.get('format_version')!r} is not {FORMAT_VERSION}")
+            raise CalibrationError(f"calibration format {d.get('format_version')!r} is not {FORMAT_VERSION}: "
+                                   "written by another version of sla-estimate; calibrate again")  # fmt: skip
         try:
             engines = d["engines"]
             if not isinstance(engines, list) or not all(isinstance(e, str) for e in engines):

@@ -57,6 +57,7 @@ GENERIC_SHARED = {
     "beta_sync_osl": (0.0, 1.0),
     "alpha_ttft": (0.0, 0.3),
     "log_prefill_step": (0.0, 1.5),
+    "log_attention": (0.0, 0.3),
 }
 assert tuple(GENERIC_SHARED) == SHARED_NAMES
 
@@ -344,8 +345,9 @@ LEVEL_PARAMETERS = ("alpha_prefill", "alpha_decode", "log_step_ms", "log_overhea
 SHAPE_PARAMETERS = ("beta_isl", "beta_batch", "beta_context")
 
 
-# Agg rows never see a prefill probe's step: what silicon families "learn" of it is their prior echoed back.
-UNOBSERVED_BY_AGG = ("log_prefill_step",)
+# Agg rows never see a prefill probe's step nor an attention part (their terms do not split it): what
+# silicon families "learn" of them is their prior echoed back.
+UNOBSERVED_BY_AGG = ("log_prefill_step", "log_attention")
 
 
 def transferable(learned: Mapping[str, tuple[float, float]], agg: bool) -> dict[str, tuple[float, float]]:

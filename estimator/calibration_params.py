@@ -32,6 +32,9 @@ class SharedParameters:
     # log ratio of a prefill probe's fixed step cost to a decode step's (decode runs CUDA graphs and a
     # sampler per step, prefill one eager pass: the base source's fixed costs differ by phase)
     log_prefill_step: float = 0.0
+    # log ratio of the prefill attention kernels' scale to the rest of prefill's (GEMMs, norms): attention's
+    # share of a prefill grows with ISL, and a runner's attention can miss AIC's by another factor
+    log_attention: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,8 @@ class VectorModel:
         def parts(which: str) -> np.ndarray:
             rows = [getattr(o, which) for o in observations]
             return np.array(
-                [[r.prefill_ms, r.decode_ms, r.steps] if r is not None else [0.0] * 3 for r in rows]
+                [[r.prefill_ms, r.decode_ms, r.steps, r.attention_ms] if r is not None else [0.0] * 4
+                 for r in rows]
             )
 
         self.steady, self.burst, self.sync = parts("steady"), parts("burst"), parts("sync")
@@ -59,9 +60,10 @@ class VectorModel:
                      + g("beta_context") * self.log_context)  # fmt: skip
         step = np.exp(g("log_step_ms") + off("delta_step"))
         over = np.exp(g("log_overhead_ms"))
+        attention = np.exp(g("log_attention")) - 1.0
 
         def lat(x: np.ndarray) -> np.ndarray:
-            return a_p * x[:, 0] + a_d * x[:, 1] + step * x[:, 2]
+            return a_p * (x[:, 0] + attention * x[:, 3]) + a_d * x[:, 1] + step * x[:, 2]
 
         steady = lat(self.steady)
         z = np.stack([np.zeros_like(steady), g("logit_burst") + g("beta_burst_osl") * self.log_osl + 0 * steady,

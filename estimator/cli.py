@@ -55,7 +55,7 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--confidence", metavar="LEVEL",
         help="pick the best engine (plan: size the cheapest fleet) whose probability of meeting every "
-             "target, from the source's bands or joint draws, is >= LEVEL, e.g. 0.9",
+             "target, from the source's own predictive (a calibration's posterior), is >= LEVEL, e.g. 0.9",
     )  # fmt: skip
     o = p.add_argument_group("output")
     o.add_argument(

@@ -8,9 +8,10 @@ a two-sided 90 % interval; zero width means certain). We read a band as a lognor
                                       sigma = (log high - log low) / (2 * 1.6449)
 
 so ``P(latency <= target) = Phi((log target - mu) / sigma)``. This needs nothing but the band, so it
-works for any source (raw AIC: certain; regression: the prior's width; calibration: its posterior)
-and keeps working when the way bands are computed changes. A zero-width band gives 1 when the value
-is within the target and 0 otherwise, i.e. the point-estimate rule.
+works for any source (raw AIC: certain; regression: the prior's width) and is the default of the
+source contract's ``PerfSource.prob_within``. A zero-width band gives 1 when the value is within the
+target and 0 otherwise, i.e. the point-estimate rule. A source whose predictive is not a lognormal
+(a calibration: Student-t in log, whose tails the band's ends do not show) answers with its own CDF.
 
 Several targets (TTFT and ITL) are combined by ``prob_all_within``: from the source's joint draws
 (``PerfSource.latency_draws``) when the source knows how its errors move together
@@ -55,15 +56,21 @@ def normal_cdf(x: Any) -> np.ndarray:
     return np.asarray(_ERFC(-np.asarray(x, dtype=float) / math.sqrt(2.0)), dtype=float) * 0.5
 
 
-def prob_within(target: float, low: Any, high: Any) -> np.ndarray:
-    """P(latency <= ``target``) for each band; elementwise over arrays of bands."""
-    if not target > 0 or not math.isfinite(target):
+def check_targets(target: Any) -> np.ndarray:
+    """``target`` as a float array, or ValueError unless every value is positive and finite."""
+    t = np.asarray(target, dtype=float)
+    if not np.all(t > 0) or not np.all(np.isfinite(t)):
         raise ValueError(f"target must be a positive finite number, got {target!r}")
+    return t
+
+
+def prob_within(target: Any, low: Any, high: Any) -> np.ndarray:
+    """P(latency <= ``target``) for each band; elementwise over arrays of bands (and of targets)."""
+    t = check_targets(target)
     mu, sigma = lognormal_from_band(low, high)
-    lt = math.log(target)
     safe = np.where(sigma > 0, sigma, 1.0)
-    p = normal_cdf((lt - mu) / safe)
-    certain = (np.exp(mu) <= target * (1 + 1e-12)).astype(float)
+    p = normal_cdf((np.log(t) - mu) / safe)
+    certain = (np.exp(mu) <= t * (1 + 1e-12)).astype(float)
     return np.where(sigma > 0, p, certain)
 
 
@@ -115,17 +122,15 @@ def prob_all_within(
     n: int = NUM_DRAWS, seed: int = 0,
 ) -> float:  # fmt: skip
     """P(every query's latency is within its target): from joint draws when the source has them
-    (``draws_are_joint``), else the product of the marginal probabilities from the bands (exact)."""
+    (``draws_are_joint``), else the product of the source's marginals (``PerfSource.prob_within``, exact)."""
     if len(queries) != len(targets_ms):
         raise ValueError("one target per query")
     if source.draws_are_joint:
         return prob_all_met(source.latency_draws(queries, n, np.random.default_rng(seed)), targets_ms)
-    lows, highs = source.query_bands(queries)
-    marginals = (prob_within(t, lo, hi) for t, lo, hi in zip(targets_ms, lows, highs, strict=True))
-    return float(prob_all(*marginals))
+    return float(prob_all(*source.prob_within(queries, targets_ms)))
 
 
 __all__ = [
-    "BAND_Z", "NUM_DRAWS", "band_draws", "draw", "lognormal_from_band", "prob_all", "prob_all_met",
-    "prob_all_within", "prob_within", "quantile",
+    "BAND_Z", "NUM_DRAWS", "band_draws", "check_targets", "draw", "lognormal_from_band", "prob_all",
+    "prob_all_met", "prob_all_within", "prob_within", "quantile",
 ]  # fmt: skip

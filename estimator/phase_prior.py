@@ -37,6 +37,11 @@ MIN_SD = 0.03  # floor of a learned spread (log units): two or three deployments
 # runner version) should move them with its own points, not be held near the others.
 LEVELS = ("alpha_prefill", "alpha_decode", "log_step_ms")
 LEVEL_MIN_SD = 0.2
+# The attention's scale relative to the rest of prefill gets the same wide floor: most deployments in the
+# evidence share one system and runner, whose attention kernels miss AIC's alike (H200: -0.2 ± 0.05);
+# another system's can miss otherwise (H100 TP2's curve wants +0.5). Two prefill points at short ISL
+# barely see attention, so its spread is what widens the band where attention dominates (long ISL).
+WIDE_SPREAD = (*LEVELS, "log_attention")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,8 @@ class DeploymentEvidence:
     shared: SharedParameters
     residuals: tuple[FieldPoint, ...]
     moe: bool  # the model's architecture class: evidence transfers only within a class (``same_class``)
+    # shared parameters an older evidence file did not fit (their defaults stand in): never learned from
+    missing: frozenset[str] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,12 +64,17 @@ class DeploymentEvidence:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DeploymentEvidence:
+    def from_dict(cls, d: Mapping[str, Any], allow_missing: bool = False) -> DeploymentEvidence:
+        """``allow_missing``: an older file's fit without some shared parameters (e.g. ``log_attention``)
+        is read with those marked ``missing``; otherwise such a fit is refused (ValueError)."""
         known = set(SharedParameters.__dataclass_fields__)
+        missing = frozenset(known - set(d["shared"]))
+        if missing and not allow_missing:
+            raise ValueError(f"evidence {d['name']!r}: shared parameters missing: {sorted(missing)}")
         shared = SharedParameters(**{k: float(v) for k, v in d["shared"].items() if k in known})
         if not isinstance(d["moe"], bool):
             raise ValueError(f"evidence {d['name']!r}: 'moe' must be true or false, not {d['moe']!r}")
-        return cls(str(d["name"]), shared, tuple(FieldPoint(**p) for p in d["residuals"]), d["moe"])
+        return cls(str(d["name"]), shared, tuple(FieldPoint(**p) for p in d["residuals"]), d["moe"], missing)
 
 
 def deployment_evidence(
@@ -102,7 +114,9 @@ def learned_prior(evidence: Sequence[DeploymentEvidence], prior: Prior) -> Prior
             continue
         kernel[kind] = (hyper, float(n))
     fits = [ev.shared for ev in evidence]
+    unfitted = frozenset().union(*(ev.missing for ev in evidence))  # keep the prior's: nothing learned them
     shared = {k: v for k, v in prior_from_fits(fits, prior, MIN_SD).items() if k in TRANSFERRED}
-    shared |= {k: v for k, v in prior_from_fits(fits, prior, LEVEL_MIN_SD).items() if k in LEVELS}
+    shared |= {k: v for k, v in prior_from_fits(fits, prior, LEVEL_MIN_SD).items() if k in WIDE_SPREAD}
+    shared = {k: v for k, v in shared.items() if k not in unfitted}
     out = prior.updated(shared) if shared else prior
     return replace(out, phase_kernel=kernel, ard_iterations=0 if shared else out.ard_iterations)

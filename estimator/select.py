@@ -1,15 +1,17 @@
 """Choose prefill and decode engines under the SLA, rank alternatives, derive planner bounds and replicas.
 
 Rule (Dynamo's, kept so results compare): among points whose latency meets the target, the highest
-tokens/s/GPU wins; if no point meets it, the lowest-latency point is returned with a warning. We also
-keep every candidate ranked (alternatives), and size the fleet for a target request rate through
-capacity planning (``capacity.py``: agg or disagg, queueing included).
+tokens/s/GPU wins; if no point meets it, the lowest-latency point is returned with a warning. With
+``--confidence L`` a point meets the target when P(latency <= target) >= L, that probability from the
+source itself (``PerfSource.prob_within``); if none does, the most probable point is returned (safety
+first; ties: the lower latency). We also keep every candidate ranked (alternatives), and size the fleet
+for a target request rate through capacity planning (``capacity.py``: agg or disagg, queueing included).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,8 +30,12 @@ def rate_text(requests_per_s: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PrefillChoice:
+    """A ranked prefill engine; ``p_meets``: P(TTFT <= target) from the source (``PerfSource.prob_within``),
+    or from the point's band when ranked without one; None: ranked on the point alone, no source given."""
+
     point: PrefillPoint
     meets_sla: bool
+    p_meets: float | None = None
 
     @property
     def candidate(self) -> Candidate:
@@ -49,6 +55,7 @@ class DecodeChoice:
     itl_low_ms: float
     itl_high_ms: float
     meets_sla: bool
+    p_meets: float | None = None  # P(ITL <= target), as ``PrefillChoice.p_meets``
 
     @property
     def kv_usage(self) -> float:
@@ -144,7 +151,8 @@ class Selection:
     sizing: Sizing | None
     warnings: tuple[str, ...]
     # P(the prefill pick meets TTFT and the decode pick meets ITL): from the source's joint draws where it
-    # has them, else the product of the two (``confidence.prob_all_within``); None: no source was given
+    # has them (capped at each pick's exact p_meets), else the product of the two
+    # (``confidence.prob_all_within``); None: no source was given
     p_meets_sla: float | None = None
 
     @property
@@ -174,6 +182,10 @@ def best_decode_point(sweep: DecodeSweep, itl_target_ms: float) -> DecodeChoice:
     ok = np.flatnonzero(sweep.itl_ms <= itl_target_ms)
     meets = ok.size > 0
     i = int(ok[np.argmax(sweep.thpt_per_gpu[ok])]) if meets else int(np.argmin(sweep.itl_ms))
+    return _decode_choice(sweep, i, meets)
+
+
+def _decode_choice(sweep: DecodeSweep, i: int, meets: bool, p_meets: float | None = None) -> DecodeChoice:
     return DecodeChoice(
         candidate=sweep.candidate,
         concurrency=int(sweep.concurrency[i]),
@@ -184,6 +196,7 @@ def best_decode_point(sweep: DecodeSweep, itl_target_ms: float) -> DecodeChoice:
         itl_low_ms=float(sweep.itl_low_ms[i]),
         itl_high_ms=float(sweep.itl_high_ms[i]),
         meets_sla=meets,
+        p_meets=p_meets,
     )
 
 
@@ -195,47 +208,76 @@ def rank_decode(sweeps: list[DecodeSweep], itl_target_ms: float) -> tuple[Decode
 
 
 # ---- decisions under uncertainty (``--confidence``) ---------------------------------------------
-def rank_prefill_confident(
-    points: list[PrefillPoint], ttft_target_ms: float, level: float
-) -> tuple[PrefillChoice, ...]:
-    """Like ``rank_prefill``, but a point meets the SLA when P(TTFT <= target) >= ``level`` (from its band)."""
+def prefill_probs(
+    points: list[PrefillPoint], ttft_target_ms: float, source: PerfSource | None = None
+) -> np.ndarray:
+    """P(TTFT <= target) of each point: from ``source``'s own predictive when given (a calibration's is
+    Student-t, heavier-tailed than its band shows), else from the point's band read as a lognormal."""
     from .confidence import prob_within
 
-    p_ok = [float(prob_within(ttft_target_ms, p.ttft_low_ms, p.ttft_high_ms)) >= level for p in points]
-    ok = [PrefillChoice(p, True) for p, good in zip(points, p_ok, strict=True) if good]
-    bad = [PrefillChoice(p, False) for p, good in zip(points, p_ok, strict=True) if not good]
-    ok.sort(key=lambda c: (-c.point.thpt_per_gpu, c.candidate.num_gpus))
-    bad.sort(key=lambda c: (c.point.ttft_ms, c.candidate.num_gpus))
+    if source is None:
+        return prob_within(ttft_target_ms, [p.ttft_low_ms for p in points], [p.ttft_high_ms for p in points])
+    return source.prob_within([LatencyQuery.ttft(p.candidate, p.isl) for p in points], ttft_target_ms)
+
+
+def sweep_probs(sweep: DecodeSweep, itl_target_ms: float, source: PerfSource | None = None) -> np.ndarray:
+    """P(ITL <= target) at each concurrency of ``sweep`` (see ``prefill_probs``)."""
+    from .confidence import prob_within
+
+    if source is None:
+        return prob_within(itl_target_ms, sweep.itl_low_ms, sweep.itl_high_ms)
+    queries = [LatencyQuery.itl(sweep.candidate, c, sweep.context_tokens) for c in sweep.concurrency]
+    return source.prob_within(queries, itl_target_ms)
+
+
+def rank_prefill_confident(
+    points: list[PrefillPoint], ttft_target_ms: float, level: float, source: PerfSource | None = None
+) -> tuple[PrefillChoice, ...]:
+    """Like ``rank_prefill``, but a point meets the SLA when P(TTFT <= target) >= ``level``
+    (``prefill_probs``); the rest by P (desc, safety first), then TTFT."""
+    probs = [float(x) for x in prefill_probs(points, ttft_target_ms, source)] if points else []
+    chosen = [PrefillChoice(pt, p >= level, p) for pt, p in zip(points, probs, strict=True)]
+    ok = sorted((c for c in chosen if c.meets_sla),
+                key=lambda c: (-c.point.thpt_per_gpu, c.candidate.num_gpus))  # fmt: skip
+    bad = sorted((c for c in chosen if not c.meets_sla),
+                 key=lambda c: (-(c.p_meets or 0.0), c.point.ttft_ms, c.candidate.num_gpus))  # fmt: skip
     return tuple(ok + bad)
 
 
-def best_decode_point_confident(sweep: DecodeSweep, itl_target_ms: float, level: float) -> DecodeChoice:
-    """Highest tokens/s/GPU whose P(ITL <= target) >= ``level``, else the lowest-ITL point (meets_sla False)."""
-    from .confidence import prob_within
-
-    ok = np.flatnonzero(prob_within(itl_target_ms, sweep.itl_low_ms, sweep.itl_high_ms) >= level)
+def best_decode_point_confident(
+    sweep: DecodeSweep, itl_target_ms: float, level: float, source: PerfSource | None = None
+) -> DecodeChoice:
+    """Highest tokens/s/GPU whose P(ITL <= target) >= ``level`` (``sweep_probs``), else the most probable
+    point, ties to the lower ITL (meets_sla False)."""
+    p = sweep_probs(sweep, itl_target_ms, source)
+    ok = np.flatnonzero(p >= level)
     meets = ok.size > 0
-    i = int(ok[np.argmax(sweep.thpt_per_gpu[ok])]) if meets else int(np.argmin(sweep.itl_ms))
-    return DecodeChoice(
-        candidate=sweep.candidate,
-        concurrency=int(sweep.concurrency[i]),
-        context_tokens=sweep.context_tokens,
-        itl_ms=float(sweep.itl_ms[i]),
-        thpt_per_gpu=float(sweep.thpt_per_gpu[i]),
-        kv_capacity_tokens=sweep.kv_capacity_tokens,
-        itl_low_ms=float(sweep.itl_low_ms[i]),
-        itl_high_ms=float(sweep.itl_high_ms[i]),
-        meets_sla=meets,
-    )
+    i = int(ok[np.argmax(sweep.thpt_per_gpu[ok])]) if meets else int(np.lexsort((sweep.itl_ms, -p))[0])
+    return _decode_choice(sweep, i, meets, float(p[i]))
 
 
 def rank_decode_confident(
-    sweeps: list[DecodeSweep], itl_target_ms: float, level: float
+    sweeps: list[DecodeSweep], itl_target_ms: float, level: float, source: PerfSource | None = None
 ) -> tuple[DecodeChoice, ...]:
-    best = [best_decode_point_confident(s, itl_target_ms, level) for s in sweeps]
+    """Each engine's ``best_decode_point_confident``: those that meet by tokens/s/GPU, the rest by P (desc),
+    then ITL."""
+    best = [best_decode_point_confident(s, itl_target_ms, level, source) for s in sweeps]
     ok = sorted((c for c in best if c.meets_sla), key=lambda c: (-c.thpt_per_gpu, c.candidate.num_gpus))
-    bad = sorted((c for c in best if not c.meets_sla), key=lambda c: (c.itl_ms, c.candidate.num_gpus))
+    bad = sorted((c for c in best if not c.meets_sla),
+                 key=lambda c: (-(c.p_meets or 0.0), c.itl_ms, c.candidate.num_gpus))  # fmt: skip
     return tuple(ok + bad)
+
+
+def with_probabilities(
+    prefill: tuple[PrefillChoice, ...], decode: tuple[DecodeChoice, ...], ttft_target_ms: float,
+    itl_target_ms: float, source: PerfSource,
+) -> tuple[tuple[PrefillChoice, ...], tuple[DecodeChoice, ...]]:  # fmt: skip
+    """The ranked choices with ``p_meets`` from ``source``: what the report prints for the point rule too."""
+    p_pre = source.prob_within([LatencyQuery.ttft(c.candidate, c.point.isl) for c in prefill], ttft_target_ms)
+    queries = [LatencyQuery.itl(c.candidate, c.concurrency, c.context_tokens) for c in decode]
+    p_dec = source.prob_within(queries, itl_target_ms)
+    return (tuple(replace(c, p_meets=float(p)) for c, p in zip(prefill, p_pre, strict=True)),
+            tuple(replace(c, p_meets=float(p)) for c, p in zip(decode, p_dec, strict=True)))  # fmt: skip
 
 
 def planner_bounds(
@@ -332,6 +374,14 @@ def _budget_sizing(
     return sizing, None
 
 
+def _fallback(candidate: Candidate, confidence: float | None, p_meets: float | None) -> str:
+    """Who the warning names when nothing meets a target: the closest point, or under ``--confidence``
+    the most probable one, with its probability."""
+    if confidence is None or p_meets is None:
+        return f"closest is {candidate.name}"
+    return f"most probable is {candidate.name} (P {math.floor(p_meets * 1e4) / 1e4:.4f})"  # down: below L
+
+
 def select(
     prefill_points: list[PrefillPoint],
     decode_sweeps: list[DecodeSweep],
@@ -348,28 +398,29 @@ def select(
 ) -> Selection:
     """``confidence`` (0-1): meeting a target means its probability is at least that (``rank_*_confident``).
     ``modes``: the serving modes a sized fleet may use (the planner's ``mode`` when the user fixes it).
-    ``source``: the source the points come from, for P(both picks meet their targets) (``p_meets_sla``).
+    ``source``: the source the points come from: every P (the confident rule's, each choice's ``p_meets``
+    and both picks' ``p_meets_sla``) is its own (``PerfSource.prob_within``, ``latency_draws``).
     ``gpu_budget``: the most GPUs the deployed fleet may take (DGDR ``hardware.totalGpus``)."""
     if not prefill_points or not decode_sweeps:
         raise ValueError("no candidate could be estimated for prefill and decode")
     if confidence is None:
         prefill = rank_prefill(prefill_points, ttft_target_ms)
         decode = rank_decode(decode_sweeps, itl_target_ms)
+        if source is not None:
+            prefill, decode = with_probabilities(prefill, decode, ttft_target_ms, itl_target_ms, source)
     else:
-        prefill = rank_prefill_confident(prefill_points, ttft_target_ms, confidence)
-        decode = rank_decode_confident(decode_sweeps, itl_target_ms, confidence)
+        prefill = rank_prefill_confident(prefill_points, ttft_target_ms, confidence, source)
+        decode = rank_decode_confident(decode_sweeps, itl_target_ms, confidence, source)
     warnings = []
     sure = "" if confidence is None else f" with probability >= {confidence:g}"
     if not prefill[0].meets_sla:
-        warnings.append(
-            f"no prefill engine meets TTFT {ttft_target_ms:g} ms{sure}; closest is {prefill[0].candidate.name} "
-            f"at {prefill[0].point.ttft_ms:.1f} ms"
-        )
+        warnings.append(f"no prefill engine meets TTFT {ttft_target_ms:g} ms{sure}; "
+                        f"{_fallback(prefill[0].candidate, confidence, prefill[0].p_meets)} "
+                        f"at {prefill[0].point.ttft_ms:.1f} ms")  # fmt: skip
     if not decode[0].meets_sla:
-        warnings.append(
-            f"no decode engine meets ITL {itl_target_ms:g} ms{sure}; closest is {decode[0].candidate.name} "
-            f"at {decode[0].itl_ms:.2f} ms (concurrency {decode[0].concurrency})"
-        )
+        warnings.append(f"no decode engine meets ITL {itl_target_ms:g} ms{sure}; "
+                        f"{_fallback(decode[0].candidate, confidence, decode[0].p_meets)} "
+                        f"at {decode[0].itl_ms:.2f} ms (concurrency {decode[0].concurrency})")  # fmt: skip
     bounds = planner_bounds(ttft_target_ms, prefill[0], decode[0], isl, osl)
     sizing = None
     request_rate = request_rate or None
@@ -400,4 +451,6 @@ def select(
         queries = [LatencyQuery.ttft(pick_p.candidate, pick_p.point.isl),
                    LatencyQuery.itl(pick_d.candidate, pick_d.concurrency, pick_d.context_tokens)]  # fmt: skip
         p_all = prob_all_within(source, queries, [ttft_target_ms, itl_target_ms])
+        # P(both) <= each exact marginal: the joint draws' sampling error must not print P(both) > P(prefill)
+        p_all = min([p_all] + [p for p in (pick_p.p_meets, pick_d.p_meets) if p is not None])
     return Selection(prefill, decode, bounds, sizing, tuple(warnings), p_all)

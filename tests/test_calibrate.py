@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from estimator.calibration import FORMAT_VERSION, Parameters, predict_ms
+from estimator.calibration import FORMAT_VERSION, Observation, Parameters, predict_ms
 from estimator.calibration_vector import VectorModel
 from estimator.candidates import Candidate, Mapping
 from estimator.errors import CalibrationError
@@ -281,13 +281,25 @@ def test_vectorised_model_agrees_with_the_reference_prediction(setup):
     ttft, tpot = predict_agg(truth, TP1, 16, 2000, 200, cfg)
     agg = Measurement(Probe(ProbeKind.AGG, STACK, TP4, isl=2000, osl=200, concurrency=16), "synthetic",
                       ttft_ms=ttft, tpot_ms=tpot)  # fmt: skip
-    obs = collect_observations(base, ms + [agg])[0]
+    obs = collect_observations(base, ms + [agg])[0] + [Observation.prefill("TP1", 10.0, 8192.0, 4.0)]
     names = cal.correction.mean.names
     rng = np.random.default_rng(0)
     theta = np.array([cal.correction.mean.values()[n] for n in names]) + rng.normal(0, 0.1, len(names))
     params = Parameters.from_values(dict(zip(names, theta, strict=True)), cal.correction.engines)
     ref = np.log([predict_ms(o, params) for o in obs])
     np.testing.assert_allclose(VectorModel(obs, names).log_pred(theta)[0], ref, rtol=1e-12, atol=1e-12)
+
+
+def test_attention_is_scaled_apart_from_the_rest_of_prefill():
+    """``log_attention`` scales only a prefill's attention part; AIC's part is its context-attention op."""
+    obs = Observation.prefill("TP1", 10.0, 8192.0, 4.0)
+    p = Parameters(dataclasses.replace(Parameters().shared, log_step_ms=-30.0, log_overhead_ms=-30.0,
+                                       log_attention=np.log(0.5)))  # fmt: skip
+    assert predict_ms(obs, p) == pytest.approx(6.0 + 0.5 * 4.0)
+    aic = AicSource(STACK)
+    total, attention = aic.prefill_ttft_ms(TP1, [256, 32768]), aic.prefill_attention_ms(TP1, [256, 32768])
+    assert np.all(attention > 0) and np.all(attention < total)
+    assert attention[1] / total[1] > attention[0] / total[0]  # its share grows with ISL
 
 
 def test_predictive_distribution_gives_the_band(setup):
@@ -312,3 +324,20 @@ def test_posterior_draws_move_little_when_the_covariance_moves_by_round_off():
     da, db = (_gaussian(np.random.default_rng(0), c, 400) for c in (a, b))
     assert np.max(np.abs(da - db)) < 1e-9
     assert np.allclose(np.cov(da.T), np.eye(2), atol=0.2)
+
+
+def test_a_failing_per_op_prefill_loses_only_the_attention_split(monkeypatch, caplog):
+    """AIC's per-op call failing where its total works: attention reads 0 for that engine (one warning)
+    and the prefill, the calibration and the profile go on."""
+    import aiconfigurator_core.sdk.engine as engine
+
+    def boom(self, **kw):
+        raise RuntimeError("per-op stream failed (simulated)")
+
+    monkeypatch.setattr(engine.EngineHandle, "run_static_per_op", boom)
+    aic = AicSource(STACK)
+    with caplog.at_level("WARNING", logger="estimator.sources.aic"):
+        assert np.all(aic.prefill_attention_ms(TP1, [512, 4096]) == 0.0)
+        assert np.all(aic.prefill_attention_ms(TP1, [8192]) == 0.0)
+    assert sum("per-op prefill of TP1 failed" in r.getMessage() for r in caplog.records) == 1
+    assert np.all(aic.prefill_ttft_ms(TP1, [512, 4096]) > 0)

@@ -227,8 +227,9 @@ def test_cli_plan_reports_the_probability_of_each_fleet(capsys, tmp_path):
 
 def test_plan_on_a_calibration_sizes_for_its_posterior(tmp_path, capsys):
     """A calibration from 8 of the committed H100 records (replay: 2 points per phase and engine), then
-    ``plan --confidence`` on it: the joint posterior draws of ``CalibratedSource`` size the fleet; the
-    point pick falls short (P 0.63 here). A scenario row and the profile's ``--request-rate`` sizing
+    ``plan --confidence 0.99`` on it: the joint posterior draws of ``CalibratedSource`` size the fleet; the
+    point pick falls short of 0.99 (P 0.63 in session 10, 0.945 once prefill attention was scaled apart).
+    A scenario row and the profile's ``--request-rate`` sizing
     give the same fleets. (On all 50 records the GPU runner's prior leaves the point pick at P 1.0.)"""
     from estimator.measurements import MeasurementStore
 
@@ -247,25 +248,25 @@ def test_plan_on_a_calibration_sizes_for_its_posterior(tmp_path, capsys):
     capsys.readouterr()
     cal = str(tmp_path / "calibration.json")
     plan = ["plan", *study, "--request-rate", "30", "--source", cal, "--json"]
-    assert main([*plan, "--confidence", "0.9"]) == 0
+    assert main([*plan, "--confidence", "0.99"]) == 0
     doc = json.loads(capsys.readouterr().out)
     best, point = doc["fleets"][0], doc["point_estimate_best"]
-    assert best["p_meets_sla"] >= 0.9 and 0.2 < doc["point_estimate_best_p_meets_sla"] < 0.9
+    assert best["p_meets_sla"] >= 0.99 and 0.2 < doc["point_estimate_best_p_meets_sla"] < 0.99
     assert best["total_gpus"] > point["total_gpus"]
     rows = tmp_path / "s.yaml"
     row = "model: meta-llama/Llama-3.1-8B, system: h100_sxm, isl: 3000, osl: 150, ttft: 200, itl: 20"
     row += f", source: {cal}, request_rate: 30"
-    rows.write_text(f"- {{name: sure, {row}, confidence: 0.9}}\n- {{name: point, {row}}}\n")
+    rows.write_text(f"- {{name: sure, {row}, confidence: 0.99}}\n- {{name: point, {row}}}\n")
     assert main(["plan", "--scenarios", str(rows), "-o", str(tmp_path / "sc"), "--no-plots", "--json"]) == 0
     sure, plain = json.loads(capsys.readouterr().out)
-    assert sure["p_meets_sla"] >= 0.9 and sure["confidence"] == 0.9 and "p_meets_sla" not in plain
+    assert sure["p_meets_sla"] >= 0.99 and sure["confidence"] == 0.99 and "p_meets_sla" not in plain
     assert sure["total_gpus"] == best["total_gpus"] and plain["total_gpus"] == point["total_gpus"]
     from estimator.pipeline import estimate
 
     spec = dict(STUDY, backend="vllm", source=cal, request_rate=30)
-    sure_profile = estimate(load_spec(None, confidence=0.9, **spec)).selection.sizing
+    sure_profile = estimate(load_spec(None, confidence=0.99, **spec)).selection.sizing
     point_profile = estimate(load_spec(None, **spec)).selection.sizing
-    assert sure_profile.p_meets_sla >= 0.9 and sure_profile.confidence == 0.9
+    assert sure_profile.p_meets_sla >= 0.99 and sure_profile.confidence == 0.99
     assert point_profile.p_meets_sla is None
     assert sure_profile.total_gpus == best["total_gpus"] and point_profile.total_gpus == point["total_gpus"]
 
@@ -282,14 +283,16 @@ def test_a_budget_fleet_runs_at_the_highest_rate_any_split_keeps_at_the_level(h1
     """200/12 ms in 16 GPUs: the quantile step's split and rate are stricter than the draws need. Every fleet
     is at the highest rate at which any split of the budget for its shape keeps P >= C (or at the point
     estimate's rate): on no split does 1 % more load keep the level. (Before: TP1 prefill + TP2 decode ran
-    10 + 3 at 61.3 requests/s, where 8 + 4 keep P >= 0.9 up to 73.2.)"""
+    10 + 3 at 61.3 requests/s, where 8 + 4 kept P >= 0.9 up to 73.2; since session 11's calibration, 7 + 4
+    at 67.3.)"""
     sla = Sla.means(200, 12)
     st, src, tables = _calibrated_study(h100_calibration, Load(gpu_budget=16), sla)
     w = fixed(3000, 150)
     odds = _Odds(drawn_tables(src, tables, SIZING_DRAWS), w, sla, w.arrival_cv2, 3.0)
     point_rate = {_shape(f.deployment): f.request_rate for f in st.point_result.fleets}
     labels = {f.label(): f.request_rate for f in st.result.fleets}
-    assert labels.get("8 x TP1 prefill + 4 x TP2 decode", 0.0) > 72
+    mixed = [rate for label, rate in labels.items() if label.endswith("x TP1 prefill + 4 x TP2 decode")]
+    assert mixed and mixed[0] > 61.3  # the quantile step's 10 + 3 rate, which the draws beat
     for f in st.result.fleets:
         assert f.total_gpus <= 16 and odds(f.deployment, f.request_rate, None) >= 0.9
         if f.request_rate == point_rate.get(_shape(f.deployment)):

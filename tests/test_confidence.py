@@ -44,9 +44,15 @@ def test_zero_width_band_is_the_point_rule():
 
 def test_elementwise_over_arrays():
     p = prob_within(20.0, np.array([16.0, 20.0, 30.0]), np.array([25.0, 20.0, 40.0]))
-    assert (
-        p[0] == pytest.approx(0.5) and p[1] == 1.0
-    )  # sqrt(16 * 25) = 20: the median and p[2] == pytest.approx(0.0, abs=1e-6)
+    assert p[0] == pytest.approx(0.5)  # sqrt(16 * 25) = 20: the median
+    assert p[1] == 1.0  # zero width at the target: the point rule
+    # band (30, 40): centre sqrt(1200) = 34.64, sigma ln(4/3) / 3.2897 = 0.08745; z = ln(20/34.64) / sigma
+    # = -6.28: P = 1.7e-10, not 0 (the old check sat in a comment)
+    z = math.log(20 / math.sqrt(1200)) / (math.log(40 / 30) / (2 * 1.6448536269514722))
+    assert 0 < p[2] < 1e-6 and p[2] == pytest.approx(0.5 * math.erfc(-z / math.sqrt(2)), rel=1e-9)
+    # one target per band too
+    q = prob_within(np.array([20.0, 19.0, 40.0]), np.array([16.0, 20.0, 30.0]), np.array([25.0, 20.0, 40.0]))
+    assert q[0] == pytest.approx(0.5) and q[1] == 0.0 and q[2] == pytest.approx(0.95)
 
 
 def test_joint_probability_is_the_product():
@@ -117,9 +123,11 @@ def test_confidence_pick_and_report_probability_through_the_band_methods():
     # the confident rule backs off to a concurrency whose ITL is at most 20 ms with probability >= 0.9
     d = b.selection.best_decode
     assert pb["decode"][0]["p_meets_itl"] >= 0.9 and d.concurrency < a.selection.best_decode.concurrency
-    assert pb["decode"][0]["p_meets_itl"] == pytest.approx(
-        float(prob_within(20.0, d.itl_low_ms, d.itl_high_ms))
-    )
+    # by hand, not through prob_within: band x(0.8, 1.25) around the point, centre the point, sigma SIGMA
+    assert pb["decode"][0]["p_meets_itl"] == pytest.approx(phi(math.log(20.0 / d.itl_ms) / SIGMA), abs=1e-9)
+    for rep, sel in ((pa, a.selection), (pb, b.selection)):
+        for x, c in zip(rep["prefill"], sel.prefill, strict=True):
+            assert x["p_meets_ttft"] == pytest.approx(phi(math.log(point.ttft_ms / c.point.ttft_ms) / SIGMA))
     assert pb["rule"] == "probability >= 0.9" and pa["rule"] == "point estimate"
     assert pb["pick"] == pytest.approx(pb["prefill"][0]["p_meets_ttft"] * pb["decode"][0]["p_meets_itl"])
     assert len(pb["decode"]) == len(b.selection.decode)  # the pick and every alternative

@@ -180,3 +180,173 @@ def test_decision_confidence_ranks_engines_on_joint_draws():
     assert joint.p_prefill == pytest.approx(0.997, abs=0.003)
     assert apart.p_prefill == pytest.approx(float(norm.cdf(math.log(2**0.2) / (math.sqrt(2 * 0.0113)))), abs=0.01)
     assert joint.confidence == pytest.approx(joint.p_prefill * joint.p_decode, abs=0.003)  # one decode engine
+
+
+# ---- P(meeting a target) from the source itself (``PerfSource.prob_within``) -------------------------------
+def tailed_study(dof: float = 1.9):
+    """Flat's engines through a correction whose predictive is a Student-t of ``dof`` (the bundled silicon
+    tails: 1.9 TTFT, 2.4 TPOT), prefill points TP1/TP2/TP4 and decode sweeps TP1/TP2."""
+    from estimator.surfaces import decode_sweep, prefill_point
+
+    src = CalibratedSource(Flat(STACK), correction(dof=dof))
+    points = [prefill_point(src, TP[n], 1024) for n in (1, 2, 4)]
+    sweeps = [decode_sweep(src, TP[n], 1024, 2048, num_points=8, cap=256) for n in (1, 2)]
+    return src, points, sweeps
+
+
+def draws_marginal(src, query, target_ms, n=200_000):
+    return float(np.mean(src.latency_draws([query], n, np.random.default_rng(7))[:, 0] <= target_ms))
+
+
+def test_calibrated_prob_within_is_the_predictives_own_cdf():
+    from scipy.stats import t as student_t
+
+    src = CalibratedSource(Flat(STACK), correction(dof=1.9))
+    qs = [LatencyQuery.ttft(TP[1], 1024), LatencyQuery.ttft(TP[4], 1024), LatencyQuery.itl(TP[2], 16, 2048)]
+    preds = src.correction.predictive(src._observations(qs))
+    targets = [1.5 * p.point_ms for p in preds]
+    want = [student_t.cdf(math.log(1.5) / p.log_sd, 1.9) for p in preds]
+    assert src.prob_within(qs, targets) == pytest.approx(want, rel=1e-9)
+    # and the joint draws' marginals (what plan --confidence and P(both) are computed from)
+    for q, t, w in zip(qs, targets, want, strict=True):
+        assert draws_marginal(src, q, t) == pytest.approx(w, abs=0.003)
+    # normal where there is no dof; a zero-spread predictive is the point rule
+    normal = CalibratedSource(Flat(STACK), correction(dof=0.0))
+    p0 = normal.correction.predictive(normal._observations(qs[:1]))[0]
+    want0 = norm.cdf(math.log(1.5) / p0.log_sd)
+    assert float(normal.prob_within(qs[:1], [1.5 * p0.point_ms])[0]) == pytest.approx(want0)
+    exact = CalibratedSource(Flat(STACK), correction(sd_alpha=0.0, sd_delta=0.0, noise=0.0))
+    assert list(exact.prob_within([qs[0], qs[0]], [100.0, 99.9])) == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("level", [0.99, 0.999])
+def test_confident_pick_meets_the_level_under_the_sources_own_tails(level):
+    """The targets sit where the band read as a lognormal gives TP1 (the most tokens/s/GPU) exactly ``level``:
+    the old rule (every P from the band, as ``source=None`` still does) certified TP1 there, whose P under the
+    calibration's own Student-t (dof 1.9: what its draws sample) is 0.972 at 0.99 and 0.983 at 0.999. The
+    pick must reach the level under the source's own model."""
+    from estimator.confidence import quantile
+    from estimator.select import best_decode_point_confident, rank_prefill_confident, select
+
+    src, points, sweeps = tailed_study()
+    ttft_t = float(quantile(level, points[0].ttft_low_ms, points[0].ttft_high_ms)) * 1.0001
+    itl_t = float(quantile(level, sweeps[0].itl_low_ms[0], sweeps[0].itl_high_ms[0])) * 1.0001
+    # the band reading (the old rule) certifies what the source's own model does not
+    old = rank_prefill_confident(points, ttft_t, level)[0]
+    assert old.candidate == TP[1] and old.meets_sla
+    assert draws_marginal(src, LatencyQuery.ttft(TP[1], 1024), ttft_t) < level - 0.01
+    assert best_decode_point_confident(sweeps[0], itl_t, level).meets_sla
+
+    sel = select(points, sweeps, ttft_target_ms=ttft_t, itl_target_ms=itl_t, isl=1024, osl=2048,
+                 confidence=level, source=src)  # fmt: skip
+    p = sel.best_prefill
+    tol = 3 * math.sqrt(level * (1 - level) / 200_000)
+    if p.meets_sla:
+        assert draws_marginal(src, LatencyQuery.ttft(p.candidate, 1024), ttft_t) >= level - tol
+    else:  # nothing reaches the level: the most probable engine, and the warning says so
+        assert p.p_meets == max(c.p_meets for c in sel.prefill)
+        assert any("most probable is" in w for w in sel.warnings)
+    assert p.candidate != TP[1] and p.p_meets >= sel.prefill[-1].p_meets
+    for c in sel.prefill:  # every certified engine, not only the pick
+        if c.meets_sla:
+            assert draws_marginal(src, LatencyQuery.ttft(c.candidate, 1024), ttft_t) >= level - tol
+    d = sel.best_decode  # ITL flat in batch: the level is out of reach of every point
+    assert not d.meets_sla and d.p_meets < level
+    assert draws_marginal(src, LatencyQuery.itl(d.candidate, d.concurrency, d.context_tokens), itl_t) == \
+        pytest.approx(d.p_meets, abs=0.003)  # fmt: skip
+
+
+def test_report_probabilities_are_the_sources_own():
+    """The report printed P(prefill) from the band (0.99 at the band's 0.99 point) next to P(both) from the
+    draws (0.972): P(both) above P(prefill). Now each marginal is the source's, and P(both) <= each."""
+    import types
+
+    from estimator.artifacts.report import sla_probability, sla_probability_lines
+    from estimator.confidence import quantile
+    from estimator.select import select
+
+    src, points, sweeps = tailed_study()
+    ttft_t = float(quantile(0.99, points[0].ttft_low_ms, points[0].ttft_high_ms))
+    for level in (None, 0.9):
+        sel = select(points, sweeps, ttft_target_ms=ttft_t, itl_target_ms=100.0, isl=1024, osl=2048,
+                     confidence=level, source=src)  # fmt: skip
+        spec = types.SimpleNamespace(ttft_ms=ttft_t, itl_ms=100.0, confidence=level, num_alternatives=2)
+        prof = types.SimpleNamespace(spec=spec, selection=sel)
+        rep = sla_probability(prof)
+        for x, c in zip(rep["prefill"], sel.prefill, strict=True):
+            own = draws_marginal(src, LatencyQuery.ttft(c.candidate, 1024), ttft_t)
+            assert x["p_meets_ttft"] == pytest.approx(own, abs=0.003)
+        assert rep["prefill"][0]["candidate"] == "TP1"  # the pick at both levels: P 0.972 >= 0.9
+        assert rep["prefill"][0]["p_meets_ttft"] == pytest.approx(0.9724, abs=0.001)
+        assert rep["pick"] <= min(rep["prefill"][0]["p_meets_ttft"], rep["decode"][0]["p_meets_itl"])
+        assert "prefill TP1 97.2%" in sla_probability_lines(prof)[0]
+
+
+def test_non_calibrated_sources_keep_the_band_reading():
+    """A source without its own ``prob_within`` answers from its bands, as before: the same P, picks and
+    report numbers whether selection is handed the source or reads the points' bands."""
+    import types
+
+    from estimator.artifacts.report import sla_probability
+    from estimator.confidence import prob_within as band_p
+    from estimator.select import select
+    from estimator.surfaces import decode_sweep, prefill_point
+
+    src = Flat(STACK)
+    qs = [LatencyQuery.ttft(TP[1], 1024), LatencyQuery.ttft(TP[2], 1024), LatencyQuery.itl(TP[1], 8, 2048)]
+    lo, hi = src.query_bands(qs)
+    targets = [90.0, 60.0, 11.0]
+    assert list(src.prob_within(qs, targets)) == [float(band_p(t, a, b)) for t, a, b in zip(targets, lo, hi)]
+    product = float(np.prod(band_p(np.array(targets), lo, hi)))
+    assert prob_all_within(src, qs, targets) == pytest.approx(product)
+    points = [prefill_point(src, TP[n], 1024) for n in (1, 2, 4)]
+    sweeps = [decode_sweep(src, TP[n], 1024, 2048, num_points=8, cap=256) for n in (1, 2)]
+    for level in (None, 0.5, 0.9, 0.999):
+        kw = {"ttft_target_ms": 80.0, "itl_target_ms": 11.0, "isl": 1024, "osl": 2048, "confidence": level}
+        with_src, bands = select(points, sweeps, source=src, **kw), select(points, sweeps, **kw)
+        spec = types.SimpleNamespace(ttft_ms=80.0, itl_ms=11.0, confidence=level, num_alternatives=2)
+        a = sla_probability(types.SimpleNamespace(spec=spec, selection=with_src))
+        b = sla_probability(types.SimpleNamespace(spec=spec, selection=bands))
+        assert a["prefill"] == b["prefill"] and a["decode"] == b["decode"]
+        assert a["pick"] == pytest.approx(b["pick"])
+        assert [c.candidate for c in with_src.prefill] == [c.candidate for c in bands.prefill]
+        assert [(c.candidate, c.concurrency) for c in with_src.decode] == [
+            (c.candidate, c.concurrency) for c in bands.decode]  # fmt: skip
+        for c in with_src.prefill:
+            assert c.p_meets == float(band_p(80.0, c.point.ttft_low_ms, c.point.ttft_high_ms))
+
+
+def test_nothing_reaches_the_level_falls_back_to_the_most_probable():
+    """TP1 measured (narrow band); TP2 never measured (its offsets' prior sd 0.2: a wide band) and a little
+    faster by its point. At L = 0.9 neither meets TTFT 104 ms / ITL 10.3 ms; the rule falls back to the most
+    probable engine (TP1: P 0.88 vs 0.67 prefill, 0.81 vs 0.65 decode), not the lowest point (TP2)."""
+    from estimator.select import select
+    from estimator.surfaces import decode_sweep, prefill_point
+
+    class Flat2(Flat):
+        def prefill_ttft_ms(self, candidate, isl):
+            return np.full(np.atleast_1d(isl).shape, 100.0 if candidate.num_gpus == 1 else 95.0)
+
+        def decode_itl_ms(self, candidate, batch, context):
+            shape = np.broadcast(np.atleast_1d(batch), np.atleast_1d(context)).shape
+            return np.full(shape, 10.0 if candidate.num_gpus == 1 else 9.5)
+
+    mean = Parameters(SharedParameters(log_step_ms=-30.0, log_overhead_ms=-30.0), {"TP1": EngineOffsets()})
+    noise = Noise({"ttft": 0.03, "tpot": 0.03}, {"ttft": 0.0, "tpot": 0.0}, {"ttft": 0.0, "tpot": 0.0})
+    prior_sd = {"delta_prefill": 0.2, "delta_decode": 0.2, "delta_ttft": 0.0, "delta_step": 0.0}
+    corr = Correction(mean, np.eye(len(mean.names)) * 1e-4, noise, prior_sd)
+    src = CalibratedSource(Flat2(STACK), corr)
+    points = [prefill_point(src, TP[n], 1024) for n in (1, 2)]
+    sweeps = [decode_sweep(src, TP[n], 1024, 2048, num_points=8, cap=256) for n in (1, 2)]
+    sel = select(points, sweeps, ttft_target_ms=104.0, itl_target_ms=10.3, isl=1024, osl=2048,
+                 confidence=0.9, source=src)  # fmt: skip
+    assert not sel.best_prefill.meets_sla and not sel.best_decode.meets_sla
+    assert [c.candidate for c in sel.prefill] == [TP[1], TP[2]]
+    assert [c.candidate for c in sel.decode] == [TP[1], TP[2]]
+    assert sel.best_prefill.p_meets == pytest.approx(0.88, abs=0.01) and sel.prefill[1].p_meets < 0.7
+    # within TP1's sweep: the concurrency whose ITL is most probably within target
+    sweep_p = src.prob_within([LatencyQuery.itl(TP[1], c, sweeps[0].context_tokens)
+                               for c in sweeps[0].concurrency], 10.3)  # fmt: skip
+    assert sel.best_decode.p_meets == pytest.approx(float(sweep_p.max()))
+    assert sel.best_decode.p_meets > sel.decode[1].p_meets
+    assert "most probable is TP1 (P 0.88" in sel.warnings[0] and "most probable is TP1" in sel.warnings[1]

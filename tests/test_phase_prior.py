@@ -243,3 +243,23 @@ def test_kriging_matches_scikit_learns_gaussian_process_where_no_parameter_is_sh
         ref_mean, ref_sd = gp.predict(features("tpot", 1.0, b, c)[None, :], return_std=True)
         assert mean == pytest.approx(float(ref_mean[0]), abs=1e-12)
         assert var == pytest.approx(float(ref_sd[0]) ** 2, rel=1e-9)
+
+
+def test_evidence_without_a_parameter_is_refused_or_never_learned_from():
+    """A fit from before ``log_attention`` existed must not teach it 0 +- 0.2 (the default standing in):
+    the bundled reader refuses it; an old file read on purpose (``allow_missing``) keeps that parameter's
+    prior while the others are learned."""
+    def old(name, alpha):
+        shared = dataclasses.asdict(dataclasses.replace(SharedParameters(), alpha_prefill=alpha))
+        shared.pop("log_attention")
+        return {"name": name, "moe": False, "shared": shared, "residuals": []}
+
+    with pytest.raises(ValueError, match="log_attention"):
+        DeploymentEvidence.from_dict(old("a|h200_sxm|vllm", 0.3))
+    evidence = [DeploymentEvidence.from_dict(old(f"{n}|h200_sxm|vllm", a), allow_missing=True)
+                for n, a in (("a", 0.3), ("b", 0.4), ("c", 0.5))]  # fmt: skip
+    assert evidence[0].missing == {"log_attention"}
+    learned = learned_prior(evidence, Prior())
+    generic = GENERIC_SHARED["log_attention"]
+    assert learned.shared["log_attention"] == Prior().shared["log_attention"] == generic
+    assert learned.shared["alpha_prefill"][0] == pytest.approx(0.4)

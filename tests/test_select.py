@@ -1,5 +1,7 @@
 """Selection, ranking, planner bounds and sizing on hand-made points with hand-computed answers."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -111,11 +113,52 @@ def test_decode_confident_backs_off_from_the_boundary():
     assert best_decode_point_confident(s, 20, 0.6).concurrency == 32
 
 
+def test_confident_fallback_is_the_most_probable_not_the_lowest_point():
+    """Nothing reaches 0.9; the rule falls back to the most probable option (safety first), not the lowest
+    point latency. TTFT 104 ms: TP2 point 95, band (68.1, 132.5): P = Phi(ln(104/94.99)/0.2024) = 0.673;
+    TP1 point 100, band (94.7, 105.6): P = Phi(ln(104/100.0)/0.0331) = 0.882."""
+    points = [pp_band(2, 95.0, 68.1, 132.5, 12000), pp_band(1, 100.0, 94.7, 105.6, 10000)]
+    ranked = rank_prefill_confident(points, 104.0, 0.9)
+    assert [c.candidate.name for c in ranked] == ["TP1", "TP2"] and not ranked[0].meets_sla
+    assert ranked[0].p_meets == pytest.approx(0.882, abs=0.002)
+    assert ranked[1].p_meets == pytest.approx(0.673, abs=0.002)
+    # within a sweep, ITL 10.3 ms: conc 1 at 9.5 band (6.8, 13.3) P 0.652; conc 8 at 10.0 band (9.47, 10.56)
+    # P 0.814; conc 32 at 12 band (11, 13) P ~0: the most probable is conc 8, not the lowest ITL (conc 1)
+    conc, itl = np.array([1.0, 8.0, 32.0]), np.array([9.5, 10.0, 12.0])
+    s1 = DecodeSweep(TP[1], 100_000, 3075, conc, itl, conc / itl * 1000, np.array([6.8, 9.47, 11.0]),
+                     np.array([13.3, 10.56, 13.0]))  # fmt: skip
+    c1 = best_decode_point_confident(s1, 10.3, 0.9)
+    assert (c1.concurrency, c1.meets_sla) == (8, False) and c1.p_meets == pytest.approx(0.814, abs=0.002)
+    # across engines: by P too. TP2 at conc 1 has the lowest ITL (9.5, band (6.8, 13.3), P 0.652)
+    s2 = DecodeSweep(TP[2], 100_000, 3075, conc[:1], itl[:1], conc[:1] / itl[:1] * 500, np.array([6.8]),
+                     np.array([13.3]))  # fmt: skip
+    sel = select(points, [s2, s1], ttft_target_ms=104.0, itl_target_ms=10.3, isl=3000, osl=150,
+                 confidence=0.9)  # fmt: skip
+    assert (sel.best_prefill.candidate.name, sel.best_decode.candidate.name) == ("TP1", "TP1")
+    assert "most probable is TP1 (P 0.88" in sel.warnings[0]
+    assert "most probable is TP1 (P 0.81" in sel.warnings[1]
+
+
+def test_confident_fallback_ties_go_to_the_lower_latency():
+    # one band (8, 12.5) for both points, centre 10: P(ITL <= 10) = 0.5 each; the lower ITL (conc 8) wins
+    conc, itl = np.array([1.0, 8.0]), np.array([10.0, 9.0])
+    s = DecodeSweep(TP[1], 100_000, 3075, conc, itl, conc / itl * 1000, np.full(2, 8.0), np.full(2, 12.5))
+    assert best_decode_point_confident(s, 10.0, 0.9).concurrency == 8
+    # zero-width bands all above the target (P 0 each): the lowest ITL, as the point rule
+    z = sweep(1, [1, 8, 32], [25, 22, 30])
+    assert best_decode_point_confident(z, 20.0, 0.9).concurrency == 8
+    assert best_decode_point(z, 20.0).concurrency == 8
+    points = [pp_band(1, 110.0, 80, 125, 12000), pp_band(2, 100.0, 80, 125, 10000)]
+    assert [c.candidate.name for c in rank_prefill_confident(points, 90.0, 0.9)] == ["TP2", "TP1"]
+
+
 def test_select_confidence_zero_width_bands_equal_point_rule():
     args = ([pp(1, 250, 12000), pp(2, 150, 10000)], [sweep(1, [1, 8, 32], [10, 15, 25])])
     kw = {"ttft_target_ms": 200, "itl_target_ms": 20, "isl": 3000, "osl": 150}
     a, b = select(*args, **kw), select(*args, **kw, confidence=0.9)
-    assert a.best_prefill == b.best_prefill and a.best_decode == b.best_decode
+    # the same picks; the confident rule also records their probability (certain: zero-width bands)
+    assert a.best_prefill.point == b.best_prefill.point and b.best_prefill.p_meets == 1.0
+    assert replace(a.best_decode, p_meets=1.0) == b.best_decode
 
 
 def test_select_confidence_warning_names_the_level():

@@ -108,6 +108,16 @@ def test_prefill_shape_positive_monotone(make):
             assert np.all(np.diff(ttft) >= 0), f"{src.name} {c.name}: TTFT falls as ISL grows: {ttft}"
 
 
+def test_prefill_attention_is_a_part_of_the_prefill(make):
+    # the calibration scales it apart (log_attention): it must be a share of the TTFT, never more
+    isl = np.array([128, 1024, 16384])
+    for src, cands in _each(make):
+        for c in cands:
+            att, ttft = src.prefill_attention_ms(c, isl), src.prefill_ttft_ms(c, isl)
+            assert att.shape == isl.shape and np.all(np.isfinite(att)) and np.all(att >= 0)
+            assert np.all(att < ttft), f"{src.name} {c.name}: attention {att} not below TTFT {ttft}"
+
+
 def test_decode_shape_positive_monotone(make):
     batch = np.array([1, 4, 16, 64, 256])
     for src, cands in _each(make):

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 PRIOR_FILE = Path(__file__).resolve().parents[1] / "models" / "calibration_prior.json"
 PRIOR_FORMAT_VERSION = 1  # of the prior file (shared parameter names unchanged since)
 PHASE_EVIDENCE_FILE = PRIOR_FILE.with_name("calibration_phase_evidence.json")
-PHASE_EVIDENCE_FORMAT_VERSION = 2  # 2: each deployment says whether its model is MoE
+PHASE_EVIDENCE_FORMAT_VERSION = 3  # 2: each deployment says whether its model is MoE; 3: fits log_attention
 
 
 def observations_for(
@@ -43,7 +43,9 @@ def observations_for(
     p, eng = m.probe, m.probe.candidate
     if p.kind is ProbeKind.PREFILL and m.ttft_ms:
         pf = float(source.prefill_ttft_ms(eng, [p.isl])[0])
-        return [Observation.prefill(eng.name, pf, p.isl, measured_ms=m.ttft_ms, noise_sd=_spread(m, "ttft"))]
+        att = float(source.prefill_attention_ms(eng, [p.isl])[0])
+        return [Observation.prefill(eng.name, pf, p.isl, att, measured_ms=m.ttft_ms,
+                                    noise_sd=_spread(m, "ttft"))]  # fmt: skip
     if p.kind is ProbeKind.DECODE and m.itl_ms:
         d = float(source.decode_itl_ms(eng, [p.concurrency], [p.context_tokens])[0])
         return [Observation.decode(eng.name, d, p.concurrency, p.context_tokens, measured_ms=m.itl_ms,

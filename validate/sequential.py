@@ -142,7 +142,7 @@ def rank(source: PerfSource, profile: Any) -> tuple[list[PrefillPoint], list[Dec
             "no candidate engine can be estimated for prefill and decode on the calibration"
         )
     sel = select(points, sweeps, ttft_target_ms=spec.ttft_ms, itl_target_ms=spec.itl_ms, isl=spec.isl,
-                 osl=spec.osl, confidence=spec.confidence)  # fmt: skip
+                 osl=spec.osl, confidence=spec.confidence, source=source)  # the profile's rule: same pick
     return points, sweeps, sel
 
 

@@ -353,24 +353,39 @@ def summary_text(profile: Any, *, validation: Any = None) -> str:
     return "\n".join(lines)
 
 
-# ---- probability of meeting the SLA (from each source's band, estimator/confidence.py) --------------
+# ---- probability of meeting the SLA (from the source itself: the selection's p_meets) --------------
+
+
+def _p_prefill(c: PrefillChoice, target_ms: float) -> float:
+    """The choice's P(TTFT <= target) from its source (``PerfSource.prob_within``, set by ``select``); a
+    selection made without a source: the point's band read as a lognormal (the default source's answer)."""
+    from ..confidence import prob_within
+
+    if c.p_meets is not None:
+        return c.p_meets
+    return float(prob_within(target_ms, c.point.ttft_low_ms, c.point.ttft_high_ms))
+
+
+def _p_decode(c: DecodeChoice, target_ms: float) -> float:
+    """As ``_p_prefill``, for P(ITL <= target)."""
+    from ..confidence import prob_within
+
+    return c.p_meets if c.p_meets is not None else float(prob_within(target_ms, c.itl_low_ms, c.itl_high_ms))
 
 
 def sla_probability(profile: Any) -> dict[str, Any]:
     """P(meeting the target) of the pick and every alternative, per phase, and of both picks together."""
-    from ..confidence import prob_within
-
     spec, sel = profile.spec, profile.selection
-    prefill = [{"rank": i + 1, "candidate": c.candidate.name,
-                "p_meets_ttft": float(prob_within(spec.ttft_ms, c.point.ttft_low_ms, c.point.ttft_high_ms))}
+    prefill = [{"rank": i + 1, "candidate": c.candidate.name, "p_meets_ttft": _p_prefill(c, spec.ttft_ms)}
                for i, c in enumerate(sel.prefill)]  # fmt: skip
     decode = [{"rank": i + 1, "candidate": c.candidate.name, "concurrency": c.concurrency,
-               "p_meets_itl": float(prob_within(spec.itl_ms, c.itl_low_ms, c.itl_high_ms))}
+               "p_meets_itl": _p_decode(c, spec.itl_ms)}
               for i, c in enumerate(sel.decode)]  # fmt: skip
     return {
         "rule": "point estimate" if spec.confidence is None else f"probability >= {spec.confidence:g}",
         "confidence": spec.confidence,
-        "band_model": "lognormal with the 90 % band as its 5 %/95 % points; both picks together from the "
+        "band_model": "each phase from the source's own predictive (a calibration: its Student-t; otherwise "
+                      "a lognormal with the 90 % band as its 5 %/95 % points); both picks together from the "
                       "source's joint draws where it has them (a calibration), else independent",
         "pick": sel.p_meets_sla if sel.p_meets_sla is not None
         else prefill[0]["p_meets_ttft"] * decode[0]["p_meets_itl"],
@@ -379,16 +394,23 @@ def sla_probability(profile: Any) -> dict[str, Any]:
     }
 
 
+def percent_down(p: float) -> str:
+    """``p`` in % rounded down to 0.1 %: rounding up printed 0.9979 as 100 % under a rule of 0.999, and
+    could print P(both) above P(prefill)."""
+    return f"{math.floor(p * 1000 + 1e-6) / 10:.1f}%"
+
+
 def sla_probability_lines(profile: Any) -> list[str]:
     d = sla_probability(profile)
     n = profile.spec.num_alternatives
-    alt_p = ", ".join(f"{x['candidate']} {x['p_meets_ttft']:.0%}" for x in d["prefill"][1 : n + 1])
-    alt_d = ", ".join(f"{x['candidate']} {x['p_meets_itl']:.0%}" for x in d["decode"][1 : n + 1])
+    pct = percent_down
+    alt_p = ", ".join(f"{x['candidate']} {pct(x['p_meets_ttft'])}" for x in d["prefill"][1 : n + 1])
+    alt_d = ", ".join(f"{x['candidate']} {pct(x['p_meets_itl'])}" for x in d["decode"][1 : n + 1])
     return [
-        f"Probability of meeting the SLA (rule: {d['rule']}): both picks {d['pick']:.0%}; "
-        f"prefill {d['prefill'][0]['candidate']} {d['prefill'][0]['p_meets_ttft']:.0%}"
+        f"Probability of meeting the SLA (rule: {d['rule']}): both picks {pct(d['pick'])}; "
+        f"prefill {d['prefill'][0]['candidate']} {pct(d['prefill'][0]['p_meets_ttft'])}"
         + (f" (alternatives: {alt_p})" if alt_p else "")
-        + f"; decode {d['decode'][0]['candidate']} {d['decode'][0]['p_meets_itl']:.0%}"
+        + f"; decode {d['decode'][0]['candidate']} {pct(d['decode'][0]['p_meets_itl'])}"
         + (f" (alternatives: {alt_d})" if alt_d else ""),
     ]
 

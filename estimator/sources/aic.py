@@ -21,6 +21,8 @@ from ..errors import DataNotAvailable, SourceError, SpecError
 from ..model import bundled_config_path
 from .base import PerfSource, Stack, as_positive_array
 
+log = logging.getLogger(__name__)
+
 _SDK_MODULE = "aiconfigurator_core.sdk"
 _DIST = "aiconfigurator-core"
 
@@ -130,6 +132,7 @@ class AicSource(PerfSource):
         _check_offline(stack.model)
         self._handles: dict[Candidate, Any] = {}
         self._kv: dict[Candidate, int] = {}
+        self._no_attention_split: set[Candidate] = set()  # per-op prefill failed: attention reads as 0
 
     def _quant_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {}
@@ -197,6 +200,28 @@ class AicSource(PerfSource):
         except Exception as exc:
             raise self._translate(candidate, exc) from exc
         return _checked(out, candidate, "prefill")
+
+    def prefill_attention_ms(self, candidate: Candidate, isl: Any) -> np.ndarray:
+        """The context-attention op of AIC's per-op prefill (``run_static_per_op``, the ops
+        ``predict_prefill_latency`` sums). An MLA model's attention is one ``context_mla_block`` op with
+        its projections (GEMMs): not split, 0. Where the per-op call fails but the total works, 0 for that
+        engine from then on (fit and prediction alike), with one warning: losing the split costs only
+        the attention term, not the engine's prefill."""
+        self.check_supported(candidate)
+        isl = as_positive_array("isl", isl)
+        if candidate in self._no_attention_split:
+            return np.zeros(isl.shape)
+        h = self.engine(candidate)
+        try:
+            ops = [h.run_static_per_op(batch_size=1, isl=int(round(x)), osl=1)[0] for x in isl]
+        except Exception as exc:
+            self.prefill_ttft_ms(candidate, isl)  # the total fails too: that error, not this one
+            self._no_attention_split.add(candidate)
+            first = (str(exc).splitlines() or [""])[0][:160]
+            log.warning("AIC's per-op prefill of %s failed (%s: %s); its attention is not scaled apart",
+                        candidate.name, type(exc).__name__, first)
+            return np.zeros(isl.shape)
+        return np.array([sum(v[1] for v in op if v[0] == "context_attention") for op in ops], dtype=float)
 
     def decode_itl_ms(self, candidate: Candidate, batch: Any, context: Any) -> np.ndarray:
         self.check_supported(candidate)

@@ -18,6 +18,12 @@ beyond the bands: each engine and phase gets one lognormal quantile from its ban
 independent of every other engine and phase (``draws_are_joint`` False). A source that knows how its errors
 move together (a calibration: one scale per phase shared by the engines) overrides it and says so.
 
+and the marginal probability of meeting a target, ``prob_within(queries, targets_ms)``, which the
+``--confidence`` rule and the report use. The default reads each band as a lognormal through its ends
+(``estimator/confidence.py``); a source whose predictive has another shape (a calibration: Student-t
+tails) answers with its exact CDF, so a decision certified at level L has P >= L under the source's own
+model, the one its joint draws sample.
+
 Every source answers the bands through this one interface (surfaces, selection and capacity planning
 never ask which source they hold): a raw model (AIC, roofline) has zero width, a regression its
 prediction interval, a calibration its posterior. Unsupported engines raise ``DataNotAvailable``, never NaN.
@@ -125,6 +131,11 @@ class PerfSource(ABC):
     def kv_capacity_tokens(self, candidate: Candidate) -> int:
         """KV-cache capacity of the whole engine in tokens; 0 when the weights do not fit."""
 
+    def prefill_attention_ms(self, candidate: Candidate, isl: Any) -> np.ndarray:
+        """The attention kernels' part of ``prefill_ttft_ms`` per ISL, ms. Why: a calibration scales it
+        apart from the rest (its share grows with ISL). Default: a source that does not split it, 0."""
+        return np.zeros(as_positive_array("isl", isl).shape)
+
     # ---- bands (part of the contract; this default is a raw model's zero width) ----------------
     def prefill_ttft_band(self, candidate: Candidate, isl: Any) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) 90 % TTFT band in ms per ISL. A source that knows its uncertainty overrides this."""
@@ -153,6 +164,16 @@ class PerfSource(ABC):
         lows, highs = self.query_bands(queries)
         groups = [(q.candidate.name, q.kind) for q in queries]
         return band_draws(lows, highs, groups, n, rng)
+
+    def prob_within(self, queries: Sequence[LatencyQuery], targets_ms: Any) -> np.ndarray:
+        """P(latency <= target) of each query on its own (one target per query, or one for all), shape
+        (len(queries),). Default: the query's band read as a lognormal through its 5 %/95 % ends; a
+        zero-width band gives the point rule (1 within the target, else 0)."""
+        from ..confidence import prob_within
+
+        targets = np.broadcast_to(np.asarray(targets_ms, dtype=float), (len(queries),))
+        lows, highs = self.query_bands(queries)
+        return prob_within(targets, lows, highs)
 
     def query_bands(self, queries: Sequence[LatencyQuery]) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) 90 % band of each query, asked per (engine, kind) in one vectorised call."""

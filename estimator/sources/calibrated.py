@@ -5,6 +5,8 @@ only turns the ``PerfSource`` questions into ``Observation`` queries of it, so s
 artifacts run on a calibrated source unchanged, with the correction's posterior as the band. Measured
 KV capacities replace the base source's estimate. Joint draws (``latency_draws``) come from the
 correction's posterior (``Correction.sample``): a shared phase scale moves every engine together.
+Marginal probabilities (``prob_within``) are the exact CDF of the same predictive (``Predictive``: Student-t
+in log), not the lognormal through the band's ends the default reads, which is thinner-tailed.
 A calibration file records the full stack (model, system, backend, version, quantisation) and the base
 source it was fitted on; loading it on another stack or another base source raises ``CalibrationError``.
 """
@@ -20,6 +22,7 @@ import numpy as np
 
 from ..calibration import Band, Correction, Observation, unique_keys
 from ..candidates import Candidate
+from ..confidence import check_targets
 from ..errors import CalibrationError
 from .base import LatencyQuery, PerfSource, Stack, as_positive_array, group_queries
 
@@ -39,9 +42,9 @@ class CalibratedSource(PerfSource):
     def _prefill(self, candidate: Candidate, isl: Any) -> list[Observation]:
         isl = as_positive_array("isl", isl)
         base = self.base.prefill_ttft_ms(candidate, isl)
-        return [
-            Observation.prefill(candidate.name, float(p), float(x)) for p, x in zip(base, isl, strict=True)
-        ]
+        attention = self.base.prefill_attention_ms(candidate, isl)
+        return [Observation.prefill(candidate.name, float(p), float(x), float(a))
+                for p, x, a in zip(base, isl, attention, strict=True)]  # fmt: skip
 
     def _decode(self, candidate: Candidate, batch: Any, context: Any) -> list[Observation]:
         b, ctx = np.broadcast_arrays(as_positive_array("batch", batch), as_positive_array("context", context))
@@ -63,8 +66,8 @@ class CalibratedSource(PerfSource):
     ) -> tuple[np.ndarray, np.ndarray]:
         return _low_high(self.correction.bands(self._decode(candidate, batch, context)))
 
-    def latency_draws(self, queries: Sequence[LatencyQuery], n: int, rng: np.random.Generator) -> np.ndarray:
-        """Joint draws from the correction's posterior (``Correction.sample``), shape (n, len(queries))."""
+    def _observations(self, queries: Sequence[LatencyQuery]) -> list[Observation]:
+        """One observation per query, in order, built per (engine, kind) in one vectorised base call."""
         obs: list[Observation | None] = [None] * len(queries)
         for (cand, kind), idx in group_queries(queries).items():
             qs = [queries[i] for i in idx]
@@ -74,7 +77,18 @@ class CalibratedSource(PerfSource):
                 made = self._decode(cand, [q.batch for q in qs], [q.context for q in qs])
             for i, o in zip(idx, made, strict=True):
                 obs[i] = o
-        return self.correction.sample([o for o in obs if o is not None], n, rng)
+        return [o for o in obs if o is not None]
+
+    def latency_draws(self, queries: Sequence[LatencyQuery], n: int, rng: np.random.Generator) -> np.ndarray:
+        """Joint draws from the correction's posterior (``Correction.sample``), shape (n, len(queries))."""
+        return self.correction.sample(self._observations(queries), n, rng)
+
+    def prob_within(self, queries: Sequence[LatencyQuery], targets_ms: Any) -> np.ndarray:
+        """P(latency <= target) per query from the correction's predictive itself (the draws' marginals):
+        with the tails of a t of few dof a lognormal through the band's ends overstates P beyond 0.95."""
+        targets = np.broadcast_to(check_targets(targets_ms), (len(queries),))
+        preds = self.correction.predictive(self._observations(queries)) if queries else []
+        return np.array([p.cdf(float(t)) for p, t in zip(preds, targets, strict=True)])
 
     def kv_capacity_tokens(self, candidate: Candidate) -> int:
         if candidate.name in self.kv_tokens:
