@@ -43,6 +43,10 @@ SHAPES = {  # name -> (model id the records carry, config dir)
     "qwen3_1_7b": ("Qwen/Qwen3-1.7B", "models/configs/Qwen--Qwen3-1.7B"),
     "qwen3_0_6b": ("Qwen/Qwen3-0.6B", "models/configs/Qwen--Qwen3-0.6B"),
     "qwen3_30b_a3b": ("Qwen/Qwen3-30B-A3B", "models/configs/Qwen--Qwen3-30B-A3B"),  # MoE: 128 experts, top 8
+    # a seventh dense shape (Qwen3-4B's): the text decoder of Qwen3-VL-4B, whose AIC config is the only 4B one
+    # AIC 0.12.0 estimates offline; built as Qwen3ForCausalLM from its text_config (for text-only input the
+    # VL decoder's M-RoPE positions equal plain RoPE's and its deepstack image injection does nothing)
+    "qwen3_vl_4b": ("Qwen/Qwen3-VL-4B-Instruct", "models/configs/Qwen--Qwen3-VL-4B-Instruct-text"),
 }
 DEFAULT_SHAPES = ("llama31_8b", "qwen3_32b")  # issue 13's study
 ISLS = (256, 512, 1024, 2048, 4096, 8192)
