@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ import yaml
 from estimator.artifacts import deployment_of, write_artifacts
 from estimator.artifacts.planner_config import DYNAMO_DEFAULT_GPU_BUDGET, PLANNER_FIELDS
 from estimator.deployment import Deployment
+from estimator.errors import SpecError
 from estimator.pipeline import estimate, surface_engines
 from estimator.spec import load_spec
 
@@ -246,3 +248,94 @@ def test_a_load_target_gets_the_deployed_engines_thresholds_and_dynamo_accepts_i
     p_choice = next(c for c in profile.selection.prefill if c.candidate == prefill)
     queue = (1.2 * 200 / p_choice.point.ttft_ms - 1) * 3000  # requests of ISL tokens that fit in 1.2 x TTFT
     assert ours["prefill_scale_up_queue_tokens"] == max(2, round(queue))
+
+
+_VALIDATE = """
+import json, sys
+from dynamo.planner.config.planner_config import PlannerConfig
+from pydantic import ValidationError
+out = []
+for cfg in json.load(open(sys.argv[1])):
+    try:
+        PlannerConfig.model_validate(cfg)
+        out.append(None)
+    except ValidationError as exc:
+        out.append(str(exc).splitlines()[-2][:300])
+print(json.dumps(out))
+"""
+# planner args that Dynamo's PlannerConfig refuses together, and the phrase of our one-line refusal
+_CROSS_FIELD = [
+    ("disagg", {"mode": "prefill", "decode_min_endpoint": "1"}, "decode_min_endpoint: is not supported"),
+    ("disagg", {"mode": "decode", "prefill_min_endpoint": "1"}, "prefill_min_endpoint: is not supported"),
+    ("agg", {"prefill_min_endpoint": "1"}, "use min_endpoint"),
+    ("disagg", {"report_interval_hours": "0"}, "report_interval_hours: must be a positive number"),
+    ("disagg", {"fpm_sample_bucket_size": "15"}, "fpm_sample_bucket_size: must be a perfect square"),
+    ("disagg", {"enable_power_awareness": "true"}, "total_gpu_power_limit: is required"),
+    ("disagg", {"enable_power_awareness": "true", "total_gpu_power_limit": "9000", "environment": "virtual"},
+     "needs environment kubernetes"),
+    ("agg", {"enable_power_awareness": "true", "total_gpu_power_limit": "9000"},
+     "not supported with mode 'agg'"),
+    ("disagg", {"environment": "global-planner"}, "global_planner_namespace: is required"),
+    ("disagg", {"enable_throughput_scaling": "false"}, "both off: no scaling at all"),
+    ("disagg", {"enable_load_scaling": "true", "load_adjustment_interval_seconds": "180"}, "must be shorter"),
+    ("disagg", {"throughput_adjustment_interval_seconds": "0"}, "must be > 0"),
+]  # fmt: skip
+# combinations Dynamo accepts and we must not refuse
+_ACCEPTED = [
+    ("disagg", {"prefill_min_endpoint": "1", "decode_min_endpoint": "2"}),
+    ("agg", {"min_endpoint": "1"}),
+    ("disagg", {"fpm_sample_bucket_size": "25", "report_interval_hours": "0.5"}),
+    ("disagg", {"enable_load_scaling": "true", "load_adjustment_interval_seconds": "10"}),
+    ("disagg", {"enable_throughput_scaling": "false", "enable_load_scaling": "true",
+                "load_adjustment_interval_seconds": "600"}),
+    ("disagg", {"environment": "global-planner", "global_planner_namespace": "gp"}),
+    ("disagg", {"optimization_target": "latency", "enable_throughput_scaling": "false"}),
+]  # fmt: skip
+
+
+def _planner(mode, args=()):
+    from estimator.artifacts.planner_config import planner_config
+
+    return planner_config(mode=mode, backend="vllm", model="Qwen/Qwen3-32B", ttft_ms=200.0, itl_ms=20.0,
+                          prefill_num_gpus=None if mode == "agg" else 1, decode_num_gpus=2, profile_data=True,
+                          planner_args=tuple(args))  # fmt: skip
+
+
+def _dynamo_verdicts(configs, tmp_path):
+    path = tmp_path / "configs.json"
+    path.write_text(json.dumps(configs))
+    proc = subprocess.run([str(DYNAMO_PYTHON), "-c", _VALIDATE, str(path)], capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_cross_field_rules_are_dynamos_refused_in_one_line(tmp_path):
+    """Each combination Dynamo 1.6.1's PlannerConfig refuses (its Planner pod would crash-loop) is a
+    SpecError naming the field here, and Dynamo itself refuses the config we would otherwise write; the
+    combinations it accepts pass both."""
+    from estimator.artifacts.planner_config import user_settings
+
+    bad, fields = [], []
+    for mode, args, phrase in _CROSS_FIELD:
+        with pytest.raises(SpecError, match=re.escape(phrase)) as err:
+            _planner(mode, args.items())
+        fields.append(err.value.field.removeprefix("planner_args."))
+        bad.append({**_planner(mode), **user_settings(tuple(args.items()))})
+    good = [_planner(mode, args.items()) for mode, args in _ACCEPTED]
+    verdicts = _dynamo_verdicts(bad + good + [_planner("disagg"), _planner("agg")], tmp_path)
+    refused, accepted = verdicts[: len(bad)], verdicts[len(bad) :]
+    for field, why in zip(fields, refused, strict=True):
+        assert why is not None and field in why, (field, why)  # Dynamo refuses it, for the same field
+    assert all(v is None for v in accepted), accepted
+
+
+def test_the_rules_defaults_are_dynamos():
+    from estimator.artifacts.planner_config import DYNAMO_RULE_DEFAULTS
+
+    code = ("import json; from dynamo.planner.config.defaults import SLAPlannerDefaults as d; "
+            f"print(json.dumps({{k: getattr(d, k) for k in {sorted(DYNAMO_RULE_DEFAULTS)!r}}}))")  # fmt: skip
+    proc = subprocess.run([str(DYNAMO_PYTHON), "-c", code], capture_output=True, text=True, timeout=300,
+                          check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == DYNAMO_RULE_DEFAULTS

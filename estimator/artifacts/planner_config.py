@@ -99,6 +99,16 @@ _RETIRED = {"aic_perf_model": "retired in Dynamo 1.6 (use pre_deployment_sweepin
 # workers take more GPUs than its budget (tests/test_dynamo_planner.py checks the value against the wheel)
 DYNAMO_DEFAULT_GPU_BUDGET = 8
 _OWNED = frozenset({"prefill_engine_num_gpu", "decode_engine_num_gpu", "profile_results_dir", "backend"})
+# SLAPlannerDefaults of ai-dynamo 1.6.1 that PlannerConfig's cross-field rules read when a field is left
+# out (tests/test_dynamo_planner.py compares them with the wheel's)
+DYNAMO_RULE_DEFAULTS: dict[str, Any] = {
+    "enable_throughput_scaling": True,
+    "enable_load_scaling": False,
+    "load_adjustment_interval_seconds": 5,
+    "throughput_adjustment_interval_seconds": 180,
+    "fpm_sample_bucket_size": 16,
+}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 PROFILE_DATA_MOUNT = "/workspace/profiling_results"
 PLANNER_CONFIG_MOUNT = "/workspace/planner_config"
 
@@ -205,6 +215,7 @@ def planner_config(
     cfg.update(user)
     if cfg.get("optimization_target") == "load":
         _fill_load_thresholds(cfg, load_thresholds or {})
+    _check_cross_fields(cfg)
     chosen = cfg["max_gpu_budget"]
     if not isinstance(chosen, int) or isinstance(chosen, bool) or chosen < -1:
         raise SpecError("planner_args.max_gpu_budget", f"expected an integer >= -1 (-1: no limit), got {chosen!r}")
@@ -212,6 +223,65 @@ def planner_config(
         raise SpecError("planner_args.max_gpu_budget", f"{chosen} is below the {deployed_gpus} GPUs the fleet "
                         "deploys; Dynamo's Planner would refuse to start")  # fmt: skip
     return cfg
+
+
+def _flag(cfg: dict[str, Any], name: str) -> bool | None:
+    """A boolean field as Dynamo reads it (its default when left out); None: not a boolean (Dynamo's own
+    type check refuses it, with its message)."""
+    v = cfg.get(name, DYNAMO_RULE_DEFAULTS.get(name, False))
+    if isinstance(v, bool):
+        return v
+    text = str(v).strip().lower()
+    return True if text in _TRUE else False if text in _FALSE else None
+
+
+def _number(cfg: dict[str, Any], name: str) -> float | None:
+    v = cfg.get(name, DYNAMO_RULE_DEFAULTS.get(name))
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _check_cross_fields(cfg: dict[str, Any]) -> None:
+    """Dynamo 1.6.1 ``PlannerConfig._validate_config``'s rules between fields, so that a combination its
+    Planner would refuse (the pod crash-loops at start) is one line here instead. Left to Dynamo: field
+    types, ``ais_perf_model``'s roles (validated by AISimulate, not installed here) and a user-given
+    ``scheduling``; tests/test_dynamo_planner.py checks each rule here against the wheel's own refusal."""
+    mode = cfg["mode"]
+    given = {k for k in ("prefill_min_endpoint", "decode_min_endpoint") if cfg.get(k) is not None}
+    wrong = {"prefill": {"decode_min_endpoint"}, "decode": {"prefill_min_endpoint"},
+             "agg": {"prefill_min_endpoint", "decode_min_endpoint"}}.get(mode, set()) & given  # fmt: skip
+    if wrong:
+        hint = "; use min_endpoint" if mode == "agg" else ""
+        raise SpecError(f"planner_args.{sorted(wrong)[0]}", f"is not supported when mode is {mode!r}{hint}")
+    hours = cfg.get("report_interval_hours")  # infinities and NaN are refused as JSON already
+    if hours is not None and not (_number(cfg, "report_interval_hours") or 0.0) > 0:
+        raise SpecError("planner_args.report_interval_hours", f"must be a positive number, got {hours!r}")
+    bucket = cfg.get("fpm_sample_bucket_size", DYNAMO_RULE_DEFAULTS["fpm_sample_bucket_size"])
+    square = isinstance(bucket, int) and not isinstance(bucket, bool) and bucket >= 0
+    if square and math.isqrt(bucket) ** 2 != bucket:
+        raise SpecError("planner_args.fpm_sample_bucket_size", f"must be a perfect square, got {bucket}")
+    if _flag(cfg, "enable_power_awareness"):
+        if cfg.get("total_gpu_power_limit") is None:
+            raise SpecError("planner_args.total_gpu_power_limit", "is required with enable_power_awareness")
+        if cfg.get("environment") != "kubernetes":
+            raise SpecError("planner_args.environment", "enable_power_awareness needs environment kubernetes")
+        if mode == "agg":
+            raise SpecError("planner_args.enable_power_awareness", "is not supported with mode 'agg'")
+    if cfg.get("environment") == "global-planner" and not cfg.get("global_planner_namespace"):
+        raise SpecError("planner_args.global_planner_namespace", "is required with environment "
+                        "global-planner")  # fmt: skip
+    throughput, load = _flag(cfg, "enable_throughput_scaling"), _flag(cfg, "enable_load_scaling")
+    if cfg.get("optimization_target") != "sla":  # Dynamo's easy modes force load scaling on, throughput off
+        throughput, load = False, True
+    if throughput is False and load is False:
+        raise SpecError("planner_args.enable_load_scaling", "enable_throughput_scaling and "
+                        "enable_load_scaling are both off: no scaling at all")  # fmt: skip
+    t_int = _number(cfg, "throughput_adjustment_interval_seconds")
+    l_int = _number(cfg, "load_adjustment_interval_seconds")
+    if throughput and t_int is not None and t_int <= 0:
+        raise SpecError("planner_args.throughput_adjustment_interval_seconds", f"must be > 0, got {t_int:g}")
+    if throughput and load and t_int is not None and l_int is not None and l_int >= t_int:
+        raise SpecError("planner_args.load_adjustment_interval_seconds", f"{l_int:g} s must be shorter "
+                        f"than throughput_adjustment_interval_seconds ({t_int:g} s)")  # fmt: skip
 
 
 def _fill_load_thresholds(cfg: dict[str, Any], ours: dict[str, int | float]) -> None:
@@ -232,4 +302,6 @@ def _fill_load_thresholds(cfg: dict[str, Any], ours: dict[str, int | float]) -> 
             raise SpecError(f"planner_args.{up}", f"optimization_target load needs it above {down}: {vals}")
 
 
-__all__ = ["PLANNER_FIELDS", "PROFILE_DATA_MOUNT", "planner_config", "user_settings"]
+__all__ = [
+    "DYNAMO_RULE_DEFAULTS", "PLANNER_FIELDS", "PROFILE_DATA_MOUNT", "planner_config", "user_settings"
+]  # fmt: skip
