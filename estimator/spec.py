@@ -54,6 +54,7 @@ QUANT_MODES = (
 )
 KV_QUANT_MODES = ("bfloat16", "float16", "fp8", "int8")
 RUNNER_KINDS = ("replay", "endpoint", "local", "k8s", "gpu")
+DEFAULT_TIE_TOLERANCE = 0.02  # within 2 % of the best tokens/s/GPU: a tie the loop need not settle
 DYNAMO_VERSIONS = ("1.6", "0.7")
 
 
@@ -67,7 +68,7 @@ class ValidateSpec:
     max_points_per_engine: int = 4
     runner_options: tuple[tuple[str, Any], ...] = ()  # runner-specific settings (url, namespace, ...)
     until_confident: float | None = None  # measure one point at a time until the decision is this sure
-    tie_tolerance: float = 0.02  # the loop takes an engine this close to the best's tokens/s/GPU as right
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE  # an engine this close to the best's counts as right
 
     def option(self, name: str, default: Any = None) -> Any:
         return dict(self.runner_options).get(name, default)
@@ -153,7 +154,6 @@ _FLAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # A confidence level's range: probabilities come from a few hundred to a few thousand posterior draws, which
 # cannot tell a level above 0.999 from 1; below 0.5 a "confident" pick is one the source expects to miss.
 PROBABILITY_RANGE = (0.5, 0.999)
-DEFAULT_TIE_TOLERANCE = 0.02  # within 2 % of the best tokens/s/GPU: a tie the loop need not settle
 MAX_TIE_TOLERANCE = 0.5
 
 
